@@ -147,7 +147,9 @@ class MultiScaleQuantizer(nn.Module):
         HW = self.v_patch_nums[-1]
         if si != self.num_stages - 1:
             h_BChw = F.interpolate(h_BChw, size=(HW, HW), mode="bicubic")
-        return self.phi(si)(h_BChw)
+        # A token map made by transposing (B, l, C) is channels-last; keep f_hat in the default
+        # layout whatever the input was, so decoding takes the same kernels on every path.
+        return self.phi(si)(h_BChw).contiguous()
 
     # ---- training -----------------------------------------------------------------------------
     def forward(self, f_BChw: torch.Tensor, ret_usages: bool = False):

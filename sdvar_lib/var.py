@@ -304,14 +304,25 @@ class VAR(nn.Module):
             stage_ids_L=self.lvl_1L[0], dtype=dtype, device=device if device is not None else self.device,
         )
 
-    def forward_cached(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def forward_cached(
+        self,
+        x_BlC: torch.Tensor,
+        cond_BD: torch.Tensor,
+        cache: KVCache,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """One pass over a chunk of consecutive stage inputs placed at ``[cache.length, + l)``.
 
-        Queries see the cached prefix and the chunk under the block-causal mask; the chunk's keys
-        and values are appended to ``cache``. Returns float32 logits ``(B, l, V)``.
+        Queries see the cached prefix and the chunk under the block-causal mask built from stage
+        ids (or under ``attn_mask``, a boolean ``(l, cache.length + l)`` mask, for experiments);
+        the chunk's keys and values are appended to ``cache``. Returns float32 logits ``(B, l, V)``.
         """
         l = x_BlC.shape[1]
-        attn_mask = cache.chunk_mask(l)
+        if attn_mask is None:
+            attn_mask = cache.chunk_mask(l)
+        elif tuple(attn_mask.shape) != (l, cache.length + l) or attn_mask.dtype != torch.bool:
+            raise ValueError(f"attn_mask must be a bool tensor of shape {(l, cache.length + l)}, got "
+                             f"{attn_mask.dtype} {tuple(attn_mask.shape)}")
         cond = self.shared_ada_lin(cond_BD)
         h = x_BlC
         for i, block in enumerate(self.blocks):

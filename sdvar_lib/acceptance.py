@@ -1,0 +1,220 @@
+"""Acceptance policies of SDVAR: decide, per proposed stage, which draft tokens the target keeps.
+
+A policy sees one stage at a time: the draft's proposals ``x`` ``(B, l)``, the draft's sampling
+distribution ``q`` and the target's ``p`` ``(B, l, V)`` (both after CFG, top-k and top-p). It
+returns a :class:`StageVerdict`: which tokens were accepted, whether each sample accepts the stage
+as a whole, and the tokens to commit if this stage turns out to be the first one not fully
+accepted (accepted proposals kept, the rest corrected).
+
+- :class:`ExactPolicy` (default): token-wise speculative sampling, lossless.
+- :class:`Top1MatchPolicy`: the original notebooks' lossy rule on argmax agreement.
+- :class:`RelaxedPolicy`: LANTERN-style latent-neighbourhood pooling under a total-variation
+  budget; with budget 0 it draws exactly what :class:`ExactPolicy` draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from sdvar_lib.sampling import sample_from_probs
+
+__all__ = [
+    "StageVerdict",
+    "AcceptancePolicy",
+    "ExactPolicy",
+    "Top1MatchPolicy",
+    "RelaxedPolicy",
+    "POLICY_NAMES",
+    "make_policy",
+    "residual_distribution",
+]
+
+
+@dataclass
+class StageVerdict:
+    """Outcome of verifying one proposed stage."""
+
+    accepted_Bl: torch.Tensor
+    """Per token: the proposal was accepted (bool)."""
+    stage_accepted_B: torch.Tensor
+    """Per sample: the whole stage is accepted, so later proposals of this sample may stand."""
+    tokens_if_last_Bl: torch.Tensor
+    """Tokens committed for this stage if it is the first stage not accepted by every sample."""
+
+    @property
+    def all_accepted(self) -> bool:
+        return bool(self.stage_accepted_B.all())
+
+
+def residual_distribution(p_BlV: torch.Tensor, q_BlV: torch.Tensor) -> torch.Tensor:
+    """``normalize(max(p - q, 0))``; where ``p == q`` (nothing left) it falls back to ``p``."""
+    resid = (p_BlV - q_BlV).clamp_min(0)
+    mass = resid.sum(dim=-1, keepdim=True)
+    return torch.where(mass > 0, resid / mass.clamp_min(torch.finfo(resid.dtype).tiny), p_BlV)
+
+
+def _gather(probs_BlV: torch.Tensor, idx_Bl: torch.Tensor) -> torch.Tensor:
+    return probs_BlV.gather(-1, idx_Bl.unsqueeze(-1)).squeeze(-1)
+
+
+def _speculative_verdict(
+    target_mass_Bl: torch.Tensor,
+    p_BlV: torch.Tensor,
+    q_BlV: torch.Tensor,
+    proposals_Bl: torch.Tensor,
+    rng: torch.Generator | None,
+) -> StageVerdict:
+    """Accept ``x`` with probability ``min(1, target_mass(x) / q(x))``, else draw from the residual."""
+    q_x = _gather(q_BlV, proposals_Bl)
+    u_Bl = torch.rand(proposals_Bl.shape, generator=rng, device=proposals_Bl.device)
+    accepted = u_Bl * q_x < target_mass_Bl  # u < p/q without dividing by a possibly tiny q
+    corrections = sample_from_probs(residual_distribution(p_BlV, q_BlV), rng)
+    tokens = torch.where(accepted, proposals_Bl, corrections)
+    return StageVerdict(accepted_Bl=accepted, stage_accepted_B=accepted.all(dim=1), tokens_if_last_Bl=tokens)
+
+
+class AcceptancePolicy:
+    """Base class; subclasses implement :meth:`verify_stage`."""
+
+    name: str = "policy"
+    lossless: bool = False
+    token_level: bool = True
+    """Needs the proposals to be tokens drawn from ``q`` (rules out ``more_smooth``)."""
+
+    def prepare(self, codebook_VC: torch.Tensor) -> object | None:
+        """Per-call precomputation from the VQ codebook, passed back as ``context``."""
+        return None
+
+    def verify_stage(
+        self,
+        si: int,
+        proposals_Bl: torch.Tensor,
+        q_BlV: torch.Tensor,
+        p_BlV: torch.Tensor,
+        rng: torch.Generator | None,
+        context: object | None = None,
+    ) -> StageVerdict:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class ExactPolicy(AcceptancePolicy):
+    """Token-wise speculative sampling: accept ``x`` w.p. ``min(1, p(x)/q(x))``, else draw from ``max(p-q, 0)``.
+
+    Tokens of one stage are conditionally independent given earlier stages, so every committed
+    stage is distributed exactly as the target's ``p``.
+    """
+
+    name: str = field(default="exact", init=False)
+    lossless: bool = field(default=True, init=False)
+
+    def verify_stage(self, si, proposals_Bl, q_BlV, p_BlV, rng, context=None):
+        return _speculative_verdict(_gather(p_BlV, proposals_Bl), p_BlV, q_BlV, proposals_Bl, rng)
+
+
+@dataclass(frozen=True)
+class Top1MatchPolicy(AcceptancePolicy):
+    """Accept a stage when at least ``threshold`` of its proposals equal the target's argmax (lossy).
+
+    A sample that rejects the stage gets a fresh draw from ``p`` for all of its tokens.
+    """
+
+    threshold: float = 0.9
+    name: str = field(default="top1_match", init=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
+            raise TypeError(f"top1_match threshold must be a number in (0, 1], got {self.threshold!r}")
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"top1_match threshold must be in (0, 1], got {self.threshold}")
+
+    def verify_stage(self, si, proposals_Bl, q_BlV, p_BlV, rng, context=None):
+        matches = proposals_Bl == p_BlV.argmax(dim=-1)
+        stage_ok = matches.float().mean(dim=1) >= self.threshold
+        resampled = sample_from_probs(p_BlV, rng)
+        tokens = torch.where(stage_ok.unsqueeze(1), proposals_Bl, resampled)
+        return StageVerdict(accepted_Bl=matches, stage_accepted_B=stage_ok, tokens_if_last_Bl=tokens)
+
+    def describe(self) -> str:
+        return f"top1_match(threshold={self.threshold})"
+
+
+@dataclass(frozen=True)
+class RelaxedPolicy(AcceptancePolicy):
+    """LANTERN-style relaxed acceptance over latent neighbourhoods of the VQ codebook (lossy).
+
+    For a proposal ``x`` the target mass is pooled over ``x``'s nearest codebook entries (L2 distance
+    of the embeddings, ``x`` first): neighbours join in order of proximity while the pooled extra
+    mass stays ``<= budget`` (the total-variation budget of LANTERN's neighbourhood construction).
+    ``x`` is accepted w.p. ``min(1, pooled / q(x))``; a rejection draws from ``max(p - q, 0)`` as in
+    :class:`ExactPolicy`. So the acceptance probability of any proposal exceeds the exact one by
+    at most ``budget``, and tokens swapped for a neighbour are close in latent space. With
+    ``budget == 0`` nothing is pooled and the random draws are exactly those of :class:`ExactPolicy`.
+    """
+
+    budget: float = 0.1
+    neighbours: int = 8
+    name: str = field(default="relaxed", init=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not 0 <= self.budget <= 1:
+            raise ValueError(f"relaxed budget (total variation per token) must be in [0, 1], got {self.budget!r}")
+        if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int) or self.neighbours < 1:
+            raise ValueError(f"relaxed neighbours must be an int >= 1, got {self.neighbours!r}")
+
+    @property
+    def lossless(self) -> bool:  # type: ignore[override]
+        return self.budget == 0
+
+    def prepare(self, codebook_VC: torch.Tensor) -> torch.Tensor:
+        """Indices ``(V, k)`` of each codebook entry's ``k`` nearest entries by L2 (itself first)."""
+        k = min(self.neighbours, codebook_VC.shape[0])
+        d_VV = torch.cdist(codebook_VC.float(), codebook_VC.float())
+        d_VV.fill_diagonal_(-1.0)
+        return d_VV.topk(k, dim=1, largest=False).indices
+
+    def pooled_mass(self, p_BlV: torch.Tensor, proposals_Bl: torch.Tensor, neigh_Vk: torch.Tensor) -> torch.Tensor:
+        """``p(x)`` plus the largest proximity-ordered prefix of neighbour mass within the budget."""
+        p_Blk = p_BlV.gather(-1, neigh_Vk[proposals_Bl])
+        extra_Blk = p_Blk[..., 1:].cumsum(dim=-1)  # non-decreasing, so "<= budget" is a prefix
+        if extra_Blk.shape[-1] == 0:
+            return p_Blk[..., 0]
+        extra_Bl = extra_Blk.masked_fill(extra_Blk > self.budget, 0.0).amax(dim=-1)
+        return p_Blk[..., 0] + extra_Bl
+
+    def verify_stage(self, si, proposals_Bl, q_BlV, p_BlV, rng, context=None):
+        if self.budget == 0:
+            target_mass = _gather(p_BlV, proposals_Bl)
+        else:
+            if context is None:
+                raise ValueError("relaxed policy with a budget > 0 needs its neighbourhoods: pass context=prepare(codebook)")
+            target_mass = self.pooled_mass(p_BlV, proposals_Bl, context)
+        return _speculative_verdict(target_mass, p_BlV, q_BlV, proposals_Bl, rng)
+
+    def describe(self) -> str:
+        return f"relaxed(budget={self.budget}, neighbours={self.neighbours})"
+
+
+POLICY_NAMES = ("exact", "top1_match", "relaxed")
+
+
+def make_policy(policy: str | AcceptancePolicy, **kwargs) -> AcceptancePolicy:
+    """A policy from its name (with keyword arguments) or an instance."""
+    if isinstance(policy, AcceptancePolicy):
+        if kwargs:
+            raise ValueError(f"policy options {sorted(kwargs)} are only allowed with a policy name")
+        return policy
+    if policy == "exact":
+        if kwargs:
+            raise ValueError(f"policy 'exact' takes no options, got {sorted(kwargs)}")
+        return ExactPolicy()
+    if policy == "top1_match":
+        return Top1MatchPolicy(**kwargs)
+    if policy == "relaxed":
+        return RelaxedPolicy(**kwargs)
+    raise ValueError(f"unknown policy {policy!r}; allowed: {', '.join(POLICY_NAMES)} or an AcceptancePolicy instance")

@@ -1,0 +1,63 @@
+"""Shared pytest fixtures: reference-fixture paths and tiny seeded models."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdvar_lib.checkpoints import build_tiny
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES_DIR = Path(os.environ.get("SDVAR_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+REFERENCE_DIR = FIXTURES_DIR / "reference_var_tiny"
+MANIFEST_PATH = FIXTURES_DIR / "official_state_dict_manifest.json"
+
+
+def require_fixture(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(
+            f"reference fixture {path} is absent (it lives in ../shared/fixtures beside the checkout, "
+            "or set SDVAR_FIXTURES); parity tests need it"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_config() -> dict:
+    return json.loads((require_fixture(REFERENCE_DIR) / "config.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def reference_expected() -> dict:
+    return torch.load(require_fixture(REFERENCE_DIR) / "expected.pt", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def reference_models(reference_config):
+    from sdvar_lib import VAR, VQVAE
+    from sdvar_lib.checkpoints import load_checkpoint_file, load_state_dict_checked
+
+    vae = VQVAE(**reference_config["vae"])
+    var = VAR(vae, **reference_config["var"]).eval()
+    load_state_dict_checked(vae, load_checkpoint_file(REFERENCE_DIR / "vae.pth"))
+    load_state_dict_checked(var, load_checkpoint_file(REFERENCE_DIR / "var.pth"))
+    return vae, var
+
+
+@pytest.fixture(scope="session")
+def tiny_pair():
+    """A tiny random target (depth 2, seed 0) and a different draft (depth 1, seed 1) sharing one VQVAE."""
+    vae, target = build_tiny(seed=0)
+    _, draft = build_tiny(seed=1, depth=1, vae=vae)
+    return vae, draft, target
+
+
+@pytest.fixture
+def cuda_device():
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available")
+    return torch.device("cuda")
