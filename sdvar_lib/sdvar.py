@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SDVAR",
     "ModelRun",
+    "RunFactory",
+    "eager_run",
     "SDVARInferenceState",
     "SDVARStats",
     "SDVAROutput",
@@ -89,6 +91,15 @@ class ModelRun:
 
     def forward(self, x_2BlC: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model.forward_cached(x_2BlC, self.cond_2BD, self.cache, attn_mask=attn_mask)
+
+
+def eager_run(model: VAR, label_B: torch.Tensor) -> ModelRun:
+    """The default per-call run: CFG-doubled condition, embeddings and a fresh float32 cache."""
+    cond = model.class_condition(cfg_labels(label_B, model.num_classes))
+    return ModelRun(model=model, cond_2BD=cond, lvl_pos_1LC=model.lvl_pos(), cache=model.new_cache(2 * label_B.numel()))
+
+
+RunFactory = Callable[[VAR, torch.Tensor], ModelRun]
 
 
 @dataclass
@@ -294,12 +305,15 @@ def _native_mask(model: VAR, l: int) -> torch.Tensor:
 class SDVAR:
     """Speculative decoding with a draft VAR and a target VAR sharing one VQVAE."""
 
-    def __init__(self, draft_model: VAR, target_model: VAR) -> None:
+    def __init__(self, draft_model: VAR, target_model: VAR, run_factory: RunFactory | None = None) -> None:
+        """``run_factory(model, label_B)`` may supply the per-call :class:`ModelRun` of each model (e.g. the
+        CUDA-graph fast path of :mod:`sdvar_lib.fast`); by default an eager run with a fresh cache is used."""
         if not isinstance(draft_model, VAR) or not isinstance(target_model, VAR):
             raise TypeError("SDVAR needs two sdvar_lib.VAR models (draft_model, target_model)")
         _check_compatible(draft_model, target_model)
         self.draft_model = draft_model
         self.target_model = target_model
+        self.run_factory = run_factory
         self.last_output: SDVAROutput | None = None
 
     # -- properties --
@@ -317,8 +331,9 @@ class SDVAR:
 
     # -- state --
     def _new_run(self, model: VAR, label_B: torch.Tensor) -> ModelRun:
-        cond = model.class_condition(cfg_labels(label_B, model.num_classes))
-        return ModelRun(model=model, cond_2BD=cond, lvl_pos_1LC=model.lvl_pos(), cache=model.new_cache(2 * label_B.numel()))
+        if self.run_factory is not None:
+            return self.run_factory(model, label_B)
+        return eager_run(model, label_B)
 
     @torch.no_grad()
     def _initialize_inference_state(
