@@ -47,6 +47,9 @@ __all__ = [
     "build_tiny",
     "BUNDLED_DIR",
     "load_bundled",
+    "MODEL_CHOICES",
+    "pick_device",
+    "load_pair",
 ]
 
 HUB_REPO_ID = "FoundationVision/var"
@@ -318,3 +321,47 @@ def load_bundled(device: torch.device | str = "cpu", folder: str | os.PathLike |
         vae=vae, draft=models["draft"].to(device), target=models["target"].to(device),
         description=config.get("description", "bundled tiny digits pair"),
     )
+
+
+# ---- one entry point for notebooks and CLIs -----------------------------------------------------
+MODEL_CHOICES = ("bundled", "official", "tiny-random")
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """``cuda`` when available (or ``prefer`` if given), else ``cpu``."""
+    if prefer is not None:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pair(
+    choice: str = "bundled",
+    draft_depth: int = 16,
+    target_depth: int = 30,
+    device: torch.device | str | None = None,
+    ckpt_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    fallback: bool = True,
+) -> ModelPair:
+    """Load a draft/target pair by name: ``"bundled"`` (offline default), ``"official"`` or ``"tiny-random"``.
+
+    With ``choice="official"`` and ``fallback=True``, missing official files (no network, no local
+    copies) fall back to the bundled pair with a logged warning that says why; with
+    ``fallback=False`` the :class:`FileNotFoundError` is raised.
+    """
+    if choice not in MODEL_CHOICES:
+        raise ValueError(f"model choice must be one of {MODEL_CHOICES}, got {choice!r}")
+    device = pick_device(None if device is None else str(device))
+    if choice == "official":
+        try:
+            return load_official(draft_depth, target_depth, ckpt_dir=ckpt_dir, device=device, download=download)
+        except FileNotFoundError as exc:
+            if not fallback:
+                raise
+            log.warning("official checkpoints unavailable, using the bundled tiny pair instead: %s", exc)
+            choice = "bundled"
+    if choice == "bundled":
+        return load_bundled(device)
+    vae, target = build_tiny(seed=0, device=device)
+    _, draft = build_tiny(seed=1, depth=1, vae=vae, device=device)
+    return ModelPair(vae=vae, draft=draft, target=target, description="tiny random pair (seeds 0/1)")

@@ -16,6 +16,10 @@ FIXTURES_DIR = Path(os.environ.get("SDVAR_FIXTURES", REPO_ROOT.parent / "shared"
 REFERENCE_DIR = FIXTURES_DIR / "reference_var_tiny"
 MANIFEST_PATH = FIXTURES_DIR / "official_state_dict_manifest.json"
 
+# The test models are tiny: one thread avoids OpenMP oversubscription on small shared machines
+# (seen here: 100x slower calls when two processes each spun two threads on two cores).
+torch.set_num_threads(int(os.environ.get("SDVAR_TEST_THREADS", "1")))
+
 
 def require_fixture(path: Path) -> Path:
     if not path.exists():
