@@ -359,7 +359,12 @@ def load_pair(
             if not fallback:
                 raise
             log.warning("official checkpoints unavailable, using the bundled tiny pair instead: %s", exc)
-            choice = "bundled"
+            pair = load_bundled(device)
+            pair.description += (
+                f" (fallback: official d{draft_depth}/d{target_depth} checkpoints unavailable offline; "
+                f"see {HUB_REPO_ID} on the hub)"
+            )
+            return pair
     if choice == "bundled":
         return load_bundled(device)
     vae, target = build_tiny(seed=0, device=device)

@@ -294,8 +294,14 @@ class VAR(nn.Module):
 
     # ---- transformer ----------------------------------------------------------------------------
     def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        """Head logits in float32."""
-        return self.head(self.head_nm(h_BLC.float(), cond_BD).float()).float()
+        """Head logits in float32; with low-precision weights (e.g. bf16) the head math is float32 too."""
+        if self.head.weight.dtype == torch.float32:
+            return self.head(self.head_nm(h_BLC.float(), cond_BD).float()).float()
+        ada, ln = self.head_nm.ada_lin[1], self.head_nm.ln_wo_grad
+        scale_shift = F.linear(F.silu(cond_BD.float()), ada.weight.float(), ada.bias.float())
+        scale, shift = scale_shift.view(-1, 1, 2, self.C).unbind(2)
+        h = F.layer_norm(h_BLC.float(), (self.C,), eps=ln.eps).mul(scale.add(1)).add_(shift)
+        return F.linear(h, self.head.weight.float(), self.head.bias.float()).float()
 
     def new_cache(self, batch_size: int, dtype: torch.dtype = torch.float32, device=None) -> KVCache:
         """An empty static cache for ``batch_size`` rows (CFG-doubled batches count twice)."""
