@@ -1,0 +1,674 @@
+"""GPU fast path for VAR decoding: static KV caches, bf16 weights and one CUDA graph per chunk shape.
+
+Every decoder of :mod:`sdvar_lib.sdvar` gets its per-call model context from a *run factory*
+(``SDVAR(draft, target, run_factory=...)``). :class:`FastRunFactory` supplies :class:`FastRun`
+objects that are kept between calls, one per ``(model, batch size)``:
+
+- the KV cache (:class:`StaticKVCache`, in the model's dtype) is allocated once and reset at the
+  start of every call; passes write at ``[length, length + l)`` and rollbacks move the length;
+- the CFG-doubled class condition is copied into a static buffer at call start, and every chunk
+  input into a static input buffer before its pass;
+- every chunk shape a decoder uses (per-stage passes, the draft's catch-up chunks, the target's
+  verify chunks, the hand-off prefills) is one key ``(position, length)``. On first use the pass
+  is captured into a CUDA graph (after an eager warm-up on a side stream) and replayed on every
+  later use; its float32 logits land in a static output buffer;
+- the pass itself (:meth:`FastRun._fused_step`) computes every block's AdaLN modulations once per
+  call (they depend only on the class condition) in a per-call prologue (a graph too), and runs
+  each block with 18 kernels instead of the eager path's 35 (LayerNorm + modulation as one
+  ``addcmul``, the q/k normalisation written straight into the cache, fused residuals);
+  ``FastConfig(fused=False)`` runs :meth:`sdvar_lib.var.VAR.forward_cached` instead.
+
+:class:`GraphedDecode` replays the VQVAE decode of a batch size as one CUDA graph (an explicit
+opt-in, since it overrides ``vae.fhat_to_img`` inside a ``with`` block).
+
+With ``FastConfig(use_cuda_graphs=False)`` the very same code path (static buffers, per-key
+programs, length bookkeeping) runs eagerly instead of replaying graphs; that is what the CPU tests
+compare with the library's eager runs. The eager runs of :func:`sdvar_lib.sdvar.eager_run` stay the
+default of :class:`~sdvar_lib.sdvar.SDVAR`.
+
+Models are used in whatever dtype they have; for speed convert them with
+``model.to(torch.bfloat16)`` (the VQVAE stays float32). The transformer pass runs with autocast
+disabled; the head (and so the logits) is float32 (:meth:`sdvar_lib.var.VAR.get_logits`), and
+sampling and probabilities stay float32.
+
+The logits a :meth:`FastRun.forward` returns are a view of the run's static output buffer: they
+are valid until the next pass of the same run (every decoder consumes them before that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from sdvar_lib.decoding import cfg_labels
+from sdvar_lib.kv_cache import KVCache
+from sdvar_lib.sdvar import SDVAR, ModelRun
+from sdvar_lib.var import VAR
+from sdvar_lib.vqvae import VQVAE
+
+log = logging.getLogger(__name__)
+
+_MAX_SCALE_MUL = float(torch.log(torch.tensor(100)))
+
+__all__ = [
+    "FastConfig",
+    "PassRecord",
+    "FastRunCounters",
+    "StaticKVCache",
+    "FastRun",
+    "FastRunFactory",
+    "make_fast_sdvar",
+    "GraphedDecode",
+    "chunk_span",
+    "stage_chunks",
+]
+
+
+# ---- configuration and records ------------------------------------------------------------------
+@dataclass(frozen=True)
+class FastConfig:
+    """Options of the fast path.
+
+    ``use_cuda_graphs``: ``None`` captures graphs when the model is on CUDA and runs eagerly
+    otherwise; ``True`` requires CUDA. ``capture_warmup``: eager passes on a side stream before a
+    capture (lazy CUDA/cuBLAS initialisation stays out of the graph). ``fallback_to_eager``: a
+    chunk whose capture fails runs eagerly (with a warning) instead of raising. ``fused``: the
+    pass of :meth:`FastRun._fused_step` (AdaLN modulations computed once per call, fewer and fused
+    kernels per block); ``False`` runs :meth:`sdvar_lib.var.VAR.forward_cached` itself.
+    """
+
+    use_cuda_graphs: bool | None = None
+    capture_warmup: int = 1
+    fallback_to_eager: bool = True
+    fused: bool = True
+
+    def __post_init__(self) -> None:
+        if self.use_cuda_graphs is not None and not isinstance(self.use_cuda_graphs, bool):
+            raise TypeError(f"use_cuda_graphs must be True, False or None (auto), got {self.use_cuda_graphs!r}")
+        if not isinstance(self.fused, bool):
+            raise TypeError(f"fused must be a bool, got {self.fused!r}")
+        if isinstance(self.capture_warmup, bool) or not isinstance(self.capture_warmup, int) or self.capture_warmup < 0:
+            raise ValueError(f"capture_warmup must be an int >= 0, got {self.capture_warmup!r}")
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """One transformer pass of a run: a chunk of ``length`` tokens placed at ``position``."""
+
+    position: int
+    length: int
+    graphed: bool
+
+
+@dataclass
+class FastRunCounters:
+    """What a run did since it was created (captures, replays, eager passes)."""
+
+    captures: int = 0
+    replays: int = 0
+    eager_passes: int = 0
+    capture_failures: int = 0
+    capture_time_s: float = 0.0
+
+
+class StaticKVCache(KVCache):
+    """A :class:`~sdvar_lib.kv_cache.KVCache` whose length can also be set after a graph replay.
+
+    A replayed graph writes keys/values at ``[position, position + l)`` without running the Python
+    bookkeeping of :meth:`KVCache.write`/:meth:`KVCache.advance`; :meth:`set_length` records it.
+    """
+
+    def set_length(self, length: int) -> None:
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.max_length:
+            raise ValueError(f"cache length must be an int in [0, {self.max_length}], got {length!r}")
+        self._length = length
+        self._pending = 0
+
+
+# ---- chunk helpers ------------------------------------------------------------------------------
+def chunk_span(model: VAR, start_stage: int, num_stages: int) -> tuple[int, int]:
+    """``(position, length)`` of the chunk of stage inputs ``start_stage .. start_stage + num_stages - 1``."""
+    S = model.num_stages
+    if not (0 <= start_stage < S and 1 <= num_stages <= S - start_stage):
+        raise ValueError(f"chunk of {num_stages} stages from stage {start_stage} does not fit {S} stages")
+    position = model.begin_ends[start_stage][0]
+    end = model.begin_ends[start_stage + num_stages - 1][1]
+    return position, end - position
+
+
+def stage_chunks(num_stages: int, max_chunk_stages: int, start_stages: Iterable[int] | None = None) -> list[tuple[int, int]]:
+    """Every ``(start stage, number of stages)`` chunk with at most ``max_chunk_stages`` stages."""
+    if max_chunk_stages < 1:
+        raise ValueError(f"max_chunk_stages must be >= 1, got {max_chunk_stages}")
+    starts = range(num_stages) if start_stages is None else start_stages
+    return [(s, n) for s in starts for n in range(1, min(max_chunk_stages, num_stages - s) + 1)]
+
+
+@contextlib.contextmanager
+def _autocast_off(device_type: str) -> Iterator[None]:
+    with torch.autocast(device_type=device_type, enabled=False):
+        yield
+
+
+def _fingerprint(model: VAR) -> tuple:
+    """Identity of the storage a captured graph reads (``model.to(...)`` changes it)."""
+    probes = (model.pos_1LC, model.head.weight, model.blocks[0].attn.mat_qkv.weight, model.blocks[-1].ffn.fc2.weight)
+    return tuple((p.data_ptr(), p.dtype, p.device) for p in probes)
+
+
+# ---- programs: one per chunk key ----------------------------------------------------------------
+class _EagerProgram:
+    graphed = False
+
+    def __init__(self, step: Callable[[], None]) -> None:
+        self._step = step
+
+    def run(self) -> None:
+        self._step()
+
+
+class _GraphProgram:
+    graphed = True
+
+    def __init__(self, graph: torch.cuda.CUDAGraph) -> None:
+        self._graph = graph
+
+    def run(self) -> None:
+        self._graph.replay()
+
+
+# ---- the run ------------------------------------------------------------------------------------
+class FastRun(ModelRun):
+    """A reusable per-``(model, batch)`` run: static cache and buffers, one program per chunk key."""
+
+    def __init__(self, model: VAR, batch_size: int, config: FastConfig | None = None) -> None:
+        if not isinstance(model, VAR):
+            raise TypeError(f"FastRun needs an sdvar_lib.VAR, got {type(model).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if model.training:
+            raise ValueError("FastRun needs a model in eval mode (call model.eval()); training mode drops paths")
+        config = config or FastConfig()
+        device = model.device
+        use_graphs = config.use_cuda_graphs if config.use_cuda_graphs is not None else device.type == "cuda"
+        if use_graphs and device.type != "cuda":
+            raise ValueError(f"use_cuda_graphs=True needs the model on a CUDA device, it is on {device}")
+        dtype = model.pos_1LC.dtype
+        rows = 2 * batch_size
+        with torch.no_grad():
+            lvl_pos_1LC = model.lvl_pos()
+        cache = StaticKVCache(
+            num_layers=model.depth, batch_size=rows, num_heads=model.num_heads, head_dim=model.C // model.num_heads,
+            stage_ids_L=model.lvl_1L[0], dtype=dtype, device=device,
+        )
+        super().__init__(
+            model=model, cond_2BD=torch.zeros(rows, model.D, dtype=dtype, device=device), lvl_pos_1LC=lvl_pos_1LC,
+            cache=cache,
+        )
+        self.cache: StaticKVCache = cache
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.config = config
+        self.use_cuda_graphs = use_graphs
+        self.fingerprint = _fingerprint(model)
+        self.pass_log: list[PassRecord] = []
+        self.counters = FastRunCounters()
+        self._programs: dict[tuple[int, int], _EagerProgram | _GraphProgram] = {}
+        self._capacity = 0
+        self._x_flat = torch.empty(0, dtype=dtype, device=device)
+        self._out_flat = torch.empty(0, dtype=torch.float32, device=device)
+        self._pool = None
+        self._ensure_capacity(max(pn * pn for pn in model.patch_nums))
+        self.fused = config.fused and not model.blocks[0].shared_aln
+        self._stage_of_position = [int(s) for s in model.lvl_1L[0].tolist()]
+        self._masks: dict[tuple[int, int], torch.Tensor | None] = {}
+        self._prologue_program: _EagerProgram | _GraphProgram | None = None
+        if self.fused:
+            C, H, depth = model.C, model.num_heads, model.depth
+            self._ada_N2B6C = torch.zeros(depth, rows, 6, C, dtype=dtype, device=device)
+            self._qkv_bias_N3C = torch.zeros(depth, 3 * C, dtype=dtype, device=device)
+            self._qk_factor_N2H1 = torch.ones(depth, 2, H, 1, dtype=torch.float32, device=device)
+            self._head_ss_2B2C = torch.zeros(rows, 2, C, dtype=torch.float32, device=device)
+            self._head_w32 = torch.zeros(model.V, C, dtype=torch.float32, device=device)
+            self._head_b32 = torch.zeros(model.V, dtype=torch.float32, device=device)
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+    def __repr__(self) -> str:
+        return (
+            f"FastRun(depth={self.model.depth}, batch={self.batch_size}, dtype={self.dtype}, "
+            f"graphs={self.use_cuda_graphs}, programs={len(self._programs)}, cache length={self.cache.length})"
+        )
+
+    # -- per call --
+    @torch.no_grad()
+    def begin(self, label_B: torch.Tensor) -> None:
+        """Start a call: copy the CFG-doubled class condition into the static buffer, reset the cache."""
+        if label_B.ndim != 1 or label_B.numel() != self.batch_size:
+            raise ValueError(f"this run holds batch {self.batch_size}; got labels of shape {tuple(label_B.shape)}")
+        cond = self.model.class_condition(cfg_labels(label_B.to(self.cond_2BD.device), self.model.num_classes))
+        self.cond_2BD.copy_(cond)
+        self.lvl_pos_1LC = self.model.lvl_pos()  # cheap; follows in-place weight updates
+        if self.fused:
+            self._run_prologue()
+        self.cache.reset()
+        self.pass_log.clear()
+
+    def is_current(self) -> bool:
+        """False once the model's parameters were moved or converted (captured graphs would read stale memory)."""
+        return _fingerprint(self.model) == self.fingerprint
+
+    @property
+    def programs(self) -> list[tuple[int, int]]:
+        """Keys ``(position, length)`` with a program (graph or eager)."""
+        return sorted(self._programs)
+
+    @property
+    def capacity(self) -> int:
+        """Longest chunk (tokens) the static input/output buffers hold."""
+        return self._capacity
+
+    # -- inputs --
+    def stage_input(self, si: int, f_hats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """CFG-doubled input of stage ``si`` in the model's dtype (the VQVAE features are float32)."""
+        if si == 0:
+            return self.model.start_input(self.cond_2BD, self.lvl_pos_1LC)
+        next_BlCv = self.model.vae.quantize.next_input(si - 1, f_hats[si - 1])
+        return self.model.stage_input(si, next_BlCv.to(self.dtype), self.lvl_pos_1LC).repeat(2, 1, 1)
+
+    # -- passes --
+    @torch.no_grad()
+    def forward(self, x_2BlC: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One pass over a chunk at ``[cache.length, + l)``; float32 logits ``(2B, l, V)``.
+
+        Without ``attn_mask`` the chunk's program (CUDA graph) runs; an explicit experimental mask
+        runs eagerly. The returned logits are valid until this run's next pass.
+        """
+        rows = 2 * self.batch_size
+        if x_2BlC.ndim != 3 or x_2BlC.shape[0] != rows or x_2BlC.shape[2] != self.model.C:
+            raise ValueError(f"chunk input must be ({rows}, l, {self.model.C}), got {tuple(x_2BlC.shape)}")
+        position, l = self.cache.length, x_2BlC.shape[1]
+        if l < 1 or position + l > self.cache.max_length:
+            raise ValueError(f"chunk of {l} tokens at position {position} does not fit the cache of {self.cache.max_length}")
+        if attn_mask is not None:
+            with _autocast_off(x_2BlC.device.type):
+                logits = self.model.forward_cached(x_2BlC.to(self.dtype), self.cond_2BD, self.cache, attn_mask=attn_mask)
+            self.counters.eager_passes += 1
+            self.pass_log.append(PassRecord(position, l, graphed=False))
+            return logits
+        program = self._program(position, l)
+        self._x_view(l).copy_(x_2BlC)
+        program.run()
+        self._count(program)
+        self.cache.set_length(position + l)
+        self.pass_log.append(PassRecord(position, l, graphed=program.graphed))
+        return self._out_view(l)
+
+    @torch.no_grad()
+    def precapture(self, chunks: Iterable[tuple[int, int]]) -> int:
+        """Build the programs of ``(start stage, number of stages)`` chunks ahead of time; returns how many were new.
+
+        Buffers are sized for the longest chunk first, so no program is dropped by a later growth.
+        The cache is left empty.
+        """
+        spans = sorted({chunk_span(self.model, s, n) for s, n in chunks}, key=lambda pl: -pl[1])
+        if spans:
+            self._ensure_capacity(spans[0][1])
+        new = 0
+        for position, l in spans:
+            if (position, l) not in self._programs:
+                self._program(position, l)
+                new += 1
+        self.cache.reset()
+        return new
+
+    @torch.no_grad()
+    def replay_passes(self, passes: Sequence[PassRecord]) -> None:
+        """Run the programs of recorded passes back to back (timing of the transformer part alone).
+
+        Leaves meaningless values in the cache and output buffer; the cache is reset afterwards.
+        """
+        for rec in passes:
+            program = self._programs.get((rec.position, rec.length))
+            if program is None:
+                raise ValueError(f"no program for the pass at {rec.position} of {rec.length} tokens")
+            self.cache.set_length(rec.position)
+            program.run()
+        self.cache.reset()
+
+    # -- internals --
+    def _x_view(self, l: int) -> torch.Tensor:
+        rows = 2 * self.batch_size
+        return self._x_flat[: rows * l * self.model.C].view(rows, l, self.model.C)
+
+    def _out_view(self, l: int) -> torch.Tensor:
+        rows = 2 * self.batch_size
+        return self._out_flat[: rows * l * self.model.V].view(rows, l, self.model.V)
+
+    def _ensure_capacity(self, l: int) -> None:
+        """Grow the static input/output buffers to ``l`` tokens (dropping programs that read the old ones)."""
+        if l <= self._capacity:
+            return
+        rows = 2 * self.batch_size
+        if self._programs:
+            log.info("fast run d%d batch %d: buffers grow to %d tokens, %d programs are rebuilt lazily",
+                     self.model.depth, self.batch_size, l, len(self._programs))
+        self._programs.clear()
+        self._pool = None
+        self._x_flat = torch.zeros(rows * l * self.model.C, dtype=self.dtype, device=self.model.device)
+        self._out_flat = torch.zeros(rows * l * self.model.V, dtype=torch.float32, device=self.model.device)
+        self._capacity = l
+
+    def _step(self, position: int, l: int) -> None:
+        """The pass a program runs: static input and per-call constants in, float32 logits to the static output."""
+        with _autocast_off(self._x_flat.device.type):
+            if self.fused:
+                self._fused_step(position, l)
+            else:
+                self.cache.set_length(position)
+                logits = self.model.forward_cached(self._x_view(l), self.cond_2BD, self.cache)
+                self._out_view(l).copy_(logits)
+        self.cache.set_length(position)
+
+    def _prologue(self) -> None:
+        """Per-call constants of the fused pass: every block's AdaLN modulations (``1 + scale`` folded in),
+        the head's, the qkv biases, the q/k scales and float32 head weights."""
+        model, rows, C = self.model, 2 * self.batch_size, self.model.C
+        with _autocast_off(self.cond_2BD.device.type):
+            act_2BD = torch.nn.functional.silu(self.cond_2BD)
+            for i, block in enumerate(model.blocks):
+                lin = block.ada_lin[1]
+                torch.addmm(lin.bias, act_2BD, lin.weight.t(), out=self._ada_N2B6C[i].view(rows, 6 * C))
+            self._ada_N2B6C[:, :, 2:4].add_(1)
+            head_lin = model.head_nm.ada_lin[1]
+            torch.addmm(head_lin.bias.float(), torch.nn.functional.silu(self.cond_2BD.float()), head_lin.weight.float().t(),
+                        out=self._head_ss_2B2C.view(rows, 2 * C))
+            self._head_ss_2B2C[:, 0].add_(1)
+            self._head_w32.copy_(model.head.weight)
+            self._head_b32.copy_(model.head.bias)
+            self._qkv_bias_N3C[:, :C].copy_(torch.stack([b.attn.q_bias for b in model.blocks]))
+            self._qkv_bias_N3C[:, 2 * C :].copy_(torch.stack([b.attn.v_bias for b in model.blocks]))
+            if model.blocks[0].attn.attn_l2_norm:
+                scale_mul = torch.stack([b.attn.scale_mul_1H11.reshape(-1) for b in model.blocks]).float()
+                self._qk_factor_N2H1[:, 0, :, 0].copy_(scale_mul.clamp_max(_MAX_SCALE_MUL).exp())
+
+    def _run_prologue(self) -> None:
+        if self._prologue_program is None:
+            program: _EagerProgram | _GraphProgram = _EagerProgram(self._prologue)
+            if self.use_cuda_graphs:
+                try:
+                    program = self._capture_graph(self._prologue, pool=None)
+                except Exception as exc:
+                    self.counters.capture_failures += 1
+                    if not self.config.fallback_to_eager:
+                        raise
+                    log.warning("CUDA graph capture of the per-call prologue failed (%s: %s); it runs eagerly",
+                                type(exc).__name__, exc)
+            self._prologue_program = program
+        self._prologue_program.run()
+
+    def _mask(self, position: int, l: int) -> torch.Tensor | None:
+        """Additive block-causal mask ``(l, position + l)`` of a chunk (``None`` for a single stage), built once.
+
+        Its rows are padded to a multiple of 16 elements so attention kernels take it without a copy.
+        """
+        key = (position, l)
+        if key not in self._masks:
+            end = position + l
+            mask = None
+            if self._stage_of_position[position] != self._stage_of_position[end - 1]:
+                ids = self.cache.stage_ids_L
+                allowed = ids[:end].unsqueeze(0) <= ids[position:end].unsqueeze(1)
+                padded = torch.full((l, (end + 15) // 16 * 16), -torch.inf, dtype=self.dtype, device=ids.device)
+                padded[:, :end].masked_fill_(allowed, 0.0)
+                mask = padded[:, :end]
+            self._masks[key] = mask
+        return self._masks[key]
+
+    def _fused_step(self, position: int, l: int) -> None:
+        """One transformer pass with the per-call AdaLN constants: per block two LayerNorms, four matrix
+        products, one attention, the q/k normalisation written straight into the cache, fused residuals."""
+        model, cache = self.model, self.cache
+        rows, C, H = 2 * self.batch_size, model.C, model.num_heads
+        c, end = C // H, position + l
+        F = torch.nn.functional
+        mask = self._mask(position, l)
+        x = self._x_view(l)
+        for i, block in enumerate(model.blocks):
+            attn, ffn, eps = block.attn, block.ffn, block.ln_wo_grad.eps
+            ada = self._ada_N2B6C[i]
+            g1, g2, s1, s2, sh1, sh2 = (ada[:, k : k + 1] for k in range(6))
+            h = torch.addcmul(sh1, F.layer_norm(x, (C,), eps=eps), s1)
+            qkv = F.linear(h, attn.mat_qkv.weight, self._qkv_bias_N3C[i]).view(rows, l, 3, H, c)
+            k_dst = cache.k_NBHLc[i, :, :, position:end].transpose(1, 2)
+            v_dst = cache.v_NBHLc[i, :, :, position:end].transpose(1, 2)
+            if attn.attn_l2_norm:
+                norm = torch.linalg.vector_norm(qkv[:, :, :2], dim=-1, keepdim=True, dtype=torch.float32)
+                inv = self._qk_factor_N2H1[i] / norm.clamp_min(1e-12)
+                q = torch.empty((rows, l, H, c), dtype=self.dtype, device=x.device)
+                torch.mul(qkv[:, :, 0], inv[:, :, 0], out=q)
+                torch.mul(qkv[:, :, 1], inv[:, :, 1], out=k_dst)
+            else:
+                q = qkv[:, :, 0]
+                k_dst.copy_(qkv[:, :, 1])
+            v_dst.copy_(qkv[:, :, 2])
+            o = F.scaled_dot_product_attention(
+                q.transpose(1, 2), cache.k_NBHLc[i, :, :, :end], cache.v_NBHLc[i, :, :, :end], attn_mask=mask,
+                scale=attn.scale,
+            )
+            o = F.linear(o.transpose(1, 2).reshape(rows, l, C), attn.proj.weight, attn.proj.bias)
+            x = torch.addcmul(x, o, g1)
+            h = torch.addcmul(sh2, F.layer_norm(x, (C,), eps=eps), s2)
+            h = F.linear(F.gelu(F.linear(h, ffn.fc1.weight, ffn.fc1.bias), approximate="tanh"), ffn.fc2.weight, ffn.fc2.bias)
+            x = torch.addcmul(x, h, g2)
+        hs = self._head_ss_2B2C
+        h = torch.addcmul(hs[:, 1:2], F.layer_norm(x.float(), (C,), eps=model.head_nm.ln_wo_grad.eps), hs[:, 0:1])
+        torch.addmm(self._head_b32, h.view(rows * l, C), self._head_w32.t(), out=self._out_view(l).view(rows * l, model.V))
+
+    def _count(self, program: _EagerProgram | _GraphProgram) -> None:
+        if program.graphed:
+            self.counters.replays += 1
+        else:
+            self.counters.eager_passes += 1
+
+    def _program(self, position: int, l: int) -> _EagerProgram | _GraphProgram:
+        key = (position, l)
+        program = self._programs.get(key)
+        if program is not None:
+            return program
+        self._ensure_capacity(l)
+        if self.fused:
+            self._mask(position, l)  # built outside any graph: a constant the graph reads
+
+        def step() -> None:
+            self._step(position, l)
+
+        program = _EagerProgram(step)
+        if self.use_cuda_graphs:
+            try:
+                if self._pool is None:
+                    self._pool = torch.cuda.graph_pool_handle()
+                program = self._capture_graph(step, pool=self._pool)
+                log.debug("captured VAR d%d batch %d chunk at %d of %d tokens", self.model.depth, self.batch_size,
+                          position, l)
+            except Exception as exc:  # a capture that fails must not take the whole call down
+                self.counters.capture_failures += 1
+                self.cache.set_length(position)
+                if not self.config.fallback_to_eager:
+                    raise
+                log.warning("CUDA graph capture of the chunk at %d (%d tokens) of VAR d%d failed (%s: %s); "
+                            "this chunk runs eagerly", position, l, self.model.depth, type(exc).__name__, exc)
+        self._programs[key] = program
+        return program
+
+    def _capture_graph(self, fn: Callable[[], None], pool) -> _GraphProgram:
+        """Warm ``fn`` up on a side stream, then capture it (it does not run: replay it to compute)."""
+        device = self.model.device
+        t0 = time.perf_counter()
+        current = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(self.config.capture_warmup):
+                fn()
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            fn()
+        self.counters.captures += 1
+        self.counters.capture_time_s += time.perf_counter() - t0
+        return _GraphProgram(graph)
+
+
+# ---- the factory --------------------------------------------------------------------------------
+class FastRunFactory:
+    """``run_factory`` for :class:`~sdvar_lib.sdvar.SDVAR`: hands out reusable :class:`FastRun` objects.
+
+    Runs are kept per ``(model, batch size)``. One generation call asks for each of its runs with
+    the same label tensor, so a request with a new label tensor starts a new call and frees every
+    run again; within a call a model asked for twice (draft == target) gets a second run. A run
+    is reset (cache emptied, condition copied) whenever it is handed out, so nothing leaks from a
+    call into the next, also after an exception.
+    """
+
+    def __init__(self, config: FastConfig | None = None) -> None:
+        if config is not None and not isinstance(config, FastConfig):
+            raise TypeError(f"config must be a FastConfig, got {type(config).__name__}")
+        self.config = config or FastConfig()
+        self._runs: dict[tuple[int, int], list[FastRun]] = {}
+        self._call_labels: torch.Tensor | None = None
+        self._claimed: list[FastRun] = []
+
+    def __call__(self, model: VAR, label_B: torch.Tensor) -> FastRun:
+        if not isinstance(model, VAR):
+            raise TypeError(f"run_factory needs an sdvar_lib.VAR, got {type(model).__name__}")
+        if not isinstance(label_B, torch.Tensor) or label_B.ndim != 1 or label_B.dtype.is_floating_point:
+            raise TypeError("label_B must be a 1-D integer tensor of class labels")
+        if label_B is not self._call_labels:
+            self._call_labels = label_B
+            self._claimed = []
+        claimed = {id(r) for r in self._claimed}
+        run = next((r for r in self._runs_for(model, label_B.numel()) if id(r) not in claimed), None)
+        if run is None:
+            run = self._new_run(model, label_B.numel())
+        self._claimed.append(run)
+        run.begin(label_B)
+        return run
+
+    def _runs_for(self, model: VAR, batch_size: int) -> list[FastRun]:
+        key = (id(model), batch_size)
+        runs = [r for r in self._runs.get(key, []) if r.model is model and r.is_current()]
+        self._runs[key] = runs
+        return runs
+
+    def _new_run(self, model: VAR, batch_size: int) -> FastRun:
+        run = FastRun(model, batch_size, self.config)
+        self._runs.setdefault((id(model), batch_size), []).append(run)
+        log.debug("new fast run: %r", run)
+        return run
+
+    def run_for(self, model: VAR, batch_size: int) -> FastRun:
+        """The first run of ``(model, batch_size)``, created if needed (for precapture and diagnostics)."""
+        runs = self._runs_for(model, batch_size)
+        return runs[0] if runs else self._new_run(model, batch_size)
+
+    def prepare(self, model: VAR, batch_size: int, chunks: Iterable[tuple[int, int]]) -> FastRun:
+        """Capture the programs of ``(start stage, number of stages)`` chunks before timing."""
+        run = self.run_for(model, batch_size)
+        run.precapture(chunks)
+        return run
+
+    def call_runs(self) -> list[FastRun]:
+        """The runs handed out for the latest call, in order."""
+        return list(self._claimed)
+
+    def runs(self) -> list[FastRun]:
+        return [r for runs in self._runs.values() for r in runs]
+
+    def release(self, model: VAR | None = None) -> None:
+        """Drop the runs (caches, buffers, graphs) of ``model``, or of every model."""
+        for key in list(self._runs):
+            if model is None or key[0] == id(model):
+                del self._runs[key]
+        self._claimed = [r for r in self._claimed if model is not None and r.model is not model]
+        if model is None:
+            self._call_labels = None
+
+
+@dataclass
+class _DecodeGraph:
+    graph: torch.cuda.CUDAGraph
+    f_hat_BChw: torch.Tensor
+    img_B3HW: torch.Tensor
+
+
+class GraphedDecode:
+    """The VQVAE decode (``fhat_to_img``) replayed as one CUDA graph per input shape and autocast state.
+
+    The decode is hundreds of small kernels; at batch 1 launching them costs more than running
+    them. ``with GraphedDecode(vae).installed():`` routes ``vae.fhat_to_img`` (what every decoder
+    calls last) through the graphs and restores the method on exit; CPU tensors go the eager way.
+    Images are returned as fresh tensors (the graph's output buffer is reused).
+    """
+
+    def __init__(self, vae: VQVAE, capture_warmup: int = 1) -> None:
+        if not isinstance(vae, VQVAE):
+            raise TypeError(f"GraphedDecode needs an sdvar_lib.VQVAE, got {type(vae).__name__}")
+        self.vae = vae
+        self.capture_warmup = capture_warmup
+        self._graphs: dict[tuple, _DecodeGraph] = {}
+
+    def _eager(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+        return VQVAE.fhat_to_img(self.vae, f_hat_BChw)
+
+    @torch.no_grad()
+    def __call__(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+        if not f_hat_BChw.is_cuda:
+            return self._eager(f_hat_BChw)
+        autocast = torch.is_autocast_enabled("cuda")
+        key = (tuple(f_hat_BChw.shape), f_hat_BChw.dtype, f_hat_BChw.device, autocast,
+               torch.get_autocast_dtype("cuda") if autocast else None)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(f_hat_BChw)
+            self._graphs[key] = entry
+        entry.f_hat_BChw.copy_(f_hat_BChw)
+        entry.graph.replay()
+        return entry.img_B3HW.clone()
+
+    def _capture(self, f_hat_BChw: torch.Tensor) -> _DecodeGraph:
+        static_in = f_hat_BChw.clone()
+        current = torch.cuda.current_stream(f_hat_BChw.device)
+        side = torch.cuda.Stream(device=f_hat_BChw.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(self.capture_warmup):
+                self._eager(static_in)
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._eager(static_in)
+        log.debug("captured the VQVAE decode for input %s", tuple(f_hat_BChw.shape))
+        return _DecodeGraph(graph=graph, f_hat_BChw=static_in, img_B3HW=static_out)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[GraphedDecode]:
+        """Route ``vae.fhat_to_img`` through the graphs inside the ``with`` block."""
+        if "fhat_to_img" in vars(self.vae):
+            raise RuntimeError("vae.fhat_to_img is already overridden (nested GraphedDecode.installed()?)")
+        self.vae.fhat_to_img = self
+        try:
+            yield self
+        finally:
+            del self.vae.fhat_to_img
+
+
+def make_fast_sdvar(draft: VAR, target: VAR, config: FastConfig | None = None) -> SDVAR:
+    """``SDVAR(draft, target)`` on the fast path (models are used in their current dtype)."""
+    return SDVAR(draft, target, run_factory=FastRunFactory(config))

@@ -1,0 +1,343 @@
+"""The fast path (static caches, per-chunk programs, CUDA graphs) gives the eager path's tokens.
+
+CPU tests run the fast path's code with graphs disabled (float32, so tokens must be identical);
+GPU tests (``-m gpu``) compare graph replay with the same path run eagerly in bf16.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sdvar_lib.acceptance import ExactPolicy
+from sdvar_lib.checkpoints import TINY_CONFIG, build_tiny
+from sdvar_lib.fast import (
+    FastConfig,
+    FastRun,
+    FastRunFactory,
+    GraphedDecode,
+    StaticKVCache,
+    chunk_span,
+    make_fast_sdvar,
+    stage_chunks,
+)
+from sdvar_lib.sdvar import SDVAR
+from sdvar_lib.var import VAR
+
+B = 2
+NO_GRAPHS = FastConfig(use_cuda_graphs=False)
+
+
+def _tokens(out) -> list[list[list[int]]]:
+    return [t.tolist() for t in out.tokens_per_stage]
+
+
+def _decoders(gamma_values=(1, 2, 3)):
+    cases = [("baseline", lambda sd, lb, k, s: sd.baseline(B, lb, g_seed=s, top_k=k)),
+             ("draft_alone", lambda sd, lb, k, s: sd.draft_alone(B, lb, g_seed=s, top_k=k)),
+             ("test3", lambda sd, lb, k, s: sd.generate_test3(B, lb, g_seed=s, top_k=k, entry_num=2)),
+             ("code", lambda sd, lb, k, s: sd.code_handoff(B, lb, g_seed=s, top_k=k, entry_num=2)),
+             ("adaptive", lambda sd, lb, k, s: sd.generate_parallel(B, lb, g_seed=s, top_k=k, gamma="adaptive"))]
+    for g in gamma_values:
+        cases.append((f"parallel_g{g}", lambda sd, lb, k, s, g=g: sd.generate_parallel(B, lb, g_seed=s, top_k=k, gamma=g)))
+    return cases
+
+
+DECODERS = _decoders()
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_pair):
+    _, draft, target = tiny_pair
+    return draft, target
+
+
+@pytest.fixture(scope="module")
+def fast_sd(pair):
+    """One factory reused by every test of the module: runs persist across calls and decoders."""
+    return SDVAR(*pair, run_factory=FastRunFactory(NO_GRAPHS))
+
+
+@pytest.mark.parametrize("name,call", DECODERS, ids=[n for n, _ in DECODERS])
+def test_fast_equals_eager_greedy(pair, fast_sd, name, call):
+    eager = SDVAR(*pair)
+    for labels in ([1, 7], [4, 4]):
+        ref, got = call(eager, labels, 1, 5), call(fast_sd, labels, 1, 5)
+        assert _tokens(got) == _tokens(ref), f"{name}: fast tokens differ from eager for labels {labels}"
+        assert torch.equal(got.images_B3HW, ref.images_B3HW)
+        assert got.stats.target_passes == ref.stats.target_passes
+        assert got.stats.draft_passes == ref.stats.draft_passes
+
+
+@pytest.mark.parametrize("name,call", DECODERS[:1] + DECODERS[-2:], ids=[n for n, _ in DECODERS[:1] + DECODERS[-2:]])
+def test_fast_equals_eager_when_sampling_across_calls(pair, name, call):
+    """Sampled (top_k=0) calls with changing labels: a reused fast factory matches fresh eager calls."""
+    eager = SDVAR(*pair)
+    fast = SDVAR(*pair, run_factory=FastRunFactory(NO_GRAPHS))
+    for labels, seed in (([1, 7], 0), ([2, 5], 1), ([1, 7], 0), (None, 3)):
+        assert _tokens(call(fast, labels, 0, seed)) == _tokens(call(eager, labels, 0, seed))
+
+
+def test_greedy_equals_target_greedy(pair, fast_sd):
+    """Lossless SDVAR on the fast path still reproduces the target's greedy tokens."""
+    _, target = pair
+    ref = target.generate(B, [3, 8], g_seed=2, top_k=1)
+    out = fast_sd.generate_parallel(B, [3, 8], g_seed=2, top_k=1, gamma=2)
+    assert _tokens(out) == [t.tolist() for t in ref.tokens_per_stage]
+
+
+def test_same_model_as_draft_and_target_gets_two_runs(pair):
+    _, target = pair
+    factory = FastRunFactory(NO_GRAPHS)
+    sd = SDVAR(target, target, run_factory=factory)
+    out = sd.generate_parallel(B, [1, 2], g_seed=0, top_k=1, gamma=2)
+    ref = SDVAR(target, target).generate_parallel(B, [1, 2], g_seed=0, top_k=1, gamma=2)
+    assert _tokens(out) == _tokens(ref)
+    assert out.stats.stages_accepted_per_round == ref.stats.stages_accepted_per_round
+    assert sum(out.stats.accepted_stages_per_stage) == sum(out.stats.proposed_stages_per_stage)  # draft == target
+    runs = factory.call_runs()
+    assert len(runs) == 2 and runs[0] is not runs[1]
+    assert runs[0].cache.k_NBHLc.data_ptr() != runs[1].cache.k_NBHLc.data_ptr()
+
+
+def test_static_cache_is_reused_and_reset(pair):
+    draft, target = pair
+    factory = FastRunFactory(NO_GRAPHS)
+    sd = SDVAR(draft, target, run_factory=factory)
+    sd.generate_parallel(B, [1, 2], g_seed=0, top_k=1, gamma=2)
+    runs = factory.runs()
+    ptrs = sorted(r.cache.k_NBHLc.data_ptr() for r in runs)
+    programs = {id(r): len(r.programs) for r in runs}
+    for _ in range(3):
+        sd.generate_parallel(B, [5, 6], g_seed=1, top_k=1, gamma=2)
+        sd.baseline(B, [5, 6], g_seed=1, top_k=1)
+    assert sorted(r.cache.k_NBHLc.data_ptr() for r in factory.runs()) == ptrs, "caches must be allocated once"
+    assert len(factory.runs()) == 2
+    assert all(isinstance(r.cache, StaticKVCache) and r.cache.length == 0 for r in factory.runs())
+    assert all(len(r.programs) >= programs[id(r)] for r in factory.runs())
+    sd.baseline(3, [5, 6, 7], g_seed=1, top_k=1)  # another batch size: its own run
+    assert len(factory.runs()) == 3
+
+
+def test_pass_log_matches_statistics(pair):
+    draft, target = pair
+    factory = FastRunFactory(NO_GRAPHS)
+    sd = SDVAR(draft, target, run_factory=factory)
+    out = sd.baseline(B, [1, 2], g_seed=0, top_k=1)
+    (run,) = factory.call_runs()
+    assert [(p.position, p.length) for p in run.pass_log] == [(bg, ed - bg) for bg, ed in target.begin_ends]
+    out = sd.generate_parallel(B, [1, 2], g_seed=0, top_k=1, gamma=3)
+    d_run, t_run = factory.call_runs()
+    assert d_run.model is draft and t_run.model is target
+    assert len(t_run.pass_log) == out.stats.target_passes
+    assert len(d_run.pass_log) == out.stats.draft_passes
+    assert not any(p.graphed for p in t_run.pass_log)
+
+
+class _FailingPolicy(ExactPolicy):
+    def verify_stage(self, si, proposals_Bl, q_BlV, p_BlV, rng, context=None):
+        if si >= 2:
+            raise RuntimeError("policy failure for the test")
+        return super().verify_stage(si, proposals_Bl, q_BlV, p_BlV, rng, context)
+
+
+def test_a_call_that_raises_leaves_nothing_behind(pair):
+    draft, target = pair
+    sd = SDVAR(draft, target, run_factory=FastRunFactory(NO_GRAPHS))
+    with pytest.raises(RuntimeError, match="policy failure"):
+        sd.generate_parallel(B, [1, 2], g_seed=0, top_k=1, gamma=1, policy=_FailingPolicy())
+    out = sd.generate_parallel(B, [3, 4], g_seed=0, top_k=1, gamma=1)
+    ref = SDVAR(draft, target).generate_parallel(B, [3, 4], g_seed=0, top_k=1, gamma=1)
+    assert _tokens(out) == _tokens(ref)
+
+
+def test_precapture_sizes_buffers_once(pair):
+    _, target = pair
+    run = FastRun(target, B, NO_GRAPHS)
+    S = target.num_stages
+    new = run.precapture(stage_chunks(S, S))
+    assert new == S * (S + 1) // 2 and len(run.programs) == new
+    assert run.capacity == target.L and run.cache.length == 0
+    assert run.precapture([(0, 1), (1, 2)]) == 0
+    assert chunk_span(target, 1, 2) == (1, 4 + 9)
+
+
+def test_experimental_mask_runs_eagerly(pair, fast_sd):
+    eager = SDVAR(*pair)
+    ref = eager.generate_test3(B, [1, 2], g_seed=0, top_k=1, entry_num=2, sd_mask=4)
+    got = fast_sd.generate_test3(B, [1, 2], g_seed=0, top_k=1, entry_num=2, sd_mask=4)
+    assert _tokens(got) == _tokens(ref)
+
+
+def test_bf16_weights_give_float32_logits_and_probabilities(pair):
+    draft, target = pair
+    t16, d16 = copy.deepcopy(target).to(torch.bfloat16), copy.deepcopy(draft).to(torch.bfloat16)
+    t16.vae_proxy = d16.vae_proxy = target.vae_proxy
+    factory = FastRunFactory(NO_GRAPHS)
+    label_B = torch.tensor([1, 2])
+    run, ref_run = factory(t16, label_B), FastRun(target, B, NO_GRAPHS)
+    ref_run.begin(label_B)
+    assert run.cache.k_NBHLc.dtype == torch.bfloat16
+    x = run.stage_input(0, [])
+    logits = run.forward(x)
+    ref = ref_run.forward(ref_run.stage_input(0, []))
+    assert logits.dtype == torch.float32
+    assert float((logits - ref).norm() / ref.norm()) < 2e-2
+    out = SDVAR(d16, t16, run_factory=factory).generate_parallel(B, [1, 2], g_seed=0, top_k=0, gamma=2)
+    assert out.images_B3HW.dtype == torch.float32 and bool(torch.isfinite(out.images_B3HW).all())
+
+
+@pytest.mark.parametrize("l2_norm", [True, False])
+def test_fused_pass_equals_forward_cached(tiny_pair, l2_norm):
+    """Chunked passes of the fused step give VAR.forward_cached's logits (and cache contents)."""
+    vae, _, target = tiny_pair
+    if not l2_norm:
+        torch.manual_seed(0)
+        target = VAR(vae, **{**TINY_CONFIG["var"], "attn_l2_norm": False}).eval()
+    label_B = torch.tensor([3, 8])
+    fused, generic = FastRun(target, B, NO_GRAPHS), FastRun(target, B, FastConfig(use_cuda_graphs=False, fused=False))
+    assert fused.fused and not generic.fused
+    gen = torch.Generator().manual_seed(1)
+    for chunks in ([(0, 1), (1, 1), (2, 2)], [(0, 3), (3, 1)], [(0, 4)]):
+        for run in (fused, generic):
+            run.begin(label_B)
+        for s, n in chunks:
+            _, l = chunk_span(target, s, n)
+            x = torch.randn(2 * B, l, target.C, generator=gen)
+            a, b = fused.forward(x), generic.forward(x)
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4), f"chunk {(s, n)}: max diff {(a - b).abs().max()}"
+        n = fused.cache.length
+        assert torch.allclose(fused.cache.k_NBHLc[:, :, :, :n], generic.cache.k_NBHLc[:, :, :, :n], atol=1e-5)
+        assert torch.allclose(fused.cache.v_NBHLc[:, :, :, :n], generic.cache.v_NBHLc[:, :, :, :n], atol=1e-5)
+
+
+def test_generic_step_equals_eager(pair):
+    cfg = FastConfig(use_cuda_graphs=False, fused=False)
+    for name, call in DECODERS[:1] + DECODERS[-1:]:
+        ref = call(SDVAR(*pair), [1, 7], 1, 5)
+        assert _tokens(call(SDVAR(*pair, run_factory=FastRunFactory(cfg)), [1, 7], 1, 5)) == _tokens(ref), name
+
+
+def test_graphed_decode_falls_back_on_cpu(tiny_pair):
+    vae = tiny_pair[0]
+    f_hat = torch.randn(2, vae.Cvae, 4, 4)
+    decoder = GraphedDecode(vae)
+    with decoder.installed():
+        assert vae.fhat_to_img is decoder
+        with pytest.raises(RuntimeError, match="already"), decoder.installed():
+            pass
+        got = vae.fhat_to_img(f_hat)
+    assert "fhat_to_img" not in vars(vae)
+    assert torch.equal(got, vae.fhat_to_img(f_hat))
+    with pytest.raises(TypeError, match="VQVAE"):
+        GraphedDecode(tiny_pair[2])
+
+
+def test_eager_path_stays_the_default(pair):
+    assert SDVAR(*pair).run_factory is None
+
+
+def test_bad_input(pair):
+    draft, target = pair
+    assert target.device.type == "cpu"
+    with pytest.raises(ValueError, match="CUDA"):
+        FastRun(target, B, FastConfig(use_cuda_graphs=True))
+    with pytest.raises(ValueError, match="batch_size"):
+        FastRun(target, 0, NO_GRAPHS)
+    with pytest.raises(ValueError, match="capture_warmup"):
+        FastConfig(capture_warmup=-1)
+    with pytest.raises(TypeError, match="use_cuda_graphs"):
+        FastConfig(use_cuda_graphs="yes")
+    with pytest.raises(TypeError, match="FastConfig"):
+        FastRunFactory({"use_cuda_graphs": False})
+    run = FastRun(target, B, NO_GRAPHS)
+    with pytest.raises(ValueError, match="labels"):
+        run.begin(torch.tensor([1, 2, 3]))
+    run.begin(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="chunk input"):
+        run.forward(torch.zeros(2 * B + 1, 1, target.C))
+    with pytest.raises(ValueError, match="does not fit"):
+        run.forward(torch.zeros(2 * B, target.L + 1, target.C))
+    with pytest.raises(ValueError, match="does not fit"):
+        chunk_span(target, target.num_stages - 1, 2)
+    with pytest.raises(TypeError, match="label_B"):
+        FastRunFactory(NO_GRAPHS)(target, torch.tensor([1.0, 2.0]))
+    training = copy.deepcopy(target).train()
+    with pytest.raises(ValueError, match="eval mode"):
+        FastRun(training, B, NO_GRAPHS)
+
+
+# ---- GPU --------------------------------------------------------------------------------------------
+def _cuda_bf16_pair(device: torch.device):
+    vae, target = build_tiny(seed=0, device=device)
+    _, draft = build_tiny(seed=1, depth=1, vae=vae, device=device)
+    return draft.to(torch.bfloat16), target.to(torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,call", DECODERS, ids=[n for n, _ in DECODERS])
+def test_gpu_graphs_equal_eager_bf16_greedy(cuda_device, name, call):
+    draft, target = _cuda_bf16_pair(cuda_device)
+    graphed = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=True)))
+    eager = SDVAR(draft, target, run_factory=FastRunFactory(NO_GRAPHS))
+    for labels in ([1, 7], [4, 4], [0, 9]):
+        ref, got = call(eager, labels, 1, 5), call(graphed, labels, 1, 5)
+        assert _tokens(got) == _tokens(ref), f"{name}: graph replay differs from the eager bf16 pass"
+        assert got.stats.target_passes == ref.stats.target_passes
+    counters = [r.counters for r in graphed.run_factory.runs()]
+    assert sum(c.captures for c in counters) > 0 and sum(c.replays for c in counters) > 0
+    assert sum(c.capture_failures for c in counters) == 0 and sum(c.eager_passes for c in counters) == 0
+
+
+@pytest.mark.gpu
+def test_gpu_graph_replay_has_no_stale_state(cuda_device):
+    """Graphs replayed across calls with other labels give what fresh eager calls give (sampling on)."""
+    draft, target = _cuda_bf16_pair(cuda_device)
+    graphed = make_fast_sdvar(draft, target, FastConfig(use_cuda_graphs=True))
+    for labels, seed in (([1, 7], 0), ([2, 5], 1), ([9, 0], 2), ([1, 7], 0)):
+        for gamma in (2, 3):
+            fresh = SDVAR(draft, target, run_factory=FastRunFactory(NO_GRAPHS))
+            got = graphed.generate_parallel(B, labels, g_seed=seed, top_k=0, gamma=gamma)
+            ref = fresh.generate_parallel(B, labels, g_seed=seed, top_k=0, gamma=gamma)
+            assert _tokens(got) == _tokens(ref), f"labels {labels} gamma {gamma}"
+        got_b = graphed.baseline(B, labels, g_seed=seed, top_k=0)
+        ref_b = SDVAR(draft, target, run_factory=FastRunFactory(NO_GRAPHS)).baseline(B, labels, g_seed=seed, top_k=0)
+        assert _tokens(got_b) == _tokens(ref_b)
+        assert torch.allclose(got_b.images_B3HW, ref_b.images_B3HW)
+    assert all(r.cache.length == 0 for r in graphed.run_factory.runs())
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_close_to_float32_eager(cuda_device):
+    """Gross errors (wrong cache, stale buffers) would break agreement with the float32 eager path."""
+    vae, target32 = build_tiny(seed=0, device=cuda_device)
+    draft, target = _cuda_bf16_pair(cuda_device)
+    sd = make_fast_sdvar(draft, target, FastConfig(use_cuda_graphs=True))
+    agree = total = 0
+    for seed in range(6):
+        labels = [seed % 10, (3 * seed + 1) % 10]
+        ref = target32.generate(B, labels, g_seed=seed, top_k=1)
+        got = sd.baseline(B, labels, g_seed=seed, top_k=1)
+        for a, b in zip(got.tokens_per_stage, ref.tokens_per_stage):
+            agree += int((a == b).sum())
+            total += a.numel()
+    assert agree / total >= 0.9, f"bf16 graphs agree with float32 eager on only {agree}/{total} greedy tokens"
+
+
+@pytest.mark.gpu
+def test_gpu_graphed_decode_equals_eager(cuda_device):
+    vae, _ = build_tiny(seed=0, device=cuda_device)
+    decoder = GraphedDecode(vae)
+    for batch in (1, 3, 1):
+        f_hat = torch.randn(batch, vae.Cvae, 4, 4, device=cuda_device)
+        ref = vae.fhat_to_img(f_hat)
+        with decoder.installed():
+            got = vae.fhat_to_img(f_hat)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                got16 = vae.fhat_to_img(f_hat)
+                ref16 = GraphedDecode._eager(decoder, f_hat)
+        assert torch.allclose(got, ref, atol=1e-5), f"batch {batch}"
+        assert torch.allclose(got16, ref16, atol=1e-2)
+    assert len(decoder._graphs) == 4
