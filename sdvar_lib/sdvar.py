@@ -114,16 +114,29 @@ class SDVARStats:
     stages_accepted_per_round: list[int] = field(default_factory=list)
     stages_committed_per_round: list[int] = field(default_factory=list)
     proposed_tokens_per_stage: list[int] = field(default_factory=list)
-    accepted_tokens_per_stage: list[int] = field(default_factory=list)
     proposed_stages_per_stage: list[int] = field(default_factory=list)
     accepted_stages_per_stage: list[int] = field(default_factory=list)
     wall_time_s: float = 0.0
+    accepted_tokens_S: torch.Tensor | None = None
+    """Accepted draft tokens per stage, counted on the models' device (no host sync per round);
+    read it through :attr:`accepted_tokens_per_stage`."""
 
     def __post_init__(self) -> None:
-        for name in ("proposed_tokens_per_stage", "accepted_tokens_per_stage",
-                     "proposed_stages_per_stage", "accepted_stages_per_stage"):
+        for name in ("proposed_tokens_per_stage", "proposed_stages_per_stage", "accepted_stages_per_stage"):
             if not getattr(self, name):
                 setattr(self, name, [0] * self.num_stages)
+
+    @property
+    def accepted_tokens_per_stage(self) -> list[int]:
+        if self.accepted_tokens_S is None:
+            return [0] * self.num_stages
+        return [int(v) for v in self.accepted_tokens_S.tolist()]
+
+    def count_accepted(self, si: int, accepted_Bl: torch.Tensor) -> None:
+        """Add a verified stage's accepted tokens (stays on the device)."""
+        if self.accepted_tokens_S is None:
+            self.accepted_tokens_S = torch.zeros(self.num_stages, dtype=torch.long, device=accepted_Bl.device)
+        self.accepted_tokens_S[si] += accepted_Bl.sum()
 
     @property
     def token_acceptance_per_stage(self) -> list[float | None]:
@@ -247,6 +260,9 @@ class AcceptanceResult:
     """Verdicts of the verified stages and what the round commits."""
 
     verdicts: list[StageVerdict]
+    """Verdicts of the stages up to and including the first one not accepted by every sample."""
+    stage_all_accepted: list[bool]
+    """Per verdict: every sample accepted the stage (read from the device once per round)."""
     first_rejected: int | None
     """Stage index ``r`` of the first stage not accepted by every sample (``None``: all accepted)."""
     committed: list[torch.Tensor]
@@ -265,10 +281,15 @@ class RoundRecord:
     committed_stages: int
     first_rejected: int | None
     bonus: bool
-    target_stage_acceptance: list[float]
-    """Token acceptance rate of every verified stage."""
     state: SDVARInferenceState
     acceptance: AcceptanceResult | None = None
+
+    @property
+    def target_stage_acceptance(self) -> list[float]:
+        """Token acceptance rate of every verified stage (reads from the device)."""
+        if self.acceptance is None:
+            return []
+        return [float(v.accepted_Bl.float().mean()) for v in self.acceptance.verdicts]
 
 
 # ---- masks --------------------------------------------------------------------------------------
@@ -498,22 +519,31 @@ class SDVAR:
     def basic_token_matching(
         self, draft_tokens: DraftProposal, verify: VerifyResult, state: SDVARInferenceState
     ) -> AcceptanceResult:
-        """Apply the policy stage by stage; stop at the first stage not accepted by every sample."""
-        verdicts: list[StageVerdict] = []
-        committed: list[torch.Tensor] = []
-        for i, si in enumerate(draft_tokens.stages):
-            verdict = state.policy.verify_stage(
+        """Apply the policy to every proposed stage, then commit up to the first stage not accepted by all.
+
+        All stages are judged from the one verify pass (their ``p`` do not depend on each other's
+        verdicts), so the accept/reject flags come to the host in a single transfer per round.
+        Random draws made for stages after the first rejection are discarded, which leaves the
+        committed stages' distribution unchanged.
+        """
+        verdicts = [
+            state.policy.verify_stage(
                 si, draft_tokens.tokens[i], draft_tokens.q_probs[i], verify.p_probs[i], state.rng, state.policy_context
             )
-            verdicts.append(verdict)
-            if not verdict.all_accepted:
-                committed.append(verdict.tokens_if_last_Bl)
-                return AcceptanceResult(verdicts=verdicts, first_rejected=si, committed=committed, bonus=False)
-            committed.append(draft_tokens.tokens[i])
+            for i, si in enumerate(draft_tokens.stages)
+        ]
+        flags = [bool(f) for f in torch.stack([v.stage_accepted_B.all() for v in verdicts]).tolist()]
+        if not all(flags):
+            r = flags.index(False)
+            committed = list(draft_tokens.tokens[:r]) + [verdicts[r].tokens_if_last_Bl]
+            return AcceptanceResult(verdicts=verdicts[: r + 1], stage_all_accepted=flags[: r + 1],
+                                    first_rejected=draft_tokens.start + r, committed=committed, bonus=False)
+        committed = list(draft_tokens.tokens)
         bonus = len(verify.stages) > draft_tokens.gamma
         if bonus:
             committed.append(sample_from_probs(verify.p_probs[-1], state.rng))
-        return AcceptanceResult(verdicts=verdicts, first_rejected=None, committed=committed, bonus=bonus)
+        return AcceptanceResult(verdicts=verdicts, stage_all_accepted=flags, first_rejected=None,
+                                committed=committed, bonus=bonus)
 
     # -- step 4: commit --
     @torch.no_grad()
@@ -533,17 +563,17 @@ class SDVAR:
         # draft: it read inputs up to c + g - 1; those of stages <= last committed stay valid
         last_draft_input = min(last_committed, c + draft_tokens.gamma - 1)
         state.draft.cache.truncate(self.draft_model.begin_ends[last_draft_input][1])
-        accepted_stages = sum(1 for v in acceptance.verdicts if v.all_accepted)
+        accepted_stages = sum(acceptance.stage_all_accepted)
         stats = state.stats
         stats.rounds += 1
         stats.gamma_per_round.append(draft_tokens.gamma)
         stats.stages_accepted_per_round.append(accepted_stages)
         stats.stages_committed_per_round.append(len(acceptance.committed))
-        for si, verdict in zip(draft_tokens.stages, acceptance.verdicts):
+        for si, verdict, ok in zip(draft_tokens.stages, acceptance.verdicts, acceptance.stage_all_accepted):
             stats.proposed_tokens_per_stage[si] += verdict.accepted_Bl.numel()
-            stats.accepted_tokens_per_stage[si] += int(verdict.accepted_Bl.sum())
+            stats.count_accepted(si, verdict.accepted_Bl)
             stats.proposed_stages_per_stage[si] += 1
-            stats.accepted_stages_per_stage[si] += int(verdict.all_accepted)
+            stats.accepted_stages_per_stage[si] += int(ok)
         return replace(
             state, tokens=new_tokens, f_hats=new_f_hats,
             history=state.history.add(draft_tokens.gamma, accepted_stages),
@@ -578,7 +608,7 @@ class SDVAR:
                 state = self._target_step(state)
                 record = RoundRecord(
                     index=index, start_stage=c, gamma=0, accepted_stages=0, committed_stages=1, first_rejected=None,
-                    bonus=False, target_stage_acceptance=[], state=state,
+                    bonus=False, state=state,
                 )
             else:
                 draft = self.draft_generate_batch(state, state.B, gamma=gamma)
@@ -587,11 +617,9 @@ class SDVAR:
                 state = self.update_state_with_accepted_tokens(state, draft, acceptance)
                 record = RoundRecord(
                     index=index, start_stage=c, gamma=draft.gamma,
-                    accepted_stages=sum(1 for v in acceptance.verdicts if v.all_accepted),
+                    accepted_stages=sum(acceptance.stage_all_accepted),
                     committed_stages=len(acceptance.committed), first_rejected=acceptance.first_rejected,
-                    bonus=acceptance.bonus,
-                    target_stage_acceptance=[float(v.accepted_Bl.float().mean()) for v in acceptance.verdicts],
-                    state=state, acceptance=acceptance,
+                    bonus=acceptance.bonus, state=state, acceptance=acceptance,
                 )
             level = logging.INFO if state.verbose else logging.DEBUG
             if log.isEnabledFor(level):
