@@ -36,7 +36,7 @@ from sdvar_lib.decoding import (
     validate_batch_size,
     validate_sampling_for,
 )
-from sdvar_lib.gamma import GammaRule, RoundHistory, make_gamma_rule
+from sdvar_lib.gamma import GammaRule, RoundContext, RoundHistory, make_gamma_rule
 from sdvar_lib.kv_cache import KVCache
 from sdvar_lib.sampling import SamplingConfig, filter_top_k_top_p, sample_from_probs
 from sdvar_lib.var import VAR
@@ -406,6 +406,11 @@ class SDVAR:
             out.append(f_hat)
         return out
 
+    @staticmethod
+    def _round_context(state: SDVARInferenceState) -> RoundContext:
+        return RoundContext(c=state.c, num_stages=state.num_stages,
+                            draft_stages_held=state.draft.cache.stages_held(), history=state.history)
+
     def _check_B(self, state: SDVARInferenceState, B: int) -> None:
         if B != state.B:
             raise ValueError(f"B={B} does not match the inference state's batch size {state.B}")
@@ -423,7 +428,7 @@ class SDVAR:
         if state.done:
             raise ValueError("all stages are committed; nothing left to draft")
         if gamma is None:
-            gamma = state.gamma_rule.next_gamma(state.history)
+            gamma = state.gamma_rule.next_gamma(self._round_context(state))
         if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
             raise ValueError(f"draft_generate_batch needs gamma >= 1, got {gamma!r}")
         c, S = state.c, state.num_stages
@@ -576,7 +581,9 @@ class SDVAR:
             stats.accepted_stages_per_stage[si] += int(ok)
         return replace(
             state, tokens=new_tokens, f_hats=new_f_hats,
-            history=state.history.add(draft_tokens.gamma, accepted_stages),
+            history=state.history.add(
+                draft_tokens.gamma, accepted_stages, list(zip(draft_tokens.stages, acceptance.stage_all_accepted))
+            ),
         )
 
     @torch.no_grad()
@@ -603,7 +610,7 @@ class SDVAR:
         index = 0
         while not state.done:
             c = state.c
-            gamma = state.gamma_rule.next_gamma(state.history)
+            gamma = state.gamma_rule.next_gamma(self._round_context(state))
             if gamma == 0:
                 state = self._target_step(state)
                 record = RoundRecord(
