@@ -38,8 +38,9 @@ from sdvar_lib.acceptance import AcceptancePolicy, StageVerdict, make_policy
 from sdvar_lib.checkpoints import OFFICIAL_PATCH_NUMS, ModelPair, build_vae, build_var, official_var_kwargs
 from sdvar_lib.decoding import fhat_to_unit_images
 from sdvar_lib.fast import FastConfig, FastRun, FastRunFactory, GraphedDecode, PassRecord, chunk_span, stage_chunks
+from sdvar_lib.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, RoundContext, RoundHistory, TableCost
 from sdvar_lib.sampling import sample_from_probs
-from sdvar_lib.sdvar import SDVAR, SDVAROutput
+from sdvar_lib.sdvar import SDVAR, SDVAROutput, SDVARStats
 from sdvar_lib.var import VAR
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,21 @@ __all__ = [
     "passes_bound_s",
     "sequential_passes",
     "format_markdown",
+    "CallSample",
+    "OverheadEstimate",
+    "AdaptiveCalibration",
+    "chunk_of_pass",
+    "measure_pass_times",
+    "estimate_overheads",
+    "calibrated_costs",
+    "pooled_stage_acceptance",
+    "fill_missing_stages",
+    "scenario_stage_acceptance",
+    "map_profile_to_stages",
+    "calibrate_batch",
+    "calibrate_scenario",
+    "plan_never_drafts",
+    "format_calibrations",
     "main",
 ]
 
@@ -249,12 +265,21 @@ class ScenarioPolicy(AcceptancePolicy):
 # ---- methods and configuration ------------------------------------------------------------------
 @dataclass(frozen=True)
 class MethodSpec:
-    """A decoder to time. ``kind``: eager, target, draft, sdvar, test3 or code."""
+    """A decoder to time. ``kind``: eager, target, draft, sdvar, test3 or code.
+
+    An SDVAR ``gamma`` is an int, ``"adaptive"`` (:class:`AdaptiveGamma` defaults) or ``"calibrated"``
+    (:class:`AdaptiveGamma` with pass costs, overheads and acceptance priors measured on the same GPU,
+    batch size and scenario right before the row is timed; see :func:`calibrate_scenario`).
+    """
 
     name: str
     kind: str
     gamma: int | str | None = None
     entry_num: int | None = None
+
+    @property
+    def adaptive(self) -> bool:
+        return self.gamma in ("adaptive", "calibrated")
 
     @property
     def uses_draft(self) -> bool:
@@ -268,7 +293,7 @@ class MethodSpec:
         if self.kind == "target":
             return stage_chunks(S, 1)
         if self.kind == "sdvar":
-            return stage_chunks(S, (4 if self.gamma == "adaptive" else int(self.gamma)) + 1)
+            return stage_chunks(S, (ADAPTIVE_MAX_GAMMA if self.adaptive else int(self.gamma)) + 1)
         if self.kind == "test3":
             return [(0, self.entry_num + 1)] + [(s, 1) for s in range(self.entry_num + 1, S)]
         if self.kind == "code":
@@ -279,13 +304,17 @@ class MethodSpec:
         if self.kind == "draft":
             return stage_chunks(S, 1)
         if self.kind == "sdvar":
-            return stage_chunks(S, 2)
+            # after target steps (gamma 0) the draft catches up over several stages in one chunk;
+            # the calibrated rule prices every such chunk, so all of them are captured (and measured)
+            return stage_chunks(S, S if self.gamma == "calibrated" else 2)
         if self.kind == "test3":
             return [(s, 1) for s in range(self.entry_num)]
         if self.kind == "code":
             return [(0, self.entry_num + 1)] + [(s, 1) for s in range(self.entry_num + 1, S)]
         return []
 
+
+ADAPTIVE_MAX_GAMMA = AdaptiveGamma().max_gamma
 
 METHODS: dict[str, MethodSpec] = {
     m.name: m
@@ -295,6 +324,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("target", "target"),
         *(MethodSpec(f"sdvar_g{g}", "sdvar", gamma=g) for g in (1, 2, 3, 4)),
         MethodSpec("sdvar_adaptive", "sdvar", gamma="adaptive"),
+        MethodSpec("sdvar_adaptive_cal", "sdvar", gamma="calibrated"),
         MethodSpec("test3_e5", "test3", entry_num=5),
         MethodSpec("code_e6", "code", entry_num=6),
         MethodSpec("code_e8", "code", entry_num=8),
@@ -325,6 +355,8 @@ class BenchConfig:
     repeats: int = 10
     warmup: int = 2
     passes_only_repeats: int = 5
+    calibration_calls: int = 2
+    calibration_replays: int = 3
     top_k: int = 900
     top_p: float = 0.96
     cfg: float = 1.5
@@ -347,6 +379,9 @@ class BenchConfig:
                              f"got {len(self.acceptance_profile)}")
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats} and {self.warmup}")
+        if self.calibration_calls < 1 or self.calibration_replays < 1:
+            raise ValueError(f"calibration_calls and calibration_replays must be >= 1, got {self.calibration_calls} "
+                             f"and {self.calibration_replays}")
         if any(b < 1 for b in self.batches) or not self.batches:
             raise ValueError(f"batch sizes must be >= 1, got {self.batches}")
         for depths in self.pairs:
@@ -377,6 +412,8 @@ class BenchRow:
     captures_during_timing: int = 0
     speedup_vs_target: float | None = None
     speedup_vs_eager: float | None = None
+    gamma_per_round: list[int] | None = None
+    """SDVAR rows: the gamma of every round of the last timed call (0 = a target step)."""
 
 
 @dataclass
@@ -386,6 +423,76 @@ class DecodeTiming:
     batch: int
     eager_ms: float
     graphed_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class CallSample:
+    """One calibration call: its latency, the measured time of the passes it made, and what it did.
+
+    ``fixed_ms``: per-call work that is neither a pass nor per stage (the VQVAE decode and each run's
+    ``begin``). ``draft_passes``: draft passes (one per proposal); ``target_stages_read``: stages over
+    all target passes (a target step reads 1, a verify chunk ``g + 1``); ``sdvar_rounds``: rounds
+    that drafted (gamma >= 1).
+    """
+
+    total_ms: float
+    pass_ms: float
+    fixed_ms: float
+    draft_passes: int = 0
+    target_stages_read: int = 0
+    sdvar_rounds: int = 0
+
+    @property
+    def other_ms(self) -> float:
+        """Time outside the passes and the fixed per-call work: sampling, VQ ops, acceptance, syncs."""
+        return self.total_ms - self.pass_ms - self.fixed_ms
+
+
+@dataclass(frozen=True)
+class OverheadEstimate:
+    """Time outside the passes, as :func:`estimate_overheads` splits it.
+
+    ``step_ms``: per stage a pass reads or proposes (what a target step costs beyond its pass: its
+    stage input, guidance, sampling and ``f_hat`` update); ``round_ms``: what a drafting round costs
+    beyond that (acceptance, the verdicts' host transfer, bookkeeping), clamped at 0
+    (``round_ms_raw`` unclamped).
+    """
+
+    step_ms: float
+    round_ms: float
+    round_ms_raw: float
+    target_calls: int
+    sdvar_calls: int
+
+
+@dataclass
+class AdaptiveCalibration:
+    """What the calibrated adaptive rule of one (pair, batch, scenario) row was built from.
+
+    Pass tables are ``[start stage, stages, ms]`` rows (graph replays, CUDA events); the cost model
+    the rule got adds ``stages * step_overhead_ms`` to a target chunk, ``step_overhead_ms`` to a
+    draft chunk and ``round_overhead_ms`` per round (:func:`calibrated_costs`).
+    """
+
+    pair: str
+    batch: int
+    scenario: str
+    prior_source: str
+    priors: list[float]
+    measured_stage_acceptance: list[float | None]
+    step_overhead_ms: float
+    round_overhead_ms: float
+    round_overhead_raw_ms: float
+    fixed_ms: float
+    target_pass_ms: list[list[float]]
+    draft_pass_ms: list[list[float]]
+    target_call_ms: list[float]
+    sdvar_call_ms: list[float]
+    seconds: float
+    dispatch: str = "sdvar"
+    """``"sdvar"``, or ``"target alone"`` when the calibrated plan never drafts (:func:`plan_never_drafts`)."""
+    gamma_per_round: list[int] | None = None
+    """The gamma of every round of the row's last timed call (filled after timing; ``[]`` for target alone)."""
 
 
 @dataclass
@@ -405,6 +512,7 @@ class BenchReport:
     decode: list[DecodeTiming]
     rows: list[BenchRow]
     config: BenchConfig
+    calibrations: list[AdaptiveCalibration] = field(default_factory=list)
 
 
 # ---- statistics and formatting ------------------------------------------------------------------
@@ -464,6 +572,36 @@ def format_markdown(report: BenchReport) -> str:
                 f"{_fmt(r.passes_only_ms, 2)} | {_fmt(r.speedup_vs_target, 2, '×')} | {_fmt(r.speedup_vs_eager, 2, '×')} |"
             )
         lines.append("")
+    if report.calibrations:
+        lines += [format_calibrations(report.calibrations), ""]
+    return "\n".join(lines)
+
+
+def _fmt_list(values: Sequence[float | None], digits: int = 2) -> str:
+    return ",".join("-" if v is None else f"{round(v, digits):g}" for v in values)
+
+
+def format_calibrations(calibrations: Sequence[AdaptiveCalibration]) -> str:
+    """Markdown: per calibrated row the priors, the overheads and the gamma of every round of one timed call."""
+    lines = [
+        "Calibrated adaptive gamma (`sdvar_adaptive_cal`): pass times are CUDA-graph replays of every chunk "
+        "(median); step overhead = time outside the passes per stage of a target-alone call; round overhead = "
+        "what a drafting round of the calibration calls spends beyond that (see `estimate_overheads`).",
+        "",
+        "| pair | batch | scenario | priors (stage 0..) | prior source | measured stage acceptance | step ms | "
+        "round ms (raw) | target / draft 1-stage passes ms | runs as | gamma per round (last timed call) | "
+        "calibration s |",
+        "|" + "---|" * 12,
+    ]
+    for c in calibrations:
+        t1 = sum(ms for s, n, ms in c.target_pass_ms if n == 1)
+        d1 = sum(ms for s, n, ms in c.draft_pass_ms if n == 1)
+        lines.append(
+            f"| {c.pair} | {c.batch} | {c.scenario} | {_fmt_list(c.priors)} | {c.prior_source} | "
+            f"{_fmt_list(c.measured_stage_acceptance)} | {c.step_overhead_ms:.3f} | {c.round_overhead_ms:.3f} "
+            f"({c.round_overhead_raw_ms:.3f}) | {t1:.2f} / {d1:.2f} | {c.dispatch} | {c.gamma_per_round} | "
+            f"{c.seconds:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -561,7 +699,8 @@ class _PairContext:
 
 
 def _method_call(ctx: _PairContext, method: MethodSpec, scenario: Scenario | None, B: int,
-                 config: BenchConfig) -> Callable[[int], object]:
+                 config: BenchConfig, gamma: GammaRule | None = None) -> Callable[[int], object]:
+    """``seed -> output`` of one call; ``gamma`` overrides an SDVAR method's gamma (the calibrated rule)."""
     sd, kw = ctx.sd, dict(cfg=config.cfg, top_k=config.top_k, top_p=config.top_p)
     if method.kind == "eager":
         return lambda seed: ctx.pair.target.autoregressive_infer_cfg(B, None, g_seed=seed, **kw)
@@ -574,7 +713,23 @@ def _method_call(ctx: _PairContext, method: MethodSpec, scenario: Scenario | Non
     if method.kind == "code":
         return lambda seed: sd.code_handoff(B, None, g_seed=seed, entry_num=method.entry_num, **kw)
     assert scenario is not None
-    return lambda seed: sd.generate_parallel(B, None, g_seed=seed, gamma=method.gamma, policy=scenario.policy, **kw)
+    if method.gamma == "calibrated":
+        if gamma is None:
+            raise ValueError(f"{method.name} needs the calibrated gamma rule (calibrate_scenario)")
+        if plan_never_drafts(gamma, ctx.pair.target.num_stages):
+            return lambda seed: sd.baseline(B, None, g_seed=seed, **kw)
+    rule = gamma if gamma is not None else method.gamma
+    return lambda seed: sd.generate_parallel(B, None, g_seed=seed, gamma=rule, policy=scenario.policy, **kw)
+
+
+def _in_call_context(ctx: _PairContext, graphed_decode: bool, fn: Callable[[], object]) -> object:
+    """Run ``fn`` as the timed calls run: graphed VQVAE decode (fast-path rows) and bf16 autocast on CUDA."""
+    with contextlib.ExitStack() as stack:
+        if graphed_decode and ctx.decoder is not None:
+            stack.enter_context(ctx.decoder.installed())
+        if ctx.pair.target.device.type == "cuda":
+            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+        return fn()
 
 
 def _prepare_runs(ctx: _PairContext, method: MethodSpec, B: int) -> None:
@@ -606,18 +761,14 @@ def _call_passes(ctx: _PairContext, method: MethodSpec) -> list[tuple[VarSpec, l
 
 
 def bench_method(ctx: _PairContext, method: MethodSpec, scenario: Scenario | None, B: int, config: BenchConfig,
-                 ceilings: Ceilings) -> BenchRow:
+                 ceilings: Ceilings, gamma: GammaRule | None = None) -> BenchRow:
     _prepare_runs(ctx, method, B)
-    call = _method_call(ctx, method, scenario, B, config)
+    call = _method_call(ctx, method, scenario, B, config, gamma)
 
     graphed_decode = ctx.decoder is not None and method.kind != "eager"
 
     def timed(seed: int) -> object:
-        with contextlib.ExitStack() as stack:
-            if graphed_decode:
-                stack.enter_context(ctx.decoder.installed())
-            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
-            return call(seed)
+        return _in_call_context(ctx, graphed_decode, lambda: call(seed))
 
     for i in range(config.warmup):
         timed(10_000 + i)
@@ -626,6 +777,7 @@ def bench_method(ctx: _PairContext, method: MethodSpec, scenario: Scenario | Non
     torch.cuda.reset_peak_memory_stats()
     times, t_passes, d_passes, bounds, acceptance = [], [], [], [], []
     last_passes: list = []
+    gamma_per_round: list[int] | None = None
     for i in range(config.repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -640,6 +792,8 @@ def bench_method(ctx: _PairContext, method: MethodSpec, scenario: Scenario | Non
             d_passes.append(out.stats.draft_passes)
             if out.stats.token_acceptance is not None:
                 acceptance.append(out.stats.token_acceptance)
+            if method.kind == "sdvar":
+                gamma_per_round = list(out.stats.gamma_per_round)
         else:
             t_passes.append(len(passes[0][1]))
             d_passes.append(0)
@@ -662,12 +816,295 @@ def bench_method(ctx: _PairContext, method: MethodSpec, scenario: Scenario | Non
         peak_reserved_gib=reserved,
         bound_ms=bound, ratio_to_bound=median / bound, passes_only_ms=passes_only,
         token_acceptance=statistics.median(acceptance) if acceptance else None, captures_during_timing=captures,
+        gamma_per_round=gamma_per_round,
     )
-    log.info("%s B=%d %-15s %-26s %8.2f ms (p10 %.2f, p90 %.2f)  bound %.2f ms  x%.2f  T%g D%g  %.1f GiB%s",
+    log.info("%s B=%d %-18s %-26s %8.2f ms (p10 %.2f, p90 %.2f)  bound %.2f ms  x%.2f  T%g D%g  %.1f GiB%s%s",
              ctx.name, B, method.name, row.scenario, median, row.latency_ms_p10, row.latency_ms_p90, bound,
              row.ratio_to_bound, row.target_passes, row.draft_passes, peak,
-             f"  passes-only {passes_only:.2f} ms" if passes_only is not None else "")
+             f"  passes-only {passes_only:.2f} ms" if passes_only is not None else "",
+             f"  gamma/round {gamma_per_round}" if method.adaptive else "")
     return row
+
+
+# ---- calibrated adaptive gamma ------------------------------------------------------------------
+ReplayTimer = Callable[[Callable[[], object], int, int], float]
+"""``(fn, repeats, warmup) -> median ms`` of ``fn`` (on the GPU: CUDA events around each run)."""
+CallTimer = Callable[[Callable[[], object]], tuple[object, float]]
+"""``fn -> (result, ms)`` of one run of ``fn``."""
+
+
+def cuda_event_call_ms(fn: Callable[[], object]) -> tuple[object, float]:
+    """One run of ``fn`` timed with CUDA events (what the timed rows measure)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    out = fn()
+    end.record()
+    end.synchronize()
+    return out, start.elapsed_time(end)
+
+
+def chunk_of_pass(model: VAR, position: int, length: int) -> tuple[int, int]:
+    """``(start stage, number of stages)`` of a pass over ``[position, position + length)`` (inverse of ``chunk_span``)."""
+    starts = {b: i for i, (b, _) in enumerate(model.begin_ends)}
+    ends = {e: i for i, (_, e) in enumerate(model.begin_ends)}
+    end = position + length
+    if position not in starts or end not in ends or ends[end] < starts[position]:
+        raise ValueError(f"a pass at {position} of {length} tokens is not a chunk of whole stages")
+    return starts[position], ends[end] - starts[position] + 1
+
+
+def measure_pass_times(run: FastRun, chunks: Sequence[tuple[int, int]], timer: ReplayTimer, repeats: int = 3,
+                       warmup: int = 1) -> dict[tuple[int, int], float]:
+    """Median time (ms) of the program (CUDA-graph replay) of every ``(start stage, stages)`` chunk of ``run``.
+
+    The chunks are captured first (:meth:`FastRun.precapture`); each is then replayed alone at its
+    position, ``warmup`` + ``repeats`` times, and ``timer`` gives the median. The cache is left empty.
+    """
+    run.precapture(chunks)
+    out: dict[tuple[int, int], float] = {}
+    for start, n in chunks:
+        position, length = chunk_span(run.model, start, n)
+        rec = PassRecord(position, length, graphed=run.use_cuda_graphs)
+        out[(start, n)] = float(timer(lambda rec=rec: run.replay_passes([rec]), repeats, warmup))
+    return out
+
+
+def estimate_overheads(target_calls: Sequence[CallSample], sdvar_calls: Sequence[CallSample]) -> OverheadEstimate:
+    """Split the time outside the passes into a per-stage and a per-round part.
+
+    Target-alone calls give the per-stage part: ``step = other / stages read`` (median over the
+    calls; ``other = total - passes - fixed``). A draft proposal is charged one ``step`` too (it
+    samples and updates ``f_hat`` like a target step), and so is every stage of a verify chunk (its
+    input, guidance and probabilities). What an SDVAR call spends beyond that, per drafting round,
+    is ``(other - step * (draft passes + target stages read)) / drafting rounds``; ``round`` is its
+    median over the SDVAR calls that drafted (a median, so one slow first call does not set it).
+    """
+    if not target_calls:
+        raise ValueError("estimate_overheads needs at least one target-alone call")
+    per_step = []
+    for c in target_calls:
+        steps = c.target_stages_read + c.draft_passes
+        if steps < 1:
+            raise ValueError(f"a target-alone call must read stages, got {c}")
+        per_step.append(c.other_ms / steps)
+    step = max(0.0, statistics.median(per_step))
+    per_round = [(c.other_ms - step * (c.draft_passes + c.target_stages_read)) / c.sdvar_rounds
+                 for c in sdvar_calls if c.sdvar_rounds > 0]
+    raw = statistics.median(per_round) if per_round else 0.0
+    return OverheadEstimate(step_ms=step, round_ms=max(0.0, raw), round_ms_raw=raw, target_calls=len(target_calls),
+                            sdvar_calls=len(sdvar_calls))
+
+
+def calibrated_costs(target_pass_ms: dict[tuple[int, int], float], draft_pass_ms: dict[tuple[int, int], float],
+                     overheads: OverheadEstimate) -> TableCost:
+    """The rule's cost model: measured pass times plus the host/device work that goes with them.
+
+    A target chunk of ``n`` stages costs its pass + ``n * step`` (so a single stage costs what a
+    target step costs), a draft chunk its pass + ``step`` (one proposal), a round ``round`` more.
+    With these, :class:`AdaptiveGamma`'s expected saving is the expected time saved by the round
+    (the step overhead of every stage it commits is saved too).
+    """
+    step = overheads.step_ms
+    return TableCost(
+        target_times={k: t + k[1] * step for k, t in target_pass_ms.items()},
+        draft_times={k: t + step for k, t in draft_pass_ms.items()},
+        round_overhead=overheads.round_ms,
+    )
+
+
+def pooled_stage_acceptance(stats: Sequence[SDVARStats]) -> list[float | None]:
+    """Per stage: judged proposals every sample accepted / judged proposals, pooled over calls (``None``: never judged)."""
+    if not stats:
+        raise ValueError("pooled_stage_acceptance needs at least one call's statistics")
+    S = stats[0].num_stages
+    accepted, proposed = [0] * S, [0] * S
+    for st in stats:
+        for s in range(S):
+            accepted[s] += st.accepted_stages_per_stage[s]
+            proposed[s] += st.proposed_stages_per_stage[s]
+    return [a / p if p else None for a, p in zip(accepted, proposed)]
+
+
+def fill_missing_stages(values: Sequence[float | None]) -> tuple[float, ...]:
+    """Stages without a value take the nearest stage's value (the mean of both where two are equally near)."""
+    known = [i for i, v in enumerate(values) if v is not None]
+    if not known:
+        raise ValueError("no stage has a value")
+    out = []
+    for i, v in enumerate(values):
+        if v is None:
+            dist = min(abs(i - k) for k in known)
+            near = [values[k] for k in known if abs(i - k) == dist]
+            v = sum(near) / len(near)
+        out.append(float(v))
+    return tuple(out)
+
+
+def scenario_stage_acceptance(policy: AcceptancePolicy, batch: int) -> tuple[float, ...] | None:
+    """A :class:`ScenarioPolicy`'s stage acceptance (every sample accepts: ``p``, or ``p ** batch`` per sample)."""
+    if not isinstance(policy, ScenarioPolicy):
+        return None
+    return tuple(float(p) ** batch if policy.per_sample else float(p) for p in policy.stage_probabilities)
+
+
+def map_profile_to_stages(values: Sequence[float], num_stages: int) -> tuple[float, ...]:
+    """Map a per-stage profile of ``S'`` stages to ``num_stages`` by relative position in the pyramid.
+
+    Stage ``s`` takes the value of stage ``t`` with ``t / (S' - 1)`` nearest to ``s / (num_stages - 1)``
+    (the lower ``t`` on a tie).
+    """
+    src = len(values)
+    if src < 1 or num_stages < 1:
+        raise ValueError(f"need at least one value and one stage, got {src} values for {num_stages} stages")
+    if src == 1 or num_stages == 1:
+        return tuple(float(values[0]) for _ in range(num_stages))
+    # |t/(src-1) - s/(N-1)| compared in integers: |t*(N-1) - s*(src-1)|
+    return tuple(float(values[min(range(src), key=lambda t: abs(t * (num_stages - 1) - s * (src - 1)))])
+                 for s in range(num_stages))
+
+
+@dataclass
+class BatchCalibration:
+    """What :func:`calibrate_batch` measures once per batch size (scenarios share it)."""
+
+    batch: int
+    target_pass_ms: dict[tuple[int, int], float]
+    draft_pass_ms: dict[tuple[int, int], float]
+    decode_ms: float
+    begin_target_ms: float
+    begin_draft_ms: float
+    target_calls: list[CallSample]
+    seconds: float
+
+
+def _table_rows(table: dict[tuple[int, int], float]) -> list[list[float]]:
+    return [[s, n, ms] for (s, n), ms in sorted(table.items())]
+
+
+def _call_sample(ctx: _PairContext, total_ms: float, fixed_ms: float, cal_tables: tuple[dict, dict],
+                 sdvar_rounds: int = 0) -> CallSample:
+    """The passes of the latest call (its runs' pass logs) priced with the measured tables."""
+    target_table, draft_table = cal_tables
+    pass_ms, draft_passes, stages_read = 0.0, 0, 0
+    for run in ctx.factory.call_runs():
+        is_target = run.model is ctx.pair.target
+        table = target_table if is_target else draft_table
+        for rec in run.pass_log:
+            key = chunk_of_pass(run.model, rec.position, rec.length)
+            if key not in table:
+                raise ValueError(f"no measured {'target' if is_target else 'draft'} pass time for chunk {key}")
+            pass_ms += table[key]
+            if is_target:
+                stages_read += key[1]
+            else:
+                draft_passes += 1
+    return CallSample(total_ms=total_ms, pass_ms=pass_ms, fixed_ms=fixed_ms, draft_passes=draft_passes,
+                      target_stages_read=stages_read, sdvar_rounds=sdvar_rounds)
+
+
+def calibrate_batch(ctx: _PairContext, B: int, config: BenchConfig, decode_ms: float,
+                    replay_timer: ReplayTimer = _median_event_ms,
+                    call_timer: CallTimer = cuda_event_call_ms) -> BatchCalibration:
+    """Measure, for batch ``B``, every target and draft chunk the calibrated rule may use, each run's
+    ``begin`` and ``config.calibration_calls`` target-alone calls (their time outside the passes)."""
+    t0 = time.perf_counter()
+    draft, target = ctx.pair.draft, ctx.pair.target
+    S = target.num_stages
+    method = METHODS["sdvar_adaptive_cal"]
+    target_run = ctx.factory.run_for(target, B)
+    draft_run = ctx.factory.run_for(draft, B)
+    reps = config.calibration_replays
+    target_ms = measure_pass_times(target_run, method.target_chunks(S), replay_timer, reps)
+    draft_ms = measure_pass_times(draft_run, method.draft_chunks(S), replay_timer, reps)
+    labels = torch.zeros(B, dtype=torch.long, device=target.device)
+    begin_target = float(replay_timer(lambda: target_run.begin(labels), reps, 1))
+    begin_draft = float(replay_timer(lambda: draft_run.begin(labels), reps, 1))
+    tables = (target_ms, draft_ms)
+    call = _method_call(ctx, METHODS["target"], None, B, config)
+    samples = []
+    for i in range(config.calibration_calls):
+        _, ms = call_timer(lambda i=i: _in_call_context(ctx, True, lambda: call(20_000 + i)))
+        samples.append(_call_sample(ctx, ms, decode_ms + begin_target, tables))
+    cal = BatchCalibration(batch=B, target_pass_ms=target_ms, draft_pass_ms=draft_ms, decode_ms=decode_ms,
+                           begin_target_ms=begin_target, begin_draft_ms=begin_draft, target_calls=samples,
+                           seconds=time.perf_counter() - t0)
+    log.info("%s B=%d calibration: %d target and %d draft chunks timed; single-stage passes target %.2f ms, "
+             "draft %.2f ms (sums); begin %.3f / %.3f ms; target-alone calls %s ms (%.1f s)", ctx.name, B,
+             len(target_ms), len(draft_ms), sum(target_ms[(s, 1)] for s in range(S)),
+             sum(draft_ms[(s, 1)] for s in range(S)), begin_target, begin_draft,
+             [round(c.total_ms, 2) for c in samples], cal.seconds)
+    return cal
+
+
+CALIBRATION_RULES: tuple[GammaRule, ...] = (FixedGamma(1), GammaSchedule((1, 0, 1)))
+"""The calibration calls alternate these. Both judge stage 0 (the one stage a batch of random-weight
+models ever accepts whole, so every call should see it); gamma 1 judges every stage a round starts
+at, and the one target step of the second shifts the rounds, so that between them the stages that
+one commits as bonus stages are judged too (all but stage 1 when every proposal is accepted)."""
+
+
+def plan_never_drafts(rule: GammaRule, num_stages: int) -> bool:
+    """True when ``rule`` proposes nothing in any state a call reaches without drafting.
+
+    Without a drafting round the draft cache stays empty and no stage is judged, so those states are
+    ``RoundContext(c, S, 0, RoundHistory())`` for every ``c`` (:class:`AdaptiveGamma` reads only the
+    judged stages of the history). Then the call is the target's sequential decode, and the bench
+    runs it as the target alone (without the SDVAR loop's per-round work).
+    """
+    return all(rule.next_gamma(RoundContext(c=c, num_stages=num_stages, draft_stages_held=0,
+                                            history=RoundHistory())) == 0 for c in range(num_stages))
+
+
+def calibrate_scenario(ctx: _PairContext, B: int, scenario: Scenario, config: BenchConfig, batch_cal: BatchCalibration,
+                       call_timer: CallTimer = cuda_event_call_ms) -> tuple[AdaptiveCalibration, AdaptiveGamma]:
+    """The calibrated :class:`AdaptiveGamma` of one (batch, scenario) row, and what it was built from.
+
+    ``config.calibration_calls`` SDVAR calls of the scenario (alternating :data:`CALIBRATION_RULES`)
+    give the per-round overhead (:func:`estimate_overheads`) and the stage acceptance. The prior is
+    the measured stage acceptance for the real ``exact`` policy (stages never judged take the nearest
+    judged stage's value) and the scenario's own profile for a :class:`ScenarioPolicy` (what the
+    measurement converges to).
+    """
+    t0 = time.perf_counter()
+    S = ctx.pair.target.num_stages
+    kw = dict(cfg=config.cfg, top_k=config.top_k, top_p=config.top_p)
+    tables = (batch_cal.target_pass_ms, batch_cal.draft_pass_ms)
+    fixed = batch_cal.decode_ms + batch_cal.begin_target_ms + batch_cal.begin_draft_ms
+    stats, samples = [], []
+    for i in range(config.calibration_calls):
+        rule = CALIBRATION_RULES[i % len(CALIBRATION_RULES)]
+
+        def call(i=i, rule=rule) -> object:
+            return ctx.sd.generate_parallel(B, None, g_seed=30_000 + i, gamma=rule, policy=scenario.policy, **kw)
+
+        out, ms = call_timer(lambda call=call: _in_call_context(ctx, True, call))
+        stats.append(out.stats)
+        rounds = sum(1 for g in out.stats.gamma_per_round if g > 0)
+        samples.append(_call_sample(ctx, ms, fixed, tables, sdvar_rounds=rounds))
+    overheads = estimate_overheads(batch_cal.target_calls, samples)
+    measured = pooled_stage_acceptance(stats)
+    profile = scenario_stage_acceptance(scenario.policy, B)
+    if profile is not None:
+        priors, source = profile, "scenario profile"
+    elif any(v is not None for v in measured):
+        priors, source = fill_missing_stages(measured), f"measured ({len(stats)} calls)"
+    else:
+        priors, source = (0.0,) * S, "none judged (0)"
+    rule = AdaptiveGamma(max_gamma=ADAPTIVE_MAX_GAMMA, prior_acceptance=tuple(priors),
+                         costs=calibrated_costs(batch_cal.target_pass_ms, batch_cal.draft_pass_ms, overheads))
+    cal = AdaptiveCalibration(
+        pair=ctx.name, batch=B, scenario=scenario.describe(), prior_source=source, priors=list(priors),
+        measured_stage_acceptance=measured, step_overhead_ms=overheads.step_ms, round_overhead_ms=overheads.round_ms,
+        round_overhead_raw_ms=overheads.round_ms_raw, fixed_ms=fixed, target_pass_ms=_table_rows(batch_cal.target_pass_ms),
+        draft_pass_ms=_table_rows(batch_cal.draft_pass_ms), target_call_ms=[c.total_ms for c in batch_cal.target_calls],
+        sdvar_call_ms=[c.total_ms for c in samples], seconds=batch_cal.seconds + time.perf_counter() - t0,
+        dispatch="target alone" if plan_never_drafts(rule, S) else "sdvar",
+    )
+    log.info("%s B=%d %s: priors %s (%s); step overhead %.3f ms, round overhead %.3f ms (raw %.3f); "
+             "calibration calls %s ms; runs as %s", ctx.name, B, cal.scenario, [round(p, 3) for p in priors], source,
+             overheads.step_ms, overheads.round_ms, overheads.round_ms_raw, [round(c.total_ms, 2) for c in samples],
+             cal.dispatch)
+    return cal, rule
 
 
 def _scenarios(config: BenchConfig, num_stages: int) -> list[Scenario]:
@@ -696,7 +1133,16 @@ def run_bench(config: BenchConfig, command: str = "",
     log.info("ceilings: HBM %.2f TB/s, bf16 %.0f TFLOP/s", ceilings.hbm_bytes_per_s / 1e12, ceilings.bf16_flops_per_s / 1e12)
     rows: list[BenchRow] = []
     decode: list[DecodeTiming] = []
+    calibrations: list[AdaptiveCalibration] = []
     methods = [METHODS[m] for m in METHODS if m in config.methods]  # canonical order (runs released least)
+
+    def progress() -> None:
+        if on_progress is not None:
+            partial = BenchReport(environment=env, ceilings=ceilings, decode=decode, rows=list(rows), config=config,
+                                  calibrations=list(calibrations))
+            add_speedups(partial.rows)
+            on_progress(partial)
+
     for draft_depth, target_depth in config.pairs:
         t0 = time.perf_counter()
         pair = build_pair_bf16(draft_depth, target_depth, device)
@@ -713,22 +1159,39 @@ def run_bench(config: BenchConfig, command: str = "",
             for method in (m for m in methods if m.kind == "eager"):
                 rows.append(bench_method(ctx, method, None, B, config, ceilings))
             ctx.decoder = GraphedDecode(pair.vae) if config.graph_decode else None
-            if all(d.batch != B for d in decode):
-                decode.append(measure_decode(pair.target, B, graphed=ctx.decoder))
+            decode_timing = next((d for d in decode if d.batch == B), None)  # the VQVAE is the same for every pair
+            if decode_timing is None:
+                decode_timing = measure_decode(pair.target, B, graphed=ctx.decoder)
+                decode.append(decode_timing)
+            decode_ms = decode_timing.graphed_ms if decode_timing.graphed_ms is not None else decode_timing.eager_ms
+            batch_cal: BatchCalibration | None = None
             for method in (m for m in methods if m.kind != "eager"):
                 for scenario in scenarios if method.kind == "sdvar" else [None]:
-                    rows.append(bench_method(ctx, method, scenario, B, config, ceilings))
+                    cal, rule = None, None
+                    if method.gamma == "calibrated":
+                        try:
+                            _prepare_runs(ctx, method, B)
+                            if batch_cal is None:
+                                batch_cal = calibrate_batch(ctx, B, config, decode_ms)
+                            cal, rule = calibrate_scenario(ctx, B, scenario, config, batch_cal)
+                        except Exception:  # one failed calibration must not cost the other rows
+                            log.exception("%s B=%d: calibration of %s failed; row skipped", ctx.name, B, method.name)
+                            continue
+                    row = bench_method(ctx, method, scenario, B, config, ceilings, gamma=rule)
+                    rows.append(row)
+                    if cal is not None:
+                        cal.gamma_per_round = row.gamma_per_round
+                        calibrations.append(cal)
+                    progress()
             factory.release()
             ctx.decoder = None
-            if on_progress is not None:
-                partial = BenchReport(environment=env, ceilings=ceilings, decode=decode, rows=list(rows), config=config)
-                add_speedups(partial.rows)
-                on_progress(partial)
+            progress()
         del ctx, pair, factory
         gc.collect()
         torch.cuda.empty_cache()
     add_speedups(rows)
-    return BenchReport(environment=env, ceilings=ceilings, decode=decode, rows=rows, config=config)
+    return BenchReport(environment=env, ceilings=ceilings, decode=decode, rows=rows, config=config,
+                       calibrations=calibrations)
 
 
 # ---- where a pass spends its time ----------------------------------------------------------------
@@ -840,6 +1303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--passes-only-repeats", type=int, default=5, help="0 disables the transformer-only replay timing")
+    p.add_argument("--calibration-calls", type=int, default=2,
+                   help="sdvar_adaptive_cal: target-alone calls per batch and SDVAR calls per scenario measured before "
+                        "timing (default 2)")
+    p.add_argument("--calibration-replays", type=int, default=3,
+                   help="sdvar_adaptive_cal: timed graph replays per chunk (median; default 3)")
     p.add_argument("--top-k", type=int, default=900)
     p.add_argument("--top-p", type=float, default=0.96)
     p.add_argument("--cfg", type=float, default=1.5)
@@ -860,7 +1328,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
         pairs=args.pairs, batches=args.batches, methods=args.methods, scenarios=scenarios,
         acceptance_profile=args.acceptance_profile, per_sample_acceptance=args.acceptance_per_sample,
-        repeats=args.repeats, warmup=args.warmup, passes_only_repeats=args.passes_only_repeats, top_k=args.top_k,
+        repeats=args.repeats, warmup=args.warmup, passes_only_repeats=args.passes_only_repeats,
+        calibration_calls=args.calibration_calls, calibration_replays=args.calibration_replays, top_k=args.top_k,
         top_p=args.top_p, cfg=args.cfg, use_cuda_graphs=not args.no_cuda_graphs,
         graph_decode=not args.no_graph_decode, cudnn_benchmark=not args.no_cudnn_benchmark, out=args.out,
     )
@@ -906,6 +1375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         (out / "profile.json").write_text(json.dumps([asdict(p) for p in profiles], indent=1))
         print(text)
     print(table)
+    if report.calibrations:
+        print("calibrated priors and gamma per round of one timed call:")
+        for c in report.calibrations:
+            print(f"  {c.pair} B={c.batch} {c.scenario}: priors [{_fmt_list(c.priors, 3)}] ({c.prior_source}); "
+                  f"step {c.step_overhead_ms:.3f} ms, round {c.round_overhead_ms:.3f} ms; runs as {c.dispatch}; "
+                  f"gamma/round {c.gamma_per_round}")
     return 0
 
 

@@ -157,7 +157,7 @@ def sample_stage(
 
 def next_stage_input(model: VAR, si: int, f_hat_BChw: torch.Tensor, lvl_pos_1LC: torch.Tensor) -> torch.Tensor:
     """CFG-doubled input ``(2B, l, C)`` of stage ``si + 1`` from ``f_hat`` after stage ``si``."""
-    next_BlCv = model.vae.quantize.next_input(si, f_hat_BChw)
+    next_BlCv = model.vae.quantize.next_input(si, f_hat_BChw).to(model.word_embed.weight.dtype)
     return model.stage_input(si + 1, next_BlCv, lvl_pos_1LC).repeat(2, 1, 1)
 
 

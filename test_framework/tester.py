@@ -1,0 +1,740 @@
+"""``SDVARParallelV1Tester``: checks every step of SDVAR parallel verification against references.
+
+Each test drives one step of :class:`sdvar_lib.sdvar.SDVAR` (or a whole call) and compares what it
+produced with an independent recomputation from :mod:`test_framework.reference`: embeddings and
+positions recomputed from the tables, logits from one sequential pass per stage, ``f_hat`` from
+the committed tokens, caches from a sequential prefill, greedy decodes from a plain argmax loop.
+Nothing assumes a number of stages, an image size, a device or a dtype; tolerances come from the
+models (:class:`~test_framework.tolerances.Tolerances`). A test that raises is a failed test whose
+message names the exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import torch
+
+from sdvar_lib.metrics import compare_images
+from sdvar_lib.sdvar import SDVAR, DraftProposal, SDVARInferenceState
+from sdvar_lib.var import VAR
+from test_framework.reference import (
+    ReferenceRun,
+    check_greedy,
+    default_labels,
+    max_abs_diff,
+    random_tokens,
+    reference_cfg,
+    reference_decode,
+    reference_f_hats,
+    reference_images,
+    reference_probs,
+    sequential_cache,
+    stage_bounds,
+    stage_ids,
+)
+from test_framework.results import (
+    BaselineDetails,
+    CacheDetails,
+    CheckLog,
+    DraftDetails,
+    EndToEndDetails,
+    GreedyDetails,
+    QueryDetails,
+    SplitDetails,
+    StateUpdateDetails,
+    Test3Details,
+    TestResult,
+    VerifyDetails,
+    print_summary,
+)
+from test_framework.tolerances import Bound, Tolerances
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SDVARParallelV1Tester", "TEST_NAMES"]
+
+TEST_NAMES = (
+    "test_build_combined_query",
+    "test_split_logits_by_stage",
+    "test_draft_generate_batch",
+    "test_target_verify_batch",
+    "test_state_update",
+    "test_kv_cache_consistency",
+    "test_greedy_identity",
+    "test_end_to_end",
+    "test_compare_with_test3",
+    "test_compare_with_baseline",
+)
+
+_Body = Callable[[CheckLog], tuple[str, object]]
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+class SDVARParallelV1Tester:
+    """Invariant checks of SDVAR parallel verification for any draft/target pair (bundled or official).
+
+    ``cfg`` and ``seed`` are used by every test; ``tolerances`` default to the target model's
+    dtype/device (:meth:`Tolerances.for_model`).
+    """
+
+    def __init__(self, sdvar_model: SDVAR, tolerances: Tolerances | None = None, cfg: float = 1.5, seed: int = 0) -> None:
+        if not isinstance(sdvar_model, SDVAR):
+            raise TypeError(f"SDVARParallelV1Tester needs an sdvar_lib.sdvar.SDVAR, got {type(sdvar_model).__name__}")
+        if tolerances is not None and not isinstance(tolerances, Tolerances):
+            raise TypeError(f"tolerances must be a Tolerances, got {type(tolerances).__name__}")
+        if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or cfg < 0:
+            raise ValueError(f"cfg must be a number >= 0, got {cfg!r}")
+        _check_int(seed, "seed", 0)
+        self.sd = sdvar_model
+        self.tol = tolerances if tolerances is not None else Tolerances.for_model(sdvar_model.target_model)
+        self.cfg = float(cfg)
+        self.seed = seed
+
+    # ---- shared helpers ---------------------------------------------------------------------------
+    @property
+    def target(self) -> VAR:
+        return self.sd.target_model
+
+    @property
+    def draft(self) -> VAR:
+        return self.sd.draft_model
+
+    @property
+    def S(self) -> int:
+        return self.target.num_stages
+
+    @property
+    def bounds(self) -> list[tuple[int, int]]:
+        return stage_bounds(self.target.patch_nums)
+
+    def _L(self, si: int) -> int:
+        return self.target.patch_nums[si] ** 2
+
+    def _labels(self, B: int) -> torch.Tensor:
+        return default_labels(B, self.target.num_classes, self.target.device)
+
+    def _verify_stages(self, c: int, g: int) -> list[int]:
+        return list(range(c, min(c + g, self.S - 1) + 1))
+
+    def _end_of(self, n_stages: int) -> int:
+        """Cache length holding the inputs of stages ``< n_stages``."""
+        return self.bounds[n_stages - 1][1] if n_stages > 0 else 0
+
+    def _new_state(self, B: int, gamma: int, **kwargs) -> SDVARInferenceState:
+        return self.sd._initialize_inference_state(B, self._labels(B), g_seed=self.seed, cfg=self.cfg, gamma=gamma, **kwargs)
+
+    def _prefix_state(self, B: int, gamma: int, tokens, f_hats, c: int) -> SDVARInferenceState:
+        state = self._new_state(B, gamma)
+        return replace(state, tokens=tuple(tokens[:c]), f_hats=tuple(f_hats[:c]))
+
+    def _proposal(self, c: int, g: int, tokens, f_hats, B: int) -> DraftProposal:
+        V = self.target.V
+        q = [torch.full((B, self._L(s), V), 1.0 / V, device=self.target.device) for s in range(c, c + g)]
+        return DraftProposal(start=c, tokens=list(tokens[c : c + g]), q_probs=q, f_hats=list(f_hats[c : c + g]),
+                             draft_cache_before=0)
+
+    def _run(self, name: str, body: _Body) -> TestResult:
+        t0 = time.perf_counter()
+        checks = CheckLog()
+        try:
+            with torch.no_grad():
+                success, details = body(checks)
+            passed, message = checks.ok, checks.message(success)
+        except Exception as exc:  # a raising SDVAR is a failing SDVAR: report it, do not crash the run
+            log.debug("%s raised", name, exc_info=True)
+            raised = f"raised {type(exc).__name__}: {exc}"
+            passed, details = False, None
+            message = raised if checks.ok else f"{checks.message('')}; then {raised}"
+        result = TestResult(test_name=name, passed=passed, message=message, details=details,
+                            duration_s=time.perf_counter() - t0)
+        log.info("%s: %s (%s)", name, "passed" if passed else "FAILED", message)
+        return result
+
+    # ---- 1. combined query ------------------------------------------------------------------------
+    def test_build_combined_query(self, B: int = 2, gamma: int = 2) -> TestResult:
+        """The verify chunk holds the target's inputs of stages ``c .. c+g`` at positions ``begin_c ..``.
+
+        For every start stage ``c``: stages, position, shape and stage ids of the chunk; every stage's
+        slice equals its input recomputed from the target's embedding tables; both CFG halves of
+        stages ``> 0`` are identical (stage 0's halves differ only by the class embedding and are
+        checked against their own reference); the attention mask is block-causal over the prefix.
+        """
+        _check_int(B, "B", 1)
+        _check_int(gamma, "gamma", 1)
+
+        def body(checks: CheckLog):
+            target, S, bounds = self.target, self.S, self.bounds
+            tokens = random_tokens(target, B, self.seed + 101)
+            f_hats = reference_f_hats(target, tokens)
+            ref = ReferenceRun(target, self._labels(B))
+            ids_L = stage_ids(target.patch_nums, target.device)
+            lengths, max_diff, max_half, masks = [], 0.0, 0.0, 0
+            for c in range(S):
+                g = min(gamma, S - c)
+                state = self._prefix_state(B, gamma, tokens, f_hats, c)
+                query = self.sd._build_combined_query(self._proposal(c, g, tokens, f_hats, B), state, B)
+                stages = self._verify_stages(c, g)
+                begin, end = bounds[c][0], bounds[stages[-1]][1]
+                l = end - begin
+                lengths.append(l)
+                checks.require(query.stages == stages, f"c={c}: chunk stages {query.stages}, expected {stages}")
+                checks.require(query.position == begin,
+                               f"c={c}: chunk placed at position {query.position}, stage {c} begins at {begin}")
+                shape_ok = checks.require(
+                    tuple(query.x_2BlC.shape) == (2 * B, l, target.C),
+                    f"c={c}: chunk shape {tuple(query.x_2BlC.shape)}, expected {(2 * B, l, target.C)}",
+                )
+                checks.require(torch.equal(query.stage_ids_l.to(ids_L.device), ids_L[begin:end]),
+                               f"c={c}: chunk stage ids differ from the stage ids of positions {begin}..{end - 1}")
+                if not shape_ok:
+                    continue
+                off = 0
+                for si in stages:
+                    x = query.x_2BlC[:, off : off + self._L(si)]
+                    want = ref.stage_input(si, f_hats)
+                    diff = max_abs_diff(x, want)
+                    max_diff = max(max_diff, diff)
+                    if diff > self.tol.embeddings.allowed(want):
+                        checks.require(False, self._input_problem(c, si, x, want, ref, diff))
+                    if si > 0:
+                        half = max_abs_diff(x[:B], x[B:])
+                        max_half = max(max_half, half)
+                        checks.require(half <= self.tol.embeddings.allowed(x),
+                                       f"c={c}: the CFG halves of stage {si}'s input differ (max abs diff {half:.4f})")
+                    off += self._L(si)
+                mask = self.sd._get_attention_mask(state, query)
+                want_mask = ids_L[:end].unsqueeze(0) <= ids_L[begin:end].unsqueeze(1)
+                masks += 1
+                checks.require(
+                    tuple(mask.shape) == tuple(want_mask.shape) and torch.equal(mask.to(want_mask.device).bool(), want_mask),
+                    f"c={c}: attention mask {tuple(mask.shape)} is not the block-causal mask {tuple(want_mask.shape)} "
+                    f"of the chunk over positions 0..{end - 1}",
+                )
+            details = QueryDetails(start_stages=list(range(S)), chunk_lengths=lengths, max_input_abs_diff=max_diff,
+                                   max_cfg_half_abs_diff=max_half, masks_checked=masks)
+            success = (f"{S} start stages: chunk inputs = target embeddings at positions begin_c.., CFG halves equal, "
+                       "block-causal masks")
+            return success, details
+
+        return self._run("test_build_combined_query", body)
+
+    def _input_problem(self, c: int, si: int, x: torch.Tensor, want: torch.Tensor, ref: ReferenceRun, diff: float) -> str:
+        """Name what is wrong with a stage's chunk input (a position shift is recognised)."""
+        b, e = ref.bounds[si]
+        msg = (f"c={c}: input of stage {si} differs from the target's embedding + level/position embedding at positions "
+               f"{b}..{e - 1} (max abs diff {diff:.4f})")
+        lvl_pos = ref.lvl_pos_1LC
+        for k in (1, -1, 2, -2, 3, -3):
+            shifted = torch.roll(lvl_pos, shifts=-k, dims=1)[:, b:e]
+            candidate = want - lvl_pos[:, b:e].to(want.dtype) + shifted.to(want.dtype)
+            if max_abs_diff(x, candidate) <= self.tol.embeddings.allowed(candidate):
+                return msg + f": wrong position offset, it uses the positions shifted by {k:+d}"
+        return msg
+
+    # ---- 2. split logits --------------------------------------------------------------------------
+    def test_split_logits_by_stage(self, B: int = 2, gamma: int = 2) -> TestResult:
+        """Per-stage slices and per-stage CFG of the chunk's logits equal a reference split of the same logits."""
+        _check_int(B, "B", 1)
+        _check_int(gamma, "gamma", 1)
+
+        def body(checks: CheckLog):
+            target, S = self.target, self.S
+            gen = torch.Generator().manual_seed(self.seed + 202)
+            tokens = random_tokens(target, B, self.seed + 203)
+            f_hats = reference_f_hats(target, tokens)
+            offsets_all, max_diff = [], 0.0
+            for c in range(S):
+                g = min(gamma, S - c)
+                state = self._prefix_state(B, gamma, tokens, f_hats, c)
+                stages = self._verify_stages(c, g)
+                l = sum(self._L(s) for s in stages)
+                logits = torch.randn(2 * B, l, target.V, generator=gen).to(target.device)
+                out = self.sd._split_logits_by_stage(logits, self._proposal(c, g, tokens, f_hats, B), B, state)
+                if not checks.require(len(out) == len(stages), f"c={c}: {len(out)} stage slices, expected {len(stages)}"):
+                    continue
+                offsets, off = [], 0
+                for got, si in zip(out, stages):
+                    L = self._L(si)
+                    offsets.append(off)
+                    want = reference_cfg(logits[:, off : off + L], si, S, self.cfg)
+                    if not checks.require(tuple(got.shape) == (B, L, target.V),
+                                          f"c={c}: stage {si} slice has shape {tuple(got.shape)}, expected {(B, L, target.V)}"):
+                        off += L
+                        continue
+                    diff = max_abs_diff(got, want)
+                    max_diff = max(max_diff, diff)
+                    checks.require(diff <= 1e-5 * (1 + float(want.abs().amax())),
+                                   self._split_problem(c, si, off, got, logits, diff))
+                    off += L
+                offsets_all.append(offsets)
+            details = SplitDetails(start_stages=list(range(S)), offsets_per_chunk=offsets_all, max_abs_diff=max_diff)
+            return f"{S} start stages: offsets, shapes and per-stage CFG match the reference split", details
+
+        return self._run("test_split_logits_by_stage", body)
+
+    def _split_problem(self, c: int, si: int, off: int, got: torch.Tensor, logits: torch.Tensor, diff: float) -> str:
+        msg = f"c={c}: stage {si}'s logits differ from the reference split at offset {off} (max abs diff {diff:.4f})"
+        L = self._L(si)
+        for k in (1, -1, 2, -2):
+            lo = off + k
+            if lo < 0 or lo + L > logits.shape[1]:
+                continue
+            if max_abs_diff(got, reference_cfg(logits[:, lo : lo + L], si, self.S, self.cfg)) <= 1e-5:
+                return msg + f": off by {k:+d}, it is the slice at offset {lo}"
+        for t_si in range(self.S):
+            if t_si != si and max_abs_diff(got, reference_cfg(logits[:, off : off + L], t_si, self.S, self.cfg)) <= 1e-5:
+                return msg + f": the slice is right but guided with stage {t_si}'s CFG strength"
+        return msg
+
+    # ---- 3. draft ---------------------------------------------------------------------------------
+    def test_draft_generate_batch(self, B: int = 2, gamma: int = 2) -> TestResult:
+        """Proposals from the initial state and after one round (the draft's catch-up chunk).
+
+        Shapes, ``q`` rows summing to 1, ``q > 0`` at the proposals, the draft cache length (end of
+        the last proposed stage), one draft pass per proposed stage, ``f_hat`` after each proposal,
+        and ``q`` equal to the draft's sequential recomputation over committed + proposed tokens.
+        """
+        _check_int(B, "B", 1)
+        _check_int(gamma, "gamma", 1)
+
+        def body(checks: CheckLog):
+            draft, S, V = self.draft, self.S, self.target.V
+            scenarios, proposed, cache_lengths = [], [], []
+            max_sum_err = max_q = max_f = 0.0
+            for rounds_before in (0, 1):
+                state = self._new_state(B, gamma)
+                if rounds_before:
+                    rounds = self.sd.iter_rounds(state)
+                    state = next(rounds).state
+                    rounds.close()
+                if state.done:
+                    continue
+                c = state.c
+                g = min(gamma, S - c)
+                label = f"from stage {c} (after {rounds_before} round{'s' if rounds_before != 1 else ''})"
+                scenarios.append(label)
+                passes_before = state.stats.draft_passes
+                prop = self.sd.draft_generate_batch(state, B, gamma=gamma)
+                stages = list(range(c, c + g))
+                proposed.append(prop.stages)
+                cache_lengths.append(state.draft.cache.length)
+                checks.require(prop.start == c and prop.stages == stages,
+                               f"{label}: proposed stages {prop.stages}, expected {stages}")
+                checks.require(state.stats.draft_passes - passes_before == g,
+                               f"{label}: {state.stats.draft_passes - passes_before} draft passes for {g} proposed stages")
+                want_len = self.bounds[c + g - 1][1]
+                checks.require(state.draft.cache.length == want_len,
+                               f"{label}: draft cache length {state.draft.cache.length}, expected {want_len} "
+                               f"(end of the last proposed stage {c + g - 1})")
+                if not checks.require(len(prop.tokens) == g and len(prop.q_probs) == g and len(prop.f_hats) == g,
+                                      f"{label}: {len(prop.tokens)} token maps / {len(prop.q_probs)} q / "
+                                      f"{len(prop.f_hats)} f_hat for {g} stages"):
+                    continue
+                all_tokens = list(state.tokens) + list(prop.tokens)
+                forced = reference_decode(draft, state.label_B, self.cfg, all_tokens, c + g)
+                f_ref = reference_f_hats(draft, all_tokens)
+                for i, si in enumerate(stages):
+                    L = self._L(si)
+                    tok, q = prop.tokens[i], prop.q_probs[i]
+                    if not checks.require(tuple(tok.shape) == (B, L) and tuple(q.shape) == (B, L, V),
+                                          f"{label}: stage {si} tokens {tuple(tok.shape)} / q {tuple(q.shape)}, "
+                                          f"expected {(B, L)} / {(B, L, V)}"):
+                        continue
+                    sum_err = float((q.float().sum(dim=-1) - 1).abs().amax())
+                    max_sum_err = max(max_sum_err, sum_err)
+                    checks.require(sum_err <= self.tol.prob_sum and bool((q >= 0).all()),
+                                   f"{label}: stage {si}: q rows are not distributions (max |sum - 1| {sum_err:.4f})")
+                    q_at = q.gather(-1, tok.unsqueeze(-1))
+                    checks.require(bool((q_at > 0).all()), f"{label}: stage {si}: a proposal has q = 0")
+                    s = state.sampling
+                    want_q = reference_probs(forced.guided_logits[si], s.top_k, s.top_p)
+                    dq = max_abs_diff(q, want_q)
+                    max_q = max(max_q, dq)
+                    checks.require(dq <= self.tol.probs.allowed(want_q),
+                                   f"{label}: stage {si}: q differs from the draft's sequential recomputation "
+                                   f"(max abs diff {dq:.4f})")
+                    df = max_abs_diff(prop.f_hats[i], f_ref[si])
+                    max_f = max(max_f, df)
+                    checks.require(df <= self.tol.f_hat.allowed(f_ref[si]),
+                                   f"{label}: f_hat after proposed stage {si} differs from the one rebuilt from tokens "
+                                   f"(max abs diff {df:.4f})")
+            details = DraftDetails(scenarios=scenarios, proposed_stages=proposed, draft_cache_lengths=cache_lengths,
+                                   max_prob_sum_error=max_sum_err, max_q_abs_diff=max_q, max_f_hat_abs_diff=max_f)
+            return f"{len(scenarios)} scenarios: shapes, q distributions, cache length and q = sequential", details
+
+        return self._run("test_draft_generate_batch", body)
+
+    # ---- 4. verify --------------------------------------------------------------------------------
+    def test_target_verify_batch(self, B: int = 2, gamma: int = 2, tolerance: float | None = None) -> TestResult:
+        """ONE target pass over the chunk gives the logits of one sequential pass per stage.
+
+        For every start stage ``c`` the target cache is prefilled with the inputs of stages ``< c``,
+        the chunk of ``gamma`` random proposals (+ the next stage) is verified, and each stage's
+        guided logits must match the sequential ones within ``tolerance`` (absolute; default from
+        the dtype: 1e-4 for float32, looser for bf16/fp16). Also: exactly one target pass, ``p``
+        equal to the sequential distribution, and the target cache ending at the last verified stage.
+        """
+        _check_int(B, "B", 1)
+        _check_int(gamma, "gamma", 1)
+        if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0):
+            raise ValueError(f"tolerance must be a number >= 0 or None (dtype default), got {tolerance!r}")
+        bound = self.tol.logits if tolerance is None else Bound(float(tolerance))
+
+        def body(checks: CheckLog):
+            target, S = self.target, self.S
+            tokens = random_tokens(target, B, self.seed + 303)
+            f_hats = reference_f_hats(target, tokens)
+            labels = self._labels(B)
+            reference = reference_decode(target, labels, self.cfg, tokens, S)
+            ref_inputs = ReferenceRun(target, labels)
+            per_start, passes, max_p, max_tol = [], [], 0.0, 0.0
+            for c in range(S):
+                g = min(gamma, S - c)
+                state = self._prefix_state(B, gamma, tokens, f_hats, c)
+                if c > 0:
+                    x = torch.cat([ref_inputs.stage_input(si, f_hats) for si in range(c)], dim=1)
+                    state.target.forward(x)
+                before = state.stats.target_passes
+                verify = self.sd.target_verify_batch(self._proposal(c, g, tokens, f_hats, B), state, B)
+                stages = self._verify_stages(c, g)
+                passes.append(state.stats.target_passes - before)
+                checks.require(state.stats.target_passes - before == 1,
+                               f"c={c}: verification took {state.stats.target_passes - before} target passes, expected 1")
+                if not checks.require(verify.stages == stages and len(verify.logits) == len(stages),
+                                      f"c={c}: verified stages {verify.stages} ({len(verify.logits)} logits), expected {stages}"):
+                    per_start.append(float("inf"))
+                    continue
+                worst = 0.0
+                for i, si in enumerate(stages):
+                    want = reference.guided_logits[si]
+                    diff = max_abs_diff(verify.logits[i], want)
+                    allowed = bound.allowed(want)
+                    max_tol = max(max_tol, allowed)
+                    worst = max(worst, diff)
+                    checks.require(diff <= allowed,
+                                   f"c={c}: stage {si}: chunked logits differ from sequential ones by {diff:.4f} "
+                                   f"(tolerance {allowed:.4f})")
+                    s = state.sampling
+                    dp = max_abs_diff(verify.p_probs[i], reference_probs(want, s.top_k, s.top_p))
+                    max_p = max(max_p, dp)
+                    checks.require(dp <= self.tol.probs.abs + allowed,
+                                   f"c={c}: stage {si}: p differs from the sequential distribution by {dp:.4f}")
+                per_start.append(worst)
+                want_len = self.bounds[stages[-1]][1]
+                checks.require(state.target.cache.length == want_len,
+                               f"c={c}: target cache length {state.target.cache.length} after verification, "
+                               f"expected {want_len}")
+            worst_all = max(per_start) if per_start else 0.0
+            details = VerifyDetails(start_stages=list(range(S)), max_abs_diff_per_start=per_start, max_abs_diff=worst_all,
+                                    tolerance=max_tol, max_prob_abs_diff=max_p, target_passes_per_verify=passes)
+            success = (f"{S} start stages: one target pass each, chunked = sequential logits "
+                       f"(max abs diff {worst_all:.4f} <= {max_tol:.4f})")
+            return success, details
+
+        return self._run("test_target_verify_batch", body)
+
+    # ---- 5. state update --------------------------------------------------------------------------
+    def test_state_update(self, B: int = 2, gamma: int = 2) -> TestResult:
+        """Rounds driven step by step; after each commit:
+
+        the old state is untouched, the new tokens are the old ones + the committed ones, ``f_hat``
+        equals the one rebuilt from the committed tokens (no contribution added twice or missed),
+        the target cache holds exactly the committed stages' inputs and the draft cache the inputs it
+        read that are still valid (``min(new c, c + g)`` stages).
+        """
+        _check_int(B, "B", 1)
+        _check_int(gamma, "gamma", 1)
+
+        def body(checks: CheckLog):
+            S = self.S
+            state = self._new_state(B, gamma)
+            committed_per_round, t_lens, d_lens, max_f = [], [], [], 0.0
+            rounds = 0
+            while not state.done and rounds <= S:
+                c = state.c
+                old_tokens, old_f_hats = state.tokens, state.f_hats
+                g = min(gamma, S - c)
+                draft = self.sd.draft_generate_batch(state, B, gamma=gamma)
+                verify = self.sd.target_verify_batch(draft, state, B)
+                acc = self.sd.basic_token_matching(draft, verify, state)
+                new = self.sd.update_state_with_accepted_tokens(state, draft, acc)
+                rounds += 1
+                tag = f"round {rounds - 1} (from stage {c})"
+                checks.require(state.tokens is old_tokens and state.f_hats is old_f_hats and len(state.tokens) == c,
+                               f"{tag}: the round mutated the previous state in place")
+                n = len(acc.committed)
+                committed_per_round.append(n)
+                r = acc.first_rejected
+                want_n = (r - c + 1) if r is not None else g + (1 if c + g < S else 0)
+                checks.require(n == want_n, f"{tag}: committed {n} stages, expected {want_n} "
+                                            f"(first rejected {r}, gamma {g})")
+                checks.require(len(new.tokens) == c + n and all(a is b for a, b in zip(new.tokens[:c], old_tokens))
+                               and all(torch.equal(a, b) for a, b in zip(new.tokens[c:], acc.committed)),
+                               f"{tag}: new tokens are not the old ones followed by the committed ones")
+                checks.require(len(new.f_hats) == len(new.tokens),
+                               f"{tag}: {len(new.f_hats)} f_hat maps for {len(new.tokens)} committed stages")
+                f_ref = reference_f_hats(self.target, list(new.tokens))
+                for si, (got, want) in enumerate(zip(new.f_hats, f_ref)):
+                    diff = max_abs_diff(got, want)
+                    max_f = max(max_f, diff)
+                    if diff > self.tol.f_hat.allowed(want):
+                        checks.require(False, self._f_hat_problem(tag, si, got, want, new.tokens, diff))
+                        break
+                t_lens.append(new.target.cache.length)
+                d_lens.append(new.draft.cache.length)
+                want_t = self._end_of(new.c)
+                checks.require(new.target.cache.length == want_t,
+                               f"{tag}: target cache length {new.target.cache.length}, expected {want_t} "
+                               f"(inputs of the {new.c} committed stages)")
+                want_d = self._end_of(min(new.c, c + g))
+                checks.require(new.draft.cache.length == want_d,
+                               f"{tag}: draft cache length {new.draft.cache.length}, expected {want_d} "
+                               f"(inputs of stages < {min(new.c, c + g)} that stay valid)")
+                state = new
+            checks.require(state.done, f"not done after {rounds} rounds ({state.c} of {S} stages committed)")
+            details = StateUpdateDetails(rounds=rounds, committed_per_round=committed_per_round, max_f_hat_abs_diff=max_f,
+                                         target_cache_lengths=t_lens, draft_cache_lengths=d_lens)
+            return f"{rounds} rounds: f_hat = rebuilt from committed tokens, caches truncated to valid inputs", details
+
+        return self._run("test_state_update", body)
+
+    def _f_hat_problem(self, tag: str, si: int, got, want, tokens, diff: float) -> str:
+        msg = (f"{tag}: f_hat after stage {si} differs from the one rebuilt from committed tokens "
+               f"(max abs diff {diff:.4f})")
+        quant = self.target.vae.quantize
+        for sj in range(si + 1):
+            contrib = quant.stage_contribution(sj, quant.idx_to_h(sj, tokens[sj]))
+            if max_abs_diff(got - want, contrib) <= self.tol.f_hat.allowed(contrib) + 1e-5:
+                return msg + f": stage {sj}'s contribution is added twice (double f_hat update)"
+            if max_abs_diff(want - got, contrib) <= self.tol.f_hat.allowed(contrib) + 1e-5:
+                return msg + f": stage {sj}'s contribution is missing"
+        return msg
+
+    # ---- 6. caches --------------------------------------------------------------------------------
+    def test_kv_cache_consistency(self, B: int = 2, gamma: int = 2) -> TestResult:
+        """After every round of :meth:`SDVAR.iter_rounds` both caches equal a sequential prefill over the
+        committed tokens (lengths, and keys/values of every layer)."""
+        _check_int(B, "B", 1)
+        _check_int(gamma, "gamma", 1)
+
+        def body(checks: CheckLog):
+            state = self._new_state(B, gamma)
+            committed, t_lens, d_lens, t_round, d_round = [], [], [], [], []
+            t_layer = [0.0] * self.target.depth
+            d_layer = [0.0] * self.draft.depth
+            for record in self.sd.iter_rounds(state):
+                st = record.state
+                tag = f"after round {record.index}"
+                committed.append(st.c)
+                t_lens.append(st.target.cache.length)
+                d_lens.append(st.draft.cache.length)
+                t_round.append(self._compare_cache(checks, f"{tag}: target", st.target.cache, self.target, st, st.c, t_layer))
+                d = st.draft.cache.stages_held()
+                checks.require(st.c - 1 <= d <= st.c,
+                               f"{tag}: the draft cache holds {d} stages, {st.c} are committed (expected {st.c - 1} or {st.c})")
+                d_round.append(self._compare_cache(checks, f"{tag}: draft", st.draft.cache, self.draft, st, d, d_layer))
+            details = CacheDetails(rounds=len(committed), committed_stages=committed, target_cache_lengths=t_lens,
+                                   draft_cache_lengths=d_lens, target_max_abs_diff_per_round=t_round,
+                                   draft_max_abs_diff_per_round=d_round, target_max_abs_diff_per_layer=t_layer,
+                                   draft_max_abs_diff_per_layer=d_layer)
+            return f"{len(committed)} rounds: target and draft caches = sequential prefill (every layer)", details
+
+        return self._run("test_kv_cache_consistency", body)
+
+    def _compare_cache(self, checks: CheckLog, tag: str, cache, model: VAR, st: SDVARInferenceState, n_stages: int,
+                       per_layer: list[float]) -> float:
+        ref = sequential_cache(model, st.label_B, list(st.tokens), n_stages)
+        if not checks.require(cache.length == ref.length,
+                              f"{tag} cache length {cache.length}, a sequential prefill of {n_stages} stages has "
+                              f"{ref.length}"):
+            return float("inf")
+        worst = 0.0
+        for layer in range(ref.num_layers):
+            for kind, got, want in (("keys", cache.keys(layer), ref.keys(layer)),
+                                    ("values", cache.values(layer), ref.values(layer))):
+                diff = max_abs_diff(got, want)
+                per_layer[layer] = max(per_layer[layer], diff)
+                worst = max(worst, diff)
+                checks.require(diff <= self.tol.cache.allowed(want),
+                               f"{tag} cache {kind} of layer {layer} differ from a sequential prefill by {diff:.4f}")
+        return worst
+
+    # ---- 7. greedy identity -----------------------------------------------------------------------
+    def test_greedy_identity(self, B: int = 2, gamma: int = 2) -> TestResult:
+        """``top_k=1``: parallel_v1's tokens are the target's greedy tokens (any draft, exact policy).
+
+        Near ties (argmax gap within the logits tolerance) may resolve either way in reduced
+        precision; every committed token must be the target's argmax given its committed prefix.
+        """
+        _check_int(B, "B", 1)
+        _check_int(gamma, "gamma", 1)
+
+        def body(checks: CheckLog):
+            labels = self._labels(B)
+            out = self.sd.generate_parallel(B, labels, g_seed=self.seed, cfg=self.cfg, gamma=gamma, top_k=1, policy="exact")
+            check = check_greedy(self.target, labels, self.cfg, out.tokens_per_stage, 0, self.S, self.tol.logits)
+            checks.require(check.consistent, "parallel_v1 greedy tokens are not the target's greedy tokens: " + check.describe())
+            checks.require(out.stats.target_passes <= self.S,
+                           f"{out.stats.target_passes} target passes for {self.S} stages")
+            details = GreedyDetails(identical=check.identical, differing_tokens=check.differing_tokens,
+                                    max_argmax_gap=check.max_argmax_gap, tolerance=check.tolerance,
+                                    target_passes=out.stats.target_passes, num_stages=self.S)
+            return f"parallel_v1 (top_k=1): {check.describe()}; {out.stats.target_passes} target passes", details
+
+        return self._run("test_greedy_identity", body)
+
+    # ---- 8. end to end ----------------------------------------------------------------------------
+    def test_end_to_end(self, B: int = 2, gamma: int = 2) -> TestResult:
+        """A sampled parallel_v1 call: images decoded from the committed tokens, in ``[0, 1]``, of the
+        VQVAE's size; at most ``S`` target passes; consistent statistics."""
+        _check_int(B, "B", 1)
+        _check_int(gamma, "gamma", 1)
+
+        def body(checks: CheckLog):
+            target, S = self.target, self.S
+            out = self.sd.generate_parallel(B, self._labels(B), g_seed=self.seed, cfg=self.cfg, gamma=gamma)
+            img, st = out.images_B3HW, out.stats
+            H = target.vae.image_size
+            checks.require(tuple(img.shape) == (B, 3, H, H), f"image shape {tuple(img.shape)}, expected {(B, 3, H, H)}")
+            lo, hi = float(img.min()), float(img.max())
+            checks.require(0.0 <= lo and hi <= 1.0, f"image values in [{lo:.4f}, {hi:.4f}], expected within [0, 1]")
+            shapes_ok = checks.require(
+                len(out.tokens_per_stage) == S
+                and all(tuple(t.shape) == (B, self._L(s)) for s, t in enumerate(out.tokens_per_stage)),
+                f"tokens per stage have shapes {[tuple(t.shape) for t in out.tokens_per_stage]}",
+            )
+            img_diff = float("nan")
+            if shapes_ok:
+                f_ref = reference_f_hats(target, out.tokens_per_stage)[-1]
+                want = reference_images(target, f_ref)
+                img_diff = max_abs_diff(img, want)
+                checks.require(img_diff <= self.tol.images.allowed(want),
+                               f"images are not the decoded f_hat of the committed tokens (max abs diff {img_diff:.4f})")
+            checks.require(st.target_passes <= S, f"{st.target_passes} target passes for {S} stages")
+            checks.require(sum(st.stages_committed_per_round) == S,
+                           f"committed stages per round {st.stages_committed_per_round} sum to "
+                           f"{sum(st.stages_committed_per_round)}, not {S}")
+            checks.require(st.draft_passes == sum(st.gamma_per_round),
+                           f"{st.draft_passes} draft passes, but the rounds proposed {sum(st.gamma_per_round)} stages")
+            checks.require(st.rounds == len(st.gamma_per_round) == st.target_passes,
+                           f"{st.rounds} rounds, {len(st.gamma_per_round)} gammas, {st.target_passes} target passes")
+            checks.require(all(0 <= a <= p for a, p in zip(st.accepted_tokens_per_stage, st.proposed_tokens_per_stage)),
+                           f"accepted tokens {st.accepted_tokens_per_stage} exceed proposed {st.proposed_tokens_per_stage}")
+            checks.require(all(a <= g for a, g in zip(st.stages_accepted_per_round, st.gamma_per_round)),
+                           f"accepted stages per round {st.stages_accepted_per_round} exceed gamma {st.gamma_per_round}")
+            details = EndToEndDetails(
+                image_shape=list(img.shape), image_min=lo, image_max=hi, target_passes=st.target_passes,
+                draft_passes=st.draft_passes, rounds=st.rounds, committed_stages=sum(st.stages_committed_per_round),
+                proposed_tokens=sum(st.proposed_tokens_per_stage), accepted_tokens=sum(st.accepted_tokens_per_stage),
+                token_acceptance=st.token_acceptance, max_image_abs_diff=img_diff,
+            )
+            return (f"images {tuple(img.shape)} in [0, 1] decoded from the committed tokens; "
+                            f"{st.target_passes} target passes for {S} stages; statistics consistent"), details
+
+        return self._run("test_end_to_end", body)
+
+    # ---- 9. test3 ---------------------------------------------------------------------------------
+    def test_compare_with_test3(self, B: int = 2, entry_nums: Sequence[int] | None = None) -> TestResult:
+        """Greedy test3 (``sd_mask=0``) at several ``entry_num``: the draft's prefix is the draft's greedy
+        prefix, the target's stages are the target's greedy continuation of that prefix (so
+        ``entry_num=0`` is the target's greedy decode), with ``entry_num`` draft passes and
+        ``S - entry_num`` target passes (one prefill + one per later stage)."""
+        _check_int(B, "B", 1)
+        S = self.S
+        entries = sorted({0, S // 2, S}) if entry_nums is None else list(entry_nums)
+        for k in entries:
+            if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= S:
+                raise ValueError(f"entry_nums must be ints in [0, {S}], got {list(entries)!r}")
+
+        def body(checks: CheckLog):
+            labels = self._labels(B)
+            prefix_ok, suffix_ok, gaps, t_passes, d_passes = [], [], [], [], []
+            for k in entries:
+                out = self.sd.generate_test3(B, labels, g_seed=self.seed, cfg=self.cfg, top_k=1, entry_num=k, sd_mask=0)
+                toks = out.tokens_per_stage
+                pre = check_greedy(self.draft, labels, self.cfg, toks, 0, k, self.tol.logits)
+                suf = check_greedy(self.target, labels, self.cfg, toks, k, S, self.tol.logits)
+                prefix_ok.append(pre.identical)
+                suffix_ok.append(suf.identical)
+                gaps.append(max(pre.max_argmax_gap, suf.max_argmax_gap))
+                checks.require(pre.consistent, f"entry_num={k}: draft prefix is not the draft's greedy prefix: {pre.describe()}")
+                checks.require(suf.consistent,
+                               f"entry_num={k}: target stages are not the target's greedy continuation: {suf.describe()}")
+                t_passes.append(out.stats.target_passes)
+                d_passes.append(out.stats.draft_passes)
+                checks.require(out.stats.target_passes == S - k and out.stats.draft_passes == k,
+                               f"entry_num={k}: {out.stats.draft_passes} draft / {out.stats.target_passes} target passes, "
+                               f"expected {k} / {S - k}")
+            details = Test3Details(entry_nums=entries, draft_prefix_identical=prefix_ok, target_suffix_identical=suffix_ok,
+                                   max_argmax_gap=gaps, target_passes=t_passes, draft_passes=d_passes)
+            return (f"entry_num {entries}: draft prefix = draft greedy, rest = target greedy continuation "
+                            f"(entry_num=0 = target greedy); passes {d_passes} draft / {t_passes} target"), details
+
+        return self._run("test_compare_with_test3", body)
+
+    # ---- 10. baseline -----------------------------------------------------------------------------
+    def test_compare_with_baseline(self, B: int = 2, gamma: int = 2) -> TestResult:
+        """Greedy parallel_v1 image equals the greedy baseline (target alone) image within tolerance."""
+        _check_int(B, "B", 1)
+        _check_int(gamma, "gamma", 1)
+
+        def body(checks: CheckLog):
+            labels = self._labels(B)
+            par = self.sd.generate_parallel(B, labels, g_seed=self.seed, cfg=self.cfg, gamma=gamma, top_k=1)
+            base = self.sd.baseline(B, labels, g_seed=self.seed, cfg=self.cfg, top_k=1)
+            same = all(torch.equal(a, b) for a, b in zip(par.tokens_per_stage, base.tokens_per_stage))
+            cmp = compare_images(par.images_B3HW, base.images_B3HW)
+            diff = max_abs_diff(par.images_B3HW, base.images_B3HW)
+            allowed = self.tol.images.allowed(base.images_B3HW)
+            if same:
+                checks.require(diff <= allowed, f"same tokens but images differ by {diff:.4f} (tolerance {allowed:.4f})")
+                note = "identical tokens"
+            else:
+                g_par = check_greedy(self.target, labels, self.cfg, par.tokens_per_stage, 0, self.S, self.tol.logits)
+                g_base = check_greedy(self.target, labels, self.cfg, base.tokens_per_stage, 0, self.S, self.tol.logits)
+                checks.require(g_par.consistent and g_base.consistent,
+                               f"tokens differ and are not both greedy: parallel {g_par.describe()}; "
+                               f"baseline {g_base.describe()}")
+                note = "tokens diverged at a near tie (both greedy within tolerance); images not comparable"
+            checks.require(base.stats.target_passes == self.S,
+                           f"baseline made {base.stats.target_passes} target passes for {self.S} stages")
+            details = BaselineDetails(tokens_identical=same, mean_abs_diff=cmp.mean_abs_diff, l2_distance=cmp.l2_distance,
+                                      pearson=cmp.pearson, parallel_target_passes=par.stats.target_passes,
+                                      baseline_target_passes=base.stats.target_passes, tolerance=allowed)
+            return (f"{note}; mean abs diff {cmp.mean_abs_diff:.4f}, L2 {cmp.l2_distance:.4f}, "
+                            f"correlation {cmp.pearson:.4f}; target passes {par.stats.target_passes} vs "
+                            f"{base.stats.target_passes}"), details
+
+        return self._run("test_compare_with_baseline", body)
+
+    # ---- all --------------------------------------------------------------------------------------
+    def run_all_tests(self, B: int = 2, gamma: int = 2, print_results: bool = True, show_times: bool = True) -> list[TestResult]:
+        """Every test in order; prints the summary (:func:`~test_framework.results.print_summary`) unless told not to."""
+        _check_int(B, "B", 1)
+        _check_int(gamma, "gamma", 1)
+        results = [
+            self.test_build_combined_query(B, gamma),
+            self.test_split_logits_by_stage(B, gamma),
+            self.test_draft_generate_batch(B, gamma),
+            self.test_target_verify_batch(B, gamma),
+            self.test_state_update(B, gamma),
+            self.test_kv_cache_consistency(B, gamma),
+            self.test_greedy_identity(B, gamma),
+            self.test_end_to_end(B, gamma),
+            self.test_compare_with_test3(B),
+            self.test_compare_with_baseline(B, gamma),
+        ]
+        if print_results:
+            print_summary(results, show_times=show_times)
+        return results

@@ -1,0 +1,289 @@
+"""Calibration of the benchmark's adaptive gamma (``sdvar_adaptive_cal``), on the CPU.
+
+The arithmetic (overhead split, cost folding, priors, profile mapping) is tested on numbers; the
+orchestration runs end to end on the tiny pair with the fast path's eager programs and host timers
+standing in for CUDA-graph replays and CUDA events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from sdvar_lib import bench
+from sdvar_lib.acceptance import make_policy
+from sdvar_lib.bench import (
+    METHODS,
+    AdaptiveCalibration,
+    BenchConfig,
+    CallSample,
+    OverheadEstimate,
+    Scenario,
+    ScenarioPolicy,
+    calibrate_batch,
+    calibrate_scenario,
+    calibrated_costs,
+    chunk_of_pass,
+    estimate_overheads,
+    fill_missing_stages,
+    format_calibrations,
+    map_profile_to_stages,
+    measure_pass_times,
+    pooled_stage_acceptance,
+    scenario_stage_acceptance,
+)
+from sdvar_lib.checkpoints import ModelPair
+from sdvar_lib.fast import FastConfig, FastRun, FastRunFactory, chunk_span, stage_chunks
+from sdvar_lib.gamma import AdaptiveGamma, RoundContext, RoundHistory
+from sdvar_lib.sdvar import SDVAR, SDVARStats
+
+NO_GRAPHS = FastConfig(use_cuda_graphs=False)
+
+
+# ---- chunks and pass tables ---------------------------------------------------------------------
+def test_chunk_of_pass_inverts_chunk_span(tiny_pair):
+    _, _, target = tiny_pair
+    S = target.num_stages
+    for s, n in stage_chunks(S, S):
+        assert chunk_of_pass(target, *chunk_span(target, s, n)) == (s, n)
+    with pytest.raises(ValueError, match="whole stages"):
+        chunk_of_pass(target, 1, 2)  # stage 1 has 4 tokens
+
+
+def test_measure_pass_times_replays_every_chunk_alone(tiny_pair):
+    _, _, target = tiny_pair
+    run = FastRun(target, 2, NO_GRAPHS)
+    run.begin(torch.tensor([0, 1]))
+    chunks = stage_chunks(target.num_stages, 2)
+    replayed, timer_calls = [], []
+    real = run.replay_passes
+
+    def spy(passes):
+        replayed.append([(p.position, p.length) for p in passes])
+        real(passes)
+
+    run.replay_passes = spy
+
+    def timer(fn, repeats, warmup):
+        before = len(replayed)
+        fn()
+        timer_calls.append((repeats, warmup))
+        return float(replayed[before][0][1])  # "time" = tokens of the replayed chunk
+
+    table = measure_pass_times(run, chunks, timer, repeats=3, warmup=1)
+    assert list(table) == chunks and timer_calls == [(3, 1)] * len(chunks)
+    for (s, n), ms in table.items():
+        assert replayed.pop(0) == [chunk_span(target, s, n)] and ms == chunk_span(target, s, n)[1]
+    assert run.cache.length == 0 and set(run.programs) >= {chunk_span(target, s, n) for s, n in chunks}
+
+
+# ---- overheads and costs ------------------------------------------------------------------------
+def test_estimate_overheads_recovers_step_and_round_costs():
+    S, step, rnd = 10, 0.4, 1.5
+    target_calls = [CallSample(total_ms=50.0 + 6.5 + S * step + e, pass_ms=50.0, fixed_ms=6.5, target_stages_read=S)
+                    for e in (-0.1, 0.0, 0.3)]
+    # a gamma-1 call: 7 drafting rounds (verify chunks of 2 stages, the last of 1) and 1 target step
+    sd = CallSample(total_ms=60.0 + 7.0 + step * (7 + 14) + 7 * rnd, pass_ms=60.0, fixed_ms=7.0, draft_passes=7,
+                    target_stages_read=14, sdvar_rounds=7)
+    est = estimate_overheads(target_calls, [sd])
+    assert est.step_ms == pytest.approx(step) and est.round_ms == pytest.approx(rnd)
+    assert est.target_calls == 3 and est.sdvar_calls == 1
+    cheap = CallSample(total_ms=60.0 + 7.0, pass_ms=60.0, fixed_ms=7.0, draft_passes=7, target_stages_read=14,
+                       sdvar_rounds=7)
+    est = estimate_overheads(target_calls, [cheap])
+    assert est.round_ms == 0.0 and est.round_ms_raw < 0
+    assert estimate_overheads(target_calls, []).round_ms == 0.0
+    slow_first = CallSample(total_ms=sd.total_ms + 70.0, pass_ms=60.0, fixed_ms=7.0, draft_passes=7,
+                            target_stages_read=14, sdvar_rounds=7)
+    assert estimate_overheads(target_calls, [slow_first, sd, sd]).round_ms == pytest.approx(rnd)  # a median
+    with pytest.raises(ValueError, match="at least one target-alone call"):
+        estimate_overheads([], [sd])
+
+
+def _uniform_tables(S, t_stage, d_stage):
+    target = {(s, n): t_stage * 1.1 for s, n in stage_chunks(S, 5)}  # a chunk costs a little more than one stage
+    target.update({(s, 1): t_stage for s in range(S)})
+    draft = {(s, n): d_stage for s, n in stage_chunks(S, S)}
+    return target, draft
+
+
+def test_calibrated_costs_make_the_rule_price_true_time():
+    S, step, rnd = 10, 0.4, 1.0
+    target, draft = _uniform_tables(S, 3.0, 1.3)
+    costs = calibrated_costs(target, draft, OverheadEstimate(step, rnd, rnd, 2, 2))
+    assert costs.target(2, 3) == pytest.approx(3.3 + 3 * step) and costs.target(4, 1) == pytest.approx(3.0 + step)
+    assert costs.draft(0, 4) == pytest.approx(1.3 + step) and costs.round_overhead == rnd
+    # all accepted, g = 2 from stage 0: the round commits 3 stages (bonus included)
+    rule = AdaptiveGamma(prior_acceptance=1.0, costs=costs)
+    ctx = RoundContext(c=0, num_stages=S, draft_stages_held=0, history=RoundHistory())
+    target_alone = 3 * (3.0 + step)
+    round_time = 2 * (1.3 + step) + (3.3 + 3 * step) + rnd
+    assert rule.expected_saving(2, ctx, [1.0] * S) == pytest.approx(target_alone - round_time)
+    # a large round overhead makes every round a loss: target steps only
+    costly = calibrated_costs(target, draft, OverheadEstimate(step, 50.0, 50.0, 2, 2))
+    assert AdaptiveGamma(prior_acceptance=1.0, costs=costly).next_gamma(ctx) == 0
+
+
+# ---- acceptance priors --------------------------------------------------------------------------
+def test_pooled_stage_acceptance_and_filling():
+    a, b = SDVARStats(num_stages=4), SDVARStats(num_stages=4)
+    a.proposed_stages_per_stage, a.accepted_stages_per_stage = [2, 1, 0, 0], [2, 0, 0, 0]
+    b.proposed_stages_per_stage, b.accepted_stages_per_stage = [2, 1, 0, 1], [1, 1, 0, 0]
+    pooled = pooled_stage_acceptance([a, b])
+    assert pooled == [0.75, 0.5, None, 0.0]
+    assert fill_missing_stages(pooled) == (0.75, 0.5, 0.25, 0.0)  # equally near stages 1 and 3: their mean
+    assert fill_missing_stages([None, 0.9, None, None]) == (0.9, 0.9, 0.9, 0.9)
+    with pytest.raises(ValueError):
+        fill_missing_stages([None, None])
+    with pytest.raises(ValueError):
+        pooled_stage_acceptance([])
+
+
+def test_scenario_stage_acceptance():
+    profile = ScenarioPolicy(stage_probabilities=(1.0, 0.5))
+    assert scenario_stage_acceptance(profile, 8) == (1.0, 0.5)
+    per_sample = ScenarioPolicy(stage_probabilities=(1.0, 0.5), per_sample=True)
+    assert scenario_stage_acceptance(per_sample, 3) == (1.0, 0.125)
+    assert scenario_stage_acceptance(make_policy("exact"), 8) is None
+
+
+def test_map_profile_to_stages_by_relative_position():
+    seven = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+    assert map_profile_to_stages(seven, 10) == (0, 1, 1, 2, 3, 3, 4, 5, 5, 6)
+    assert map_profile_to_stages(tuple(range(10)), 10) == tuple(range(10))
+    assert map_profile_to_stages((0.0, 1.0), 3) == (0.0, 0.0, 1.0)  # stage 1 of 3 sits halfway: the lower stage
+    assert map_profile_to_stages((0.7,), 4) == (0.7,) * 4
+    with pytest.raises(ValueError):
+        map_profile_to_stages((), 10)
+
+
+# ---- methods ------------------------------------------------------------------------------------
+def test_calibrated_method_captures_every_chunk_it_may_price():
+    m = METHODS["sdvar_adaptive_cal"]
+    assert m.adaptive and m.kind == "sdvar"
+    assert m.target_chunks(10) == stage_chunks(10, 5) and m.draft_chunks(10) == stage_chunks(10, 10)
+    assert len(m.draft_chunks(10)) == 55
+
+
+# ---- end to end on the tiny pair ----------------------------------------------------------------
+def _host_replay_timer(fn, repeats, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def _host_call_timer(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, (time.perf_counter() - t0) * 1e3
+
+
+def test_calibration_end_to_end_on_the_tiny_pair(tiny_pair):
+    vae, draft, target = tiny_pair
+    S, B = target.num_stages, 2
+    factory = FastRunFactory(NO_GRAPHS)
+    ctx = bench._PairContext(
+        name="tiny", pair=ModelPair(vae=vae, draft=draft, target=target, description="tiny"),
+        sd=SDVAR(draft, target, run_factory=factory), factory=factory, specs={}, decoder=None,
+    )
+    config = BenchConfig(calibration_calls=2, calibration_replays=1, top_k=0, top_p=0.0)
+    batch_cal = calibrate_batch(ctx, B, config, decode_ms=0.5, replay_timer=_host_replay_timer,
+                                call_timer=_host_call_timer)
+    assert set(batch_cal.draft_pass_ms) == set(stage_chunks(S, S))
+    assert set(batch_cal.target_pass_ms) == set(stage_chunks(S, 5))
+    assert len(batch_cal.target_calls) == 2
+    assert all(c.target_stages_read == S and c.draft_passes == 0 and c.pass_ms > 0 for c in batch_cal.target_calls)
+
+    cals = []
+    for scenario in (Scenario("exact", make_policy("exact")), Scenario("all", ScenarioPolicy.all_accepted(S))):
+        cal, rule = calibrate_scenario(ctx, B, scenario, config, batch_cal, call_timer=_host_call_timer)
+        assert isinstance(rule, AdaptiveGamma) and len(rule.prior_acceptance) == S
+        assert all(0.0 <= p <= 1.0 for p in cal.priors) and cal.round_overhead_ms >= 0
+        assert len(cal.target_pass_ms) == len(batch_cal.target_pass_ms) and len(cal.sdvar_call_ms) == 2
+        out = ctx.sd.generate_parallel(B, None, g_seed=0, gamma=rule, policy=scenario.policy, top_k=0)
+        assert sum(out.stats.stages_committed_per_round) == S
+        cal.gamma_per_round = list(out.stats.gamma_per_round)
+        cals.append(cal)
+    exact, all_accepted = cals
+    assert exact.prior_source.startswith("measured") and all_accepted.prior_source == "scenario profile"
+    assert all_accepted.priors == [1.0] * S
+    # gamma 1 and the shifted schedule judge stage 0 in both calls and, between them, all but stage 1
+    assert all_accepted.measured_stage_acceptance == [1.0, None, 1.0, 1.0]
+    assert all_accepted.dispatch in ("sdvar", "target alone")
+
+    text = format_calibrations(cals)
+    assert "| tiny | 2 | all-accepted | 1,1,1,1 | scenario profile |" in text
+    data = json.loads(json.dumps([bench.asdict(c) for c in cals]))
+    assert data[0]["target_pass_ms"][0][:2] == [0, 1]
+    assert isinstance(cals[0], AdaptiveCalibration)
+
+
+def test_plan_never_drafts():
+    S = 10
+    target, draft = _uniform_tables(S, 3.0, 1.3)
+    costs = calibrated_costs(target, draft, OverheadEstimate(0.4, 1.0, 1.0, 2, 2))
+    assert bench.plan_never_drafts(AdaptiveGamma(prior_acceptance=0.0, costs=costs), S)
+    assert not bench.plan_never_drafts(AdaptiveGamma(prior_acceptance=1.0, costs=costs), S)
+    late = AdaptiveGamma(prior_acceptance=(0.0,) * 6 + (1.0,) * 4, costs=costs)  # drafting pays only late
+    assert not bench.plan_never_drafts(late, S)
+
+
+def test_calibrated_method_needs_its_rule_and_runs_the_target_alone_when_it_never_drafts(tiny_pair):
+    vae, draft, target = tiny_pair
+    S = target.num_stages
+    factory = FastRunFactory(NO_GRAPHS)
+    ctx = bench._PairContext(name="tiny", pair=ModelPair(vae, draft, target, "tiny"),
+                             sd=SDVAR(draft, target, run_factory=factory), factory=factory, specs={}, decoder=None)
+    scenario = Scenario("exact", make_policy("exact"))
+    config = BenchConfig(top_k=0, top_p=0.0)
+    method = METHODS["sdvar_adaptive_cal"]
+    with pytest.raises(ValueError, match="calibrated gamma rule"):
+        bench._method_call(ctx, method, scenario, 2, config)
+    never = AdaptiveGamma(prior_acceptance=0.0)
+    out = bench._method_call(ctx, method, scenario, 2, config, gamma=never)(0)
+    ref = ctx.sd.baseline(2, None, g_seed=0, top_k=0)
+    assert out.stats.draft_passes == 0 and out.stats.gamma_per_round == [] and out.stats.target_passes == S
+    assert all(torch.equal(a, b) for a, b in zip(out.tokens_per_stage, ref.tokens_per_stage))
+    out = bench._method_call(ctx, method, scenario, 2, config, gamma=AdaptiveGamma(prior_acceptance=1.0))(0)
+    assert out.stats.gamma_per_round and out.stats.draft_passes > 0
+
+
+def test_cli_calibration_options():
+    args = bench.build_parser().parse_args(["--calibration-calls", "4", "--calibration-replays", "5"])
+    config = bench.config_from_args(args)
+    assert config.calibration_calls == 4 and config.calibration_replays == 5
+    with pytest.raises(ValueError, match="calibration_calls"):
+        BenchConfig(calibration_calls=0)
+
+
+def test_measure_acceptance_profile_script(tmp_path, tiny_pair, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from sdvar_lib.checkpoints import TINY_CONFIG
+
+    vae, draft, target = tiny_pair
+    config = {"vae": TINY_CONFIG["vae"], "target": TINY_CONFIG["var"], "draft": dict(TINY_CONFIG["var"], depth=1),
+              "description": "tiny test pair"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for name, module in (("vae", vae), ("target", target), ("draft", draft)):
+        torch.save(module.state_dict(), tmp_path / f"{name}.pth")
+    path = Path(__file__).resolve().parents[1] / "scripts" / "measure_acceptance_profile.py"
+    spec = importlib.util.spec_from_file_location("measure_acceptance_profile", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--folder", str(tmp_path), "--calls", "2", "--batch", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "official stage -> bundled stage: 0->0, 1->0, 2->1" in out
+    profile = out.strip().splitlines()[-1]
+    assert profile.startswith("--acceptance-profile ")
+    values = [float(v) for v in profile.split()[-1].split(",")]
+    assert len(values) == 10 and all(0.0 <= v <= 1.0 for v in values)
