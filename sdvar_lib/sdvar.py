@@ -641,6 +641,34 @@ class SDVAR:
             yield record
             index += 1
 
+    @staticmethod
+    def _plan_never_drafts(state: SDVARInferenceState) -> bool:
+        """Whether the gamma rule proposes nothing from every state reachable without drafting."""
+        return all(
+            state.gamma_rule.next_gamma(RoundContext(c=c, num_stages=state.num_stages, draft_stages_held=0,
+                                                     history=RoundHistory())) == 0
+            for c in range(state.num_stages)
+        )
+
+    @torch.no_grad()
+    def _target_only(self, state: SDVARInferenceState) -> SDVARInferenceState:
+        """Every stage as a target step, in the baseline's loop (no per-round bookkeeping).
+
+        Used when the gamma rule would never draft, so the call costs what the target alone costs.
+        """
+        samples: list[StageSample] = []
+        f_hats: list[torch.Tensor] = []
+        S = state.num_stages
+        self._run_stages(state.target, samples, f_hats, S, state.sampling, state.rng, state.stats, is_target=True)
+        stats = state.stats
+        stats.rounds += S
+        stats.gamma_per_round.extend([0] * S)
+        stats.stages_accepted_per_round.extend([0] * S)
+        stats.stages_committed_per_round.extend([1] * S)
+        log.debug("gamma rule %s never drafts: decoded with the target alone", state.gamma_rule.describe())
+        return replace(state, tokens=tuple(s.idx_Bl for s in samples), f_hats=tuple(f_hats),
+                       history=RoundHistory((0,) * S, (0,) * S))
+
     def _finish(self, state: SDVARInferenceState, t0: float) -> SDVAROutput:
         images = fhat_to_unit_images(self.target_model, state.f_hat)
         if images.is_cuda:
@@ -676,6 +704,8 @@ class SDVAR:
             B, label_B, g_seed, cfg, gamma, top_k=top_k, top_p=top_p, more_smooth=more_smooth, policy=policy,
             verbose=verbose, **policy_kwargs,
         )
+        if self._plan_never_drafts(state):
+            state = self._target_only(state)
         for record in self.iter_rounds(state):
             state = record.state
         out = self._finish(state, t0)

@@ -352,3 +352,16 @@ def test_experimental_masks_change_the_prefill(sd):
     outs = [sd.generate_test3(2, [1, 2], g_seed=0, entry_num=3, sd_mask=m, top_k=1).images_B3HW for m in range(6)]
     assert torch.equal(outs[0], outs[3])  # native training mask == block-causal
     assert any(not torch.equal(outs[0], o) for o in outs[1:3] + outs[4:])
+
+
+def test_a_rule_that_never_drafts_decodes_like_the_target_alone(sd):
+    from sdvar_lib.gamma import AdaptiveGamma
+
+    never = AdaptiveGamma(prior_acceptance=0.0)
+    out = sd.generate_parallel(2, [1, 2], g_seed=4, gamma=never)
+    reference = sd.target_model.generate(2, [1, 2], g_seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(out.tokens_per_stage, reference.tokens_per_stage))
+    assert torch.equal(out.images_B3HW, reference.images_B3HW)
+    st = out.stats
+    assert st.target_passes == S_TINY and st.draft_passes == 0
+    assert st.gamma_per_round == [0] * S_TINY and sum(st.stages_committed_per_round) == S_TINY
