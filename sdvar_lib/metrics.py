@@ -127,7 +127,7 @@ def load_bundled_classifier(device: torch.device | str = "cpu", folder: str | os
         raise FileNotFoundError(f"{config_path} is missing; retrain with `python -m sdvar_lib.train_tiny`")
     config = json.loads(config_path.read_text())
     if "classifier" not in config:
-        raise KeyError(f"{config_path} has no 'classifier' entry")
+        raise ValueError(f"{config_path} has no 'classifier' entry; retrain with `python -m sdvar_lib.train_tiny`")
     model = DigitClassifier(ClassifierConfig(**config["classifier"]))
     load_state_dict_checked(model, load_checkpoint_file(folder / "classifier.pth"), str(folder / "classifier.pth"))
     return model.to(device).eval()

@@ -331,3 +331,71 @@ def per_layer_figure(
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ---- quality against target passes (issue 5) ---------------------------------------------------------
+_KIND_STYLES = {
+    "target": ("#1a202c", "*"),
+    "draft": ("#718096", "X"),
+    "sdvar": ("#2b6cb0", "o"),
+    "test3": ("#c05621", "s"),
+    "code_handoff": ("#2f855a", "D"),
+}
+
+
+def quality_vs_passes_figure(
+    results: Sequence[MethodResult],
+    title: str = "quality against target passes per call",
+    annotate: bool = True,
+) -> Figure:
+    """Class-consistency and Fréchet distance (mean with 95% CI error bars) against target passes per call.
+
+    One point per :class:`sdvar_lib.evaluate.MethodResult` (colour and marker by kind; lossy SDVAR
+    policies drawn hollow); the target's CIs are drawn as bands, so a lossless method should land
+    inside them. Results of several batch sizes are allowed; the batch size is added to the labels then.
+    """
+    if len(results) == 0:
+        raise ValueError("need at least one method result")
+    batches = {r.batch_size for r in results}
+    fig = Figure(figsize=(11.0, 4.4))
+    axes = fig.subplots(1, 2)
+    panels = (("class_consistency", "class-consistency (higher is better)"),
+              ("frechet_distance", "Fréchet distance to real digits (lower is better)"))
+    for ax, (metric, ylabel) in zip(axes, panels):
+        for r in results:
+            if r.kind == "target":
+                s = getattr(r, metric)
+                ax.axhspan(s.ci_low, s.ci_high, color="#a0aec0", alpha=0.25, lw=0)
+        for r in results:
+            colour, marker = _KIND_STYLES.get(r.kind, ("#805ad5", "^"))
+            s = getattr(r, metric)
+            x = r.target_passes_per_call
+            hollow = r.kind == "sdvar" and not r.lossless
+            ax.errorbar(
+                x.mean, s.mean, yerr=[[s.mean - s.ci_low], [s.ci_high - s.mean]],
+                xerr=[[x.mean - x.ci_low], [x.ci_high - x.mean]], fmt=marker, color=colour, ms=7, capsize=3,
+                mfc="white" if hollow else colour, lw=1,
+            )
+            if annotate:
+                label = r.name if len(batches) == 1 else f"{r.name} (B={r.batch_size})"
+                ax.annotate(label, (x.mean, s.mean), textcoords="offset points", xytext=(4, 4), fontsize=6.5)
+        ax.set_xlabel("target passes per call")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    handles = [
+        axes[0].plot([], [], marker, color=colour, ls="", label=kind)[0] for kind, (colour, marker) in _KIND_STYLES.items()
+        if any(r.kind == kind for r in results)
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+__all__ += ["quality_vs_passes_figure"]
+
+from typing import TYPE_CHECKING  # noqa: E402  (kept with the function it serves)
+
+if TYPE_CHECKING:  # annotations only (sdvar_lib.evaluate imports the decoders)
+    from sdvar_lib.evaluate import MethodResult

@@ -162,14 +162,14 @@ class TinyTrainConfig:
     seed: int = 0
     vae: VAEConfig = field(default_factory=VAEConfig)
     target: VARConfig = field(default_factory=lambda: VARConfig(depth=4, embed_dim=128, num_heads=4, drop_rate=0.1))
-    draft: VARConfig = field(default_factory=lambda: VARConfig(depth=2, embed_dim=64, num_heads=2))
+    draft: VARConfig = field(default_factory=lambda: VARConfig(depth=1, embed_dim=64, num_heads=2))
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     vae_optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=30, lr=2e-3, weight_decay=0.0))
     vae_dead_code_epochs: int = 18
     """Re-initialise unused codebook entries after each of the first this-many epochs."""
     classifier_optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=12, lr=2e-3, weight_decay=1e-4))
     target_optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=30, lr=1e-3, label_smoothing=0.1))
-    draft_optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=25, lr=2e-3, label_smoothing=0.1))
+    draft_optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=30, lr=2e-3, label_smoothing=0.1))
     train_subset: int | None = None
     """Use only the first this-many training images (smoke runs and tests)."""
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -884,7 +884,9 @@ def render_model_card(r: dict, bundle_config: dict, folder: Path) -> str:
         "  Label smoothing keeps the target from becoming over-confident: without it the default CFG ramp",
         "  (t up to 1.5 at the last stage) collapsed the target's samples onto a few prototypes per class",
         "  (in development runs: class-consistency 0.99 but Fréchet distance about 60 instead of about 30 at cfg 1.5).",
-        "  The draft is the same recipe with a smaller model and a shorter schedule.",
+        "  The draft follows the same recipe (same epochs, no dropout, a higher peak lr) with one narrow block;",
+        "  in development runs a depth-2 width-64 draft came within the noise of the target's Fréchet distance",
+        "  at cfg 1.5 (its digits are messier, but the metric saturates near the finite-sample floor).",
         "",
         "| phase | epochs | seconds |",
         "|---|---|---:|",

@@ -70,7 +70,7 @@ def test_config_describes_the_pair(pair):
     assert pair.target.num_classes == pair.draft.num_classes == 10
     n_target = sum(p.numel() for p in pair.target.parameters())
     n_draft = sum(p.numel() for p in pair.draft.parameters())
-    assert 4 <= n_target / n_draft <= 10
+    assert 4 <= n_target / n_draft <= 15
     assert not pair.target.training and not pair.draft.training
 
 
@@ -101,11 +101,14 @@ def test_target_beats_draft_on_heldout_nll(pair, data, metrics):
 
 def test_target_samples_are_recognisable_and_better_than_draft(pair, classifier, data):
     real = to_unit_range(data.heldout_img_B3HW)
-    img_t, label = generate_balanced(pair.target, 100, g_seed=0, cfg=1.5)
-    img_d, _ = generate_balanced(pair.draft, 100, g_seed=0, cfg=1.5)
-    assert img_t.shape == (100, 3, 16, 16) and float(img_t.min()) >= 0 and float(img_t.max()) <= 1
+    img_t, label = generate_balanced(pair.target, 300, g_seed=0, cfg=1.5)
+    img_d, _ = generate_balanced(pair.draft, 300, g_seed=0, cfg=1.5)
+    assert img_t.shape == (300, 3, 16, 16) and float(img_t.min()) >= 0 and float(img_t.max()) <= 1
+    # the task's bar: class-consistency >= 80% on 100 samples at the default cfg with a fixed seed
+    assert class_consistency(classifier, img_t[:100], label[:100]).accuracy >= MIN_TARGET_CLASS_CONSISTENCY
     cc_target = class_consistency(classifier, img_t, label).accuracy
     cc_draft = class_consistency(classifier, img_d, label).accuracy
-    assert cc_target >= MIN_TARGET_CLASS_CONSISTENCY
-    assert cc_target >= cc_draft
-    assert feature_frechet_distance(classifier, img_t, real) < feature_frechet_distance(classifier, img_d, real)
+    assert cc_target > cc_draft + 0.05
+    fd_target = feature_frechet_distance(classifier, img_t, real)
+    fd_draft = feature_frechet_distance(classifier, img_d, real)
+    assert fd_target < 0.8 * fd_draft

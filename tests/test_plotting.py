@@ -142,3 +142,45 @@ def test_comparison_figure_methods_as_rows():
     fig = comparison_figure(images, row_labels=["x", "y", "z"], methods_as_rows=True)
     assert len(fig.axes) == 6
     assert fig.axes[0].get_title() == "x" and fig.axes[3].get_ylabel() == "b"
+
+
+def test_quality_vs_passes_figure_has_a_point_per_method_with_ci_bars():
+    from sdvar_lib.evaluate import MethodResult
+    from sdvar_lib.metrics import SeedQuality, summarize_over_seeds
+    from sdvar_lib.plotting import quality_vs_passes_figure
+
+    def result(name, kind, passes, cc, fd, lossless=False, batch=1):
+        return MethodResult(
+            name=name, description=name, kind=kind, lossless=lossless, batch_size=batch, seeds=[0, 1], samples_per_seed=4,
+            num_calls=8, target_passes_per_call=summarize_over_seeds(passes), draft_passes_per_call=summarize_over_seeds([1, 1]),
+            token_acceptance_per_stage=[None], stage_acceptance_per_stage=[None], token_acceptance=None,
+            class_consistency=summarize_over_seeds(cc), frechet_distance=summarize_over_seeds(fd),
+            per_seed=[SeedQuality(0, cc[0], fd[0]), SeedQuality(1, cc[1], fd[1])], ms_per_call=1.0, wall_time_s=1.0,
+        )
+
+    results = [
+        result("target", "target", [7, 7], [0.9, 0.94], [40.0, 44.0], lossless=True),
+        result("exact_g2", "sdvar", [5.5, 5.7], [0.91, 0.93], [41.0, 45.0], lossless=True),
+        result("top1_0.5_g2", "sdvar", [5.0, 5.2], [0.8, 0.84], [60.0, 64.0]),
+        result("test3_e3", "test3", [4, 4], [0.7, 0.72], [70.0, 75.0]),
+    ]
+    fig = quality_vs_passes_figure(results, title="q")
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    cc_ax, fd_ax = fig.axes
+    assert cc_ax.get_xlabel() == fd_ax.get_xlabel() == "target passes per call"
+    assert len(cc_ax.containers) == len(fd_ax.containers) == 4  # one error bar per method
+    # the points sit at (mean passes, mean metric), with the CI as the vertical bar
+    x, y = cc_ax.containers[1].lines[0].get_data()
+    assert (float(x[0]), float(y[0])) == pytest.approx((5.6, 0.92))
+    seg = cc_ax.containers[1].lines[2][1].get_segments()[0]  # vertical bar of exact_g2
+    s = results[1].class_consistency
+    assert [float(v) for v in seg[:, 1]] == pytest.approx([s.ci_low, s.ci_high])
+    # the target's CI as a band on both panels; labels name each method
+    assert len(cc_ax.patches) == len(fd_ax.patches) == 1
+    assert [t.get_text() for t in fd_ax.texts] == [r.name for r in results]
+    assert fig.legends and [t.get_text() for t in fig.legends[0].get_texts()] == ["target", "sdvar", "test3"]
+    assert _png_bytes(fig) > 0 and plt.get_fignums() == []
+    both = quality_vs_passes_figure([results[0], result("target", "target", [7, 7], [0.9, 0.92], [50.0, 52.0], True, 8)])
+    assert [t.get_text() for t in both.axes[0].texts] == ["target (B=1)", "target (B=8)"]
+    with pytest.raises(ValueError, match="at least one method result"):
+        quality_vs_passes_figure([])

@@ -116,7 +116,7 @@ def test_dead_codes_are_reinitialised(small_data):
         vae.quantize.embedding.weight[8:] = 1e4  # far from every residual: never chosen
     n = reinit_dead_codes_(vae, small_data.train_img_B3HW[:32], torch.Generator().manual_seed(0))
     assert n >= 8
-    weight = vae.quantize.embedding.weight
+    weight = vae.quantize.embedding.weight.detach()
     assert torch.isfinite(weight).all() and float(weight[8:].abs().max()) < 1e3
 
 

@@ -1,0 +1,252 @@
+"""sdvar_lib.evaluate: the quality-vs-passes table on the tiny random pair (fast, CPU, tiny sample counts)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from sdvar_lib.acceptance import ExactPolicy, Top1MatchPolicy
+from sdvar_lib.checkpoints import BUNDLED_DIR, ModelPair, load_pair
+from sdvar_lib.evaluate import (
+    SEED_STRIDE,
+    EvaluationReport,
+    MachineInfo,
+    MethodSpec,
+    ci_overlap,
+    default_methods,
+    evaluate_methods,
+    load_report,
+    main,
+    select_methods,
+)
+from sdvar_lib.metrics import ClassifierConfig, DigitClassifier, summarize_over_seeds
+
+ISSUE_METHODS = [
+    "target", "draft", "exact_g1", "exact_g2", "exact_g3", "exact_g4", "exact_adaptive", "top1_0.5_g2", "top1_0.9_g2",
+    "relaxed_0.05_g2", "relaxed_0.1_g2", "relaxed_0.3_g2", "test3_e2", "test3_e3", "test3_e4", "test3_e5", "code_e3",
+    "code_e5",
+]
+SEEDS = (0, 1)
+SAMPLES = 4
+
+
+@pytest.fixture(scope="module")
+def random_pair() -> ModelPair:
+    return load_pair("tiny-random", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def scorer(random_pair):
+    """A seeded random classifier for the pair's 64x64 images and random "real" images (metrics are meaningless
+    but well defined)."""
+    size = random_pair.vae.image_size
+    torch.manual_seed(0)
+    clf = DigitClassifier(ClassifierConfig(image_size=size)).eval()
+    real = torch.rand(12, 3, size, size, generator=torch.Generator().manual_seed(1))
+    return clf, real
+
+
+@pytest.fixture(scope="module")
+def results(random_pair, scorer):
+    clf, real = scorer
+    methods = default_methods(random_pair.target.num_stages)
+    return evaluate_methods(random_pair, methods, seeds=SEEDS, samples_per_seed=SAMPLES, batch_size=1,
+                            classifier=clf, real_img_B3HW=real)
+
+
+def _report(pair: ModelPair, results) -> EvaluationReport:
+    return EvaluationReport(
+        pair_description=pair.description, num_stages=pair.target.num_stages, patch_nums=list(pair.target.patch_nums),
+        cfg=1.5, top_k=0, top_p=0.0, reference="random images", machine=MachineInfo.current("cpu"), results=results,
+    )
+
+
+def test_default_methods_are_the_issue_list():
+    assert [m.name for m in default_methods(7)] == ISSUE_METHODS
+    by_name = {m.name: m for m in default_methods(7)}
+    assert by_name["exact_adaptive"].gamma == "adaptive" and by_name["exact_adaptive"].lossless
+    assert isinstance(by_name["top1_0.9_g2"].policy, Top1MatchPolicy) and not by_name["top1_0.9_g2"].lossless
+    assert by_name["test3_e4"].entry_num == 4 and by_name["code_e5"].kind == "code_handoff"
+    # four stages: hand-off entries that would be a model alone or past the end are left out
+    names4 = [m.name for m in default_methods(4)]
+    assert [n for n in names4 if n.startswith(("test3", "code"))] == ["test3_e2", "test3_e3", "code_e3"]
+
+
+def test_the_table_has_every_method(random_pair, results):
+    names = [m.name for m in default_methods(random_pair.target.num_stages)]
+    assert [r.name for r in results] == names
+    table = _report(random_pair, results).markdown_table()
+    rows = table.splitlines()[2:]
+    assert len(rows) == len(names)
+    for name, row in zip(names, rows):
+        assert row.startswith(f"| `{name}` | 1 |")
+
+
+def test_target_alone_uses_every_stage_and_no_draft(random_pair, results):
+    S = random_pair.target.num_stages
+    target = next(r for r in results if r.name == "target")
+    assert target.target_passes_per_call.values == [S] * len(SEEDS)
+    assert target.target_passes_per_call.ci_low == target.target_passes_per_call.ci_high == S
+    assert target.draft_passes_per_call.mean == 0
+    assert target.token_acceptance_per_stage == [None] * S and target.token_acceptance is None
+    assert target.num_calls == len(SEEDS) * SAMPLES and target.lossless
+    draft = next(r for r in results if r.name == "draft")
+    assert draft.target_passes_per_call.mean == 0 and draft.draft_passes_per_call.mean == S
+
+
+def test_hand_offs_split_the_stages(random_pair, results):
+    S = random_pair.target.num_stages
+    by_name = {r.name: r for r in results}
+    assert by_name["test3_e2"].target_passes_per_call.mean == S - 2
+    assert by_name["test3_e2"].draft_passes_per_call.mean == 2
+    assert by_name["code_e3"].target_passes_per_call.mean == 3
+    assert by_name["code_e3"].draft_passes_per_call.mean == S - 3
+
+
+def test_numbers_are_in_valid_ranges(random_pair, results):
+    S = random_pair.target.num_stages
+    for r in results:
+        assert r.num_calls == len(SEEDS) * SAMPLES and r.batch_size == 1 and r.seeds == list(SEEDS)
+        for s in (r.class_consistency, r.frechet_distance, r.target_passes_per_call, r.draft_passes_per_call):
+            assert s.num_seeds == len(SEEDS) and s.ci_low <= s.mean <= s.ci_high
+        assert all(0 <= q.class_consistency <= 1 and q.frechet_distance >= 0 for q in r.per_seed)
+        assert 0 <= r.target_passes_per_call.mean <= S
+        assert r.ms_per_call > 0 and r.wall_time_s > 0
+        assert len(r.token_acceptance_per_stage) == len(r.stage_acceptance_per_stage) == S
+        for a in r.token_acceptance_per_stage + r.stage_acceptance_per_stage:
+            assert a is None or 0 <= a <= 1
+        if r.kind == "sdvar":
+            assert r.token_acceptance is not None and 0 <= r.token_acceptance <= 1
+            assert r.token_acceptance_per_stage[0] is not None  # every call proposes stage 0 first
+            assert 1 <= r.target_passes_per_call.mean <= S and r.draft_passes_per_call.mean >= 1
+            # a stage is accepted whole only if all its tokens are: never more often than its tokens
+            for t, s in zip(r.token_acceptance_per_stage, r.stage_acceptance_per_stage):
+                assert (t is None) == (s is None) and (s is None or s <= t + 1e-12)
+
+
+def test_exact_with_the_target_as_draft_saves_target_passes(random_pair, scorer):
+    clf, real = scorer
+    S = random_pair.target.num_stages
+    self_pair = ModelPair(vae=random_pair.vae, draft=random_pair.target, target=random_pair.target, description="self")
+    methods = select_methods(default_methods(S), ["target", "exact_g2"])
+    target, exact = evaluate_methods(self_pair, methods, seeds=SEEDS, samples_per_seed=SAMPLES, classifier=clf,
+                                     real_img_B3HW=real)
+    assert target.target_passes_per_call.mean == S
+    # draft == target: every proposal is accepted; gamma 2 on 4 stages = verify 0..2 (+bonus), then stage 3
+    assert exact.target_passes_per_call.mean == 2 < S
+    assert all(a == 1.0 for a in exact.stage_acceptance_per_stage if a is not None)
+    assert exact.token_acceptance == 1.0
+
+
+def test_results_are_seeded_and_round_trip_through_json(random_pair, scorer, results, tmp_path):
+    clf, real = scorer
+    again = evaluate_methods(random_pair, select_methods(default_methods(4), ["exact_g1"]), seeds=SEEDS,
+                             samples_per_seed=SAMPLES, classifier=clf, real_img_B3HW=real)[0]
+    first = next(r for r in results if r.name == "exact_g1")
+    assert again.per_seed == first.per_seed
+    assert again.target_passes_per_call == first.target_passes_per_call
+    report = _report(random_pair, results)
+    path = report.save(tmp_path / "evaluation.json")
+    loaded = load_report(path)
+    assert loaded.to_dict() == json.loads(path.read_text()) == report.to_dict()
+    assert loaded.result("exact_g2").class_consistency == report.result("exact_g2").class_consistency
+    assert loaded.matches_target(loaded.result("target")) == (True, True)
+    with pytest.raises(KeyError, match="no result for method 'nope'"):
+        loaded.result("nope")
+
+
+def test_batch_size_groups_calls(random_pair, scorer):
+    clf, real = scorer
+    (r,) = evaluate_methods(random_pair, select_methods(default_methods(4), ["exact_g2"]), seeds=(3,),
+                            samples_per_seed=4, batch_size=2, classifier=clf, real_img_B3HW=real)
+    assert r.num_calls == 2 and r.batch_size == 2 and r.target_passes_per_image == r.target_passes_per_call.mean / 2
+
+
+def test_ci_overlap():
+    a = summarize_over_seeds([1.0, 2.0, 3.0])
+    assert ci_overlap(a, a)
+    assert ci_overlap(a, summarize_over_seeds([3.0, 4.0, 5.0]))
+    assert not ci_overlap(summarize_over_seeds([1.0, 1.1]), summarize_over_seeds([5.0, 5.1]))
+    far = summarize_over_seeds([100.0])
+    assert not ci_overlap(a, far) and not ci_overlap(far, a)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(methods=[]), "at least one method"),
+        (dict(seeds=()), "at least one seed"),
+        (dict(seeds=(0, 0)), "seeds repeat"),
+        (dict(seeds=(-1,)), "every seed must be an int >= 0"),
+        (dict(samples_per_seed=1), "samples_per_seed must be an int >= 2"),
+        (dict(samples_per_seed=5, batch_size=2), "must be a multiple of batch_size"),
+        (dict(batch_size=0), "batch_size must be an int >= 1"),
+        (dict(samples_per_seed=SEED_STRIDE + 1), f"at most {SEED_STRIDE} calls per seed"),
+        (dict(methods=[MethodSpec("t", "target"), MethodSpec("t", "draft")]), "method names repeat"),
+        (dict(methods=[MethodSpec("late", "test3", entry_num=5)]), "entry_num 5 exceeds the 4 stages"),
+        (dict(real_img_B3HW=torch.rand(4, 3, 16, 16)), r"real images must be \(N >= 2, 3, 64, 64\)"),
+        (dict(classifier=DigitClassifier(ClassifierConfig(image_size=16))), "classifier takes 16x16 images"),
+        (dict(classifier=DigitClassifier(ClassifierConfig(image_size=64, num_classes=3))), "classifier has 3 classes"),
+        (dict(cfg=-1.0), "cfg"),
+    ],
+)
+def test_bad_input_raises_value_error(random_pair, scorer, kwargs, match):
+    clf, real = scorer
+    args = dict(methods=[MethodSpec("target", "target")], seeds=(0,), samples_per_seed=2, classifier=clf,
+                real_img_B3HW=real)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        evaluate_methods(random_pair, **args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(name="", kind="target"), "non-empty name"),
+        (dict(name="x", kind="beam"), "kind must be one of"),
+        (dict(name="x", kind="sdvar", gamma=2), "needs a gamma and a policy"),
+        (dict(name="x", kind="sdvar", gamma=0, policy=ExactPolicy()), "gamma"),
+        (dict(name="x", kind="sdvar", gamma=2, policy="exact"), "must be an AcceptancePolicy"),
+        (dict(name="x", kind="target", gamma=2), "takes no gamma or policy"),
+        (dict(name="x", kind="test3"), "needs an int entry_num"),
+        (dict(name="x", kind="code_handoff", entry_num=-1), "needs an int entry_num"),
+        (dict(name="x", kind="draft", entry_num=2), "takes no entry_num"),
+    ],
+)
+def test_bad_method_specs_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MethodSpec(**kwargs)
+
+
+def test_select_methods_and_default_methods_check_names():
+    methods = default_methods(7)
+    assert [m.name for m in select_methods(methods, ["exact_g2", "target"])] == ["exact_g2", "target"]
+    with pytest.raises(ValueError, match="unknown method"):
+        select_methods(methods, ["exact_g9"])
+    with pytest.raises(ValueError, match="repeat"):
+        select_methods(methods, ["target", "target"])
+    with pytest.raises(ValueError, match="num_stages must be an int >= 2"):
+        default_methods(1)
+
+
+@pytest.mark.skipif(not (BUNDLED_DIR / "config.json").is_file(), reason="bundled models absent (being retrained?)")
+def test_cli_writes_json_and_prints_the_table(tmp_path, capsys):
+    rc = main(["--out", str(tmp_path), "--seeds", "0", "1", "--samples", "2", "--methods", "target,exact_g2,test3_e3",
+               "--extra-batch-size", "2", "--extra-methods", "target,exact_g2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    report = load_report(tmp_path / "evaluation.json")
+    assert [(r.name, r.batch_size) for r in report.results] == [
+        ("target", 1), ("exact_g2", 1), ("test3_e3", 1), ("target", 2), ("exact_g2", 2)]
+    assert report.command.startswith("python -m sdvar_lib.evaluate --out")
+    assert report.machine.torch_threads == 1 and report.num_stages == 7
+    assert out.rstrip().endswith(report.markdown_table(2).splitlines()[-1])
+    assert (tmp_path / "evaluation.md").read_text().strip() == report.markdown()
+    assert math.isclose(report.result("test3_e3").target_passes_per_call.mean, 4.0)
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--methods", ""])
+    with pytest.raises(ValueError, match="unknown method"):
+        main(["--out", str(tmp_path), "--methods", "nope"])
