@@ -815,6 +815,21 @@ def _quality_rows(r: dict) -> list[str]:
     return rows
 
 
+def _other_device_lines(runs: list[dict]) -> list[str]:
+    """Model-card lines for retraining runs timed on other devices (recorded in metrics.json)."""
+    lines: list[str] = []
+    for run in runs:
+        phases = ", ".join(f"{name} {sec:.0f} s" for name, sec in run["phase_seconds"].items())
+        lines += [
+            "",
+            f"On {run['device']} (torch {run['torch_version']}), `{run['command']}` trained everything in "
+            f"**{run['train_seconds']:.0f} s** ({phases}); held-out NLL target {run['heldout_nll_target']:.4f}, "
+            f"draft {run['heldout_nll_draft']:.4f}. GPU kernels are not bit-identical to the CPU's, so those "
+            "weights differ slightly from the bundled (CPU-trained) ones.",
+        ]
+    return lines
+
+
 def render_model_card(r: dict, bundle_config: dict, folder: Path) -> str:
     """``MODEL_CARD.md`` text from a report dict (the content of ``metrics.json``, :meth:`TrainReport.to_dict`)."""
     cfg = r['config']
@@ -895,6 +910,7 @@ def render_model_card(r: dict, bundle_config: dict, folder: Path) -> str:
         f"| evaluation (not training) | | {r['eval_seconds']:.0f} |",
         "",
         "The CPU is shared with other work, so wall times vary between runs.",
+        *_other_device_lines(r.get("other_device_runs", [])),
         "",
         "## Metrics (held-out split)",
         "",
