@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from sdvar_lib.checkpoints import build_tiny
+from sdvar_lib.sdvar import SDVAR
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES_DIR = Path(os.environ.get("SDVAR_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
@@ -58,6 +60,22 @@ def tiny_pair():
     vae, target = build_tiny(seed=0)
     _, draft = build_tiny(seed=1, depth=1, vae=vae)
     return vae, draft, target
+
+
+@pytest.fixture(scope="module")
+def sd(tiny_pair) -> SDVAR:
+    """SDVAR over the tiny pair (a different draft and target)."""
+    _, draft, target = tiny_pair
+    return SDVAR(draft, target)
+
+
+@pytest.fixture(scope="module")
+def self_sd(tiny_pair) -> SDVAR:
+    """SDVAR whose draft is a copy of the target (same weights, shared VQVAE)."""
+    _, _, target = tiny_pair
+    twin = copy.deepcopy(target)
+    twin.vae_proxy = target.vae_proxy  # share the VQVAE, as the official pair does
+    return SDVAR(twin, target)
 
 
 @pytest.fixture

@@ -25,20 +25,6 @@ def _assert_all_passed(results: list[TestResult]) -> None:
     assert not failed, "\n".join(failed)
 
 
-@pytest.fixture(scope="module")
-def sd(tiny_pair):
-    _, draft, target = tiny_pair
-    return SDVAR(draft, target)
-
-
-@pytest.fixture(scope="module")
-def self_sd(tiny_pair):
-    _, _, target = tiny_pair
-    twin = copy.deepcopy(target)
-    twin.vae_proxy = target.vae_proxy
-    return SDVAR(twin, target)
-
-
 # ---- a correct SDVAR passes ---------------------------------------------------------------------
 def test_run_all_tests_passes_on_the_tiny_pair(sd, capsys):
     results = SDVARParallelV1Tester(sd).run_all_tests(B=2, gamma=2)

@@ -16,20 +16,6 @@ from sdvar_lib.sdvar import SDVAR, DraftProposal, eager_run
 S_TINY = 4
 
 
-@pytest.fixture(scope="module")
-def sd(tiny_pair):
-    _, draft, target = tiny_pair
-    return SDVAR(draft, target)
-
-
-@pytest.fixture(scope="module")
-def self_sd(tiny_pair):
-    _, _, target = tiny_pair
-    twin = copy.deepcopy(target)
-    twin.vae_proxy = target.vae_proxy  # share the VQVAE, as the official pair does
-    return SDVAR(twin, target)
-
-
 def _random_tokens(model, B: int, seed: int) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.randint(0, model.V, (B, pn * pn), generator=gen) for pn in model.patch_nums]
