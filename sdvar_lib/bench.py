@@ -38,7 +38,7 @@ from sdvar_lib.acceptance import AcceptancePolicy, StageVerdict, make_policy
 from sdvar_lib.checkpoints import OFFICIAL_PATCH_NUMS, ModelPair, build_vae, build_var, official_var_kwargs
 from sdvar_lib.decoding import fhat_to_unit_images
 from sdvar_lib.fast import FastConfig, FastRun, FastRunFactory, GraphedDecode, PassRecord, chunk_span, stage_chunks
-from sdvar_lib.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, RoundContext, RoundHistory, TableCost
+from sdvar_lib.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, TableCost, plan_never_drafts
 from sdvar_lib.sampling import sample_from_probs
 from sdvar_lib.sdvar import SDVAR, SDVAROutput, SDVARStats
 from sdvar_lib.var import VAR
@@ -77,7 +77,6 @@ __all__ = [
     "map_profile_to_stages",
     "calibrate_batch",
     "calibrate_scenario",
-    "plan_never_drafts",
     "format_calibrations",
     "main",
 ]
@@ -1041,18 +1040,6 @@ CALIBRATION_RULES: tuple[GammaRule, ...] = (FixedGamma(1), GammaSchedule((1, 0, 
 models ever accepts whole, so every call should see it); gamma 1 judges every stage a round starts
 at, and the one target step of the second shifts the rounds, so that between them the stages that
 one commits as bonus stages are judged too (all but stage 1 when every proposal is accepted)."""
-
-
-def plan_never_drafts(rule: GammaRule, num_stages: int) -> bool:
-    """True when ``rule`` proposes nothing in any state a call reaches without drafting.
-
-    Without a drafting round the draft cache stays empty and no stage is judged, so those states are
-    ``RoundContext(c, S, 0, RoundHistory())`` for every ``c`` (:class:`AdaptiveGamma` reads only the
-    judged stages of the history). Then the call is the target's sequential decode, and the bench
-    runs it as the target alone (without the SDVAR loop's per-round work).
-    """
-    return all(rule.next_gamma(RoundContext(c=c, num_stages=num_stages, draft_stages_held=0,
-                                            history=RoundHistory())) == 0 for c in range(num_stages))
 
 
 def calibrate_scenario(ctx: _PairContext, B: int, scenario: Scenario, config: BenchConfig, batch_cal: BatchCalibration,

@@ -21,6 +21,7 @@ __all__ = [
     "TableCost",
     "AdaptiveGamma",
     "make_gamma_rule",
+    "plan_never_drafts",
 ]
 
 
@@ -246,3 +247,15 @@ def make_gamma_rule(gamma) -> GammaRule:
     if isinstance(gamma, Sequence):
         return GammaSchedule(tuple(gamma))
     raise ValueError(f"gamma must be an int >= 1, 'adaptive', a schedule (sequence of ints) or a GammaRule, got {gamma!r}")
+
+
+def plan_never_drafts(rule: GammaRule, num_stages: int) -> bool:
+    """True when ``rule`` proposes nothing in any state a call reaches without drafting.
+
+    Without a drafting round the draft cache stays empty and no stage is judged, so those states are
+    ``RoundContext(c, S, 0, RoundHistory())`` for every ``c`` (:class:`AdaptiveGamma` reads only the
+    judged stages of the history). Such a call is the target's sequential decode: ``SDVAR`` then runs
+    the target-alone loop, without the per-round work.
+    """
+    return all(rule.next_gamma(RoundContext(c=c, num_stages=num_stages, draft_stages_held=0,
+                                            history=RoundHistory())) == 0 for c in range(num_stages))

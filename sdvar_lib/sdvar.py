@@ -36,7 +36,7 @@ from sdvar_lib.decoding import (
     validate_batch_size,
     validate_sampling_for,
 )
-from sdvar_lib.gamma import GammaRule, RoundContext, RoundHistory, make_gamma_rule
+from sdvar_lib.gamma import GammaRule, RoundContext, RoundHistory, make_gamma_rule, plan_never_drafts
 from sdvar_lib.kv_cache import KVCache
 from sdvar_lib.sampling import SamplingConfig, filter_top_k_top_p, sample_from_probs
 from sdvar_lib.var import VAR
@@ -641,15 +641,6 @@ class SDVAR:
             yield record
             index += 1
 
-    @staticmethod
-    def _plan_never_drafts(state: SDVARInferenceState) -> bool:
-        """Whether the gamma rule proposes nothing from every state reachable without drafting."""
-        return all(
-            state.gamma_rule.next_gamma(RoundContext(c=c, num_stages=state.num_stages, draft_stages_held=0,
-                                                     history=RoundHistory())) == 0
-            for c in range(state.num_stages)
-        )
-
     @torch.no_grad()
     def _target_only(self, state: SDVARInferenceState) -> SDVARInferenceState:
         """Every stage as a target step, in the baseline's loop (no per-round bookkeeping).
@@ -704,7 +695,7 @@ class SDVAR:
             B, label_B, g_seed, cfg, gamma, top_k=top_k, top_p=top_p, more_smooth=more_smooth, policy=policy,
             verbose=verbose, **policy_kwargs,
         )
-        if self._plan_never_drafts(state):
+        if plan_never_drafts(state.gamma_rule, state.num_stages):
             state = self._target_only(state)
         for record in self.iter_rounds(state):
             state = record.state

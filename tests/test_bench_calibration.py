@@ -37,7 +37,7 @@ from sdvar_lib.bench import (
 )
 from sdvar_lib.checkpoints import ModelPair
 from sdvar_lib.fast import FastConfig, FastRun, FastRunFactory, chunk_span, stage_chunks
-from sdvar_lib.gamma import AdaptiveGamma, RoundContext, RoundHistory
+from sdvar_lib.gamma import AdaptiveGamma, RoundContext, RoundHistory, plan_never_drafts
 from sdvar_lib.sdvar import SDVAR, SDVARStats
 
 NO_GRAPHS = FastConfig(use_cuda_graphs=False)
@@ -230,10 +230,10 @@ def test_plan_never_drafts():
     S = 10
     target, draft = _uniform_tables(S, 3.0, 1.3)
     costs = calibrated_costs(target, draft, OverheadEstimate(0.4, 1.0, 1.0, 2, 2))
-    assert bench.plan_never_drafts(AdaptiveGamma(prior_acceptance=0.0, costs=costs), S)
-    assert not bench.plan_never_drafts(AdaptiveGamma(prior_acceptance=1.0, costs=costs), S)
+    assert plan_never_drafts(AdaptiveGamma(prior_acceptance=0.0, costs=costs), S)
+    assert not plan_never_drafts(AdaptiveGamma(prior_acceptance=1.0, costs=costs), S)
     late = AdaptiveGamma(prior_acceptance=(0.0,) * 6 + (1.0,) * 4, costs=costs)  # drafting pays only late
-    assert not bench.plan_never_drafts(late, S)
+    assert not plan_never_drafts(late, S)
 
 
 def test_calibrated_method_needs_its_rule_and_runs_the_target_alone_when_it_never_drafts(tiny_pair):
