@@ -41,6 +41,17 @@ def load_points(path: str | Path) -> list[LatencyPoint]:
     return points
 
 
+def _method_of(series: str) -> str:
+    return series.split(" [", 1)[0]
+
+
+def _scenario_style(series: str) -> str:
+    """Line style by acceptance scenario: solid for rows without one, dashed for ``exact``, dotted otherwise."""
+    if " [" not in series:
+        return "-"
+    return "--" if series.split(" [", 1)[1].startswith("exact") else ":"
+
+
 def plot_latency_vs_batch(points: Sequence[LatencyPoint], out: str | Path, series: Sequence[str] | None = None) -> Path:
     """Save the figure to ``out`` (PNG/SVG/PDF by suffix); ``series`` restricts the lines drawn."""
     import matplotlib
@@ -51,7 +62,10 @@ def plot_latency_vs_batch(points: Sequence[LatencyPoint], out: str | Path, serie
     if not points:
         raise ValueError("no points to plot")
     pairs = list(dict.fromkeys(p.pair for p in points))
-    fig, axes = plt.subplots(1, len(pairs), figsize=(7 * len(pairs), 5.5), squeeze=False)
+    methods = list(dict.fromkeys(_method_of(p.series) for p in points))
+    palette = plt.get_cmap("tab20").colors
+    colour = {m: palette[(2 * i) % 20 + (2 * i) // 20 % 2] for i, m in enumerate(methods)}  # dark shades first
+    fig, axes = plt.subplots(1, len(pairs), figsize=(8.5 * len(pairs), 5.5), squeeze=False)
     for ax, pair in zip(axes[0], pairs):
         names = list(dict.fromkeys(p.series for p in points if p.pair == pair))
         for name in names:
@@ -61,14 +75,15 @@ def plot_latency_vs_batch(points: Sequence[LatencyPoint], out: str | Path, serie
             xs = [p.batch for p in pts]
             ys = [p.median_ms for p in pts]
             err = [[p.median_ms - p.p10_ms for p in pts], [p.p90_ms - p.median_ms for p in pts]]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
+            ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=3, label=name, color=colour[_method_of(name)],
+                        ls=_scenario_style(name))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size")
         ax.set_ylabel("latency per call (ms, median; p10–p90)")
         ax.set_title(pair)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
