@@ -70,6 +70,8 @@ __all__ = [
     "real_reference_images",
     "evaluate_methods",
     "load_report",
+    "bundled_report_path",
+    "load_bundled_report",
     "build_parser",
     "main",
 ]
@@ -406,6 +408,28 @@ class EvaluationReport:
 def load_report(path: str | os.PathLike) -> EvaluationReport:
     """Read an ``evaluation.json`` written by :meth:`EvaluationReport.save`."""
     return EvaluationReport.from_dict(json.loads(Path(path).read_text()))
+
+
+BUNDLED_REPORT_NAME = "evaluation.json"
+
+
+def bundled_report_path() -> Path:
+    """Where the stored evaluation of the bundled pair lives (inside the package, next to its weights)."""
+    from sdvar_lib.checkpoints import BUNDLED_DIR
+
+    return BUNDLED_DIR / BUNDLED_REPORT_NAME
+
+
+def load_bundled_report() -> EvaluationReport:
+    """The stored evaluation of the bundled pair (the table of ``BENCHMARKS.md``); ``FileNotFoundError``
+    with the command that writes it when it is missing."""
+    path = bundled_report_path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no stored evaluation at {path}; write it with `python -m sdvar_lib.evaluate --out outputs/evaluation "
+            f"--samples 300 --extra-batch-size 8 --extra-samples 320` and copy outputs/evaluation/{BUNDLED_REPORT_NAME} there"
+        )
+    return load_report(path)
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------

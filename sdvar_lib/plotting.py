@@ -343,6 +343,21 @@ _KIND_STYLES = {
 }
 
 
+def _annotate_staggered(ax, results: Sequence[MethodResult], metric: str, batches: set[int]) -> None:
+    """Label every point; labels of points close together are stacked instead of drawn over each other."""
+    xs = [r.target_passes_per_call.mean for r in results]
+    ys = [getattr(r, metric).mean for r in results]
+    x_span = (max(xs) - min(xs)) or 1.0
+    y_span = (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float]] = []
+    for r, x, y in sorted(zip(results, xs, ys), key=lambda t: (t[1], -t[2])):
+        near = sum(1 for px, py in placed if abs(px - x) / x_span < 0.08 and abs(py - y) / y_span < 0.12)
+        placed.append((x, y))
+        label = r.name if len(batches) == 1 else f"{r.name} (B={r.batch_size})"
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 3 + 7 * near), fontsize=6.5,
+                    arrowprops=dict(arrowstyle="-", lw=0.4, color="#a0aec0") if near else None)
+
+
 def quality_vs_passes_figure(
     results: Sequence[MethodResult],
     title: str = "quality against target passes per call",
@@ -376,9 +391,8 @@ def quality_vs_passes_figure(
                 xerr=[[x.mean - x.ci_low], [x.ci_high - x.mean]], fmt=marker, color=colour, ms=7, capsize=3,
                 mfc="white" if hollow else colour, lw=1,
             )
-            if annotate:
-                label = r.name if len(batches) == 1 else f"{r.name} (B={r.batch_size})"
-                ax.annotate(label, (x.mean, s.mean), textcoords="offset points", xytext=(4, 4), fontsize=6.5)
+        if annotate:
+            _annotate_staggered(ax, results, metric, batches)
         ax.set_xlabel("target passes per call")
         ax.set_ylabel(ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -177,10 +177,15 @@ def test_quality_vs_passes_figure_has_a_point_per_method_with_ci_bars():
     assert [float(v) for v in seg[:, 1]] == pytest.approx([s.ci_low, s.ci_high])
     # the target's CI as a band on both panels; labels name each method
     assert len(cc_ax.patches) == len(fd_ax.patches) == 1
-    assert [t.get_text() for t in fd_ax.texts] == [r.name for r in results]
+    assert sorted(t.get_text() for t in fd_ax.texts) == sorted(r.name for r in results)
     assert fig.legends and [t.get_text() for t in fig.legends[0].get_texts()] == ["target", "sdvar", "test3"]
     assert _png_bytes(fig) > 0 and plt.get_fignums() == []
     both = quality_vs_passes_figure([results[0], result("target", "target", [7, 7], [0.9, 0.92], [50.0, 52.0], True, 8)])
-    assert [t.get_text() for t in both.axes[0].texts] == ["target (B=1)", "target (B=8)"]
+    assert sorted(t.get_text() for t in both.axes[0].texts) == ["target (B=1)", "target (B=8)"]
+    # labels of points on top of each other are stacked, not drawn over each other
+    twins = quality_vs_passes_figure([results[1], result("exact_g3", "sdvar", [5.5, 5.7], [0.91, 0.93], [41.0, 45.0], True),
+                                      results[3]])
+    offsets = {t.get_text(): t.xyann for t in twins.axes[0].texts}
+    assert offsets["exact_g2"] != offsets["exact_g3"] and offsets["test3_e3"] == (5, 3)
     with pytest.raises(ValueError, match="at least one method result"):
         quality_vs_passes_figure([])
