@@ -42,6 +42,7 @@ import torch
 
 from sdvar_lib.acceptance import AcceptancePolicy, ExactPolicy, RelaxedPolicy, Top1MatchPolicy
 from sdvar_lib.checkpoints import ModelPair
+from sdvar_lib.checks import check_int
 from sdvar_lib.gamma import GammaRule, make_gamma_rule
 from sdvar_lib.metrics import (
     DigitClassifier,
@@ -178,8 +179,7 @@ def default_methods(
     Hand-off entries outside ``1 .. num_stages - 1`` (which would be the draft or the target alone)
     are left out, so the list also fits pairs with fewer stages (e.g. the 4-stage tiny random pair).
     """
-    if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 2:
-        raise ValueError(f"num_stages must be an int >= 2, got {num_stages!r}")
+    check_int(num_stages, "num_stages", 2)
     methods = [MethodSpec("target", "target"), MethodSpec("draft", "draft")]
     methods += [MethodSpec(f"exact_g{g}", "sdvar", gamma=g, policy=ExactPolicy()) for g in gammas]
     methods.append(MethodSpec("exact_adaptive", "sdvar", gamma="adaptive", policy=ExactPolicy()))
@@ -441,12 +441,6 @@ def real_reference_images() -> tuple[torch.Tensor, str]:
     return to_unit_range(heldout), f"the {heldout.shape[0]} held-out real digits (classifier features)"
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def _ratios(num: Sequence[int], den: Sequence[int]) -> list[float | None]:
     return [n / d if d else None for n, d in zip(num, den)]
 
@@ -546,11 +540,11 @@ def evaluate_methods(
     if not seeds:
         raise ValueError("need at least one seed")
     for s in seeds:
-        _check_int(s, "every seed", 0)
+        check_int(s, "every seed", 0)
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds repeat: {seeds}")
-    _check_int(samples_per_seed, "samples_per_seed", 2)
-    _check_int(batch_size, "batch_size", 1)
+    check_int(samples_per_seed, "samples_per_seed", 2)
+    check_int(batch_size, "batch_size", 1)
     if samples_per_seed % batch_size:
         raise ValueError(f"samples_per_seed ({samples_per_seed}) must be a multiple of batch_size ({batch_size})")
     if samples_per_seed // batch_size > SEED_STRIDE:
@@ -626,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sdvar_lib.checkpoints import load_bundled
     from sdvar_lib.metrics import load_bundled_classifier
 
-    torch.set_num_threads(_check_int(args.threads, "--threads", 1))
+    torch.set_num_threads(check_int(args.threads, "--threads", 1))
     t0 = time.perf_counter()
     pair = load_bundled(device=args.device, folder=args.bundle_dir)
     all_methods = default_methods(pair.target.num_stages)

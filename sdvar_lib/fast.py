@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sdvar_lib.checks import check_int
 from sdvar_lib.decoding import cfg_labels
 from sdvar_lib.kv_cache import KVCache
 from sdvar_lib.sdvar import SDVAR, ModelRun
@@ -92,8 +93,7 @@ class FastConfig:
             raise TypeError(f"use_cuda_graphs must be True, False or None (auto), got {self.use_cuda_graphs!r}")
         if not isinstance(self.fused, bool):
             raise TypeError(f"fused must be a bool, got {self.fused!r}")
-        if isinstance(self.capture_warmup, bool) or not isinstance(self.capture_warmup, int) or self.capture_warmup < 0:
-            raise ValueError(f"capture_warmup must be an int >= 0, got {self.capture_warmup!r}")
+        check_int(self.capture_warmup, "capture_warmup", 0)
 
 
 @dataclass(frozen=True)
@@ -189,8 +189,7 @@ class FastRun(ModelRun):
     def __init__(self, model: VAR, batch_size: int, config: FastConfig | None = None) -> None:
         if not isinstance(model, VAR):
             raise TypeError(f"FastRun needs an sdvar_lib.VAR, got {type(model).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        check_int(batch_size, "batch_size", 1)
         if model.training:
             raise ValueError("FastRun needs a model in eval mode (call model.eval()); training mode drops paths")
         config = config or FastConfig()

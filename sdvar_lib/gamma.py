@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from sdvar_lib.checks import check_int
+
 __all__ = [
     "RoundHistory",
     "RoundContext",
@@ -61,20 +63,12 @@ class GammaRule:
         return type(self).__name__
 
 
-def _check_gamma_int(value, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{what} must be an int >= {minimum}, got {value}")
-    return value
-
-
 @dataclass(frozen=True)
 class FixedGamma(GammaRule):
     gamma: int
 
     def __post_init__(self) -> None:
-        _check_gamma_int(self.gamma, "gamma", 1)
+        check_int(self.gamma, "gamma", 1)
 
     def next_gamma(self, ctx: RoundContext) -> int:
         return self.gamma
@@ -93,7 +87,7 @@ class GammaSchedule(GammaRule):
         if len(self.values) == 0:
             raise ValueError("a gamma schedule needs at least one value")
         for v in self.values:
-            _check_gamma_int(v, "every gamma of a schedule", 0)
+            check_int(v, "every gamma of a schedule", 0)
         if all(v == 0 for v in self.values):
             raise ValueError("a gamma schedule of only zeros never uses the draft; use the baseline instead")
 
@@ -183,7 +177,7 @@ class AdaptiveGamma(GammaRule):
     costs: CostModel = UniformCost()
 
     def __post_init__(self) -> None:
-        _check_gamma_int(self.max_gamma, "max_gamma", 1)
+        check_int(self.max_gamma, "max_gamma", 1)
         if isinstance(self.prior_acceptance, list):
             raise TypeError("prior_acceptance must be a float or a tuple of floats (one per stage)")
         priors = self.prior_acceptance if isinstance(self.prior_acceptance, tuple) else (self.prior_acceptance,)

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdvar_lib.checks import check_int
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -268,8 +270,7 @@ _T975 = {
 def student_t_975(df: int) -> float:
     """``t_{0.975, df}`` from a table: exact for ``df <= 30``, 40, 60, 120; linear in ``1/df`` between
     them; 1.960 as ``df -> inf``."""
-    if isinstance(df, bool) or not isinstance(df, int) or df < 1:
-        raise ValueError(f"degrees of freedom must be an int >= 1, got {df!r}")
+    check_int(df, "degrees of freedom", 1)
     if df in _T975:
         return _T975[df]
     knots = sorted(_T975) + [math.inf]

@@ -16,6 +16,7 @@ import torch
 from matplotlib.figure import Figure
 
 from sdvar_lib.acceptance import POLICY_NAMES
+from sdvar_lib.checks import check_int
 from sdvar_lib.plotting import image_grid
 from sdvar_lib.sdvar import SDVAR, SDVARStats
 
@@ -68,8 +69,7 @@ def describe_stats(stats: SDVARStats) -> str:
 def _check_args(sdvar, gamma, cfg, policy, seed, labels) -> list[int]:
     if not isinstance(sdvar, SDVAR):
         raise TypeError(f"sdvar must be an sdvar_lib.sdvar.SDVAR, got {type(sdvar).__name__}")
-    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
-        raise ValueError(f"gamma must be an int >= 1, got {gamma!r}")
+    check_int(gamma, "gamma", 1)
     if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or cfg < 0:
         raise ValueError(f"cfg must be a number >= 0, got {cfg!r}")
     if policy not in POLICY_OPTIONS:
