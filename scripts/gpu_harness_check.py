@@ -7,7 +7,7 @@
 
 float32 runs the default eager SDVAR with TF32 disabled (strict tolerances: 1e-4 on logits).
 bfloat16 converts both VARs to bf16 (the VQVAE stays float32) and runs on the fast path
-(``sdvar_lib.fast.FastRunFactory``; CUDA graphs only with ``--cuda-graphs``), because the default
+(``sdvar_lib.fast.run.FastRunFactory``; CUDA graphs only with ``--cuda-graphs``), because the default
 eager runs feed float32 VQVAE features into bf16 layers (see the report of issue 4). Its
 tolerances are looser (bf16 defaults of ``test_framework.Tolerances``; ``--bf16-logits-tol`` overrides).
 
@@ -28,8 +28,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from sdvar_lib.checkpoints import build_official_pair, load_pair  # noqa: E402
-from sdvar_lib.sdvar import SDVAR  # noqa: E402
+from sdvar_lib.models.checkpoints import build_official_pair, load_pair  # noqa: E402
+from sdvar_lib.sdvar.decoder import SDVAR  # noqa: E402
 from test_framework import SDVARParallelV1Tester, Tolerances, print_summary  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -61,7 +61,7 @@ def build_pair(args: argparse.Namespace):
 def make_sdvar(pair, dtype: torch.dtype, args: argparse.Namespace) -> SDVAR:
     if dtype == torch.float32:
         return SDVAR(pair.draft, pair.target)
-    from sdvar_lib.fast import FastConfig, FastRunFactory
+    from sdvar_lib.fast.run import FastConfig, FastRunFactory
 
     pair.draft.to(dtype)
     pair.target.to(dtype)

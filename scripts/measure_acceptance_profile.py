@@ -13,7 +13,7 @@ policy a stage's acceptance does not depend on where the rounds start. A stage n
 the nearest judged stage's value.
 
 The bundled pair has fewer stages than the official models; stage ``s`` of 10 takes the bundled
-stage ``t`` whose ``t / (S' - 1)`` is nearest to ``s / 9`` (``sdvar_lib.bench.map_profile_to_stages``).
+stage ``t`` whose ``t / (S' - 1)`` is nearest to ``s / 9`` (``sdvar_lib.bench.bench.map_profile_to_stages``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import sys
 
 import torch
 
-from sdvar_lib.bench import fill_missing_stages, map_profile_to_stages, pooled_stage_acceptance
-from sdvar_lib.checkpoints import OFFICIAL_PATCH_NUMS, load_bundled
-from sdvar_lib.sdvar import SDVAR
+from sdvar_lib.bench.bench import fill_missing_stages, map_profile_to_stages, pooled_stage_acceptance
+from sdvar_lib.models.checkpoints import OFFICIAL_PATCH_NUMS, load_bundled
+from sdvar_lib.sdvar.decoder import SDVAR
 
 
 def main(argv: list[str] | None = None) -> int:

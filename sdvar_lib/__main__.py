@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from sdvar_lib.checkpoints import MODEL_CHOICES, load_pair
-from sdvar_lib.sdvar import SDVAR, SDVAROutput
+from sdvar_lib.models.checkpoints import MODEL_CHOICES, load_pair
+from sdvar_lib.sdvar.decoder import SDVAR, SDVAROutput
 
 __all__ = ["MethodRun", "run_demo", "main"]
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from sdvar_lib.plotting import comparison_figure
+    from sdvar_lib.viz.plotting import comparison_figure
 
     gamma = args.gamma if args.gamma == "adaptive" else int(args.gamma)
     pair = load_pair(args.models, args.draft_depth, args.target_depth, device=args.device)

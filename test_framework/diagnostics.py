@@ -3,7 +3,7 @@
 - :func:`trace_cache_rounds`: cache lengths of both models after every round of
   :meth:`SDVAR.iter_rounds` and, per layer, the difference to a sequential prefill;
 - :func:`stale_cache_demo`: the failure of the original notebooks reproduced on purpose on a raw
-  :class:`~sdvar_lib.kv_cache.KVCache` that is reused across calls without a reset;
+  :class:`~sdvar_lib.models.kv_cache.KVCache` that is reused across calls without a reset;
 - :func:`api_isolation_check`: the same through the workbench API, where it cannot happen
   (every call gets fresh caches; they are empty after the call, also after a failed call).
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sdvar_lib.sdvar import SDVAR, ModelRun, RunFactory, eager_run
-from sdvar_lib.var import VAR
+from sdvar_lib.models.var import VAR
+from sdvar_lib.sdvar.decoder import SDVAR, ModelRun, RunFactory, eager_run
 from test_framework.reference import (
     ReferenceRun,
     cache_layer_diffs,

@@ -1,10 +1,10 @@
-"""Reference computations of the harness, written independently of :mod:`sdvar_lib.sdvar`.
+"""Reference computations of the harness, written independently of :mod:`sdvar_lib.sdvar.decoder`.
 
 They follow the design notes literally: stage inputs are recomputed from the embedding tables
 (``class_emb``, ``pos_start``, ``lvl_embed``, ``pos_1LC``, ``word_embed``) and an area-downsampled
 ``f_hat``; ``f_hat`` is rebuilt from tokens with the VQVAE's own decoding path; logits come from
 one cached pass per stage (the sequential schedule the chunked passes must reproduce). Only the
-model's forward pass (:meth:`sdvar_lib.var.VAR.forward_cached`) is shared with the code under test.
+model's forward pass (:meth:`sdvar_lib.models.var.VAR.forward_cached`) is shared with the code under test.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sdvar_lib.kv_cache import KVCache
-from sdvar_lib.sampling import filter_top_k_top_p
-from sdvar_lib.var import VAR
+from sdvar_lib.decoding.sampling import filter_top_k_top_p
+from sdvar_lib.models.kv_cache import KVCache
+from sdvar_lib.models.var import VAR
 
 __all__ = [
     "stage_bounds",

@@ -1,6 +1,6 @@
 """``SDVARParallelV1Tester``: checks every step of SDVAR parallel verification against references.
 
-Each test drives one step of :class:`sdvar_lib.sdvar.SDVAR` (or a whole call) and compares what it
+Each test drives one step of :class:`sdvar_lib.sdvar.decoder.SDVAR` (or a whole call) and compares what it
 produced with an independent recomputation from :mod:`test_framework.reference`: embeddings and
 positions recomputed from the tables, logits from one sequential pass per stage, ``f_hat`` from
 the committed tokens, caches from a sequential prefill, greedy decodes from a plain argmax loop.
@@ -18,9 +18,9 @@ from dataclasses import replace
 
 import torch
 
-from sdvar_lib.metrics import compare_images
-from sdvar_lib.sdvar import SDVAR, DraftProposal, SDVARInferenceState
-from sdvar_lib.var import VAR
+from sdvar_lib.eval.metrics import compare_images
+from sdvar_lib.models.var import VAR
+from sdvar_lib.sdvar.decoder import SDVAR, DraftProposal, SDVARInferenceState
 from test_framework.reference import (
     ReferenceRun,
     check_greedy,
@@ -90,7 +90,7 @@ class SDVARParallelV1Tester:
 
     def __init__(self, sdvar_model: SDVAR, tolerances: Tolerances | None = None, cfg: float = 1.5, seed: int = 0) -> None:
         if not isinstance(sdvar_model, SDVAR):
-            raise TypeError(f"SDVARParallelV1Tester needs an sdvar_lib.sdvar.SDVAR, got {type(sdvar_model).__name__}")
+            raise TypeError(f"SDVARParallelV1Tester needs an sdvar_lib.sdvar.decoder.SDVAR, got {type(sdvar_model).__name__}")
         if tolerances is not None and not isinstance(tolerances, Tolerances):
             raise TypeError(f"tolerances must be a Tolerances, got {type(tolerances).__name__}")
         if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or cfg < 0:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sdvar_lib import VAR, VQVAE
-from sdvar_lib.checkpoints import TINY_CONFIG
+from sdvar_lib.models.checkpoints import TINY_CONFIG
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from sdvar_lib import bench
-from sdvar_lib.bench import (
+from sdvar_lib.bench import bench as bench
+from sdvar_lib.bench.bench import (
     BenchConfig,
     BenchEnvironment,
     BenchReport,
@@ -30,9 +30,9 @@ from sdvar_lib.bench import (
     sequential_passes,
     total_params,
 )
-from sdvar_lib.checkpoints import build_vae, build_var
-from sdvar_lib.fast import PassRecord
-from sdvar_lib.sdvar import SDVAR
+from sdvar_lib.fast.run import PassRecord
+from sdvar_lib.models.checkpoints import build_vae, build_var
+from sdvar_lib.sdvar.decoder import SDVAR
 
 
 def _meta_counts(depth: int) -> tuple[int, int]:
@@ -214,7 +214,7 @@ def test_cli_rejects_bad_arguments(capsys):
 
 
 def test_plot_from_report(tmp_path):
-    from sdvar_lib.bench_plot import load_points, main
+    from sdvar_lib.viz.latency import load_points, main
 
     report = _report()
     path = tmp_path / "bench.json"

@@ -13,9 +13,8 @@ import time
 import pytest
 import torch
 
-from sdvar_lib import bench
-from sdvar_lib.acceptance import make_policy
-from sdvar_lib.bench import (
+from sdvar_lib.bench import bench as bench
+from sdvar_lib.bench.bench import (
     METHODS,
     AdaptiveCalibration,
     BenchConfig,
@@ -35,10 +34,11 @@ from sdvar_lib.bench import (
     pooled_stage_acceptance,
     scenario_stage_acceptance,
 )
-from sdvar_lib.checkpoints import ModelPair
-from sdvar_lib.fast import FastConfig, FastRun, FastRunFactory, chunk_span, stage_chunks
-from sdvar_lib.gamma import AdaptiveGamma, RoundContext, RoundHistory, plan_never_drafts
-from sdvar_lib.sdvar import SDVAR, SDVARStats
+from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, chunk_span, stage_chunks
+from sdvar_lib.models.checkpoints import ModelPair
+from sdvar_lib.sdvar.acceptance import make_policy
+from sdvar_lib.sdvar.decoder import SDVAR, SDVARStats
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, RoundContext, RoundHistory, plan_never_drafts
 
 NO_GRAPHS = FastConfig(use_cuda_graphs=False)
 
@@ -268,7 +268,7 @@ def test_measure_acceptance_profile_script(tmp_path, tiny_pair, capsys):
     import importlib.util
     from pathlib import Path
 
-    from sdvar_lib.checkpoints import TINY_CONFIG
+    from sdvar_lib.models.checkpoints import TINY_CONFIG
 
     vae, draft, target = tiny_pair
     config = {"vae": TINY_CONFIG["vae"], "target": TINY_CONFIG["var"], "draft": dict(TINY_CONFIG["var"], depth=1),

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from sdvar_lib.checkpoints import (
+from sdvar_lib.models.checkpoints import (
     HUB_REPO_ID,
     CheckpointError,
     build_tiny,
@@ -28,7 +28,7 @@ def test_missing_official_files_give_one_clear_error(tmp_path):
 
 
 def test_offline_download_failure_names_files(tmp_path, monkeypatch):
-    import sdvar_lib.checkpoints as ckpt
+    import sdvar_lib.models.checkpoints as ckpt
 
     def offline(filename, cache_dir):
         raise OSError("network is unreachable")
@@ -75,7 +75,7 @@ def test_full_pickles_are_refused(tmp_path):
 
 def test_official_files_load_from_local_folder(tmp_path):
     """A folder of state dicts in the official format loads strictly through load_official."""
-    import sdvar_lib.checkpoints as ckpt
+    import sdvar_lib.models.checkpoints as ckpt
 
     # Shrink the official presets so the round trip is cheap; the loading path is the same.
     small_vae = dict(ckpt.official_vae_kwargs(), ch=32, vocab_size=16, z_channels=4)

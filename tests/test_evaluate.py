@@ -1,4 +1,4 @@
-"""sdvar_lib.evaluate: the quality-vs-passes table on the tiny random pair (fast, CPU, tiny sample counts)."""
+"""sdvar_lib.eval.evaluation: the quality-vs-passes table on the tiny random pair (fast, CPU, tiny sample counts)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import math
 import pytest
 import torch
 
-from sdvar_lib.acceptance import ExactPolicy, Top1MatchPolicy
-from sdvar_lib.checkpoints import BUNDLED_DIR, ModelPair, load_pair
-from sdvar_lib.evaluate import (
+from sdvar_lib.eval.evaluation import (
     SEED_STRIDE,
     EvaluationReport,
     MachineInfo,
@@ -23,7 +21,9 @@ from sdvar_lib.evaluate import (
     main,
     select_methods,
 )
-from sdvar_lib.metrics import ClassifierConfig, DigitClassifier, summarize_over_seeds
+from sdvar_lib.eval.metrics import ClassifierConfig, DigitClassifier, summarize_over_seeds
+from sdvar_lib.models.checkpoints import BUNDLED_DIR, ModelPair, load_pair
+from sdvar_lib.sdvar.acceptance import ExactPolicy, Top1MatchPolicy
 
 ISSUE_METHODS = [
     "target", "draft", "exact_g1", "exact_g2", "exact_g3", "exact_g4", "exact_adaptive", "top1_0.5_g2", "top1_0.9_g2",

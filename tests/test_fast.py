@@ -11,9 +11,7 @@ import copy
 import pytest
 import torch
 
-from sdvar_lib.acceptance import ExactPolicy
-from sdvar_lib.checkpoints import TINY_CONFIG, build_tiny
-from sdvar_lib.fast import (
+from sdvar_lib.fast.run import (
     FastConfig,
     FastRun,
     FastRunFactory,
@@ -23,8 +21,10 @@ from sdvar_lib.fast import (
     make_fast_sdvar,
     stage_chunks,
 )
-from sdvar_lib.sdvar import SDVAR
-from sdvar_lib.var import VAR
+from sdvar_lib.models.checkpoints import TINY_CONFIG, build_tiny
+from sdvar_lib.models.var import VAR
+from sdvar_lib.sdvar.acceptance import ExactPolicy
+from sdvar_lib.sdvar.decoder import SDVAR
 
 B = 2
 NO_GRAPHS = FastConfig(use_cuda_graphs=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdvar_lib.gamma import (
+from sdvar_lib.sdvar.gamma import (
     AdaptiveGamma,
     FixedGamma,
     GammaSchedule,

@@ -15,8 +15,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sdvar_lib.decoding import guided_logits
-from sdvar_lib.sdvar import SDVAR, DraftProposal, eager_run
+from sdvar_lib.decoding.reference import guided_logits
+from sdvar_lib.sdvar.decoder import SDVAR, DraftProposal, eager_run
 from tests.test_sdvar import _random_tokens, _sequential_logits
 
 pytestmark = pytest.mark.gpu
@@ -85,7 +85,7 @@ def test_cuda_cached_path_replays_fixture_tokens(cuda_reference_models, referenc
     logits_by_device = []
     images = []
     for model, device in ((var_cpu, "cpu"), (var_gpu, "cuda")):
-        from sdvar_lib.decoding import fhat_to_unit_images, prepare_labels
+        from sdvar_lib.decoding.reference import fhat_to_unit_images, prepare_labels
 
         if label is None:  # the fixture drew labels on the CPU generator: recover them the same way
             gen = torch.Generator().manual_seed(args["g_seed"])

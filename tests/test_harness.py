@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdvar_lib.acceptance import StageVerdict
-from sdvar_lib.checkpoints import BUNDLED_DIR, load_bundled
-from sdvar_lib.decoding import guided_logits
-from sdvar_lib.sdvar import SDVAR, AcceptanceResult
+from sdvar_lib.decoding.reference import guided_logits
+from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_bundled
+from sdvar_lib.sdvar.acceptance import StageVerdict
+from sdvar_lib.sdvar.decoder import SDVAR, AcceptanceResult
 from test_framework import TEST_NAMES, Bound, SDVARParallelV1Tester, TestResult, Tolerances, format_summary, print_summary
 
 
@@ -83,7 +83,7 @@ def test_run_all_tests_passes_on_the_bundled_pair():
 
 
 def test_run_all_tests_passes_in_bfloat16_on_the_fast_path(tiny_pair):
-    fast = pytest.importorskip("sdvar_lib.fast")
+    fast = pytest.importorskip("sdvar_lib.fast.run")
     _, draft, target = tiny_pair
     d16, t16 = copy.deepcopy(draft).to(torch.bfloat16), copy.deepcopy(target).to(torch.bfloat16)
     d16.vae_proxy = t16.vae_proxy = target.vae_proxy
@@ -222,7 +222,7 @@ def test_a_raising_sdvar_fails_with_the_exception_named(tiny_pair, capsys):
 
 # ---- bad input, tolerances, summary --------------------------------------------------------------
 def test_bad_input_is_rejected(sd):
-    with pytest.raises(TypeError, match="needs an sdvar_lib.sdvar.SDVAR"):
+    with pytest.raises(TypeError, match="needs an sdvar_lib.sdvar.decoder.SDVAR"):
         SDVARParallelV1Tester("not a model")
     with pytest.raises(TypeError, match="tolerances must be a Tolerances"):
         SDVARParallelV1Tester(sd, tolerances=1e-4)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import sdvar_lib.decoding as decoding
-from sdvar_lib.decoding import cfg_labels
-from sdvar_lib.kv_cache import KVCache, block_causal_mask, stage_ids_for
+import sdvar_lib.decoding.reference as decoding
+from sdvar_lib.decoding.reference import cfg_labels
+from sdvar_lib.models.kv_cache import KVCache, block_causal_mask, stage_ids_for
 
 PATCH_NUMS = (1, 2, 3)
 

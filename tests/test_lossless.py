@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from sdvar_lib import VAR, VQVAE
-from sdvar_lib.checkpoints import _sharpen_
-from sdvar_lib.decoding import guided_logits
-from sdvar_lib.sdvar import SDVAR, eager_run
+from sdvar_lib.decoding.reference import guided_logits
+from sdvar_lib.models.checkpoints import _sharpen_
+from sdvar_lib.sdvar.decoder import SDVAR, eager_run
 
 ALPHA = 5e-4
 LABEL = 1

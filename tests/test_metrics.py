@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdvar_lib.metrics import (
+from sdvar_lib.eval.metrics import (
     ClassifierConfig,
     DigitClassifier,
     class_consistency,
@@ -42,7 +42,7 @@ def test_frechet_positive_for_shifted_sets_and_equals_mean_shift():
 
 
 def test_frechet_matches_closed_form_for_diagonal_gaussians():
-    from sdvar_lib.metrics import GaussianStats
+    from sdvar_lib.eval.metrics import GaussianStats
 
     mu_a, mu_b = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.0, 0.5])
     var_a, var_b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])

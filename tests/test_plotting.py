@@ -1,4 +1,4 @@
-"""sdvar_lib.plotting: every picture is a headless matplotlib Figure with the expected panels."""
+"""sdvar_lib.viz.plotting: every picture is a headless matplotlib Figure with the expected panels."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from sdvar_lib.plotting import (
+from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib.viz.plotting import (
     acceptance_heatmaps,
     attention_mask_figure,
     cache_lengths_figure,
@@ -21,7 +22,6 @@ from sdvar_lib.plotting import (
     stage_value_maps,
     to_hwc_images,
 )
-from sdvar_lib.sdvar import SDVAR
 
 PATCH_NUMS = (1, 2, 3, 4)
 
@@ -136,7 +136,7 @@ def test_cache_and_layer_figures():
 def test_comparison_figure_methods_as_rows():
     import torch
 
-    from sdvar_lib.plotting import comparison_figure
+    from sdvar_lib.viz.plotting import comparison_figure
 
     images = {"a": torch.rand(3, 3, 8, 8), "b": torch.rand(3, 3, 8, 8)}
     fig = comparison_figure(images, row_labels=["x", "y", "z"], methods_as_rows=True)
@@ -145,9 +145,9 @@ def test_comparison_figure_methods_as_rows():
 
 
 def test_quality_vs_passes_figure_has_a_point_per_method_with_ci_bars():
-    from sdvar_lib.evaluate import MethodResult
-    from sdvar_lib.metrics import SeedQuality, summarize_over_seeds
-    from sdvar_lib.plotting import quality_vs_passes_figure
+    from sdvar_lib.eval.evaluation import MethodResult
+    from sdvar_lib.eval.metrics import SeedQuality, summarize_over_seeds
+    from sdvar_lib.viz.plotting import quality_vs_passes_figure
 
     def result(name, kind, passes, cc, fd, lossless=False, batch=1):
         return MethodResult(

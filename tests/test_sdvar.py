@@ -9,9 +9,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sdvar_lib.checkpoints import build_tiny
-from sdvar_lib.decoding import guided_logits
-from sdvar_lib.sdvar import SDVAR, DraftProposal, eager_run
+from sdvar_lib.decoding.reference import guided_logits
+from sdvar_lib.models.checkpoints import build_tiny
+from sdvar_lib.sdvar.decoder import SDVAR, DraftProposal, eager_run
 
 S_TINY = 4
 
@@ -32,7 +32,7 @@ def _state_with_prefix(sd: SDVAR, tokens: list[torch.Tensor], c: int, B: int, cf
 
 def _sequential_logits(model, tokens: list[torch.Tensor], stop: int, B: int, cfg: float, labels) -> list[torch.Tensor]:
     """Guided logits of stages 0..stop-1 from one cached pass per stage over the given tokens."""
-    from sdvar_lib.decoding import prepare_labels
+    from sdvar_lib.decoding.reference import prepare_labels
 
     sd = SDVAR(model, model)
     label_B = prepare_labels(B, labels, model.num_classes, None, model.device)
@@ -313,7 +313,7 @@ def test_test3_rejects_bad_input(sd, kwargs, pattern):
 
 def test_mismatched_models_are_rejected():
     from sdvar_lib import VAR, VQVAE
-    from sdvar_lib.checkpoints import TINY_CONFIG
+    from sdvar_lib.models.checkpoints import TINY_CONFIG
 
     vae, target = build_tiny(0)
     other_vae, other = build_tiny(1)  # same shapes, different codebook
@@ -341,7 +341,7 @@ def test_experimental_masks_change_the_prefill(sd):
 
 
 def test_a_rule_that_never_drafts_decodes_like_the_target_alone(sd):
-    from sdvar_lib.gamma import AdaptiveGamma
+    from sdvar_lib.sdvar.gamma import AdaptiveGamma
 
     never = AdaptiveGamma(prior_acceptance=0.0)
     out = sd.generate_parallel(2, [1, 2], g_seed=4, gamma=never)

@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sdvar_lib.checkpoints import load_bundled
-from sdvar_lib.data import load_digits_split
-from sdvar_lib.metrics import load_bundled_classifier
-from sdvar_lib.train_tiny import (
+from sdvar_lib.eval.metrics import load_bundled_classifier
+from sdvar_lib.models.checkpoints import load_bundled
+from sdvar_lib.tiny.data import load_digits_split
+from sdvar_lib.tiny.train import (
     OptimConfig,
     VAEConfig,
     VARConfig,

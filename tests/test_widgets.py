@@ -1,12 +1,12 @@
-"""sdvar_lib.widgets: the widget callback is a plain, reproducible function; the sliders drive it."""
+"""sdvar_lib.viz.widgets: the widget callback is a plain, reproducible function; the sliders drive it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sdvar_lib.sdvar import SDVAR
-from sdvar_lib.widgets import POLICY_OPTIONS, RunDescription, describe_stats, make_interactive, run_and_describe
+from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib.viz.widgets import POLICY_OPTIONS, RunDescription, describe_stats, make_interactive, run_and_describe
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_run_and_describe_rejects_bad_input(sd, kwargs, error, pattern):
 
 
 def test_run_and_describe_needs_an_sdvar():
-    with pytest.raises(TypeError, match="sdvar must be an sdvar_lib.sdvar.SDVAR"):
+    with pytest.raises(TypeError, match="sdvar must be an sdvar_lib.sdvar.decoder.SDVAR"):
         run_and_describe("model")
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sdvar_lib.sampling import sample_from_probs
+from sdvar_lib.decoding.sampling import sample_from_probs
 
 __all__ = [
     "StageVerdict",

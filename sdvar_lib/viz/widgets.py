@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import torch
 from matplotlib.figure import Figure
 
-from sdvar_lib.acceptance import POLICY_NAMES
-from sdvar_lib.checks import check_int
-from sdvar_lib.plotting import image_grid
-from sdvar_lib.sdvar import SDVAR, SDVARStats
+from sdvar_lib.sdvar.acceptance import POLICY_NAMES
+from sdvar_lib.sdvar.decoder import SDVAR, SDVARStats
+from sdvar_lib.util.checks import check_int
+from sdvar_lib.viz.plotting import image_grid
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def describe_stats(stats: SDVARStats) -> str:
 
 def _check_args(sdvar, gamma, cfg, policy, seed, labels) -> list[int]:
     if not isinstance(sdvar, SDVAR):
-        raise TypeError(f"sdvar must be an sdvar_lib.sdvar.SDVAR, got {type(sdvar).__name__}")
+        raise TypeError(f"sdvar must be an sdvar_lib.sdvar.decoder.SDVAR, got {type(sdvar).__name__}")
     check_int(gamma, "gamma", 1)
     if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or cfg < 0:
         raise ValueError(f"cfg must be a number >= 0, got {cfg!r}")

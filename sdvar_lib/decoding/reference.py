@@ -1,7 +1,7 @@
 """Stage-by-stage VAR decoding with CFG and a static KV cache (the reference sampler).
 
 The building blocks here (label preparation, per-stage sampling, next-stage inputs) are shared by
-the baseline and by every speculative / hand-off decoder in :mod:`sdvar_lib.sdvar`.
+the baseline and by every speculative / hand-off decoder in :mod:`sdvar_lib.sdvar.decoder`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdvar_lib.kv_cache import KVCache
-from sdvar_lib.sampling import (
+from sdvar_lib.decoding.sampling import (
     SamplingConfig,
     apply_cfg,
     cfg_strength,
@@ -21,7 +20,8 @@ from sdvar_lib.sampling import (
     sample_from_probs,
     smooth_temperature,
 )
-from sdvar_lib.var import VAR
+from sdvar_lib.models.kv_cache import KVCache
+from sdvar_lib.models.var import VAR
 
 __all__ = [
     "GenerationOutput",

@@ -1,8 +1,8 @@
 """The VAR transformer: AdaLN blocks with block-causal attention over a static KV cache.
 
 Parameter and buffer names follow the released checkpoints ``var_d{16,20,24,30}.pth``.
-The model only computes; sampling loops live in :mod:`sdvar_lib.decoding` and
-:mod:`sdvar_lib.sdvar`. :meth:`VAR.autoregressive_infer_cfg` is the reference entry point.
+The model only computes; sampling loops live in :mod:`sdvar_lib.decoding.reference` and
+:mod:`sdvar_lib.sdvar.decoder`. :meth:`VAR.autoregressive_infer_cfg` is the reference entry point.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdvar_lib.kv_cache import KVCache, stage_ids_for
-from sdvar_lib.vqvae import VQVAE
+from sdvar_lib.models.kv_cache import KVCache, stage_ids_for
+from sdvar_lib.models.vqvae import VQVAE
 
 if TYPE_CHECKING:
-    from sdvar_lib.decoding import GenerationOutput
+    from sdvar_lib.decoding.reference import GenerationOutput
 
 __all__ = ["VAR", "AdaLNSelfAttn", "SelfAttention"]
 
@@ -369,8 +369,8 @@ class VAR(nn.Module):
         top_p: float = 0.0,
         more_smooth: bool = False,
     ) -> GenerationOutput:
-        """Sample images and return them with the tokens of every stage (see :mod:`sdvar_lib.decoding`)."""
-        from sdvar_lib.decoding import autoregressive_generate
+        """Sample images and return them with the tokens of every stage (see :mod:`sdvar_lib.decoding.reference`)."""
+        from sdvar_lib.decoding.reference import autoregressive_generate
 
         return autoregressive_generate(
             self, B, label_B, g_seed=g_seed, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth

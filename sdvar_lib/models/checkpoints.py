@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sdvar_lib.var import VAR
-from sdvar_lib.vqvae import VQVAE
+from sdvar_lib.models.var import VAR
+from sdvar_lib.models.vqvae import VQVAE
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ HUB_REPO_ID = "FoundationVision/var"
 OFFICIAL_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 OFFICIAL_DEPTHS = (16, 20, 24, 30)
 VAE_FILENAME = "vae_ch160v4096z32.pth"
-BUNDLED_DIR = Path(__file__).resolve().parent / "assets" / "tiny_digits"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_digits"
 
 
 class CheckpointError(ValueError):
@@ -214,7 +214,7 @@ def resolve_official_files(
             f"and {'could not be downloaded' if download else 'downloading is disabled'} from the hub repository "
             f"{HUB_REPO_ID!r} (https://huggingface.co/{HUB_REPO_ID}). Put the files in that folder (or set "
             "SDVAR_CKPT_DIR), run where the hub is reachable (e.g. Colab), or use the bundled offline models: "
-            f"sdvar_lib.checkpoints.load_bundled().{detail}"
+            f"sdvar_lib.models.checkpoints.load_bundled().{detail}"
         )
     return found
 

@@ -1,7 +1,7 @@
 """GPU benchmark of the decoders at the official sizes: ``python -m sdvar_lib.bench``.
 
 Official-size draft/target pairs with random bf16 weights are timed on the fast path
-(:mod:`sdvar_lib.fast`) against the library's eager loop under bf16 autocast (the reference's
+(:mod:`sdvar_lib.fast.run`) against the library's eager loop under bf16 autocast (the reference's
 ``autoregressive_infer_cfg``) in the same run. Every figure comes with its physical lower bound:
 the sum over the transformer passes actually made of (weight + KV-cache bytes) / HBM bandwidth +
 FLOPs / bf16 tensor throughput, with both ceilings measured at the start of the run.
@@ -34,14 +34,14 @@ from pathlib import Path
 
 import torch
 
-from sdvar_lib.acceptance import AcceptancePolicy, StageVerdict, make_policy
-from sdvar_lib.checkpoints import OFFICIAL_PATCH_NUMS, ModelPair, build_vae, build_var, official_var_kwargs
-from sdvar_lib.decoding import fhat_to_unit_images
-from sdvar_lib.fast import FastConfig, FastRun, FastRunFactory, GraphedDecode, PassRecord, chunk_span, stage_chunks
-from sdvar_lib.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, TableCost, plan_never_drafts
-from sdvar_lib.sampling import sample_from_probs
-from sdvar_lib.sdvar import SDVAR, SDVAROutput, SDVARStats
-from sdvar_lib.var import VAR
+from sdvar_lib.decoding.reference import fhat_to_unit_images
+from sdvar_lib.decoding.sampling import sample_from_probs
+from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, GraphedDecode, PassRecord, chunk_span, stage_chunks
+from sdvar_lib.models.checkpoints import OFFICIAL_PATCH_NUMS, ModelPair, build_vae, build_var, official_var_kwargs
+from sdvar_lib.models.var import VAR
+from sdvar_lib.sdvar.acceptance import AcceptancePolicy, StageVerdict, make_policy
+from sdvar_lib.sdvar.decoder import SDVAR, SDVAROutput, SDVARStats
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, TableCost, plan_never_drafts
 
 log = logging.getLogger(__name__)
 

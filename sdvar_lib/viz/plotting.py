@@ -16,7 +16,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sdvar_lib.var import VAR
+from sdvar_lib.models.var import VAR
 
 __all__ = [
     "to_hwc_images",
@@ -365,7 +365,7 @@ def quality_vs_passes_figure(
 ) -> Figure:
     """Class-consistency and Fréchet distance (mean with 95% CI error bars) against target passes per call.
 
-    One point per :class:`sdvar_lib.evaluate.MethodResult` (colour and marker by kind; lossy SDVAR
+    One point per :class:`sdvar_lib.eval.evaluation.MethodResult` (colour and marker by kind; lossy SDVAR
     policies drawn hollow); the target's CIs are drawn as bands, so a lossless method should land
     inside them. Results of several batch sizes are allowed; the batch size is added to the labels then.
     """
@@ -411,5 +411,5 @@ __all__ += ["quality_vs_passes_figure"]
 
 from typing import TYPE_CHECKING  # noqa: E402  (kept with the function it serves)
 
-if TYPE_CHECKING:  # annotations only (sdvar_lib.evaluate imports the decoders)
-    from sdvar_lib.evaluate import MethodResult
+if TYPE_CHECKING:  # annotations only (sdvar_lib.eval.evaluation imports the decoders)
+    from sdvar_lib.eval.evaluation import MethodResult

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sdvar_lib.checks import check_int
+from sdvar_lib.util.checks import check_int
 
 __all__ = [
     "RoundHistory",

@@ -1,6 +1,6 @@
 """GPU fast path for VAR decoding: static KV caches, bf16 weights and one CUDA graph per chunk shape.
 
-Every decoder of :mod:`sdvar_lib.sdvar` gets its per-call model context from a *run factory*
+Every decoder of :mod:`sdvar_lib.sdvar.decoder` gets its per-call model context from a *run factory*
 (``SDVAR(draft, target, run_factory=...)``). :class:`FastRunFactory` supplies :class:`FastRun`
 objects that are kept between calls, one per ``(model, batch size)``:
 
@@ -16,19 +16,19 @@ objects that are kept between calls, one per ``(model, batch size)``:
   call (they depend only on the class condition) in a per-call prologue (a graph too), and runs
   each block with 18 kernels instead of the eager path's 35 (LayerNorm + modulation as one
   ``addcmul``, the q/k normalisation written straight into the cache, fused residuals);
-  ``FastConfig(fused=False)`` runs :meth:`sdvar_lib.var.VAR.forward_cached` instead.
+  ``FastConfig(fused=False)`` runs :meth:`sdvar_lib.models.var.VAR.forward_cached` instead.
 
 :class:`GraphedDecode` replays the VQVAE decode of a batch size as one CUDA graph (an explicit
 opt-in, since it overrides ``vae.fhat_to_img`` inside a ``with`` block).
 
 With ``FastConfig(use_cuda_graphs=False)`` the very same code path (static buffers, per-key
 programs, length bookkeeping) runs eagerly instead of replaying graphs; that is what the CPU tests
-compare with the library's eager runs. The eager runs of :func:`sdvar_lib.sdvar.eager_run` stay the
-default of :class:`~sdvar_lib.sdvar.SDVAR`.
+compare with the library's eager runs. The eager runs of :func:`sdvar_lib.sdvar.decoder.eager_run` stay the
+default of :class:`~sdvar_lib.sdvar.decoder.SDVAR`.
 
 Models are used in whatever dtype they have; for speed convert them with
 ``model.to(torch.bfloat16)`` (the VQVAE stays float32). The transformer pass runs with autocast
-disabled; the head (and so the logits) is float32 (:meth:`sdvar_lib.var.VAR.get_logits`), and
+disabled; the head (and so the logits) is float32 (:meth:`sdvar_lib.models.var.VAR.get_logits`), and
 sampling and probabilities stay float32.
 
 The logits a :meth:`FastRun.forward` returns are a view of the run's static output buffer: they
@@ -45,12 +45,12 @@ from dataclasses import dataclass
 
 import torch
 
-from sdvar_lib.checks import check_int
-from sdvar_lib.decoding import cfg_labels
-from sdvar_lib.kv_cache import KVCache
-from sdvar_lib.sdvar import SDVAR, ModelRun
-from sdvar_lib.var import VAR
-from sdvar_lib.vqvae import VQVAE
+from sdvar_lib.decoding.reference import cfg_labels
+from sdvar_lib.models.kv_cache import KVCache
+from sdvar_lib.models.var import VAR
+from sdvar_lib.models.vqvae import VQVAE
+from sdvar_lib.sdvar.decoder import SDVAR, ModelRun
+from sdvar_lib.util.checks import check_int
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class FastConfig:
     capture (lazy CUDA/cuBLAS initialisation stays out of the graph). ``fallback_to_eager``: a
     chunk whose capture fails runs eagerly (with a warning) instead of raising. ``fused``: the
     pass of :meth:`FastRun._fused_step` (AdaLN modulations computed once per call, fewer and fused
-    kernels per block); ``False`` runs :meth:`sdvar_lib.var.VAR.forward_cached` itself.
+    kernels per block); ``False`` runs :meth:`sdvar_lib.models.var.VAR.forward_cached` itself.
     """
 
     use_cuda_graphs: bool | None = None
@@ -117,7 +117,7 @@ class FastRunCounters:
 
 
 class StaticKVCache(KVCache):
-    """A :class:`~sdvar_lib.kv_cache.KVCache` whose length can also be set after a graph replay.
+    """A :class:`~sdvar_lib.models.kv_cache.KVCache` whose length can also be set after a graph replay.
 
     A replayed graph writes keys/values at ``[position, position + l)`` without running the Python
     bookkeeping of :meth:`KVCache.write`/:meth:`KVCache.advance`; :meth:`set_length` records it.
@@ -527,7 +527,7 @@ class FastRun(ModelRun):
 
 # ---- the factory --------------------------------------------------------------------------------
 class FastRunFactory:
-    """``run_factory`` for :class:`~sdvar_lib.sdvar.SDVAR`: hands out reusable :class:`FastRun` objects.
+    """``run_factory`` for :class:`~sdvar_lib.sdvar.decoder.SDVAR`: hands out reusable :class:`FastRun` objects.
 
     Runs are kept per ``(model, batch size)``. One generation call asks for each of its runs with
     the same label tensor, so a request with a new label tensor starts a new call and frees every

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from sdvar_lib.acceptance import AcceptancePolicy, StageVerdict, make_policy
-from sdvar_lib.decoding import (
+from sdvar_lib.decoding.reference import (
     StageSample,
     cfg_labels,
     fhat_to_unit_images,
@@ -36,10 +35,11 @@ from sdvar_lib.decoding import (
     validate_batch_size,
     validate_sampling_for,
 )
-from sdvar_lib.gamma import GammaRule, RoundContext, RoundHistory, make_gamma_rule, plan_never_drafts
-from sdvar_lib.kv_cache import KVCache
-from sdvar_lib.sampling import SamplingConfig, filter_top_k_top_p, sample_from_probs
-from sdvar_lib.var import VAR
+from sdvar_lib.decoding.sampling import SamplingConfig, filter_top_k_top_p, sample_from_probs
+from sdvar_lib.models.kv_cache import KVCache
+from sdvar_lib.models.var import VAR
+from sdvar_lib.sdvar.acceptance import AcceptancePolicy, StageVerdict, make_policy
+from sdvar_lib.sdvar.gamma import GammaRule, RoundContext, RoundHistory, make_gamma_rule, plan_never_drafts
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ class SDVAR:
 
     def __init__(self, draft_model: VAR, target_model: VAR, run_factory: RunFactory | None = None) -> None:
         """``run_factory(model, label_B)`` may supply the per-call :class:`ModelRun` of each model (e.g. the
-        CUDA-graph fast path of :mod:`sdvar_lib.fast`); by default an eager run with a fresh cache is used."""
+        CUDA-graph fast path of :mod:`sdvar_lib.fast.run`); by default an eager run with a fresh cache is used."""
         if not isinstance(draft_model, VAR) or not isinstance(target_model, VAR):
             raise TypeError("SDVAR needs two sdvar_lib.VAR models (draft_model, target_model)")
         _check_compatible(draft_model, target_model)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdvar_lib.quant import MultiScaleQuantizer
+from sdvar_lib.models.quant import MultiScaleQuantizer
 
 __all__ = ["Encoder", "Decoder", "VQVAE"]
 

@@ -1,0 +1,5 @@
+import sys
+
+from sdvar_lib.bench.bench import main
+
+sys.exit(main())

@@ -1,0 +1,113 @@
+"""Latency vs batch size per method from a ``python -m sdvar_lib.bench`` JSON report.
+
+``python -m sdvar_lib.bench_plot bench_out/bench.json --out bench_out/latency.png``
+draws one panel per model pair: median latency (p10–p90 as error bars) against batch size, one
+line per method and acceptance scenario, on log-log axes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["LatencyPoint", "load_points", "plot_latency_vs_batch", "main"]
+
+
+@dataclass(frozen=True)
+class LatencyPoint:
+    pair: str
+    series: str
+    batch: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+
+
+def load_points(path: str | Path) -> list[LatencyPoint]:
+    """The timed rows of a bench JSON report as plot points (series = method, plus scenario for SDVAR)."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or "rows" not in data:
+        raise ValueError(f"{path} is not a bench report (no 'rows'); write one with python -m sdvar_lib.bench")
+    points = []
+    for row in data["rows"]:
+        series = row["method"] if row["scenario"] == "-" else f"{row['method']} [{row['scenario']}]"
+        points.append(LatencyPoint(pair=row["pair"], series=series, batch=int(row["batch"]),
+                                   median_ms=float(row["latency_ms_median"]), p10_ms=float(row["latency_ms_p10"]),
+                                   p90_ms=float(row["latency_ms_p90"])))
+    return points
+
+
+def _method_of(series: str) -> str:
+    return series.split(" [", 1)[0]
+
+
+def _scenario_style(series: str) -> str:
+    """Line style by acceptance scenario: solid for rows without one, dashed for ``exact``, dotted otherwise."""
+    if " [" not in series:
+        return "-"
+    return "--" if series.split(" [", 1)[1].startswith("exact") else ":"
+
+
+def plot_latency_vs_batch(points: Sequence[LatencyPoint], out: str | Path, series: Sequence[str] | None = None) -> Path:
+    """Save the figure to ``out`` (PNG/SVG/PDF by suffix); ``series`` restricts the lines drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not points:
+        raise ValueError("no points to plot")
+    pairs = list(dict.fromkeys(p.pair for p in points))
+    methods = list(dict.fromkeys(_method_of(p.series) for p in points))
+    palette = plt.get_cmap("tab20").colors
+    colour = {m: palette[(2 * i) % 20 + (2 * i) // 20 % 2] for i, m in enumerate(methods)}  # dark shades first
+    fig, axes = plt.subplots(1, len(pairs), figsize=(8.5 * len(pairs), 5.5), squeeze=False)
+    for ax, pair in zip(axes[0], pairs):
+        names = list(dict.fromkeys(p.series for p in points if p.pair == pair))
+        for name in names:
+            if series is not None and name not in series:
+                continue
+            pts = sorted((p for p in points if p.pair == pair and p.series == name), key=lambda p: p.batch)
+            xs = [p.batch for p in pts]
+            ys = [p.median_ms for p in pts]
+            err = [[p.median_ms - p.p10_ms for p in pts], [p.p90_ms - p.median_ms for p in pts]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=3, label=name, color=colour[_method_of(name)],
+                        ls=_scenario_style(name))
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("latency per call (ms, median; p10–p90)")
+        ax.set_title(pair)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sdvar_lib.bench_plot", description=__doc__.split("\n\n")[0])
+    p.add_argument("report", help="bench.json written by python -m sdvar_lib.bench")
+    p.add_argument("--out", default=None, help="image file (default: latency.png beside the report)")
+    p.add_argument("--series", default=None, help="comma-separated series to draw (default all)")
+    args = p.parse_args(argv)
+    try:
+        points = load_points(args.report)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or str(Path(args.report).with_name("latency.png"))
+    series = [s.strip() for s in args.series.split(",")] if args.series else None
+    print(plot_latency_vs_batch(points, out, series))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
