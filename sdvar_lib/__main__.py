@@ -18,7 +18,13 @@ from pathlib import Path
 import torch
 
 from sdvar_lib.models.checkpoints import MODEL_CHOICES, load_pair
-from sdvar_lib.sdvar.decoder import SDVAR, SDVAROutput
+from sdvar_lib.models.sampling import SamplingConfig
+from sdvar_lib.sdvar.acceptance import make_policy
+from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib.sdvar.registry import Method, get_method
+from sdvar_lib.sdvar.stats import SDVAROutput
+from sdvar_lib.util.atomic import atomic_folder, check_output_folder
+from sdvar_lib.viz.plotting import comparison_figure
 
 __all__ = ["MethodRun", "run_demo", "main"]
 
@@ -49,9 +55,12 @@ def run_demo(
 ) -> tuple[list[MethodRun], list[torch.Tensor]]:
     """Run the target alone and SDVAR with the same seed; returns table rows and image batches."""
     B = len(labels)
-    sd.baseline(B, labels, g_seed=seed, cfg=cfg, top_k=top_k, top_p=top_p)  # warm-up, not reported
-    base = sd.baseline(B, labels, g_seed=seed, cfg=cfg, top_k=top_k, top_p=top_p)
-    spec = sd.generate_parallel(B, labels, g_seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, gamma=gamma, policy=policy)
+    sampling = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p)
+    target = get_method("target")
+    sdvar = Method(f"sdvar_{policy}_g{gamma}", "sdvar", policy=make_policy(policy), gamma=gamma)
+    target.run(sd, B, labels, seed, sampling)  # warm-up, not reported
+    base = target.run(sd, B, labels, seed, sampling)
+    spec = sdvar.run(sd, B, labels, seed, sampling)
     rows = [_row("target alone", base), _row(f"SDVAR {policy}, gamma {gamma}", spec)]
     return rows, [base.images_B3HW, spec.images_B3HW]
 
@@ -85,11 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from sdvar_lib.viz.plotting import comparison_figure
-
+    check_output_folder(args.out)
     gamma = args.gamma if args.gamma == "adaptive" else int(args.gamma)
     pair = load_pair(args.models, args.draft_depth, args.target_depth, device=args.device)
     print(f"models: {pair.description} on {pair.target.device}")
@@ -97,17 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     sd = SDVAR(pair.draft, pair.target)
     rows, images = run_demo(sd, labels, args.seed, args.cfg, gamma, args.policy, args.top_k, args.top_p)
 
-    args.out.mkdir(parents=True, exist_ok=True)
     fig = comparison_figure(
         {r.method: img for r, img in zip(rows, images)},
         captions={r.method: f"{r.target_passes} target passes" for r in rows},
         row_labels=[f"class {label}" for label in labels],
         methods_as_rows=True,
     )
-    fig.savefig(args.out / "comparison.png", dpi=120, bbox_inches="tight")
     table = format_table(rows)
-    (args.out / "stats.md").write_text(f"models: {pair.description}\n\n{table}\n")
-    (args.out / "stats.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    with atomic_folder(args.out, "python -m sdvar_lib") as tmp:
+        fig.savefig(tmp / "comparison.png", dpi=120, bbox_inches="tight")
+        (tmp / "stats.md").write_text(f"models: {pair.description}\n\n{table}\n")
+        (tmp / "stats.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     print(table)
     print(f"wrote {args.out / 'comparison.png'}, {args.out / 'stats.md'}, {args.out / 'stats.json'}")
     return 0

@@ -1,7 +1,7 @@
 """Test harness for SDVAR parallel verification (notebook-facing).
 
 ``SDVARParallelV1Tester(sdvar).run_all_tests(B=2, gamma=2)`` checks every step of
-:class:`sdvar_lib.sdvar.decoder.SDVAR` against independent reference computations and prints a summary.
+:class:`sdvar_lib.SDVAR` against independent reference computations and prints a summary.
 """
 
 from test_framework.results import HarnessSummary, TestResult, format_summary, print_summary, summarize

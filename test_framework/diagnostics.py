@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdvar_lib.models.var import VAR
-from sdvar_lib.sdvar.decoder import SDVAR, ModelRun, RunFactory, eager_run
+from sdvar_lib import SDVAR, VAR, ModelRun, RunFactory, eager_run
 from test_framework.reference import (
     ReferenceRun,
     cache_layer_diffs,
@@ -203,11 +202,11 @@ class _FailingSDVAR(SDVAR):
         super().__init__(*args, **kwargs)
         self.calls = 0
 
-    def basic_token_matching(self, draft_tokens, verify, state):
+    def accept(self, state, proposal, verify):
         self.calls += 1
         if self.calls == self.fail_round + 1:
             raise RuntimeError(f"injected failure in round {self.fail_round}")
-        return super().basic_token_matching(draft_tokens, verify, state)
+        return super().accept(state, proposal, verify)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Reference computations of the harness, written independently of :mod:`sdvar_lib.sdvar.decoder`.
+"""Reference computations of the harness, written independently of :mod:`sdvar_lib.sdvar`.
 
 They follow the design notes literally: stage inputs are recomputed from the embedding tables
 (``class_emb``, ``pos_start``, ``lvl_embed``, ``pos_1LC``, ``word_embed``) and an area-downsampled
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sdvar_lib.decoding.sampling import filter_top_k_top_p
 from sdvar_lib.models.kv_cache import KVCache
+from sdvar_lib.models.sampling import filter_top_k_top_p
 from sdvar_lib.models.var import VAR
 
 __all__ = [

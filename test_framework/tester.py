@@ -1,6 +1,6 @@
 """``SDVARParallelV1Tester``: checks every step of SDVAR parallel verification against references.
 
-Each test drives one step of :class:`sdvar_lib.sdvar.decoder.SDVAR` (or a whole call) and compares what it
+Each test drives one step of :class:`sdvar_lib.SDVAR` (or a whole call) and compares what it
 produced with an independent recomputation from :mod:`test_framework.reference`: embeddings and
 positions recomputed from the tables, logits from one sequential pass per stage, ``f_hat`` from
 the committed tokens, caches from a sequential prefill, greedy decodes from a plain argmax loop.
@@ -18,9 +18,7 @@ from dataclasses import replace
 
 import torch
 
-from sdvar_lib.eval.metrics import compare_images
-from sdvar_lib.models.var import VAR
-from sdvar_lib.sdvar.decoder import SDVAR, DraftProposal, SDVARInferenceState
+from sdvar_lib import SDVAR, VAR, DraftProposal, ModelRun, SDVARInferenceState, compare_images
 from test_framework.reference import (
     ReferenceRun,
     check_greedy,
@@ -73,6 +71,22 @@ TEST_NAMES = (
 _Body = Callable[[CheckLog], tuple[str, object]]
 
 
+class _CountingRun(ModelRun):
+    """A model run that counts the passes made through it (the harness's own count, not the statistics')."""
+
+    def __init__(self, inner: ModelRun) -> None:
+        super().__init__(model=inner.model, cond_2BD=inner.cond_2BD, lvl_pos_1LC=inner.lvl_pos_1LC, cache=inner.cache)
+        self.inner = inner
+        self.passes = 0
+
+    def stage_input(self, si, f_hats):
+        return self.inner.stage_input(si, f_hats)
+
+    def forward(self, x_2BlC, attn_mask=None):
+        self.passes += 1
+        return self.inner.forward(x_2BlC, attn_mask)
+
+
 def _check_int(value, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
@@ -90,7 +104,7 @@ class SDVARParallelV1Tester:
 
     def __init__(self, sdvar_model: SDVAR, tolerances: Tolerances | None = None, cfg: float = 1.5, seed: int = 0) -> None:
         if not isinstance(sdvar_model, SDVAR):
-            raise TypeError(f"SDVARParallelV1Tester needs an sdvar_lib.sdvar.decoder.SDVAR, got {type(sdvar_model).__name__}")
+            raise TypeError(f"SDVARParallelV1Tester needs an sdvar_lib.SDVAR, got {type(sdvar_model).__name__}")
         if tolerances is not None and not isinstance(tolerances, Tolerances):
             raise TypeError(f"tolerances must be a Tolerances, got {type(tolerances).__name__}")
         if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or cfg < 0:
@@ -132,7 +146,7 @@ class SDVARParallelV1Tester:
         return self.bounds[n_stages - 1][1] if n_stages > 0 else 0
 
     def _new_state(self, B: int, gamma: int, **kwargs) -> SDVARInferenceState:
-        return self.sd._initialize_inference_state(B, self._labels(B), g_seed=self.seed, cfg=self.cfg, gamma=gamma, **kwargs)
+        return self.sd.prepare(B, self._labels(B), g_seed=self.seed, cfg=self.cfg, gamma=gamma, **kwargs)
 
     def _prefix_state(self, B: int, gamma: int, tokens, f_hats, c: int) -> SDVARInferenceState:
         state = self._new_state(B, gamma)
@@ -183,7 +197,7 @@ class SDVARParallelV1Tester:
             for c in range(S):
                 g = min(gamma, S - c)
                 state = self._prefix_state(B, gamma, tokens, f_hats, c)
-                query = self.sd._build_combined_query(self._proposal(c, g, tokens, f_hats, B), state, B)
+                query = self.sd.verify_query(state, self._proposal(c, g, tokens, f_hats, B))
                 stages = self._verify_stages(c, g)
                 begin, end = bounds[c][0], bounds[stages[-1]][1]
                 l = end - begin
@@ -213,7 +227,7 @@ class SDVARParallelV1Tester:
                         checks.require(half <= self.tol.embeddings.allowed(x),
                                        f"c={c}: the CFG halves of stage {si}'s input differ (max abs diff {half:.4f})")
                     off += self._L(si)
-                mask = self.sd._get_attention_mask(state, query)
+                mask = self.sd.verify_mask(state, query)
                 want_mask = ids_L[:end].unsqueeze(0) <= ids_L[begin:end].unsqueeze(1)
                 masks += 1
                 checks.require(
@@ -260,7 +274,7 @@ class SDVARParallelV1Tester:
                 stages = self._verify_stages(c, g)
                 l = sum(self._L(s) for s in stages)
                 logits = torch.randn(2 * B, l, target.V, generator=gen).to(target.device)
-                out = self.sd._split_logits_by_stage(logits, self._proposal(c, g, tokens, f_hats, B), B, state)
+                out = self.sd.split_logits(state, self._proposal(c, g, tokens, f_hats, B), logits)
                 if not checks.require(len(out) == len(stages), f"c={c}: {len(out)} stage slices, expected {len(stages)}"):
                     continue
                 offsets, off = [], 0
@@ -324,15 +338,13 @@ class SDVARParallelV1Tester:
                 g = min(gamma, S - c)
                 label = f"from stage {c} (after {rounds_before} round{'s' if rounds_before != 1 else ''})"
                 scenarios.append(label)
-                passes_before = state.stats.draft_passes
-                prop = self.sd.draft_generate_batch(state, B, gamma=gamma)
+                prop = self.sd.draft(state, gamma)
                 stages = list(range(c, c + g))
                 proposed.append(prop.stages)
                 cache_lengths.append(state.draft.cache.length)
                 checks.require(prop.start == c and prop.stages == stages,
                                f"{label}: proposed stages {prop.stages}, expected {stages}")
-                checks.require(state.stats.draft_passes - passes_before == g,
-                               f"{label}: {state.stats.draft_passes - passes_before} draft passes for {g} proposed stages")
+                checks.require(prop.draft_passes == g, f"{label}: {prop.draft_passes} draft passes for {g} proposed stages")
                 want_len = self.bounds[c + g - 1][1]
                 checks.require(state.draft.cache.length == want_len,
                                f"{label}: draft cache length {state.draft.cache.length}, expected {want_len} "
@@ -405,12 +417,11 @@ class SDVARParallelV1Tester:
                 if c > 0:
                     x = torch.cat([ref_inputs.stage_input(si, f_hats) for si in range(c)], dim=1)
                     state.target.forward(x)
-                before = state.stats.target_passes
-                verify = self.sd.target_verify_batch(self._proposal(c, g, tokens, f_hats, B), state, B)
+                counting = _CountingRun(state.target)
+                verify = self.sd.verify(replace(state, target=counting), self._proposal(c, g, tokens, f_hats, B))
                 stages = self._verify_stages(c, g)
-                passes.append(state.stats.target_passes - before)
-                checks.require(state.stats.target_passes - before == 1,
-                               f"c={c}: verification took {state.stats.target_passes - before} target passes, expected 1")
+                passes.append(counting.passes)
+                checks.require(counting.passes == 1, f"c={c}: verification took {counting.passes} target passes, expected 1")
                 if not checks.require(verify.stages == stages and len(verify.logits) == len(stages),
                                       f"c={c}: verified stages {verify.stages} ({len(verify.logits)} logits), expected {stages}"):
                     per_start.append(float("inf"))
@@ -465,10 +476,10 @@ class SDVARParallelV1Tester:
                 c = state.c
                 old_tokens, old_f_hats = state.tokens, state.f_hats
                 g = min(gamma, S - c)
-                draft = self.sd.draft_generate_batch(state, B, gamma=gamma)
-                verify = self.sd.target_verify_batch(draft, state, B)
-                acc = self.sd.basic_token_matching(draft, verify, state)
-                new = self.sd.update_state_with_accepted_tokens(state, draft, acc)
+                draft = self.sd.draft(state, gamma)
+                verify = self.sd.verify(state, draft)
+                acc = self.sd.accept(state, draft, verify)
+                new = self.sd.commit(state, draft, acc)
                 rounds += 1
                 tag = f"round {rounds - 1} (from stage {c})"
                 checks.require(state.tokens is old_tokens and state.f_hats is old_f_hats and len(state.tokens) == c,

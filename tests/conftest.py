@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdvar_lib.models.checkpoints import build_tiny
-from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib import SDVAR, build_tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES_DIR = Path(os.environ.get("SDVAR_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))

@@ -6,25 +6,25 @@ import pytest
 import torch
 
 from sdvar_lib import VAR, VQVAE
-from sdvar_lib.models.checkpoints import TINY_CONFIG
+from sdvar_lib.models.presets import TINY_CONFIG
 
 
 @pytest.mark.parametrize(
     ("kwargs", "exc", "pattern"),
     [
-        (dict(B=0), ValueError, r"B must be >= 1"),
-        (dict(B=-2), ValueError, r"B must be >= 1"),
+        (dict(B=0), ValueError, r"B must be an int >= 1"),
+        (dict(B=-2), ValueError, r"B must be an int >= 1"),
         (dict(B=1.5), TypeError, r"B must be an int"),
-        (dict(label_B=10), ValueError, r"label_B must be in \[0, 10\)"),
+        (dict(label_B=10), ValueError, r"label_B must hold class ids in \[0, 10\)"),
         (dict(label_B=[1, 2, 3]), ValueError, r"label_B has 3 labels but B=2"),
-        (dict(label_B=torch.tensor([1, 12])), ValueError, r"labels must be in \[0, 10\)"),
+        (dict(label_B=torch.tensor([1, 12])), ValueError, r"label_B must hold class ids in \[0, 10\)"),
         (dict(label_B=torch.tensor([1.0, 2.0])), TypeError, r"integers"),
-        (dict(cfg=-0.1), ValueError, r"cfg must be >= 0"),
-        (dict(top_k=-1), ValueError, r"top_k must be >= 0"),
+        (dict(cfg=-0.1), ValueError, r"cfg must be a finite number >= 0"),
+        (dict(top_k=-1), ValueError, r"top_k must be an int >= 0"),
         (dict(top_k=65), ValueError, r"top_k must be in \[0, 64\]"),
         (dict(top_k=2.5), TypeError, r"top_k must be an int"),
-        (dict(top_p=1.5), ValueError, r"top_p must be in \[0, 1\]"),
-        (dict(top_p=-0.2), ValueError, r"top_p must be in \[0, 1\]"),
+        (dict(top_p=1.5), ValueError, r"top_p must be a finite number in \[0, 1\]"),
+        (dict(top_p=-0.2), ValueError, r"top_p must be a finite number in \[0, 1\]"),
         (dict(g_seed="seven"), TypeError, r"g_seed must be an int"),
     ],
 )

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from sdvar_lib import SDVAR
 from sdvar_lib.bench import bench as bench
 from sdvar_lib.bench.bench import (
     BenchConfig,
@@ -32,7 +33,6 @@ from sdvar_lib.bench.bench import (
 )
 from sdvar_lib.fast.run import PassRecord
 from sdvar_lib.models.checkpoints import build_vae, build_var
-from sdvar_lib.sdvar.decoder import SDVAR
 
 
 def _meta_counts(depth: int) -> tuple[int, int]:

@@ -268,7 +268,7 @@ def test_measure_acceptance_profile_script(tmp_path, tiny_pair, capsys):
     import importlib.util
     from pathlib import Path
 
-    from sdvar_lib.models.checkpoints import TINY_CONFIG
+    from sdvar_lib.models.presets import TINY_CONFIG
 
     vae, draft, target = tiny_pair
     config = {"vae": TINY_CONFIG["vae"], "target": TINY_CONFIG["var"], "draft": dict(TINY_CONFIG["var"], depth=1),

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from sdvar_lib.data.digits import load_digits_split, to_unit_range
 from sdvar_lib.eval.metrics import (
     class_consistency,
     classifier_accuracy,
@@ -16,7 +17,6 @@ from sdvar_lib.eval.metrics import (
     teacher_forced_nll,
 )
 from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_bundled
-from sdvar_lib.tiny.data import load_digits_split, to_unit_range
 
 WEIGHT_FILES = ("vae.pth", "draft.pth", "target.pth", "classifier.pth")
 MAX_BUNDLE_BYTES = 30 * 1024 * 1024

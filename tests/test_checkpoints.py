@@ -7,8 +7,7 @@ import pickle
 import pytest
 import torch
 
-from sdvar_lib.models.checkpoints import (
-    HUB_REPO_ID,
+from sdvar_lib import (
     CheckpointError,
     build_tiny,
     build_vae,
@@ -17,6 +16,8 @@ from sdvar_lib.models.checkpoints import (
     load_official,
     load_state_dict_checked,
 )
+from sdvar_lib.models import presets
+from sdvar_lib.models.checkpoints import HUB_REPO_ID
 
 
 def test_missing_official_files_give_one_clear_error(tmp_path):
@@ -78,10 +79,11 @@ def test_official_files_load_from_local_folder(tmp_path):
     import sdvar_lib.models.checkpoints as ckpt
 
     # Shrink the official presets so the round trip is cheap; the loading path is the same.
-    small_vae = dict(ckpt.official_vae_kwargs(), ch=32, vocab_size=16, z_channels=4)
-    small_var = {d: dict(ckpt.official_var_kwargs(d), depth=1, embed_dim=32, num_heads=1) for d in (16, 30)}
+    small_vae = dict(presets.official_vae_kwargs(), ch=32, vocab_size=16, z_channels=4)
+    small_var = {d: dict(presets.official_var_kwargs(d), depth=1, embed_dim=32, num_heads=1) for d in (16, 30)}
     mp = pytest.MonkeyPatch()
-    mp.setattr(ckpt, "official_vae_kwargs", lambda: small_vae)
+    mp.setattr(presets, "official_vae_kwargs", lambda: small_vae)
+    mp.setattr(presets, "official_var_kwargs", lambda depth: small_var[depth])
     mp.setattr(ckpt, "official_var_kwargs", lambda depth: small_var[depth])
     try:
         vae = build_vae()

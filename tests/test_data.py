@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdvar_lib.tiny.data import (
+from sdvar_lib.data.digits import (
     DIGITS_IMAGE_SIZE,
     iterate_minibatches,
     load_digits_raw,

@@ -8,11 +8,10 @@ import math
 import pytest
 import torch
 
+from sdvar_lib import AdaptiveGamma, Method
 from sdvar_lib.eval.evaluation import (
     SEED_STRIDE,
     EvaluationReport,
-    MachineInfo,
-    MethodSpec,
     ci_overlap,
     default_methods,
     evaluate_methods,
@@ -22,8 +21,10 @@ from sdvar_lib.eval.evaluation import (
     select_methods,
 )
 from sdvar_lib.eval.metrics import ClassifierConfig, DigitClassifier, summarize_over_seeds
-from sdvar_lib.models.checkpoints import BUNDLED_DIR, ModelPair, load_pair
-from sdvar_lib.sdvar.acceptance import ExactPolicy, Top1MatchPolicy
+from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_pair
+from sdvar_lib.models.presets import ModelPair
+from sdvar_lib.sdvar.acceptance import Top1MatchPolicy
+from sdvar_lib.util.machine import MachineInfo
 
 ISSUE_METHODS = [
     "target", "draft", "exact_g1", "exact_g2", "exact_g3", "exact_g4", "exact_adaptive", "top1_0.5_g2", "top1_0.9_g2",
@@ -68,9 +69,9 @@ def _report(pair: ModelPair, results) -> EvaluationReport:
 def test_default_methods_are_the_issue_list():
     assert [m.name for m in default_methods(7)] == ISSUE_METHODS
     by_name = {m.name: m for m in default_methods(7)}
-    assert by_name["exact_adaptive"].gamma == "adaptive" and by_name["exact_adaptive"].lossless
+    assert isinstance(by_name["exact_adaptive"].gamma, AdaptiveGamma) and by_name["exact_adaptive"].lossless
     assert isinstance(by_name["top1_0.9_g2"].policy, Top1MatchPolicy) and not by_name["top1_0.9_g2"].lossless
-    assert by_name["test3_e4"].entry_num == 4 and by_name["code_e5"].kind == "code_handoff"
+    assert by_name["test3_e4"].entry_num == 4 and by_name["code_e5"].decoder == "code_handoff"
     # four stages: hand-off entries that would be a model alone or past the end are left out
     names4 = [m.name for m in default_methods(4)]
     assert [n for n in names4 if n.startswith(("test3", "code"))] == ["test3_e2", "test3_e3", "code_e3"]
@@ -186,8 +187,8 @@ def test_ci_overlap():
         (dict(samples_per_seed=5, batch_size=2), "must be a multiple of batch_size"),
         (dict(batch_size=0), "batch_size must be an int >= 1"),
         (dict(samples_per_seed=SEED_STRIDE + 1), f"at most {SEED_STRIDE} calls per seed"),
-        (dict(methods=[MethodSpec("t", "target"), MethodSpec("t", "draft")]), "method names repeat"),
-        (dict(methods=[MethodSpec("late", "test3", entry_num=5)]), "entry_num 5 exceeds the 4 stages"),
+        (dict(methods=[Method("t", "target"), Method("t", "draft")]), "method names repeat"),
+        (dict(methods=[Method("late", "test3", entry_num=5)]), "entry_num 5 exceeds the 4 stages"),
         (dict(real_img_B3HW=torch.rand(4, 3, 16, 16)), r"real images must be \(N >= 2, 3, 64, 64\)"),
         (dict(classifier=DigitClassifier(ClassifierConfig(image_size=16))), "classifier takes 16x16 images"),
         (dict(classifier=DigitClassifier(ClassifierConfig(image_size=64, num_classes=3))), "classifier has 3 classes"),
@@ -196,30 +197,11 @@ def test_ci_overlap():
 )
 def test_bad_input_raises_value_error(random_pair, scorer, kwargs, match):
     clf, real = scorer
-    args = dict(methods=[MethodSpec("target", "target")], seeds=(0,), samples_per_seed=2, classifier=clf,
+    args = dict(methods=[Method("target", "target")], seeds=(0,), samples_per_seed=2, classifier=clf,
                 real_img_B3HW=real)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         evaluate_methods(random_pair, **args)
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        (dict(name="", kind="target"), "non-empty name"),
-        (dict(name="x", kind="beam"), "kind must be one of"),
-        (dict(name="x", kind="sdvar", gamma=2), "needs a gamma and a policy"),
-        (dict(name="x", kind="sdvar", gamma=0, policy=ExactPolicy()), "gamma"),
-        (dict(name="x", kind="sdvar", gamma=2, policy="exact"), "must be an AcceptancePolicy"),
-        (dict(name="x", kind="target", gamma=2), "takes no gamma or policy"),
-        (dict(name="x", kind="test3"), "needs an int entry_num"),
-        (dict(name="x", kind="code_handoff", entry_num=-1), "needs an int entry_num"),
-        (dict(name="x", kind="draft", entry_num=2), "takes no entry_num"),
-    ],
-)
-def test_bad_method_specs_raise_value_error(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        MethodSpec(**kwargs)
 
 
 def test_select_methods_and_default_methods_check_names():

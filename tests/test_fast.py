@@ -11,20 +11,13 @@ import copy
 import pytest
 import torch
 
-from sdvar_lib.fast.run import (
-    FastConfig,
-    FastRun,
-    FastRunFactory,
-    GraphedDecode,
-    StaticKVCache,
-    chunk_span,
-    make_fast_sdvar,
-    stage_chunks,
-)
-from sdvar_lib.models.checkpoints import TINY_CONFIG, build_tiny
+from sdvar_lib import SDVAR
+from sdvar_lib.fast.graphs import GraphedDecode
+from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, StaticKVCache, chunk_span, make_fast_sdvar
+from sdvar_lib.models.presets import TINY_CONFIG, build_tiny
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.acceptance import ExactPolicy
-from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib.sdvar.registry import stage_chunks
 
 B = 2
 NO_GRAPHS = FastConfig(use_cuda_graphs=False)

@@ -15,8 +15,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sdvar_lib.decoding.reference import guided_logits
-from sdvar_lib.sdvar.decoder import SDVAR, DraftProposal, eager_run
+from sdvar_lib import SDVAR, DraftProposal, eager_run
+from sdvar_lib.models.sampling import guided_logits
 from tests.test_sdvar import _random_tokens, _sequential_logits
 
 pytestmark = pytest.mark.gpu
@@ -85,7 +85,7 @@ def test_cuda_cached_path_replays_fixture_tokens(cuda_reference_models, referenc
     logits_by_device = []
     images = []
     for model, device in ((var_cpu, "cpu"), (var_gpu, "cuda")):
-        from sdvar_lib.decoding.reference import fhat_to_unit_images, prepare_labels
+        from sdvar_lib.models.sampling import prepare_labels
 
         if label is None:  # the fixture drew labels on the CPU generator: recover them the same way
             gen = torch.Generator().manual_seed(args["g_seed"])
@@ -94,13 +94,13 @@ def test_cuda_cached_path_replays_fixture_tokens(cuda_reference_models, referenc
             labels = prepare_labels(B, label, model.num_classes, None, device)
         sd = SDVAR(model, model)
         toks = [t.to(device) for t in tokens]
-        f_hats = sd._f_hats_after([], 0, toks)
+        f_hats = sd.f_hats_after([], 0, toks)
         r = eager_run(model, labels)
         per_stage = []
         with torch.no_grad():
             for si in range(model.num_stages):
                 per_stage.append(guided_logits(r.forward(r.stage_input(si, f_hats)), si, model.num_stages, args["cfg"]).cpu())
-            images.append(fhat_to_unit_images(model, f_hats[-1]).cpu())
+            images.append(model.images_from_f_hat(f_hats[-1]).cpu())
         logits_by_device.append(per_stage)
     for si, (a, b) in enumerate(zip(*logits_by_device)):
         assert (a - b).abs().max() <= GPU_LOGIT_TOL, f"stage {si}"
@@ -144,15 +144,15 @@ def test_cuda_chunked_verify_equals_sequential(cuda_pair, dtype, B):
         for c in range(S):
             for g in range(1, S - c + 1):
                 tokens = [t.cuda() for t in _random_tokens(target, B, seed=10 * c + g)]
-                state = sd._initialize_inference_state(B, labels, g_seed=0, cfg=cfg, gamma=1)
-                f_hats = sd._f_hats_after([], 0, tokens[:c])
+                state = sd.prepare(B, labels, g_seed=0, cfg=cfg, gamma=1)
+                f_hats = sd.f_hats_after([], 0, tokens[:c])
                 if c > 0:
                     state.target.forward(state.target.chunk_input(range(c), f_hats))
                 state = replace(state, tokens=tuple(tokens[:c]), f_hats=tuple(f_hats))
                 proposals = tokens[c : c + g]
                 proposal = DraftProposal(start=c, tokens=proposals, q_probs=[None] * g,
-                                         f_hats=sd._f_hats_after(list(state.f_hats), c, proposals), draft_cache_before=0)
-                verify = sd.target_verify_batch(proposal, state, B)
+                                         f_hats=sd.f_hats_after(list(state.f_hats), c, proposals), draft_cache_before=0)
+                verify = sd.verify(state, proposal)
                 reference = _sequential_logits(target, tokens, verify.stages[-1] + 1, B, cfg, labels)
                 for si, got in zip(verify.stages, verify.logits):
                     diff = (got - reference[si]).abs().max().item()

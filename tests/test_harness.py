@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdvar_lib.decoding.reference import guided_logits
+from sdvar_lib import SDVAR, AcceptanceResult
 from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_bundled
+from sdvar_lib.models.sampling import guided_logits
 from sdvar_lib.sdvar.acceptance import StageVerdict
-from sdvar_lib.sdvar.decoder import SDVAR, AcceptanceResult
 from test_framework import TEST_NAMES, Bound, SDVARParallelV1Tester, TestResult, Tolerances, format_summary, print_summary
 
 
@@ -97,8 +97,8 @@ def test_run_all_tests_passes_in_bfloat16_on_the_fast_path(tiny_pair):
 class WrongPositionSDVAR(SDVAR):
     """The verify chunk uses the level/position embeddings of the next position (a classic offset bug)."""
 
-    def _build_combined_query(self, draft_tokens, state, B):
-        query = super()._build_combined_query(draft_tokens, state, B)
+    def verify_query(self, state, proposal):
+        query = super().verify_query(state, proposal)
         lvl_pos = self.target_model.lvl_pos()
         b, e = query.position, query.position + query.x_2BlC.shape[1]
         shifted = torch.roll(lvl_pos, shifts=-1, dims=1)
@@ -108,8 +108,8 @@ class WrongPositionSDVAR(SDVAR):
 class DoubleFhatSDVAR(SDVAR):
     """Commits a round, then adds the first committed stage's contribution to f_hat a second time."""
 
-    def update_state_with_accepted_tokens(self, state, draft_tokens, acceptance):
-        new = super().update_state_with_accepted_tokens(state, draft_tokens, acceptance)
+    def commit(self, state, proposal, acceptance):
+        new = super().commit(state, proposal, acceptance)
         c, quant = state.c, self.vae.quantize
         extra = quant.stage_contribution(c, quant.idx_to_h(c, acceptance.committed[0]))
         f_hats = list(new.f_hats)
@@ -121,9 +121,9 @@ class DoubleFhatSDVAR(SDVAR):
 class OffByOneSplitSDVAR(SDVAR):
     """Slices every stage after the first one position too early."""
 
-    def _split_logits_by_stage(self, target_logits, draft_tokens, B, state):
+    def split_logits(self, state, proposal, target_logits):
         out, offset = [], 0
-        for si in self._verify_stages(draft_tokens, state):
+        for si in self._verify_stages(state, proposal):
             l = self.patch_nums[si] ** 2
             start = max(offset - 1, 0)
             out.append(guided_logits(target_logits[:, start : start + l], si, self.num_stages, state.sampling.cfg))
@@ -134,9 +134,9 @@ class OffByOneSplitSDVAR(SDVAR):
 class StaleTargetCacheSDVAR(SDVAR):
     """Forgets to roll the target cache back to the committed stages after a rejection."""
 
-    def update_state_with_accepted_tokens(self, state, draft_tokens, acceptance):
+    def commit(self, state, proposal, acceptance):
         length = state.target.cache.length
-        new = super().update_state_with_accepted_tokens(state, draft_tokens, acceptance)
+        new = super().commit(state, proposal, acceptance)
         new.target.cache._length = length  # deliberately broken: keep the rejected stages' inputs
         return new
 
@@ -144,7 +144,7 @@ class StaleTargetCacheSDVAR(SDVAR):
 class AcceptAllSDVAR(SDVAR):
     """Accepts every proposal whatever the target says (lossy)."""
 
-    def basic_token_matching(self, draft_tokens, verify, state):
+    def accept(self, state, draft_tokens, verify):
         verdicts = [
             StageVerdict(accepted_Bl=torch.ones_like(t, dtype=torch.bool),
                          stage_accepted_B=torch.ones(t.shape[0], dtype=torch.bool, device=t.device), tokens_if_last_Bl=t)
@@ -159,7 +159,7 @@ class AcceptAllSDVAR(SDVAR):
 
 
 class RaisingVerifySDVAR(SDVAR):
-    def target_verify_batch(self, draft_tokens, state, B):
+    def verify(self, state, proposal):
         raise RuntimeError("injected verify failure")
 
 
@@ -222,7 +222,7 @@ def test_a_raising_sdvar_fails_with_the_exception_named(tiny_pair, capsys):
 
 # ---- bad input, tolerances, summary --------------------------------------------------------------
 def test_bad_input_is_rejected(sd):
-    with pytest.raises(TypeError, match="needs an sdvar_lib.sdvar.decoder.SDVAR"):
+    with pytest.raises(TypeError, match="needs an sdvar_lib.SDVAR"):
         SDVARParallelV1Tester("not a model")
     with pytest.raises(TypeError, match="tolerances must be a Tolerances"):
         SDVARParallelV1Tester(sd, tolerances=1e-4)

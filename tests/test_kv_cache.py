@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import sdvar_lib.decoding.reference as decoding
-from sdvar_lib.decoding.reference import cfg_labels
+from sdvar_lib import VAR
 from sdvar_lib.models.kv_cache import KVCache, block_causal_mask, stage_ids_for
+from sdvar_lib.models.sampling import cfg_labels
 
 PATCH_NUMS = (1, 2, 3)
 
@@ -118,7 +118,7 @@ def test_no_cache_survives_a_call_even_when_it_raises(tiny_pair, monkeypatch):
     assert _caches_reachable(target) == []
 
     calls = {"n": 0}
-    real_sample_stage = decoding.sample_stage
+    real_sample_stage = VAR.sample_stage
 
     def failing_sample_stage(*args, **kwargs):
         calls["n"] += 1
@@ -126,10 +126,10 @@ def test_no_cache_survives_a_call_even_when_it_raises(tiny_pair, monkeypatch):
             raise RuntimeError("injected failure at stage 2")
         return real_sample_stage(*args, **kwargs)
 
-    monkeypatch.setattr(decoding, "sample_stage", failing_sample_stage)
+    monkeypatch.setattr(VAR, "sample_stage", failing_sample_stage)
     with pytest.raises(RuntimeError, match="injected"):
         target.generate(2, [1, 2], g_seed=5)
-    monkeypatch.setattr(decoding, "sample_stage", real_sample_stage)
+    monkeypatch.setattr(VAR, "sample_stage", real_sample_stage)
     assert _caches_reachable(target) == []
     again = target.generate(2, [1, 2], g_seed=5)
     for a, b in zip(reference.tokens_per_stage, again.tokens_per_stage):
@@ -140,11 +140,11 @@ def test_no_cache_survives_a_call_even_when_it_raises(tiny_pair, monkeypatch):
 def test_reused_cache_is_reset(tiny_pair):
     _, _, target = tiny_pair
     cache = target.new_cache(4)
-    first = decoding.autoregressive_generate(target, 2, [3, 4], g_seed=1, cache=cache)
+    first = target.generate(2, [3, 4], g_seed=1, cache=cache)
     # leave garbage in the cache as an interrupted call would
     cond = target.class_condition(cfg_labels(torch.tensor([0, 0]), target.num_classes))
     target.forward_cached(target.start_input(cond), cond, cache)
-    second = decoding.autoregressive_generate(target, 2, [3, 4], g_seed=1, cache=cache)
+    second = target.generate(2, [3, 4], g_seed=1, cache=cache)
     assert torch.equal(first.images_B3HW, second.images_B3HW)
     with pytest.raises(ValueError, match="cache holds"):
-        decoding.autoregressive_generate(target, 3, 1, g_seed=1, cache=cache)
+        target.generate(3, 1, g_seed=1, cache=cache)

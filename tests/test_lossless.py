@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from sdvar_lib import VAR, VQVAE
-from sdvar_lib.decoding.reference import guided_logits
-from sdvar_lib.models.checkpoints import _sharpen_
-from sdvar_lib.sdvar.decoder import SDVAR, eager_run
+from sdvar_lib import SDVAR, VAR, VQVAE, eager_run
+from sdvar_lib.models.init import sharpen_random_weights_ as _sharpen_
+from sdvar_lib.models.sampling import guided_logits
 
 ALPHA = 5e-4
 LABEL = 1
@@ -78,7 +77,7 @@ def target_probabilities(target: VAR) -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.full((V,), LABEL)
     run = eager_run(target, labels)
     x0_V1 = torch.arange(V).unsqueeze(1)
-    f_hats = sd._f_hats_after([], 0, [x0_V1])
+    f_hats = sd.f_hats_after([], 0, [x0_V1])
     logits = run.forward(run.chunk_input([0, 1], f_hats))
     p0 = guided_logits(logits[:, :1], 0, 2, CFG).softmax(-1)[0, 0]
     p1 = guided_logits(logits[:, 1:], 1, 2, CFG).softmax(-1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib import SDVAR
 from sdvar_lib.viz.plotting import (
     acceptance_heatmaps,
     attention_mask_figure,

@@ -9,9 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sdvar_lib.decoding.reference import guided_logits
-from sdvar_lib.models.checkpoints import build_tiny
-from sdvar_lib.sdvar.decoder import SDVAR, DraftProposal, eager_run
+from sdvar_lib import SDVAR, DraftProposal, build_tiny, eager_run
+from sdvar_lib.models.sampling import guided_logits
 
 S_TINY = 4
 
@@ -23,8 +22,8 @@ def _random_tokens(model, B: int, seed: int) -> list[torch.Tensor]:
 
 def _state_with_prefix(sd: SDVAR, tokens: list[torch.Tensor], c: int, B: int, cfg: float, labels):
     """A state with stages < c committed and the target cache holding their inputs."""
-    state = sd._initialize_inference_state(B, labels, g_seed=0, cfg=cfg, gamma=1)
-    f_hats = sd._f_hats_after([], 0, tokens[:c])
+    state = sd.prepare(B, labels, g_seed=0, cfg=cfg, gamma=1)
+    f_hats = sd.f_hats_after([], 0, tokens[:c])
     if c > 0:
         state.target.forward(state.target.chunk_input(range(c), f_hats))
     return replace(state, tokens=tuple(tokens[:c]), f_hats=tuple(f_hats))
@@ -32,12 +31,12 @@ def _state_with_prefix(sd: SDVAR, tokens: list[torch.Tensor], c: int, B: int, cf
 
 def _sequential_logits(model, tokens: list[torch.Tensor], stop: int, B: int, cfg: float, labels) -> list[torch.Tensor]:
     """Guided logits of stages 0..stop-1 from one cached pass per stage over the given tokens."""
-    from sdvar_lib.decoding.reference import prepare_labels
+    from sdvar_lib.models.sampling import prepare_labels
 
     sd = SDVAR(model, model)
     label_B = prepare_labels(B, labels, model.num_classes, None, model.device)
     run = eager_run(model, label_B)
-    f_hats = sd._f_hats_after([], 0, tokens[: max(stop - 1, 0)])
+    f_hats = sd.f_hats_after([], 0, tokens[: max(stop - 1, 0)])
     out = []
     for si in range(stop):
         logits = run.forward(run.stage_input(si, f_hats))
@@ -57,9 +56,9 @@ def test_chunked_verify_equals_sequential(sd, B, cfg):
             proposals = tokens[c : c + g]
             draft = DraftProposal(
                 start=c, tokens=proposals, q_probs=[None] * g,
-                f_hats=sd._f_hats_after(list(state.f_hats), c, proposals), draft_cache_before=0,
+                f_hats=sd.f_hats_after(list(state.f_hats), c, proposals), draft_cache_before=0,
             )
-            verify = sd.target_verify_batch(draft, state, B)
+            verify = sd.verify(state, draft)
             last = min(c + g, S_TINY - 1)
             assert verify.stages == list(range(c, last + 1))
             reference = _sequential_logits(target, tokens, last + 1, B, cfg, labels)
@@ -75,8 +74,8 @@ def test_combined_query_uses_target_embeddings_and_positions(sd):
     tokens = _random_tokens(target, B, seed=3)
     state = _state_with_prefix(sd, tokens, 1, B, 1.5, [4, 5])
     draft = DraftProposal(start=1, tokens=tokens[1:3], q_probs=[None, None],
-                          f_hats=sd._f_hats_after(list(state.f_hats), 1, tokens[1:3]), draft_cache_before=0)
-    query = sd._build_combined_query(draft, state, B)
+                          f_hats=sd.f_hats_after(list(state.f_hats), 1, tokens[1:3]), draft_cache_before=0)
+    query = sd.verify_query(state, draft)
     assert query.stages == [1, 2, 3]
     assert query.position == target.begin_ends[1][0]
     assert query.x_2BlC.shape == (2 * B, 4 + 9 + 16, target.C)
@@ -87,7 +86,7 @@ def test_combined_query_uses_target_embeddings_and_positions(sd):
     lvl_pos = target.lvl_pos()
     expected_stage2 = target.word_embed(quant.next_input(1, f_hats[1])) + lvl_pos[:, 5:14]
     assert torch.allclose(query.x_2BlC[:B, 4:13], expected_stage2, atol=1e-6)
-    mask = sd._get_attention_mask(state, query)
+    mask = sd.verify_mask(state, query)
     assert mask.shape == (29, 30)
     ids = target.lvl_1L[0]
     assert torch.equal(mask, ids[:30].unsqueeze(0) <= ids[1:30].unsqueeze(1))
@@ -204,7 +203,7 @@ def test_gamma_schedule_with_target_steps(sd):
 def _sequential_cache(model, tokens, n_stages: int, label_B: torch.Tensor):
     """A cache filled by one pass per stage over the inputs of stages < n_stages."""
     run = eager_run(model, label_B)
-    f_hats = SDVAR(model, model)._f_hats_after([], 0, tokens[: max(n_stages - 1, 0)])
+    f_hats = SDVAR(model, model).f_hats_after([], 0, tokens[: max(n_stages - 1, 0)])
     for si in range(n_stages):
         run.forward(run.stage_input(si, f_hats))
     return run.cache
@@ -221,7 +220,7 @@ def _assert_cache_matches(cache, reference, what: str):
 @pytest.mark.parametrize("pair", ["different", "self"])
 def test_caches_after_every_round_equal_sequential(sd, self_sd, gamma, pair):
     model = sd if pair == "different" else self_sd
-    state = model._initialize_inference_state(3, [1, 2, 3], g_seed=2, cfg=1.5, gamma=gamma)
+    state = model.prepare(3, [1, 2, 3], g_seed=2, cfg=1.5, gamma=gamma)
     rounds = 0
     for record in model.iter_rounds(state):
         st = record.state
@@ -234,7 +233,7 @@ def test_caches_after_every_round_equal_sequential(sd, self_sd, gamma, pair):
             assert d in (st.c, st.c - 1)
         ref_d = _sequential_cache(model.draft_model, list(st.tokens), d, st.label_B)
         _assert_cache_matches(st.draft.cache, ref_d, f"draft after round {record.index}")
-        f_ref = model._f_hats_after([], 0, list(st.tokens))
+        f_ref = model.f_hats_after([], 0, list(st.tokens))
         assert all(torch.equal(a, b) for a, b in zip(st.f_hats, f_ref)), "f_hat must be rebuilt from committed tokens"
     assert rounds >= 1
 
@@ -248,7 +247,7 @@ def test_a_call_that_raises_leaves_nothing_behind(tiny_pair):
         pass
 
     calls = {"n": 0}
-    real = SDVAR.basic_token_matching
+    real = SDVAR.accept
 
     def failing(self, *args, **kwargs):
         calls["n"] += 1
@@ -257,7 +256,7 @@ def test_a_call_that_raises_leaves_nothing_behind(tiny_pair):
         return real(self, *args, **kwargs)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(SDVAR, "basic_token_matching", failing)
+    mp.setattr(SDVAR, "accept", failing)
     try:
         with pytest.raises(Boom):
             sd.generate_parallel(2, [4, 5], g_seed=9, gamma=2)
@@ -269,7 +268,7 @@ def test_a_call_that_raises_leaves_nothing_behind(tiny_pair):
 
 
 def test_state_is_not_mutated_by_a_round(sd):
-    state = sd._initialize_inference_state(2, [1, 2], g_seed=0, cfg=1.5, gamma=2)
+    state = sd.prepare(2, [1, 2], g_seed=0, cfg=1.5, gamma=2)
     first = next(sd.iter_rounds(state))
     assert state.tokens == () and state.f_hats == ()
     assert first.state is not state and first.state.c >= 1
@@ -285,12 +284,12 @@ def test_state_is_not_mutated_by_a_round(sd):
         (dict(gamma="fast"), r"gamma must be an int >= 1, 'adaptive'"),
         (dict(gamma=(0, 0)), r"only zeros"),
         (dict(policy="greedy"), r"unknown policy 'greedy'; allowed: exact, top1_match, relaxed"),
-        (dict(policy="top1_match", threshold=0.0), r"threshold must be in \(0, 1\]"),
-        (dict(policy="relaxed", budget=2.0), r"budget .* must be in \[0, 1\]"),
+        (dict(policy="top1_match", threshold=0.0), r"threshold .* must be a finite number in \(0, 1\]"),
+        (dict(policy="relaxed", budget=2.0), r"budget .* must be a finite number in \[0, 1\]"),
         (dict(more_smooth=True), r"more_smooth=True cannot be used with the token-level policy 'exact'"),
         (dict(policy="top1_match", more_smooth=True), r"more_smooth=True cannot be used"),
-        (dict(cfg=-1.0), r"cfg must be >= 0"),
-        (dict(B=0), r"B must be >= 1"),
+        (dict(cfg=-1.0), r"cfg must be a finite number >= 0"),
+        (dict(B=0), r"B must be an int >= 1"),
     ],
 )
 def test_parallel_rejects_bad_input(sd, kwargs, pattern):
@@ -313,7 +312,7 @@ def test_test3_rejects_bad_input(sd, kwargs, pattern):
 
 def test_mismatched_models_are_rejected():
     from sdvar_lib import VAR, VQVAE
-    from sdvar_lib.models.checkpoints import TINY_CONFIG
+    from sdvar_lib.models.presets import TINY_CONFIG
 
     vae, target = build_tiny(0)
     other_vae, other = build_tiny(1)  # same shapes, different codebook

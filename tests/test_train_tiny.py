@@ -9,9 +9,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from sdvar_lib.data.digits import load_digits_split
 from sdvar_lib.eval.metrics import load_bundled_classifier
 from sdvar_lib.models.checkpoints import load_bundled
-from sdvar_lib.tiny.data import load_digits_split
 from sdvar_lib.tiny.train import (
     OptimConfig,
     VAEConfig,

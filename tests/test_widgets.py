@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib import SDVAR
 from sdvar_lib.viz.widgets import POLICY_OPTIONS, RunDescription, describe_stats, make_interactive, run_and_describe
 
 
@@ -48,13 +48,15 @@ def test_describe_stats_has_rounded_numbers_and_no_timings(sd):
     ("kwargs", "error", "pattern"),
     [
         (dict(gamma=0), ValueError, "gamma must be an int >= 1"),
-        (dict(gamma=True), ValueError, "gamma must be an int >= 1"),
-        (dict(cfg=-1.0), ValueError, "cfg must be a number >= 0"),
+        (dict(gamma=True), TypeError, "gamma must be an int >= 1"),
+        (dict(cfg=-1.0), ValueError, "cfg must be a finite number >= 0"),
+        (dict(cfg=float("nan")), ValueError, "cfg must be a finite number >= 0"),
         (dict(policy="greedy"), ValueError, "policy must be one of"),
         (dict(seed=1.5), TypeError, "seed must be an int"),
-        (dict(labels=[]), ValueError, "labels must be a non-empty sequence"),
-        (dict(labels="12"), ValueError, "labels must be a non-empty sequence"),
-        (dict(labels=[1, "2"]), TypeError, "labels must be ints"),
+        (dict(seed=-1), ValueError, r"seed must be an int in \[0, 2\*\*63\)"),
+        (dict(labels=[]), ValueError, "labels must not be empty"),
+        (dict(labels="12"), TypeError, "labels must be a sequence of ints"),
+        (dict(labels=[1, "2"]), TypeError, "every value of labels must be an int"),
     ],
 )
 def test_run_and_describe_rejects_bad_input(sd, kwargs, error, pattern):
@@ -65,7 +67,7 @@ def test_run_and_describe_rejects_bad_input(sd, kwargs, error, pattern):
 
 
 def test_run_and_describe_needs_an_sdvar():
-    with pytest.raises(TypeError, match="sdvar must be an sdvar_lib.sdvar.decoder.SDVAR"):
+    with pytest.raises(TypeError, match="sdvar must be an sdvar_lib.SDVAR"):
         run_and_describe("model")
 
 

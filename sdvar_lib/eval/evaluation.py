@@ -2,8 +2,9 @@
 
     python -m sdvar_lib.evaluate --out outputs/evaluation
 
-Each method (:class:`MethodSpec`: the target alone, the draft alone, SDVAR with a policy and a
-gamma rule, the ``test3`` scale hand-off, the CoDe-style hand-off) generates ``samples_per_seed``
+Each method (a :class:`~sdvar_lib.sdvar.registry.Method` of the decoder registry: the target alone,
+the draft alone, SDVAR with a policy and a gamma rule, the ``test3`` scale hand-off, the CoDe-style
+hand-off) generates ``samples_per_seed``
 digits with balanced labels for every seed, in calls of ``batch_size`` images; call ``i`` of seed
 ``s`` uses ``g_seed = SEED_STRIDE * s + i`` (the same streams for every method). Per method,
 :func:`evaluate_methods` reports
@@ -20,7 +21,7 @@ digits with balanced labels for every seed, in calls of ``batch_size`` images; c
 Batch size matters for SDVAR: a stage is committed from the proposals only if every sample of the
 call accepts it, so stage acceptance (and with it the passes saved) drops as the batch grows.
 
-:func:`default_methods` is the list of issue 5; :class:`EvaluationReport` holds the results with
+:func:`default_methods` is the stored evaluation's list; :class:`EvaluationReport` holds the results with
 the settings and the machine, is written as ``evaluation.json`` and rendered as a Markdown table.
 """
 
@@ -30,7 +31,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shlex
 import sys
 import time
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from sdvar_lib.decoding.sampling import SamplingConfig
+from sdvar_lib.data.digits import load_digits_split, to_unit_range
 from sdvar_lib.eval.metrics import (
     DigitClassifier,
     SeedQuality,
@@ -48,24 +48,26 @@ from sdvar_lib.eval.metrics import (
     balanced_labels,
     class_consistency,
     feature_frechet_distance,
+    load_bundled_classifier,
     summarize_over_seeds,
 )
-from sdvar_lib.models.checkpoints import ModelPair
-from sdvar_lib.sdvar.acceptance import AcceptancePolicy, ExactPolicy, RelaxedPolicy, Top1MatchPolicy
-from sdvar_lib.sdvar.decoder import SDVAR, SDVAROutput
-from sdvar_lib.sdvar.gamma import GammaRule, make_gamma_rule
+from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_bundled
+from sdvar_lib.models.presets import ModelPair
+from sdvar_lib.models.sampling import SamplingConfig
+from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib.sdvar.registry import DECODERS, EVALUATION_METHODS, Method, get_method, methods_for
+from sdvar_lib.util.atomic import atomic_folder, atomic_write_text, check_output_folder
 from sdvar_lib.util.checks import check_int
+from sdvar_lib.util.machine import MachineInfo
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "METHOD_KINDS",
     "SEED_STRIDE",
-    "MethodSpec",
     "default_methods",
     "select_methods",
     "MethodResult",
-    "MachineInfo",
     "EvaluationReport",
     "ci_overlap",
     "real_reference_images",
@@ -77,130 +79,22 @@ __all__ = [
     "main",
 ]
 
-METHOD_KINDS = ("target", "draft", "sdvar", "test3", "code_handoff")
+METHOD_KINDS = tuple(DECODERS)
 SEED_STRIDE = 100_000
 """Call ``i`` of seed ``s`` uses ``g_seed = SEED_STRIDE * s + i`` (so at most this many calls per seed)."""
 
 
 # ---- methods ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MethodSpec:
-    """One row of the table: a name and how to call the decoder.
-
-    - ``kind="target"`` / ``"draft"``: :meth:`SDVAR.baseline` / :meth:`SDVAR.draft_alone`;
-    - ``kind="sdvar"``: :meth:`SDVAR.generate_parallel` with ``gamma`` (an int >= 1, ``"adaptive"``
-      or a :class:`~sdvar_lib.sdvar.gamma.GammaRule`) and ``policy``;
-    - ``kind="test3"``: :meth:`SDVAR.generate_test3` with ``entry_num`` (draft first) and ``sd_mask=0``;
-    - ``kind="code_handoff"``: :meth:`SDVAR.code_handoff` with ``entry_num`` (target first).
-    """
-
-    name: str
-    kind: str
-    gamma: int | str | GammaRule | None = None
-    policy: AcceptancePolicy | None = None
-    entry_num: int | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(f"a method needs a non-empty name, got {self.name!r}")
-        if self.kind not in METHOD_KINDS:
-            raise ValueError(f"method kind must be one of {METHOD_KINDS}, got {self.kind!r}")
-        if self.kind == "sdvar":
-            if self.gamma is None or self.policy is None:
-                raise ValueError(f"SDVAR method {self.name!r} needs a gamma and a policy")
-            make_gamma_rule(self.gamma)  # raises ValueError for a bad gamma
-            if not isinstance(self.policy, AcceptancePolicy):
-                raise ValueError(f"policy of {self.name!r} must be an AcceptancePolicy, got {type(self.policy).__name__}")
-        elif self.gamma is not None or self.policy is not None:
-            raise ValueError(f"method {self.name!r} of kind {self.kind!r} takes no gamma or policy")
-        if self.kind in ("test3", "code_handoff"):
-            e = self.entry_num
-            if isinstance(e, bool) or not isinstance(e, int) or e < 0:
-                raise ValueError(f"{self.kind} method {self.name!r} needs an int entry_num >= 0, got {e!r}")
-        elif self.entry_num is not None:
-            raise ValueError(f"method {self.name!r} of kind {self.kind!r} takes no entry_num")
-
-    @property
-    def lossless(self) -> bool:
-        """Whether the method's output distribution is the target's."""
-        if self.kind == "target":
-            return True
-        if self.kind == "sdvar":
-            return bool(self.policy.lossless)
-        return False
-
-    @property
-    def uses_draft_proposals(self) -> bool:
-        return self.kind == "sdvar"
-
-    def describe(self) -> str:
-        if self.kind == "target":
-            return "target alone"
-        if self.kind == "draft":
-            return "draft alone"
-        if self.kind == "sdvar":
-            return f"SDVAR {self.policy.describe()}, gamma {make_gamma_rule(self.gamma).describe()}"
-        if self.kind == "test3":
-            return f"test3 (draft stages < {self.entry_num}, then target)"
-        return f"CoDe hand-off (target stages < {self.entry_num}, then draft)"
-
-    def check_for(self, num_stages: int) -> None:
-        """Raise ``ValueError`` if the method cannot run on a pair with ``num_stages`` stages."""
-        if self.entry_num is not None and self.entry_num > num_stages:
-            raise ValueError(f"method {self.name!r}: entry_num {self.entry_num} exceeds the {num_stages} stages of the pair")
-
-    def run(self, sd: SDVAR, label_B: torch.Tensor, g_seed: int, sampling: SamplingConfig) -> SDVAROutput:
-        """One call: ``label_B.numel()`` images."""
-        B = int(label_B.numel())
-        kw = dict(g_seed=g_seed, cfg=sampling.cfg, top_k=sampling.top_k, top_p=sampling.top_p)
-        if self.kind == "target":
-            return sd.baseline(B, label_B, **kw)
-        if self.kind == "draft":
-            return sd.draft_alone(B, label_B, **kw)
-        if self.kind == "sdvar":
-            return sd.generate_parallel(B, label_B, gamma=self.gamma, policy=self.policy, **kw)
-        if self.kind == "test3":
-            return sd.generate_test3(B, label_B, entry_num=self.entry_num, sd_mask=0, **kw)
-        return sd.code_handoff(B, label_B, entry_num=self.entry_num, **kw)
-
-
-def default_methods(
-    num_stages: int = 7,
-    gammas: Sequence[int] = (1, 2, 3, 4),
-    lossy_gamma: int = 2,
-    top1_thresholds: Sequence[float] = (0.5, 0.9),
-    relaxed_budgets: Sequence[float] = (0.05, 0.1, 0.3),
-    test3_entries: Sequence[int] = (2, 3, 4, 5),
-    code_entries: Sequence[int] = (3, 5),
-) -> list[MethodSpec]:
-    """The methods of issue 5: target, draft, exact SDVAR (each gamma and adaptive), top1_match and
-    relaxed (at ``lossy_gamma``), test3 and the CoDe hand-off at each entry.
-
-    Hand-off entries outside ``1 .. num_stages - 1`` (which would be the draft or the target alone)
-    are left out, so the list also fits pairs with fewer stages (e.g. the 4-stage tiny random pair).
-    """
+def default_methods(num_stages: int = 7) -> list[Method]:
+    """The stored evaluation's methods (:data:`~sdvar_lib.sdvar.registry.EVALUATION_METHODS`) that fit
+    ``num_stages``: target, draft, exact SDVAR (gamma 1-4 and adaptive), top1_match and relaxed at gamma 2,
+    test3 and the CoDe hand-off at each entry (entries outside ``1 .. num_stages - 1`` are left out)."""
     check_int(num_stages, "num_stages", 2)
-    methods = [MethodSpec("target", "target"), MethodSpec("draft", "draft")]
-    methods += [MethodSpec(f"exact_g{g}", "sdvar", gamma=g, policy=ExactPolicy()) for g in gammas]
-    methods.append(MethodSpec("exact_adaptive", "sdvar", gamma="adaptive", policy=ExactPolicy()))
-    methods += [
-        MethodSpec(f"top1_{t:g}_g{lossy_gamma}", "sdvar", gamma=lossy_gamma, policy=Top1MatchPolicy(threshold=t))
-        for t in top1_thresholds
-    ]
-    methods += [
-        MethodSpec(f"relaxed_{b:g}_g{lossy_gamma}", "sdvar", gamma=lossy_gamma, policy=RelaxedPolicy(budget=b))
-        for b in relaxed_budgets
-    ]
-    for kind, prefix, entries in (("test3", "test3_e", test3_entries), ("code_handoff", "code_e", code_entries)):
-        for e in entries:
-            if 1 <= e < num_stages:
-                methods.append(MethodSpec(f"{prefix}{e}", kind, entry_num=e))
-            else:
-                log.debug("%s entry_num %d left out: outside 1..%d", kind, e, num_stages - 1)
-    return methods
+    fits = {m.name for m in methods_for(num_stages)}
+    return [get_method(n) for n in EVALUATION_METHODS if n in fits]
 
 
-def select_methods(methods: Sequence[MethodSpec], names: Sequence[str]) -> list[MethodSpec]:
+def select_methods(methods: Sequence[Method], names: Sequence[str]) -> list[Method]:
     """The methods called ``names``, in that order; an unknown or repeated name raises ``ValueError``."""
     by_name = {m.name: m for m in methods}
     unknown = [n for n in names if n not in by_name]
@@ -254,38 +148,6 @@ class MethodResult:
             d[key] = SeedSummary(**d[key])
         d["per_seed"] = [SeedQuality(**q) for q in d["per_seed"]]
         return cls(**d)
-
-
-@dataclass
-class MachineInfo:
-    """Where the evaluation ran."""
-
-    device: str
-    cpu: str
-    torch_threads: int
-    torch_version: str
-    python_version: str
-    platform: str
-
-    @classmethod
-    def current(cls, device: torch.device | str) -> MachineInfo:
-        device = torch.device(device)
-        if device.type == "cuda":
-            cpu_or_gpu = torch.cuda.get_device_name(device)
-        else:
-            cpu_or_gpu = platform.processor() or platform.machine()
-            try:
-                for line in Path("/proc/cpuinfo").read_text().splitlines():
-                    if line.startswith("model name"):
-                        cpu_or_gpu = line.split(":", 1)[1].strip()
-                        break
-            except OSError:
-                pass
-            cpu_or_gpu = f"{cpu_or_gpu}, {os.cpu_count()} cores"
-        return cls(
-            device=device.type, cpu=cpu_or_gpu, torch_threads=torch.get_num_threads(), torch_version=torch.__version__,
-            python_version=platform.python_version(), platform=platform.platform(),
-        )
 
 
 def ci_overlap(a: SeedSummary, b: SeedSummary) -> bool:
@@ -391,11 +253,12 @@ class EvaluationReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n"
+
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n")
-        return path
+        """Write ``evaluation.json`` atomically (the old file or the new one, never a truncated one)."""
+        return atomic_write_text(path, self.to_json())
 
     @classmethod
     def from_dict(cls, d: dict) -> EvaluationReport:
@@ -415,8 +278,6 @@ BUNDLED_REPORT_NAME = "evaluation.json"
 
 def bundled_report_path() -> Path:
     """Where the stored evaluation of the bundled pair lives (inside the package, next to its weights)."""
-    from sdvar_lib.models.checkpoints import BUNDLED_DIR
-
     return BUNDLED_DIR / BUNDLED_REPORT_NAME
 
 
@@ -435,8 +296,6 @@ def load_bundled_report() -> EvaluationReport:
 # ---- evaluation ---------------------------------------------------------------------------------------
 def real_reference_images() -> tuple[torch.Tensor, str]:
     """The held-out real digits in ``[0, 1]`` (the reference of the bundled pair's Fréchet distance)."""
-    from sdvar_lib.tiny.data import load_digits_split, to_unit_range
-
     heldout = load_digits_split().heldout_img_B3HW
     return to_unit_range(heldout), f"the {heldout.shape[0]} held-out real digits (classifier features)"
 
@@ -448,7 +307,7 @@ def _ratios(num: Sequence[int], den: Sequence[int]) -> list[float | None]:
 @torch.no_grad()
 def _evaluate_one(
     sd: SDVAR,
-    spec: MethodSpec,
+    spec: Method,
     seeds: Sequence[int],
     samples_per_seed: int,
     batch_size: int,
@@ -468,7 +327,8 @@ def _evaluate_one(
     for seed in seeds:
         images, t_passes, d_passes = [], 0, 0
         for i, start in enumerate(range(0, samples_per_seed, batch_size)):
-            out = spec.run(sd, labels_N[start : start + batch_size].to(device), SEED_STRIDE * seed + i, sampling)
+            labels = labels_N[start : start + batch_size].to(device)
+            out = spec.run(sd, len(labels), labels, SEED_STRIDE * seed + i, sampling)
             st = out.stats
             images.append(out.images_B3HW.float().cpu())
             t_passes += st.target_passes
@@ -490,7 +350,7 @@ def _evaluate_one(
         per_seed.append(SeedQuality(seed=int(seed), class_consistency=cc, frechet_distance=fd))
         log.debug("%s seed %d: target passes/call %.3f, cc %.4f, FD %.3f", spec.name, seed, target_per_seed[-1], cc, fd)
     result = MethodResult(
-        name=spec.name, description=spec.describe(), kind=spec.kind, lossless=spec.lossless, batch_size=batch_size,
+        name=spec.name, description=spec.describe(), kind=spec.decoder, lossless=spec.lossless, batch_size=batch_size,
         seeds=[int(s) for s in seeds], samples_per_seed=samples_per_seed, num_calls=num_calls,
         target_passes_per_call=summarize_over_seeds(target_per_seed),
         draft_passes_per_call=summarize_over_seeds(draft_per_seed),
@@ -512,7 +372,7 @@ def _evaluate_one(
 
 def evaluate_methods(
     pair: ModelPair,
-    methods: Sequence[MethodSpec],
+    methods: Sequence[Method],
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     samples_per_seed: int = 100,
     batch_size: int = 1,
@@ -531,8 +391,8 @@ def evaluate_methods(
     """
     if not methods:
         raise ValueError("need at least one method")
-    if not all(isinstance(m, MethodSpec) for m in methods):
-        raise ValueError("methods must be MethodSpec instances")
+    if not all(isinstance(m, Method) for m in methods):
+        raise TypeError("methods must be sdvar_lib.Method instances (see sdvar_lib.get_method)")
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"method names repeat: {names}")
@@ -554,8 +414,6 @@ def evaluate_methods(
     for m in methods:
         m.check_for(sd.num_stages)
     if classifier is None:
-        from sdvar_lib.eval.metrics import load_bundled_classifier
-
         classifier = load_bundled_classifier(device=sd.target_model.device)
     if real_img_B3HW is None:
         real_img_B3HW, _ = real_reference_images()
@@ -617,10 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s",
                         stream=sys.stderr)
-    from sdvar_lib.eval.metrics import load_bundled_classifier
-    from sdvar_lib.models.checkpoints import load_bundled
-
     torch.set_num_threads(check_int(args.threads, "--threads", 1))
+    check_output_folder(args.out)
     t0 = time.perf_counter()
     pair = load_bundled(device=args.device, folder=args.bundle_dir)
     all_methods = default_methods(pair.target.num_stages)
@@ -646,9 +502,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         command="python -m sdvar_lib.evaluate " + shlex.join(argv_list), wall_time_s=time.perf_counter() - t0,
     )
     out = Path(args.out)
-    report.save(out / "evaluation.json")
     table = report.markdown()
-    (out / "evaluation.md").write_text(table + "\n")
+    with atomic_folder(out, "python -m sdvar_lib.evaluate") as tmp:
+        report.save(tmp / "evaluation.json")
+        (tmp / "evaluation.md").write_text(table + "\n")
     print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.md'} ({report.wall_time_s:.0f} s)")
     print(table)
     return 0

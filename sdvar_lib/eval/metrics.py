@@ -2,7 +2,7 @@
 
 - :class:`DigitClassifier`: a small CNN on 16x16 RGB digits **in [0, 1]** (the range of
   ``VAR.generate(...).images_B3HW``; data in ``[-1, 1]`` goes through
-  :func:`sdvar_lib.tiny.data.to_unit_range` first). Its 64-d penultimate features (after ReLU) feed the
+  :func:`sdvar_lib.data.digits.to_unit_range` first). Its 64-d penultimate features (after ReLU) feed the
   Fréchet distance. It is trained by :mod:`sdvar_lib.tiny.train` on the project's train split and
   bundled as ``classifier.pth`` (config under ``"classifier"`` in ``config.json``);
   :func:`load_bundled_classifier` loads it.
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_checkpoint_file, load_state_dict_checked
 from sdvar_lib.util.checks import check_int
 
 log = logging.getLogger(__name__)
@@ -113,17 +114,9 @@ class DigitClassifier(nn.Module):
         return self.head(self.dropout(self.features(img_B3HW)))
 
 
-def _bundled_dir() -> Path:
-    from sdvar_lib.models.checkpoints import BUNDLED_DIR
-
-    return BUNDLED_DIR
-
-
 def load_bundled_classifier(device: torch.device | str = "cpu", folder: str | os.PathLike | None = None) -> DigitClassifier:
     """The bundled digit classifier (``classifier.pth``, weights-only) in eval mode on ``device``."""
-    from sdvar_lib.models.checkpoints import load_checkpoint_file, load_state_dict_checked
-
-    folder = Path(folder) if folder is not None else _bundled_dir()
+    folder = Path(folder) if folder is not None else BUNDLED_DIR
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing; retrain with `python -m sdvar_lib.train_tiny`")

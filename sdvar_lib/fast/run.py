@@ -12,14 +12,13 @@ objects that are kept between calls, one per ``(model, batch size)``:
   verify chunks, the hand-off prefills) is one key ``(position, length)``. On first use the pass
   is captured into a CUDA graph (after an eager warm-up on a side stream) and replayed on every
   later use; its float32 logits land in a static output buffer;
-- the pass itself (:meth:`FastRun._fused_step`) computes every block's AdaLN modulations once per
-  call (they depend only on the class condition) in a per-call prologue (a graph too), and runs
-  each block with 18 kernels instead of the eager path's 35 (LayerNorm + modulation as one
-  ``addcmul``, the q/k normalisation written straight into the cache, fused residuals);
+- the pass itself (:class:`sdvar_lib.fast.fused.FusedPass`) computes every block's AdaLN
+  modulations once per call (they depend only on the class condition) in a per-call prologue (a
+  graph too), and runs each block with 18 kernels instead of the eager path's 35;
   ``FastConfig(fused=False)`` runs :meth:`sdvar_lib.models.var.VAR.forward_cached` instead.
 
-:class:`GraphedDecode` replays the VQVAE decode of a batch size as one CUDA graph (an explicit
-opt-in, since it overrides ``vae.fhat_to_img`` inside a ``with`` block).
+Graphs are captured by :func:`sdvar_lib.fast.graphs.capture_graph`; the graphed VQVAE decode is
+:class:`sdvar_lib.fast.graphs.GraphedDecode`.
 
 With ``FastConfig(use_cuda_graphs=False)`` the very same code path (static buffers, per-key
 programs, length bookkeeping) runs eagerly instead of replaying graphs; that is what the CPU tests
@@ -39,22 +38,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from sdvar_lib.decoding.reference import cfg_labels
+from sdvar_lib.fast.fused import FusedPass
+from sdvar_lib.fast.graphs import CapturedGraph, capture_graph
 from sdvar_lib.models.kv_cache import KVCache
+from sdvar_lib.models.sampling import cfg_labels
 from sdvar_lib.models.var import VAR
-from sdvar_lib.models.vqvae import VQVAE
-from sdvar_lib.sdvar.decoder import SDVAR, ModelRun
-from sdvar_lib.util.checks import check_int
+from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib.sdvar.run import ModelRun
+from sdvar_lib.util.checks import check_bool, check_int
 
 log = logging.getLogger(__name__)
-
-_MAX_SCALE_MUL = float(torch.log(torch.tensor(100)))
 
 __all__ = [
     "FastConfig",
@@ -64,9 +62,7 @@ __all__ = [
     "FastRun",
     "FastRunFactory",
     "make_fast_sdvar",
-    "GraphedDecode",
     "chunk_span",
-    "stage_chunks",
 ]
 
 
@@ -79,7 +75,7 @@ class FastConfig:
     otherwise; ``True`` requires CUDA. ``capture_warmup``: eager passes on a side stream before a
     capture (lazy CUDA/cuBLAS initialisation stays out of the graph). ``fallback_to_eager``: a
     chunk whose capture fails runs eagerly (with a warning) instead of raising. ``fused``: the
-    pass of :meth:`FastRun._fused_step` (AdaLN modulations computed once per call, fewer and fused
+    pass of :class:`~sdvar_lib.fast.fused.FusedPass` (AdaLN modulations computed once per call, fewer and fused
     kernels per block); ``False`` runs :meth:`sdvar_lib.models.var.VAR.forward_cached` itself.
     """
 
@@ -91,8 +87,8 @@ class FastConfig:
     def __post_init__(self) -> None:
         if self.use_cuda_graphs is not None and not isinstance(self.use_cuda_graphs, bool):
             raise TypeError(f"use_cuda_graphs must be True, False or None (auto), got {self.use_cuda_graphs!r}")
-        if not isinstance(self.fused, bool):
-            raise TypeError(f"fused must be a bool, got {self.fused!r}")
+        check_bool(self.fused, "fused")
+        check_bool(self.fallback_to_eager, "fallback_to_eager")
         check_int(self.capture_warmup, "capture_warmup", 0)
 
 
@@ -124,8 +120,7 @@ class StaticKVCache(KVCache):
     """
 
     def set_length(self, length: int) -> None:
-        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self.max_length:
-            raise ValueError(f"cache length must be an int in [0, {self.max_length}], got {length!r}")
+        check_int(length, "cache length", 0, self.max_length)
         self._length = length
         self._pending = 0
 
@@ -139,14 +134,6 @@ def chunk_span(model: VAR, start_stage: int, num_stages: int) -> tuple[int, int]
     position = model.begin_ends[start_stage][0]
     end = model.begin_ends[start_stage + num_stages - 1][1]
     return position, end - position
-
-
-def stage_chunks(num_stages: int, max_chunk_stages: int, start_stages: Iterable[int] | None = None) -> list[tuple[int, int]]:
-    """Every ``(start stage, number of stages)`` chunk with at most ``max_chunk_stages`` stages."""
-    if max_chunk_stages < 1:
-        raise ValueError(f"max_chunk_stages must be >= 1, got {max_chunk_stages}")
-    starts = range(num_stages) if start_stages is None else start_stages
-    return [(s, n) for s in starts for n in range(1, min(max_chunk_stages, num_stages - s) + 1)]
 
 
 @contextlib.contextmanager
@@ -172,14 +159,7 @@ class _EagerProgram:
         self._step()
 
 
-class _GraphProgram:
-    graphed = True
-
-    def __init__(self, graph: torch.cuda.CUDAGraph) -> None:
-        self._graph = graph
-
-    def run(self) -> None:
-        self._graph.replay()
+_Program = _EagerProgram | CapturedGraph
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -217,24 +197,17 @@ class FastRun(ModelRun):
         self.fingerprint = _fingerprint(model)
         self.pass_log: list[PassRecord] = []
         self.counters = FastRunCounters()
-        self._programs: dict[tuple[int, int], _EagerProgram | _GraphProgram] = {}
+        self._programs: dict[tuple[int, int], _Program] = {}
         self._capacity = 0
         self._x_flat = torch.empty(0, dtype=dtype, device=device)
         self._out_flat = torch.empty(0, dtype=torch.float32, device=device)
         self._pool = None
         self._ensure_capacity(max(pn * pn for pn in model.patch_nums))
-        self.fused = config.fused and not model.blocks[0].shared_aln
+        self.fused = config.fused and FusedPass.supports(model)
         self._stage_of_position = [int(s) for s in model.lvl_1L[0].tolist()]
         self._masks: dict[tuple[int, int], torch.Tensor | None] = {}
-        self._prologue_program: _EagerProgram | _GraphProgram | None = None
-        if self.fused:
-            C, H, depth = model.C, model.num_heads, model.depth
-            self._ada_N2B6C = torch.zeros(depth, rows, 6, C, dtype=dtype, device=device)
-            self._qkv_bias_N3C = torch.zeros(depth, 3 * C, dtype=dtype, device=device)
-            self._qk_factor_N2H1 = torch.ones(depth, 2, H, 1, dtype=torch.float32, device=device)
-            self._head_ss_2B2C = torch.zeros(rows, 2, C, dtype=torch.float32, device=device)
-            self._head_w32 = torch.zeros(model.V, C, dtype=torch.float32, device=device)
-            self._head_b32 = torch.zeros(model.V, dtype=torch.float32, device=device)
+        self._prologue_program: _Program | None = None
+        self._fused = FusedPass(model, rows, dtype, device) if self.fused else None
 
     __hash__ = object.__hash__
     __eq__ = object.__eq__
@@ -367,8 +340,8 @@ class FastRun(ModelRun):
     def _step(self, position: int, l: int) -> None:
         """The pass a program runs: static input and per-call constants in, float32 logits to the static output."""
         with _autocast_off(self._x_flat.device.type):
-            if self.fused:
-                self._fused_step(position, l)
+            if self._fused is not None:
+                self._fused.step(self._x_view(l), self.cache, position, self._mask(position, l), self._out_view(l))
             else:
                 self.cache.set_length(position)
                 logits = self.model.forward_cached(self._x_view(l), self.cond_2BD, self.cache)
@@ -376,33 +349,15 @@ class FastRun(ModelRun):
         self.cache.set_length(position)
 
     def _prologue(self) -> None:
-        """Per-call constants of the fused pass: every block's AdaLN modulations (``1 + scale`` folded in),
-        the head's, the qkv biases, the q/k scales and float32 head weights."""
-        model, rows, C = self.model, 2 * self.batch_size, self.model.C
         with _autocast_off(self.cond_2BD.device.type):
-            act_2BD = torch.nn.functional.silu(self.cond_2BD)
-            for i, block in enumerate(model.blocks):
-                lin = block.ada_lin[1]
-                torch.addmm(lin.bias, act_2BD, lin.weight.t(), out=self._ada_N2B6C[i].view(rows, 6 * C))
-            self._ada_N2B6C[:, :, 2:4].add_(1)
-            head_lin = model.head_nm.ada_lin[1]
-            torch.addmm(head_lin.bias.float(), torch.nn.functional.silu(self.cond_2BD.float()), head_lin.weight.float().t(),
-                        out=self._head_ss_2B2C.view(rows, 2 * C))
-            self._head_ss_2B2C[:, 0].add_(1)
-            self._head_w32.copy_(model.head.weight)
-            self._head_b32.copy_(model.head.bias)
-            self._qkv_bias_N3C[:, :C].copy_(torch.stack([b.attn.q_bias for b in model.blocks]))
-            self._qkv_bias_N3C[:, 2 * C :].copy_(torch.stack([b.attn.v_bias for b in model.blocks]))
-            if model.blocks[0].attn.attn_l2_norm:
-                scale_mul = torch.stack([b.attn.scale_mul_1H11.reshape(-1) for b in model.blocks]).float()
-                self._qk_factor_N2H1[:, 0, :, 0].copy_(scale_mul.clamp_max(_MAX_SCALE_MUL).exp())
+            self._fused.prologue(self.cond_2BD)
 
     def _run_prologue(self) -> None:
         if self._prologue_program is None:
-            program: _EagerProgram | _GraphProgram = _EagerProgram(self._prologue)
+            program: _Program = _EagerProgram(self._prologue)
             if self.use_cuda_graphs:
                 try:
-                    program = self._capture_graph(self._prologue, pool=None)
+                    program = self._capture(self._prologue, pool=None)
                 except Exception as exc:
                     self.counters.capture_failures += 1
                     if not self.config.fallback_to_eager:
@@ -430,53 +385,13 @@ class FastRun(ModelRun):
             self._masks[key] = mask
         return self._masks[key]
 
-    def _fused_step(self, position: int, l: int) -> None:
-        """One transformer pass with the per-call AdaLN constants: per block two LayerNorms, four matrix
-        products, one attention, the q/k normalisation written straight into the cache, fused residuals."""
-        model, cache = self.model, self.cache
-        rows, C, H = 2 * self.batch_size, model.C, model.num_heads
-        c, end = C // H, position + l
-        F = torch.nn.functional
-        mask = self._mask(position, l)
-        x = self._x_view(l)
-        for i, block in enumerate(model.blocks):
-            attn, ffn, eps = block.attn, block.ffn, block.ln_wo_grad.eps
-            ada = self._ada_N2B6C[i]
-            g1, g2, s1, s2, sh1, sh2 = (ada[:, k : k + 1] for k in range(6))
-            h = torch.addcmul(sh1, F.layer_norm(x, (C,), eps=eps), s1)
-            qkv = F.linear(h, attn.mat_qkv.weight, self._qkv_bias_N3C[i]).view(rows, l, 3, H, c)
-            k_dst = cache.k_NBHLc[i, :, :, position:end].transpose(1, 2)
-            v_dst = cache.v_NBHLc[i, :, :, position:end].transpose(1, 2)
-            if attn.attn_l2_norm:
-                norm = torch.linalg.vector_norm(qkv[:, :, :2], dim=-1, keepdim=True, dtype=torch.float32)
-                inv = self._qk_factor_N2H1[i] / norm.clamp_min(1e-12)
-                q = torch.empty((rows, l, H, c), dtype=self.dtype, device=x.device)
-                torch.mul(qkv[:, :, 0], inv[:, :, 0], out=q)
-                torch.mul(qkv[:, :, 1], inv[:, :, 1], out=k_dst)
-            else:
-                q = qkv[:, :, 0]
-                k_dst.copy_(qkv[:, :, 1])
-            v_dst.copy_(qkv[:, :, 2])
-            o = F.scaled_dot_product_attention(
-                q.transpose(1, 2), cache.k_NBHLc[i, :, :, :end], cache.v_NBHLc[i, :, :, :end], attn_mask=mask,
-                scale=attn.scale,
-            )
-            o = F.linear(o.transpose(1, 2).reshape(rows, l, C), attn.proj.weight, attn.proj.bias)
-            x = torch.addcmul(x, o, g1)
-            h = torch.addcmul(sh2, F.layer_norm(x, (C,), eps=eps), s2)
-            h = F.linear(F.gelu(F.linear(h, ffn.fc1.weight, ffn.fc1.bias), approximate="tanh"), ffn.fc2.weight, ffn.fc2.bias)
-            x = torch.addcmul(x, h, g2)
-        hs = self._head_ss_2B2C
-        h = torch.addcmul(hs[:, 1:2], F.layer_norm(x.float(), (C,), eps=model.head_nm.ln_wo_grad.eps), hs[:, 0:1])
-        torch.addmm(self._head_b32, h.view(rows * l, C), self._head_w32.t(), out=self._out_view(l).view(rows * l, model.V))
-
-    def _count(self, program: _EagerProgram | _GraphProgram) -> None:
+    def _count(self, program: _Program) -> None:
         if program.graphed:
             self.counters.replays += 1
         else:
             self.counters.eager_passes += 1
 
-    def _program(self, position: int, l: int) -> _EagerProgram | _GraphProgram:
+    def _program(self, position: int, l: int) -> _Program:
         key = (position, l)
         program = self._programs.get(key)
         if program is not None:
@@ -493,7 +408,7 @@ class FastRun(ModelRun):
             try:
                 if self._pool is None:
                     self._pool = torch.cuda.graph_pool_handle()
-                program = self._capture_graph(step, pool=self._pool)
+                program = self._capture(step, pool=self._pool)
                 log.debug("captured VAR d%d batch %d chunk at %d of %d tokens", self.model.depth, self.batch_size,
                           position, l)
             except Exception as exc:  # a capture that fails must not take the whole call down
@@ -506,23 +421,11 @@ class FastRun(ModelRun):
         self._programs[key] = program
         return program
 
-    def _capture_graph(self, fn: Callable[[], None], pool) -> _GraphProgram:
-        """Warm ``fn`` up on a side stream, then capture it (it does not run: replay it to compute)."""
-        device = self.model.device
-        t0 = time.perf_counter()
-        current = torch.cuda.current_stream(device)
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side):
-            for _ in range(self.config.capture_warmup):
-                fn()
-        current.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            fn()
+    def _capture(self, fn: Callable[[], None], pool) -> CapturedGraph:
+        captured = capture_graph(fn, self.model.device, self.config.capture_warmup, pool=pool)
         self.counters.captures += 1
-        self.counters.capture_time_s += time.perf_counter() - t0
-        return _GraphProgram(graph)
+        self.counters.capture_time_s += captured.capture_s
+        return captured
 
 
 # ---- the factory --------------------------------------------------------------------------------
@@ -598,74 +501,6 @@ class FastRunFactory:
         self._claimed = [r for r in self._claimed if model is not None and r.model is not model]
         if model is None:
             self._call_labels = None
-
-
-@dataclass
-class _DecodeGraph:
-    graph: torch.cuda.CUDAGraph
-    f_hat_BChw: torch.Tensor
-    img_B3HW: torch.Tensor
-
-
-class GraphedDecode:
-    """The VQVAE decode (``fhat_to_img``) replayed as one CUDA graph per input shape and autocast state.
-
-    The decode is hundreds of small kernels; at batch 1 launching them costs more than running
-    them. ``with GraphedDecode(vae).installed():`` routes ``vae.fhat_to_img`` (what every decoder
-    calls last) through the graphs and restores the method on exit; CPU tensors go the eager way.
-    Images are returned as fresh tensors (the graph's output buffer is reused).
-    """
-
-    def __init__(self, vae: VQVAE, capture_warmup: int = 1) -> None:
-        if not isinstance(vae, VQVAE):
-            raise TypeError(f"GraphedDecode needs an sdvar_lib.VQVAE, got {type(vae).__name__}")
-        self.vae = vae
-        self.capture_warmup = capture_warmup
-        self._graphs: dict[tuple, _DecodeGraph] = {}
-
-    def _eager(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
-        return VQVAE.fhat_to_img(self.vae, f_hat_BChw)
-
-    @torch.no_grad()
-    def __call__(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
-        if not f_hat_BChw.is_cuda:
-            return self._eager(f_hat_BChw)
-        autocast = torch.is_autocast_enabled("cuda")
-        key = (tuple(f_hat_BChw.shape), f_hat_BChw.dtype, f_hat_BChw.device, autocast,
-               torch.get_autocast_dtype("cuda") if autocast else None)
-        entry = self._graphs.get(key)
-        if entry is None:
-            entry = self._capture(f_hat_BChw)
-            self._graphs[key] = entry
-        entry.f_hat_BChw.copy_(f_hat_BChw)
-        entry.graph.replay()
-        return entry.img_B3HW.clone()
-
-    def _capture(self, f_hat_BChw: torch.Tensor) -> _DecodeGraph:
-        static_in = f_hat_BChw.clone()
-        current = torch.cuda.current_stream(f_hat_BChw.device)
-        side = torch.cuda.Stream(device=f_hat_BChw.device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side):
-            for _ in range(self.capture_warmup):
-                self._eager(static_in)
-        current.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self._eager(static_in)
-        log.debug("captured the VQVAE decode for input %s", tuple(f_hat_BChw.shape))
-        return _DecodeGraph(graph=graph, f_hat_BChw=static_in, img_B3HW=static_out)
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[GraphedDecode]:
-        """Route ``vae.fhat_to_img`` through the graphs inside the ``with`` block."""
-        if "fhat_to_img" in vars(self.vae):
-            raise RuntimeError("vae.fhat_to_img is already overridden (nested GraphedDecode.installed()?)")
-        self.vae.fhat_to_img = self
-        try:
-            yield self
-        finally:
-            del self.vae.fhat_to_img
 
 
 def make_fast_sdvar(draft: VAR, target: VAR, config: FastConfig | None = None) -> SDVAR:

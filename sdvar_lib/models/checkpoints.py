@@ -1,12 +1,12 @@
-"""Model presets, checkpoint loading and the bundled default models.
+"""Checkpoint loading: weights-only files, the hub, the bundled default pair and :func:`load_pair`.
 
-- :func:`build_vae` / :func:`build_var`: the official presets (``vae_ch160v4096z32``,
-  ``var_d16/20/24/30``), optionally on the meta device.
 - :func:`load_official`: local files when present, else the hub repository ``FoundationVision/var``
   (Colab), always ``torch.load(..., weights_only=True)``.
-- :func:`load_state_dict_checked`: strict loading whose errors name the first differing key/shape.
-- :func:`build_tiny`: the tiny random preset (the reference fixture's sizes) for tests and demos.
-- :func:`load_bundled`: the trained tiny draft/target pair shipped inside the package.
+- :func:`load_state_dict_checked`: strict loading whose errors name the first differing key/shape
+  or the first tensor holding NaN/inf.
+- :func:`load_bundled`: the trained tiny draft/target pair shipped inside the package (read-only).
+- :func:`load_pair`: one entry point for notebooks and CLIs; it falls back to the bundled pair only
+  when official files are missing, and says so in ``ModelPair.fallback_reason``.
 """
 
 from __future__ import annotations
@@ -15,105 +15,52 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from sdvar_lib.models.presets import (
+    ModelPair,
+    build_tiny,
+    build_vae,
+    check_official_depth,
+    official_var_kwargs,
+)
 from sdvar_lib.models.var import VAR
 from sdvar_lib.models.vqvae import VQVAE
+from sdvar_lib.util.checks import check_bool, check_choice
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "HUB_REPO_ID",
-    "OFFICIAL_PATCH_NUMS",
-    "OFFICIAL_DEPTHS",
     "VAE_FILENAME",
+    "BUNDLED_DIR",
+    "MODEL_CHOICES",
     "CheckpointError",
-    "ModelPair",
-    "official_vae_kwargs",
-    "official_var_kwargs",
-    "build_vae",
-    "build_var",
-    "build_official_pair",
     "var_filename",
     "load_state_dict_checked",
     "load_checkpoint_file",
     "resolve_official_files",
     "load_official",
-    "TINY_CONFIG",
-    "build_tiny",
-    "BUNDLED_DIR",
     "load_bundled",
-    "MODEL_CHOICES",
     "pick_device",
     "load_pair",
 ]
 
 HUB_REPO_ID = "FoundationVision/var"
-OFFICIAL_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-OFFICIAL_DEPTHS = (16, 20, 24, 30)
 VAE_FILENAME = "vae_ch160v4096z32.pth"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_digits"
+MODEL_CHOICES = ("bundled", "official", "tiny-random")
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or does not fit the model it is loaded into."""
 
 
-@dataclass
-class ModelPair:
-    """A draft and a target VAR sharing one VQVAE."""
-
-    vae: VQVAE
-    draft: VAR
-    target: VAR
-    description: str
-
-
 def var_filename(depth: int) -> str:
     return f"var_d{depth}.pth"
-
-
-def official_vae_kwargs() -> dict:
-    return dict(
-        vocab_size=4096, z_channels=32, ch=160, test_mode=True, share_quant_resi=4,
-        v_patch_nums=OFFICIAL_PATCH_NUMS,
-    )
-
-
-def official_var_kwargs(depth: int) -> dict:
-    if depth not in OFFICIAL_DEPTHS:
-        raise ValueError(f"official VAR depth must be one of {OFFICIAL_DEPTHS}, got {depth}")
-    return dict(
-        num_classes=1000, depth=depth, embed_dim=depth * 64, num_heads=depth, mlp_ratio=4.0,
-        drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1 * depth / 24, norm_eps=1e-6,
-        shared_aln=False, cond_drop_rate=0.1, attn_l2_norm=True, patch_nums=OFFICIAL_PATCH_NUMS,
-    )
-
-
-def build_vae(device: torch.device | str | None = None) -> VQVAE:
-    """The official ``vae_ch160v4096z32`` architecture (random weights); ``device='meta'`` allocates nothing."""
-    with torch.device(device or "cpu"):
-        return VQVAE(**official_vae_kwargs())
-
-
-def build_var(vae: VQVAE, depth: int, device: torch.device | str | None = None) -> VAR:
-    """The official ``var_d{depth}`` architecture (random weights) on top of ``vae``."""
-    kwargs = official_var_kwargs(depth)
-    with torch.device(device or "cpu"):
-        return VAR(vae, **kwargs).eval()
-
-
-def build_official_pair(draft_depth: int = 16, target_depth: int = 30, device=None) -> ModelPair:
-    """Official-size draft/target with random weights (for shape checks and benchmarks)."""
-    vae = build_vae(device)
-    return ModelPair(
-        vae=vae, draft=build_var(vae, draft_depth, device), target=build_var(vae, target_depth, device),
-        description=f"official-size random weights d{draft_depth} -> d{target_depth}",
-    )
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -154,6 +101,14 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
             if depth is not None and depth != model.depth:
                 hint = f"; the file holds a depth-{depth} VAR, the model has depth {model.depth}"
         raise CheckpointError(f"{source} does not fit {_describe(model)}: {mismatch}{hint}")
+    parameters = dict(model.named_parameters())  # buffers may hold -inf by design (attention masks)
+    for key, tensor in state_dict.items():
+        if key in parameters and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{source}: key {key!r} holds {bad} non-finite value(s) (NaN or inf); the file is corrupt or was "
+                "saved from a diverged run, and a model with such weights would generate NaN images"
+            )
     model.load_state_dict(dict(state_dict), strict=True)
 
 
@@ -227,6 +182,8 @@ def load_official(
     download: bool = True,
 ) -> ModelPair:
     """The official VQVAE with a draft and a target VAR, loaded strictly from the released files."""
+    check_official_depth(draft_depth, "draft_depth")
+    check_official_depth(target_depth, "target_depth")
     names = [VAE_FILENAME, var_filename(draft_depth), var_filename(target_depth)]
     paths = resolve_official_files(names, ckpt_dir=ckpt_dir, download=download)
     vae = build_vae("meta")
@@ -245,56 +202,36 @@ def load_official(
     return ModelPair(vae=vae, draft=models[0], target=models[1], description=f"official d{draft_depth} -> d{target_depth}")
 
 
-# ---- tiny random preset -----------------------------------------------------------------------
-TINY_CONFIG: dict = {
-    "vae": dict(
-        vocab_size=64, z_channels=8, ch=32, share_quant_resi=4, v_patch_nums=(1, 2, 3, 4), quant_resi=0.5,
-        beta=0.25, using_znorm=False, test_mode=True,
-    ),
-    "var": dict(
-        num_classes=10, depth=2, embed_dim=64, num_heads=2, mlp_ratio=4.0, norm_eps=1e-6, shared_aln=False,
-        attn_l2_norm=True, patch_nums=(1, 2, 3, 4), cond_drop_rate=0.0,
-    ),
-}
-
-
-def _sharpen_(var: VAR, seed: int, logit_scale: float) -> None:
-    """Draw random weights that give far-from-uniform logits (as the reference fixture does)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in var.named_parameters():
-            if name.endswith("scale_mul_1H11"):
-                continue
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.02 if p.ndim > 1 else 0.01))
-        for t in (var.class_emb.weight, var.pos_start, var.pos_1LC, var.lvl_embed.weight):
-            t.copy_(torch.randn(t.shape, generator=gen) * 0.5)
-        var.head.weight.mul_(logit_scale / 0.02 / var.C**0.5)
-        for block in var.blocks:
-            block.ada_lin[1].weight.mul_(5.0)
-
-
-def build_tiny(
-    seed: int = 0, depth: int | None = None, vae: VQVAE | None = None, logit_scale: float = 3.0, device=None
-) -> tuple[VQVAE, VAR]:
-    """A tiny seeded random VQVAE + VAR (the fixture's sizes): 64x64 images, patch numbers (1, 2, 3, 4).
-
-    Pass ``vae`` to build a second VAR (e.g. a draft of another ``depth``/``seed``) sharing it.
-    """
-    kwargs = dict(TINY_CONFIG["var"])
-    if depth is not None:
-        kwargs["depth"] = depth
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if vae is None:
-            vae = VQVAE(**TINY_CONFIG["vae"])
-        var = VAR(vae, **kwargs).eval()
-    _sharpen_(var, seed, logit_scale)
-    if device is not None:
-        vae, var = vae.to(device), var.to(device)
-    return vae, var
-
-
 # ---- bundled default --------------------------------------------------------------------------
+def _read_bundle_config(folder: Path) -> dict:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(
+            f"bundled models not found: {config_path} is missing. Reinstall the package, or retrain them "
+            "with `python -m sdvar_lib.train_tiny --out FOLDER` and pass that folder."
+        )
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_path} is not valid JSON ({exc}); reinstall the package or retrain the pair") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
+    missing = [k for k in ("vae", "draft", "target") if not isinstance(config.get(k), dict)]
+    if missing:
+        raise CheckpointError(
+            f"{config_path} has no {', '.join(repr(k) for k in missing)} entry (an object of constructor keyword "
+            "arguments); expected keys 'vae', 'draft' and 'target'"
+        )
+    return config
+
+
+def _construct(cls, kwargs: dict, source: str, *args):
+    try:
+        return cls(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: cannot build a {cls.__name__} from its arguments: {exc}") from None
+
+
 def load_bundled(device: torch.device | str = "cpu", folder: str | os.PathLike | None = None) -> ModelPair:
     """The trained tiny draft/target pair (handwritten digits) shipped in ``sdvar_lib/assets``.
 
@@ -302,18 +239,13 @@ def load_bundled(device: torch.device | str = "cpu", folder: str | os.PathLike |
     keyword arguments) and ``vae.pth``, ``draft.pth``, ``target.pth`` (weights-only state dicts).
     """
     folder = Path(folder) if folder is not None else BUNDLED_DIR
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"bundled models not found: {config_path} is missing. Reinstall the package, or retrain them "
-            "with `python -m sdvar_lib.train_tiny`."
-        )
-    config = json.loads(config_path.read_text())
-    vae = VQVAE(**config["vae"])
+    config = _read_bundle_config(folder)
+    source = str(folder / "config.json")
+    vae = _construct(VQVAE, config["vae"], f"{source} 'vae'")
     load_state_dict_checked(vae, load_checkpoint_file(folder / "vae.pth"), str(folder / "vae.pth"))
     models = {}
     for role in ("draft", "target"):
-        var = VAR(vae, **config[role])
+        var = _construct(VAR, config[role], f"{source} {role!r}", vae)
         load_state_dict_checked(var, load_checkpoint_file(folder / f"{role}.pth"), str(folder / f"{role}.pth"))
         models[role] = var.eval()
     vae = vae.to(device).eval()
@@ -324,14 +256,24 @@ def load_bundled(device: torch.device | str = "cpu", folder: str | os.PathLike |
 
 
 # ---- one entry point for notebooks and CLIs -----------------------------------------------------
-MODEL_CHOICES = ("bundled", "official", "tiny-random")
-
-
-def pick_device(prefer: str | None = None) -> torch.device:
-    """``cuda`` when available (or ``prefer`` if given), else ``cpu``."""
-    if prefer is not None:
-        return torch.device(prefer)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(prefer: str | torch.device | None = None) -> torch.device:
+    """``prefer`` if given (it must exist here), else ``cuda`` when available, else ``cpu``."""
+    if prefer is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(prefer, (str, torch.device)):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0', a torch.device or None, got {prefer!r}")
+    try:
+        device = torch.device(prefer)
+    except RuntimeError:
+        raise ValueError(f"device {prefer!r} is not a device name; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {prefer!r} was asked for but CUDA is not available here; use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {prefer!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type not in ("cpu", "meta"):
+        raise ValueError(f"device {prefer!r} is not supported; use 'cpu' or 'cuda[:N]'")
+    return device
 
 
 def load_pair(
@@ -345,25 +287,29 @@ def load_pair(
 ) -> ModelPair:
     """Load a draft/target pair by name: ``"bundled"`` (offline default), ``"official"`` or ``"tiny-random"``.
 
-    With ``choice="official"`` and ``fallback=True``, missing official files (no network, no local
-    copies) fall back to the bundled pair with a logged warning that says why; with
-    ``fallback=False`` the :class:`FileNotFoundError` is raised.
+    Every argument is checked first (an official depth must be one of 16, 20, 24, 30). With
+    ``choice="official"`` and ``fallback=True``, missing official files (no network, no local
+    copies) fall back to the bundled pair: the pair's ``fallback_reason`` and description say why,
+    and a warning is logged. With ``fallback=False`` the :class:`FileNotFoundError` is raised.
     """
-    if choice not in MODEL_CHOICES:
-        raise ValueError(f"model choice must be one of {MODEL_CHOICES}, got {choice!r}")
-    device = pick_device(None if device is None else str(device))
+    check_choice(choice, "model choice", MODEL_CHOICES)
+    check_bool(download, "download")
+    check_bool(fallback, "fallback")
+    if choice == "official":
+        check_official_depth(draft_depth, "draft_depth")
+        check_official_depth(target_depth, "target_depth")
+    device = pick_device(device)
     if choice == "official":
         try:
             return load_official(draft_depth, target_depth, ckpt_dir=ckpt_dir, device=device, download=download)
         except FileNotFoundError as exc:
             if not fallback:
                 raise
-            log.warning("official checkpoints unavailable, using the bundled tiny pair instead: %s", exc)
+            reason = f"official d{draft_depth}/d{target_depth} checkpoints unavailable: {str(exc).splitlines()[0]}"
+            log.warning("using the bundled tiny pair instead of the official models (%s)", reason)
             pair = load_bundled(device)
-            pair.description += (
-                f" (fallback: official d{draft_depth}/d{target_depth} checkpoints unavailable offline; "
-                f"see {HUB_REPO_ID} on the hub)"
-            )
+            pair.fallback_reason = reason
+            pair.description += f" (FALLBACK: official d{draft_depth}/d{target_depth} checkpoints unavailable offline)"
             return pair
     if choice == "bundled":
         return load_bundled(device)

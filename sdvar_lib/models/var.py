@@ -9,21 +9,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sdvar_lib.models.kv_cache import KVCache, stage_ids_for
+from sdvar_lib.models.sampling import (
+    GenerationOutput,
+    SamplingConfig,
+    StageSample,
+    cfg_labels,
+    check_batch_size,
+    filter_top_k_top_p,
+    guided_logits,
+    gumbel_softmax_with_rng,
+    make_generator,
+    prepare_labels,
+    sample_from_probs,
+    smooth_temperature,
+)
 from sdvar_lib.models.vqvae import VQVAE
+from sdvar_lib.util.memory import check_fits
+from sdvar_lib.util.modes import eval_mode
 
-if TYPE_CHECKING:
-    from sdvar_lib.decoding.reference import GenerationOutput
+__all__ = ["VAR", "AdaLNSelfAttn", "SelfAttention", "MAX_SCALE_MUL"]
 
-__all__ = ["VAR", "AdaLNSelfAttn", "SelfAttention"]
-
-_MAX_SCALE_MUL = float(torch.log(torch.tensor(100)))
+MAX_SCALE_MUL = float(torch.log(torch.tensor(100)))
+"""Upper bound of the per-head log scale of q with ``attn_l2_norm`` (``log 100``)."""
 
 
 class DropPath(nn.Module):
@@ -89,7 +102,7 @@ class SelfAttention(nn.Module):
         qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q_BHLc, k_BHLc, v_BHLc = qkv.permute(2, 0, 3, 1, 4).unbind(dim=0)
         if self.attn_l2_norm:
-            scale_mul = self.scale_mul_1H11.clamp_max(_MAX_SCALE_MUL).exp()
+            scale_mul = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()
             q_BHLc = F.normalize(q_BHLc, dim=-1).mul(scale_mul)
             k_BHLc = F.normalize(k_BHLc, dim=-1)
         if cache is not None:
@@ -357,7 +370,43 @@ class VAR(nn.Module):
             x_BLC = block(x_BLC, cond, attn_bias)
         return self.get_logits(x_BLC.float(), cond_BD)
 
-    # ---- reference entry points -----------------------------------------------------------------
+    # ---- the reference sampler ------------------------------------------------------------------
+    def cache_bytes(self, rows: int, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes of a KV cache for ``rows`` rows (CFG-doubled batches count twice)."""
+        return 2 * self.depth * rows * self.L * self.C * torch.empty(0, dtype=dtype).element_size()
+
+    def check_batch_fits(self, B: int, dtype: torch.dtype = torch.float32, caches: int = 1) -> None:
+        """Raise ``ValueError`` before allocating when ``caches`` CFG-doubled caches for ``B`` do not fit the device."""
+        check_fits(caches * self.cache_bytes(2 * B, dtype), self.device, f"B={B} ({caches} KV cache(s) of this model)")
+
+    def sample_stage(
+        self, logits_BlV: torch.Tensor, si: int, sampling: SamplingConfig, rng: torch.Generator | None
+    ) -> StageSample:
+        """Draw stage ``si``'s tokens from guided logits, in the reference's order of random draws."""
+        B, l, _ = logits_BlV.shape
+        pn = self.patch_nums[si]
+        filtered = filter_top_k_top_p(logits_BlV, sampling.top_k, sampling.top_p)
+        probs = filtered.softmax(dim=-1)
+        idx_Bl = sample_from_probs(probs, rng)
+        codebook = self.vae.quantize.embedding
+        if not sampling.more_smooth:
+            h_BlC = codebook(idx_Bl)
+        else:
+            ratio = si / self.num_stages_minus_1
+            weights_BlV = gumbel_softmax_with_rng(filtered.mul(1 + ratio), tau=smooth_temperature(ratio), rng=rng)
+            h_BlC = weights_BlV @ codebook.weight.unsqueeze(0)
+        h_BChw = h_BlC.transpose(1, 2).reshape(B, self.Cvae, pn, pn)
+        return StageSample(idx_Bl=idx_Bl, h_BChw=h_BChw, probs_BlV=probs)
+
+    def next_stage_input(self, si: int, f_hat_BChw: torch.Tensor, lvl_pos_1LC: torch.Tensor | None = None) -> torch.Tensor:
+        """CFG-doubled input ``(2B, l, C)`` of stage ``si + 1`` from ``f_hat`` after stage ``si``."""
+        next_BlCv = self.vae.quantize.next_input(si, f_hat_BChw).to(self.word_embed.weight.dtype)
+        return self.stage_input(si + 1, next_BlCv, lvl_pos_1LC).repeat(2, 1, 1)
+
+    def images_from_f_hat(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+        """Decode ``f_hat`` to images in ``[0, 1]``."""
+        return self.vae.fhat_to_img(f_hat_BChw).add(1).mul(0.5)
+
     @torch.no_grad()
     def generate(
         self,
@@ -368,13 +417,46 @@ class VAR(nn.Module):
         top_k: int = 0,
         top_p: float = 0.0,
         more_smooth: bool = False,
+        cache: KVCache | None = None,
     ) -> GenerationOutput:
-        """Sample images and return them with the tokens of every stage (see :mod:`sdvar_lib.decoding.reference`)."""
-        from sdvar_lib.decoding.reference import autoregressive_generate
+        """The reference sampler: one cached pass per stage, CFG, top-k/top-p, optional Gumbel smoothing.
 
-        return autoregressive_generate(
-            self, B, label_B, g_seed=g_seed, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth
-        )
+        Returns the images with the tokens of every stage. A ``cache`` may be passed to reuse
+        preallocated memory; it is reset first and its contents are meaningless after the call.
+        """
+        check_batch_size(B)
+        sampling = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+        sampling.check_vocabulary(self.V)
+        if cache is None:
+            self.check_batch_fits(B)
+        elif not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be a KVCache or None, got {type(cache).__name__}")
+        elif cache.batch_size != 2 * B:
+            raise ValueError(f"cache holds {cache.batch_size} rows but CFG with B={B} needs {2 * B}")
+        rng = make_generator(g_seed, self.device)
+        labels = prepare_labels(B, label_B, self.num_classes, rng, self.device)
+        if cache is None:
+            cache = self.new_cache(2 * B)
+        cache.reset()
+        try:
+            with eval_mode(self, self.vae):
+                cond_BD = self.class_condition(cfg_labels(labels, self.num_classes))
+                lvl_pos = self.lvl_pos()
+                x_2BlC = self.start_input(cond_BD, lvl_pos)
+                f_hat = cond_BD.new_zeros(B, self.Cvae, self.patch_nums[-1], self.patch_nums[-1])
+                tokens: list[torch.Tensor] = []
+                S = self.num_stages
+                for si in range(S):
+                    logits = guided_logits(self.forward_cached(x_2BlC, cond_BD, cache), si, S, sampling.cfg)
+                    stage = self.sample_stage(logits, si, sampling, rng)
+                    tokens.append(stage.idx_Bl)
+                    f_hat = f_hat + self.vae.quantize.stage_contribution(si, stage.h_BChw)
+                    if si < S - 1:
+                        x_2BlC = self.next_stage_input(si, f_hat, lvl_pos)
+                images = self.images_from_f_hat(f_hat)
+        finally:
+            cache.reset()
+        return GenerationOutput(images_B3HW=images, tokens_per_stage=tokens, label_B=labels, f_hat_BChw=f_hat)
 
     @torch.no_grad()
     def autoregressive_infer_cfg(

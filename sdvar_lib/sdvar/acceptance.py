@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sdvar_lib.decoding.sampling import sample_from_probs
+from sdvar_lib.models.sampling import sample_from_probs
+from sdvar_lib.util.checks import check_int, check_number
 
 __all__ = [
     "StageVerdict",
@@ -128,10 +129,7 @@ class Top1MatchPolicy(AcceptancePolicy):
     name: str = field(default="top1_match", init=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
-            raise TypeError(f"top1_match threshold must be a number in (0, 1], got {self.threshold!r}")
-        if not 0 < self.threshold <= 1:
-            raise ValueError(f"top1_match threshold must be in (0, 1], got {self.threshold}")
+        check_number(self.threshold, "top1_match threshold (fraction of matching proposals)", 0.0, 1.0, min_inclusive=False)
 
     def verify_stage(self, si, proposals_Bl, q_BlV, p_BlV, rng, context=None):
         matches = proposals_Bl == p_BlV.argmax(dim=-1)
@@ -162,10 +160,8 @@ class RelaxedPolicy(AcceptancePolicy):
     name: str = field(default="relaxed", init=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not 0 <= self.budget <= 1:
-            raise ValueError(f"relaxed budget (total variation per token) must be in [0, 1], got {self.budget!r}")
-        if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int) or self.neighbours < 1:
-            raise ValueError(f"relaxed neighbours must be an int >= 1, got {self.neighbours!r}")
+        check_number(self.budget, "relaxed budget (total variation per token)", 0.0, 1.0)
+        check_int(self.neighbours, "relaxed neighbours", 1)
 
     @property
     def lossless(self) -> bool:  # type: ignore[override]
@@ -209,12 +205,16 @@ def make_policy(policy: str | AcceptancePolicy, **kwargs) -> AcceptancePolicy:
         if kwargs:
             raise ValueError(f"policy options {sorted(kwargs)} are only allowed with a policy name")
         return policy
+    if not isinstance(policy, str):
+        raise TypeError(f"policy must be one of {', '.join(POLICY_NAMES)} or an AcceptancePolicy, got {policy!r}")
     if policy == "exact":
         if kwargs:
             raise ValueError(f"policy 'exact' takes no options, got {sorted(kwargs)}")
         return ExactPolicy()
-    if policy == "top1_match":
-        return Top1MatchPolicy(**kwargs)
-    if policy == "relaxed":
-        return RelaxedPolicy(**kwargs)
+    options = {"top1_match": ("threshold",), "relaxed": ("budget", "neighbours")}.get(policy)
+    if options is not None:
+        unknown = sorted(set(kwargs) - set(options))
+        if unknown:
+            raise ValueError(f"policy {policy!r} takes the options {', '.join(options)}; got unknown {unknown}")
+        return (Top1MatchPolicy if policy == "top1_match" else RelaxedPolicy)(**kwargs)
     raise ValueError(f"unknown policy {policy!r}; allowed: {', '.join(POLICY_NAMES)} or an AcceptancePolicy instance")

@@ -47,7 +47,7 @@ from sdvar_lib.eval.metrics import (
 )
 from sdvar_lib.models.var import VAR
 from sdvar_lib.models.vqvae import VQVAE
-from sdvar_lib.tiny.data import DigitsSplit, iterate_minibatches, load_digits_split, to_unit_range
+from sdvar_lib.data.digits import DigitsSplit, iterate_minibatches, load_digits_split, to_unit_range
 
 log = logging.getLogger(__name__)
 
@@ -856,7 +856,7 @@ def render_model_card(r: dict, bundle_config: dict, folder: Path) -> str:
         "",
         "- `sklearn.datasets.load_digits` (1,797 greyscale 8x8 digits, 10 classes, shipped with scikit-learn).",
         "- Upsampled to 16x16 with **bilinear** interpolation (`align_corners=False`), grey replicated to 3",
-        "  channels, values mapped to `[-1, 1]` (`sdvar_lib.tiny.data.load_digits_split`).",
+        "  channels, values mapped to `[-1, 1]` (`sdvar_lib.data.digits.load_digits_split`).",
         f"- Stratified split, seed 0: {r['num_train']} train / {r['num_heldout']} held-out images (85 / 15 per class).",
         "  Every model and metric uses this split; only the train part is used for training.",
         "",

@@ -16,6 +16,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from sdvar_lib.eval.evaluation import MethodResult
 from sdvar_lib.models.var import VAR
 
 __all__ = [
@@ -406,10 +407,3 @@ def quality_vs_passes_figure(
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
-
-__all__ += ["quality_vs_passes_figure"]
-
-from typing import TYPE_CHECKING  # noqa: E402  (kept with the function it serves)
-
-if TYPE_CHECKING:  # annotations only (sdvar_lib.eval.evaluation imports the decoders)
-    from sdvar_lib.eval.evaluation import MethodResult

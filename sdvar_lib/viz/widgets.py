@@ -16,8 +16,9 @@ import torch
 from matplotlib.figure import Figure
 
 from sdvar_lib.sdvar.acceptance import POLICY_NAMES
-from sdvar_lib.sdvar.decoder import SDVAR, SDVARStats
-from sdvar_lib.util.checks import check_int
+from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib.sdvar.stats import SDVARStats
+from sdvar_lib.util.checks import check_choice, check_int, check_int_sequence, check_number, check_seed
 from sdvar_lib.viz.plotting import image_grid
 
 log = logging.getLogger(__name__)
@@ -68,22 +69,12 @@ def describe_stats(stats: SDVARStats) -> str:
 
 def _check_args(sdvar, gamma, cfg, policy, seed, labels) -> list[int]:
     if not isinstance(sdvar, SDVAR):
-        raise TypeError(f"sdvar must be an sdvar_lib.sdvar.decoder.SDVAR, got {type(sdvar).__name__}")
+        raise TypeError(f"sdvar must be an sdvar_lib.SDVAR, got {type(sdvar).__name__}")
     check_int(gamma, "gamma", 1)
-    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or cfg < 0:
-        raise ValueError(f"cfg must be a number >= 0, got {cfg!r}")
-    if policy not in POLICY_OPTIONS:
-        raise ValueError(f"policy must be one of {POLICY_OPTIONS}, got {policy!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence) or len(labels) == 0:
-        raise ValueError(f"labels must be a non-empty sequence of class ids, got {labels!r}")
-    out = []
-    for v in labels:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"labels must be ints, got {list(labels)!r}")
-        out.append(v)
-    return out
+    check_number(cfg, "cfg", 0.0)
+    check_choice(policy, "policy", POLICY_OPTIONS)
+    check_seed(seed, "seed", allow_none=False)
+    return list(check_int_sequence(labels, "labels"))
 
 
 @torch.no_grad()
@@ -130,7 +121,12 @@ def make_interactive(
     from ipywidgets import Dropdown, FloatSlider, IntSlider, fixed, interactive
 
     _check_args(sdvar, gamma, cfg, policy, seed, labels)
-    max_gamma = sdvar.num_stages if max_gamma is None else max_gamma
+    max_gamma = sdvar.num_stages if max_gamma is None else check_int(max_gamma, "max_gamma", 1)
+    check_number(max_cfg, "max_cfg", 0.0, min_inclusive=False)
+    if gamma > max_gamma:  # a slider would silently clamp it
+        raise ValueError(f"gamma must be in [1, max_gamma={max_gamma}] for the slider, got {gamma}")
+    if cfg > max_cfg:
+        raise ValueError(f"cfg must be in [0, max_cfg={max_cfg}] for the slider, got {cfg}")
     return interactive(
         run_and_describe,
         sdvar=fixed(sdvar),

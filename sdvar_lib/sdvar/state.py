@@ -1,0 +1,158 @@
+"""The data of an SDVAR round: the inference state between rounds and what each step hands to the next.
+
+One round (:meth:`sdvar_lib.sdvar.decoder.SDVAR.run_round`) goes
+``SDVARInferenceState`` -> :class:`DraftProposal` (draft) -> :class:`CombinedQuery` (verify input)
+-> :class:`VerifyResult` (target logits and ``p``) -> :class:`AcceptanceResult` (verdicts, committed
+tokens) -> a new ``SDVARInferenceState`` (commit), recorded as a :class:`RoundRecord`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sdvar_lib.models.sampling import SamplingConfig
+from sdvar_lib.sdvar.acceptance import AcceptancePolicy, StageVerdict
+from sdvar_lib.sdvar.gamma import GammaRule, RoundContext, RoundHistory
+from sdvar_lib.sdvar.run import ModelRun
+from sdvar_lib.sdvar.stats import SDVARStats
+
+__all__ = [
+    "SDVARInferenceState",
+    "DraftProposal",
+    "CombinedQuery",
+    "VerifyResult",
+    "AcceptanceResult",
+    "RoundRecord",
+]
+
+
+@dataclass(frozen=True)
+class SDVARInferenceState:
+    """Everything between two rounds. Rounds return a new state instead of mutating this one.
+
+    ``tokens``/``f_hats`` hold the committed stages ``< c``; the target cache holds the inputs of
+    stages ``< c``, the draft cache those of stages ``< d`` with ``d <= c``. ``stats`` counts what
+    the rounds that led to this state did.
+    """
+
+    B: int
+    label_B: torch.Tensor
+    sampling: SamplingConfig
+    gamma_rule: GammaRule
+    policy: AcceptancePolicy
+    policy_context: object | None
+    rng: torch.Generator | None
+    draft: ModelRun
+    target: ModelRun
+    stats: SDVARStats
+    tokens: tuple[torch.Tensor, ...] = ()
+    f_hats: tuple[torch.Tensor, ...] = ()
+    history: RoundHistory = RoundHistory()
+    verbose: bool = False
+
+    @property
+    def c(self) -> int:
+        """Number of committed stages (the next stage to generate)."""
+        return len(self.tokens)
+
+    @property
+    def num_stages(self) -> int:
+        return self.target.model.num_stages
+
+    @property
+    def done(self) -> bool:
+        return self.c >= self.num_stages
+
+    @property
+    def f_hat(self) -> torch.Tensor:
+        return self.f_hats[-1]
+
+    def round_context(self) -> RoundContext:
+        """What a gamma rule sees before the next round."""
+        return RoundContext(c=self.c, num_stages=self.num_stages, draft_stages_held=self.draft.cache.stages_held(),
+                            history=self.history)
+
+
+@dataclass(frozen=True)
+class DraftProposal:
+    """The draft's proposals for stages ``start .. start + gamma - 1``."""
+
+    start: int
+    tokens: list[torch.Tensor]
+    q_probs: list[torch.Tensor]
+    """The draft's sampling distribution ``(B, l, V)`` of every proposed stage."""
+    f_hats: list[torch.Tensor]
+    """``f_hat`` after each proposed stage (on top of the committed prefix)."""
+    draft_cache_before: int
+    """Draft cache length before the draft read its missing inputs."""
+    draft_passes: int = 0
+    """Draft passes the proposal took (one per proposed stage)."""
+
+    @property
+    def gamma(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def stages(self) -> list[int]:
+        return list(range(self.start, self.start + self.gamma))
+
+
+@dataclass(frozen=True)
+class CombinedQuery:
+    """The target's verify chunk: inputs of ``stages`` (CFG-doubled) placed at ``[position, + l)``."""
+
+    x_2BlC: torch.Tensor
+    stages: list[int]
+    position: int
+    stage_ids_l: torch.Tensor
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Guided target logits and sampling distributions of every stage of the verify chunk (one target pass)."""
+
+    stages: list[int]
+    logits: list[torch.Tensor]
+    p_probs: list[torch.Tensor]
+    target_passes: int = 1
+
+
+@dataclass(frozen=True)
+class AcceptanceResult:
+    """Verdicts of the verified stages and what the round commits."""
+
+    verdicts: list[StageVerdict]
+    """Verdicts of the stages up to and including the first one not accepted by every sample."""
+    stage_all_accepted: list[bool]
+    """Per verdict: every sample accepted the stage (read from the device once per round)."""
+    first_rejected: int | None
+    """Stage index ``r`` of the first stage not accepted by every sample (``None``: all accepted)."""
+    committed: list[torch.Tensor]
+    """Tokens committed by this round, stages ``c ..`` in order (corrected stage or bonus included)."""
+    bonus: bool
+    target_passes: int = 1
+    """Target passes of the verification these verdicts come from."""
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round: what it did and the state after it."""
+
+    index: int
+    start_stage: int
+    gamma: int
+    accepted_stages: int
+    committed_stages: int
+    first_rejected: int | None
+    bonus: bool
+    state: SDVARInferenceState
+    acceptance: AcceptanceResult | None = None
+
+    @property
+    def target_stage_acceptance(self) -> list[float]:
+        """Token acceptance rate of every verified stage (reads from the device)."""
+        if self.acceptance is None:
+            return []
+        return [float(v.accepted_Bl.float().mean()) for v in self.acceptance.verdicts]
