@@ -1,0 +1,262 @@
+"""The SDVAR research fork's API on the workbench: move a script over by changing its import line.
+
+    # the fork:       from models import VQVAE, build_vae_var_speculative_decoding, build_vae_var
+    from sdvar_lib.compat import VQVAE, build_vae_var_speculative_decoding, build_vae_var
+
+Everything else in such a script runs unchanged:
+
+- :func:`build_vae_var_speculative_decoding` takes the fork's arguments (``V``, ``Cvae``, ``ch``,
+  ``share_quant_resi``, ``device``, ``patch_nums``, ``num_classes``, ``depth_draft``,
+  ``depth_target``, ``shared_aln``, ``similarity_thresh``, ...) and returns
+  ``(vae, draft_var, target_var, sd_var)``; :func:`build_vae_var` is VAR's own factory
+  (``(vae, var)``). The models' parameter names are the released checkpoints', so
+  ``model.load_state_dict(torch.load(path), strict=True)`` loads the official files.
+- :class:`SDVAR` is ``SDVAR(draft, target, similarity_thresh)``: the workbench's
+  :class:`sdvar_lib.SDVAR` (every method and attribute of it) with the fork's third argument. Its
+  ``sdvar_autoregressive_infer_cfg_parallel_v1`` takes the fork's keyword arguments
+  (``similarity_threshold``, ``max_retries``, ``verbose``).
+
+What the fork's arguments mean here:
+
+- ``similarity_threshold`` (per call) or ``similarity_thresh`` (the constructor's default for every
+  call) selects the fork's acceptance rule, ``top1_match`` with that threshold: a stage is accepted
+  when that fraction of its draft tokens equals the target's argmax. The rule is **lossy**: the
+  images no longer follow the target's distribution. Without either (or with an explicit
+  ``policy="exact"``) calls use the workbench's default, ``exact``: token-wise speculative sampling,
+  lossless. The first lossy call of an instance says so once, through :mod:`logging`.
+- ``max_retries`` has no meaning here: every round commits at least one stage, so a call always
+  finishes. It is accepted and ignored, with a one-time warning naming it.
+- ``verbose=True`` logs a per-round trace through :mod:`logging` (``logging.basicConfig(level=logging.INFO)``
+  shows it).
+- the factory's ``flash_if_available``/``fused_if_available`` are accepted (attention always goes
+  through PyTorch's SDPA); unlike the fork it leaves ``torch.nn``'s ``reset_parameters`` alone.
+
+This module sits at the top of the package (it may import any layer; nothing imports it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from sdvar_lib.models.init import init_var_weights_
+from sdvar_lib.models.presets import OFFICIAL_PATCH_NUMS
+from sdvar_lib.models.var import VAR
+from sdvar_lib.models.vqvae import VQVAE
+from sdvar_lib.sdvar.acceptance import AcceptancePolicy, Top1MatchPolicy
+from sdvar_lib.sdvar.decoder import SDVAR as _WorkbenchSDVAR
+from sdvar_lib.sdvar.run import RunFactory
+from sdvar_lib.sdvar.state import SDVARInferenceState
+from sdvar_lib.util.checks import check_bool, check_int, check_number
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VQVAE", "VAR", "SDVAR", "build_vae_var", "build_vae_var_speculative_decoding", "IGNORED_ARGUMENTS"]
+
+IGNORED_ARGUMENTS = ("max_retries",)
+"""The fork's call arguments that have no meaning on the workbench (accepted, ignored, warned about once)."""
+
+_LOSSY_NOTE = (
+    "similarity threshold {threshold}: using the SDVAR fork's acceptance rule top1_match (a stage is accepted "
+    "when that fraction of its draft tokens equals the target's argmax). This rule is LOSSY: images do not "
+    "follow the target's distribution. policy='exact' (the workbench default) is the lossless rule."
+)
+
+
+def _check_threshold(value, name: str) -> float | None:
+    if value is None:
+        return None
+    return check_number(value, f"{name} (fraction of draft tokens that must match the target's argmax)", 0.0, 1.0,
+                        min_inclusive=False)
+
+
+class SDVAR(_WorkbenchSDVAR):
+    """``SDVAR(draft_model, target_model, similarity_thresh=None)``: :class:`sdvar_lib.SDVAR` with the fork's signature.
+
+    ``similarity_thresh`` is the default ``top1_match`` threshold of the research entry points
+    (``sdvar_autoregressive_infer_cfg_parallel_v1``, ``_initialize_inference_state``) when a call
+    names neither a ``similarity_threshold`` nor a ``policy``; ``None`` keeps the lossless
+    ``exact`` default. ``run_factory`` (keyword only) is :class:`sdvar_lib.SDVAR`'s, e.g. the fast path's
+    :class:`sdvar_lib.FastRunFactory`. Every method of :class:`sdvar_lib.SDVAR` behaves as there.
+    """
+
+    def __init__(
+        self, draft_model: VAR, target_model: VAR, similarity_thresh: float | None = None, *,
+        run_factory: RunFactory | None = None,
+    ) -> None:
+        super().__init__(draft_model, target_model, run_factory=run_factory)
+        self.similarity_thresh = _check_threshold(similarity_thresh, "similarity_thresh")
+        self._said: set[str] = set()
+
+    def _say_once(self, key: str, message: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            log.warning(message)
+
+    def _research_policy(
+        self, policy: str | AcceptancePolicy | None, similarity_threshold: float | None, max_retries, policy_kwargs: dict
+    ) -> str | AcceptancePolicy:
+        """The policy a research entry point runs: an explicit ``policy``, else the fork's threshold rule, else ``exact``."""
+        given = {name: value for name, value in (("max_retries", max_retries),) if value is not None}
+        if given:
+            self._say_once("ignored", f"{', '.join(given)}: no meaning in sdvar_lib (every round commits at least one "
+                                      "stage, so a call always finishes); ignored")
+        threshold = _check_threshold(similarity_threshold, "similarity_threshold")
+        if policy is not None:
+            if threshold is not None:
+                raise ValueError(
+                    f"pass either similarity_threshold (the fork's top1_match rule) or policy, not both; got "
+                    f"similarity_threshold={similarity_threshold!r} and policy={policy!r}"
+                )
+            return policy
+        threshold = self.similarity_thresh if threshold is None else threshold
+        if threshold is None:
+            return "exact"
+        if policy_kwargs:
+            raise ValueError(f"the fork's top1_match rule takes no further options, got {sorted(policy_kwargs)}")
+        self._say_once("lossy", _LOSSY_NOTE.format(threshold=threshold))
+        return Top1MatchPolicy(threshold=threshold)
+
+    def sdvar_autoregressive_infer_cfg_parallel_v1(
+        self,
+        B: int,
+        label_B=None,
+        g_seed: int | None = None,
+        cfg: float = 1.5,
+        gamma=2,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        more_smooth: bool = False,
+        similarity_threshold: float | None = None,
+        max_retries: int | None = None,
+        verbose: bool = False,
+        policy: str | AcceptancePolicy | None = None,
+        **policy_kwargs,
+    ) -> torch.Tensor:
+        """The fork's entry point (its positional order and keywords); images, statistics in ``self.last_output``."""
+        chosen = self._research_policy(policy, similarity_threshold, max_retries, policy_kwargs)
+        return self.generate_parallel(B, label_B, g_seed, cfg, gamma, top_k, top_p, more_smooth, verbose, chosen,
+                                      **policy_kwargs).images_B3HW
+
+    def _initialize_inference_state(
+        self, B: int, label_B=None, g_seed=None, cfg=1.5, gamma=2, top_k=0, top_p=0.0, more_smooth=False,
+        policy=None, verbose=False, similarity_threshold=None, max_retries=None, **policy_kwargs,
+    ) -> SDVARInferenceState:
+        """:meth:`prepare` with the policy chosen as in :meth:`sdvar_autoregressive_infer_cfg_parallel_v1`."""
+        chosen = self._research_policy(policy, similarity_threshold, max_retries, policy_kwargs)
+        return self.prepare(B, label_B, g_seed, cfg, gamma, top_k, top_p, more_smooth, chosen, verbose, **policy_kwargs)
+
+
+# ---- the factories ------------------------------------------------------------------------------
+def _build_vae(device, patch_nums, V, Cvae, ch, share_quant_resi) -> VQVAE:
+    check_int(V, "V (codebook size)", 1)
+    check_int(Cvae, "Cvae (latent channels)", 1)
+    check_int(ch, "ch (VQVAE base channels)", 32)
+    check_int(share_quant_resi, "share_quant_resi", 0)
+    with torch.device(device):
+        return VQVAE(vocab_size=V, z_channels=Cvae, ch=ch, test_mode=True, share_quant_resi=share_quant_resi,
+                     v_patch_nums=tuple(patch_nums))
+
+
+def _build_var(
+    vae: VQVAE, device, depth: int, name: str, patch_nums, num_classes, shared_aln, attn_l2_norm, flash_if_available,
+    fused_if_available, init_adaln, init_adaln_gamma, init_head, init_std,
+) -> VAR:
+    check_int(depth, name, 1)
+    if init_std != -1:
+        raise ValueError(f"init_std must be -1 (the reference scheme, std sqrt(1 / (3 * width))), got {init_std!r}")
+    with torch.device(device):
+        var = VAR(
+            vae, num_classes=num_classes, depth=depth, embed_dim=depth * 64, num_heads=depth, mlp_ratio=4.0,
+            drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1 * depth / 24, norm_eps=1e-6, shared_aln=shared_aln,
+            cond_drop_rate=0.1, attn_l2_norm=attn_l2_norm, patch_nums=tuple(patch_nums),
+            flash_if_available=flash_if_available, fused_if_available=fused_if_available,
+        )
+    init_var_weights_(var, init_adaln=init_adaln, init_adaln_gamma=init_adaln_gamma, init_head=init_head)
+    return var
+
+
+def _check_common(device, patch_nums, num_classes, shared_aln, attn_l2_norm) -> torch.device:
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string such as 'cuda' or 'cpu', or a torch.device, got {device!r}")
+    if not isinstance(patch_nums, Sequence) or not patch_nums or not all(
+        isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in patch_nums
+    ):
+        raise ValueError(f"patch_nums must be a non-empty sequence of ints >= 1, got {patch_nums!r}")
+    check_int(num_classes, "num_classes", 1)
+    check_bool(shared_aln, "shared_aln")
+    check_bool(attn_l2_norm, "attn_l2_norm")
+    return torch.device(device)
+
+
+def build_vae_var(
+    device,
+    patch_nums: Sequence[int] = OFFICIAL_PATCH_NUMS,
+    V: int = 4096,
+    Cvae: int = 32,
+    ch: int = 160,
+    share_quant_resi: int = 4,
+    num_classes: int = 1000,
+    depth: int = 16,
+    shared_aln: bool = False,
+    attn_l2_norm: bool = True,
+    flash_if_available: bool = True,
+    fused_if_available: bool = True,
+    init_adaln: float = 0.5,
+    init_adaln_gamma: float = 1e-5,
+    init_head: float = 0.02,
+    init_std: float = -1,
+) -> tuple[VQVAE, VAR]:
+    """VAR's factory: ``(vae, var)`` with width ``64 * depth`` and ``depth`` heads (the released presets at 16-30)."""
+    device = _check_common(device, patch_nums, num_classes, shared_aln, attn_l2_norm)
+    vae = _build_vae(device, patch_nums, V, Cvae, ch, share_quant_resi)
+    var = _build_var(vae, device, depth, "depth", patch_nums, num_classes, shared_aln, attn_l2_norm, flash_if_available,
+                     fused_if_available, init_adaln, init_adaln_gamma, init_head, init_std)
+    return vae, var
+
+
+def build_vae_var_speculative_decoding(
+    device,
+    patch_nums: Sequence[int] = OFFICIAL_PATCH_NUMS,
+    V: int = 4096,
+    Cvae: int = 32,
+    ch: int = 160,
+    share_quant_resi: int = 4,
+    num_classes: int = 1000,
+    depth_draft: int = 16,
+    depth_target: int = 30,
+    shared_aln: bool = False,
+    attn_l2_norm: bool = True,
+    flash_if_available: bool = True,
+    fused_if_available: bool = True,
+    init_adaln: float = 0.5,
+    init_adaln_gamma: float = 1e-5,
+    init_head: float = 0.02,
+    init_std: float = -1,
+    similarity_thresh: float | None = None,
+    *,
+    same_weights_debug: bool = False,
+) -> tuple[VQVAE, VAR, VAR, SDVAR]:
+    """The fork's factory: ``(vae, draft_var, target_var, sd_var)``, draft and target sharing one VQVAE.
+
+    ``sd_var`` is :class:`SDVAR` ``(draft_var, target_var, similarity_thresh)`` (``None``: the lossless
+    ``exact`` rule unless a call names a threshold). ``same_weights_debug=True`` copies the draft's
+    weights into the target (depths must be equal), as in the fork.
+    """
+    device = _check_common(device, patch_nums, num_classes, shared_aln, attn_l2_norm)
+    check_bool(same_weights_debug, "same_weights_debug")
+    _check_threshold(similarity_thresh, "similarity_thresh")
+    vae = _build_vae(device, patch_nums, V, Cvae, ch, share_quant_resi)
+    common = (patch_nums, num_classes, shared_aln, attn_l2_norm, flash_if_available, fused_if_available, init_adaln,
+              init_adaln_gamma, init_head, init_std)
+    draft = _build_var(vae, device, depth_draft, "depth_draft", *common)
+    target = _build_var(vae, device, depth_target, "depth_target", *common)
+    if same_weights_debug:
+        if depth_draft != depth_target:
+            raise ValueError(f"same_weights_debug=True copies the draft into the target, so depth_draft ({depth_draft}) "
+                             f"must equal depth_target ({depth_target})")
+        target.load_state_dict(draft.state_dict(), strict=True)
+        log.info("same_weights_debug: target weights copied from the draft")
+    return vae, draft, target, SDVAR(draft, target, similarity_thresh)
