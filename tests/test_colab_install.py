@@ -4,7 +4,7 @@ What the first cell of every notebook does on Colab, replayed offline:
 
 - a stub ``google.colab`` module makes the cell take its Colab branch;
 - ``SDVAR_REPO_URL`` points the cell's ``pip install "sdvar-workbench[hub] @ git+{REPO_URL}"`` at a
-  ``git+file://`` clone of this repository's HEAD (so: commit before running this test);
+  ``git+file://`` repository holding this checkout's HEAD (so: commit before running this test);
 - pip's own environment variables make that install what Colab's is, without a network: into a
   fresh folder (``PIP_TARGET``), without dependencies (``PIP_NO_DEPS``; Colab has torch and the rest,
   and the ``[hub]`` extra is then not resolved), building with this environment's setuptools
@@ -42,6 +42,18 @@ def _needs(ok: bool, why: str) -> None:
         pytest.skip(why)
 
 
+def _snapshot_of_head(dest: Path) -> Path:
+    """A one-commit repository of HEAD's tree (not a clone: pip's partial clone of a shallow clone never ends)."""
+    dest.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "HEAD"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    git = ["git", "-C", str(dest), "-c", "user.name=test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "HEAD of the checkout under test"], check=True)
+    return dest
+
+
 def _stream_text(cell: dict) -> str:
     return "".join("".join(o.get("text", "")) for o in cell.get("outputs", []) if o.get("output_type") == "stream")
 
@@ -53,8 +65,7 @@ def test_the_colab_cell_installs_from_git_and_notebook_00_runs_from_the_install(
            "setuptools is not installed in this environment (the offline build runs without build isolation)")
     _needs(importlib.util.find_spec("nbconvert") is not None, "nbconvert is not installed")
 
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{ROOT}", str(clone)], check=True)
+    clone = _snapshot_of_head(tmp_path / "clone")
     stub = tmp_path / "stub" / "google" / "colab"  # a namespace package `google` with a `colab` module
     stub.mkdir(parents=True)
     (stub / "__init__.py").write_text('"""Stand-in for Colab\'s module: the notebooks take their Colab branch."""\n')
