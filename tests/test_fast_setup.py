@@ -1,0 +1,52 @@
+"""sdvar_lib.fast.setup: the one place that picks eager float32 or the bf16/fp16 fast path for a pair."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sdvar_lib import SDVAR, FastRunFactory, describe_setup, fast_dtype, load_pair, make_pair_sdvar, uses_fast_path
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_fast_dtype_is_bf16_only_where_the_gpu_has_it(monkeypatch, capability, expected):
+    # a T4 (7.5) only emulates bf16 (torch.cuda.is_bf16_supported() says True there), so it gets fp16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert fast_dtype("cuda") == expected
+    assert fast_dtype("cpu") == torch.float32
+
+
+def test_on_a_cpu_the_default_is_the_eager_float32_path():
+    pair = load_pair("bundled")
+    sd = make_pair_sdvar(pair)
+    assert type(sd) is SDVAR and sd.run_factory is None and not uses_fast_path(sd)
+    assert pair.target.pos_1LC.dtype == torch.float32 and pair.draft.pos_1LC.dtype == torch.float32
+    line = describe_setup(pair, sd)
+    assert line.startswith("device cpu, VAR weights float32, fast path off") and pair.description in line
+
+
+def test_fast_true_converts_the_vars_not_the_vqvae_and_says_so():
+    pair = load_pair("bundled")
+    sd = make_pair_sdvar(pair, True, dtype=torch.bfloat16)
+    assert isinstance(sd.run_factory, FastRunFactory) and uses_fast_path(sd)
+    assert pair.target.pos_1LC.dtype == torch.bfloat16 and pair.draft.head.weight.dtype == torch.bfloat16
+    assert pair.vae.quantize.embedding.weight.dtype == torch.float32
+    assert "VAR weights bfloat16, fast path on (static buffers, no graphs)" in describe_setup(pair, sd)
+    out = sd.generate_parallel(2, [1, 2], g_seed=0)
+    assert torch.isfinite(out.images_B3HW).all() and out.stats.target_passes <= 7
+    with pytest.raises(ValueError, match="load the pair again"):  # converted models cannot go back silently
+        make_pair_sdvar(pair, False)
+
+
+def test_bad_arguments_are_refused():
+    pair = load_pair("bundled")
+    with pytest.raises(TypeError, match="fast must be True or False"):
+        make_pair_sdvar(pair, "yes")
+    with pytest.raises(TypeError, match="ModelPair"):
+        make_pair_sdvar((pair.draft, pair.target))
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        make_pair_sdvar(pair, True, dtype=torch.int8)
+    with pytest.raises(ValueError, match="needs the fast path"):
+        make_pair_sdvar(pair, False, dtype=torch.float16)
+    assert pair.target.pos_1LC.dtype == torch.float32  # nothing was converted by the refused calls
