@@ -35,6 +35,11 @@ def test_one_row_per_method_with_passes_at_batch_1_and_at_the_batch(demo):
         assert r["target_passes_per_image_at_batch_1"] == sum(s.target_passes for s in singles) / 2
         assert r["draft_passes_per_image_at_batch_1"] == sum(s.draft_passes for s in singles) / 2
         assert r["target_passes_per_call"] == call.target_passes and r["draft_passes_per_call"] == call.draft_passes
+        if name == "exact_adaptive":  # acceptance depends on the draws, so on the seeds
+            proposed = [sum(x) for x in zip(*(s.proposed_tokens_per_stage for s in singles))]
+            accepted = [sum(x) for x in zip(*(s.accepted_tokens_per_stage for s in singles))]
+            expected = [None if p == 0 else round(a / p, 4) for a, p in zip(accepted, proposed)]
+            assert r["token_acceptance_per_stage_at_batch_1"] == expected
     assert rows["target"]["target_passes_per_image_at_batch_1"] == 7 and rows["target"]["draft_passes_per_call"] == 0
     assert rows["test3_e3"]["target_passes_per_call"] == 4 and rows["code_e3"]["target_passes_per_call"] == 3
     assert rows["exact_adaptive"]["lossless"] and not rows["relaxed_0.3_g2"]["lossless"]
@@ -83,22 +88,25 @@ def _fails(capsys, argv, *expected):
     return message
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--gamma", "abc"], ["--gamma", "'adaptive'"]),
-    (["--gamma", "0"], ["--gamma", ">= 1"]),
-    (["--models", "official", "--draft-depth", "17"], ["--draft-depth", "16, 20, 24, 30"]),
-    (["--target-depth", "24"], ["--models official"]),
-    (["--methods", "exact_g2", "nope"], ["unknown method 'nope'"]),
-    (["--methods", "exact_g2", "exact_g2"], ["repeat"]),
-    (["--methods", "test3_e9"], ["entry_num 9", "7 stages"]),
-    (["--labels", "3", "12"], ["--labels", "[12]"]),
-    (["--top-k", "300"], ["top_k", "256"]),
-    (["--cfg", "-1"], ["cfg"]),
-    (["--top-p", "1.5"], ["top_p"]),
-    (["--seed", "-1"], ["--seed"]),
-    (["--device", "tpu"], ["tpu"]),
-    (["--threads", "0"], ["--threads"]),
-])
+BAD_ARGUMENTS = {
+    "gamma-abc": (["--gamma", "abc"], ["--gamma", "'adaptive'"]),
+    "gamma-0": (["--gamma", "0"], ["--gamma", ">= 1"]),
+    "official-depth-17": (["--models", "official", "--draft-depth", "17"], ["--draft-depth", "16, 20, 24, 30"]),
+    "depth-without-official": (["--target-depth", "24"], ["--models official"]),
+    "unknown-method": (["--methods", "exact_g2", "nope"], ["unknown method 'nope'"]),
+    "repeated-method": (["--methods", "exact_g2", "exact_g2"], ["repeat"]),
+    "entry-beyond-stages": (["--methods", "test3_e9"], ["entry_num 9", "7 stages"]),
+    "label-out-of-range": (["--labels", "3", "12"], ["--labels", "[12]"]),
+    "top-k-above-vocabulary": (["--top-k", "300"], ["top_k", "256"]),
+    "negative-cfg": (["--cfg", "-1"], ["cfg"]),
+    "top-p-above-1": (["--top-p", "1.5"], ["top_p"]),
+    "negative-seed": (["--seed", "-1"], ["--seed"]),
+    "unknown-device": (["--device", "tpu"], ["tpu"]),
+    "zero-threads": (["--threads", "0"], ["--threads"]),
+}
+
+
+@pytest.mark.parametrize("argv, expected", BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
 def test_bad_arguments_are_one_argparse_line_before_any_generation(tmp_path, capsys, monkeypatch, argv, expected):
     def no_generation(*args, **kwargs):
         raise AssertionError("generation started before every argument was checked")
