@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from sdvar_lib.data.digits import DigitsSplit, iterate_minibatches, load_digits_split, to_unit_range
 from sdvar_lib.eval.metrics import (
     ClassifierConfig,
     DigitClassifier,
@@ -47,7 +48,6 @@ from sdvar_lib.eval.metrics import (
 )
 from sdvar_lib.models.var import VAR
 from sdvar_lib.models.vqvae import VQVAE
-from sdvar_lib.data.digits import DigitsSplit, iterate_minibatches, load_digits_split, to_unit_range
 
 log = logging.getLogger(__name__)
 
