@@ -300,6 +300,10 @@ def test_measure_acceptance_profile_script(tmp_path, tiny_pair, capsys):
     assert profile.startswith("--acceptance-profile ")
     values = [float(v) for v in profile.split()[-1].split(",")]
     assert len(values) == 10 and all(0.0 <= v <= 1.0 for v in values)
+    for bad in (["--calls", "0"], ["--gamma", "0"], ["--top-p", "2"]):
+        with pytest.raises(SystemExit) as exc:
+            script.main(["--folder", str(tmp_path / "missing"), *bad])  # refused before any model is loaded
+        assert exc.value.code == 2
 
 
 def test_run_bench_end_to_end_on_the_tiny_pair(tiny_pair, monkeypatch, tmp_path):
