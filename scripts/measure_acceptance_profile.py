@@ -23,8 +23,8 @@ import sys
 
 import torch
 
-from sdvar_lib import OFFICIAL_PATCH_NUMS, SDVAR, ExactPolicy, Method, SamplingConfig, load_bundled
-from sdvar_lib.bench import fill_missing_stages, map_profile_to_stages, pooled_stage_acceptance
+from sdvar_lib import OFFICIAL_PATCH_NUMS, SDVAR, ExactPolicy, Method, SamplingConfig, load_bundled, pooled_stage_acceptance
+from sdvar_lib.bench import fill_missing_stages, map_profile_to_stages
 
 
 def main(argv: list[str] | None = None) -> int:

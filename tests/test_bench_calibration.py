@@ -14,6 +14,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from sdvar_lib import pooled_stage_acceptance
 from sdvar_lib.bench import (
     BENCH_ONLY_ROWS,
     CALIBRATED,
@@ -37,7 +38,6 @@ from sdvar_lib.bench import (
     map_profile_to_stages,
     measure_pass_times,
     method_call,
-    pooled_stage_acceptance,
     scenario_stage_acceptance,
 )
 from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, chunk_span

@@ -90,7 +90,6 @@ from sdvar_lib.bench.timing import (
     median_event_ms,
     percentile,
 )
-from sdvar_lib.sdvar.stats import pooled_stage_acceptance
 
 __all__ = [
     # bounds
@@ -98,7 +97,7 @@ __all__ = [
     "pass_bound_s", "passes_bound_s", "sequential_passes",
     # scenarios and acceptance profiles
     "SCENARIOS", "ScenarioPolicy", "Scenario", "make_scenarios", "fill_missing_stages", "scenario_stage_acceptance",
-    "map_profile_to_stages", "pooled_stage_acceptance",
+    "map_profile_to_stages",
     # timing
     "ReplayTimer", "CallTimer", "cuda_event_ms", "median_event_ms", "percentile", "measure_ceilings", "DecodeTiming",
     "measure_decode",

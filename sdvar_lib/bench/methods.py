@@ -22,7 +22,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -103,7 +103,7 @@ class BenchMethod:
         if self.calibrated:
             if rule is None:
                 raise ValueError(f"{self.name} needs the calibrated gamma rule (calibrate_scenario)")
-            method = replace(method, gamma=rule)
+            method = method.with_gamma(rule)
         elif rule is not None:
             raise ValueError(f"{self.name} has its own gamma; only {CALIBRATED} takes a calibrated rule")
         if method.decoder == "sdvar":
