@@ -51,14 +51,14 @@ from sdvar_lib.eval.metrics import (
     load_bundled_classifier,
     summarize_over_seeds,
 )
-from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_bundled
+from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_bundled, pick_device
 from sdvar_lib.models.presets import ModelPair
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.registry import DECODERS, EVALUATION_METHODS, Method, get_method, methods_for
 from sdvar_lib.sdvar.stats import PooledStats
 from sdvar_lib.util.atomic import atomic_folder, atomic_write_text, check_output_folder
-from sdvar_lib.util.checks import check_int
+from sdvar_lib.util.checks import SEED_LIMIT, check_int, check_int_sequence
 from sdvar_lib.util.machine import MachineInfo
 
 log = logging.getLogger(__name__)
@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quality (class-consistency, Fréchet distance) against target passes for every decoder on the "
                     "bundled draft/target pair; writes evaluation.json and evaluation.md and prints the table.",
     )
-    p.add_argument("--out", required=True, help="output folder (evaluation.json, evaluation.md)")
+    p.add_argument("--out", default=None, help="output folder (evaluation.json, evaluation.md); required unless --list-methods")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default 0 1 2 3 4)")
     p.add_argument("--samples", type=int, default=100, help="samples per seed and method (default 100)")
     p.add_argument("--batch-size", type=int, default=1, help="images per call of the main table (default 1)")
@@ -455,33 +455,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s",
                         stream=sys.stderr)
-    torch.set_num_threads(check_int(args.threads, "--threads", 1))
-    check_output_folder(args.out)
-    t0 = time.perf_counter()
-    pair = load_bundled(device=args.device, folder=args.bundle_dir)
-    all_methods = default_methods(pair.target.num_stages)
+    try:  # every argument before the first model call; a mistake is one line
+        check_int(args.threads, "--threads", 1)
+        check_int_sequence(args.seeds, "--seeds", 0, SEED_LIMIT - 1)
+        check_int(args.samples, "--samples", 2)
+        check_int(args.batch_size, "--batch-size", 1)
+        check_int(args.extra_batch_size, "--extra-batch-size", 0)
+        if args.extra_samples is not None:
+            check_int(args.extra_samples, "--extra-samples", 2)
+        SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
+        device = pick_device(args.device)
+        pair = load_bundled(device=device, folder=args.bundle_dir)
+        all_methods = default_methods(pair.target.num_stages)
+        methods = all_methods if args.methods is None else select_methods(all_methods, args.methods)
+        extra = select_methods(all_methods, args.extra_methods) if args.extra_batch_size else []
+        if not args.list_methods:
+            if args.out is None:
+                raise ValueError("--out is required (the output folder)")
+            check_output_folder(args.out)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
     if args.list_methods:
         for m in all_methods:
             print(f"{m.name:<16} {m.describe()}")
         return 0
-    methods = all_methods if args.methods is None else select_methods(all_methods, args.methods)
-    classifier = load_bundled_classifier(device=args.device, folder=args.bundle_dir)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    classifier = load_bundled_classifier(device=device, folder=args.bundle_dir)
     real, reference = real_reference_images()
     common = dict(seeds=args.seeds, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, classifier=classifier,
                   real_img_B3HW=real)
     results = evaluate_methods(pair, methods, samples_per_seed=args.samples, batch_size=args.batch_size, **common)
-    if args.extra_batch_size:
-        extra = select_methods(all_methods, args.extra_methods)
+    if extra:
         samples = args.extra_samples if args.extra_samples is not None else args.samples
         results += evaluate_methods(pair, extra, samples_per_seed=samples, batch_size=args.extra_batch_size, **common)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     report = EvaluationReport(
         pair_description=pair.description, num_stages=pair.target.num_stages, patch_nums=list(pair.target.patch_nums),
         cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, reference=reference,
-        machine=MachineInfo.current(args.device), results=results,
+        machine=MachineInfo.current(device), results=results,
         command="python -m sdvar_lib.evaluate " + shlex.join(argv_list), wall_time_s=time.perf_counter() - t0,
     )
     out = Path(args.out)
