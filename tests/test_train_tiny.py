@@ -251,6 +251,8 @@ def test_the_cli_never_touches_the_shipped_models_by_default(argv, no_training, 
     before = _hashes(BUNDLED_DIR)
     line = _refused(argv + ["--no-progress"], capsys)
     assert "--out" in line
+    if "--out" not in argv:
+        assert "required" in line
     assert no_training == []
     assert _hashes(BUNDLED_DIR) == before
 
