@@ -86,7 +86,7 @@ from sdvar_lib.sdvar.state import (
     SDVARInferenceState,
     VerifyResult,
 )
-from sdvar_lib.sdvar.stats import SDVAROutput, SDVARStats
+from sdvar_lib.sdvar.stats import PooledStats, SDVAROutput, SDVARStats, pool_stats, pooled_stage_acceptance
 from sdvar_lib.viz.plotting import (
     acceptance_heatmaps,
     attention_mask_figure,
@@ -109,7 +109,8 @@ __all__ = [
     "SamplingConfig", "GenerationOutput", "NonFiniteDistributionError",
     # SDVAR and its round API
     "SDVAR", "SDVARInferenceState", "DraftProposal", "CombinedQuery", "VerifyResult", "AcceptanceResult",
-    "RoundRecord", "SDVARStats", "SDVAROutput", "ModelRun", "RunFactory", "eager_run", "SD_MASK_MODES",
+    "RoundRecord", "SDVARStats", "SDVAROutput", "PooledStats", "pool_stats", "pooled_stage_acceptance",
+    "ModelRun", "RunFactory", "eager_run", "SD_MASK_MODES",
     "prefill_mask",
     # policies and gamma rules
     "AcceptancePolicy", "ExactPolicy", "Top1MatchPolicy", "RelaxedPolicy", "StageVerdict", "POLICY_NAMES",
