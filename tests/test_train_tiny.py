@@ -216,14 +216,18 @@ class _NoTraining(Exception):
 
 @pytest.fixture
 def no_training(monkeypatch):
-    """The CLI must refuse before any training: training raises, and every call is recorded."""
+    """The CLI must refuse before any work: training or re-rendering a card raises, and every call is recorded
+    (so that a CLI that failed to refuse still writes nothing, in the package's assets least of all)."""
     calls = []
 
-    def train_all(*args, **kwargs):
-        calls.append(args)
-        raise _NoTraining("the CLI started training")
+    def refuse(name):
+        def work(*args, **kwargs):
+            calls.append((name, args))
+            raise _NoTraining(f"the CLI started {name}")
+        return work
 
-    monkeypatch.setattr(cli, "train_all", train_all)
+    monkeypatch.setattr(cli, "train_all", refuse("train_all"))
+    monkeypatch.setattr(cli, "rerender_model_card", refuse("rerender_model_card"))
     return calls
 
 
