@@ -12,16 +12,10 @@ and then only the bundled folder itself. Replacing it keeps the files the traini
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import shutil
-import stat
-import tempfile
-import uuid
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -103,30 +97,6 @@ def check_bundle_out(path: str | os.PathLike, replace_bundled: bool = False, nam
     return check_output_folder(path, name)
 
 
-@contextlib.contextmanager
-def _replacing_bundled(folder: Path) -> Iterator[Path]:
-    """Like :func:`sdvar_lib.util.atomic.atomic_folder` for the bundled folder, which holds no output marker."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        yield tmp
-        for name in KEPT_FILES:
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, tmp / name)
-        tmp.chmod(stat.S_IMODE(folder.stat().st_mode))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(folder, old)
-    try:
-        os.replace(tmp, folder)
-    except BaseException:
-        os.replace(old, folder)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
 
@@ -182,7 +152,8 @@ def save_bundle(
     folder = check_bundle_out(folder, replace_bundled)
     if replace_bundled and report is None:
         raise ValueError("replace_bundled needs a report: the bundled set includes metrics.json and MODEL_CARD.md")
-    writing = _replacing_bundled(folder) if replace_bundled else atomic_folder(folder, OWNER)
+    writing = (atomic_folder(folder, OWNER, marker=False, keep=KEPT_FILES, replace_unmarked=True) if replace_bundled
+               else atomic_folder(folder, OWNER))
     with writing as tmp:
         _write_files(tmp, models, config, description, report)
         names = sorted(p.name for p in tmp.iterdir() if p.name in BUNDLE_FILES)
