@@ -224,7 +224,7 @@ def extract_features(extractor: FeatureExtractor, source: str | os.PathLike | np
                 batch = batch[: max(limit - seen, 0)]
                 if len(batch) == 0:
                     break
-            x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+            x = torch.from_numpy(np.array(batch)).permute(0, 3, 1, 2)  # a writable copy of the read buffer
             pool, logit = extractor(x)
             pools.append(pool.double().numpy())
             logits.append(logit.double().numpy())
@@ -287,8 +287,8 @@ def precision_recall(reference_ND: np.ndarray, samples_ND: np.ndarray, k: int = 
                          f"references and {smp.shape[0]} samples")
     ref_radii = _kth_distances(ref, k, block)
     smp_radii = _kth_distances(smp, k, block)
-    precision = float(_inside_any(smp, ref, ref_radii, block).float().mean())
-    recall = float(_inside_any(ref, smp, smp_radii, block).float().mean())
+    precision = float(_inside_any(smp, ref, ref_radii, block).double().mean())
+    recall = float(_inside_any(ref, smp, smp_radii, block).double().mean())
     return precision, recall
 
 

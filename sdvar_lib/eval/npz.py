@@ -21,6 +21,8 @@ from sdvar_lib.util.atomic import atomic_write_with
 
 __all__ = ["NpzMember", "write_npz_stream", "NpzArrayReader", "npz_keys"]
 
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+
 
 @dataclass
 class NpzMember:
@@ -37,7 +39,9 @@ def _write_member(zf: zipfile.ZipFile, member: NpzMember) -> None:
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(member.shape)}
     expected = math.prod(member.shape) * dtype.itemsize
     written = 0
-    with zf.open(f"{member.name}.npy", "w", force_zip64=True) as f:
+    info = zipfile.ZipInfo(f"{member.name}.npy", date_time=_EPOCH)  # a fixed time: equal sets give equal files
+    info.compress_type = zipfile.ZIP_STORED
+    with zf.open(info, "w", force_zip64=True) as f:
         np.lib.format.write_array_header_2_0(f, header)
         for chunk in member.chunks:
             data = np.ascontiguousarray(chunk, dtype=dtype).tobytes()
@@ -49,7 +53,10 @@ def _write_member(zf: zipfile.ZipFile, member: NpzMember) -> None:
 
 
 def write_npz_stream(path: str | os.PathLike, members: Iterable[NpzMember]) -> Path:
-    """Write an uncompressed ``.npz`` whose arrays come in chunks; atomically (a complete file or none)."""
+    """Write an uncompressed ``.npz`` whose arrays come in chunks; atomically (a complete file or none).
+
+    The archive's entries carry a fixed date, so the same arrays always give the same bytes.
+    """
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
