@@ -397,8 +397,10 @@ def images_to_uint8(images_B3HW: torch.Tensor) -> np.ndarray:
 class BatchSampler:
     """Runs one batch of a method on a pair: the eager path, or the CUDA fast path (bf16, graphs, graphed decode).
 
-    :meth:`build` converts the VARs to ``dtype`` for the fast path (the VQVAE stays float32) and
-    captures every pass shape the method uses (:meth:`Method.chunks`) ahead of the first call.
+    :meth:`build` converts the VARs to ``dtype`` for the fast path and captures every pass shape the
+    method uses (:meth:`Method.chunks`) ahead of the first call. The VQVAE stays float32 and runs
+    without autocast (its decode is one graph per batch shape), so the images are not rounded to
+    bf16 before they become uint8; the transformer's logits are float32 on either path.
     """
 
     def __init__(self, pair: ModelPair, method: Method, sampling: SamplingConfig, batch_size: int, engine: str,
@@ -451,8 +453,7 @@ class BatchSampler:
         labels = torch.tensor(spec.labels, dtype=torch.long, device=device)
         if self.engine == "eager":
             return self.method.run(self.sd, self.batch_size, labels, spec.g_seed, self.sampling)
-        autocast = device.type == "cuda" and self.dtype == "bfloat16"
-        with self.decode.installed(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with self.decode.installed():  # no autocast: the VQVAE (and so every pixel) stays float32
             return self.method.run(self.sd, self.batch_size, labels, spec.g_seed, self.sampling)
 
 
