@@ -44,14 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="random-official", help="sampler --models (default random-official)")
     p.add_argument("--methods", default="target,exact_adaptive", help="comma-separated methods (default target,exact_adaptive)")
-    p.add_argument("--classes", default="0-639", help="sampler --classes (default 0-639: 640 images at --per-class 1)")
+    p.add_argument("--classes", default="0-999", help="sampler --classes (default 0-999: 1,000 images at --per-class 1)")
     p.add_argument("--per-class", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--gpus", type=int, default=2, help="processes of the torchrun run (default 2)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (gloo; for testing the script)")
     p.add_argument("--work", default="/tmp/sdvar-scaling", help="folder of the sample sets (replaced)")
     p.add_argument("--report", default=None, help="folder for scaling.json and scaling.md (default: --work)")
-    p.add_argument("--timeout", type=int, default=240, help="seconds per sampler run (default 240)")
+    p.add_argument("--timeout", type=int, default=135,
+                   help="seconds per sampler run (default 135: four runs stay inside one 10-minute device call)")
     p.add_argument("--python", default=sys.executable, help="interpreter of the runs")
     return p
 
@@ -132,6 +133,7 @@ def main(argv=None) -> int:
                                     images=s["images"], process_s=seconds, per_rank=[r["images_per_s"] for r in s["per_rank"]])
             row["target_passes_per_image"] = stats["decoder_stats"]["target_passes_per_image"]
             row["pair"] = stats["pair"]
+            row["devices"] = sorted({r["device"] for r in s["per_rank"]})
         w1, wn = row.get("w1"), row.get(f"w{args.gpus}")
         if w1 and wn:
             row["scaling"] = wn["images_per_s"] / w1["images_per_s"]
@@ -142,8 +144,9 @@ def main(argv=None) -> int:
                                          "8 GPUs": FULL_SET / (w1["images_per_s"] * 8 * min(efficiency, 1.0))}
         rows.append(row)
 
+    devices = sorted({d for r in rows for d in r.get("devices", [])})
     lines = [f"Sampler scaling: --models {args.models}, --batch-size {args.batch_size}, classes {args.classes} x "
-             f"{args.per_class}, device {args.device}, {args.gpus} processes under torchrun.", "",
+             f"{args.per_class}, {args.gpus} processes under torchrun; devices {', '.join(devices) or args.device}.", "",
              f"| method | images/s, 1 process | images/s, {args.gpus} processes | scaling | same set | target passes / image "
              f"| 50k images, 1 GPU (extrapolated) | 50k images, 8 GPUs (extrapolated) |",
              "|---|---:|---:|---:|---|---:|---:|---:|"]

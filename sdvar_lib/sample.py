@@ -274,9 +274,6 @@ def _run(parser: argparse.ArgumentParser, args, dist: DistContext, argv) -> int:
         if sampling.top_k > pair.target.V:
             raise ValueError(f"--top-k must be in [0, {pair.target.V}] (this pair's vocabulary), got {sampling.top_k}")
         get_method(args.method).check_for(pair.target.num_stages)
-        engine, dtype = BatchSampler.resolve(args.engine, args.dtype, dist.device)
-        SampleFolder(args.out).check(SampleIdentity.of(plan, job.models, pair.description, engine, dtype,
-                                                       dist.device.type))
     except (TypeError, ValueError) as exc:
         parser.error(str(exc).splitlines()[0])
     say(f"{plan.num_images} images ({len(classes)} classes x {plan.per_class}), {plan.num_batches} batches of "
@@ -287,7 +284,7 @@ def _run(parser: argparse.ArgumentParser, args, dist: DistContext, argv) -> int:
     except SampleFolderError as exc:
         print(f"python -m sdvar_lib.sample: error: {exc}", file=sys.stderr)
         return 2
-    if dist.is_main:
+    if dist.is_main:  # (run_job checked the folder against the full arguments on rank 0 and told every rank)
         if result.state == "complete":
             say(f"{args.out} already holds the complete set ({result.samples_path}); nothing to do")
         elif result.stats is not None:

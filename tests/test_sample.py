@@ -5,6 +5,7 @@ The multi-process runs (torchrun, gloo) are in test_sample_distributed.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -17,6 +18,7 @@ from sdvar_lib.eval.npz import NpzArrayReader, NpzMember, write_npz_stream
 from sdvar_lib.eval.sampler import (
     SEED_STRIDE,
     SampleFolder,
+    SampleFolderError,
     SampleJob,
     SamplePlan,
     images_to_uint8,
@@ -170,6 +172,14 @@ def test_resume_after_an_interrupt_gives_the_same_set(reference_set, pair, tmp_p
     resumed, whole = (json.loads((d / "stats.json").read_text())["decoder_stats"] for d in (out, reference_set))
     resumed.pop("decoder_time_s"), whole.pop("decoder_time_s")
     assert resumed == whole  # every batch counted once
+
+
+def test_run_job_refuses_a_set_of_another_pair(reference_set, pair):
+    """What only the loaded models tell (e.g. a fallback to the bundled pair) is checked before any model call."""
+    plan = SamplePlan("exact_g2", tuple(range(5)), 1, 2, seed=0, sampling=BUNDLED_SAMPLING)
+    job = SampleJob(plan=plan, out=reference_set, models="bundled")
+    with pytest.raises(SampleFolderError, match="other arguments .*pair"):
+        run_job(job, dataclasses.replace(pair, description="another pair"), init_distributed("cpu"))
 
 
 def _error(capsys) -> str:

@@ -233,6 +233,11 @@ class SampleIdentity:
         return out
 
 
+def _transient(name: str) -> bool:
+    """A temporary of another process of the job (a write probe, a file being written): not content."""
+    return name.startswith(".sdvar-probe-") or (name.startswith(".") and ".tmp-" in name)
+
+
 def _ranges(values: Sequence[int]) -> str:
     """``[0, 1, 2, 5]`` -> ``0-2,5``."""
     parts, run = [], []
@@ -313,7 +318,7 @@ class SampleFolder:
         except OSError as exc:
             raise SampleFolderError(f"--out {str(self.path)!r} cannot be written: {str(probe)!r} refuses new files "
                                     f"({exc.strerror})") from None
-        if not self.path.exists() or not any(self.path.iterdir()):
+        if not self.path.exists() or not any(not _transient(p.name) for p in self.path.iterdir()):
             return "new"
         manifest = self.read_manifest()
         if manifest is None:
@@ -666,7 +671,8 @@ def run_job(
             write_pngs(folder.samples_path, job.out / PNG)
         return JobResult(state=state, session=None, stats=stats, samples_path=folder.samples_path)
 
-    session = RankSession(rank=dist.rank, host=dist.host, device=str(device))
+    name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+    session = RankSession(rank=dist.rank, host=dist.host, device=name)
     t_setup = time.perf_counter()
     mine = pending[dist.rank :: dist.world_size]
     if mine:
