@@ -30,9 +30,9 @@ from sdvar_lib.eval.fid import (
 )
 from sdvar_lib.eval.npz import npz_keys
 from sdvar_lib.models.checkpoints import CheckpointError, pick_device
-from sdvar_lib.util.atomic import atomic_write_text, check_writable_dir
+from sdvar_lib.util.atomic import atomic_write_text, atomic_write_with, check_writable_dir
 
-__all__ = ["build_parser", "main", "quality_table"]
+__all__ = ["build_parser", "main", "quality_table", "quality_figure"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=100, help="images per extractor call (default 100)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--plot", default=None, help="write a PNG of FID against target passes per image (sets with stats.json)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -90,6 +91,26 @@ def quality_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def quality_figure(rows: Sequence[dict]):
+    """FID against target passes per image, one labelled point per sample set that has the sampler's stats.json."""
+    from matplotlib.figure import Figure
+
+    points = [(r["sampler"]["decoder_stats"]["target_passes_per_image"], r["fid"], r["sampler"]["method"])
+              for r in rows if (r.get("sampler") or {}).get("decoder_stats", {}).get("target_passes_per_image") is not None]
+    if not points:
+        raise ValueError("--plot needs at least one samples file with the sampler's stats.json beside it")
+    fig = Figure(figsize=(6.0, 4.2))
+    ax = fig.subplots()
+    for x, y, name in points:
+        ax.plot(x, y, "o", color="#2b6cb0")
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("target passes per image")
+    ax.set_ylabel("FID (lower is better)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -110,11 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{path} holds no arr_0 (it holds {', '.join(keys) or 'nothing'})")
     if args.extractor_weights is not None and not Path(args.extractor_weights).is_file():
         parser.error(f"--extractor-weights {args.extractor_weights} does not exist")
-    if args.out is not None:
-        try:
-            check_writable_dir(Path(args.out).parent, "--out's folder")
-        except ValueError as exc:
-            parser.error(str(exc))
+    for name, value in (("--out", args.out), ("--plot", args.plot)):
+        if value is not None:
+            try:
+                check_writable_dir(Path(value).parent, f"{name}'s folder")
+            except ValueError as exc:
+                parser.error(str(exc))
     try:
         device = pick_device(args.device)
         extractor = load_extractor(args.extractor, args.extractor_weights, device)
@@ -141,6 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         atomic_write_text(args.out, json.dumps(dict(reference=args.reference, extractor=extractor.describe(), rows=rows),
                                                indent=1) + "\n")
         print(f"wrote {args.out}")
+    if args.plot is not None:
+        try:
+            fig = quality_figure(rows)
+        except ValueError as exc:
+            parser.error(str(exc))
+        atomic_write_with(args.plot, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+        print(f"wrote {args.plot}")
     return 0
 
 

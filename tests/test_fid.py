@@ -155,7 +155,8 @@ def test_cli_with_a_locally_saved_state_dict(sets, tmp_path, capsys):
     torch.save(load_bundled_classifier().state_dict(), weights)
     argv = ["--samples", str(sets / "target" / "samples.npz"), str(sets / "noise.npz"), "--reference",
             str(sets / "real.npz"), "--extractor", "digits", "--device", "cpu"]
-    assert main([*argv, "--out", str(tmp_path / "bundled.json")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "bundled.json"), "--plot", str(tmp_path / "q.png")]) == 0
+    assert (tmp_path / "q.png").read_bytes()[:4] == b"\x89PNG"
     assert main([*argv, "--extractor-weights", str(weights), "--out", str(tmp_path / "local.json")]) == 0
     out = capsys.readouterr().out
     assert "| samples | method |" in out and "| target |" in out  # the sampler's stats.json feeds the table
