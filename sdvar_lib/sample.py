@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None, help="class ids, e.g. 0-99 or 1,5,7 (default: every class)")
     p.add_argument("--batch-size", type=int, default=32, help="images per decoder call (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the set (default 0)")
-    p.add_argument("--label-order", choices=LABEL_ORDERS, default="sorted",
-                   help="sorted: class after class (VAR's protocol, default); shuffled: a permutation seeded by --seed")
+    p.add_argument("--label-order", choices=LABEL_ORDERS, default="shuffled",
+                   help="shuffled (default): the per-class labels in an order permuted by --seed, so that consecutive "
+                        "images (the evaluator's IS splits, the decoder's batches) mix classes; sorted: class after class")
     p.add_argument("--cfg", type=float, default=VAR_PROTOCOL.cfg, help="classifier-free guidance (default 1.5)")
     p.add_argument("--top-k", type=int, default=None,
                    help="top-k (default 900, VAR's protocol; a smaller vocabulary such as the bundled pair's 256 uses "

@@ -54,17 +54,19 @@ def reference_set(tmp_path_factory):
 
 # ---- the plan ---------------------------------------------------------------------------------------
 def test_plan_labels_seeds_and_padding():
-    plan = SamplePlan("target", classes=(3, 5, 7), per_class=2, batch_size=4, seed=7, sampling=BUNDLED_SAMPLING)
+    plan = SamplePlan("target", classes=(3, 5, 7), per_class=2, batch_size=4, seed=7, sampling=BUNDLED_SAMPLING,
+                      label_order="sorted")
     assert plan.num_images == 6 and plan.num_batches == 2
     assert plan.labels.tolist() == [3, 3, 5, 5, 7, 7]
     b0, b1 = plan.batch(0), plan.batch(1)
     assert (b0.start, b0.stop, b0.labels, b0.g_seed) == (0, 4, (3, 3, 5, 5), 7 * SEED_STRIDE)
     assert (b1.start, b1.stop, b1.labels, b1.g_seed) == (4, 6, (7, 7, 3, 3), 7 * SEED_STRIDE + 1)  # filled from image 0
     assert b1.num_real == 2
-    shuffled = SamplePlan("target", classes=(3, 5, 7), per_class=2, batch_size=4, seed=7, label_order="shuffled")
-    assert sorted(shuffled.labels.tolist()) == plan.labels.tolist()
-    assert shuffled.labels.tolist() == SamplePlan("target", (3, 5, 7), 2, 4, seed=7, label_order="shuffled").labels.tolist()
-    others = {tuple(SamplePlan("target", (3, 5, 7), 2, 4, seed=s, label_order="shuffled").labels.tolist()) for s in range(8)}
+    shuffled = SamplePlan("target", classes=(3, 5, 7), per_class=2, batch_size=4, seed=7)  # the default order
+    gen = torch.Generator().manual_seed(7)
+    assert shuffled.labels.tolist() == np.array([3, 3, 5, 5, 7, 7])[torch.randperm(6, generator=gen).numpy()].tolist()
+    assert shuffled.batch(1).labels == tuple(shuffled.labels[[4, 5, 0, 1]].tolist())
+    others = {tuple(SamplePlan("target", (3, 5, 7), 2, 4, seed=s).labels.tolist()) for s in range(8)}
     assert len(others) > 1
     with pytest.raises(ValueError, match="classes repeat"):
         SamplePlan("target", classes=(1, 1), per_class=1, batch_size=1)
@@ -99,8 +101,8 @@ def test_set_is_the_decoder_calls_of_the_plan(reference_set, pair):
     with np.load(reference_set / "samples.npz") as z:
         images, labels = z["arr_0"], z["arr_1"]
     assert images.dtype == np.uint8 and images.shape == (5, 16, 16, 3)
-    assert labels.tolist() == [0, 1, 2, 3, 4]
     plan = SamplePlan("exact_g2", tuple(range(5)), 1, 2, seed=0, sampling=BUNDLED_SAMPLING)
+    assert labels.tolist() == plan.labels.tolist() and sorted(labels.tolist()) == [0, 1, 2, 3, 4]
     sd, method = SDVAR(pair.draft, pair.target), get_method("exact_g2")
     target_passes = draft_passes = 0
     accepted = [0] * pair.target.num_stages
@@ -140,7 +142,8 @@ def test_default_top_k_is_said_and_png(tmp_path, capsys):
     assert out[0].startswith("models: ")
     assert any("top-k 256 instead of VAR's default 900" in line for line in out)
     pngs = sorted(p.name for p in (tmp_path / "s" / "png").iterdir() if p.suffix == ".png")
-    assert pngs == [f"{i:06d}_class{i}.png" for i in range(5)]
+    with np.load(tmp_path / "s" / "samples.npz") as z:
+        assert pngs == [f"{i:06d}_class{c}.png" for i, c in enumerate(z["arr_1"].tolist())]
     assert not (tmp_path / "s" / "shards").exists()  # removed once samples.npz is assembled
 
 
