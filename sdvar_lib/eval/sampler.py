@@ -43,7 +43,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
@@ -58,7 +58,7 @@ from sdvar_lib.models.presets import ModelPair
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.registry import Method, get_method
-from sdvar_lib.sdvar.stats import SDVAROutput
+from sdvar_lib.sdvar.stats import PooledStats, SDVAROutput
 from sdvar_lib.util.atomic import atomic_folder, atomic_write_text, atomic_write_with, check_writable_dir
 from sdvar_lib.util.checks import check_bool, check_choice, check_int, check_int_sequence, check_seed
 
@@ -81,7 +81,7 @@ __all__ = [
     "BatchSampler",
     "RankSession",
     "Progress",
-    "DecoderTotals",
+    "decoder_stats",
     "SampleJob",
     "JobResult",
     "run_job",
@@ -505,56 +505,25 @@ class Progress:
         return (self.total_images - self.done_images) / rate if rate > 0 else None
 
 
-@dataclass
-class DecoderTotals:
-    """Decoder statistics summed over batches (from the shards, so a resumed set counts every batch once)."""
+def decoder_stats(pooled: PooledStats, batch_size: int) -> dict:
+    """``stats.json``'s decoder statistics: passes, acceptance per stage and decoder time over every batch."""
+    calls = pooled.calls
+    return dict(
+        batches=calls, target_passes=pooled.target_passes, draft_passes=pooled.draft_passes,
+        target_passes_per_batch=pooled.target_passes / calls if calls else None,
+        draft_passes_per_batch=pooled.draft_passes / calls if calls else None,
+        target_passes_per_image=pooled.target_passes / (calls * batch_size) if calls else None,
+        token_acceptance=pooled.token_acceptance, token_acceptance_per_stage=pooled.token_acceptance_per_stage,
+        stage_acceptance_per_stage=pooled.stage_acceptance_per_stage,
+        proposed_tokens_per_stage=list(pooled.proposed_tokens_per_stage),
+        accepted_tokens_per_stage=list(pooled.accepted_tokens_per_stage),
+        proposed_stages_per_stage=list(pooled.proposed_stages_per_stage),
+        accepted_stages_per_stage=list(pooled.accepted_stages_per_stage), decoder_time_s=pooled.wall_time_s,
+    )
 
-    num_stages: int
-    image_shape: tuple[int, ...] = ()
-    batches: int = 0
-    target_passes: int = 0
-    draft_passes: int = 0
-    rounds: int = 0
-    decoder_time_s: float = 0.0
-    proposed_tokens_per_stage: list[int] = field(default_factory=list)
-    accepted_tokens_per_stage: list[int] = field(default_factory=list)
-    proposed_stages_per_stage: list[int] = field(default_factory=list)
-    accepted_stages_per_stage: list[int] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        for name in ("proposed_tokens_per_stage", "accepted_tokens_per_stage", "proposed_stages_per_stage",
-                     "accepted_stages_per_stage"):
-            if not getattr(self, name):
-                setattr(self, name, [0] * self.num_stages)
-
-    def add(self, stats: dict) -> None:
-        self.batches += 1
-        self.target_passes += stats["target_passes"]
-        self.draft_passes += stats["draft_passes"]
-        self.rounds += stats["rounds"]
-        self.decoder_time_s += stats["wall_time_s"]
-        for name in ("proposed_tokens_per_stage", "accepted_tokens_per_stage", "proposed_stages_per_stage",
-                     "accepted_stages_per_stage"):
-            setattr(self, name, [a + b for a, b in zip(getattr(self, name), stats[name])])
-
-    def to_dict(self, batch_size: int) -> dict:
-        def ratio(a, p):
-            return [x / y if y else None for x, y in zip(a, p)]
-
-        proposed = sum(self.proposed_tokens_per_stage)
-        return dict(
-            batches=self.batches, target_passes=self.target_passes, draft_passes=self.draft_passes, rounds=self.rounds,
-            target_passes_per_batch=self.target_passes / self.batches if self.batches else None,
-            draft_passes_per_batch=self.draft_passes / self.batches if self.batches else None,
-            target_passes_per_image=self.target_passes / (self.batches * batch_size) if self.batches else None,
-            token_acceptance=sum(self.accepted_tokens_per_stage) / proposed if proposed else None,
-            token_acceptance_per_stage=ratio(self.accepted_tokens_per_stage, self.proposed_tokens_per_stage),
-            stage_acceptance_per_stage=ratio(self.accepted_stages_per_stage, self.proposed_stages_per_stage),
-            proposed_tokens_per_stage=self.proposed_tokens_per_stage,
-            accepted_tokens_per_stage=self.accepted_tokens_per_stage,
-            proposed_stages_per_stage=self.proposed_stages_per_stage,
-            accepted_stages_per_stage=self.accepted_stages_per_stage, decoder_time_s=self.decoder_time_s,
-        )
+def _pooled_from(stats: dict) -> PooledStats:
+    return PooledStats(**{k: tuple(v) if isinstance(v, list) else v for k, v in stats.items()})
 
 
 # ---- the job --------------------------------------------------------------------------------------
@@ -592,11 +561,12 @@ class JobResult:
     samples_path: Path
 
 
-def _assemble(folder: SampleFolder, plan: SamplePlan, num_stages: int) -> DecoderTotals:
-    """Stream every shard into ``samples.npz`` (checking it belongs where it is) and sum their statistics."""
+def _assemble(folder: SampleFolder, plan: SamplePlan, num_stages: int) -> tuple[PooledStats, tuple[int, ...]]:
+    """Stream every shard into ``samples.npz`` (checking it belongs where it is); the shards' statistics summed
+    (each batch once, also over resumed sessions) and the image shape."""
     first = folder.read_shard(0, plan.batch(0))
     image_shape = tuple(first.images_bHW3.shape[1:])
-    totals = DecoderTotals(num_stages=num_stages, image_shape=image_shape)
+    totals = [PooledStats.empty(num_stages)]
 
     def image_chunks():
         for b in range(plan.num_batches):
@@ -604,14 +574,14 @@ def _assemble(folder: SampleFolder, plan: SamplePlan, num_stages: int) -> Decode
             if tuple(shard.images_bHW3.shape[1:]) != image_shape or shard.images_bHW3.dtype != np.uint8:
                 raise SampleFolderError(f"shard {folder.shard_path(b)} holds images {shard.images_bHW3.shape} "
                                         f"{shard.images_bHW3.dtype}, the set {image_shape} uint8")
-            totals.add(shard.stats)
+            totals[0] = totals[0] + _pooled_from(shard.stats)
             yield shard.images_bHW3
 
     write_npz_stream(folder.samples_path, [
         NpzMember("arr_0", (plan.num_images, *image_shape), np.dtype(np.uint8), image_chunks()),
         NpzMember("arr_1", (plan.num_images,), np.dtype(np.int64), [plan.labels]),
     ])
-    return totals
+    return totals[0], image_shape
 
 
 def write_pngs(samples_path: str | os.PathLike, out: str | os.PathLike, batch_size: int = 256) -> Path:
@@ -694,7 +664,7 @@ def run_job(
         n = spec.num_real
         shard = Shard(batch=b, images_bHW3=images_to_uint8(out.images_B3HW[:n]),
                       labels_b=np.asarray(spec.labels[:n], dtype=np.int64),
-                      indices_b=np.arange(spec.start, spec.stop, dtype=np.int64), stats=out.stats.to_dict())
+                      indices_b=np.arange(spec.start, spec.stop, dtype=np.int64), stats=asdict(PooledStats.of(out.stats)))
         folder.write_shard(shard)
         session.batches += 1
         session.images += n
@@ -711,7 +681,7 @@ def run_job(
     if not dist.is_main:
         return JobResult(state=state, session=session, stats=None, samples_path=folder.samples_path)
 
-    totals = _assemble(folder, plan, pair.target.num_stages)
+    totals, image_shape = _assemble(folder, plan, pair.target.num_stages)
     wall = max(s.wall_s for s in sessions)
     made = sum(s.images for s in sessions)
     stats = dict(
@@ -719,8 +689,8 @@ def run_job(
         lossless=method.lossless, models=job.models, pair=pair.description, fallback_reason=pair.fallback_reason,
         num_images=plan.num_images, num_classes=len(plan.classes), per_class=plan.per_class,
         batch_size=plan.batch_size, num_batches=plan.num_batches, seed=plan.seed, label_order=plan.label_order,
-        sampling=asdict(plan.sampling), engine=engine, dtype=dtype, image_shape=list(totals.image_shape),
-        decoder_stats=totals.to_dict(plan.batch_size),
+        sampling=asdict(plan.sampling), engine=engine, dtype=dtype, image_shape=list(image_shape),
+        decoder_stats=decoder_stats(totals, plan.batch_size),
         session=dict(
             world_size=dist.world_size, backend=dist.backend, images=made, batches=sum(s.batches for s in sessions),
             resumed_batches=plan.num_batches - len(pending), wall_time_s=wall,
