@@ -32,7 +32,7 @@ from sdvar_lib.eval.metrics import (
 from sdvar_lib.eval.sampler import SampleJob, SamplePlan, run_job
 from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, make_fast_sdvar
-from sdvar_lib.fast.setup import describe_setup, fast_dtype, make_pair_sdvar, uses_fast_path
+from sdvar_lib.fast.setup import describe_setup, fast_dtype, make_pair_sdvar, precapture, uses_fast_path
 from sdvar_lib.models.checkpoints import (
     MODEL_CHOICES,
     CheckpointError,
@@ -123,7 +123,7 @@ __all__ = [
     "Method", "DecoderKind", "DECODERS", "METHODS", "get_method", "methods_for", "register",
     # the fast path
     "FastConfig", "FastRun", "FastRunFactory", "make_fast_sdvar", "GraphedDecode",
-    "fast_dtype", "make_pair_sdvar", "uses_fast_path", "describe_setup",
+    "fast_dtype", "make_pair_sdvar", "precapture", "uses_fast_path", "describe_setup",
     # quality
     "compare_images", "class_consistency", "feature_frechet_distance", "frechet_distance", "gaussian_stats",
     "DigitClassifier", "load_bundled_classifier", "SeedSummary", "summarize_over_seeds",

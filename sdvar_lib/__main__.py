@@ -25,7 +25,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,15 +34,13 @@ from matplotlib.figure import Figure
 
 from sdvar_lib.eval.evaluation import EvaluationReport, load_bundled_report
 from sdvar_lib.eval.metrics import SeedSummary
-from sdvar_lib.fast.run import FastRunFactory
-from sdvar_lib.fast.setup import describe_setup, make_pair_sdvar, uses_fast_path
+from sdvar_lib.fast.setup import describe_setup, make_pair_sdvar, precapture, uses_fast_path
 from sdvar_lib.models.checkpoints import MODEL_CHOICES, load_pair, pick_device
 from sdvar_lib.models.presets import ModelPair, check_official_depth
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar.decoder import SDVAR
-from sdvar_lib.sdvar.gamma import make_gamma_rule
 from sdvar_lib.sdvar.registry import Method, get_method
-from sdvar_lib.sdvar.stats import SDVAROutput, pooled_stage_acceptance
+from sdvar_lib.sdvar.stats import pool_stats
 from sdvar_lib.util.atomic import atomic_folder, check_output_folder
 from sdvar_lib.util.checks import SEED_LIMIT, check_seed
 from sdvar_lib.viz.plotting import comparison_figure
@@ -93,13 +91,6 @@ class MethodRow:
     quality: Quality
 
 
-def _pooled_token_acceptance(outputs: Sequence[SDVAROutput]) -> list[float | None]:
-    S = outputs[0].stats.num_stages
-    proposed = [sum(o.stats.proposed_tokens_per_stage[i] for o in outputs) for i in range(S)]
-    accepted = [sum(o.stats.accepted_tokens_per_stage[i] for o in outputs) for i in range(S)]
-    return [a / p if p else None for a, p in zip(accepted, proposed)]
-
-
 def _rounded(values: Sequence[float | None]) -> list[float | None]:
     return [None if v is None else round(v, 4) for v in values]
 
@@ -117,8 +108,7 @@ def parse_gamma(text: str):
 def _with_gamma(method: Method, gamma) -> Method:
     """The SDVAR ``method`` with another gamma, named by the registry's scheme (``exact_g3``, ``relaxed_0.1_adaptive``)."""
     base = re.sub(r"_(g\d+|adaptive)$", "", method.name)
-    name = f"{base}_{'adaptive' if gamma == 'adaptive' else f'g{gamma}'}"
-    return replace(method, name=name, gamma=make_gamma_rule(gamma))
+    return method.with_gamma(gamma, name=f"{base}_{'adaptive' if gamma == 'adaptive' else f'g{gamma}'}")
 
 
 def resolve_methods(names: Sequence[str], gamma=None) -> list[Method]:
@@ -140,27 +130,19 @@ def run_methods(
     images of its call of all labels.
     """
     B = len(labels)
-    if uses_fast_path(sd):  # capture every pass shape first, so that times do not include captures
-        factory: FastRunFactory = sd.run_factory
-        for m in methods:
-            target_chunks, draft_chunks = m.chunks(sd.num_stages)
-            for batch in sorted({1, B}):
-                if target_chunks:
-                    factory.prepare(sd.target_model, batch, target_chunks)
-                if draft_chunks:
-                    factory.prepare(sd.draft_model, batch, draft_chunks)
+    precapture(sd, methods, sorted({1, B}))  # on the fast path: times do not include graph captures
     methods[0].run(sd, 1, [labels[0]], seed, sampling)  # warm-up (lazy initialisation), not reported
     measured, images = [], []
     for m in methods:
-        singles = [m.run(sd, 1, [label], seed + i, sampling) for i, label in enumerate(labels)]
+        singles = pool_stats([m.run(sd, 1, [label], seed + i, sampling).stats for i, label in enumerate(labels)])
         call = m.run(sd, B, list(labels), seed, sampling)
         measured.append(dict(
             name=m.name, description=m.describe(), lossless=m.lossless, batch_size=B,
-            target_passes_per_image_at_batch_1=sum(o.stats.target_passes for o in singles) / B,
-            draft_passes_per_image_at_batch_1=sum(o.stats.draft_passes for o in singles) / B,
-            token_acceptance_per_stage_at_batch_1=_rounded(_pooled_token_acceptance(singles)),
-            stage_acceptance_per_stage_at_batch_1=_rounded(pooled_stage_acceptance([o.stats for o in singles])),
-            ms_per_image_at_batch_1=round(sum(o.stats.wall_time_s for o in singles) / B * 1000, 1),
+            target_passes_per_image_at_batch_1=singles.target_passes / B,
+            draft_passes_per_image_at_batch_1=singles.draft_passes / B,
+            token_acceptance_per_stage_at_batch_1=_rounded(singles.token_acceptance_per_stage),
+            stage_acceptance_per_stage_at_batch_1=_rounded(singles.stage_acceptance_per_stage),
+            ms_per_image_at_batch_1=round(singles.wall_time_s / B * 1000, 1),
             target_passes_per_call=call.stats.target_passes, draft_passes_per_call=call.stats.draft_passes,
             stage_acceptance_per_stage=_rounded(call.stats.stage_acceptance_per_stage),
             ms_per_call=round(call.stats.wall_time_s * 1000, 1),

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdvar_lib import SDVAR, FastRunFactory, describe_setup, fast_dtype, load_pair, make_pair_sdvar, uses_fast_path
+from sdvar_lib import (
+    SDVAR,
+    FastRunFactory,
+    describe_setup,
+    fast_dtype,
+    get_method,
+    load_pair,
+    make_pair_sdvar,
+    precapture,
+    uses_fast_path,
+)
 
 
 @pytest.mark.parametrize("capability, expected", [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
@@ -50,3 +60,22 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="needs the fast path"):
         make_pair_sdvar(pair, False, dtype=torch.float16)
     assert pair.target.pos_1LC.dtype == torch.float32  # nothing was converted by the refused calls
+
+
+def test_precapture_builds_every_pass_shape_once_and_is_a_no_op_when_eager():
+    methods = [get_method(n) for n in ("target", "exact_g2", "test3_e3")]
+    eager = make_pair_sdvar(load_pair("bundled"))
+    assert precapture(eager, methods, [1, 2]) == 0
+    sd = make_pair_sdvar(load_pair("bundled"), True)
+    built = precapture(sd, methods, [1, 2])
+    expected = 0
+    for model, which in ((sd.target_model, 0), (sd.draft_model, 1)):
+        shapes = {c for m in methods for c in m.chunks(sd.num_stages)[which]}
+        for batch in (1, 2):
+            run = sd.run_factory.run_for(model, batch)
+            assert len(run.programs) == len(shapes)  # one program per distinct (position, length), none dropped
+            expected += len(shapes)
+    assert built == expected and precapture(sd, methods, [1, 2]) == 0
+    before = {id(r): r.programs for r in sd.run_factory.runs()}
+    get_method("exact_g2").run(sd, 2, [1, 2], 0)  # a call finds every program it needs
+    assert {id(r): r.programs for r in sd.run_factory.runs()} == before

@@ -9,19 +9,23 @@
   graphs through :func:`sdvar_lib.fast.run.make_fast_sdvar`) and the eager float32 path on a CPU;
   ``fast=False`` always takes the eager float32 path, which step-by-step diagnostics need (caches
   that are created per call and can be inspected, per-layer values, float32 comparisons).
+- :func:`precapture`: capture every pass shape some methods use, before anything is timed.
 - :func:`uses_fast_path` and :func:`describe_setup`: what the notebooks and the main job print first.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from sdvar_lib.fast.run import FastConfig, FastRunFactory, make_fast_sdvar
 from sdvar_lib.models.presets import ModelPair
 from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib.sdvar.registry import Method
 from sdvar_lib.util.checks import check_bool
 
-__all__ = ["FAST_DTYPES", "fast_dtype", "make_pair_sdvar", "uses_fast_path", "describe_setup"]
+__all__ = ["FAST_DTYPES", "fast_dtype", "make_pair_sdvar", "precapture", "uses_fast_path", "describe_setup"]
 
 FAST_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 """Weight types the fast path accepts for the VARs."""
@@ -94,6 +98,30 @@ def uses_fast_path(sd: SDVAR) -> bool:
     if not isinstance(sd, SDVAR):
         raise TypeError(f"sd must be an sdvar_lib.SDVAR, got {type(sd).__name__}")
     return isinstance(sd.run_factory, FastRunFactory)
+
+
+def precapture(sd: SDVAR, methods: Sequence[Method], batch_sizes: Iterable[int]) -> int:
+    """On the fast path, build the programs (CUDA graphs) of every pass shape ``methods`` use at ``batch_sizes``.
+
+    Returns how many were new; does nothing (0) on the eager path. Call it before timing, so that
+    no capture lands inside a measured call.
+    """
+    if not uses_fast_path(sd):
+        return 0
+    factory: FastRunFactory = sd.run_factory
+    new = 0
+    for batch in batch_sizes:
+        target_chunks: set[tuple[int, int]] = set()
+        draft_chunks: set[tuple[int, int]] = set()
+        for m in methods:
+            t, d = m.chunks(sd.num_stages)
+            target_chunks.update(t)
+            draft_chunks.update(d)
+        # all shapes of a model at once: its buffers are sized for the longest first, so none is dropped later
+        for model, chunks in ((sd.target_model, target_chunks), (sd.draft_model, draft_chunks)):
+            if chunks:
+                new += factory.run_for(model, batch).precapture(sorted(chunks))
+    return new
 
 
 def describe_setup(pair: ModelPair, sd: SDVAR) -> str:
