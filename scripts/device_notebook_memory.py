@@ -108,7 +108,8 @@ def run_child(notebook: Path, dtype_name: str, models: str, device_name: str) ->
                 result["setup_s"] = round(time.perf_counter() - t0, 2)
                 result["models_gib"] = round(torch.cuda.memory_allocated(device) / 2**30, 3) if cuda else None
                 sd, pair = namespace["sd"], namespace["pair"]
-                result["setup"] = sdvar_lib.describe_setup(pair, sd)
+                result["setup"] = sdvar_lib.describe_setup(sd)
+                result["models"] = pair.description
                 result["fast_path"] = sdvar_lib.uses_fast_path(sd)
                 result["var_dtype"] = str(pair.target.pos_1LC.dtype).removeprefix("torch.")
         if cuda:

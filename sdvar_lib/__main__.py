@@ -352,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FALLBACK: the bundled tiny pair stands in for the official models ({pair.fallback_reason})")
     labels = _check_against_pair(parser, a, ns.labels, pair)
     sd = make_pair_sdvar(pair, fast=False if a.eager else None)
-    setup = describe_setup(pair, sd)
+    setup = describe_setup(sd)
+    print(f"models: {pair.description}")
     print(setup)
 
     t0 = time.perf_counter()
@@ -378,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [asdict(r) for r in rows],
     }
     markdown = (
-        f"# SDVAR main job, run {run_id}\n\n{setup}\n\n"
+        f"# SDVAR main job, run {run_id}\n\nModels: {pair.description}; {setup}.\n\n"
         + (f"FALLBACK: {pair.fallback_reason}\n\n" if pair.fallback_reason else "")
         + f"Figure: `{FIGURE}` (same run id). Command: `{command}`. {len(labels)} labels {labels}, seed {a.seed}; "
         f"batch 1 = one call per image (seed + i), batch {len(labels)} = one call of all labels.\n\n"

@@ -2,7 +2,8 @@
 
 What the first cell of every notebook does on Colab, replayed offline:
 
-- a stub ``google.colab`` module makes the cell take its Colab branch;
+- a stub ``google.colab`` module, imported at start-up (``sitecustomize``) as Colab's kernel does,
+  makes the cell take its Colab branch;
 - ``SDVAR_REPO_URL`` points the cell's ``pip install "sdvar-workbench[hub] @ git+{REPO_URL}"`` at a
   ``git+file://`` repository holding this checkout's HEAD (so: commit before running this test);
 - pip's own environment variables make that install what Colab's is, without a network: into a
@@ -69,6 +70,8 @@ def test_the_colab_cell_installs_from_git_and_notebook_00_runs_from_the_install(
     stub = tmp_path / "stub" / "google" / "colab"  # a namespace package `google` with a `colab` module
     stub.mkdir(parents=True)
     (stub / "__init__.py").write_text('"""Stand-in for Colab\'s module: the notebooks take their Colab branch."""\n')
+    # Colab's kernel has imported google.colab before the first cell runs; site imports this at start-up
+    (tmp_path / "stub" / "sitecustomize.py").write_text("import google.colab  # noqa: F401\n")
     site = tmp_path / "site"
     site.mkdir()
     work = tmp_path / "work"  # outside the checkout: the set-up cell cannot find a repository root from here
@@ -101,7 +104,7 @@ def test_the_colab_cell_installs_from_git_and_notebook_00_runs_from_the_install(
     assert (site / "sdvar_lib" / "assets" / "tiny_digits" / "evaluation.json").is_file()
     done = json.loads((work / "executed.ipynb").read_text())
     first = _stream_text(done["cells"][1]).splitlines()
-    assert first[0].startswith("device cpu, VAR weights float32, fast path off") and "tiny digits pair" in first[0]
+    assert "tiny digits pair" in first[0] and first[1].startswith("device cpu, VAR weights float32, fast path off")
     line = next(x for x in _stream_text(done["cells"][-1]).splitlines() if x.startswith("PROVENANCE"))
     where = json.loads(line.removeprefix("PROVENANCE "))
     for key in ("sdvar_lib", "test_framework", "assets"):

@@ -29,7 +29,7 @@ def test_a_notebook_runs_with_the_swapped_pair_and_eager_runs_are_measured_once(
     (row,) = rows
     assert row["status"] == "ok" and row["notebook"] == "00_setup.ipynb"
     assert row["fast_path"] is False and row["var_dtype"] == "float32" and row["seconds"] > 0
-    assert row["setup"].startswith("device cpu") and "tiny random pair" in row["setup"]  # load_pair was swapped
+    assert row["setup"].startswith("device cpu") and "tiny random pair" in row["models"]  # load_pair was swapped
     assert row["peak_reserved_gib"] is None and row["fits_15gb"] is None
     assert "| 00_setup.ipynb | float32 | off |" in capsys.readouterr().out
 

@@ -32,8 +32,7 @@ def test_on_a_cpu_the_default_is_the_eager_float32_path():
     sd = make_pair_sdvar(pair)
     assert type(sd) is SDVAR and sd.run_factory is None and not uses_fast_path(sd)
     assert pair.target.pos_1LC.dtype == torch.float32 and pair.draft.pos_1LC.dtype == torch.float32
-    line = describe_setup(pair, sd)
-    assert line.startswith("device cpu, VAR weights float32, fast path off") and pair.description in line
+    assert describe_setup(sd) == "device cpu, VAR weights float32, fast path off (eager float32)"
 
 
 def test_fast_true_converts_the_vars_not_the_vqvae_and_says_so():
@@ -42,7 +41,7 @@ def test_fast_true_converts_the_vars_not_the_vqvae_and_says_so():
     assert isinstance(sd.run_factory, FastRunFactory) and uses_fast_path(sd)
     assert pair.target.pos_1LC.dtype == torch.bfloat16 and pair.draft.head.weight.dtype == torch.bfloat16
     assert pair.vae.quantize.embedding.weight.dtype == torch.float32
-    assert "VAR weights bfloat16, fast path on (static buffers, no graphs)" in describe_setup(pair, sd)
+    assert "VAR weights bfloat16, fast path on (static buffers, no graphs)" in describe_setup(sd)
     out = sd.generate_parallel(2, [1, 2], g_seed=0)
     assert torch.isfinite(out.images_B3HW).all() and out.stats.target_passes <= 7
     with pytest.raises(ValueError, match="load the pair again"):  # converted models cannot go back silently
@@ -79,3 +78,16 @@ def test_precapture_builds_every_pass_shape_once_and_is_a_no_op_when_eager():
     before = {id(r): r.programs for r in sd.run_factory.runs()}
     get_method("exact_g2").run(sd, 2, [1, 2], 0)  # a call finds every program it needs
     assert {id(r): r.programs for r in sd.run_factory.runs()} == before
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_default_is_the_fast_path_with_graphs(cuda_device):
+    pair = load_pair("tiny-random", device=cuda_device)
+    sd = make_pair_sdvar(pair)
+    assert uses_fast_path(sd) and pair.target.pos_1LC.dtype == fast_dtype(cuda_device)
+    assert pair.vae.quantize.embedding.weight.dtype == torch.float32
+    assert "fast path on (CUDA graphs)" in describe_setup(sd)
+    assert precapture(sd, [get_method("exact_g2")], [2]) > 0
+    out = get_method("exact_g2").run(sd, 2, [1, 2], 0)
+    assert torch.isfinite(out.images_B3HW).all()
+    assert all(r.counters.captures > 0 and r.counters.eager_passes == 0 for r in sd.run_factory.call_runs())

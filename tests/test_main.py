@@ -165,3 +165,15 @@ def test_the_set_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="figure failed"):
         main(argv)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_main_job_runs_the_fast_path_unless_eager(tmp_path, cuda_device):
+    for extra, fast in (([], True), (["--eager"], False)):
+        out = tmp_path / f"demo-{fast}"
+        assert main(["--out", str(out), "--models", "tiny-random", "--labels", "1", "2", "--device", "cuda", *extra]) == 0
+        stats = json.loads((out / "stats.json").read_text())
+        assert stats["pair"]["fast_path"] is fast and stats["pair"]["device"].startswith("cuda")
+        assert stats["pair"]["var_dtype"] in (("bfloat16", "float16") if fast else ("float32",))
+        rows = {r["name"]: r for r in stats["rows"]}
+        assert rows["target"]["target_passes_per_call"] == 4 and rows["code_e3"]["target_passes_per_call"] == 3

@@ -10,7 +10,7 @@
   ``fast=False`` always takes the eager float32 path, which step-by-step diagnostics need (caches
   that are created per call and can be inspected, per-layer values, float32 comparisons).
 - :func:`precapture`: capture every pass shape some methods use, before anything is timed.
-- :func:`uses_fast_path` and :func:`describe_setup`: what the notebooks and the main job print first.
+- :func:`uses_fast_path` and :func:`describe_setup`: what the notebooks and the main job print with the models.
 """
 
 from __future__ import annotations
@@ -124,13 +124,13 @@ def precapture(sd: SDVAR, methods: Sequence[Method], batch_sizes: Iterable[int])
     return new
 
 
-def describe_setup(pair: ModelPair, sd: SDVAR) -> str:
-    """One line: device, weight type, whether the fast path is on, and the models."""
-    if not isinstance(pair, ModelPair):
-        raise TypeError(f"pair must be a ModelPair (from load_pair), got {type(pair).__name__}")
-    device = pair.target.device
+def describe_setup(sd: SDVAR) -> str:
+    """How ``sd`` runs, in one line: device, the VARs' weight type, and whether the fast path is on."""
+    if not isinstance(sd, SDVAR):
+        raise TypeError(f"sd must be an sdvar_lib.SDVAR, got {type(sd).__name__}")
+    device = sd.target_model.device
     where = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
-    dtype = str(pair.target.pos_1LC.dtype).removeprefix("torch.")
+    dtype = str(sd.target_model.pos_1LC.dtype).removeprefix("torch.")
     if uses_fast_path(sd):
         factory: FastRunFactory = sd.run_factory
         graphs = factory.config.use_cuda_graphs
@@ -138,4 +138,4 @@ def describe_setup(pair: ModelPair, sd: SDVAR) -> str:
         path = f"fast path on ({'CUDA graphs' if graphs else 'static buffers, no graphs'})"
     else:
         path = "fast path off (eager float32)"
-    return f"device {where}, VAR weights {dtype}, {path}; models: {pair.description}"
+    return f"device {where}, VAR weights {dtype}, {path}"
