@@ -38,13 +38,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from functools import cached_property
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,31 +49,33 @@ import torch
 
 from sdvar_lib.eval.distributed import DistContext
 from sdvar_lib.eval.npz import NpzArrayReader, NpzMember, write_npz_stream
+from sdvar_lib.eval.plan import LABEL_ORDERS, SEED_STRIDE, VAR_PROTOCOL, BatchSpec, SamplePlan
+from sdvar_lib.eval.shards import PNG, SampleFolder, SampleFolderError, SampleIdentity, Shard
 from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.fast.run import FastRunFactory
+from sdvar_lib.fast.setup import fast_dtype, make_pair_sdvar, precapture
 from sdvar_lib.models.presets import ModelPair
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.registry import Method, get_method
 from sdvar_lib.sdvar.stats import PooledStats, SDVAROutput
-from sdvar_lib.util.atomic import atomic_folder, atomic_write_text, atomic_write_with, check_writable_dir
-from sdvar_lib.util.checks import check_bool, check_choice, check_int, check_int_sequence, check_seed
+from sdvar_lib.util.atomic import atomic_folder, atomic_write_text
+from sdvar_lib.util.checks import check_bool, check_choice
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "SEED_STRIDE",
-    "FORMAT",
     "LABEL_ORDERS",
+    "VAR_PROTOCOL",
     "ENGINES",
     "DTYPES",
-    "VAR_PROTOCOL",
-    "SampleFolderError",
     "SamplePlan",
     "BatchSpec",
     "SampleIdentity",
     "Shard",
     "SampleFolder",
+    "SampleFolderError",
     "images_to_uint8",
     "BatchSampler",
     "RankSession",
@@ -88,312 +87,8 @@ __all__ = [
     "write_pngs",
 ]
 
-SEED_STRIDE = 1_000_000
-"""Batch ``b`` of seed ``s`` uses ``g_seed = SEED_STRIDE * s + b`` (so at most this many batches per set)."""
-FORMAT = "sdvar-samples/1"
-LABEL_ORDERS = ("sorted", "shuffled")
 ENGINES = ("auto", "eager", "fast")
-DTYPES = ("float32", "bfloat16")
-VAR_PROTOCOL = SamplingConfig(cfg=1.5, top_k=900, top_p=0.96, more_smooth=False)
-"""VAR's evaluation protocol (ImageNet 256: 50 images per class, cfg 1.5, top-k 900, top-p 0.96)."""
-
-MANIFEST = "manifest.json"
-SAMPLES = "samples.npz"
-STATS = "stats.json"
-SHARDS = "shards"
-PNG = "png"
-
-
-class SampleFolderError(ValueError):
-    """The output folder cannot hold this set (other arguments, foreign files, a damaged shard)."""
-
-
-# ---- the plan -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BatchSpec:
-    """Batch ``index``: real images ``start .. stop - 1``, ``labels`` of all ``B`` rows (padding included)."""
-
-    index: int
-    start: int
-    stop: int
-    labels: tuple[int, ...]
-    g_seed: int
-
-    @property
-    def num_real(self) -> int:
-        return self.stop - self.start
-
-
-@dataclass(frozen=True)
-class SamplePlan:
-    """Which images a set holds: method, classes, images per class, batch size, seed, sampling settings."""
-
-    method: str
-    classes: tuple[int, ...]
-    per_class: int
-    batch_size: int
-    seed: int = 0
-    sampling: SamplingConfig = VAR_PROTOCOL
-    label_order: str = "shuffled"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.method, str) or not self.method:
-            raise TypeError(f"method must be a method name, got {self.method!r}")
-        object.__setattr__(self, "classes", check_int_sequence(self.classes, "classes", 0))
-        if len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"classes repeat: {list(self.classes)}")
-        check_int(self.per_class, "per_class", 1)
-        check_int(self.batch_size, "batch_size", 1)
-        check_seed(self.seed, "seed", allow_none=False)
-        if self.seed > (2**63 - 1 - SEED_STRIDE) // SEED_STRIDE:
-            raise ValueError(f"seed must be <= {(2**63 - 1 - SEED_STRIDE) // SEED_STRIDE} (g_seed = seed * {SEED_STRIDE} + "
-                             f"batch), got {self.seed}")
-        if not isinstance(self.sampling, SamplingConfig):
-            raise TypeError(f"sampling must be a SamplingConfig, got {type(self.sampling).__name__}")
-        check_choice(self.label_order, "label_order", LABEL_ORDERS)
-        if self.num_batches > SEED_STRIDE:
-            raise ValueError(f"at most {SEED_STRIDE} batches per set (g_seed = seed * {SEED_STRIDE} + batch); "
-                             f"got {self.num_batches}: use a larger batch size")
-
-    @property
-    def num_images(self) -> int:
-        return len(self.classes) * self.per_class
-
-    @property
-    def num_batches(self) -> int:
-        return math.ceil(self.num_images / self.batch_size)
-
-    @cached_property
-    def labels(self) -> np.ndarray:
-        """Class of every image, ``(N,)`` int64 (see the module docstring)."""
-        sorted_N = np.repeat(np.asarray(self.classes, dtype=np.int64), self.per_class)
-        if self.label_order == "sorted":
-            return sorted_N
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(self.seed)
-        perm = torch.randperm(self.num_images, generator=gen).numpy()
-        return sorted_N[perm]
-
-    def g_seed(self, batch: int) -> int:
-        return self.seed * SEED_STRIDE + batch
-
-    def batch(self, index: int) -> BatchSpec:
-        check_int(index, "batch index", 0, self.num_batches - 1)
-        start = index * self.batch_size
-        stop = min(start + self.batch_size, self.num_images)
-        rows = np.arange(start, start + self.batch_size) % self.num_images
-        return BatchSpec(index=index, start=start, stop=stop, labels=tuple(int(v) for v in self.labels[rows]),
-                         g_seed=self.g_seed(index))
-
-
-@dataclass(frozen=True)
-class SampleIdentity:
-    """Everything that decides the pixels of a set (the manifest's ``identity``; ``None`` = not known yet).
-
-    The world size is not part of it: a set may be resumed with any number of processes.
-    """
-
-    method: str | None = None
-    models: str | None = None
-    pair: str | None = None
-    classes: tuple[int, ...] | None = None
-    per_class: int | None = None
-    batch_size: int | None = None
-    seed: int | None = None
-    label_order: str | None = None
-    cfg: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    more_smooth: bool | None = None
-    engine: str | None = None
-    dtype: str | None = None
-    device_type: str | None = None
-
-    @classmethod
-    def of(cls, plan: SamplePlan, models: str, pair: str, engine: str, dtype: str, device_type: str) -> SampleIdentity:
-        s = plan.sampling
-        return cls(method=plan.method, models=models, pair=pair, classes=tuple(plan.classes), per_class=plan.per_class,
-                   batch_size=plan.batch_size, seed=plan.seed, label_order=plan.label_order, cfg=s.cfg, top_k=s.top_k,
-                   top_p=s.top_p, more_smooth=s.more_smooth, engine=engine, dtype=dtype, device_type=device_type)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["classes"] = None if self.classes is None else list(self.classes)
-        return d
-
-    def differences(self, stored: dict) -> list[str]:
-        """``key: stored -> this`` for every known field that differs from a stored identity."""
-        out = []
-        for f in fields(self):
-            mine = getattr(self, f.name)
-            if mine is None:
-                continue
-            theirs = stored.get(f.name)
-            if f.name == "classes" and theirs is not None:
-                theirs = tuple(theirs)
-            if theirs != mine:
-                show = (lambda v: f"{len(v)} classes {_ranges(v)}") if f.name == "classes" else repr
-                out.append(f"{f.name} {show(theirs) if theirs is not None else 'unset'} -> {show(mine)}")
-        return out
-
-
-def _transient(name: str) -> bool:
-    """A temporary of another process of the job (a write probe, a file being written): not content."""
-    return name.startswith(".sdvar-probe-") or (name.startswith(".") and ".tmp-" in name)
-
-
-def _ranges(values: Sequence[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``0-2,5``."""
-    parts, run = [], []
-    for v in values:
-        if run and v == run[-1] + 1:
-            run.append(v)
-            continue
-        if run:
-            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [v]
-    if run:
-        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(parts)
-
-
-# ---- the folder -----------------------------------------------------------------------------------
-@dataclass
-class Shard:
-    """One finished batch: its real images ``(b, H, W, 3)`` uint8, labels, global indices and decoder statistics."""
-
-    batch: int
-    images_bHW3: np.ndarray
-    labels_b: np.ndarray
-    indices_b: np.ndarray
-    stats: dict
-
-
-class SampleFolder:
-    """The output folder of one set: manifest, shards, ``samples.npz``, ``stats.json``."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.shards = self.path / SHARDS
-
-    @property
-    def manifest_path(self) -> Path:
-        return self.path / MANIFEST
-
-    @property
-    def samples_path(self) -> Path:
-        return self.path / SAMPLES
-
-    @property
-    def stats_path(self) -> Path:
-        return self.path / STATS
-
-    def shard_path(self, batch: int) -> Path:
-        return self.shards / f"batch_{batch:06d}.npz"
-
-    def read_manifest(self) -> dict | None:
-        if not self.manifest_path.is_file():
-            return None
-        try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SampleFolderError(f"{self.manifest_path} is unreadable ({exc}); choose a new --out folder") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise SampleFolderError(f"{self.manifest_path} is not a manifest of {FORMAT}; choose a new --out folder")
-        return manifest
-
-    def check(self, identity: SampleIdentity) -> str:
-        """``"new"``, ``"resume"`` or ``"complete"``; :class:`SampleFolderError` if the folder cannot hold this set.
-
-        Only fields of ``identity`` that are known (not ``None``) are compared, so the CLI can check
-        before it loads the models and again, fully, after.
-        """
-        try:
-            check_writable_dir(self.path)
-        except ValueError as exc:
-            raise SampleFolderError(str(exc)) from None
-        probe = self.path
-        while not probe.exists():
-            probe = probe.parent
-        try:  # permissions alone do not tell (root, read-only mounts, /proc): try a file
-            fd, name = tempfile.mkstemp(prefix=".sdvar-probe-", dir=probe)
-            os.close(fd)
-            os.unlink(name)
-        except OSError as exc:
-            raise SampleFolderError(f"--out {str(self.path)!r} cannot be written: {str(probe)!r} refuses new files "
-                                    f"({exc.strerror})") from None
-        if not self.path.exists() or not any(not _transient(p.name) for p in self.path.iterdir()):
-            return "new"
-        manifest = self.read_manifest()
-        if manifest is None:
-            raise SampleFolderError(
-                f"--out {str(self.path)!r} already holds files but no {MANIFEST}: it was not made by the sampler; "
-                "choose a new or empty folder"
-            )
-        diffs = identity.differences(manifest.get("identity", {}))
-        if diffs:
-            raise SampleFolderError(
-                f"--out {str(self.path)!r} holds a set made with other arguments ({'; '.join(diffs)}); rerun with "
-                "the same arguments to resume it, or choose a new folder"
-            )
-        return "complete" if manifest.get("complete") and self.samples_path.is_file() else "resume"
-
-    def prepare(self, identity: SampleIdentity, plan: SamplePlan, command: str) -> list[int]:
-        """Create or resume the folder (rank 0 only); returns the batches still to make, in order."""
-        state = self.check(identity)
-        if state == "new":
-            self.write_manifest(identity, plan, command, complete=False)
-        elif state == "complete":
-            return []
-        self.shards.mkdir(parents=True, exist_ok=True)
-        for stale in self.shards.glob(".*.tmp-*"):  # temporaries of batches that were in flight
-            stale.unlink(missing_ok=True)
-        done = self.done_batches()
-        return [b for b in range(plan.num_batches) if b not in done]
-
-    def write_manifest(self, identity: SampleIdentity, plan: SamplePlan, command: str, complete: bool) -> None:
-        manifest = dict(format=FORMAT, identity=identity.to_dict(), num_images=plan.num_images,
-                        num_batches=plan.num_batches, seed_rule=f"g_seed = seed * {SEED_STRIDE} + batch index",
-                        label_rule=("class of image i = classes[i // per_class]" if plan.label_order == "sorted" else
-                                    "classes repeated per_class times, permuted by torch.randperm(N) seeded with seed"),
-                        command=command, complete=complete)
-        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1) + "\n")
-
-    def done_batches(self) -> set[int]:
-        if not self.shards.is_dir():
-            return set()
-        done = set()
-        for p in self.shards.iterdir():
-            name = p.name
-            if name.startswith("batch_") and name.endswith(".npz") and name[6:-4].isdigit():
-                done.add(int(name[6:-4]))
-        return done
-
-    def write_shard(self, shard: Shard) -> Path:
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                np.savez(f, images=shard.images_bHW3, labels=shard.labels_b, indices=shard.indices_b,
-                         stats=np.array(json.dumps(shard.stats)))
-
-        return atomic_write_with(self.shard_path(shard.batch), write)
-
-    def read_shard(self, batch: int, spec: BatchSpec | None = None) -> Shard:
-        path = self.shard_path(batch)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                shard = Shard(batch=batch, images_bHW3=z["images"], labels_b=z["labels"], indices_b=z["indices"],
-                              stats=json.loads(str(z["stats"])))
-        except FileNotFoundError:
-            raise SampleFolderError(f"shard {path} is missing; rerun the same command to make it") from None
-        except Exception as exc:  # a damaged file: say which and how to recover
-            raise SampleFolderError(f"shard {path} is damaged ({type(exc).__name__}: {exc}); delete it and rerun the "
-                                    "same command to make it again") from None
-        if spec is not None:
-            expected = np.arange(spec.start, spec.stop)
-            if not np.array_equal(shard.indices_b, expected) or list(shard.labels_b) != list(spec.labels[: spec.num_real]):
-                raise SampleFolderError(f"shard {path} does not hold images {spec.start}..{spec.stop - 1} of this set; "
-                                        "delete it and rerun the same command")
-        return shard
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 # ---- making one batch -----------------------------------------------------------------------------
@@ -419,12 +114,13 @@ class BatchSampler:
 
     @staticmethod
     def resolve(engine: str, dtype: str | None, device: torch.device) -> tuple[str, str]:
-        """``(engine, dtype)`` with ``auto``/``None`` resolved: the fast path in bf16 on CUDA, eager float32 on the CPU."""
+        """``(engine, dtype)`` with ``auto``/``None`` resolved: the fast path on CUDA (bf16 where the GPU has it,
+        else fp16: :func:`~sdvar_lib.fast.setup.fast_dtype`), eager float32 on the CPU."""
         check_choice(engine, "engine", ENGINES)
         if engine == "auto":
             engine = "fast" if device.type == "cuda" else "eager"
         if dtype is None:
-            dtype = "bfloat16" if engine == "fast" and device.type == "cuda" else "float32"
+            dtype = str(fast_dtype(device)).removeprefix("torch.") if engine == "fast" else "float32"
         check_choice(dtype, "dtype", DTYPES)
         if engine == "eager" and dtype != "float32":
             raise ValueError(f"dtype {dtype} needs the fast engine (--engine fast); the eager path runs float32")
@@ -438,23 +134,13 @@ class BatchSampler:
         S = pair.target.num_stages
         method.check_for(S)
         sampling.check_vocabulary(pair.target.V)
+        sd = make_pair_sdvar(pair, fast=engine == "fast", dtype=getattr(torch, dtype))
         if engine == "eager":
-            return cls(pair, method, sampling, batch_size, engine, dtype, SDVAR(pair.draft, pair.target), None, None)
-        torch_dtype = getattr(torch, dtype)
-        for model in (pair.draft, pair.target):
-            model.to(torch_dtype).eval()
-        factory = FastRunFactory()
-        sd = SDVAR(pair.draft, pair.target, run_factory=factory)
-        target_chunks, draft_chunks = method.chunks(S)
+            return cls(pair, method, sampling, batch_size, engine, dtype, sd, None, None)
         t0 = time.perf_counter()
-        if method.uses_target and target_chunks:
-            factory.prepare(pair.target, batch_size, target_chunks)
-        if method.uses_draft and draft_chunks:
-            factory.prepare(pair.draft, batch_size, draft_chunks)
-        log.info("fast path: %d target and %d draft chunk shapes prepared in %.1f s", len(target_chunks),
-                 len(draft_chunks), time.perf_counter() - t0)
-        decode = GraphedDecode(pair.vae)
-        return cls(pair, method, sampling, batch_size, engine, dtype, sd, factory, decode)
+        new = precapture(sd, [method], [batch_size])
+        log.info("fast path: %d pass shapes captured in %.1f s", new, time.perf_counter() - t0)
+        return cls(pair, method, sampling, batch_size, engine, dtype, sd, sd.run_factory, GraphedDecode(pair.vae))
 
     @torch.no_grad()
     def __call__(self, spec: BatchSpec) -> SDVAROutput:
