@@ -228,11 +228,7 @@ class SDVAR:
             si = c + i
             if i > 0:
                 x_2BlC = run.stage_input(si, list(state.f_hats) + f_hats)
-            logits_2BlV = run.forward(x_2BlC)
-            l = self.patch_nums[si] ** 2
-            sample = self.draft_model.sample_stage(
-                guided_logits(logits_2BlV[:, -l:], si, S, state.sampling.cfg), si, state.sampling, state.rng
-            )
+            sample = run.sample_stage(run.forward(x_2BlC), si, state.sampling, state.rng)
             tokens.append(sample.idx_Bl)
             q_probs.append(sample.probs_BlV)
             f_hats.extend(self.f_hats_after(list(state.f_hats) + f_hats, si, [sample.idx_Bl]))
