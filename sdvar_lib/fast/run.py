@@ -43,14 +43,16 @@ from dataclasses import dataclass
 
 import torch
 
-from sdvar_lib.fast.fused import FusedPass
+from sdvar_lib.fast.fused import FusedPass, block_ops, check_block_ops
 from sdvar_lib.fast.graphs import CapturedGraph, capture_graph
+from sdvar_lib.fast.kernels import BACKENDS, resolve_backend
+from sdvar_lib.fast.sampling import SAMPLERS, FusedSampler, resolve_sampler
 from sdvar_lib.models.kv_cache import KVCache
-from sdvar_lib.models.sampling import cfg_labels
+from sdvar_lib.models.sampling import SamplingConfig, StageSample, cfg_labels
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.run import ModelRun
-from sdvar_lib.util.checks import check_bool, check_int
+from sdvar_lib.util.checks import check_bool, check_choice, check_int
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +79,19 @@ class FastConfig:
     chunk whose capture fails runs eagerly (with a warning) instead of raising. ``fused``: the
     pass of :class:`~sdvar_lib.fast.fused.FusedPass` (AdaLN modulations computed once per call, fewer and fused
     kernels per block); ``False`` runs :meth:`sdvar_lib.models.var.VAR.forward_cached` itself.
+    ``kernels``: the fused pass's block steps — ``"triton"`` (Triton kernels, 8 kernels per block),
+    ``"torch"`` (PyTorch kernels, 18 per block) or ``"auto"`` (Triton on a GPU where it runs and
+    passes a check against PyTorch at the run's start, else PyTorch). ``sampler``: a stage's
+    sampling — ``"fused"`` (one Triton kernel after PyTorch's noise draw, same random stream:
+    :mod:`sdvar_lib.fast.sampling`), ``"torch"`` or ``"auto"`` (fused where Triton runs on a GPU).
     """
 
     use_cuda_graphs: bool | None = None
     capture_warmup: int = 1
     fallback_to_eager: bool = True
     fused: bool = True
+    kernels: str = "auto"
+    sampler: str = "auto"
 
     def __post_init__(self) -> None:
         if self.use_cuda_graphs is not None and not isinstance(self.use_cuda_graphs, bool):
@@ -90,6 +99,13 @@ class FastConfig:
         check_bool(self.fused, "fused")
         check_bool(self.fallback_to_eager, "fallback_to_eager")
         check_int(self.capture_warmup, "capture_warmup", 0)
+        check_choice(self.kernels, "kernels", BACKENDS)
+        check_choice(self.sampler, "sampler", SAMPLERS)
+
+    @classmethod
+    def first_version(cls, **kwargs) -> FastConfig:
+        """The fast path before fused kernels (PyTorch block kernels and sampling): the benchmark's "old" rows."""
+        return cls(kernels="torch", sampler="torch", **kwargs)
 
 
 @dataclass(frozen=True)
@@ -207,7 +223,10 @@ class FastRun(ModelRun):
         self._stage_of_position = [int(s) for s in model.lvl_1L[0].tolist()]
         self._masks: dict[tuple[int, int], torch.Tensor | None] = {}
         self._prologue_program: _Program | None = None
-        self._fused = FusedPass(model, rows, dtype, device) if self.fused else None
+        self.kernels = self._resolve_kernels(config.kernels) if self.fused else "torch"
+        self._fused = FusedPass(model, rows, dtype, device, block_ops(self.kernels)) if self.fused else None
+        self.sampler = resolve_sampler(config.sampler, device)
+        self._sampler = FusedSampler(model) if self.sampler == "fused" else None
 
     __hash__ = object.__hash__
     __eq__ = object.__eq__
@@ -215,8 +234,22 @@ class FastRun(ModelRun):
     def __repr__(self) -> str:
         return (
             f"FastRun(depth={self.model.depth}, batch={self.batch_size}, dtype={self.dtype}, "
-            f"graphs={self.use_cuda_graphs}, programs={len(self._programs)}, cache length={self.cache.length})"
+            f"graphs={self.use_cuda_graphs}, kernels={self.kernels}, sampler={self.sampler}, "
+            f"programs={len(self._programs)}, cache length={self.cache.length})"
         )
+
+    def _resolve_kernels(self, choice: str) -> str:
+        """The block kernels' backend; Triton on CUDA only after its check against PyTorch passes."""
+        backend = resolve_backend(choice, self.model.device, "kernels")
+        if backend == "triton" and self.model.device.type == "cuda":
+            problem = check_block_ops(block_ops("triton"), self.model.C, self.model.num_heads, self.dtype,
+                                      self.model.device)
+            if problem is not None:
+                if choice == "triton":
+                    raise RuntimeError(f"kernels='triton' failed its check: {problem}")
+                log.warning("fused block kernels fall back to PyTorch: %s", problem)
+                return "torch"
+        return backend
 
     # -- per call --
     @torch.no_grad()
@@ -253,6 +286,13 @@ class FastRun(ModelRun):
             return self.model.start_input(self.cond_2BD, self.lvl_pos_1LC)
         next_BlCv = self.model.vae.quantize.next_input(si - 1, f_hats[si - 1])
         return self.model.stage_input(si, next_BlCv.to(self.dtype), self.lvl_pos_1LC).repeat(2, 1, 1)
+
+    def sample_stage(self, logits_2BlV: torch.Tensor, si: int, sampling: SamplingConfig,
+                     rng: torch.Generator | None) -> StageSample:
+        """Stage ``si``'s sample from a pass's logits: the fused sampler where it applies, else the reference's kernels."""
+        if self._sampler is not None and self._sampler.supports(sampling):
+            return self._sampler(logits_2BlV, si, sampling, rng)
+        return super().sample_stage(logits_2BlV, si, sampling, rng)
 
     # -- passes --
     @torch.no_grad()

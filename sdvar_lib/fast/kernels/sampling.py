@@ -1,0 +1,95 @@
+"""Triton kernel of a stage's sampling: CFG, top-k, top-p, softmax, the draw and the codebook lookup.
+
+One program per token: it reads the token's conditional and unconditional logits, applies the
+guidance, filters (top-k by the k-th largest value, top-p over the values sorted in registers),
+writes the sampling distribution, draws and gathers the token's codebook vector into the stage's
+embedded map. The draw is the one ``torch.multinomial`` makes for one sample per row —
+``argmax(p / e)`` with ``e ~ Exp(1)`` drawn beforehand by PyTorch from the call's generator
+(:func:`sample_stage`) — so the random stream is the reference's. The guidance is computed with
+the reference's float32 operations (no fused multiply-add), so it is bit-exact; softmax and the
+top-p sum may round differently in the last bit, which can change a draw only where two
+candidates tie to that precision.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["sample_stage"]
+
+
+@triton.jit
+def _sample_kernel(
+    LOGITS, NOISE, IDX, PROBS, H, CODEBOOK,
+    B, l, chunk_l, offset, V, Cv, cfg_cond, cfg_uncond, top_k, top_p,
+    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_CV: tl.constexpr,
+):
+    n = tl.program_id(0)  # token row of the stage, b * l + j
+    b = n // l
+    j = n % l
+    cols = tl.arange(0, BLOCK_V)
+    valid = cols < V
+    cond = tl.load(LOGITS + (b * chunk_l + offset + j) * V + cols, mask=valid, other=0.0)
+    uncond = tl.load(LOGITS + ((B + b) * chunk_l + offset + j) * V + cols, mask=valid, other=0.0)
+    x = cond * cfg_cond - uncond * cfg_uncond
+    x = tl.where(valid, x, float("-inf"))
+    if HAS_TOP_K or HAS_TOP_P:
+        ranks = tl.arange(0, BLOCK_V)
+        s = tl.sort(x, descending=True)
+        if HAS_TOP_K:
+            kth = tl.max(tl.where(ranks == top_k - 1, s, float("-inf")), axis=0)
+            x = tl.where(x < kth, float("-inf"), x)
+            s = tl.where(s < kth, float("-inf"), s)
+        if HAS_TOP_P:
+            e_sorted = tl.exp(s - tl.max(s, axis=0))
+            p_sorted = e_sorted / tl.sum(e_sorted, axis=0)
+            mass_up_to_here = tl.cumsum(p_sorted, axis=0, reverse=True)  # the reference's ascending cumsum
+            keep = (mass_up_to_here > 1.0 - top_p) | (ranks == 0)
+            lowest_kept = tl.min(tl.where(keep, s, float("inf")), axis=0)
+            x = tl.where(x < lowest_kept, float("-inf"), x)
+    e = tl.exp(x - tl.max(x, axis=0))
+    p = e / tl.sum(e, axis=0)
+    tl.store(PROBS + n * V + cols, p, mask=valid)
+    noise = tl.load(NOISE + n * V + cols, mask=valid, other=1.0)
+    ratio = tl.where(valid, tl.math.div_rn(p, noise), -1.0)
+    idx = tl.argmax(ratio, axis=0)
+    tl.store(IDX + n, idx.to(tl.int64))
+    ch = tl.arange(0, BLOCK_CV)
+    vec = tl.load(CODEBOOK + idx * Cv + ch, mask=ch < Cv, other=0.0)
+    tl.store(H + b * Cv * l + ch * l + j, vec, mask=ch < Cv)
+
+
+def sample_stage(
+    logits_2BLV: torch.Tensor,
+    l: int,
+    cfg_t: float,
+    top_k: int,
+    top_p: float,
+    codebook_VC: torch.Tensor,
+    rng: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens ``(B, l)``, their distribution ``(B, l, V)`` and embedded map ``(B, Cv, l)`` of the chunk's last ``l`` positions.
+
+    ``logits_2BLV`` is a pass's contiguous CFG-doubled float32 output (conditional half first);
+    ``cfg_t`` the guidance strength of the stage; ``top_k``/``top_p`` ``0`` disable the filter.
+    """
+    rows, chunk_l, V = logits_2BLV.shape
+    B = rows // 2
+    if not logits_2BLV.is_contiguous() or logits_2BLV.dtype != torch.float32 or not 1 <= l <= chunk_l:
+        raise ValueError("sample_stage needs a pass's contiguous float32 logits covering the stage")
+    device = logits_2BLV.device
+    noise = torch.empty((B * l, V), dtype=torch.float32, device=device).exponential_(generator=rng)
+    idx = torch.empty(B * l, dtype=torch.int64, device=device)
+    probs = torch.empty((B * l, V), dtype=torch.float32, device=device)
+    Cv = codebook_VC.shape[1]
+    h = torch.empty((B, Cv, l), dtype=codebook_VC.dtype, device=device)
+    block_v = triton.next_power_of_2(V)
+    _sample_kernel[(B * l,)](
+        logits_2BLV, noise, idx, probs, h, codebook_VC.contiguous(),
+        B, l, chunk_l, chunk_l - l, V, Cv, 1 + cfg_t, cfg_t, top_k, top_p,
+        HAS_TOP_K=top_k > 0, HAS_TOP_P=top_p > 0, BLOCK_V=block_v, BLOCK_CV=triton.next_power_of_2(Cv),
+        num_warps=8 if block_v >= 2048 else 4, enable_fp_fusion=False,
+    )
+    return idx.view(B, l), probs.view(B, l, V), h
