@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -126,6 +127,8 @@ class FastRunCounters:
     eager_passes: int = 0
     capture_failures: int = 0
     capture_time_s: float = 0.0
+    setup_time_s: float = 0.0
+    """Checking (and so compiling) the Triton block kernels when the run was built."""
 
 
 class StaticKVCache(KVCache):
@@ -223,7 +226,9 @@ class FastRun(ModelRun):
         self._stage_of_position = [int(s) for s in model.lvl_1L[0].tolist()]
         self._masks: dict[tuple[int, int], torch.Tensor | None] = {}
         self._prologue_program: _Program | None = None
+        t0 = time.perf_counter()
         self.kernels = self._resolve_kernels(config.kernels) if self.fused else "torch"
+        self.counters.setup_time_s += time.perf_counter() - t0
         self._fused = FusedPass(model, rows, dtype, device, block_ops(self.kernels)) if self.fused else None
         self.sampler = resolve_sampler(config.sampler, device)
         self._sampler = FusedSampler(model) if self.sampler == "fused" else None

@@ -50,8 +50,10 @@ class FusedSampler:
         model = self.model
         pn = model.patch_nums[si]
         codebook = model.vae.quantize.embedding.weight
-        idx_Bl, probs_BlV, h_BCl = self._kernel.sample_stage(
+        idx_Bl, probs_BlV, h_BlC = self._kernel.sample_stage(
             logits_2BlV, pn * pn, cfg_strength(sampling.cfg, si, model.num_stages), sampling.top_k, sampling.top_p,
             codebook.detach(), rng,
         )
-        return StageSample(idx_Bl=idx_Bl, h_BChw=h_BCl.view(h_BCl.shape[0], model.Cvae, pn, pn), probs_BlV=probs_BlV)
+        # the reference's layout of the embedded map (a view for one image, a copy for more)
+        h_BChw = h_BlC.transpose(1, 2).reshape(h_BlC.shape[0], model.Cvae, pn, pn)
+        return StageSample(idx_Bl=idx_Bl, h_BChw=h_BChw, probs_BlV=probs_BlV)

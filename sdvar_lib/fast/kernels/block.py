@@ -25,27 +25,35 @@ __all__ = ["add_ln_modulate", "qk_norm_into_cache"]
 @triton.jit
 def _add_ln_modulate_kernel(
     X, O, G, S, SH, XOUT, HOUT,
-    l, C, stride_mod, eps,
-    HAS_RES: tl.constexpr, BLOCK_C: tl.constexpr,
+    M, l, C, stride_mod, stride_gate, eps,
+    HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    m = tl.program_id(0)  # one token row of the (rows * l, C) activations
-    r = m // l  # its sample row (AdaLN vectors are per sample)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # token rows of the (rows * l, C) activations
+    r = rows // l  # their sample rows (AdaLN vectors are per sample)
     cols = tl.arange(0, BLOCK_C)
-    mask = cols < C
-    x = tl.load(X + m * C + cols, mask=mask, other=0.0).to(tl.float32)
+    mask = (rows < M)[:, None] & (cols < C)[None, :]
+    offs = rows[:, None] * C + cols[None, :]
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_RES:
-        o = tl.load(O + m * C + cols, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(G + r * stride_mod + cols, mask=mask, other=0.0).to(tl.float32)
+        o = tl.load(O + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(G + r[:, None] * stride_gate + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         x_new = (x + o * g).to(XOUT.dtype.element_ty)
-        tl.store(XOUT + m * C + cols, x_new, mask=mask)
+        tl.store(XOUT + offs, x_new, mask=mask)
         x = x_new.to(tl.float32)  # the norm reads the residual as stored, as the eager block does
-    mean = tl.sum(x, axis=0) / C
-    d = tl.where(mask, x - mean, 0.0)
-    var = tl.sum(d * d, axis=0) / C
+    mean = tl.sum(x, axis=1) / C
+    d = tl.where(mask, x - mean[:, None], 0.0)
+    var = tl.sum(d * d, axis=1) / C
     rstd = 1.0 / tl.sqrt(var + eps)
-    s = tl.load(S + r * stride_mod + cols, mask=mask, other=0.0).to(tl.float32)
-    sh = tl.load(SH + r * stride_mod + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(HOUT + m * C + cols, (d * rstd * s + sh).to(HOUT.dtype.element_ty), mask=mask)
+    s = tl.load(S + r[:, None] * stride_mod + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    sh = tl.load(SH + r[:, None] * stride_mod + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(HOUT + offs, (d * rstd[:, None] * s + sh).to(HOUT.dtype.element_ty), mask=mask)
+
+
+def rows_per_program(rows: int, width: int, device: torch.device) -> int:
+    """Rows a program handles: on a GPU about 2048 values per program; in the CPU interpreter as many
+    as fit 2**16 values (each program is a Python loop there, so fewer programs run much faster)."""
+    budget = 1 << 16 if device.type == "cpu" else 2048
+    return max(1, min(triton.next_power_of_2(rows), budget // width))
 
 
 def _warps(n: int) -> int:
@@ -63,15 +71,17 @@ def add_ln_modulate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x + o * gate, LayerNorm(x + o * gate) * scale + shift)`` for ``x``, ``o`` ``(rows, l, C)``.
 
-    ``scale``/``shift``/``gate`` are ``(rows, C)`` views with unit stride along ``C`` and one common
-    row stride (e.g. slices of the per-call AdaLN table); ``scale`` already holds ``1 + scale``.
+    ``scale``/``shift`` (one common row stride) and ``gate`` are ``(rows, C)`` views with unit stride
+    along ``C`` (e.g. slices of the per-call AdaLN tables); ``scale`` already holds ``1 + scale``.
     Without ``o`` the first output is ``x`` itself. ``h`` has dtype ``h_dtype`` (default ``x``'s).
     """
     rows, l, C = x.shape
     mods = [t for t in (scale, shift, gate) if t is not None]
     stride = scale.stride(0)
-    if not x.is_contiguous() or any(t.stride(1) != 1 or t.stride(0) != stride or t.shape != (rows, C) for t in mods):
-        raise ValueError("add_ln_modulate needs contiguous activations and (rows, C) modulations with one row stride")
+    if (not x.is_contiguous() or shift.stride(0) != stride
+            or any(t.stride(1) != 1 or tuple(t.shape) != (rows, C) for t in mods)):
+        raise ValueError("add_ln_modulate needs contiguous activations, (rows, C) modulations with unit column "
+                         "stride and one row stride for scale and shift")
     h = torch.empty(x.shape, dtype=h_dtype or x.dtype, device=x.device)
     has_res = o is not None
     if has_res:
@@ -81,8 +91,11 @@ def add_ln_modulate(
     else:
         o, gate, x_out = x, scale, x  # unused by the kernel
     block = triton.next_power_of_2(C)
-    _add_ln_modulate_kernel[(rows * l,)](
-        x, o, gate, scale, shift, x_out, h, l, C, stride, eps, HAS_RES=has_res, BLOCK_C=block, num_warps=_warps(block),
+    M = rows * l
+    block_m = rows_per_program(M, block, x.device)
+    _add_ln_modulate_kernel[(triton.cdiv(M, block_m),)](
+        x, o, gate, scale, shift, x_out, h, M, l, C, stride, gate.stride(0), eps, HAS_RES=has_res, BLOCK_M=block_m,
+        BLOCK_C=block, num_warps=_warps(block_m * block),
     )
     return x_out, h
 
@@ -90,28 +103,29 @@ def add_ln_modulate(
 @triton.jit
 def _qk_norm_cache_kernel(
     QKV, Q, K, V, F,
-    l, pos, H, D, stride_b, stride_h, stride_t, eps,
-    NORM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    M, l, pos, H, D, stride_b, stride_h, stride_t, eps,
+    NORM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    m = tl.program_id(0)  # one token row of qkv (rows * l, 3 * H * D)
-    r = m // l
-    t = m % l
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # token rows of qkv (rows * l, 3 * H * D)
+    mm = rows[:, None, None]
+    r = mm // l
+    t = mm % l
     heads = tl.arange(0, BLOCK_H)
-    hh = heads[:, None]
-    dd = tl.arange(0, BLOCK_D)[None, :]
-    mask = (hh < H) & (dd < D)
+    hh = heads[None, :, None]
+    dd = tl.arange(0, BLOCK_D)[None, None, :]
+    mask = (mm < M) & (hh < H) & (dd < D)
     C = H * D
-    src = QKV + m * 3 * C + hh * D + dd
+    src = QKV + mm * 3 * C + hh * D + dd
     q = tl.load(src, mask=mask, other=0.0).to(tl.float32)
     k = tl.load(src + C, mask=mask, other=0.0).to(tl.float32)
     v = tl.load(src + 2 * C, mask=mask, other=0.0)
     if NORM:
         factor = tl.load(F + heads, mask=heads < H, other=1.0).to(tl.float32)
-        q_norm = tl.sqrt(tl.sum(q * q, axis=1))
-        k_norm = tl.sqrt(tl.sum(k * k, axis=1))
-        q = q * (factor / tl.maximum(q_norm, eps))[:, None]
-        k = k * (1.0 / tl.maximum(k_norm, eps))[:, None]
-    tl.store(Q + m * C + hh * D + dd, q.to(Q.dtype.element_ty), mask=mask)
+        q_norm = tl.sqrt(tl.sum(q * q, axis=2))
+        k_norm = tl.sqrt(tl.sum(k * k, axis=2))
+        q = q * (factor[None, :] / tl.maximum(q_norm, eps))[:, :, None]
+        k = k * (1.0 / tl.maximum(k_norm, eps))[:, :, None]
+    tl.store(Q + mm * C + hh * D + dd, q.to(Q.dtype.element_ty), mask=mask)
     dst = r * stride_b + hh * stride_h + (pos + t) * stride_t + dd
     tl.store(K + dst, k.to(K.dtype.element_ty), mask=mask)
     tl.store(V + dst, v.to(V.dtype.element_ty), mask=mask)
@@ -140,8 +154,10 @@ def qk_norm_into_cache(
     factor = q_factor if norm else qkv
     block_h, block_d = triton.next_power_of_2(H), triton.next_power_of_2(D)
     sb, sh, st, _ = k_cache.stride()
-    _qk_norm_cache_kernel[(rows * l,)](
-        qkv, q, k_cache, v_cache, factor, l, position, H, D, sb, sh, st, eps,
-        NORM=norm, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=_warps(block_h * block_d),
+    M = rows * l
+    block_m = rows_per_program(M, block_h * block_d, qkv.device)
+    _qk_norm_cache_kernel[(triton.cdiv(M, block_m),)](
+        qkv, q, k_cache, v_cache, factor, M, l, position, H, D, sb, sh, st, eps,
+        NORM=norm, BLOCK_M=block_m, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=_warps(block_m * block_h * block_d),
     )
     return q

@@ -1,7 +1,7 @@
 """Triton kernel of a stage's sampling: CFG, top-k, top-p, softmax, the draw and the codebook lookup.
 
-One program per token: it reads the token's conditional and unconditional logits, applies the
-guidance, filters (top-k by the k-th largest value, top-p over the values sorted in registers),
+One program per token (several in Triton's CPU interpreter): it reads the token's conditional and
+unconditional logits, applies the guidance, filters (top-k by the k-th largest value, top-p over the values sorted in registers),
 writes the sampling distribution, draws and gathers the token's codebook vector into the stage's
 embedded map. The draw is the one ``torch.multinomial`` makes for one sample per row —
 ``argmax(p / e)`` with ``e ~ Exp(1)`` drawn beforehand by PyTorch from the call's generator
@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sdvar_lib.fast.kernels.block import rows_per_program
+
 __all__ = ["sample_stage"]
 
 
@@ -24,41 +26,45 @@ __all__ = ["sample_stage"]
 def _sample_kernel(
     LOGITS, NOISE, IDX, PROBS, H, CODEBOOK,
     B, l, chunk_l, offset, V, Cv, cfg_cond, cfg_uncond, top_k, top_p,
-    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_CV: tl.constexpr,
+    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+    BLOCK_CV: tl.constexpr,
 ):
-    n = tl.program_id(0)  # token row of the stage, b * l + j
+    n = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # token rows of the stage, b * l + j
+    row_ok = n < B * l
     b = n // l
     j = n % l
     cols = tl.arange(0, BLOCK_V)
-    valid = cols < V
-    cond = tl.load(LOGITS + (b * chunk_l + offset + j) * V + cols, mask=valid, other=0.0)
-    uncond = tl.load(LOGITS + ((B + b) * chunk_l + offset + j) * V + cols, mask=valid, other=0.0)
+    valid = row_ok[:, None] & (cols < V)[None, :]
+    cond = tl.load(LOGITS + ((b * chunk_l + offset + j) * V)[:, None] + cols[None, :], mask=valid, other=0.0)
+    uncond = tl.load(LOGITS + (((B + b) * chunk_l + offset + j) * V)[:, None] + cols[None, :], mask=valid, other=0.0)
     x = cond * cfg_cond - uncond * cfg_uncond
     x = tl.where(valid, x, float("-inf"))
     if HAS_TOP_K or HAS_TOP_P:
-        ranks = tl.arange(0, BLOCK_V)
-        s = tl.sort(x, descending=True)
+        ranks = tl.arange(0, BLOCK_V)[None, :]
+        s = tl.sort(x, dim=1, descending=True)
         if HAS_TOP_K:
-            kth = tl.max(tl.where(ranks == top_k - 1, s, float("-inf")), axis=0)
+            kth = tl.max(tl.where(ranks == top_k - 1, s, float("-inf")), axis=1)[:, None]
             x = tl.where(x < kth, float("-inf"), x)
             s = tl.where(s < kth, float("-inf"), s)
         if HAS_TOP_P:
-            e_sorted = tl.exp(s - tl.max(s, axis=0))
-            p_sorted = e_sorted / tl.sum(e_sorted, axis=0)
-            mass_up_to_here = tl.cumsum(p_sorted, axis=0, reverse=True)  # the reference's ascending cumsum
+            e_sorted = tl.exp(s - tl.where(row_ok, tl.max(s, axis=1), 0.0)[:, None])
+            p_sorted = e_sorted / tl.where(row_ok, tl.sum(e_sorted, axis=1), 1.0)[:, None]
+            mass_up_to_here = tl.cumsum(p_sorted, axis=1, reverse=True)  # the reference's ascending cumsum
             keep = (mass_up_to_here > 1.0 - top_p) | (ranks == 0)
-            lowest_kept = tl.min(tl.where(keep, s, float("inf")), axis=0)
+            lowest_kept = tl.min(tl.where(keep, s, float("inf")), axis=1)[:, None]
             x = tl.where(x < lowest_kept, float("-inf"), x)
-    e = tl.exp(x - tl.max(x, axis=0))
-    p = e / tl.sum(e, axis=0)
-    tl.store(PROBS + n * V + cols, p, mask=valid)
-    noise = tl.load(NOISE + n * V + cols, mask=valid, other=1.0)
+    e = tl.exp(x - tl.where(row_ok, tl.max(x, axis=1), 0.0)[:, None])  # rows past the end: all -inf, no NaN
+    p = e / tl.where(row_ok, tl.sum(e, axis=1), 1.0)[:, None]
+    row_offs = (n * V)[:, None] + cols[None, :]
+    tl.store(PROBS + row_offs, p, mask=valid)
+    noise = tl.load(NOISE + row_offs, mask=valid, other=1.0)
     ratio = tl.where(valid, tl.math.div_rn(p, noise), -1.0)
-    idx = tl.argmax(ratio, axis=0)
-    tl.store(IDX + n, idx.to(tl.int64))
-    ch = tl.arange(0, BLOCK_CV)
-    vec = tl.load(CODEBOOK + idx * Cv + ch, mask=ch < Cv, other=0.0)
-    tl.store(H + b * Cv * l + ch * l + j, vec, mask=ch < Cv)
+    idx = tl.argmax(ratio, axis=1)
+    tl.store(IDX + n, idx.to(tl.int64), mask=row_ok)
+    ch = tl.arange(0, BLOCK_CV)[None, :]
+    ch_ok = row_ok[:, None] & (ch < Cv)
+    vec = tl.load(CODEBOOK + idx[:, None] * Cv + ch, mask=ch_ok, other=0.0)
+    tl.store(H + n[:, None] * Cv + ch, vec, mask=ch_ok)
 
 
 def sample_stage(
@@ -70,7 +76,7 @@ def sample_stage(
     codebook_VC: torch.Tensor,
     rng: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tokens ``(B, l)``, their distribution ``(B, l, V)`` and embedded map ``(B, Cv, l)`` of the chunk's last ``l`` positions.
+    """Tokens ``(B, l)``, their distribution ``(B, l, V)`` and codebook vectors ``(B, l, Cv)`` of the chunk's last ``l`` positions.
 
     ``logits_2BLV`` is a pass's contiguous CFG-doubled float32 output (conditional half first);
     ``cfg_t`` the guidance strength of the stage; ``top_k``/``top_p`` ``0`` disable the filter.
@@ -84,12 +90,13 @@ def sample_stage(
     idx = torch.empty(B * l, dtype=torch.int64, device=device)
     probs = torch.empty((B * l, V), dtype=torch.float32, device=device)
     Cv = codebook_VC.shape[1]
-    h = torch.empty((B, Cv, l), dtype=codebook_VC.dtype, device=device)
+    h = torch.empty((B, l, Cv), dtype=codebook_VC.dtype, device=device)
     block_v = triton.next_power_of_2(V)
-    _sample_kernel[(B * l,)](
+    block_m = rows_per_program(B * l, block_v, device) if device.type == "cpu" else 1
+    _sample_kernel[(triton.cdiv(B * l, block_m),)](
         logits_2BLV, noise, idx, probs, h, codebook_VC.contiguous(),
         B, l, chunk_l, chunk_l - l, V, Cv, 1 + cfg_t, cfg_t, top_k, top_p,
-        HAS_TOP_K=top_k > 0, HAS_TOP_P=top_p > 0, BLOCK_V=block_v, BLOCK_CV=triton.next_power_of_2(Cv),
+        HAS_TOP_K=top_k > 0, HAS_TOP_P=top_p > 0, BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_CV=triton.next_power_of_2(Cv),
         num_warps=8 if block_v >= 2048 else 4, enable_fp_fusion=False,
     )
     return idx.view(B, l), probs.view(B, l, V), h
