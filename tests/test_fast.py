@@ -18,6 +18,7 @@ from sdvar_lib.models.presets import TINY_CONFIG, build_tiny
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.acceptance import ExactPolicy
 from sdvar_lib.sdvar.registry import stage_chunks
+from sdvar_lib.sdvar.run import ModelRun, eager_run
 
 B = 2
 NO_GRAPHS = FastConfig(use_cuda_graphs=False)
@@ -226,6 +227,50 @@ def test_graphed_decode_falls_back_on_cpu(tiny_pair):
     assert torch.equal(got, vae.fhat_to_img(f_hat))
     with pytest.raises(TypeError, match="VQVAE"):
         GraphedDecode(tiny_pair[2])
+
+
+class _CountingRun(ModelRun):
+    draws: list = []
+
+    def sample_stage(self, logits_2BlV, si, sampling, rng):
+        _CountingRun.draws.append((self.model.depth, si))
+        return super().sample_stage(logits_2BlV, si, sampling, rng)
+
+
+def test_decoders_draw_every_stage_through_their_run(pair):
+    """The hook the fast path's fused sampler uses: every drawn stage goes through ``run.sample_stage``."""
+    draft, target = pair
+
+    def factory(model, label_B):
+        run = eager_run(model, label_B)
+        return _CountingRun(run.model, run.cond_2BD, run.lvl_pos_1LC, run.cache)
+
+    sd, ref = SDVAR(draft, target, run_factory=factory), SDVAR(draft, target)
+    _CountingRun.draws.clear()
+    out = sd.baseline(B, [1, 2], g_seed=3, top_k=0)
+    assert _CountingRun.draws == [(target.depth, s) for s in range(target.num_stages)]
+    assert _tokens(out) == _tokens(ref.baseline(B, [1, 2], g_seed=3, top_k=0))
+    _CountingRun.draws.clear()
+    out = sd.generate_parallel(B, [1, 2], g_seed=3, top_k=0, gamma=2)
+    assert sum(d == draft.depth for d, _ in _CountingRun.draws) == out.stats.draft_passes
+    assert _tokens(out) == _tokens(ref.generate_parallel(B, [1, 2], g_seed=3, top_k=0, gamma=2))
+
+
+def test_kernel_and_sampler_choices(pair):
+    _, target = pair
+    run = FastRun(target, B, NO_GRAPHS)
+    assert (run.kernels, run.sampler) == ("torch", "torch")  # auto on the CPU
+    old = FastConfig.first_version(use_cuda_graphs=False)
+    assert (old.kernels, old.sampler, old.use_cuda_graphs) == ("torch", "torch", False)
+    with pytest.raises(ValueError, match="kernels"):
+        FastConfig(kernels="cuda")
+    with pytest.raises(ValueError, match="sampler"):
+        FastConfig(sampler="gumbel")
+    from sdvar_lib.fast.kernels import resolve_backend
+
+    assert resolve_backend("auto", "cpu") == "torch" and resolve_backend("torch", "meta") == "torch"
+    with pytest.raises(ValueError, match="meta"):
+        resolve_backend("triton", "meta")
 
 
 def test_eager_path_stays_the_default(pair):

@@ -76,7 +76,7 @@ def sample_stage(
     codebook_VC: torch.Tensor,
     rng: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tokens ``(B, l)``, their distribution ``(B, l, V)`` and codebook vectors ``(B, l, Cv)`` of the chunk's last ``l`` positions.
+    """Tokens ``(B, l)``, distribution ``(B, l, V)`` and codebook vectors ``(B, l, Cv)`` of the chunk's last ``l`` positions.
 
     ``logits_2BLV`` is a pass's contiguous CFG-doubled float32 output (conditional half first);
     ``cfg_t`` the guidance strength of the stage; ``top_k``/``top_p`` ``0`` disable the filter.
