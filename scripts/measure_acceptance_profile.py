@@ -13,7 +13,7 @@ policy a stage's acceptance does not depend on where the rounds start. A stage n
 the nearest judged stage's value.
 
 The bundled pair has fewer stages than the official models; stage ``s`` of 10 takes the bundled
-stage ``t`` whose ``t / (S' - 1)`` is nearest to ``s / 9`` (``sdvar_lib.bench.bench.map_profile_to_stages``).
+stage ``t`` whose ``t / (S' - 1)`` is nearest to ``s / 9`` (``sdvar_lib.bench.map_profile_to_stages``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import sys
 
 import torch
 
-from sdvar_lib.bench.bench import fill_missing_stages, map_profile_to_stages, pooled_stage_acceptance
-from sdvar_lib.models.checkpoints import OFFICIAL_PATCH_NUMS, load_bundled
-from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib import OFFICIAL_PATCH_NUMS, SDVAR, ExactPolicy, Method, SamplingConfig, load_bundled, pooled_stage_acceptance
+from sdvar_lib.bench import fill_missing_stages, map_profile_to_stages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: small shared machines)")
     p.add_argument("--folder", default=None, help="bundled-model folder (default: sdvar_lib/assets/tiny_digits)")
     args = p.parse_args(argv)
+    for name in ("calls", "batch", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.digits < 0 or args.seed < 0:
+        p.error(f"--digits and --seed must be >= 0, got {args.digits} and {args.seed}")
+    try:
+        sampling = SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
+        plain = Method(f"exact_g{args.gamma}", "sdvar", policy=ExactPolicy(), gamma=args.gamma)
+        shifted = Method(f"exact_g0,{args.gamma}", "sdvar", policy=ExactPolicy(), gamma=(0, args.gamma))
+    except (TypeError, ValueError) as exc:
+        p.error(str(exc))
 
     torch.set_num_threads(args.threads)
     pair = load_bundled(args.device, folder=args.folder)
@@ -50,10 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     S = pair.target.num_stages
     stats = []
     for i in range(args.calls):
-        gamma = args.gamma if args.no_shift or i % 2 == 0 else (0, args.gamma)
-        out = sd.generate_parallel(args.batch, None, g_seed=args.seed + i, cfg=args.cfg, gamma=gamma, top_k=args.top_k,
-                                   top_p=args.top_p, policy="exact")
-        stats.append(out.stats)
+        method = plain if args.no_shift or i % 2 == 0 else shifted
+        stats.append(method.run(sd, args.batch, None, args.seed + i, sampling).stats)
     measured = pooled_stage_acceptance(stats)
     judged = [sum(st.proposed_stages_per_stage[s] for st in stats) for s in range(S)]
     token = [sum(st.accepted_tokens_per_stage[s] for st in stats) / max(1, sum(st.proposed_tokens_per_stage[s]

@@ -6,7 +6,7 @@ load_pair, ...``); the sub-packages are the layers behind it (see ``docs/ARCHITE
 ``util`` < ``models``, ``data`` < ``sdvar`` < ``fast`` < ``eval`` < ``viz`` < ``bench``, ``tiny``
 
 and the commands ``python -m sdvar_lib`` (main job), ``sdvar_lib.evaluate``, ``sdvar_lib.train_tiny``,
-``sdvar_lib.bench``, ``sdvar_lib.bench_plot`` on top.
+``sdvar_lib.bench``, ``sdvar_lib.bench_plot``, ``sdvar_lib.sample``, ``sdvar_lib.fid`` on top.
 """
 
 from sdvar_lib.eval.evaluation import (
@@ -17,6 +17,7 @@ from sdvar_lib.eval.evaluation import (
     load_bundled_report,
     load_report,
 )
+from sdvar_lib.eval.fid import Reference, load_extractor, score_samples
 from sdvar_lib.eval.metrics import (
     DigitClassifier,
     SeedSummary,
@@ -28,6 +29,7 @@ from sdvar_lib.eval.metrics import (
     load_bundled_classifier,
     summarize_over_seeds,
 )
+from sdvar_lib.eval.sampler import SampleJob, SamplePlan, run_job
 from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, make_fast_sdvar
 from sdvar_lib.models.checkpoints import (
@@ -86,7 +88,7 @@ from sdvar_lib.sdvar.state import (
     SDVARInferenceState,
     VerifyResult,
 )
-from sdvar_lib.sdvar.stats import SDVAROutput, SDVARStats
+from sdvar_lib.sdvar.stats import PooledStats, SDVAROutput, SDVARStats, pool_stats, pooled_stage_acceptance
 from sdvar_lib.viz.plotting import (
     acceptance_heatmaps,
     attention_mask_figure,
@@ -109,7 +111,8 @@ __all__ = [
     "SamplingConfig", "GenerationOutput", "NonFiniteDistributionError",
     # SDVAR and its round API
     "SDVAR", "SDVARInferenceState", "DraftProposal", "CombinedQuery", "VerifyResult", "AcceptanceResult",
-    "RoundRecord", "SDVARStats", "SDVAROutput", "ModelRun", "RunFactory", "eager_run", "SD_MASK_MODES",
+    "RoundRecord", "SDVARStats", "SDVAROutput", "PooledStats", "pool_stats", "pooled_stage_acceptance",
+    "ModelRun", "RunFactory", "eager_run", "SD_MASK_MODES",
     "prefill_mask",
     # policies and gamma rules
     "AcceptancePolicy", "ExactPolicy", "Top1MatchPolicy", "RelaxedPolicy", "StageVerdict", "POLICY_NAMES",
@@ -123,6 +126,8 @@ __all__ = [
     "compare_images", "class_consistency", "feature_frechet_distance", "frechet_distance", "gaussian_stats",
     "DigitClassifier", "load_bundled_classifier", "SeedSummary", "summarize_over_seeds",
     "EvaluationReport", "MethodResult", "default_methods", "evaluate_methods", "load_report", "load_bundled_report",
+    # quality at scale: sample sets and FID/IS/precision-recall
+    "SamplePlan", "SampleJob", "run_job", "Reference", "load_extractor", "score_samples",
     # figures and widgets
     "image_grid", "comparison_figure", "stage_reconstruction_grid", "decode_partial_reconstructions",
     "attention_mask_figure", "stage_value_maps", "acceptance_heatmaps", "cache_lengths_figure", "per_layer_figure",

@@ -1,8 +1,8 @@
-"""``python -m sdvar_lib.train_tiny``: retrain the bundled digits pair (see :mod:`sdvar_lib.tiny`)."""
+"""``python -m sdvar_lib.train_tiny``: retrain the bundled digits pair (see :mod:`sdvar_lib.tiny.cli`)."""
 
 import sys
 
-from sdvar_lib.tiny.train import main
+from sdvar_lib.tiny.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,19 +8,21 @@ import pytest
 import torch
 
 from sdvar_lib import SDVAR
-from sdvar_lib.bench import bench as bench
-from sdvar_lib.bench.bench import (
+from sdvar_lib.bench import (
     BenchConfig,
-    BenchEnvironment,
     BenchReport,
     BenchRow,
     Ceilings,
     DecodeTiming,
+    KernelTime,
+    PassProfile,
     ScenarioPolicy,
     VarSpec,
     add_speedups,
     attended_keys,
+    bench_row,
     format_markdown,
+    format_profiles,
     pass_bound_s,
     pass_bytes,
     pass_flops,
@@ -32,7 +34,8 @@ from sdvar_lib.bench.bench import (
     total_params,
 )
 from sdvar_lib.fast.run import PassRecord
-from sdvar_lib.models.checkpoints import build_vae, build_var
+from sdvar_lib.models.presets import build_vae, build_var
+from sdvar_lib.util.machine import MachineInfo
 
 
 def _meta_counts(depth: int) -> tuple[int, int]:
@@ -150,69 +153,188 @@ def test_scenario_per_sample_draws_per_sample():
     assert 0 < int(verdict.stage_accepted_B.sum()) < 64
 
 
-@pytest.mark.parametrize("probs", [(), (1.5,), (-0.1,), (True,)])
-def test_scenario_rejects_bad_probabilities(probs):
-    with pytest.raises(ValueError, match="probabilit"):
+@pytest.mark.parametrize(("probs", "error"), [((), ValueError), ((1.5,), ValueError), ((-0.1,), ValueError),
+                                             ((True,), TypeError)])
+def test_scenario_rejects_bad_probabilities(probs, error):
+    with pytest.raises(error, match="probabilit"):
         ScenarioPolicy(stage_probabilities=probs)
 
 
-# ---- configuration, report, CLI -----------------------------------------------------------------
+# ---- configuration and rows ---------------------------------------------------------------------
 def test_config_validation():
-    with pytest.raises(ValueError, match="unknown methods"):
+    with pytest.raises(ValueError, match="unknown method"):
         BenchConfig(methods=("nope",))
     with pytest.raises(ValueError, match="acceptance-profile"):
         BenchConfig(scenarios=("profile",))
     with pytest.raises(ValueError, match="one per stage"):
-        BenchConfig(acceptance_profile=(1.0, 0.5))
+        BenchConfig(scenarios=("profile",), acceptance_profile=(1.0, 0.5))
     with pytest.raises(ValueError, match="depth"):
         BenchConfig(pairs=((16, 31),))
+    with pytest.raises(ValueError, match="scenario"):
+        BenchConfig(scenarios=("exact", "some"))
+    with pytest.raises(ValueError, match="batches"):
+        BenchConfig(batches=(1, 0))
+    with pytest.raises(ValueError, match="repeats"):
+        BenchConfig(repeats=0)
+    with pytest.raises(ValueError, match="entry_num 12 exceeds"):
+        BenchConfig(methods=("code_e12",))
+    with pytest.raises(ValueError, match="repeat"):
+        BenchConfig(methods=("exact_g2", "sdvar_g2"))  # the old name is the same row
+    with pytest.raises(ValueError, match="top_k"):
+        BenchConfig(top_k=5000)  # more than the 4096 codes
 
 
-def test_method_chunks_cover_what_decoders_use():
+def test_config_keeps_todays_row_names():
+    config = BenchConfig(methods=("sdvar_g2", "sdvar_adaptive", "sdvar_adaptive_cal", "exact_g4", "eager_target"))
+    assert config.methods == ("exact_g2", "exact_adaptive", "exact_calibrated", "exact_g4", "eager_target")
+    assert [r.name for r in config.rows] == ["eager_target", "exact_g2", "exact_adaptive", "exact_calibrated", "exact_g4"]
+
+
+def test_rows_are_registry_methods_with_their_chunks():
     S = 10
-    m = bench.METHODS
-    assert m["target"].target_chunks(S) == [(s, 1) for s in range(S)]
-    assert max(n for _, n in m["sdvar_adaptive"].target_chunks(S)) == 5
-    assert (0, 6) in m["test3_e5"].target_chunks(S) and (0, 9) in m["code_e8"].draft_chunks(S)
-    assert not m["eager_target"].uses_draft and m["code_e6"].uses_draft
+    assert bench_row("target").chunks(S) == ([(s, 1) for s in range(S)], [])
+    assert max(n for _, n in bench_row("exact_adaptive").chunks(S)[0]) == 5
+    assert (0, 6) in bench_row("test3_e5").chunks(S)[0] and (0, 9) in bench_row("code_e8").chunks(S)[1]
+    eager = bench_row("eager_target")
+    assert eager.eager and not eager.uses_draft and eager.uses_target and eager.chunks(S) == ([], [])
+    assert bench_row("code_e6").uses_draft and not bench_row("target").sdvar and bench_row("exact_g2").sdvar
+    assert bench_row("sdvar_g3").method == bench_row("exact_g3").method  # old names map to today's rows
+    with pytest.raises(ValueError, match="bench-only rows: eager_target, exact_calibrated"):
+        bench_row("bogus")
 
 
-def _report() -> BenchReport:
+def _report(methods=("eager_target", "target", "exact_g4")) -> BenchReport:
     rows = [
         BenchRow(pair="d16->d30", batch=1, method=name, scenario="-", latency_ms_median=ms, latency_ms_p10=ms,
                  latency_ms_p90=ms, latency_ms_min=ms, latency_ms_max=ms, images_per_s=1e3 / ms, target_passes=10,
                  draft_passes=0, peak_mem_gib=5.0, peak_reserved_gib=6.0, bound_ms=10.0, ratio_to_bound=ms / 10.0)
-        for name, ms in (("eager_target", 200.0), ("target", 20.0), ("sdvar_g4", 10.0))
+        for name, ms in zip(methods, (200.0, 20.0, 10.0))
     ]
     add_speedups(rows)
-    env = BenchEnvironment(gpu="GPU", driver="1", torch="2", cuda="12", python="3", command="python -m sdvar_lib.bench")
-    return BenchReport(environment=env, ceilings=Ceilings(3e12, 7e14), decode=[DecodeTiming(1, 10.0, 2.0)], rows=rows,
-                       config=BenchConfig())
+    machine = MachineInfo(device="cuda", cpu="GPU", torch_threads=1, torch_version="2", python_version="3",
+                          platform="linux", cuda_version="12", driver="1")
+    return BenchReport(machine=machine, command="python -m sdvar_lib.bench", ceilings=Ceilings(3e12, 7e14),
+                       decode=[DecodeTiming(1, 10.0, 2.0)], rows=rows, config=BenchConfig())
 
 
 def test_speedups_and_markdown():
     report = _report()
     by = {r.method: r for r in report.rows}
-    assert by["sdvar_g4"].speedup_vs_target == pytest.approx(2.0)
-    assert by["sdvar_g4"].speedup_vs_eager == pytest.approx(20.0)
+    assert by["exact_g4"].speedup_vs_target == pytest.approx(2.0)
+    assert by["exact_g4"].speedup_vs_eager == pytest.approx(20.0)
     text = format_markdown(report)
-    assert "| 1 | sdvar_g4 | - | 10.00 |" in text and "2.00×" in text and "#### d16->d30" in text
+    assert "| 1 | exact_g4 | - | 10.00 |" in text and "2.00×" in text and "#### d16->d30" in text
+    assert text.startswith("GPU: GPU; driver 1; torch 2 (CUDA 12); python 3")
     data = json.loads(report_to_json(report))
     assert data["rows"][1]["method"] == "target" and data["ceilings"]["hbm_bytes_per_s"] == 3e12
+    assert data["machine"]["cpu"] == "GPU" and data["command"] == "python -m sdvar_lib.bench"
 
 
-def test_cli_without_cuda_fails_clearly(capsys):
-    if torch.cuda.is_available():
-        pytest.skip("CUDA is available here")
-    assert bench.main(["--batches", "1", "--repeats", "1"]) != 0
-    assert "CUDA" in capsys.readouterr().err
+def test_write_report_is_atomic(tmp_path, monkeypatch):
+    from sdvar_lib.bench import report as report_module
+    from sdvar_lib.bench import write_report
+
+    report = _report()
+    table = write_report(report, tmp_path / "out")
+    assert (tmp_path / "out" / "bench.md").read_text() == table + "\n"
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["rows"][2]["method"] == "exact_g4"
+
+    # a write that dies half-way (the text cannot be encoded): the old complete bench.md must stay
+    monkeypatch.setattr(report_module, "format_markdown", lambda _report: "| half a table \ud800")
+    report.rows[0].latency_ms_median = 1.0
+    with pytest.raises(UnicodeEncodeError):
+        write_report(report, tmp_path / "out")
+    assert (tmp_path / "out" / "bench.md").read_text() == table + "\n"
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["rows"][0]["latency_ms_median"] == 1.0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.json", "bench.md"]  # no temporaries left
 
 
-def test_cli_rejects_bad_arguments(capsys):
-    assert bench.main(["--methods", "bogus"]) == 2
-    assert "unknown methods" in capsys.readouterr().err
+# ---- command line -------------------------------------------------------------------------------
+def _main_error(capsys, argv) -> str:
+    """Run the CLI on ``argv``; it must stop with exit status 2 and one error line, no traceback."""
+    from sdvar_lib.bench import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
 
 
+@pytest.fixture
+def no_model_calls(monkeypatch):
+    """Pretend CUDA is there and make the bench fail loudly if it starts: what is checked must stop before."""
+    from sdvar_lib.bench import cli
+
+    class Started(Exception):
+        pass
+
+    def run_bench(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cli, "run_bench", run_bench)
+    return Started
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--methods", "bogus"], "unknown method 'bogus'"),
+        (["--scenarios", "exact,some"], "scenario"),
+        (["--batches", "0"], "batches"),
+        (["--batches", "x"], "comma-separated ints"),
+        (["--repeats", "0"], "repeats"),
+        (["--warmup", "-1"], "warmup"),
+        (["--calibration-calls", "0"], "calibration_calls"),
+        (["--acceptance-profile", "1,1"], "10 probabilities"),
+        (["--acceptance-profile", "1,1,1,1,1,1,1,1,1,1.5"], "acceptance-profile"),
+        (["--scenarios", "exact", "--acceptance-profile", "1,1,1,1,1,1,1,1,1,1"], "do not include 'profile'"),
+        (["--scenarios", "profile"], "needs --acceptance-profile"),
+        (["--pairs", "16:31"], "depth"),
+        (["--top-p", "2"], "top_p"),
+        (["--profile-stages", "10"], "profile_stages"),
+    ],
+)
+def test_cli_rejects_bad_arguments_before_any_model_call(capsys, no_model_calls, argv, message):
+    assert message in _main_error(capsys, argv)
+
+
+def test_cli_rejects_an_unwritable_out(capsys, no_model_calls, tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    assert "--out" in _main_error(capsys, ["--out", str(afile)])
+    assert "--out" in _main_error(capsys, ["--out", str(afile / "below")])
+
+
+def test_cli_valid_arguments_reach_the_bench(no_model_calls, tmp_path):
+    from sdvar_lib.bench import main
+
+    with pytest.raises(no_model_calls):
+        main(["--batches", "1", "--methods", "target,sdvar_g2", "--out", str(tmp_path / "out")])
+
+
+def test_cli_without_cuda_fails_clearly(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = _main_error(capsys, ["--batches", "1", "--repeats", "1", "--out", str(tmp_path / "out")])
+    assert "CUDA" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_runs_as_a_module():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "sdvar_lib.bench", "--help"], capture_output=True, text=True, cwd=root,
+                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=120, check=False)
+    assert res.returncode == 0 and "--acceptance-profile" in res.stdout and "exact_calibrated" in res.stdout
+
+
+# ---- plots and profiles -------------------------------------------------------------------------
 def test_plot_from_report(tmp_path):
     from sdvar_lib.viz.latency import load_points, main
 
@@ -220,7 +342,7 @@ def test_plot_from_report(tmp_path):
     path = tmp_path / "bench.json"
     path.write_text(report_to_json(report))
     points = load_points(path)
-    assert [p.series for p in points] == ["eager_target", "target", "sdvar_g4"]
+    assert [p.series for p in points] == ["eager_target", "target", "exact_g4"]
     assert main([str(path), "--out", str(tmp_path / "lat.png")]) == 0
     assert (tmp_path / "lat.png").stat().st_size > 0
     bad = tmp_path / "bad.json"
@@ -228,8 +350,79 @@ def test_plot_from_report(tmp_path):
     assert main([str(bad)]) == 2
 
 
+def test_plot_reads_reports_with_the_old_names(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from matplotlib.axes import Axes
+
+    from sdvar_lib.viz.latency import load_points, main
+
+    old = _report(("eager_target", "target", "sdvar_g4"))
+    path = tmp_path / "old.json"
+    path.write_text(report_to_json(old))
+    assert [p.series for p in load_points(path)] == ["eager_target", "target", "exact_g4"]
+    stored = Path(__file__).resolve().parents[1] / "docs" / "bench" / "h100_d16_d30.json"
+    series = {p.series for p in load_points(stored)}
+    assert "exact_calibrated [all-accepted]" in series and "exact_g2 [exact (random weights)]" in series
+    assert not any(s.startswith("sdvar_") for s in series)
+    drawn = []
+    real = Axes.errorbar
+    monkeypatch.setattr(Axes, "errorbar", lambda self, *a, **kw: drawn.append(kw["label"]) or real(self, *a, **kw))
+    out = tmp_path / "stored.png"
+    assert main([str(stored), "--out", str(out), "--series", "target,sdvar_adaptive_cal [all-accepted]"]) == 0
+    assert drawn == ["target", "exact_calibrated [all-accepted]"] and out.stat().st_size > 0
+
+
 def test_format_profiles():
-    prof = bench.PassProfile(depth=30, batch=1, stage=9, tokens=256, replay_ms=3.2, bound_ms=1.5, kernel_sum_ms=2.5,
-                             kernels=600, top=[bench.KernelTime("gemm", 1000.0, 120)])
-    text = bench.format_profiles([prof])
+    prof = PassProfile(depth=30, batch=1, stage=9, tokens=256, replay_ms=3.2, bound_ms=1.5, kernel_sum_ms=2.5,
+                       kernels=600, top=[KernelTime("gemm", 1000.0, 120)])
+    text = format_profiles([prof])
     assert "d30 batch 1 stage 9 (256 tokens): graph replay 3.200 ms" in text and "| `gemm` | 1000.0 | 120 |" in text
+
+
+# ---- timing rows (host timers stand in for CUDA events) -----------------------------------------
+def test_bench_method_rows_on_the_tiny_pair(tiny_pair, monkeypatch):
+    import time
+
+    from sdvar_lib.bench import PairContext, Scenario, bench_method, bench_row
+    from sdvar_lib.bench import core as core_module
+    from sdvar_lib.fast.run import FastConfig, FastRunFactory
+    from sdvar_lib.models.presets import ModelPair
+
+    def host_call_ms(fn):
+        t0 = time.perf_counter()
+        out = fn()
+        return out, (time.perf_counter() - t0) * 1e3 + 1e-6
+
+    monkeypatch.setattr(core_module, "cuda_event_ms", host_call_ms)
+    for name in ("synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    for name in ("max_memory_allocated", "max_memory_reserved"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: 0)
+    vae, draft, target = tiny_pair
+    S = target.num_stages
+    ctx = PairContext.for_pair("tiny", ModelPair(vae, draft, target, "tiny"),
+                               FastRunFactory(FastConfig(use_cuda_graphs=False)))
+    config = BenchConfig(repeats=2, warmup=1, top_k=0, top_p=0.0)
+    ceil = Ceilings(1e12, 1e14)
+    all_accepted = Scenario("all", ScenarioPolicy.all_accepted(S))
+    rows = {
+        "eager": bench_method(ctx, bench_row("eager_target"), None, 2, config, ceil),
+        "target": bench_method(ctx, bench_row("target"), None, 2, config, ceil),
+        "g2": bench_method(ctx, bench_row("sdvar_g2"), all_accepted, 2, config, ceil),
+        "g2_exact": bench_method(ctx, bench_row("exact_g2"), Scenario("exact"), 2, config, ceil),
+        "test3": bench_method(ctx, bench_row("test3_e2"), None, 2, config, ceil),
+    }
+    eager, tgt, g2 = rows["eager"], rows["target"], rows["g2"]
+    assert (eager.method, eager.scenario, eager.target_passes, eager.draft_passes) == ("eager_target", "-", S, 0)
+    assert (tgt.target_passes, tgt.draft_passes, tgt.gamma_per_round) == (S, 0, None)
+    assert eager.bound_ms == pytest.approx(tgt.bound_ms) and eager.bound_ms > 0  # the same passes, one per stage
+    # all accepted with gamma 2: rounds of 2 proposals + 1 bonus stage; a chunked verify costs less
+    assert (g2.method, g2.scenario) == ("exact_g2", "all-accepted") and g2.gamma_per_round[0] == 2
+    assert g2.target_passes < S and g2.draft_passes > 0 and g2.token_acceptance == 1.0
+    spec = VarSpec.from_model(target)
+    chunk = pass_bound_s(spec, 4, 0, 1 + 4 + 9, ceil) * 1e3
+    assert g2.bound_ms > chunk  # its first pass verifies stages 0-2 in one chunk, and the draft's passes add to it
+    assert rows["g2_exact"].scenario == "exact (random weights)"
+    assert rows["test3"].draft_passes == 2 and rows["test3"].scenario == "-" and rows["test3"].gamma_per_round is None
+    assert all(r.passes_only_ms is None and r.captures_during_timing == 0 for r in rows.values())  # no graphs on the CPU

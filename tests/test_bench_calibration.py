@@ -1,4 +1,4 @@
-"""Calibration of the benchmark's adaptive gamma (``sdvar_adaptive_cal``), on the CPU.
+"""Calibration of the benchmark's adaptive gamma (``exact_calibrated``), on the CPU.
 
 The arithmetic (overhead split, cost folding, priors, profile mapping) is tested on numbers; the
 orchestration runs end to end on the tiny pair with the fast path's eager programs and host timers
@@ -9,36 +9,44 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 
 import pytest
 import torch
 
-from sdvar_lib.bench import bench as bench
-from sdvar_lib.bench.bench import (
-    METHODS,
+from sdvar_lib import pooled_stage_acceptance
+from sdvar_lib.bench import (
+    BENCH_ONLY_ROWS,
+    CALIBRATED,
     AdaptiveCalibration,
     BenchConfig,
     CallSample,
     OverheadEstimate,
+    PairContext,
     Scenario,
     ScenarioPolicy,
+    bench_row,
+    build_parser,
     calibrate_batch,
     calibrate_scenario,
     calibrated_costs,
     chunk_of_pass,
+    config_from_args,
     estimate_overheads,
     fill_missing_stages,
     format_calibrations,
     map_profile_to_stages,
     measure_pass_times,
-    pooled_stage_acceptance,
+    method_call,
     scenario_stage_acceptance,
 )
-from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, chunk_span, stage_chunks
-from sdvar_lib.models.checkpoints import ModelPair
+from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, chunk_span
+from sdvar_lib.models.presets import ModelPair
 from sdvar_lib.sdvar.acceptance import make_policy
-from sdvar_lib.sdvar.decoder import SDVAR, SDVARStats
+from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.gamma import AdaptiveGamma, RoundContext, RoundHistory, plan_never_drafts
+from sdvar_lib.sdvar.registry import stage_chunks
+from sdvar_lib.sdvar.stats import SDVARStats
 
 NO_GRAPHS = FastConfig(use_cuda_graphs=False)
 
@@ -129,17 +137,15 @@ def test_calibrated_costs_make_the_rule_price_true_time():
 
 # ---- acceptance priors --------------------------------------------------------------------------
 def test_pooled_stage_acceptance_and_filling():
-    a, b = SDVARStats(num_stages=4), SDVARStats(num_stages=4)
-    a.proposed_stages_per_stage, a.accepted_stages_per_stage = [2, 1, 0, 0], [2, 0, 0, 0]
-    b.proposed_stages_per_stage, b.accepted_stages_per_stage = [2, 1, 0, 1], [1, 1, 0, 0]
+    a = SDVARStats(num_stages=4, proposed_stages_per_stage=[2, 1, 0, 0], accepted_stages_per_stage=[2, 0, 0, 0])
+    b = SDVARStats(num_stages=4, proposed_stages_per_stage=[2, 1, 0, 1], accepted_stages_per_stage=[1, 1, 0, 0])
     pooled = pooled_stage_acceptance([a, b])
     assert pooled == [0.75, 0.5, None, 0.0]
     assert fill_missing_stages(pooled) == (0.75, 0.5, 0.25, 0.0)  # equally near stages 1 and 3: their mean
     assert fill_missing_stages([None, 0.9, None, None]) == (0.9, 0.9, 0.9, 0.9)
     with pytest.raises(ValueError):
         fill_missing_stages([None, None])
-    with pytest.raises(ValueError):
-        pooled_stage_acceptance([])
+    assert pooled_stage_acceptance([]) == []  # the library's pooling: no calls, no stages
 
 
 def test_scenario_stage_acceptance():
@@ -148,6 +154,7 @@ def test_scenario_stage_acceptance():
     per_sample = ScenarioPolicy(stage_probabilities=(1.0, 0.5), per_sample=True)
     assert scenario_stage_acceptance(per_sample, 3) == (1.0, 0.125)
     assert scenario_stage_acceptance(make_policy("exact"), 8) is None
+    assert scenario_stage_acceptance(None, 8) is None  # the method's own policy
 
 
 def test_map_profile_to_stages_by_relative_position():
@@ -160,12 +167,13 @@ def test_map_profile_to_stages_by_relative_position():
         map_profile_to_stages((), 10)
 
 
-# ---- methods ------------------------------------------------------------------------------------
-def test_calibrated_method_captures_every_chunk_it_may_price():
-    m = METHODS["sdvar_adaptive_cal"]
-    assert m.adaptive and m.kind == "sdvar"
-    assert m.target_chunks(10) == stage_chunks(10, 5) and m.draft_chunks(10) == stage_chunks(10, 10)
-    assert len(m.draft_chunks(10)) == 55
+# ---- the calibrated row ---------------------------------------------------------------------------
+def test_calibrated_row_captures_every_chunk_it_may_price():
+    row = BENCH_ONLY_ROWS[CALIBRATED]
+    assert row.calibrated and row.adaptive and row.sdvar and row.name == "exact_calibrated"
+    target_chunks, draft_chunks = row.chunks(10)
+    assert target_chunks == stage_chunks(10, 5) and draft_chunks == stage_chunks(10, 10)
+    assert len(draft_chunks) == 55
 
 
 # ---- end to end on the tiny pair ----------------------------------------------------------------
@@ -190,9 +198,9 @@ def test_calibration_end_to_end_on_the_tiny_pair(tiny_pair):
     vae, draft, target = tiny_pair
     S, B = target.num_stages, 2
     factory = FastRunFactory(NO_GRAPHS)
-    ctx = bench._PairContext(
+    ctx = PairContext(
         name="tiny", pair=ModelPair(vae=vae, draft=draft, target=target, description="tiny"),
-        sd=SDVAR(draft, target, run_factory=factory), factory=factory, specs={}, decoder=None,
+        sd=SDVAR(draft, target, run_factory=factory), factory=factory, specs={},
     )
     config = BenchConfig(calibration_calls=2, calibration_replays=1, top_k=0, top_p=0.0)
     batch_cal = calibrate_batch(ctx, B, config, decode_ms=0.5, replay_timer=_host_replay_timer,
@@ -203,16 +211,17 @@ def test_calibration_end_to_end_on_the_tiny_pair(tiny_pair):
     assert all(c.target_stages_read == S and c.draft_passes == 0 and c.pass_ms > 0 for c in batch_cal.target_calls)
 
     cals = []
-    for scenario in (Scenario("exact", make_policy("exact")), Scenario("all", ScenarioPolicy.all_accepted(S))):
+    for scenario in (Scenario("exact"), Scenario("all", ScenarioPolicy.all_accepted(S))):
         cal, rule = calibrate_scenario(ctx, B, scenario, config, batch_cal, call_timer=_host_call_timer)
         assert isinstance(rule, AdaptiveGamma) and len(rule.prior_acceptance) == S
         assert all(0.0 <= p <= 1.0 for p in cal.priors) and cal.round_overhead_ms >= 0
         assert len(cal.target_pass_ms) == len(batch_cal.target_pass_ms) and len(cal.sdvar_call_ms) == 2
-        out = ctx.sd.generate_parallel(B, None, g_seed=0, gamma=rule, policy=scenario.policy, top_k=0)
+        out = method_call(ctx, BENCH_ONLY_ROWS[CALIBRATED], scenario, B, config.sampling, rule=rule)(0)
         assert sum(out.stats.stages_committed_per_round) == S
         cal.gamma_per_round = list(out.stats.gamma_per_round)
         cals.append(cal)
     exact, all_accepted = cals
+    assert exact.scenario == "exact (random weights)"
     assert exact.prior_source.startswith("measured") and all_accepted.prior_source == "scenario profile"
     assert all_accepted.priors == [1.0] * S
     # gamma 1 and the shifted schedule judge stage 0 in both calls and, between them, all but stage 1
@@ -221,7 +230,7 @@ def test_calibration_end_to_end_on_the_tiny_pair(tiny_pair):
 
     text = format_calibrations(cals)
     assert "| tiny | 2 | all-accepted | 1,1,1,1 | scenario profile |" in text
-    data = json.loads(json.dumps([bench.asdict(c) for c in cals]))
+    data = json.loads(json.dumps([asdict(c) for c in cals]))
     assert data[0]["target_pass_ms"][0][:2] == [0, 1]
     assert isinstance(cals[0], AdaptiveCalibration)
 
@@ -236,29 +245,33 @@ def test_plan_never_drafts():
     assert not plan_never_drafts(late, S)
 
 
-def test_calibrated_method_needs_its_rule_and_runs_the_target_alone_when_it_never_drafts(tiny_pair):
+def test_calibrated_row_needs_its_rule_and_runs_the_target_alone_when_it_never_drafts(tiny_pair):
     vae, draft, target = tiny_pair
     S = target.num_stages
     factory = FastRunFactory(NO_GRAPHS)
-    ctx = bench._PairContext(name="tiny", pair=ModelPair(vae, draft, target, "tiny"),
-                             sd=SDVAR(draft, target, run_factory=factory), factory=factory, specs={}, decoder=None)
-    scenario = Scenario("exact", make_policy("exact"))
-    config = BenchConfig(top_k=0, top_p=0.0)
-    method = METHODS["sdvar_adaptive_cal"]
+    ctx = PairContext(name="tiny", pair=ModelPair(vae, draft, target, "tiny"),
+                      sd=SDVAR(draft, target, run_factory=factory), factory=factory, specs={})
+    scenario = Scenario("exact")
+    sampling = BenchConfig(top_k=0, top_p=0.0).sampling
+    row = BENCH_ONLY_ROWS[CALIBRATED]
     with pytest.raises(ValueError, match="calibrated gamma rule"):
-        bench._method_call(ctx, method, scenario, 2, config)
+        method_call(ctx, row, scenario, 2, sampling)
     never = AdaptiveGamma(prior_acceptance=0.0)
-    out = bench._method_call(ctx, method, scenario, 2, config, gamma=never)(0)
+    out = method_call(ctx, row, scenario, 2, sampling, rule=never)(0)
+    # SDVAR.generate_parallel itself decodes a never-drafting plan with the target alone
+    assert [run.model for run in factory.call_runs()] == [target]
     ref = ctx.sd.baseline(2, None, g_seed=0, top_k=0)
-    assert out.stats.draft_passes == 0 and out.stats.gamma_per_round == [] and out.stats.target_passes == S
+    assert out.stats.draft_passes == 0 and out.stats.gamma_per_round == [0] * S and out.stats.target_passes == S
     assert all(torch.equal(a, b) for a, b in zip(out.tokens_per_stage, ref.tokens_per_stage))
-    out = bench._method_call(ctx, method, scenario, 2, config, gamma=AdaptiveGamma(prior_acceptance=1.0))(0)
-    assert out.stats.gamma_per_round and out.stats.draft_passes > 0
+    out = method_call(ctx, row, scenario, 2, sampling, rule=AdaptiveGamma(prior_acceptance=1.0))(0)
+    assert any(out.stats.gamma_per_round) and out.stats.draft_passes > 0
+    with pytest.raises(ValueError, match="own gamma"):
+        method_call(ctx, bench_row("exact_g2"), scenario, 2, sampling, rule=never)
 
 
 def test_cli_calibration_options():
-    args = bench.build_parser().parse_args(["--calibration-calls", "4", "--calibration-replays", "5"])
-    config = bench.config_from_args(args)
+    args = build_parser().parse_args(["--calibration-calls", "4", "--calibration-replays", "5"])
+    config = config_from_args(args)
     assert config.calibration_calls == 4 and config.calibration_replays == 5
     with pytest.raises(ValueError, match="calibration_calls"):
         BenchConfig(calibration_calls=0)
@@ -287,3 +300,58 @@ def test_measure_acceptance_profile_script(tmp_path, tiny_pair, capsys):
     assert profile.startswith("--acceptance-profile ")
     values = [float(v) for v in profile.split()[-1].split(",")]
     assert len(values) == 10 and all(0.0 <= v <= 1.0 for v in values)
+    for bad in (["--calls", "0"], ["--gamma", "0"], ["--top-p", "2"]):
+        with pytest.raises(SystemExit) as exc:
+            script.main(["--folder", str(tmp_path / "missing"), *bad])  # refused before any model is loaded
+        assert exc.value.code == 2
+
+
+def test_run_bench_end_to_end_on_the_tiny_pair(tiny_pair, monkeypatch, tmp_path):
+    """The whole run (rows, scenarios, calibration, partial reports) with host timers and the tiny pair."""
+    import functools
+
+    from sdvar_lib.bench import BenchReport, Ceilings, DecodeTiming, run_bench, write_report
+    from sdvar_lib.bench import core as core_module
+
+    vae, draft, target = tiny_pair
+    S = target.num_stages
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "host stand-in")
+    for name in ("synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    for name in ("max_memory_allocated", "max_memory_reserved"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: 0)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    monkeypatch.setattr(core_module, "measure_ceilings", lambda device: Ceilings(1e12, 1e14))
+    monkeypatch.setattr(core_module, "measure_decode", lambda model, B, graphed=None: DecodeTiming(B, 0.5, 0.25))
+    monkeypatch.setattr(core_module, "build_pair_bf16", lambda d, t, device: ModelPair(vae, draft, target, "tiny"))
+    monkeypatch.setattr(core_module, "cuda_event_ms", _host_call_timer)
+    monkeypatch.setattr(core_module, "calibrate_batch", functools.partial(
+        core_module.calibrate_batch, replay_timer=_host_replay_timer, call_timer=_host_call_timer))
+    monkeypatch.setattr(core_module, "calibrate_scenario", functools.partial(
+        core_module.calibrate_scenario, call_timer=_host_call_timer))
+    config = BenchConfig(pairs=((16, 30),), batches=(2,), methods=("eager_target", "target", "sdvar_g2", CALIBRATED),
+                         scenarios=("exact", "all"), repeats=2, warmup=0, calibration_calls=2, calibration_replays=1,
+                         top_k=0, top_p=0.0, use_cuda_graphs=False, graph_decode=False, out=str(tmp_path))
+    partials: list[BenchReport] = []
+
+    def on_progress(partial):
+        partials.append(partial)
+        write_report(partial, tmp_path)
+
+    report = run_bench(config, "python -m sdvar_lib.bench (test)", on_progress=on_progress)
+    got = [(r.method, r.scenario) for r in report.rows]
+    assert got == [("eager_target", "-"), ("target", "-"), ("exact_g2", "exact (random weights)"),
+                   ("exact_g2", "all-accepted"), ("exact_calibrated", "exact (random weights)"),
+                   ("exact_calibrated", "all-accepted")]
+    assert [c.scenario for c in report.calibrations] == ["exact (random weights)", "all-accepted"]
+    for cal, row in zip(report.calibrations, report.rows[4:]):
+        assert row.gamma_per_round and cal.gamma_per_round == row.gamma_per_round
+    assert report.rows[0].speedup_vs_eager == pytest.approx(1.0) and report.rows[1].speedup_vs_target == pytest.approx(1.0)
+    assert report.machine.device_name == "host stand-in" and report.decode == [DecodeTiming(2, 0.5, 0.25)]
+    assert len(partials) >= 4 and len(partials[0].rows) < len(report.rows)
+    stored = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["method"] for r in stored["rows"]] == [m for m, _ in got]
+    assert stored["config"]["methods"] == ["eager_target", "target", "exact_g2", "exact_calibrated"]
+    assert "| 2 | exact_calibrated | all-accepted |" in (tmp_path / "bench.md").read_text()
+    assert S == len(report.calibrations[1].priors)

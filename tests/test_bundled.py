@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sdvar_lib.data.digits import load_digits_split, to_unit_range
+from sdvar_lib.eval.evaluation import BUNDLED_REPORT_NAME
 from sdvar_lib.eval.metrics import (
     class_consistency,
     classifier_accuracy,
@@ -17,8 +18,9 @@ from sdvar_lib.eval.metrics import (
     teacher_forced_nll,
 )
 from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_bundled
+from sdvar_lib.tiny.bundle import BUNDLE_FILES, WEIGHT_FILES
+from sdvar_lib.util.atomic import OUTPUT_MARKER
 
-WEIGHT_FILES = ("vae.pth", "draft.pth", "target.pth", "classifier.pth")
 MAX_BUNDLE_BYTES = 30 * 1024 * 1024
 
 # Classifier threshold: the bundled CNN reaches about 0.99 on the 270 held-out digits (MODEL_CARD.md);
@@ -60,6 +62,18 @@ def test_files_exist_load_weights_only_and_are_small():
     total += sum(p.stat().st_size for p in BUNDLED_DIR.iterdir() if p.name not in WEIGHT_FILES)
     assert total <= MAX_BUNDLE_BYTES
     assert (BUNDLED_DIR / "MODEL_CARD.md").read_text().startswith("# Tiny digits")
+
+
+def test_the_folder_is_one_set_described_by_its_card(metrics):
+    names = {p.name for p in BUNDLED_DIR.iterdir()}
+    assert names == set(BUNDLE_FILES) | {BUNDLED_REPORT_NAME}
+    # no output marker: every command's atomic output folder refuses to replace a folder without it
+    assert OUTPUT_MARKER not in names
+    card = (BUNDLED_DIR / "MODEL_CARD.md").read_text()
+    config = json.loads((BUNDLED_DIR / "config.json").read_text())
+    assert config["description"] in card and metrics["command"] in card
+    assert f"target **{metrics['target']['final_heldout_nll']:.4f}**" in card
+    assert f"{metrics['classifier']['heldout_accuracy']:.4f} on held-out real digits" in card
 
 
 def test_config_describes_the_pair(pair):

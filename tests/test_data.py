@@ -92,3 +92,16 @@ def test_minibatches_cover_everything_deterministically():
     assert [len(b) for b in iterate_minibatches(10, 4, None, drop_last=True)] == [4, 4]
     with pytest.raises(ValueError):
         list(iterate_minibatches(0, 4, None))
+
+
+def test_bad_arguments_name_the_argument_and_wrong_types_raise_type_error():
+    with pytest.raises(TypeError, match="size"):
+        upsample_digits(np.zeros((1, 8, 8)), size=True)
+    with pytest.raises(ValueError, match="size"):
+        upsample_digits(np.zeros((1, 8, 8)), size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        list(iterate_minibatches(10, 0, None))
+    with pytest.raises(TypeError, match="num_items"):
+        list(iterate_minibatches(10.0, 4, None))
+    with pytest.raises(ValueError, match="heldout_fraction"):
+        stratified_split_indices(np.zeros(10, dtype=int), heldout_fraction=0.0)

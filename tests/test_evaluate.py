@@ -229,10 +229,38 @@ def test_cli_writes_json_and_prints_the_table(tmp_path, capsys):
     assert out.rstrip().endswith(report.markdown_table(2).splitlines()[-1])
     assert (tmp_path / "evaluation.md").read_text().strip() == report.markdown()
     assert math.isclose(report.result("test3_e3").target_passes_per_call.mean, 4.0)
+    assert (tmp_path / ".sdvar-output").is_file()  # a folder this command wrote: a later run may replace it
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--methods", ""], "expected comma-separated method names"),
+        (["--methods", "nope"], "unknown method(s) ['nope']"),
+        (["--seeds", "-1"], "every value of --seeds must be an int in [0, 9223372036854775807]"),
+        (["--samples", "1"], "--samples must be an int >= 2"),
+        (["--threads", "0"], "--threads must be an int >= 1"),
+        (["--cfg", "nan"], "cfg must be a finite number >= 0"),
+        (["--top-p", "2"], "top_p must be a finite number in [0, 1]"),
+        (["--device", "gpu"], "device 'gpu' is not a device name"),
+        (["--extra-batch-size", "2", "--extra-methods", "exact_g9"], "unknown method(s) ['exact_g9']"),
+    ],
+)
+def test_cli_names_a_bad_argument_in_one_line_before_any_work(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as info:
+        main(["--out", str(tmp_path / "out"), *args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("usage: ") is False and message in err[-1], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_never_replaces_a_folder_of_someone_else(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit):
-        main(["--out", str(tmp_path), "--methods", ""])
-    with pytest.raises(ValueError, match="unknown method"):
-        main(["--out", str(tmp_path), "--methods", "nope"])
+        main(["--out", str(tmp_path), "--samples", "2", "--seeds", "0", "--methods", "target"])
+    assert "holds files that no workbench run wrote" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 # ---- the stored evaluation of the bundled pair (the table in BENCHMARKS.md) ------------------------------

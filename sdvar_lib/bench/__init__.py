@@ -1,4 +1,119 @@
 """bench: the GPU benchmark — physical bounds, acceptance scenarios, timing, gamma calibration, profiling, CLI.
 
 May import: ``sdvar_lib.viz`` and everything below it (not ``sdvar_lib.tiny``).
+
+Modules, each importing only the ones before it:
+
+- :mod:`~sdvar_lib.bench.bounds`: what a pass must move and compute (:class:`VarSpec`, :class:`Ceilings`);
+- :mod:`~sdvar_lib.bench.scenarios`: fixed-acceptance scenarios and per-stage acceptance profiles;
+- :mod:`~sdvar_lib.bench.timing`: the one CUDA-event timer, percentiles, device ceilings, decode time;
+- :mod:`~sdvar_lib.bench.methods`: the rows (registry methods plus ``eager_target`` and
+  ``exact_calibrated``) and how one call of each runs on a pair;
+- :mod:`~sdvar_lib.bench.config`: :class:`BenchConfig`, checked when built;
+- :mod:`~sdvar_lib.bench.calibration`: the calibrated adaptive gamma rule;
+- :mod:`~sdvar_lib.bench.report`: rows, report, markdown / JSON, atomic writes;
+- :mod:`~sdvar_lib.bench.profile`: kernel breakdown of single passes;
+- :mod:`~sdvar_lib.bench.core`: timing a row and a whole run;
+- :mod:`~sdvar_lib.bench.cli`: ``python -m sdvar_lib.bench``.
 """
+
+from sdvar_lib.bench.bounds import (
+    Ceilings,
+    VarSpec,
+    attended_keys,
+    pass_bound_s,
+    pass_bytes,
+    pass_flops,
+    pass_weight_params,
+    passes_bound_s,
+    sequential_passes,
+    total_params,
+)
+from sdvar_lib.bench.calibration import (
+    CALIBRATION_RULES,
+    AdaptiveCalibration,
+    BatchCalibration,
+    CallSample,
+    OverheadEstimate,
+    calibrate_batch,
+    calibrate_scenario,
+    calibrated_costs,
+    chunk_of_pass,
+    estimate_overheads,
+    measure_pass_times,
+)
+from sdvar_lib.bench.cli import build_parser, config_from_args, main
+from sdvar_lib.bench.config import BenchConfig
+from sdvar_lib.bench.core import bench_method, run_bench
+from sdvar_lib.bench.methods import (
+    BENCH_ONLY_ROWS,
+    CALIBRATED,
+    DEFAULT_METHODS,
+    EAGER_TARGET,
+    BenchMethod,
+    PairContext,
+    bench_row,
+    build_pair_bf16,
+    call_passes,
+    in_call_context,
+    method_call,
+    prepare_runs,
+    run_order,
+)
+from sdvar_lib.bench.profile import KernelTime, PassProfile, format_profiles, profile_pass, profile_targets, write_profiles
+from sdvar_lib.bench.report import (
+    BenchReport,
+    BenchRow,
+    add_speedups,
+    format_calibrations,
+    format_list,
+    format_markdown,
+    report_to_json,
+    write_report,
+)
+from sdvar_lib.bench.scenarios import (
+    SCENARIOS,
+    Scenario,
+    ScenarioPolicy,
+    fill_missing_stages,
+    make_scenarios,
+    map_profile_to_stages,
+    scenario_stage_acceptance,
+)
+from sdvar_lib.bench.timing import (
+    CallTimer,
+    DecodeTiming,
+    ReplayTimer,
+    cuda_event_ms,
+    measure_ceilings,
+    measure_decode,
+    median_event_ms,
+    percentile,
+)
+
+__all__ = [
+    # bounds
+    "VarSpec", "Ceilings", "pass_weight_params", "total_params", "attended_keys", "pass_flops", "pass_bytes",
+    "pass_bound_s", "passes_bound_s", "sequential_passes",
+    # scenarios and acceptance profiles
+    "SCENARIOS", "ScenarioPolicy", "Scenario", "make_scenarios", "fill_missing_stages", "scenario_stage_acceptance",
+    "map_profile_to_stages",
+    # timing
+    "ReplayTimer", "CallTimer", "cuda_event_ms", "median_event_ms", "percentile", "measure_ceilings", "DecodeTiming",
+    "measure_decode",
+    # rows
+    "EAGER_TARGET", "CALIBRATED", "BenchMethod", "BENCH_ONLY_ROWS", "DEFAULT_METHODS", "bench_row", "run_order",
+    "PairContext", "build_pair_bf16", "method_call", "in_call_context", "prepare_runs", "call_passes",
+    # configuration
+    "BenchConfig",
+    # calibration
+    "CallSample", "OverheadEstimate", "AdaptiveCalibration", "BatchCalibration", "CALIBRATION_RULES", "chunk_of_pass",
+    "measure_pass_times", "estimate_overheads", "calibrated_costs", "calibrate_batch", "calibrate_scenario",
+    # report
+    "BenchRow", "BenchReport", "add_speedups", "format_markdown", "format_calibrations", "format_list",
+    "report_to_json", "write_report",
+    # profiling
+    "KernelTime", "PassProfile", "profile_pass", "profile_targets", "format_profiles", "write_profiles",
+    # running
+    "bench_method", "run_bench", "build_parser", "config_from_args", "main",
+]

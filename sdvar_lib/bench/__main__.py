@@ -1,5 +1,7 @@
+"""``python -m sdvar_lib.bench``: see :mod:`sdvar_lib.bench.cli`."""
+
 import sys
 
-from sdvar_lib.bench.bench import main
+from sdvar_lib.bench.cli import main
 
 sys.exit(main())

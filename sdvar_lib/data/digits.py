@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sdvar_lib.util.checks import check_int, check_number
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -81,8 +83,7 @@ def upsample_digits(raw_N88: np.ndarray | torch.Tensor, size: int = DIGITS_IMAGE
     raw = torch.as_tensor(raw_N88, dtype=torch.float32)
     if raw.ndim != 3:
         raise ValueError(f"raw digits must have shape (N, h, w), got {tuple(raw.shape)}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
+    check_int(size, "size", 1)
     if raw.numel() and (float(raw.min()) < 0 or float(raw.max()) > _DIGITS_MAX_VALUE):
         raise ValueError(f"raw digit values must lie in [0, {_DIGITS_MAX_VALUE:g}], got [{float(raw.min())}, {float(raw.max())}]")
     unit_N1hw = raw.unsqueeze(1) / _DIGITS_MAX_VALUE
@@ -99,8 +100,7 @@ def stratified_split_indices(
     Classes are visited in increasing order; within each, the indices are permuted by one shared
     ``numpy.random.default_rng(seed)`` and the first ``round(heldout_fraction * n_class)`` are held out.
     """
-    if not 0.0 < heldout_fraction < 1.0:
-        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+    check_number(heldout_fraction, "heldout_fraction", 0.0, 1.0, min_inclusive=False, max_inclusive=False)
     labels = np.asarray(labels_N)
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
@@ -144,8 +144,8 @@ def to_unit_range(img_B3HW: torch.Tensor) -> torch.Tensor:
 
 def iterate_minibatches(num_items: int, batch_size: int, generator: torch.Generator | None, drop_last: bool = False):
     """Index batches over ``range(num_items)``: shuffled by ``generator`` (``None`` keeps the order)."""
-    if num_items < 1 or batch_size < 1:
-        raise ValueError(f"num_items and batch_size must be >= 1, got {num_items} and {batch_size}")
+    check_int(num_items, "num_items", 1)
+    check_int(batch_size, "batch_size", 1)
     order = torch.randperm(num_items, generator=generator) if generator is not None else torch.arange(num_items)
     stop = num_items - num_items % batch_size if drop_last and num_items >= batch_size else num_items
     for start in range(0, stop, batch_size):

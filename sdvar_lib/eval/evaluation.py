@@ -51,13 +51,14 @@ from sdvar_lib.eval.metrics import (
     load_bundled_classifier,
     summarize_over_seeds,
 )
-from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_bundled
+from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_bundled, pick_device
 from sdvar_lib.models.presets import ModelPair
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.registry import DECODERS, EVALUATION_METHODS, Method, get_method, methods_for
+from sdvar_lib.sdvar.stats import PooledStats
 from sdvar_lib.util.atomic import atomic_folder, atomic_write_text, check_output_folder
-from sdvar_lib.util.checks import check_int
+from sdvar_lib.util.checks import SEED_LIMIT, check_int, check_int_sequence
 from sdvar_lib.util.machine import MachineInfo
 
 log = logging.getLogger(__name__)
@@ -300,10 +301,6 @@ def real_reference_images() -> tuple[torch.Tensor, str]:
     return to_unit_range(heldout), f"the {heldout.shape[0]} held-out real digits (classifier features)"
 
 
-def _ratios(num: Sequence[int], den: Sequence[int]) -> list[float | None]:
-    return [n / d if d else None for n, d in zip(num, den)]
-
-
 @torch.no_grad()
 def _evaluate_one(
     sd: SDVAR,
@@ -316,34 +313,20 @@ def _evaluate_one(
     real_img_B3HW: torch.Tensor,
 ) -> MethodResult:
     t0 = time.perf_counter()
-    S = sd.num_stages
     device = sd.target_model.device
-    proposed_tokens, accepted_tokens = [0] * S, [0] * S
-    proposed_stages, accepted_stages = [0] * S, [0] * S
+    totals = PooledStats.empty(sd.num_stages)
     target_per_seed, draft_per_seed, per_seed = [], [], []
-    call_seconds = 0.0
-    num_calls = 0
     labels_N = balanced_labels(samples_per_seed, sd.target_model.num_classes)
     for seed in seeds:
-        images, t_passes, d_passes = [], 0, 0
+        images, seed_totals = [], PooledStats.empty(sd.num_stages)
         for i, start in enumerate(range(0, samples_per_seed, batch_size)):
             labels = labels_N[start : start + batch_size].to(device)
             out = spec.run(sd, len(labels), labels, SEED_STRIDE * seed + i, sampling)
-            st = out.stats
             images.append(out.images_B3HW.float().cpu())
-            t_passes += st.target_passes
-            d_passes += st.draft_passes
-            call_seconds += st.wall_time_s
-            num_calls += 1
-            for s, (pt, at, ps, as_) in enumerate(zip(st.proposed_tokens_per_stage, st.accepted_tokens_per_stage,
-                                                       st.proposed_stages_per_stage, st.accepted_stages_per_stage)):
-                proposed_tokens[s] += pt
-                accepted_tokens[s] += at
-                proposed_stages[s] += ps
-                accepted_stages[s] += as_
-        calls = samples_per_seed // batch_size
-        target_per_seed.append(t_passes / calls)
-        draft_per_seed.append(d_passes / calls)
+            seed_totals = seed_totals + PooledStats.of(out.stats)
+        totals = totals + seed_totals
+        target_per_seed.append(seed_totals.target_passes / seed_totals.calls)
+        draft_per_seed.append(seed_totals.draft_passes / seed_totals.calls)
         img_N3HW = torch.cat(images)
         cc = class_consistency(classifier, img_N3HW, labels_N).accuracy
         fd = feature_frechet_distance(classifier, img_N3HW, real_img_B3HW)
@@ -351,15 +334,15 @@ def _evaluate_one(
         log.debug("%s seed %d: target passes/call %.3f, cc %.4f, FD %.3f", spec.name, seed, target_per_seed[-1], cc, fd)
     result = MethodResult(
         name=spec.name, description=spec.describe(), kind=spec.decoder, lossless=spec.lossless, batch_size=batch_size,
-        seeds=[int(s) for s in seeds], samples_per_seed=samples_per_seed, num_calls=num_calls,
+        seeds=[int(s) for s in seeds], samples_per_seed=samples_per_seed, num_calls=totals.calls,
         target_passes_per_call=summarize_over_seeds(target_per_seed),
         draft_passes_per_call=summarize_over_seeds(draft_per_seed),
-        token_acceptance_per_stage=_ratios(accepted_tokens, proposed_tokens),
-        stage_acceptance_per_stage=_ratios(accepted_stages, proposed_stages),
-        token_acceptance=sum(accepted_tokens) / sum(proposed_tokens) if sum(proposed_tokens) else None,
+        token_acceptance_per_stage=totals.token_acceptance_per_stage,
+        stage_acceptance_per_stage=totals.stage_acceptance_per_stage,
+        token_acceptance=totals.token_acceptance,
         class_consistency=summarize_over_seeds([q.class_consistency for q in per_seed]),
         frechet_distance=summarize_over_seeds([q.frechet_distance for q in per_seed]),
-        per_seed=per_seed, ms_per_call=1000 * call_seconds / num_calls, wall_time_s=time.perf_counter() - t0,
+        per_seed=per_seed, ms_per_call=1000 * totals.wall_time_s / totals.calls, wall_time_s=time.perf_counter() - t0,
     )
     log.info(
         "%-16s batch %d: target passes/call %.2f, draft %.2f, class-consistency %s, Fréchet distance %s, %.1f ms/call "
@@ -449,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quality (class-consistency, Fréchet distance) against target passes for every decoder on the "
                     "bundled draft/target pair; writes evaluation.json and evaluation.md and prints the table.",
     )
-    p.add_argument("--out", required=True, help="output folder (evaluation.json, evaluation.md)")
+    p.add_argument("--out", default=None, help="output folder (evaluation.json, evaluation.md); required unless --list-methods")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default 0 1 2 3 4)")
     p.add_argument("--samples", type=int, default=100, help="samples per seed and method (default 100)")
     p.add_argument("--batch-size", type=int, default=1, help="images per call of the main table (default 1)")
@@ -472,33 +455,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s",
                         stream=sys.stderr)
-    torch.set_num_threads(check_int(args.threads, "--threads", 1))
-    check_output_folder(args.out)
-    t0 = time.perf_counter()
-    pair = load_bundled(device=args.device, folder=args.bundle_dir)
-    all_methods = default_methods(pair.target.num_stages)
+    try:  # every argument before the first model call; a mistake is one line
+        check_int(args.threads, "--threads", 1)
+        check_int_sequence(args.seeds, "--seeds", 0, SEED_LIMIT - 1)
+        check_int(args.samples, "--samples", 2)
+        check_int(args.batch_size, "--batch-size", 1)
+        check_int(args.extra_batch_size, "--extra-batch-size", 0)
+        if args.extra_samples is not None:
+            check_int(args.extra_samples, "--extra-samples", 2)
+        SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
+        device = pick_device(args.device)
+        pair = load_bundled(device=device, folder=args.bundle_dir)
+        all_methods = default_methods(pair.target.num_stages)
+        methods = all_methods if args.methods is None else select_methods(all_methods, args.methods)
+        extra = select_methods(all_methods, args.extra_methods) if args.extra_batch_size else []
+        if not args.list_methods:
+            if args.out is None:
+                raise ValueError("--out is required (the output folder)")
+            check_output_folder(args.out)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
     if args.list_methods:
         for m in all_methods:
             print(f"{m.name:<16} {m.describe()}")
         return 0
-    methods = all_methods if args.methods is None else select_methods(all_methods, args.methods)
-    classifier = load_bundled_classifier(device=args.device, folder=args.bundle_dir)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    classifier = load_bundled_classifier(device=device, folder=args.bundle_dir)
     real, reference = real_reference_images()
     common = dict(seeds=args.seeds, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, classifier=classifier,
                   real_img_B3HW=real)
     results = evaluate_methods(pair, methods, samples_per_seed=args.samples, batch_size=args.batch_size, **common)
-    if args.extra_batch_size:
-        extra = select_methods(all_methods, args.extra_methods)
+    if extra:
         samples = args.extra_samples if args.extra_samples is not None else args.samples
         results += evaluate_methods(pair, extra, samples_per_seed=samples, batch_size=args.extra_batch_size, **common)
     argv_list = list(sys.argv[1:] if argv is None else argv)
     report = EvaluationReport(
         pair_description=pair.description, num_stages=pair.target.num_stages, patch_nums=list(pair.target.patch_nums),
         cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, reference=reference,
-        machine=MachineInfo.current(args.device), results=results,
+        machine=MachineInfo.current(device), results=results,
         command="python -m sdvar_lib.evaluate " + shlex.join(argv_list), wall_time_s=time.perf_counter() - t0,
     )
     out = Path(args.out)

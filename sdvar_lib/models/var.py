@@ -459,15 +459,7 @@ class VAR(nn.Module):
         return GenerationOutput(images_B3HW=images, tokens_per_stage=tokens, label_B=labels, f_hat_BChw=f_hat)
 
     @torch.no_grad()
-    def autoregressive_infer_cfg(
-        self,
-        B: int,
-        label_B=None,
-        g_seed: int | None = None,
-        cfg: float = 1.5,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        more_smooth: bool = False,
-    ) -> torch.Tensor:
+    def autoregressive_infer_cfg(self, B: int, label_B=None, g_seed: int | None = None, cfg: float = 1.5, top_k: int = 0,
+                                 top_p: float = 0.0, more_smooth: bool = False) -> torch.Tensor:
         """Images ``(B, 3, H, W)`` in ``[0, 1]``, token for token the reference's for a given ``g_seed``."""
         return self.generate(B, label_B, g_seed, cfg, top_k, top_p, more_smooth).images_B3HW

@@ -7,6 +7,7 @@ Parameter and buffer names follow the released checkpoint ``vae_ch160v4096z32.pt
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ from torch import nn
 
 from sdvar_lib.models.quant import MultiScaleQuantizer
 
-__all__ = ["Encoder", "Decoder", "VQVAE"]
+__all__ = ["CoderShape", "Encoder", "Decoder", "VQVAE"]
 
 OFFICIAL_CH_MULT = (1, 1, 2, 2, 4)
 
@@ -101,44 +102,57 @@ class _Level(nn.Module):
         self.attn = nn.ModuleList()
 
 
-class Encoder(nn.Module):
-    def __init__(
-        self,
-        *,
-        ch: int = 128,
-        ch_mult: Sequence[int] = OFFICIAL_CH_MULT,
-        num_res_blocks: int = 2,
-        dropout: float = 0.0,
-        in_channels: int = 3,
-        z_channels: int,
-        using_sa: bool = True,
-        using_mid_sa: bool = True,
-    ) -> None:
+@dataclass(frozen=True)
+class CoderShape:
+    """Sizes shared by the encoder and the decoder."""
+
+    z_channels: int
+    ch: int = 128
+    ch_mult: tuple[int, ...] = OFFICIAL_CH_MULT
+    num_res_blocks: int = 2
+    dropout: float = 0.0
+    in_channels: int = 3
+    using_sa: bool = True
+    using_mid_sa: bool = True
+
+
+class _Mid(nn.Module):
+    """The middle of the encoder/decoder: ResNet block, self-attention, ResNet block."""
+
+    def __init__(self, channels: int, dropout: float, using_sa: bool) -> None:
         super().__init__()
-        self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
-        self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
-        in_ch_mult = (1, *ch_mult)
+        self.block_1 = ResnetBlock(channels, channels, dropout)
+        self.attn_1 = _attn_or_identity(channels, using_sa)
+        self.block_2 = ResnetBlock(channels, channels, dropout)
+
+    def forward(self, x_BChw: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(x_BChw)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, shape: CoderShape) -> None:
+        super().__init__()
+        self.num_resolutions = len(shape.ch_mult)
+        self.num_res_blocks = shape.num_res_blocks
+        self.conv_in = nn.Conv2d(shape.in_channels, shape.ch, kernel_size=3, stride=1, padding=1)
+        in_ch_mult = (1, *shape.ch_mult)
         self.down = nn.ModuleList()
-        block_in = ch
+        block_in = shape.ch
         for i_level in range(self.num_resolutions):
             level = _Level()
-            block_in = ch * in_ch_mult[i_level]
-            block_out = ch * ch_mult[i_level]
-            for _ in range(num_res_blocks):
-                level.block.append(ResnetBlock(block_in, block_out, dropout))
+            block_in = shape.ch * in_ch_mult[i_level]
+            block_out = shape.ch * shape.ch_mult[i_level]
+            for _ in range(shape.num_res_blocks):
+                level.block.append(ResnetBlock(block_in, block_out, shape.dropout))
                 block_in = block_out
-                if i_level == self.num_resolutions - 1 and using_sa:
+                if i_level == self.num_resolutions - 1 and shape.using_sa:
                     level.attn.append(AttnBlock(block_in))
             if i_level != self.num_resolutions - 1:
                 level.downsample = Downsample2x(block_in)
             self.down.append(level)
-        self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-        self.mid.attn_1 = _attn_or_identity(block_in, using_mid_sa)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
+        self.mid = _Mid(block_in, shape.dropout, shape.using_mid_sa)
         self.norm_out = _group_norm(block_in)
-        self.conv_out = nn.Conv2d(block_in, z_channels, kernel_size=3, stride=1, padding=1)
+        self.conv_out = nn.Conv2d(block_in, shape.z_channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, img_B3HW: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(img_B3HW)
@@ -149,50 +163,35 @@ class Encoder(nn.Module):
                     h = level.attn[i_block](h)
             if i_level != self.num_resolutions - 1:
                 h = level.downsample(h)
-        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
 
 
 class Decoder(nn.Module):
-    def __init__(
-        self,
-        *,
-        ch: int = 128,
-        ch_mult: Sequence[int] = OFFICIAL_CH_MULT,
-        num_res_blocks: int = 2,
-        dropout: float = 0.0,
-        in_channels: int = 3,
-        z_channels: int,
-        using_sa: bool = True,
-        using_mid_sa: bool = True,
-    ) -> None:
+    def __init__(self, shape: CoderShape) -> None:
         super().__init__()
-        self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
-        block_in = ch * ch_mult[-1]
-        self.conv_in = nn.Conv2d(z_channels, block_in, kernel_size=3, stride=1, padding=1)
-        self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-        self.mid.attn_1 = _attn_or_identity(block_in, using_mid_sa)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
+        self.num_resolutions = len(shape.ch_mult)
+        self.num_res_blocks = shape.num_res_blocks
+        block_in = shape.ch * shape.ch_mult[-1]
+        self.conv_in = nn.Conv2d(shape.z_channels, block_in, kernel_size=3, stride=1, padding=1)
+        self.mid = _Mid(block_in, shape.dropout, shape.using_mid_sa)
         levels: list[_Level] = []
         for i_level in reversed(range(self.num_resolutions)):
             level = _Level()
-            block_out = ch * ch_mult[i_level]
-            for _ in range(num_res_blocks + 1):
-                level.block.append(ResnetBlock(block_in, block_out, dropout))
+            block_out = shape.ch * shape.ch_mult[i_level]
+            for _ in range(shape.num_res_blocks + 1):
+                level.block.append(ResnetBlock(block_in, block_out, shape.dropout))
                 block_in = block_out
-                if i_level == self.num_resolutions - 1 and using_sa:
+                if i_level == self.num_resolutions - 1 and shape.using_sa:
                     level.attn.append(AttnBlock(block_in))
             if i_level != 0:
                 level.upsample = Upsample2x(block_in)
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)
         self.norm_out = _group_norm(block_in)
-        self.conv_out = nn.Conv2d(block_in, in_channels, kernel_size=3, stride=1, padding=1)
+        self.conv_out = nn.Conv2d(block_in, shape.in_channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, z_BChw: torch.Tensor) -> torch.Tensor:
-        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z_BChw))))
+        h = self.mid(self.conv_in(z_BChw))
         for i_level in reversed(range(self.num_resolutions)):
             level = self.up[i_level]
             for i_block in range(self.num_res_blocks + 1):
@@ -238,11 +237,9 @@ class VQVAE(nn.Module):
         self.Cvae = z_channels
         self.ch_mult = tuple(ch_mult)
         self.downsample = 2 ** (len(self.ch_mult) - 1)
-        net_kw = dict(
-            ch=ch, ch_mult=self.ch_mult, num_res_blocks=num_res_blocks, dropout=dropout, z_channels=z_channels,
-        )
-        self.encoder = Encoder(**net_kw)
-        self.decoder = Decoder(**net_kw)
+        shape = CoderShape(z_channels=z_channels, ch=ch, ch_mult=self.ch_mult, num_res_blocks=num_res_blocks, dropout=dropout)
+        self.encoder = Encoder(shape)
+        self.decoder = Decoder(shape)
         self.quantize = MultiScaleQuantizer(
             vocab_size=vocab_size,
             Cvae=z_channels,

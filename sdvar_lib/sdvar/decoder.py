@@ -47,14 +47,7 @@ from sdvar_lib.sdvar.gamma import GammaRule, make_gamma_rule, plan_never_drafts
 from sdvar_lib.sdvar.handoff import decode_handoff, decode_stages
 from sdvar_lib.sdvar.masks import check_sd_mask
 from sdvar_lib.sdvar.run import ModelRun, RunFactory, eager_run
-from sdvar_lib.sdvar.state import (
-    AcceptanceResult,
-    CombinedQuery,
-    DraftProposal,
-    RoundRecord,
-    SDVARInferenceState,
-    VerifyResult,
-)
+from sdvar_lib.sdvar.state import AcceptanceResult, CombinedQuery, DraftProposal, RoundRecord, SDVARInferenceState, VerifyResult
 from sdvar_lib.sdvar.stats import SDVAROutput, SDVARStats
 from sdvar_lib.util.checks import check_bool, check_int
 from sdvar_lib.util.modes import eval_mode
@@ -132,20 +125,9 @@ class SDVAR:
 
     # ---- the state -------------------------------------------------------------------------------
     @torch.no_grad()
-    def prepare(
-        self,
-        B: int,
-        label_B=None,
-        g_seed: int | None = None,
-        cfg: float = 1.5,
-        gamma=2,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        more_smooth: bool = False,
-        policy: str | AcceptancePolicy = "exact",
-        verbose: bool = False,
-        **policy_kwargs,
-    ) -> SDVARInferenceState:
+    def prepare(self, B: int, label_B=None, g_seed: int | None = None, cfg: float = 1.5, gamma=2, top_k: int = 0,
+                top_p: float = 0.0, more_smooth: bool = False, policy: str | AcceptancePolicy = "exact",
+                verbose: bool = False, **policy_kwargs) -> SDVARInferenceState:
         """Check every argument, then build the empty state (fresh caches, nothing committed).
 
         The models must be in eval mode (the whole-call decoders switch them for the call).

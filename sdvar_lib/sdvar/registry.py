@@ -206,6 +206,12 @@ class Method:
             raise ValueError(f"method {self.name!r} ({self.decoder}) has no acceptance policy")
         return replace(self, policy=policy, name=name or self.name)
 
+    def with_gamma(self, gamma, name: str | None = None) -> Method:
+        """The same SDVAR method with another gamma rule (e.g. a rule calibrated on the machine)."""
+        if self.decoder != "sdvar":
+            raise ValueError(f"method {self.name!r} ({self.decoder}) has no gamma")
+        return replace(self, gamma=make_gamma_rule(gamma), name=name or self.name)
+
     def chunks(self, num_stages: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """``(target chunks, draft chunks)`` as ``(start stage, number of stages)``: the pass shapes a call uses."""
         self.check_for(num_stages)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-__all__ = ["SDVARStats", "SDVAROutput", "pooled_stage_acceptance"]
+__all__ = ["SDVARStats", "SDVAROutput", "PooledStats", "pool_stats", "pooled_stage_acceptance"]
 
 
 def _zeros(n: int) -> list[int]:
@@ -135,14 +135,83 @@ class SDVARStats:
         )
 
 
+def _ratios(num: Sequence[int], den: Sequence[int]) -> list[float | None]:
+    return [n / d if d else None for n, d in zip(num, den)]
+
+
+@dataclass(frozen=True)
+class PooledStats:
+    """Counters summed over several calls (of one method, one batch size): what tables report."""
+
+    num_stages: int
+    calls: int
+    target_passes: int
+    draft_passes: int
+    wall_time_s: float
+    proposed_tokens_per_stage: tuple[int, ...]
+    accepted_tokens_per_stage: tuple[int, ...]
+    proposed_stages_per_stage: tuple[int, ...]
+    accepted_stages_per_stage: tuple[int, ...]
+
+    @property
+    def token_acceptance_per_stage(self) -> list[float | None]:
+        return _ratios(self.accepted_tokens_per_stage, self.proposed_tokens_per_stage)
+
+    @property
+    def stage_acceptance_per_stage(self) -> list[float | None]:
+        return _ratios(self.accepted_stages_per_stage, self.proposed_stages_per_stage)
+
+    @property
+    def token_acceptance(self) -> float | None:
+        proposed = sum(self.proposed_tokens_per_stage)
+        return sum(self.accepted_tokens_per_stage) / proposed if proposed else None
+
+    def __add__(self, other: PooledStats) -> PooledStats:
+        if other.num_stages != self.num_stages:
+            raise ValueError(f"cannot pool statistics of {self.num_stages} and {other.num_stages} stages")
+
+        def add(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+            return tuple(x + y for x, y in zip(a, b))
+
+        return PooledStats(
+            num_stages=self.num_stages, calls=self.calls + other.calls, target_passes=self.target_passes + other.target_passes,
+            draft_passes=self.draft_passes + other.draft_passes, wall_time_s=self.wall_time_s + other.wall_time_s,
+            proposed_tokens_per_stage=add(self.proposed_tokens_per_stage, other.proposed_tokens_per_stage),
+            accepted_tokens_per_stage=add(self.accepted_tokens_per_stage, other.accepted_tokens_per_stage),
+            proposed_stages_per_stage=add(self.proposed_stages_per_stage, other.proposed_stages_per_stage),
+            accepted_stages_per_stage=add(self.accepted_stages_per_stage, other.accepted_stages_per_stage),
+        )
+
+    @classmethod
+    def empty(cls, num_stages: int) -> PooledStats:
+        zeros = (0,) * num_stages
+        return cls(num_stages, 0, 0, 0, 0.0, zeros, zeros, zeros, zeros)
+
+    @classmethod
+    def of(cls, stats: SDVARStats) -> PooledStats:
+        """One call's counters (reads the device's accepted-token counts once)."""
+        return cls(
+            num_stages=stats.num_stages, calls=1, target_passes=stats.target_passes, draft_passes=stats.draft_passes,
+            wall_time_s=stats.wall_time_s, proposed_tokens_per_stage=tuple(stats.proposed_tokens_per_stage),
+            accepted_tokens_per_stage=tuple(stats.accepted_tokens_per_stage),
+            proposed_stages_per_stage=tuple(stats.proposed_stages_per_stage),
+            accepted_stages_per_stage=tuple(stats.accepted_stages_per_stage),
+        )
+
+
+def pool_stats(stats: Sequence[SDVARStats], num_stages: int | None = None) -> PooledStats:
+    """The counters of several calls summed (``num_stages`` is needed only when ``stats`` is empty)."""
+    if not stats and num_stages is None:
+        raise ValueError("pool_stats of no calls needs num_stages")
+    total = PooledStats.empty(stats[0].num_stages if stats else num_stages)
+    for s in stats:
+        total = total + PooledStats.of(s)
+    return total
+
+
 def pooled_stage_acceptance(stats: Sequence[SDVARStats]) -> list[float | None]:
     """Stage acceptance per stage pooled over calls: accepted / verified proposals (``None``: never verified)."""
-    if not stats:
-        return []
-    S = stats[0].num_stages
-    proposed = [sum(s.proposed_stages_per_stage[i] for s in stats) for i in range(S)]
-    accepted = [sum(s.accepted_stages_per_stage[i] for s in stats) for i in range(S)]
-    return [a / p if p else None for a, p in zip(accepted, proposed)]
+    return pool_stats(stats).stage_acceptance_per_stage if stats else []
 
 
 @dataclass

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -59,24 +60,45 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def _default_dir_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike, owner: str) -> Iterator[Path]:
+def atomic_folder(
+    path: str | os.PathLike,
+    owner: str,
+    *,
+    marker: bool = True,
+    keep: Sequence[str] = (),
+    replace_unmarked: bool = False,
+) -> Iterator[Path]:
     """Write a whole folder atomically: yields a temporary folder; on success it replaces ``path``.
 
     ``path`` must be new, empty, or a folder an earlier run wrote (it holds :data:`OUTPUT_MARKER`);
-    a folder with other files is refused, so a user's files are never replaced. The old folder is
-    renamed aside, the new one renamed into place, then the old one is removed: an interrupt leaves
-    the old complete folder or the new complete one at ``path`` (between the two renames, for an
-    instant, the old one sits beside it as ``.<name>.old-*``).
+    a folder with other files is refused, so a user's files are never replaced (``replace_unmarked``
+    lifts that for a caller that owns the folder, e.g. retraining the bundled models). ``marker``
+    writes the marker into the new folder; ``keep`` names files of the old folder carried over
+    unchanged. The new folder gets the old one's permissions (or the umask's). The old folder is
+    renamed aside, the new one renamed into place (the old one is put back if that fails), then the
+    old one is removed: an interrupt leaves the old complete folder or the new complete one at
+    ``path`` (between the two renames, for an instant, the old one sits beside it as ``.<name>.old-*``).
     """
-    path = check_output_folder(path)
+    path = Path(path) if replace_unmarked else check_output_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        (tmp / OUTPUT_MARKER).write_text(f"written by {owner}\n")
+        if marker:
+            (tmp / OUTPUT_MARKER).write_text(f"written by {owner}\n")
         yield tmp
+        for name in keep:
+            if (path / name).is_file() and not (tmp / name).exists():
+                shutil.copy2(path / name, tmp / name)
+        tmp.chmod(stat.S_IMODE(path.stat().st_mode) if path.is_dir() else _default_dir_mode())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -84,7 +106,13 @@ def atomic_folder(path: str | os.PathLike, owner: str) -> Iterator[Path]:
     if path.exists():
         old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(path, old)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

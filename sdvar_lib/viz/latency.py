@@ -3,6 +3,10 @@
 ``python -m sdvar_lib.bench_plot bench_out/bench.json --out bench_out/latency.png``
 draws one panel per model pair: median latency (p10–p90 as error bars) against batch size, one
 line per method and acceptance scenario, on log-log axes.
+
+Reports written before the benchmark ran registry methods name some rows differently
+(``sdvar_g2``, ``sdvar_adaptive``, ``sdvar_adaptive_cal``); :data:`LEGACY_METHOD_NAMES` maps them to
+today's names, so old and new reports plot (and select with ``--series``) under one name.
 """
 
 from __future__ import annotations
@@ -14,7 +18,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LatencyPoint", "load_points", "plot_latency_vs_batch", "main"]
+from sdvar_lib.util.atomic import atomic_write_with
+
+__all__ = ["LEGACY_METHOD_NAMES", "canonical_method_name", "LatencyPoint", "load_points", "plot_latency_vs_batch", "main"]
+
+LEGACY_METHOD_NAMES: dict[str, str] = {
+    **{f"sdvar_g{g}": f"exact_g{g}" for g in (1, 2, 3, 4)},
+    "sdvar_adaptive": "exact_adaptive",
+    "sdvar_adaptive_cal": "exact_calibrated",
+}
+"""Row names of the first benchmark reports -> the registry / bench row names that replaced them."""
+
+
+def canonical_method_name(name: str) -> str:
+    """Today's name of a benchmark row (``name`` itself unless it is a :data:`LEGACY_METHOD_NAMES` key)."""
+    return LEGACY_METHOD_NAMES.get(name, name)
+
+
+def _canonical_series(series: str) -> str:
+    method, sep, rest = series.partition(" [")
+    return canonical_method_name(method) + sep + rest
 
 
 @dataclass(frozen=True)
@@ -28,13 +51,17 @@ class LatencyPoint:
 
 
 def load_points(path: str | Path) -> list[LatencyPoint]:
-    """The timed rows of a bench JSON report as plot points (series = method, plus scenario for SDVAR)."""
+    """The timed rows of a bench JSON report as plot points (series = method, plus scenario for SDVAR).
+
+    Methods are named as today (:func:`canonical_method_name`), also in reports that used older names.
+    """
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict) or "rows" not in data:
         raise ValueError(f"{path} is not a bench report (no 'rows'); write one with python -m sdvar_lib.bench")
     points = []
     for row in data["rows"]:
-        series = row["method"] if row["scenario"] == "-" else f"{row['method']} [{row['scenario']}]"
+        method = canonical_method_name(row["method"])
+        series = method if row["scenario"] == "-" else f"{method} [{row['scenario']}]"
         points.append(LatencyPoint(pair=row["pair"], series=series, batch=int(row["batch"]),
                                    median_ms=float(row["latency_ms_median"]), p10_ms=float(row["latency_ms_p10"]),
                                    p90_ms=float(row["latency_ms_p90"])))
@@ -53,7 +80,7 @@ def _scenario_style(series: str) -> str:
 
 
 def plot_latency_vs_batch(points: Sequence[LatencyPoint], out: str | Path, series: Sequence[str] | None = None) -> Path:
-    """Save the figure to ``out`` (PNG/SVG/PDF by suffix); ``series`` restricts the lines drawn."""
+    """Save the figure to ``out`` (PNG/SVG/PDF by suffix); ``series`` restricts the lines drawn (older names allowed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,6 +88,8 @@ def plot_latency_vs_batch(points: Sequence[LatencyPoint], out: str | Path, serie
 
     if not points:
         raise ValueError("no points to plot")
+    if series is not None:
+        series = [_canonical_series(s) for s in series]
     pairs = list(dict.fromkeys(p.pair for p in points))
     methods = list(dict.fromkeys(_method_of(p.series) for p in points))
     palette = plt.get_cmap("tab20").colors
@@ -86,8 +115,8 @@ def plot_latency_vs_batch(points: Sequence[LatencyPoint], out: str | Path, serie
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fmt = out.suffix[1:].lower() or "png"
+    atomic_write_with(out, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt))
     plt.close(fig)
     return out
 

@@ -1,0 +1,143 @@
+"""``python -m sdvar_lib.bench``: GPU benchmark of the decoders at the official sizes, with physical bounds.
+
+Every argument is checked (:class:`~sdvar_lib.bench.config.BenchConfig`, the ``--out`` folder) before
+the first model call; a mistake is one argparse-style line. Without CUDA the command stops with one
+line. ``bench.json`` / ``bench.md`` (and ``profile.*``) are rewritten atomically after every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from sdvar_lib.bench.config import BenchConfig
+from sdvar_lib.bench.core import run_bench
+from sdvar_lib.bench.methods import BENCH_ONLY_ROWS, DEFAULT_METHODS
+from sdvar_lib.bench.profile import profile_targets, write_profiles
+from sdvar_lib.bench.report import BenchReport, format_list, write_report
+from sdvar_lib.bench.scenarios import SCENARIOS
+from sdvar_lib.util.atomic import check_writable_dir
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+PROG = "python -m sdvar_lib.bench"
+DESCRIPTION = ("GPU benchmark of the decoders at the official sizes (random bf16 weights): latency, memory and the "
+               "physical lower bound of every row")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from exc
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def _pairs(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        return tuple((int(a), int(b)) for a, b in (p.split(":") for p in text.split(",") if p.strip()))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected draft:target depth pairs like 16:30,16:24, got {text!r}") from exc
+
+
+def _str_list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    p.add_argument("--pairs", type=_pairs, default=((16, 30), (16, 24)), help="draft:target depths (default 16:30,16:24)")
+    p.add_argument("--batches", type=_int_list, default=(1, 8, 32), help="batch sizes (default 1,8,32)")
+    p.add_argument("--methods", type=_str_list, default=DEFAULT_METHODS,
+                   help=f"comma-separated rows (default {','.join(DEFAULT_METHODS)}): any registry method "
+                        f"(sdvar_lib.get_method: exact_g<N>, test3_e<N>, code_e<N>, ...) or {', '.join(BENCH_ONLY_ROWS)}; "
+                        "older names (sdvar_g2, sdvar_adaptive, sdvar_adaptive_cal) still work")
+    p.add_argument("--scenarios", type=_str_list, default=None,
+                   help=f"SDVAR acceptance, of {','.join(SCENARIOS)}: exact (the method's own policy), all (every "
+                        "proposal accepted), profile (default exact,all plus profile when --acceptance-profile is given)")
+    p.add_argument("--acceptance-profile", type=_float_list, default=None,
+                   help="per-stage probability that a proposed stage is accepted, e.g. 1,1,1,0.9,0.8,...")
+    p.add_argument("--acceptance-per-sample", action="store_true",
+                   help="draw the scenario acceptance per sample instead of once per stage for the batch")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--passes-only-repeats", type=int, default=5, help="0 disables the transformer-only replay timing")
+    p.add_argument("--calibration-calls", type=int, default=2,
+                   help="exact_calibrated: target-alone calls per batch and SDVAR calls per scenario measured before "
+                        "timing (default 2)")
+    p.add_argument("--calibration-replays", type=int, default=3,
+                   help="exact_calibrated: timed graph replays per chunk (median; default 3)")
+    p.add_argument("--top-k", type=int, default=900)
+    p.add_argument("--top-p", type=float, default=0.96)
+    p.add_argument("--cfg", type=float, default=1.5)
+    p.add_argument("--no-cuda-graphs", action="store_true", help="fast path without graphs (diagnostics)")
+    p.add_argument("--no-graph-decode", action="store_true", help="fast-path rows decode eagerly too")
+    p.add_argument("--no-cudnn-benchmark", action="store_true", help="leave torch.backends.cudnn.benchmark off")
+    p.add_argument("--out", default="bench_out", help="folder for bench.json and bench.md")
+    p.add_argument("--profile-stages", type=_int_list, default=(),
+                   help="after the bench, profile the single-stage passes of these stages of each pair's target "
+                        "(graph replay time and kernel breakdown) at every batch size; written to profile.md")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """The :class:`BenchConfig` of parsed arguments (raises ``ValueError``/``TypeError`` for bad values)."""
+    scenarios = args.scenarios
+    if scenarios is None:
+        scenarios = ("exact", "all") + (("profile",) if args.acceptance_profile is not None else ())
+    return BenchConfig(
+        pairs=args.pairs, batches=args.batches, methods=args.methods, scenarios=scenarios,
+        acceptance_profile=args.acceptance_profile, per_sample_acceptance=args.acceptance_per_sample,
+        repeats=args.repeats, warmup=args.warmup, passes_only_repeats=args.passes_only_repeats,
+        calibration_calls=args.calibration_calls, calibration_replays=args.calibration_replays, top_k=args.top_k,
+        top_p=args.top_p, cfg=args.cfg, use_cuda_graphs=not args.no_cuda_graphs,
+        graph_decode=not args.no_graph_decode, cudnn_benchmark=not args.no_cudnn_benchmark, out=args.out,
+        profile_stages=args.profile_stages,
+    )
+
+
+def _print_summary(report: BenchReport, table: str) -> None:
+    print(table)
+    if report.calibrations:
+        print("calibrated priors and gamma per round of one timed call:")
+        for c in report.calibrations:
+            print(f"  {c.pair} B={c.batch} {c.scenario}: priors [{format_list(c.priors, 3)}] ({c.prior_source}); "
+                  f"step {c.step_overhead_ms:.3f} ms, round {c.round_overhead_ms:.3f} ms; runs as {c.dispatch}; "
+                  f"gamma/round {c.gamma_per_round}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+        out = check_writable_dir(config.out, "--out")
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    if not torch.cuda.is_available():
+        parser.exit(2, f"{parser.prog}: error: the benchmark needs a CUDA GPU (torch.cuda.is_available() is False); "
+                       "the official-size models cannot be timed on the CPU\n")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    command = f"{PROG} {shlex.join(argv)}".rstrip()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    report = run_bench(config, command, on_progress=lambda partial: write_report(partial, out))
+    table = write_report(report, out)
+    if config.profile_stages:
+        profiles = profile_targets([t for _, t in config.pairs], config.batches, config.profile_stages, report.ceilings,
+                                   torch.device("cuda"))
+        print(write_profiles(profiles, out))
+    _print_summary(report, table)
+    return 0

@@ -1,0 +1,162 @@
+"""The benchmark's results: timed rows, the report around them, and their markdown / JSON forms.
+
+:func:`write_report` writes ``bench.json`` and ``bench.md`` atomically (each file appears complete
+or not at all), so a run cut short leaves the last complete partial report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sdvar_lib.bench.bounds import Ceilings
+from sdvar_lib.bench.calibration import AdaptiveCalibration
+from sdvar_lib.bench.config import BenchConfig
+from sdvar_lib.bench.methods import CALIBRATED, EAGER_TARGET
+from sdvar_lib.bench.timing import DecodeTiming
+from sdvar_lib.util.atomic import atomic_write_text
+from sdvar_lib.util.machine import MachineInfo
+
+__all__ = [
+    "BenchRow",
+    "BenchReport",
+    "add_speedups",
+    "format_markdown",
+    "format_calibrations",
+    "format_list",
+    "report_to_json",
+    "write_report",
+]
+
+
+@dataclass
+class BenchRow:
+    pair: str
+    batch: int
+    method: str
+    scenario: str
+    latency_ms_median: float
+    latency_ms_p10: float
+    latency_ms_p90: float
+    latency_ms_min: float
+    latency_ms_max: float
+    images_per_s: float
+    target_passes: float
+    draft_passes: float
+    peak_mem_gib: float
+    peak_reserved_gib: float
+    bound_ms: float
+    ratio_to_bound: float
+    passes_only_ms: float | None = None
+    token_acceptance: float | None = None
+    captures_during_timing: int = 0
+    speedup_vs_target: float | None = None
+    speedup_vs_eager: float | None = None
+    gamma_per_round: list[int] | None = None
+    """SDVAR rows: the gamma of every round of the last timed call (0 = a target step)."""
+
+
+@dataclass
+class BenchReport:
+    machine: MachineInfo
+    command: str
+    ceilings: Ceilings
+    decode: list[DecodeTiming]
+    rows: list[BenchRow]
+    config: BenchConfig
+    calibrations: list[AdaptiveCalibration] = field(default_factory=list)
+
+
+def add_speedups(rows: list[BenchRow]) -> None:
+    """Fill ``speedup_vs_target`` / ``speedup_vs_eager`` from the same pair and batch."""
+    ref: dict[tuple[str, int, str], float] = {
+        (r.pair, r.batch, r.method): r.latency_ms_median for r in rows if r.method in ("target", EAGER_TARGET)
+    }
+    for r in rows:
+        t = ref.get((r.pair, r.batch, "target"))
+        e = ref.get((r.pair, r.batch, EAGER_TARGET))
+        r.speedup_vs_target = t / r.latency_ms_median if t else None
+        r.speedup_vs_eager = e / r.latency_ms_median if e else None
+
+
+def _fmt(v: float | None, digits: int = 1, suffix: str = "") -> str:
+    return "-" if v is None else f"{v:.{digits}f}{suffix}"
+
+
+def format_list(values: Sequence[float | None], digits: int = 2) -> str:
+    """``0.5,1,-``: rounded values, ``-`` for ``None``."""
+    return ",".join("-" if v is None else f"{round(v, digits):g}" for v in values)
+
+
+def format_markdown(report: BenchReport) -> str:
+    m, ceil, cfg = report.machine, report.ceilings, report.config
+    lines = [
+        f"GPU: {m.device_name}; driver {m.driver}; torch {m.torch_version} (CUDA {m.cuda_version}); python {m.python_version}",
+        f"Measured ceilings: HBM copy {ceil.hbm_bytes_per_s / 1e12:.2f} TB/s (read + write), "
+        f"bf16 matmul {ceil.bf16_flops_per_s / 1e12:.0f} TFLOP/s",
+        "VQVAE decode alone (bf16 autocast; inside every timed call), eager / CUDA graph: "
+        + ", ".join(f"batch {d.batch}: {d.eager_ms:.2f} / {_fmt(d.graphed_ms, 2)} ms" for d in report.decode),
+        f"Fast path: CUDA graphs {'on' if cfg.use_cuda_graphs else 'off'}, graphed VQVAE decode "
+        f"{'on' if cfg.graph_decode else 'off'} ({EAGER_TARGET} always decodes eagerly), cudnn.benchmark "
+        f"{'on' if cfg.cudnn_benchmark else 'off'}",
+        f"Sampling: top-k {cfg.top_k}, top-p {cfg.top_p}, cfg {cfg.cfg}; "
+        f"{cfg.repeats} timed runs after {cfg.warmup} warm-up runs; latency per call "
+        "(CUDA events, VAE decode included)",
+        "",
+    ]
+    header = ("| batch | method | scenario | median ms | p10–p90 ms | img/s | target passes | draft passes | "
+              "peak alloc / reserved GiB | bound ms | meas/bound | passes-only ms | vs target | vs eager |")
+    sep = "|" + "---|" * 14
+    for pair in dict.fromkeys(r.pair for r in report.rows):
+        lines += [f"#### {pair}", "", header, sep]
+        for r in (r for r in report.rows if r.pair == pair):
+            lines.append(
+                f"| {r.batch} | {r.method} | {r.scenario} | {r.latency_ms_median:.2f} | "
+                f"{r.latency_ms_p10:.2f}–{r.latency_ms_p90:.2f} | {r.images_per_s:.1f} | {r.target_passes:g} | "
+                f"{r.draft_passes:g} | {r.peak_mem_gib:.1f} / {r.peak_reserved_gib:.1f} | {r.bound_ms:.2f} | "
+                f"{r.ratio_to_bound:.2f} | "
+                f"{_fmt(r.passes_only_ms, 2)} | {_fmt(r.speedup_vs_target, 2, '×')} | {_fmt(r.speedup_vs_eager, 2, '×')} |"
+            )
+        lines.append("")
+    if report.calibrations:
+        lines += [format_calibrations(report.calibrations), ""]
+    return "\n".join(lines)
+
+
+def format_calibrations(calibrations: Sequence[AdaptiveCalibration]) -> str:
+    """Markdown: per calibrated row the priors, the overheads and the gamma of every round of one timed call."""
+    lines = [
+        f"Calibrated adaptive gamma (`{CALIBRATED}`): pass times are CUDA-graph replays of every chunk "
+        "(median); step overhead = time outside the passes per stage of a target-alone call; round overhead = "
+        "what a drafting round of the calibration calls spends beyond that (see `estimate_overheads`).",
+        "",
+        "| pair | batch | scenario | priors (stage 0..) | prior source | measured stage acceptance | step ms | "
+        "round ms (raw) | target / draft 1-stage passes ms | runs as | gamma per round (last timed call) | "
+        "calibration s |",
+        "|" + "---|" * 12,
+    ]
+    for c in calibrations:
+        t1 = sum(ms for s, n, ms in c.target_pass_ms if n == 1)
+        d1 = sum(ms for s, n, ms in c.draft_pass_ms if n == 1)
+        lines.append(
+            f"| {c.pair} | {c.batch} | {c.scenario} | {format_list(c.priors)} | {c.prior_source} | "
+            f"{format_list(c.measured_stage_acceptance)} | {c.step_overhead_ms:.3f} | {c.round_overhead_ms:.3f} "
+            f"({c.round_overhead_raw_ms:.3f}) | {t1:.2f} / {d1:.2f} | {c.dispatch} | {c.gamma_per_round} | "
+            f"{c.seconds:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def report_to_json(report: BenchReport) -> str:
+    return json.dumps(asdict(report), indent=1)
+
+
+def write_report(report: BenchReport, out: str | Path) -> str:
+    """Write ``bench.json`` and ``bench.md`` into the folder ``out`` (each atomically); returns the markdown."""
+    out = Path(out)
+    atomic_write_text(out / "bench.json", report_to_json(report))
+    table = format_markdown(report)
+    atomic_write_text(out / "bench.md", table + "\n")
+    return table

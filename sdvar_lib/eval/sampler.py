@@ -1,0 +1,714 @@
+"""Sample sets at scale: any registered decoder, one process or many, resumable, in VAR's evaluation format.
+
+The set is planned by global image index, independently of how many processes make it:
+
+- every class gets ``per_class`` images (VAR's protocol: 50 per class). With
+  ``label_order="shuffled"`` (the default) image ``i`` (``0 <= i < N``, ``N = len(classes) *
+  per_class``) has the class ``sorted_labels[perm[i]]``, where ``sorted_labels`` lists each class
+  ``per_class`` times class after class and ``perm = torch.randperm(N)`` from a CPU generator seeded
+  with ``seed``; with ``"sorted"`` it has ``classes[i // per_class]``. Shuffled is the default
+  because the evaluator's Inception Score takes consecutive splits of 5,000 images of ``arr_0``
+  (class-sorted images would score a deflated IS) and because a batch then mixes classes as a
+  served batch would (SDVAR's acceptance is shared by the batch);
+- batch ``b`` holds images ``b * B .. (b + 1) * B - 1`` and is one decoder call with
+  ``g_seed = seed * SEED_STRIDE + b`` and those labels. The last batch is filled up to ``B`` with
+  the labels of images ``N, N + 1, ...`` taken modulo ``N`` (those extra images are dropped), so
+  every call has the same shape (one set of CUDA graphs).
+
+A batch's labels and random stream therefore depend on ``(seed, b)`` alone: for a given batch size
+the set is identical whatever the world size and whichever rank makes the batch. SDVAR's rounds
+are shared by a batch (a stage is committed from the proposals only when every sample accepts it),
+so another batch size draws a different -- equally distributed for the lossless decoders -- set.
+
+Output folder (``--out DIR``)::
+
+    manifest.json     what defines the set (method, models, classes, seed, sampling, engine, ...)
+    shards/batch_000123.npz   one per batch: images uint8 (b, H, W, 3), labels, indices, decoder statistics
+    samples.npz       arr_0: uint8 (N, H, W, 3) (the OpenAI guided-diffusion evaluator's input), arr_1: labels
+    stats.json        decoder statistics over the whole set and this session's timing, reduced over ranks
+    png/              optional: one PNG per image
+
+Every file is renamed into place when complete (:mod:`sdvar_lib.util.atomic`); a restart with the
+same arguments skips the batches whose shard exists, a folder made with other arguments is refused,
+and an interrupt loses at most the batches in flight. ``samples.npz`` is assembled at the end (by
+rank 0), after which the shards are removed unless ``keep_shards``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdvar_lib.eval.distributed import DistContext
+from sdvar_lib.eval.npz import NpzArrayReader, NpzMember, write_npz_stream
+from sdvar_lib.fast.graphs import GraphedDecode
+from sdvar_lib.fast.run import FastRunFactory
+from sdvar_lib.models.presets import ModelPair
+from sdvar_lib.models.sampling import SamplingConfig
+from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib.sdvar.registry import Method, get_method
+from sdvar_lib.sdvar.stats import PooledStats, SDVAROutput
+from sdvar_lib.util.atomic import atomic_folder, atomic_write_text, atomic_write_with, check_writable_dir
+from sdvar_lib.util.checks import check_bool, check_choice, check_int, check_int_sequence, check_seed
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SEED_STRIDE",
+    "FORMAT",
+    "LABEL_ORDERS",
+    "ENGINES",
+    "DTYPES",
+    "VAR_PROTOCOL",
+    "SampleFolderError",
+    "SamplePlan",
+    "BatchSpec",
+    "SampleIdentity",
+    "Shard",
+    "SampleFolder",
+    "images_to_uint8",
+    "BatchSampler",
+    "RankSession",
+    "Progress",
+    "decoder_stats",
+    "SampleJob",
+    "JobResult",
+    "run_job",
+    "write_pngs",
+]
+
+SEED_STRIDE = 1_000_000
+"""Batch ``b`` of seed ``s`` uses ``g_seed = SEED_STRIDE * s + b`` (so at most this many batches per set)."""
+FORMAT = "sdvar-samples/1"
+LABEL_ORDERS = ("sorted", "shuffled")
+ENGINES = ("auto", "eager", "fast")
+DTYPES = ("float32", "bfloat16")
+VAR_PROTOCOL = SamplingConfig(cfg=1.5, top_k=900, top_p=0.96, more_smooth=False)
+"""VAR's evaluation protocol (ImageNet 256: 50 images per class, cfg 1.5, top-k 900, top-p 0.96)."""
+
+MANIFEST = "manifest.json"
+SAMPLES = "samples.npz"
+STATS = "stats.json"
+SHARDS = "shards"
+PNG = "png"
+
+
+class SampleFolderError(ValueError):
+    """The output folder cannot hold this set (other arguments, foreign files, a damaged shard)."""
+
+
+# ---- the plan -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchSpec:
+    """Batch ``index``: real images ``start .. stop - 1``, ``labels`` of all ``B`` rows (padding included)."""
+
+    index: int
+    start: int
+    stop: int
+    labels: tuple[int, ...]
+    g_seed: int
+
+    @property
+    def num_real(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """Which images a set holds: method, classes, images per class, batch size, seed, sampling settings."""
+
+    method: str
+    classes: tuple[int, ...]
+    per_class: int
+    batch_size: int
+    seed: int = 0
+    sampling: SamplingConfig = VAR_PROTOCOL
+    label_order: str = "shuffled"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, str) or not self.method:
+            raise TypeError(f"method must be a method name, got {self.method!r}")
+        object.__setattr__(self, "classes", check_int_sequence(self.classes, "classes", 0))
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes repeat: {list(self.classes)}")
+        check_int(self.per_class, "per_class", 1)
+        check_int(self.batch_size, "batch_size", 1)
+        check_seed(self.seed, "seed", allow_none=False)
+        if self.seed > (2**63 - 1 - SEED_STRIDE) // SEED_STRIDE:
+            raise ValueError(f"seed must be <= {(2**63 - 1 - SEED_STRIDE) // SEED_STRIDE} (g_seed = seed * {SEED_STRIDE} + "
+                             f"batch), got {self.seed}")
+        if not isinstance(self.sampling, SamplingConfig):
+            raise TypeError(f"sampling must be a SamplingConfig, got {type(self.sampling).__name__}")
+        check_choice(self.label_order, "label_order", LABEL_ORDERS)
+        if self.num_batches > SEED_STRIDE:
+            raise ValueError(f"at most {SEED_STRIDE} batches per set (g_seed = seed * {SEED_STRIDE} + batch); "
+                             f"got {self.num_batches}: use a larger batch size")
+
+    @property
+    def num_images(self) -> int:
+        return len(self.classes) * self.per_class
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(self.num_images / self.batch_size)
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """Class of every image, ``(N,)`` int64 (see the module docstring)."""
+        sorted_N = np.repeat(np.asarray(self.classes, dtype=np.int64), self.per_class)
+        if self.label_order == "sorted":
+            return sorted_N
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(self.seed)
+        perm = torch.randperm(self.num_images, generator=gen).numpy()
+        return sorted_N[perm]
+
+    def g_seed(self, batch: int) -> int:
+        return self.seed * SEED_STRIDE + batch
+
+    def batch(self, index: int) -> BatchSpec:
+        check_int(index, "batch index", 0, self.num_batches - 1)
+        start = index * self.batch_size
+        stop = min(start + self.batch_size, self.num_images)
+        rows = np.arange(start, start + self.batch_size) % self.num_images
+        return BatchSpec(index=index, start=start, stop=stop, labels=tuple(int(v) for v in self.labels[rows]),
+                         g_seed=self.g_seed(index))
+
+
+@dataclass(frozen=True)
+class SampleIdentity:
+    """Everything that decides the pixels of a set (the manifest's ``identity``; ``None`` = not known yet).
+
+    The world size is not part of it: a set may be resumed with any number of processes.
+    """
+
+    method: str | None = None
+    models: str | None = None
+    pair: str | None = None
+    classes: tuple[int, ...] | None = None
+    per_class: int | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    label_order: str | None = None
+    cfg: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    more_smooth: bool | None = None
+    engine: str | None = None
+    dtype: str | None = None
+    device_type: str | None = None
+
+    @classmethod
+    def of(cls, plan: SamplePlan, models: str, pair: str, engine: str, dtype: str, device_type: str) -> SampleIdentity:
+        s = plan.sampling
+        return cls(method=plan.method, models=models, pair=pair, classes=tuple(plan.classes), per_class=plan.per_class,
+                   batch_size=plan.batch_size, seed=plan.seed, label_order=plan.label_order, cfg=s.cfg, top_k=s.top_k,
+                   top_p=s.top_p, more_smooth=s.more_smooth, engine=engine, dtype=dtype, device_type=device_type)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["classes"] = None if self.classes is None else list(self.classes)
+        return d
+
+    def differences(self, stored: dict) -> list[str]:
+        """``key: stored -> this`` for every known field that differs from a stored identity."""
+        out = []
+        for f in fields(self):
+            mine = getattr(self, f.name)
+            if mine is None:
+                continue
+            theirs = stored.get(f.name)
+            if f.name == "classes" and theirs is not None:
+                theirs = tuple(theirs)
+            if theirs != mine:
+                show = (lambda v: f"{len(v)} classes {_ranges(v)}") if f.name == "classes" else repr
+                out.append(f"{f.name} {show(theirs) if theirs is not None else 'unset'} -> {show(mine)}")
+        return out
+
+
+def _transient(name: str) -> bool:
+    """A temporary of another process of the job (a write probe, a file being written): not content."""
+    return name.startswith(".sdvar-probe-") or (name.startswith(".") and ".tmp-" in name)
+
+
+def _ranges(values: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2,5``."""
+    parts, run = [], []
+    for v in values:
+        if run and v == run[-1] + 1:
+            run.append(v)
+            continue
+        if run:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [v]
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
+
+
+# ---- the folder -----------------------------------------------------------------------------------
+@dataclass
+class Shard:
+    """One finished batch: its real images ``(b, H, W, 3)`` uint8, labels, global indices and decoder statistics."""
+
+    batch: int
+    images_bHW3: np.ndarray
+    labels_b: np.ndarray
+    indices_b: np.ndarray
+    stats: dict
+
+
+class SampleFolder:
+    """The output folder of one set: manifest, shards, ``samples.npz``, ``stats.json``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.shards = self.path / SHARDS
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def samples_path(self) -> Path:
+        return self.path / SAMPLES
+
+    @property
+    def stats_path(self) -> Path:
+        return self.path / STATS
+
+    def shard_path(self, batch: int) -> Path:
+        return self.shards / f"batch_{batch:06d}.npz"
+
+    def read_manifest(self) -> dict | None:
+        if not self.manifest_path.is_file():
+            return None
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SampleFolderError(f"{self.manifest_path} is unreadable ({exc}); choose a new --out folder") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise SampleFolderError(f"{self.manifest_path} is not a manifest of {FORMAT}; choose a new --out folder")
+        return manifest
+
+    def check(self, identity: SampleIdentity) -> str:
+        """``"new"``, ``"resume"`` or ``"complete"``; :class:`SampleFolderError` if the folder cannot hold this set.
+
+        Only fields of ``identity`` that are known (not ``None``) are compared, so the CLI can check
+        before it loads the models and again, fully, after.
+        """
+        try:
+            check_writable_dir(self.path)
+        except ValueError as exc:
+            raise SampleFolderError(str(exc)) from None
+        probe = self.path
+        while not probe.exists():
+            probe = probe.parent
+        try:  # permissions alone do not tell (root, read-only mounts, /proc): try a file
+            fd, name = tempfile.mkstemp(prefix=".sdvar-probe-", dir=probe)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            raise SampleFolderError(f"--out {str(self.path)!r} cannot be written: {str(probe)!r} refuses new files "
+                                    f"({exc.strerror})") from None
+        if not self.path.exists() or not any(not _transient(p.name) for p in self.path.iterdir()):
+            return "new"
+        manifest = self.read_manifest()
+        if manifest is None:
+            raise SampleFolderError(
+                f"--out {str(self.path)!r} already holds files but no {MANIFEST}: it was not made by the sampler; "
+                "choose a new or empty folder"
+            )
+        diffs = identity.differences(manifest.get("identity", {}))
+        if diffs:
+            raise SampleFolderError(
+                f"--out {str(self.path)!r} holds a set made with other arguments ({'; '.join(diffs)}); rerun with "
+                "the same arguments to resume it, or choose a new folder"
+            )
+        return "complete" if manifest.get("complete") and self.samples_path.is_file() else "resume"
+
+    def prepare(self, identity: SampleIdentity, plan: SamplePlan, command: str) -> list[int]:
+        """Create or resume the folder (rank 0 only); returns the batches still to make, in order."""
+        state = self.check(identity)
+        if state == "new":
+            self.write_manifest(identity, plan, command, complete=False)
+        elif state == "complete":
+            return []
+        self.shards.mkdir(parents=True, exist_ok=True)
+        for stale in self.shards.glob(".*.tmp-*"):  # temporaries of batches that were in flight
+            stale.unlink(missing_ok=True)
+        done = self.done_batches()
+        return [b for b in range(plan.num_batches) if b not in done]
+
+    def write_manifest(self, identity: SampleIdentity, plan: SamplePlan, command: str, complete: bool) -> None:
+        manifest = dict(format=FORMAT, identity=identity.to_dict(), num_images=plan.num_images,
+                        num_batches=plan.num_batches, seed_rule=f"g_seed = seed * {SEED_STRIDE} + batch index",
+                        label_rule=("class of image i = classes[i // per_class]" if plan.label_order == "sorted" else
+                                    "classes repeated per_class times, permuted by torch.randperm(N) seeded with seed"),
+                        command=command, complete=complete)
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1) + "\n")
+
+    def done_batches(self) -> set[int]:
+        if not self.shards.is_dir():
+            return set()
+        done = set()
+        for p in self.shards.iterdir():
+            name = p.name
+            if name.startswith("batch_") and name.endswith(".npz") and name[6:-4].isdigit():
+                done.add(int(name[6:-4]))
+        return done
+
+    def write_shard(self, shard: Shard) -> Path:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, images=shard.images_bHW3, labels=shard.labels_b, indices=shard.indices_b,
+                         stats=np.array(json.dumps(shard.stats)))
+
+        return atomic_write_with(self.shard_path(shard.batch), write)
+
+    def read_shard(self, batch: int, spec: BatchSpec | None = None) -> Shard:
+        path = self.shard_path(batch)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                shard = Shard(batch=batch, images_bHW3=z["images"], labels_b=z["labels"], indices_b=z["indices"],
+                              stats=json.loads(str(z["stats"])))
+        except FileNotFoundError:
+            raise SampleFolderError(f"shard {path} is missing; rerun the same command to make it") from None
+        except Exception as exc:  # a damaged file: say which and how to recover
+            raise SampleFolderError(f"shard {path} is damaged ({type(exc).__name__}: {exc}); delete it and rerun the "
+                                    "same command to make it again") from None
+        if spec is not None:
+            expected = np.arange(spec.start, spec.stop)
+            if not np.array_equal(shard.indices_b, expected) or list(shard.labels_b) != list(spec.labels[: spec.num_real]):
+                raise SampleFolderError(f"shard {path} does not hold images {spec.start}..{spec.stop - 1} of this set; "
+                                        "delete it and rerun the same command")
+        return shard
+
+
+# ---- making one batch -----------------------------------------------------------------------------
+def images_to_uint8(images_B3HW: torch.Tensor) -> np.ndarray:
+    """Images in ``[0, 1]`` to uint8 ``(B, H, W, 3)`` (``round(255 x)``, as ``torchvision.utils.save_image``)."""
+    u8 = images_B3HW.float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    return u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+class BatchSampler:
+    """Runs one batch of a method on a pair: the eager path, or the CUDA fast path (bf16, graphs, graphed decode).
+
+    :meth:`build` converts the VARs to ``dtype`` for the fast path and captures every pass shape the
+    method uses (:meth:`Method.chunks`) ahead of the first call. The VQVAE stays float32 and runs
+    without autocast (its decode is one graph per batch shape), so the images are not rounded to
+    bf16 before they become uint8; the transformer's logits are float32 on either path.
+    """
+
+    def __init__(self, pair: ModelPair, method: Method, sampling: SamplingConfig, batch_size: int, engine: str,
+                 dtype: str, sd: SDVAR, factory: FastRunFactory | None, decode: GraphedDecode | None) -> None:
+        self.pair, self.method, self.sampling, self.batch_size = pair, method, sampling, batch_size
+        self.engine, self.dtype, self.sd, self.factory, self.decode = engine, dtype, sd, factory, decode
+
+    @staticmethod
+    def resolve(engine: str, dtype: str | None, device: torch.device) -> tuple[str, str]:
+        """``(engine, dtype)`` with ``auto``/``None`` resolved: the fast path in bf16 on CUDA, eager float32 on the CPU."""
+        check_choice(engine, "engine", ENGINES)
+        if engine == "auto":
+            engine = "fast" if device.type == "cuda" else "eager"
+        if dtype is None:
+            dtype = "bfloat16" if engine == "fast" and device.type == "cuda" else "float32"
+        check_choice(dtype, "dtype", DTYPES)
+        if engine == "eager" and dtype != "float32":
+            raise ValueError(f"dtype {dtype} needs the fast engine (--engine fast); the eager path runs float32")
+        return engine, dtype
+
+    @classmethod
+    def build(cls, pair: ModelPair, method: Method, sampling: SamplingConfig, batch_size: int,
+              engine: str = "auto", dtype: str | None = None) -> BatchSampler:
+        device = pair.target.device
+        engine, dtype = cls.resolve(engine, dtype, device)
+        S = pair.target.num_stages
+        method.check_for(S)
+        sampling.check_vocabulary(pair.target.V)
+        if engine == "eager":
+            return cls(pair, method, sampling, batch_size, engine, dtype, SDVAR(pair.draft, pair.target), None, None)
+        torch_dtype = getattr(torch, dtype)
+        for model in (pair.draft, pair.target):
+            model.to(torch_dtype).eval()
+        factory = FastRunFactory()
+        sd = SDVAR(pair.draft, pair.target, run_factory=factory)
+        target_chunks, draft_chunks = method.chunks(S)
+        t0 = time.perf_counter()
+        if method.uses_target and target_chunks:
+            factory.prepare(pair.target, batch_size, target_chunks)
+        if method.uses_draft and draft_chunks:
+            factory.prepare(pair.draft, batch_size, draft_chunks)
+        log.info("fast path: %d target and %d draft chunk shapes prepared in %.1f s", len(target_chunks),
+                 len(draft_chunks), time.perf_counter() - t0)
+        decode = GraphedDecode(pair.vae)
+        return cls(pair, method, sampling, batch_size, engine, dtype, sd, factory, decode)
+
+    @torch.no_grad()
+    def __call__(self, spec: BatchSpec) -> SDVAROutput:
+        device = self.pair.target.device
+        labels = torch.tensor(spec.labels, dtype=torch.long, device=device)
+        if self.engine == "eager":
+            return self.method.run(self.sd, self.batch_size, labels, spec.g_seed, self.sampling)
+        with self.decode.installed():  # no autocast: the VQVAE (and so every pixel) stays float32
+            return self.method.run(self.sd, self.batch_size, labels, spec.g_seed, self.sampling)
+
+
+# ---- statistics -----------------------------------------------------------------------------------
+@dataclass
+class RankSession:
+    """What one rank did in this session."""
+
+    rank: int
+    host: str
+    device: str
+    batches: int = 0
+    images: int = 0
+    setup_s: float = 0.0
+    """Building the batch sampler (dtype conversion, graph capture) and the warm-up call."""
+    wall_s: float = 0.0
+    """From the common start (a barrier after every rank's setup) to this rank's last shard."""
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.wall_s if self.wall_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where the whole job stands (rank 0 counts the shards in the folder)."""
+
+    done_images: int
+    total_images: int
+    session_images: int
+    elapsed_s: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.session_images / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        rate = self.images_per_s
+        return (self.total_images - self.done_images) / rate if rate > 0 else None
+
+
+def decoder_stats(pooled: PooledStats, batch_size: int) -> dict:
+    """``stats.json``'s decoder statistics: passes, acceptance per stage and decoder time over every batch."""
+    calls = pooled.calls
+    return dict(
+        batches=calls, target_passes=pooled.target_passes, draft_passes=pooled.draft_passes,
+        target_passes_per_batch=pooled.target_passes / calls if calls else None,
+        draft_passes_per_batch=pooled.draft_passes / calls if calls else None,
+        target_passes_per_image=pooled.target_passes / (calls * batch_size) if calls else None,
+        token_acceptance=pooled.token_acceptance, token_acceptance_per_stage=pooled.token_acceptance_per_stage,
+        stage_acceptance_per_stage=pooled.stage_acceptance_per_stage,
+        proposed_tokens_per_stage=list(pooled.proposed_tokens_per_stage),
+        accepted_tokens_per_stage=list(pooled.accepted_tokens_per_stage),
+        proposed_stages_per_stage=list(pooled.proposed_stages_per_stage),
+        accepted_stages_per_stage=list(pooled.accepted_stages_per_stage), decoder_time_s=pooled.wall_time_s,
+    )
+
+
+def _pooled_from(stats: dict) -> PooledStats:
+    return PooledStats(**{k: tuple(v) if isinstance(v, list) else v for k, v in stats.items()})
+
+
+# ---- the job --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SampleJob:
+    """One set to make: the plan, where, and how (models label, engine, dtype, outputs)."""
+
+    plan: SamplePlan
+    out: Path
+    models: str
+    """What was asked for (e.g. ``"official d16->d30"``); the loaded pair's description is recorded too."""
+    engine: str = "auto"
+    dtype: str | None = None
+    png: bool = False
+    keep_shards: bool = False
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        check_choice(self.engine, "engine", ENGINES)
+        if self.dtype is not None:
+            check_choice(self.dtype, "dtype", DTYPES)
+        check_bool(self.png, "png")
+        check_bool(self.keep_shards, "keep_shards")
+
+
+@dataclass
+class JobResult:
+    """What :func:`run_job` did: the folder state it found, this rank's session and (rank 0) the statistics."""
+
+    state: str
+    """``"new"``, ``"resume"`` or ``"complete"`` (nothing was left to do)."""
+    session: RankSession | None
+    stats: dict | None
+    samples_path: Path
+
+
+def _assemble(folder: SampleFolder, plan: SamplePlan, num_stages: int) -> tuple[PooledStats, tuple[int, ...]]:
+    """Stream every shard into ``samples.npz`` (checking it belongs where it is); the shards' statistics summed
+    (each batch once, also over resumed sessions) and the image shape."""
+    first = folder.read_shard(0, plan.batch(0))
+    image_shape = tuple(first.images_bHW3.shape[1:])
+    totals = [PooledStats.empty(num_stages)]
+
+    def image_chunks():
+        for b in range(plan.num_batches):
+            shard = first if b == 0 else folder.read_shard(b, plan.batch(b))
+            if tuple(shard.images_bHW3.shape[1:]) != image_shape or shard.images_bHW3.dtype != np.uint8:
+                raise SampleFolderError(f"shard {folder.shard_path(b)} holds images {shard.images_bHW3.shape} "
+                                        f"{shard.images_bHW3.dtype}, the set {image_shape} uint8")
+            totals[0] = totals[0] + _pooled_from(shard.stats)
+            yield shard.images_bHW3
+
+    write_npz_stream(folder.samples_path, [
+        NpzMember("arr_0", (plan.num_images, *image_shape), np.dtype(np.uint8), image_chunks()),
+        NpzMember("arr_1", (plan.num_images,), np.dtype(np.int64), [plan.labels]),
+    ])
+    return totals[0], image_shape
+
+
+def write_pngs(samples_path: str | os.PathLike, out: str | os.PathLike, batch_size: int = 256) -> Path:
+    """One PNG per image of a ``samples.npz`` (``000123_class42.png``), written as one folder atomically."""
+    from PIL import Image
+
+    with np.load(samples_path) as z:
+        labels = z["arr_1"] if "arr_1" in z.files else None
+    with atomic_folder(out, "python -m sdvar_lib.sample --png") as tmp, NpzArrayReader(samples_path) as reader:
+        i = 0
+        for batch in reader.batches(batch_size):
+            for img in batch:
+                suffix = f"_class{int(labels[i])}" if labels is not None else ""
+                Image.fromarray(img).save(tmp / f"{i:06d}{suffix}.png")
+                i += 1
+    return Path(out)
+
+
+def run_job(
+    job: SampleJob,
+    pair: ModelPair,
+    dist: DistContext,
+    on_progress: Callable[[Progress], None] | None = None,
+    after_shard: Callable[[int], None] | None = None,
+) -> JobResult:
+    """Make (or finish) the set of ``job`` with ``pair`` on this rank; every rank of the job calls it.
+
+    Rank 0 prepares the folder and tells every rank which batches are left; rank ``r`` makes the
+    ``r``-th, ``r + world``-th, ... of them; rank 0 then assembles ``samples.npz`` and ``stats.json``
+    (``stats`` of the result). ``on_progress`` (rank 0) is called after each of its shards;
+    ``after_shard(batch)`` after every shard written on this rank (a hook for tests).
+    """
+    plan = job.plan
+    method = get_method(plan.method)
+    device = pair.target.device
+    engine, dtype = BatchSampler.resolve(job.engine, job.dtype, device)
+    method.check_for(pair.target.num_stages)
+    plan.sampling.check_vocabulary(pair.target.V)
+    bad = [c for c in plan.classes if c >= pair.target.num_classes]
+    if bad:
+        raise ValueError(f"classes {bad} do not exist: the pair has {pair.target.num_classes} classes")
+    identity = SampleIdentity.of(plan, job.models, pair.description, engine, dtype, device.type)
+    folder = SampleFolder(job.out)
+
+    prepared: tuple[str, list[int]] | str
+    if dist.is_main:
+        try:
+            state = folder.check(identity)
+            prepared = (state, folder.prepare(identity, plan, job.command))
+        except SampleFolderError as exc:
+            prepared = str(exc)
+    else:
+        prepared = ("", [])
+    prepared = dist.broadcast(prepared)
+    if isinstance(prepared, str):
+        raise SampleFolderError(prepared)
+    state, pending = prepared
+    if state == "complete":
+        stats = json.loads(folder.stats_path.read_text()) if dist.is_main and folder.stats_path.is_file() else None
+        if dist.is_main and job.png and not (job.out / PNG).is_dir():
+            write_pngs(folder.samples_path, job.out / PNG)
+        return JobResult(state=state, session=None, stats=stats, samples_path=folder.samples_path)
+
+    name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+    session = RankSession(rank=dist.rank, host=dist.host, device=name)
+    t_setup = time.perf_counter()
+    mine = pending[dist.rank :: dist.world_size]
+    if mine:
+        sampler = BatchSampler.build(pair, method, plan.sampling, plan.batch_size, engine, dtype)
+        if device.type == "cuda":  # warm-up (lazy initialisation, graphed decode capture); not kept
+            sampler(plan.batch(mine[0]))
+            torch.cuda.synchronize(device)
+    session.setup_s = time.perf_counter() - t_setup
+    dist.barrier()
+    t0 = time.perf_counter()
+    done_at_start = plan.num_batches - len(pending)
+    for b in mine:
+        spec = plan.batch(b)
+        out = sampler(spec)
+        n = spec.num_real
+        shard = Shard(batch=b, images_bHW3=images_to_uint8(out.images_B3HW[:n]),
+                      labels_b=np.asarray(spec.labels[:n], dtype=np.int64),
+                      indices_b=np.arange(spec.start, spec.stop, dtype=np.int64), stats=asdict(PooledStats.of(out.stats)))
+        folder.write_shard(shard)
+        session.batches += 1
+        session.images += n
+        session.wall_s = time.perf_counter() - t0
+        if after_shard is not None:
+            after_shard(b)
+        if dist.is_main and on_progress is not None:
+            done = len(folder.done_batches())
+            done_images = min(done * plan.batch_size, plan.num_images)
+            session_images = min((done - done_at_start) * plan.batch_size, done_images)
+            on_progress(Progress(done_images=done_images, total_images=plan.num_images, session_images=session_images,
+                                 elapsed_s=session.wall_s))
+    sessions = dist.gather(session)
+    if not dist.is_main:
+        return JobResult(state=state, session=session, stats=None, samples_path=folder.samples_path)
+
+    totals, image_shape = _assemble(folder, plan, pair.target.num_stages)
+    wall = max(s.wall_s for s in sessions)
+    made = sum(s.images for s in sessions)
+    stats = dict(
+        format="sdvar-sample-stats/1", method=method.name, description=method.describe(), decoder=method.decoder,
+        lossless=method.lossless, models=job.models, pair=pair.description, fallback_reason=pair.fallback_reason,
+        num_images=plan.num_images, num_classes=len(plan.classes), per_class=plan.per_class,
+        batch_size=plan.batch_size, num_batches=plan.num_batches, seed=plan.seed, label_order=plan.label_order,
+        sampling=asdict(plan.sampling), engine=engine, dtype=dtype, image_shape=list(image_shape),
+        decoder_stats=decoder_stats(totals, plan.batch_size),
+        session=dict(
+            world_size=dist.world_size, backend=dist.backend, images=made, batches=sum(s.batches for s in sessions),
+            resumed_batches=plan.num_batches - len(pending), wall_time_s=wall,
+            images_per_s=made / wall if wall > 0 else None, setup_s=max(s.setup_s for s in sessions),
+            per_rank=[dict(asdict(s), images_per_s=s.images_per_s) for s in sessions],
+        ),
+        command=job.command,
+    )
+    atomic_write_text(folder.stats_path, json.dumps(stats, indent=1) + "\n")
+    folder.write_manifest(identity, plan, job.command, complete=True)
+    if job.png:
+        write_pngs(folder.samples_path, job.out / PNG)
+    if not job.keep_shards:
+        for b in range(plan.num_batches):
+            folder.shard_path(b).unlink(missing_ok=True)
+        try:
+            folder.shards.rmdir()
+        except OSError:
+            pass
+    log.info("wrote %s (%d images) and %s", folder.samples_path, plan.num_images, folder.stats_path)
+    return JobResult(state=state, session=session, stats=stats, samples_path=folder.samples_path)
