@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from sdvar_lib.fast.costs import (
     DecodeCost,
@@ -88,6 +87,8 @@ def test_decode_dtype_and_bad_input(vae, tiny_pair):
 
 
 def test_decode_flops_equal_pytorch_flop_counter(vae):
+    from torch.utils.flop_counter import FlopCounterMode  # imports Triton: not at collection (test_fast_kernels.py)
+
     with FlopCounterMode(display=False) as counter:
         vae.fhat_to_img(torch.randn(2, vae.Cvae, 4, 4))
     cost = decode_cost(vae, 2)
