@@ -256,12 +256,47 @@ def test_decoders_draw_every_stage_through_their_run(pair):
     assert _tokens(out) == _tokens(ref.generate_parallel(B, [1, 2], g_seed=3, top_k=0, gamma=2))
 
 
+def test_whole_stage_programs_equal_the_step_by_step_stage(pair):
+    """FastRun.decode_stage (one program per stage: input, pass, draw, f_hat) = the generic composition, bit for bit."""
+    _, target = pair
+    from sdvar_lib.models.sampling import SamplingConfig
+
+    sampling = SamplingConfig(cfg=1.5, top_k=7, top_p=0.9)
+    run = FastRun(target, B, NO_GRAPHS)
+    results = []
+    for whole in (True, False):
+        run.begin(torch.tensor([3, 8]))
+        rng = torch.Generator().manual_seed(6)
+        samples, f_hats = [], []
+        for si in range(target.num_stages):
+            step = run.decode_stage if whole else (lambda *a: ModelRun.decode_stage(run, *a))
+            sample, f_hat = step(si, f_hats, sampling, rng)
+            samples.append(sample)
+            f_hats.append(f_hat)
+        results.append((samples, f_hats, [(p.position, p.length) for p in run.pass_log]))
+    (sa, fa, la), (sb, fb, lb) = results
+    assert la == lb == [chunk_span(target, s, 1) for s in range(target.num_stages)]
+    for x, y in zip(sa, sb):
+        assert torch.equal(x.idx_Bl, y.idx_Bl) and torch.equal(x.probs_BlV, y.probs_BlV)
+        assert torch.equal(x.h_BChw, y.h_BChw)
+    assert all(torch.equal(x, y) for x, y in zip(fa, fb))
+    assert len(run._stage_programs) == target.num_stages
+    kept = fa[-1].clone()
+    run.begin(torch.tensor([5, 6]))
+    run.decode_stage(0, [], sampling, torch.Generator().manual_seed(1))
+    assert torch.equal(fa[-1], kept), "outputs of a call must not share memory with the run's static buffers"
+
+
 def test_kernel_and_sampler_choices(pair):
     _, target = pair
     run = FastRun(target, B, NO_GRAPHS)
-    assert (run.kernels, run.sampler) == ("torch", "torch")  # auto on the CPU
+    assert (run.kernels, run.sampler, run.head) == ("torch", "torch", "float32")  # auto on the CPU
     old = FastConfig.first_version(use_cuda_graphs=False)
-    assert (old.kernels, old.sampler, old.use_cuda_graphs) == ("torch", "torch", False)
+    assert (old.kernels, old.sampler, old.head, old.use_cuda_graphs) == ("torch", "torch", "float32", False)
+    with pytest.raises(ValueError, match="head"):
+        FastConfig(head="bf16")
+    with pytest.raises(ValueError, match="bf16 or fp16"):
+        FastRun(target, B, FastConfig(use_cuda_graphs=False, head="half"))  # a float32 model
     with pytest.raises(ValueError, match="kernels"):
         FastConfig(kernels="cuda")
     with pytest.raises(ValueError, match="sampler"):

@@ -10,13 +10,18 @@ pass with them. A block is its four matrix products, one attention and three fus
 2. after the attention's projection: the residual ``x += o * gamma1`` and the MLP's AdaLN
    ``h = LayerNorm(x) * (1 + scale2) + shift2`` (:meth:`BlockOps.add_ln_modulate`);
 3. after the MLP: the residual ``x += f * gamma2`` and the *next* block's AdaLN (after the last
-   block, the head's, in float32);
+   block, the head's);
 
-and the MLP's GELU in the first MLP product's epilogue. The steps come in two implementations of
-:class:`BlockOps`: :class:`TritonBlockOps` (one Triton kernel per step, cuBLASLt's GELU epilogue;
-8 kernels per block) and :class:`TorchBlockOps` (PyTorch kernels; 18 per block; the CPU path and
-the fallback). Attention is PyTorch's SDPA: its flash kernel for a single stage, its fused masked
-kernel for a chunk of several stages (block-causal mask over the cached prefix).
+and the MLP's GELU in the first MLP product's epilogue. The head reads the AdaLN output in float32
+and multiplies by float32 copies of its weights, or (``half_head``, the default for bf16/fp16
+models on a GPU) by its half-precision weights as they are with float32 accumulation and output —
+cuBLAS's float32 product runs on CUDA cores, about ten times slower than the tensor cores.
+
+The steps come in two implementations of :class:`BlockOps`: :class:`TritonBlockOps` (one Triton
+kernel per step, cuBLASLt's GELU epilogue; 8 kernels per block) and :class:`TorchBlockOps` (PyTorch
+kernels; 18 per block; the CPU path and the fallback). Attention is PyTorch's SDPA: its flash kernel
+for a single stage, its fused masked kernel for a chunk of several stages (block-causal mask over
+the cached prefix).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from sdvar_lib.models.var import MAX_SCALE_MUL, VAR
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BlockOps", "TorchBlockOps", "TritonBlockOps", "block_ops", "check_block_ops", "FusedPass"]
+__all__ = ["BlockOps", "TorchBlockOps", "TritonBlockOps", "block_ops", "check_block_ops", "HEADS", "half_head_matmul",
+           "check_half_head", "FusedPass"]
 
 
 class BlockOps:
@@ -67,7 +73,8 @@ class TorchBlockOps(BlockOps):
         if o is not None:
             x = torch.addcmul(x, o, gate.unsqueeze(1))
         src = x if h_dtype is None or h_dtype == x.dtype else x.to(h_dtype)
-        return x, torch.addcmul(shift.unsqueeze(1), F.layer_norm(src, (x.shape[-1],), eps=eps), scale.unsqueeze(1))
+        h = torch.addcmul(shift.unsqueeze(1), F.layer_norm(src, (x.shape[-1],), eps=eps), scale.unsqueeze(1))
+        return x, h if h_dtype is None else h.to(h_dtype)
 
     def qk_norm_into_cache(self, qkv, k_cache, v_cache, position, qk_factor_2H1):
         rows, l, _ = qkv.shape
@@ -151,6 +158,30 @@ def check_block_ops(ops: BlockOps, C: int, H: int, dtype: torch.dtype, device: t
     return None
 
 
+HEADS = ("auto", "float32", "half")
+
+
+def half_head_matmul(h: torch.Tensor, weight: torch.Tensor, bias32: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = h @ weight.T + bias32`` with half-precision operands, float32 accumulation and float32 output."""
+    torch.mm(h, weight.t(), out_dtype=torch.float32, out=out)
+    out.add_(bias32)
+
+
+def check_half_head(dtype: torch.dtype, device: torch.device) -> str | None:
+    """``None`` when :func:`half_head_matmul` runs here and matches a float32 product; else the problem."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    h, w = (torch.randn(shape, generator=gen, device=device) for shape in ((6, 64), (48, 64)))
+    b = torch.randn(48, generator=gen, device=device)
+    try:
+        out = torch.empty(6, 48, device=device)
+        half_head_matmul(h.to(dtype), w.to(dtype), b, out)
+    except Exception as exc:  # no mixed-dtype matmul for this device or PyTorch
+        return f"{type(exc).__name__}: {exc}"
+    want = torch.addmm(b, h.to(dtype).float(), w.to(dtype).float().t())
+    err = float((out - want).norm() / want.norm())
+    return None if err < 1e-3 else f"half head differs from float32 by {err:.1e}"
+
+
 def block_ops(backend: str) -> BlockOps:
     """The :class:`BlockOps` of a resolved backend (``"triton"`` or ``"torch"``)."""
     if backend == "triton":
@@ -163,15 +194,17 @@ def block_ops(backend: str) -> BlockOps:
 class FusedPass:
     """Per-call constants and the fused pass of one model at one CFG-doubled batch of ``rows``."""
 
-    def __init__(self, model: VAR, rows: int, dtype: torch.dtype, device: torch.device, ops: BlockOps | None = None) -> None:
+    def __init__(self, model: VAR, rows: int, dtype: torch.dtype, device: torch.device, ops: BlockOps | None = None,
+                 half_head: bool = False) -> None:
         C, H, depth = model.C, model.num_heads, model.depth
         self.model, self.rows, self.dtype = model, rows, dtype
         self.ops = ops or TorchBlockOps()
+        self.half_head = half_head
         self.ada_N2B6C = torch.zeros(depth, rows, 6, C, dtype=dtype, device=device)
         self.qkv_bias_N3C = torch.zeros(depth, 3 * C, dtype=dtype, device=device)
         self.qk_factor_N2H1 = torch.ones(depth, 2, H, 1, dtype=torch.float32, device=device)
         self.head_ss_2B2C = torch.zeros(rows, 2, C, dtype=torch.float32, device=device)
-        self.head_w32 = torch.zeros(model.V, C, dtype=torch.float32, device=device)
+        self.head_w32 = torch.zeros(0 if half_head else model.V, C, dtype=torch.float32, device=device)
         self.head_b32 = torch.zeros(model.V, dtype=torch.float32, device=device)
 
     @staticmethod
@@ -191,7 +224,8 @@ class FusedPass:
         torch.addmm(head_lin.bias.float(), F.silu(cond_2BD.float()), head_lin.weight.float().t(),
                     out=self.head_ss_2B2C.view(rows, 2 * C))
         self.head_ss_2B2C[:, 0].add_(1)
-        self.head_w32.copy_(model.head.weight)
+        if not self.half_head:
+            self.head_w32.copy_(model.head.weight)
         self.head_b32.copy_(model.head.bias)
         self.qkv_bias_N3C[:, :C].copy_(torch.stack([b.attn.q_bias for b in model.blocks]))
         self.qkv_bias_N3C[:, 2 * C :].copy_(torch.stack([b.attn.v_bias for b in model.blocks]))
@@ -226,5 +260,9 @@ class FusedPass:
             else:
                 hs = self.head_ss_2B2C
                 x, h = ops.add_ln_modulate(x, hs[:, 0], hs[:, 1], model.head_nm.ln_wo_grad.eps, o=f, gate=ada[i, :, 1],
-                                           h_dtype=torch.float32)
-        torch.addmm(self.head_b32, h.view(rows * l, C), self.head_w32.t(), out=out_2BlV.view(rows * l, model.V))
+                                           h_dtype=self.dtype if self.half_head else torch.float32)
+        out = out_2BlV.view(rows * l, model.V)
+        if self.half_head:  # the head's weights as they are (half precision), float32 accumulation and logits
+            half_head_matmul(h.view(rows * l, C), model.head.weight, self.head_b32, out)
+        else:
+            torch.addmm(self.head_b32, h.view(rows * l, C), self.head_w32.t(), out=out)

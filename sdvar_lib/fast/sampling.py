@@ -57,3 +57,11 @@ class FusedSampler:
         # the reference's layout of the embedded map (a view for one image, a copy for more)
         h_BChw = h_BlC.transpose(1, 2).reshape(h_BlC.shape[0], model.Cvae, pn, pn)
         return StageSample(idx_Bl=idx_Bl, h_BChw=h_BChw, probs_BlV=probs_BlV)
+
+    def sample_into(self, logits_2BlV, si: int, sampling: SamplingConfig, noise, idx, probs, h) -> None:
+        """The kernel on given buffers (``noise`` drawn beforehand): what a whole-stage CUDA graph holds."""
+        model = self.model
+        self._kernel.sample_stage_into(
+            logits_2BlV, model.patch_nums[si] ** 2, cfg_strength(sampling.cfg, si, model.num_stages), sampling.top_k,
+            sampling.top_p, model.vae.quantize.embedding.weight.detach(), noise, idx, probs, h,
+        )

@@ -54,16 +54,20 @@ def decode_stages(
     while len(tokens) < stop:
         c = len(tokens)
         d = run.cache.stages_held()
+        passes += 1
+        if d == c:  # one stage: the run's whole-stage step
+            sample, f_hat = run.decode_stage(c, f_hats, sampling, rng)
+            tokens.append(sample.idx_Bl)
+            f_hats.append(f_hat)
+            continue
         stages = list(range(d, c + 1))
         x = run.chunk_input(stages, f_hats)
         mask = None
-        if len(stages) > 1 and sd_mask != 0:
+        if sd_mask != 0:
             if d != 0:
                 raise RuntimeError("experimental prefill masks apply to a prefill from stage 0 only")
             mask = prefill_mask(model.lvl_1L[0, : x.shape[1]], sd_mask)
-        logits = run.forward(x, attn_mask=mask)
-        passes += 1
-        sample = run.sample_stage(logits, c, sampling, rng)
+        sample = run.sample_stage(run.forward(x, attn_mask=mask), c, sampling, rng)
         tokens.append(sample.idx_Bl)
         contrib = quant.stage_contribution(c, sample.h_BChw)
         f_hats.append(contrib if c == 0 else f_hats[-1] + contrib)

@@ -53,6 +53,17 @@ class ModelRun:
         l = model.patch_nums[si] ** 2
         return model.sample_stage(guided_logits(logits_2BlV[:, -l:], si, model.num_stages, sampling.cfg), si, sampling, rng)
 
+    def decode_stage(self, si: int, f_hats: Sequence[torch.Tensor], sampling: SamplingConfig,
+                     rng: torch.Generator | None) -> tuple[StageSample, torch.Tensor]:
+        """One stage on a cache holding the inputs of stages ``< si``: its input, one pass, the draw, ``f_hat``.
+
+        Returns the sample and ``f_hat`` after stage ``si`` (``f_hats[si - 1]`` plus the stage's
+        contribution). A fast run may run the whole stage as one program.
+        """
+        sample = self.sample_stage(self.forward(self.stage_input(si, f_hats)), si, sampling, rng)
+        contrib = self.model.vae.quantize.stage_contribution(si, sample.h_BChw)
+        return sample, (contrib if si == 0 else f_hats[si - 1] + contrib)
+
 
 RunFactory = Callable[[VAR, torch.Tensor], ModelRun]
 

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from sdvar_lib.fast.kernels.block import rows_per_program
 
-__all__ = ["sample_stage"]
+__all__ = ["sample_stage", "sample_stage_into"]
 
 
 @triton.jit
@@ -67,6 +67,39 @@ def _sample_kernel(
     tl.store(H + n[:, None] * Cv + ch, vec, mask=ch_ok)
 
 
+def sample_stage_into(
+    logits_2BLV: torch.Tensor,
+    l: int,
+    cfg_t: float,
+    top_k: int,
+    top_p: float,
+    codebook_VC: torch.Tensor,
+    noise: torch.Tensor,
+    idx: torch.Tensor,
+    probs: torch.Tensor,
+    h: torch.Tensor,
+) -> None:
+    """The kernel on given buffers: ``noise`` ``(B*l, V)`` (``Exp(1)``) in; ``idx`` ``(B*l,)`` int64, ``probs``
+    ``(B*l, V)`` and ``h`` ``(B*l, Cv)`` out. No allocation and no random draw: a CUDA graph can hold it."""
+    rows, chunk_l, V = logits_2BLV.shape
+    B = rows // 2
+    if not logits_2BLV.is_contiguous() or logits_2BLV.dtype != torch.float32 or not 1 <= l <= chunk_l:
+        raise ValueError("sample_stage needs a pass's contiguous float32 logits covering the stage")
+    Cv = codebook_VC.shape[1]
+    for name, t, shape in (("noise", noise, (B * l, V)), ("idx", idx, (B * l,)), ("probs", probs, (B * l, V)),
+                           ("h", h, (B * l, Cv))):
+        if tuple(t.shape) != shape or not t.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous {shape} tensor, got {tuple(t.shape)}")
+    block_v = triton.next_power_of_2(V)
+    block_m = rows_per_program(B * l, block_v, logits_2BLV.device) if logits_2BLV.device.type == "cpu" else 1
+    _sample_kernel[(triton.cdiv(B * l, block_m),)](
+        logits_2BLV, noise, idx, probs, h, codebook_VC,
+        B, l, chunk_l, chunk_l - l, V, Cv, 1 + cfg_t, cfg_t, top_k, top_p,
+        HAS_TOP_K=top_k > 0, HAS_TOP_P=top_p > 0, BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_CV=triton.next_power_of_2(Cv),
+        num_warps=8 if block_v >= 2048 else 4, enable_fp_fusion=False,
+    )
+
+
 def sample_stage(
     logits_2BLV: torch.Tensor,
     l: int,
@@ -80,23 +113,13 @@ def sample_stage(
 
     ``logits_2BLV`` is a pass's contiguous CFG-doubled float32 output (conditional half first);
     ``cfg_t`` the guidance strength of the stage; ``top_k``/``top_p`` ``0`` disable the filter.
+    The ``Exp(1)`` noise is drawn here from ``rng`` (the draws ``torch.multinomial`` would make).
     """
-    rows, chunk_l, V = logits_2BLV.shape
-    B = rows // 2
-    if not logits_2BLV.is_contiguous() or logits_2BLV.dtype != torch.float32 or not 1 <= l <= chunk_l:
-        raise ValueError("sample_stage needs a pass's contiguous float32 logits covering the stage")
-    device = logits_2BLV.device
+    rows, _, V = logits_2BLV.shape
+    B, device = rows // 2, logits_2BLV.device
     noise = torch.empty((B * l, V), dtype=torch.float32, device=device).exponential_(generator=rng)
     idx = torch.empty(B * l, dtype=torch.int64, device=device)
     probs = torch.empty((B * l, V), dtype=torch.float32, device=device)
-    Cv = codebook_VC.shape[1]
-    h = torch.empty((B, l, Cv), dtype=codebook_VC.dtype, device=device)
-    block_v = triton.next_power_of_2(V)
-    block_m = rows_per_program(B * l, block_v, device) if device.type == "cpu" else 1
-    _sample_kernel[(triton.cdiv(B * l, block_m),)](
-        logits_2BLV, noise, idx, probs, h, codebook_VC.contiguous(),
-        B, l, chunk_l, chunk_l - l, V, Cv, 1 + cfg_t, cfg_t, top_k, top_p,
-        HAS_TOP_K=top_k > 0, HAS_TOP_P=top_p > 0, BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_CV=triton.next_power_of_2(Cv),
-        num_warps=8 if block_v >= 2048 else 4, enable_fp_fusion=False,
-    )
-    return idx.view(B, l), probs.view(B, l, V), h
+    h = torch.empty((B * l, codebook_VC.shape[1]), dtype=codebook_VC.dtype, device=device)
+    sample_stage_into(logits_2BLV, l, cfg_t, top_k, top_p, codebook_VC.contiguous(), noise, idx, probs, h)
+    return idx.view(B, l), probs.view(B, l, V), h.view(B, l, -1)
