@@ -82,6 +82,7 @@ class Report:
     pass_times: dict = field(default_factory=dict)
     one_off: dict = field(default_factory=dict)
     profiles: list[dict] = field(default_factory=list)
+    cpu_profile: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -210,6 +211,48 @@ def single_stage_times(model, batch: int, config: FastConfig, device: torch.devi
     return out
 
 
+def _kernel_table(prof, top: int) -> tuple[int, float, list[dict]]:
+    kernels: dict[str, list[float]] = {}
+    n = 0
+    for ev in prof.events():
+        if ev.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        n += 1
+        k = kernels.setdefault(ev.name[:90], [0.0, 0])
+        k[0] += ev.time_range.elapsed_us()
+        k[1] += 1
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])
+    return n, sum(v[0] for v in kernels.values()) / 1e3, [{"name": k, "us": v[0], "count": v[1]} for k, v in ranked[:top]]
+
+
+def profile_decode(vae, batch: int, device: torch.device, top: int = 12) -> dict:
+    """Kernels of the fast VQVAE decode (eager, so that the profiler sees each kernel)."""
+    from sdvar_lib.fast.decode import FastDecoder, cudnn_benchmark
+
+    decoder = FastDecoder(vae)
+    f_hat = torch.randn(batch, vae.Cvae, vae.patch_nums[-1], vae.patch_nums[-1], device=device)
+    with cudnn_benchmark():
+        for _ in range(2):
+            decoder(f_hat)
+        _sync(device)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            decoder(f_hat)
+            _sync(device)
+    n, total_ms, ranked = _kernel_table(prof, top)
+    return {"what": "fast decode", "batch": batch, "kernels": n, "kernel_sum_ms": total_ms, "top": ranked}
+
+
+def profile_call_cpu(call: Callable[[], object], device: torch.device, top: int = 15) -> list[dict]:
+    """Host time of one call by operator (self CPU time): what the host spends between graph replays."""
+    call()
+    _sync(device)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        call()
+        _sync(device)
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    return [{"name": e.key[:80], "self_cpu_ms": e.self_cpu_time_total / 1e3, "count": e.count} for e in rows]
+
+
 def profile_pass(model, batch: int, stage: int, device: torch.device, top: int = 12) -> dict:
     """Kernels of one fused pass (no graph, so that the profiler sees each kernel)."""
     run = FastRun(model, batch, FastConfig(use_cuda_graphs=False))
@@ -227,19 +270,9 @@ def profile_pass(model, batch: int, stage: int, device: torch.device, top: int =
     with torch.profiler.profile(activities=activities) as prof:
         run.forward(x)
         _sync(device)
-    kernels: dict[str, list[float]] = {}
-    n = 0
-    for ev in prof.events():
-        if ev.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        n += 1
-        k = kernels.setdefault(ev.name[:90], [0.0, 0])
-        k[0] += ev.time_range.elapsed_us()
-        k[1] += 1
-    ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])
-    return {"depth": model.depth, "batch": batch, "stage": stage, "tokens": length, "kernels": n,
-            "kernels_per_block": n / model.depth, "kernel_sum_ms": sum(v[0] for v in kernels.values()) / 1e3,
-            "top": [{"name": name, "us": v[0], "count": v[1]} for name, v in ranked[:top]]}
+    n, total_ms, ranked = _kernel_table(prof, top)
+    return {"what": f"fused pass d{model.depth} stage {stage} ({length} tokens)", "batch": batch, "kernels": n,
+            "kernels_per_block": n / model.depth, "kernel_sum_ms": total_ms, "top": ranked}
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -399,8 +432,13 @@ def run(args) -> Report:
     def profile_section() -> None:
         for B, stage in args.profile:
             report.profiles.append(profile_pass(target, B, stage, device))
-            print(f"profile d{target.depth} B={B} stage {stage}: {report.profiles[-1]['kernels']} kernels, "
-                  f"{report.profiles[-1]['kernel_sum_ms']:.3f} ms", flush=True)
+        if device.type == "cuda":
+            for B in (1, args.batches[-1]):
+                report.profiles.append(profile_decode(vae, B, device))
+        for p in report.profiles:
+            print(f"profile {p['what']} B={p['batch']}: {p['kernels']} kernels, {p['kernel_sum_ms']:.3f} ms", flush=True)
+        with decodes["v2"].installed(), autocast(device):
+            report.cpu_profile = profile_call_cpu(lambda: sds["v2"].baseline(1, None, 5, CFG, top_k, top_p), device)
 
     section("profile", profile_section)
     add_ratios(report)
@@ -450,10 +488,14 @@ def markdown(report: Report) -> str:
         lines += ["", "One-off seconds (kernel checks and compiles, graph captures): "
                   + "; ".join(f"{k}: v1 {v['v1']:.1f} s, v2 {v['v2']:.1f} s" for k, v in report.one_off.items())]
     for p in report.profiles:
-        lines += ["", f"Fused pass d{p['depth']} B={p['batch']} stage {p['stage']} ({p['tokens']} tokens): "
-                  f"{p['kernels']} kernels ({p['kernels_per_block']:.1f} per block), {p['kernel_sum_ms']:.3f} ms of kernels",
-                  "", "| kernel | total µs | count |", "|---|---|---|"]
+        per_block = f" ({p['kernels_per_block']:.1f} per block)" if "kernels_per_block" in p else ""
+        lines += ["", f"{p['what']}, batch {p['batch']}: {p['kernels']} kernels{per_block}, "
+                  f"{p['kernel_sum_ms']:.3f} ms of kernels", "", "| kernel | total µs | count |", "|---|---|---|"]
         lines += [f"| `{k['name']}` | {k['us']:.1f} | {k['count']} |" for k in p["top"]]
+    if report.cpu_profile:
+        lines += ["", "Host time of one fast v2 target-alone call at batch 1, by operator:", "",
+                  "| operator | self CPU ms | calls |", "|---|---|---|"]
+        lines += [f"| `{e['name']}` | {e['self_cpu_ms']:.2f} | {e['count']} |" for e in report.cpu_profile]
     if report.errors:
         lines += ["", "Errors:"] + [f"- {e.splitlines()[-1]}" for e in report.errors]
     return "\n".join(lines)
