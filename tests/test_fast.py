@@ -281,6 +281,10 @@ def test_whole_stage_programs_equal_the_step_by_step_stage(pair):
         assert torch.equal(x.h_BChw, y.h_BChw)
     assert all(torch.equal(x, y) for x, y in zip(fa, fb))
     assert len(run._stage_programs) == target.num_stages
+    step_by_step = FastRun(target, B, FastConfig(use_cuda_graphs=False, whole_stage=False))
+    step_by_step.begin(torch.tensor([3, 8]))
+    sample, f_hat = step_by_step.decode_stage(0, [], sampling, torch.Generator().manual_seed(6))
+    assert torch.equal(sample.idx_Bl, sa[0].idx_Bl) and torch.equal(f_hat, fa[0]) and not step_by_step._stage_programs
     kept = fa[-1].clone()
     run.begin(torch.tensor([5, 6]))
     run.decode_stage(0, [], sampling, torch.Generator().manual_seed(1))
@@ -292,7 +296,10 @@ def test_kernel_and_sampler_choices(pair):
     run = FastRun(target, B, NO_GRAPHS)
     assert (run.kernels, run.sampler, run.head) == ("torch", "torch", "float32")  # auto on the CPU
     old = FastConfig.first_version(use_cuda_graphs=False)
-    assert (old.kernels, old.sampler, old.head, old.use_cuda_graphs) == ("torch", "torch", "float32", False)
+    assert (old.kernels, old.sampler, old.head, old.whole_stage, old.use_cuda_graphs) == ("torch", "torch", "float32",
+                                                                                           False, False)
+    with pytest.raises(TypeError, match="whole_stage"):
+        FastConfig(whole_stage=1)
     with pytest.raises(ValueError, match="head"):
         FastConfig(head="bf16")
     with pytest.raises(ValueError, match="bf16 or fp16"):

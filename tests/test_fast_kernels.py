@@ -90,13 +90,41 @@ def test_group_norm_kernel():
     gen = torch.Generator().manual_seed(2)
     for C, H, W in ((64, 5, 3), (96, 4, 4)):
         x = (torch.randn(2, C, H, W, generator=gen) * 2 + 3).contiguous(memory_format=torch.channels_last)
-        w, b = torch.randn(C, generator=gen), torch.randn(C, generator=gen)
-        for silu in (False, True):
-            want = torch.nn.functional.group_norm(x, 32, w, b, 1e-6)
+        w, b, pre = (torch.randn(C, generator=gen) for _ in range(3))
+        for silu, pre_bias in ((False, None), (True, None), (True, pre)):
+            src = x if pre_bias is None else x + pre_bias.view(1, -1, 1, 1)
+            want = torch.nn.functional.group_norm(src, 32, w, b, 1e-6)
             want = torch.nn.functional.silu(want) if silu else want
-            got = group_norm_nhwc(x, 32, w, b, 1e-6, silu=silu)
+            got = group_norm_nhwc(x, 32, w, b, 1e-6, silu=silu, pre_bias=pre_bias)
             assert got.is_contiguous(memory_format=torch.channels_last)
-            assert _rel(got, want) < 1e-5, (C, H, W, silu)
+            assert _rel(got, want) < 1e-5, (C, H, W, silu, pre_bias is not None)
+    with pytest.raises(ValueError, match="channels-last"):
+        group_norm_nhwc(torch.randn(1, 64, 2, 3), 32, w[:64], b[:64], 1e-6)
+
+
+def test_residual_and_upsample_kernels():
+    from sdvar_lib.fast.kernels.groupnorm import add_bias_residual_nhwc, upsample2x_nhwc
+
+    gen = torch.Generator().manual_seed(5)
+    cl = torch.channels_last
+    a, h = (torch.randn(2, 48, 3, 5, generator=gen).contiguous(memory_format=cl) for _ in range(2))
+    bias = torch.randn(48, generator=gen)
+    got = add_bias_residual_nhwc(a, h, bias)
+    assert got.is_contiguous(memory_format=cl) and torch.allclose(got, a + (h + bias.view(1, -1, 1, 1)))
+    x = torch.randn(2, 40, 3, 5, generator=gen).contiguous(memory_format=cl)
+    up = upsample2x_nhwc(x)
+    assert up.is_contiguous(memory_format=cl)
+    assert torch.equal(up, torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def test_fast_decoder_on_the_kernels_equals_pytorch(tiny_pair):
+    from sdvar_lib.fast.decode import FastDecoder
+
+    vae = tiny_pair[0]
+    f_hat = torch.randn(2, vae.Cvae, 4, 4, generator=torch.Generator().manual_seed(3))
+    got = FastDecoder(vae, dtype=torch.float32, kernels="triton")(f_hat)
+    assert _rel(got, FastDecoder(vae, dtype=torch.float32, kernels="torch")(f_hat)) < 1e-5
+    assert _rel(got, vae.fhat_to_img(f_hat)) < 1e-4
 
 
 @pytest.mark.parametrize("top_k,top_p", [(0, 0.0), (7, 0.0), (0, 0.8), (9, 0.9), (1, 0.0)])

@@ -5,8 +5,10 @@
 (fp16 on GPUs without bf16, e.g. the T4: :func:`decode_dtype`), with every activation
 channels-last so that cuDNN runs its NHWC tensor-core convolutions without layout changes:
 
-- GroupNorm and the SiLU after it are one Triton pass over the channels-last map
-  (:mod:`sdvar_lib.fast.kernels.groupnorm`), or PyTorch's kernels where Triton does not run;
+- GroupNorm and the SiLU after it are one Triton pass over the channels-last map, which also adds
+  the bias of the convolution before it; a ResNet block ends with one pass for its residual and its
+  last convolution's bias; nearest upsampling is a Triton kernel too
+  (:mod:`sdvar_lib.fast.kernels.groupnorm`); PyTorch's kernels where Triton does not run;
 - the mid-level self-attention is PyTorch's SDPA over the channels-last ``qkv`` without copies.
 
 It runs eagerly anywhere (the CPU tests compare it with the float32 decode);
@@ -63,11 +65,11 @@ class FastDecoder:
             raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
         self.vae, self.dtype = vae, dtype
         self.backend = resolve_backend(kernels, device, "kernels")
-        self._gn_kernel = None
+        self._k = None
         if self.backend == "triton":
-            from sdvar_lib.fast.kernels.groupnorm import group_norm_nhwc
+            from sdvar_lib.fast.kernels import groupnorm
 
-            self._gn_kernel = group_norm_nhwc
+            self._k = groupnorm
         self.refresh()
 
     def refresh(self) -> None:
@@ -79,16 +81,32 @@ class FastDecoder:
     def decoder(self) -> Decoder:
         return self._parts["decoder"]
 
-    def _norm(self, norm: nn.GroupNorm, x: torch.Tensor, silu: bool) -> torch.Tensor:
-        if self._gn_kernel is not None and norm.num_groups == 32:
-            return self._gn_kernel(x, norm.num_groups, norm.weight, norm.bias, norm.eps, silu=silu)
+    def _norm(self, norm: nn.GroupNorm, x: torch.Tensor, silu: bool, pre_bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self._k is not None and norm.num_groups == 32:
+            return self._k.group_norm_nhwc(x, 32, norm.weight, norm.bias, norm.eps, silu=silu, pre_bias=pre_bias)
+        if pre_bias is not None:
+            x = x + pre_bias.view(1, -1, 1, 1)
         y = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
         return (F.silu(y) if silu else y).contiguous(memory_format=torch.channels_last)
 
+    @staticmethod
+    def _conv_no_bias(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+
     def _resnet(self, block: ResnetBlock, x: torch.Tensor) -> torch.Tensor:
-        h = block.conv1(self._norm(block.norm1, x, silu=True))
-        h = block.conv2(self._norm(block.norm2, h, silu=True))
-        return block.nin_shortcut(x) + h
+        if self._k is None or block.norm1.num_groups != 32 or block.norm2.num_groups != 32:
+            h = block.conv1(self._norm(block.norm1, x, silu=True))
+            h = block.conv2(self._norm(block.norm2, h, silu=True))
+            return block.nin_shortcut(x) + h
+        # the convolutions' biases ride along: conv1's in the next GroupNorm, conv2's in the residual add
+        h = self._conv_no_bias(block.conv1, self._norm(block.norm1, x, silu=True))
+        h = self._conv_no_bias(block.conv2, self._norm(block.norm2, h, silu=True, pre_bias=block.conv1.bias))
+        return self._k.add_bias_residual_nhwc(block.nin_shortcut(x), h, block.conv2.bias)
+
+    def _upsample(self, x: torch.Tensor) -> torch.Tensor:
+        if self._k is not None:
+            return self._k.upsample2x_nhwc(x)
+        return F.interpolate(x, scale_factor=2, mode="nearest")
 
     def _attention(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(block, AttnBlock):
@@ -113,6 +131,6 @@ class FastDecoder:
                     if len(level.attn) > 0:
                         h = self._attention(level.attn[i_block], h)
                 if i_level != 0:
-                    h = level.upsample.conv(F.interpolate(h, scale_factor=2, mode="nearest"))
+                    h = level.upsample.conv(self._upsample(h))
             h = dec.conv_out(self._norm(dec.norm_out, h, silu=True))
             return h.clamp(-1, 1).to(torch.float32, memory_format=torch.contiguous_format)

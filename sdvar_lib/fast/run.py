@@ -94,7 +94,9 @@ class FastConfig:
     :mod:`sdvar_lib.fast.sampling`), ``"torch"`` or ``"auto"`` (fused where Triton runs on a GPU).
     ``head``: the fused pass's head product — ``"float32"`` (float32 copies of the weights),
     ``"half"`` (the bf16/fp16 weights, float32 accumulation and logits) or ``"auto"`` (half for
-    half-precision models on a GPU where it runs, float32 otherwise).
+    half-precision models on a GPU where it runs, float32 otherwise). ``whole_stage``: a stage read
+    on its own (no catch-up chunk) runs as one program — input, pass, draw, codebook lookup and
+    ``f_hat`` update (:meth:`FastRun.decode_stage`); ``False`` runs them step by step.
     """
 
     use_cuda_graphs: bool | None = None
@@ -104,6 +106,7 @@ class FastConfig:
     kernels: str = "auto"
     sampler: str = "auto"
     head: str = "auto"
+    whole_stage: bool = True
 
     def __post_init__(self) -> None:
         if self.use_cuda_graphs is not None and not isinstance(self.use_cuda_graphs, bool):
@@ -114,11 +117,12 @@ class FastConfig:
         check_choice(self.kernels, "kernels", BACKENDS)
         check_choice(self.sampler, "sampler", SAMPLERS)
         check_choice(self.head, "head", HEADS)
+        check_bool(self.whole_stage, "whole_stage")
 
     @classmethod
     def first_version(cls, **kwargs) -> FastConfig:
         """The fast path before fused kernels (PyTorch block kernels and sampling): the benchmark's "old" rows."""
-        return cls(kernels="torch", sampler="torch", head="float32", **kwargs)
+        return cls(kernels="torch", sampler="torch", head="float32", whole_stage=False, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -369,7 +373,7 @@ class FastRun(ModelRun):
         step-by-step way of :meth:`ModelRun.decode_stage`.
         """
         position, l = chunk_span(self.model, si, 1)
-        if not self.fused or sampling.more_smooth or self.cache.length != position:
+        if not (self.fused and self.config.whole_stage) or sampling.more_smooth or self.cache.length != position:
             return super().decode_stage(si, f_hats, sampling, rng)
         buf = self._stage_buffers or self._new_stage_buffers()
         B, V, Cv, pn, n = self.batch_size, self.model.V, self.model.Cvae, self.model.patch_nums[si], self.batch_size * l
