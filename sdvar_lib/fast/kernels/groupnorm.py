@@ -46,7 +46,7 @@ def _gn_partial_kernel(
     for p0 in range(start, end, BLOCK_P):
         pix = p0 + tl.arange(0, BLOCK_P)
         mask = (pix[:, None] < end) & cmask[None, :]
-        x = tl.load(X + (b * HW + pix[:, None]) * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + (b * HW + pix[:, None]).to(tl.int64) * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if HAS_PRE:
             x = tl.where(mask, x + pre[None, :], 0.0)
         acc += x  # elementwise: one reduction at the end, not one per tile
@@ -84,7 +84,7 @@ def _gn_apply_kernel(
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < C
     mask = (pix[:, None] < HW) & cmask[None, :]
-    offs = (b * HW + pix[:, None]) * C + cols[None, :]
+    offs = (b * HW + pix[:, None]).to(tl.int64) * C + cols[None, :]  # int64: large batches of 256x256 maps
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_PRE:
         x = x + tl.load(PRE + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
@@ -144,7 +144,7 @@ def _add_bias_residual_kernel(A, H, BIAS, Y, P, C, BLOCK_P: tl.constexpr, BLOCK_
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < C
     mask = (pix[:, None] < P) & cmask[None, :]
-    offs = pix[:, None] * C + cols[None, :]
+    offs = pix[:, None].to(tl.int64) * C + cols[None, :]
     a = tl.load(A + offs, mask=mask, other=0.0).to(tl.float32)
     h = tl.load(H + offs, mask=mask, other=0.0).to(tl.float32)
     bias = tl.load(BIAS + cols, mask=cmask, other=0.0).to(tl.float32)
@@ -179,8 +179,8 @@ def _upsample2x_kernel(X, Y, H, W, C, P_out, BLOCK_P: tl.constexpr, BLOCK_C: tl.
     b = t // (2 * H)
     src = (b * H + y // 2) * W + x // 2
     mask = (pix[:, None] < P_out) & cmask[None, :]
-    v = tl.load(X + src[:, None] * C + cols[None, :], mask=mask, other=0.0)
-    tl.store(Y + pix[:, None] * C + cols[None, :], v, mask=mask)
+    v = tl.load(X + src[:, None].to(tl.int64) * C + cols[None, :], mask=mask, other=0.0)
+    tl.store(Y + pix[:, None].to(tl.int64) * C + cols[None, :], v, mask=mask)
 
 
 def upsample2x_nhwc(x: torch.Tensor) -> torch.Tensor:
