@@ -14,8 +14,14 @@ objects that are kept between calls, one per ``(model, batch size)``:
   later use; its float32 logits land in a static output buffer;
 - the pass itself (:class:`sdvar_lib.fast.fused.FusedPass`) computes every block's AdaLN
   modulations once per call (they depend only on the class condition) in a per-call prologue (a
-  graph too), and runs each block with 18 kernels instead of the eager path's 35;
-  ``FastConfig(fused=False)`` runs :meth:`sdvar_lib.models.var.VAR.forward_cached` instead.
+  graph too), and runs each block with 8 kernels (Triton kernels for the work around the GEMMs;
+  PyTorch's, 18 per block, on the CPU or where Triton does not run); ``FastConfig(fused=False)``
+  runs :meth:`sdvar_lib.models.var.VAR.forward_cached` instead;
+- a stage read on its own runs as one *whole-stage program* (:meth:`FastRun.decode_stage`): its
+  input, the pass, the draw (fused sampler kernel, :mod:`sdvar_lib.fast.sampling`, or PyTorch's
+  kernels), the codebook lookup and the ``f_hat`` update in one graph; the host only draws the
+  ``Exp(1)`` noise ``torch.multinomial`` would draw (same generator: the same random stream) and
+  copies the results out. :meth:`FastRun.sample_stage` fuses the draw of the other passes.
 
 Graphs are captured by :func:`sdvar_lib.fast.graphs.capture_graph`; the graphed VQVAE decode is
 :class:`sdvar_lib.fast.graphs.GraphedDecode`.
@@ -26,9 +32,10 @@ compare with the library's eager runs. The eager runs of :func:`sdvar_lib.sdvar.
 default of :class:`~sdvar_lib.sdvar.decoder.SDVAR`.
 
 Models are used in whatever dtype they have; for speed convert them with
-``model.to(torch.bfloat16)`` (the VQVAE stays float32). The transformer pass runs with autocast
-disabled; the head (and so the logits) is float32 (:meth:`sdvar_lib.models.var.VAR.get_logits`), and
-sampling and probabilities stay float32.
+``model.to(torch.bfloat16)`` (fp16 on GPUs without bf16; the VQVAE stays float32). The transformer
+pass runs with autocast disabled; the logits are float32 (for bf16/fp16 models the head multiplies
+the half-precision weights with float32 accumulation, ``FastConfig(head=...)``), and sampling and
+probabilities stay float32.
 
 The logits a :meth:`FastRun.forward` returns are a view of the run's static output buffer: they
 are valid until the next pass of the same run (every decoder consumes them before that).
