@@ -11,7 +11,7 @@
 #    seconds, kernel profiles of a fused pass and of the fast decode, host time by operator;
 # 3. python -m sdvar_lib.bench on d16 -> d30 (its rows run the fused path by default; memory and the
 #    calibrated adaptive rule).
-# Logs and reports go to $OUT. Each step has its own time limit (180 + 240 + 150 s at most); about 7 minutes on
+# Logs and reports go to $OUT (7 files: 3 logs, perf/perf_v2.{json,md}, bench/bench.{json,md}). Each step has its own time limit (180 + 240 + 150 s at most); about 7 minutes on
 # an H200 (the first Triton compiles included). Run the device call with a 600 s limit.
 set -o pipefail
 OUT=${OUT:-perf_v2_out}
@@ -29,7 +29,7 @@ if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
          "or SMOKE=1 for the CPU smoke test" >&2
     exit 2
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 status=0
 timeout 180 $PY -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/ 2>&1 | tee "$OUT/gpu_tests.log" | tail -15 \
