@@ -11,8 +11,9 @@
 #    seconds, kernel profiles of a fused pass and of the fast decode, host time by operator;
 # 3. python -m sdvar_lib.bench on d16 -> d30 (its rows run the fused path by default; memory and the
 #    calibrated adaptive rule).
-# Logs and reports go to $OUT (7 files: 3 logs, perf/perf_v2.{json,md}, bench/bench.{json,md}). Each step has its own time limit (180 + 240 + 150 s at most); about 7 minutes on
-# an H200 (the first Triton compiles included). Run the device call with a 600 s limit.
+# Logs and reports go to $OUT (7 files: 3 logs, perf/perf_v2.{json,md}, bench/bench.{json,md}). Each step
+# has its own time limit (180 + 240 + 150 s at most); about 7 minutes on an H200 (the first Triton
+# compiles included). Run the device call with a 600 s limit.
 set -o pipefail
 OUT=${OUT:-perf_v2_out}
 PY=${PYTHON:-python3}
