@@ -18,6 +18,7 @@ from sdvar_lib.models.presets import TINY_CONFIG, build_tiny
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.acceptance import ExactPolicy
 from sdvar_lib.sdvar.registry import stage_chunks
+from sdvar_lib.sdvar.run import ModelRun, eager_run
 
 B = 2
 NO_GRAPHS = FastConfig(use_cuda_graphs=False)
@@ -226,6 +227,92 @@ def test_graphed_decode_falls_back_on_cpu(tiny_pair):
     assert torch.equal(got, vae.fhat_to_img(f_hat))
     with pytest.raises(TypeError, match="VQVAE"):
         GraphedDecode(tiny_pair[2])
+
+
+class _CountingRun(ModelRun):
+    draws: list = []
+
+    def sample_stage(self, logits_2BlV, si, sampling, rng):
+        _CountingRun.draws.append((self.model.depth, si))
+        return super().sample_stage(logits_2BlV, si, sampling, rng)
+
+
+def test_decoders_draw_every_stage_through_their_run(pair):
+    """The hook the fast path's fused sampler uses: every drawn stage goes through ``run.sample_stage``."""
+    draft, target = pair
+
+    def factory(model, label_B):
+        run = eager_run(model, label_B)
+        return _CountingRun(run.model, run.cond_2BD, run.lvl_pos_1LC, run.cache)
+
+    sd, ref = SDVAR(draft, target, run_factory=factory), SDVAR(draft, target)
+    _CountingRun.draws.clear()
+    out = sd.baseline(B, [1, 2], g_seed=3, top_k=0)
+    assert _CountingRun.draws == [(target.depth, s) for s in range(target.num_stages)]
+    assert _tokens(out) == _tokens(ref.baseline(B, [1, 2], g_seed=3, top_k=0))
+    _CountingRun.draws.clear()
+    out = sd.generate_parallel(B, [1, 2], g_seed=3, top_k=0, gamma=2)
+    assert sum(d == draft.depth for d, _ in _CountingRun.draws) == out.stats.draft_passes
+    assert _tokens(out) == _tokens(ref.generate_parallel(B, [1, 2], g_seed=3, top_k=0, gamma=2))
+
+
+def test_whole_stage_programs_equal_the_step_by_step_stage(pair):
+    """FastRun.decode_stage (one program per stage: input, pass, draw, f_hat) = the generic composition, bit for bit."""
+    _, target = pair
+    from sdvar_lib.models.sampling import SamplingConfig
+
+    sampling = SamplingConfig(cfg=1.5, top_k=7, top_p=0.9)
+    run = FastRun(target, B, NO_GRAPHS)
+    results = []
+    for whole in (True, False):
+        run.begin(torch.tensor([3, 8]))
+        rng = torch.Generator().manual_seed(6)
+        samples, f_hats = [], []
+        for si in range(target.num_stages):
+            step = run.decode_stage if whole else (lambda *a: ModelRun.decode_stage(run, *a))
+            sample, f_hat = step(si, f_hats, sampling, rng)
+            samples.append(sample)
+            f_hats.append(f_hat)
+        results.append((samples, f_hats, [(p.position, p.length) for p in run.pass_log]))
+    (sa, fa, la), (sb, fb, lb) = results
+    assert la == lb == [chunk_span(target, s, 1) for s in range(target.num_stages)]
+    for x, y in zip(sa, sb):
+        assert torch.equal(x.idx_Bl, y.idx_Bl) and torch.equal(x.probs_BlV, y.probs_BlV)
+        assert torch.equal(x.h_BChw, y.h_BChw)
+    assert all(torch.equal(x, y) for x, y in zip(fa, fb))
+    assert len(run._stage_programs) == target.num_stages
+    step_by_step = FastRun(target, B, FastConfig(use_cuda_graphs=False, whole_stage=False))
+    step_by_step.begin(torch.tensor([3, 8]))
+    sample, f_hat = step_by_step.decode_stage(0, [], sampling, torch.Generator().manual_seed(6))
+    assert torch.equal(sample.idx_Bl, sa[0].idx_Bl) and torch.equal(f_hat, fa[0]) and not step_by_step._stage_programs
+    kept = fa[-1].clone()
+    run.begin(torch.tensor([5, 6]))
+    run.decode_stage(0, [], sampling, torch.Generator().manual_seed(1))
+    assert torch.equal(fa[-1], kept), "outputs of a call must not share memory with the run's static buffers"
+
+
+def test_kernel_and_sampler_choices(pair):
+    _, target = pair
+    run = FastRun(target, B, NO_GRAPHS)
+    assert (run.kernels, run.sampler, run.head) == ("torch", "torch", "float32")  # auto on the CPU
+    old = FastConfig.first_version(use_cuda_graphs=False)
+    assert (old.kernels, old.sampler, old.head, old.whole_stage, old.use_cuda_graphs) == ("torch", "torch", "float32",
+                                                                                           False, False)
+    with pytest.raises(TypeError, match="whole_stage"):
+        FastConfig(whole_stage=1)
+    with pytest.raises(ValueError, match="head"):
+        FastConfig(head="bf16")
+    with pytest.raises(ValueError, match="bf16 or fp16"):
+        FastRun(target, B, FastConfig(use_cuda_graphs=False, head="half"))  # a float32 model
+    with pytest.raises(ValueError, match="kernels"):
+        FastConfig(kernels="cuda")
+    with pytest.raises(ValueError, match="sampler"):
+        FastConfig(sampler="gumbel")
+    from sdvar_lib.fast.kernels import resolve_backend
+
+    assert resolve_backend("auto", "cpu") == "torch" and resolve_backend("torch", "meta") == "torch"
+    with pytest.raises(ValueError, match="meta"):
+        resolve_backend("triton", "meta")
 
 
 def test_eager_path_stays_the_default(pair):

@@ -1,13 +1,32 @@
-"""The fused transformer pass of the fast path: per-call AdaLN constants, fewer and fused kernels per block.
+"""The fused transformer pass of the fast path: per-call AdaLN constants, fused kernels around the GEMMs.
 
 :class:`FusedPass` owns the constants that depend only on the class condition (every block's AdaLN
 modulations with ``1 + scale`` folded in, the head's, the qkv biases, the q/k scales, float32 head
 weights): :meth:`FusedPass.prologue` computes them once per call, :meth:`FusedPass.step` runs one
-pass with them — per block two LayerNorms, four matrix products, one attention, the q/k
-normalisation written straight into the cache and fused residuals.
+pass with them. A block is its four matrix products, one attention and three fused steps:
+
+1. ``q, k, v`` from the qkv product: q/k L2 norm and q's head scale, k and v written straight into
+   the KV cache (:meth:`BlockOps.qk_norm_into_cache`);
+2. after the attention's projection: the residual ``x += o * gamma1`` and the MLP's AdaLN
+   ``h = LayerNorm(x) * (1 + scale2) + shift2`` (:meth:`BlockOps.add_ln_modulate`);
+3. after the MLP: the residual ``x += f * gamma2`` and the *next* block's AdaLN (after the last
+   block, the head's);
+
+and the MLP's GELU in the first MLP product's epilogue. The head reads the AdaLN output in float32
+and multiplies by float32 copies of its weights, or (``half_head``, the default for bf16/fp16
+models on a GPU) by its half-precision weights as they are with float32 accumulation and output —
+cuBLAS's float32 product runs on CUDA cores, about ten times slower than the tensor cores.
+
+The steps come in two implementations of :class:`BlockOps`: :class:`TritonBlockOps` (one Triton
+kernel per step, cuBLASLt's GELU epilogue; 8 kernels per block) and :class:`TorchBlockOps` (PyTorch
+kernels; 18 per block; the CPU path and the fallback). Attention is PyTorch's SDPA: its flash kernel
+for a single stage, its fused masked kernel for a chunk of several stages (block-causal mask over
+the cached prefix).
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -15,20 +34,177 @@ import torch.nn.functional as F
 from sdvar_lib.models.kv_cache import KVCache
 from sdvar_lib.models.var import MAX_SCALE_MUL, VAR
 
-__all__ = ["FusedPass"]
+log = logging.getLogger(__name__)
+
+__all__ = ["BlockOps", "TorchBlockOps", "TritonBlockOps", "block_ops", "check_block_ops", "HEADS", "half_head_matmul",
+           "check_half_head", "FusedPass"]
+
+
+class BlockOps:
+    """The fused steps of a block; see the module docstring. Subclasses give one implementation."""
+
+    name = "ops"
+
+    def add_ln_modulate(
+        self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float,
+        o: torch.Tensor | None = None, gate: torch.Tensor | None = None, h_dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x + o * gate, LayerNorm(x + o * gate) * scale + shift)``; ``x``/``o`` ``(rows, l, C)``, vectors ``(rows, C)``."""
+        raise NotImplementedError
+
+    def qk_norm_into_cache(
+        self, qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: int,
+        qk_factor_2H1: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``q`` ``(rows, l, H, D)`` from ``qkv`` ``(rows, l, 3C)``; k, v into one layer's caches at ``position``."""
+        raise NotImplementedError
+
+    def fc1_gelu(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``gelu_tanh(h @ weight.T + bias)``."""
+        raise NotImplementedError
+
+
+class TorchBlockOps(BlockOps):
+    """The fused steps as PyTorch kernels (the fast path's first version; CPU and fallback)."""
+
+    name = "torch"
+
+    def add_ln_modulate(self, x, scale, shift, eps, o=None, gate=None, h_dtype=None):
+        if o is not None:
+            x = torch.addcmul(x, o, gate.unsqueeze(1))
+        src = x if h_dtype is None or h_dtype == x.dtype else x.to(h_dtype)
+        h = torch.addcmul(shift.unsqueeze(1), F.layer_norm(src, (x.shape[-1],), eps=eps), scale.unsqueeze(1))
+        return x, h if h_dtype is None else h.to(h_dtype)
+
+    def qk_norm_into_cache(self, qkv, k_cache, v_cache, position, qk_factor_2H1):
+        rows, l, _ = qkv.shape
+        H, D = k_cache.shape[1], k_cache.shape[3]
+        qkv = qkv.view(rows, l, 3, H, D)
+        k_dst = k_cache[:, :, position : position + l].transpose(1, 2)
+        v_dst = v_cache[:, :, position : position + l].transpose(1, 2)
+        if qk_factor_2H1 is not None:
+            norm = torch.linalg.vector_norm(qkv[:, :, :2], dim=-1, keepdim=True, dtype=torch.float32)
+            inv = qk_factor_2H1 / norm.clamp_min(1e-12)
+            q = torch.empty((rows, l, H, D), dtype=qkv.dtype, device=qkv.device)
+            torch.mul(qkv[:, :, 0], inv[:, :, 0], out=q)
+            torch.mul(qkv[:, :, 1], inv[:, :, 1], out=k_dst)
+        else:
+            q = qkv[:, :, 0]
+            k_dst.copy_(qkv[:, :, 1])
+        v_dst.copy_(qkv[:, :, 2])
+        return q
+
+    def fc1_gelu(self, h, weight, bias):
+        return F.gelu(F.linear(h, weight, bias), approximate="tanh")
+
+
+class TritonBlockOps(BlockOps):
+    """The fused steps as Triton kernels (:mod:`sdvar_lib.fast.kernels.block`) and cuBLASLt's GELU epilogue."""
+
+    name = "triton"
+
+    def __init__(self) -> None:
+        from sdvar_lib.fast.kernels import block
+
+        self._k = block
+
+    def add_ln_modulate(self, x, scale, shift, eps, o=None, gate=None, h_dtype=None):
+        return self._k.add_ln_modulate(x, scale, shift, eps, o=o, gate=gate, h_dtype=h_dtype)
+
+    def qk_norm_into_cache(self, qkv, k_cache, v_cache, position, qk_factor_2H1):
+        factor = None if qk_factor_2H1 is None else qk_factor_2H1[0, :, 0]
+        return self._k.qk_norm_into_cache(qkv, k_cache, v_cache, position, factor)
+
+    def fc1_gelu(self, h, weight, bias):
+        if not h.is_cuda:  # on the CPU _addmm_activation's GELU is the erf one, not VAR's tanh approximation
+            return F.gelu(F.linear(h, weight, bias), approximate="tanh")
+        rows, l, C = h.shape
+        # cuBLASLt applies the tanh GELU to the float32 accumulator (PyTorch falls back to addmm + tanh gelu)
+        return torch._addmm_activation(bias, h.view(rows * l, C), weight.t(), use_gelu=True).view(rows, l, -1)
+
+
+def check_block_ops(ops: BlockOps, C: int, H: int, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Run ``ops`` once on random inputs of a model's sizes against :class:`TorchBlockOps`; the problem, or ``None``.
+
+    Compiles the kernels a run will use (outside any CUDA graph) and catches a GPU or Triton
+    version that cannot build or run them, so that the fast path can fall back to PyTorch.
+    """
+    ref, rows, l, D = TorchBlockOps(), 2, 3, C // H
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, device=device).to(dtype)
+
+    x, o, mods = rand(rows, l, C), rand(rows, l, C), rand(rows, 6, C)
+    qkv, factor = rand(rows, l, 3 * C), torch.rand(2, H, 1, generator=gen, device=device) + 0.5
+    factor[1] = 1
+    w, b = rand(2 * C, C), rand(2 * C)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    try:
+        pairs = []
+        for impl in (ops, ref):
+            out = [*impl.add_ln_modulate(x, mods[:, 2], mods[:, 4], 1e-6, o=o, gate=mods[:, 0]),
+                   impl.add_ln_modulate(x, mods[:, 3], mods[:, 5], 1e-6, h_dtype=torch.float32)[1]]
+            caches = [torch.zeros(rows, H, l + 2, D, dtype=dtype, device=device) for _ in range(2)]
+            out.append(impl.qk_norm_into_cache(qkv, caches[0], caches[1], 1, factor))
+            out += [*caches, impl.fc1_gelu(x, w, b)]
+            pairs.append(out)
+        for name, got, want in zip(("residual", "modulated", "head", "q", "k", "v", "gelu"), *pairs):
+            err = float((got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-30))
+            if not err <= tol:
+                return f"{ops.name} {name} differs from PyTorch by {err:.2e} (relative)"
+    except Exception as exc:  # a kernel that cannot compile or run on this GPU
+        return f"{ops.name} kernels failed: {type(exc).__name__}: {exc}"
+    return None
+
+
+HEADS = ("auto", "float32", "half")
+
+
+def half_head_matmul(h: torch.Tensor, weight: torch.Tensor, bias32: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = h @ weight.T + bias32`` with half-precision operands, float32 accumulation and float32 output."""
+    torch.mm(h, weight.t(), out_dtype=torch.float32, out=out)
+    out.add_(bias32)
+
+
+def check_half_head(dtype: torch.dtype, device: torch.device) -> str | None:
+    """``None`` when :func:`half_head_matmul` runs here and matches a float32 product; else the problem."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    h, w = (torch.randn(shape, generator=gen, device=device) for shape in ((6, 64), (48, 64)))
+    b = torch.randn(48, generator=gen, device=device)
+    try:
+        out = torch.empty(6, 48, device=device)
+        half_head_matmul(h.to(dtype), w.to(dtype), b, out)
+    except Exception as exc:  # no mixed-dtype matmul for this device or PyTorch
+        return f"{type(exc).__name__}: {exc}"
+    want = torch.addmm(b, h.to(dtype).float(), w.to(dtype).float().t())
+    err = float((out - want).norm() / want.norm())
+    return None if err < 1e-3 else f"half head differs from float32 by {err:.1e}"
+
+
+def block_ops(backend: str) -> BlockOps:
+    """The :class:`BlockOps` of a resolved backend (``"triton"`` or ``"torch"``)."""
+    if backend == "triton":
+        return TritonBlockOps()
+    if backend == "torch":
+        return TorchBlockOps()
+    raise ValueError(f"block ops backend must be 'triton' or 'torch', got {backend!r}")
 
 
 class FusedPass:
     """Per-call constants and the fused pass of one model at one CFG-doubled batch of ``rows``."""
 
-    def __init__(self, model: VAR, rows: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, model: VAR, rows: int, dtype: torch.dtype, device: torch.device, ops: BlockOps | None = None,
+                 half_head: bool = False) -> None:
         C, H, depth = model.C, model.num_heads, model.depth
         self.model, self.rows, self.dtype = model, rows, dtype
+        self.ops = ops or TorchBlockOps()
+        self.half_head = half_head
         self.ada_N2B6C = torch.zeros(depth, rows, 6, C, dtype=dtype, device=device)
         self.qkv_bias_N3C = torch.zeros(depth, 3 * C, dtype=dtype, device=device)
         self.qk_factor_N2H1 = torch.ones(depth, 2, H, 1, dtype=torch.float32, device=device)
         self.head_ss_2B2C = torch.zeros(rows, 2, C, dtype=torch.float32, device=device)
-        self.head_w32 = torch.zeros(model.V, C, dtype=torch.float32, device=device)
+        self.head_w32 = torch.zeros(0 if half_head else model.V, C, dtype=torch.float32, device=device)
         self.head_b32 = torch.zeros(model.V, dtype=torch.float32, device=device)
 
     @staticmethod
@@ -48,7 +224,8 @@ class FusedPass:
         torch.addmm(head_lin.bias.float(), F.silu(cond_2BD.float()), head_lin.weight.float().t(),
                     out=self.head_ss_2B2C.view(rows, 2 * C))
         self.head_ss_2B2C[:, 0].add_(1)
-        self.head_w32.copy_(model.head.weight)
+        if not self.half_head:
+            self.head_w32.copy_(model.head.weight)
         self.head_b32.copy_(model.head.bias)
         self.qkv_bias_N3C[:, :C].copy_(torch.stack([b.attn.q_bias for b in model.blocks]))
         self.qkv_bias_N3C[:, 2 * C :].copy_(torch.stack([b.attn.v_bias for b in model.blocks]))
@@ -58,36 +235,34 @@ class FusedPass:
 
     def step(self, x: torch.Tensor, cache: KVCache, position: int, mask: torch.Tensor | None, out_2BlV: torch.Tensor) -> None:
         """One pass over the chunk ``x`` ``(rows, l, C)`` at ``position``; float32 logits into ``out_2BlV``."""
-        model, rows = self.model, self.rows
-        l, C, H = x.shape[1], model.C, model.num_heads
-        c, end = C // H, position + l
+        model, rows, ops = self.model, self.rows, self.ops
+        l, C, depth = x.shape[1], model.C, model.depth
+        end = position + l
+        ada = self.ada_N2B6C  # per block (rows, 6, C): gamma1, gamma2, 1 + scale1, 1 + scale2, shift1, shift2
+        eps0 = model.blocks[0].ln_wo_grad.eps
+        x, h = ops.add_ln_modulate(x, ada[0, :, 2], ada[0, :, 4], eps0)
         for i, block in enumerate(model.blocks):
             attn, ffn, eps = block.attn, block.ffn, block.ln_wo_grad.eps
-            ada = self.ada_N2B6C[i]
-            g1, g2, s1, s2, sh1, sh2 = (ada[:, k : k + 1] for k in range(6))
-            h = torch.addcmul(sh1, F.layer_norm(x, (C,), eps=eps), s1)
-            qkv = F.linear(h, attn.mat_qkv.weight, self.qkv_bias_N3C[i]).view(rows, l, 3, H, c)
-            k_dst = cache.k_NBHLc[i, :, :, position:end].transpose(1, 2)
-            v_dst = cache.v_NBHLc[i, :, :, position:end].transpose(1, 2)
-            if attn.attn_l2_norm:
-                norm = torch.linalg.vector_norm(qkv[:, :, :2], dim=-1, keepdim=True, dtype=torch.float32)
-                inv = self.qk_factor_N2H1[i] / norm.clamp_min(1e-12)
-                q = torch.empty((rows, l, H, c), dtype=self.dtype, device=x.device)
-                torch.mul(qkv[:, :, 0], inv[:, :, 0], out=q)
-                torch.mul(qkv[:, :, 1], inv[:, :, 1], out=k_dst)
-            else:
-                q = qkv[:, :, 0]
-                k_dst.copy_(qkv[:, :, 1])
-            v_dst.copy_(qkv[:, :, 2])
+            qkv = F.linear(h, attn.mat_qkv.weight, self.qkv_bias_N3C[i])
+            factor = self.qk_factor_N2H1[i] if attn.attn_l2_norm else None
+            q = ops.qk_norm_into_cache(qkv, cache.k_NBHLc[i], cache.v_NBHLc[i], position, factor)
             o = F.scaled_dot_product_attention(
                 q.transpose(1, 2), cache.k_NBHLc[i, :, :, :end], cache.v_NBHLc[i, :, :, :end], attn_mask=mask,
                 scale=attn.scale,
             )
             o = F.linear(o.transpose(1, 2).reshape(rows, l, C), attn.proj.weight, attn.proj.bias)
-            x = torch.addcmul(x, o, g1)
-            h = torch.addcmul(sh2, F.layer_norm(x, (C,), eps=eps), s2)
-            h = F.linear(F.gelu(F.linear(h, ffn.fc1.weight, ffn.fc1.bias), approximate="tanh"), ffn.fc2.weight, ffn.fc2.bias)
-            x = torch.addcmul(x, h, g2)
-        hs = self.head_ss_2B2C
-        h = torch.addcmul(hs[:, 1:2], F.layer_norm(x.float(), (C,), eps=model.head_nm.ln_wo_grad.eps), hs[:, 0:1])
-        torch.addmm(self.head_b32, h.view(rows * l, C), self.head_w32.t(), out=out_2BlV.view(rows * l, model.V))
+            x, h = ops.add_ln_modulate(x, ada[i, :, 3], ada[i, :, 5], eps, o=o, gate=ada[i, :, 0])
+            f = F.linear(ops.fc1_gelu(h, ffn.fc1.weight, ffn.fc1.bias), ffn.fc2.weight, ffn.fc2.bias)
+            if i + 1 < depth:
+                nxt = ada[i + 1]
+                x, h = ops.add_ln_modulate(x, nxt[:, 2], nxt[:, 4], model.blocks[i + 1].ln_wo_grad.eps, o=f,
+                                           gate=ada[i, :, 1])
+            else:
+                hs = self.head_ss_2B2C
+                x, h = ops.add_ln_modulate(x, hs[:, 0], hs[:, 1], model.head_nm.ln_wo_grad.eps, o=f, gate=ada[i, :, 1],
+                                           h_dtype=self.dtype if self.half_head else torch.float32)
+        out = out_2BlV.view(rows * l, model.V)
+        if self.half_head:  # the head's weights as they are (half precision), float32 accumulation and logits
+            half_head_matmul(h.view(rows * l, C), model.head.weight, self.head_b32, out)
+        else:
+            torch.addmm(self.head_b32, h.view(rows * l, C), self.head_w32.t(), out=out)

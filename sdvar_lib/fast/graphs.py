@@ -2,7 +2,9 @@
 
 :func:`capture_graph` warms a function up on a side stream (lazy CUDA/cuBLAS initialisation stays
 out of the graph), then captures it; replaying the graph re-runs the captured kernels on the same
-memory. :class:`GraphedDecode` replays the VQVAE decode of each input shape as one graph.
+memory. :class:`GraphedDecode` replays the VQVAE decode of each input shape as one graph — the
+reference decode, or with ``fast=True`` the half-precision channels-last one of
+:class:`sdvar_lib.fast.decode.FastDecoder`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
+from sdvar_lib.fast.decode import FastDecoder, cudnn_benchmark
 from sdvar_lib.models.vqvae import VQVAE
-from sdvar_lib.util.checks import check_int
+from sdvar_lib.util.checks import check_bool, check_int
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +69,27 @@ class GraphedDecode:
     them. ``with GraphedDecode(vae).installed():`` routes ``vae.fhat_to_img`` (what every decoder
     calls last) through the graphs and restores the method on exit; CPU tensors go the eager way.
     Images are returned as fresh tensors (the graph's output buffer is reused).
+
+    ``fast=True`` graphs :class:`~sdvar_lib.fast.decode.FastDecoder` (bf16/fp16 weights, channels-last
+    convolutions chosen by cuDNN's timing, fused GroupNorm + SiLU; ``dtype`` and ``kernels`` are its
+    options) instead of the reference decode. ``capture_time_s`` sums the warm-ups and captures.
     """
 
-    def __init__(self, vae: VQVAE, capture_warmup: int = 1) -> None:
+    def __init__(self, vae: VQVAE, capture_warmup: int = 1, fast: bool = False, dtype: torch.dtype | None = None,
+                 kernels: str = "auto") -> None:
         if not isinstance(vae, VQVAE):
             raise TypeError(f"GraphedDecode needs an sdvar_lib.VQVAE, got {type(vae).__name__}")
         self.vae = vae
         self.capture_warmup = check_int(capture_warmup, "capture_warmup", 0)
+        self.fast = check_bool(fast, "fast")
+        self.capture_time_s = 0.0
+        on_cuda = vae.post_quant_conv.weight.is_cuda
+        self._fast = FastDecoder(vae, dtype, kernels) if fast and on_cuda else None
         self._graphs: dict[tuple, _DecodeGraph] = {}
 
     def _eager(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+        if self._fast is not None and f_hat_BChw.is_cuda:
+            return self._fast(f_hat_BChw)
         return VQVAE.fhat_to_img(self.vae, f_hat_BChw)
 
     @torch.no_grad()
@@ -93,7 +107,9 @@ class GraphedDecode:
             def decode() -> None:
                 out["img"] = self._eager(static_in)
 
-            captured = capture_graph(decode, f_hat_BChw.device, self.capture_warmup)
+            with cudnn_benchmark() if self._fast is not None else contextlib.nullcontext():
+                captured = capture_graph(decode, f_hat_BChw.device, max(self.capture_warmup, self._fast is not None))
+            self.capture_time_s += captured.capture_s
             entry = _DecodeGraph(captured=captured, f_hat_BChw=static_in, img_B3HW=out["img"])
             self._graphs[key] = entry
             log.debug("captured the VQVAE decode for input %s", tuple(f_hat_BChw.shape))

@@ -14,8 +14,14 @@ objects that are kept between calls, one per ``(model, batch size)``:
   later use; its float32 logits land in a static output buffer;
 - the pass itself (:class:`sdvar_lib.fast.fused.FusedPass`) computes every block's AdaLN
   modulations once per call (they depend only on the class condition) in a per-call prologue (a
-  graph too), and runs each block with 18 kernels instead of the eager path's 35;
-  ``FastConfig(fused=False)`` runs :meth:`sdvar_lib.models.var.VAR.forward_cached` instead.
+  graph too), and runs each block with 8 kernels (Triton kernels for the work around the GEMMs;
+  PyTorch's, 18 per block, on the CPU or where Triton does not run); ``FastConfig(fused=False)``
+  runs :meth:`sdvar_lib.models.var.VAR.forward_cached` instead;
+- a stage read on its own runs as one *whole-stage program* (:meth:`FastRun.decode_stage`): its
+  input, the pass, the draw (fused sampler kernel, :mod:`sdvar_lib.fast.sampling`, or PyTorch's
+  kernels), the codebook lookup and the ``f_hat`` update in one graph; the host only draws the
+  ``Exp(1)`` noise ``torch.multinomial`` would draw (same generator: the same random stream) and
+  copies the results out. :meth:`FastRun.sample_stage` fuses the draw of the other passes.
 
 Graphs are captured by :func:`sdvar_lib.fast.graphs.capture_graph`; the graphed VQVAE decode is
 :class:`sdvar_lib.fast.graphs.GraphedDecode`.
@@ -26,9 +32,10 @@ compare with the library's eager runs. The eager runs of :func:`sdvar_lib.sdvar.
 default of :class:`~sdvar_lib.sdvar.decoder.SDVAR`.
 
 Models are used in whatever dtype they have; for speed convert them with
-``model.to(torch.bfloat16)`` (the VQVAE stays float32). The transformer pass runs with autocast
-disabled; the head (and so the logits) is float32 (:meth:`sdvar_lib.models.var.VAR.get_logits`), and
-sampling and probabilities stay float32.
+``model.to(torch.bfloat16)`` (fp16 on GPUs without bf16; the VQVAE stays float32). The transformer
+pass runs with autocast disabled; the logits are float32 (for bf16/fp16 models the head multiplies
+the half-precision weights with float32 accumulation, ``FastConfig(head=...)``), and sampling and
+probabilities stay float32.
 
 The logits a :meth:`FastRun.forward` returns are a view of the run's static output buffer: they
 are valid until the next pass of the same run (every decoder consumes them before that).
@@ -38,19 +45,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from sdvar_lib.fast.fused import FusedPass
+from sdvar_lib.fast.fused import HEADS, FusedPass, block_ops, check_block_ops, check_half_head
 from sdvar_lib.fast.graphs import CapturedGraph, capture_graph
+from sdvar_lib.fast.kernels import BACKENDS, resolve_backend
+from sdvar_lib.fast.sampling import SAMPLERS, FusedSampler, resolve_sampler
 from sdvar_lib.models.kv_cache import KVCache
-from sdvar_lib.models.sampling import cfg_labels
+from sdvar_lib.models.sampling import (
+    SamplingConfig,
+    StageSample,
+    cfg_labels,
+    filter_top_k_top_p,
+    guided_logits,
+)
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.run import ModelRun
-from sdvar_lib.util.checks import check_bool, check_int
+from sdvar_lib.util.checks import check_bool, check_choice, check_int
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +94,26 @@ class FastConfig:
     chunk whose capture fails runs eagerly (with a warning) instead of raising. ``fused``: the
     pass of :class:`~sdvar_lib.fast.fused.FusedPass` (AdaLN modulations computed once per call, fewer and fused
     kernels per block); ``False`` runs :meth:`sdvar_lib.models.var.VAR.forward_cached` itself.
+    ``kernels``: the fused pass's block steps — ``"triton"`` (Triton kernels, 8 kernels per block),
+    ``"torch"`` (PyTorch kernels, 18 per block) or ``"auto"`` (Triton on a GPU where it runs and
+    passes a check against PyTorch at the run's start, else PyTorch). ``sampler``: a stage's
+    sampling — ``"fused"`` (one Triton kernel after PyTorch's noise draw, same random stream:
+    :mod:`sdvar_lib.fast.sampling`), ``"torch"`` or ``"auto"`` (fused where Triton runs on a GPU).
+    ``head``: the fused pass's head product — ``"float32"`` (float32 copies of the weights),
+    ``"half"`` (the bf16/fp16 weights, float32 accumulation and logits) or ``"auto"`` (half for
+    half-precision models on a GPU where it runs, float32 otherwise). ``whole_stage``: a stage read
+    on its own (no catch-up chunk) runs as one program — input, pass, draw, codebook lookup and
+    ``f_hat`` update (:meth:`FastRun.decode_stage`); ``False`` runs them step by step.
     """
 
     use_cuda_graphs: bool | None = None
     capture_warmup: int = 1
     fallback_to_eager: bool = True
     fused: bool = True
+    kernels: str = "auto"
+    sampler: str = "auto"
+    head: str = "auto"
+    whole_stage: bool = True
 
     def __post_init__(self) -> None:
         if self.use_cuda_graphs is not None and not isinstance(self.use_cuda_graphs, bool):
@@ -90,6 +121,15 @@ class FastConfig:
         check_bool(self.fused, "fused")
         check_bool(self.fallback_to_eager, "fallback_to_eager")
         check_int(self.capture_warmup, "capture_warmup", 0)
+        check_choice(self.kernels, "kernels", BACKENDS)
+        check_choice(self.sampler, "sampler", SAMPLERS)
+        check_choice(self.head, "head", HEADS)
+        check_bool(self.whole_stage, "whole_stage")
+
+    @classmethod
+    def first_version(cls, **kwargs) -> FastConfig:
+        """The fast path before fused kernels (PyTorch block kernels and sampling): the benchmark's "old" rows."""
+        return cls(kernels="torch", sampler="torch", head="float32", whole_stage=False, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -110,6 +150,26 @@ class FastRunCounters:
     eager_passes: int = 0
     capture_failures: int = 0
     capture_time_s: float = 0.0
+    setup_time_s: float = 0.0
+    """Checking (and so compiling) the Triton block kernels when the run was built."""
+
+
+FUSED_SAMPLER_MAX_ROWS = 2048
+"""With ``sampler="auto"`` a stage of more tokens (batch * pn**2) is drawn with PyTorch's kernels: the fused
+kernel sorts every token's logits in registers, which stops paying off at large batches (measured on an H200)."""
+
+
+@dataclass
+class _StageBuffers:
+    """Static buffers of the whole-stage programs (one set per run, sized for the largest stage)."""
+
+    noise: torch.Tensor
+    """``(B * l_max, V)`` float32: the ``Exp(1)`` draws of ``torch.multinomial``, made before each replay."""
+    probs: torch.Tensor
+    idx: torch.Tensor
+    h: torch.Tensor
+    f_in: torch.Tensor
+    f_out: torch.Tensor
 
 
 class StaticKVCache(KVCache):
@@ -198,6 +258,8 @@ class FastRun(ModelRun):
         self.pass_log: list[PassRecord] = []
         self.counters = FastRunCounters()
         self._programs: dict[tuple[int, int], _Program] = {}
+        self._stage_programs: dict[tuple, _Program] = {}
+        self._stage_buffers: _StageBuffers | None = None
         self._capacity = 0
         self._x_flat = torch.empty(0, dtype=dtype, device=device)
         self._out_flat = torch.empty(0, dtype=torch.float32, device=device)
@@ -207,7 +269,15 @@ class FastRun(ModelRun):
         self._stage_of_position = [int(s) for s in model.lvl_1L[0].tolist()]
         self._masks: dict[tuple[int, int], torch.Tensor | None] = {}
         self._prologue_program: _Program | None = None
-        self._fused = FusedPass(model, rows, dtype, device) if self.fused else None
+        t0 = time.perf_counter()
+        self.kernels = self._resolve_kernels(config.kernels) if self.fused else "torch"
+        self.head = self._resolve_head(config.head) if self.fused else "float32"
+        self.counters.setup_time_s += time.perf_counter() - t0
+        self._fused = None
+        if self.fused:
+            self._fused = FusedPass(model, rows, dtype, device, block_ops(self.kernels), half_head=self.head == "half")
+        self.sampler = resolve_sampler(config.sampler, device)
+        self._sampler = FusedSampler(model) if self.sampler == "fused" else None
 
     __hash__ = object.__hash__
     __eq__ = object.__eq__
@@ -215,8 +285,37 @@ class FastRun(ModelRun):
     def __repr__(self) -> str:
         return (
             f"FastRun(depth={self.model.depth}, batch={self.batch_size}, dtype={self.dtype}, "
-            f"graphs={self.use_cuda_graphs}, programs={len(self._programs)}, cache length={self.cache.length})"
+            f"graphs={self.use_cuda_graphs}, kernels={self.kernels}, sampler={self.sampler}, head={self.head}, "
+            f"programs={len(self._programs)}, cache length={self.cache.length})"
         )
+
+    def _resolve_head(self, choice: str) -> str:
+        """``"half"`` or ``"float32"``; half needs a half-precision model and a mixed-dtype matmul that checks out."""
+        if choice == "float32" or (choice == "auto" and (self.model.device.type != "cuda"
+                                                         or self.dtype not in (torch.bfloat16, torch.float16))):
+            return "float32"
+        if self.dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"head='half' needs a bf16 or fp16 model, this one is {self.dtype}")
+        problem = check_half_head(self.dtype, self.model.device)
+        if problem is None:
+            return "half"
+        if choice == "half":
+            raise RuntimeError(f"head='half' failed its check: {problem}")
+        log.warning("the head product stays float32: %s", problem)
+        return "float32"
+
+    def _resolve_kernels(self, choice: str) -> str:
+        """The block kernels' backend; Triton on CUDA only after its check against PyTorch passes."""
+        backend = resolve_backend(choice, self.model.device, "kernels")
+        if backend == "triton" and self.model.device.type == "cuda":
+            problem = check_block_ops(block_ops("triton"), self.model.C, self.model.num_heads, self.dtype,
+                                      self.model.device)
+            if problem is not None:
+                if choice == "triton":
+                    raise RuntimeError(f"kernels='triton' failed its check: {problem}")
+                log.warning("fused block kernels fall back to PyTorch: %s", problem)
+                return "torch"
+        return backend
 
     # -- per call --
     @torch.no_grad()
@@ -226,7 +325,7 @@ class FastRun(ModelRun):
             raise ValueError(f"this run holds batch {self.batch_size}; got labels of shape {tuple(label_B.shape)}")
         cond = self.model.class_condition(cfg_labels(label_B.to(self.cond_2BD.device), self.model.num_classes))
         self.cond_2BD.copy_(cond)
-        self.lvl_pos_1LC = self.model.lvl_pos()  # cheap; follows in-place weight updates
+        self.lvl_pos_1LC.copy_(self.model.lvl_pos())  # a static buffer (programs read it); follows weight updates
         if self.fused:
             self._run_prologue()
         self.cache.reset()
@@ -253,6 +352,50 @@ class FastRun(ModelRun):
             return self.model.start_input(self.cond_2BD, self.lvl_pos_1LC)
         next_BlCv = self.model.vae.quantize.next_input(si - 1, f_hats[si - 1])
         return self.model.stage_input(si, next_BlCv.to(self.dtype), self.lvl_pos_1LC).repeat(2, 1, 1)
+
+    def sample_stage(self, logits_2BlV: torch.Tensor, si: int, sampling: SamplingConfig,
+                     rng: torch.Generator | None) -> StageSample:
+        """Stage ``si``'s sample from a pass's logits: the fused sampler where it applies, else the reference's kernels."""
+        if self._use_fused_sampler(si, sampling):
+            return self._sampler(logits_2BlV, si, sampling, rng)
+        return super().sample_stage(logits_2BlV, si, sampling, rng)
+
+    def _use_fused_sampler(self, si: int, sampling: SamplingConfig) -> bool:
+        if self._sampler is None or not self._sampler.supports(sampling):
+            return False
+        rows = self.batch_size * self.model.patch_nums[si] ** 2
+        return self.config.sampler == "fused" or rows <= FUSED_SAMPLER_MAX_ROWS
+
+    @torch.no_grad()
+    def decode_stage(self, si: int, f_hats: Sequence[torch.Tensor], sampling: SamplingConfig,
+                     rng: torch.Generator | None) -> tuple[StageSample, torch.Tensor]:
+        """One stage as one program (CUDA graph): input, fused pass, the draw, the codebook lookup and ``f_hat``.
+
+        Per stage the host copies ``f_hat`` in, draws the ``Exp(1)`` noise ``torch.multinomial`` would
+        draw (same generator, so the same random stream), replays the program and copies the results
+        out — instead of launching some forty kernels. The draw is ``argmax(p / noise)``, which is
+        what ``torch.multinomial`` computes for one sample per row; ``p`` comes from the fused sampler
+        kernel or from the reference's PyTorch kernels (:data:`FUSED_SAMPLER_MAX_ROWS`). ``more_smooth``,
+        the first (generic) fast path and a cache not holding exactly the stages ``< si`` take the
+        step-by-step way of :meth:`ModelRun.decode_stage`.
+        """
+        position, l = chunk_span(self.model, si, 1)
+        if not (self.fused and self.config.whole_stage) or sampling.more_smooth or self.cache.length != position:
+            return super().decode_stage(si, f_hats, sampling, rng)
+        buf = self._stage_buffers or self._new_stage_buffers()
+        B, V, Cv, pn, n = self.batch_size, self.model.V, self.model.Cvae, self.model.patch_nums[si], self.batch_size * l
+        if si > 0:
+            buf.f_in.copy_(f_hats[si - 1])
+        buf.noise[:n].exponential_(generator=rng)
+        program = self._stage_program(si, sampling)
+        program.run()
+        self._count(program)
+        self.cache.set_length(position + l)
+        self.pass_log.append(PassRecord(position, l, graphed=program.graphed))
+        h_BlC = buf.h[:n].view(B, l, Cv).clone()
+        sample = StageSample(idx_Bl=buf.idx[:n].view(B, l).clone(), h_BChw=h_BlC.transpose(1, 2).reshape(B, Cv, pn, pn),
+                             probs_BlV=buf.probs[:n].view(B, l, V).clone())
+        return sample, buf.f_out.clone()
 
     # -- passes --
     @torch.no_grad()
@@ -307,9 +450,7 @@ class FastRun(ModelRun):
         Leaves meaningless values in the cache and output buffer; the cache is reset afterwards.
         """
         for rec in passes:
-            program = self._programs.get((rec.position, rec.length))
-            if program is None:
-                raise ValueError(f"no program for the pass at {rec.position} of {rec.length} tokens")
+            program = self._program(rec.position, rec.length)  # whole-stage programs hold their passes: build one
             self.cache.set_length(rec.position)
             program.run()
         self.cache.reset()
@@ -332,6 +473,7 @@ class FastRun(ModelRun):
             log.info("fast run d%d batch %d: buffers grow to %d tokens, %d programs are rebuilt lazily",
                      self.model.depth, self.batch_size, l, len(self._programs))
         self._programs.clear()
+        self._stage_programs.clear()
         self._pool = None
         self._x_flat = torch.zeros(rows * l * self.model.C, dtype=self.dtype, device=self.model.device)
         self._out_flat = torch.zeros(rows * l * self.model.V, dtype=torch.float32, device=self.model.device)
@@ -385,6 +527,60 @@ class FastRun(ModelRun):
             self._masks[key] = mask
         return self._masks[key]
 
+    def _new_stage_buffers(self) -> _StageBuffers:
+        model, B = self.model, self.batch_size
+        n, device = B * max(pn * pn for pn in model.patch_nums), self.model.device
+        P = model.patch_nums[-1]
+        codebook = model.vae.quantize.embedding.weight
+        f_hat = torch.zeros(B, model.Cvae, P, P, dtype=codebook.dtype, device=device)
+        self._stage_buffers = _StageBuffers(
+            noise=torch.ones(n, model.V, dtype=torch.float32, device=device),
+            probs=torch.zeros(n, model.V, dtype=torch.float32, device=device),
+            idx=torch.zeros(n, dtype=torch.long, device=device),
+            h=torch.zeros(n, model.Cvae, dtype=codebook.dtype, device=device),
+            f_in=f_hat, f_out=torch.zeros_like(f_hat),
+        )
+        return self._stage_buffers
+
+    def _stage_program(self, si: int, sampling: SamplingConfig) -> _Program:
+        use_kernel = self._use_fused_sampler(si, sampling)
+        key = (si, sampling.cfg, sampling.top_k, sampling.top_p, use_kernel)
+        program = self._stage_programs.get(key)
+        if program is None:
+            program = self._build(self._stage_fn(si, sampling, use_kernel), f"whole stage {si}",
+                                  chunk_span(self.model, si, 1)[0])
+            self._stage_programs[key] = program
+        return program
+
+    def _stage_fn(self, si: int, sampling: SamplingConfig, use_kernel: bool) -> Callable[[], None]:
+        """The work of one stage on the static buffers (what a whole-stage program runs)."""
+        model, buf, B = self.model, self._stage_buffers, self.batch_size
+        position, l = chunk_span(model, si, 1)
+        n, V, Cv, pn, S = B * l, model.V, model.Cvae, model.patch_nums[si], model.num_stages
+        noise, probs, idx, h = buf.noise[:n], buf.probs[:n], buf.idx[:n], buf.h[:n]
+        quant, codebook = model.vae.quantize, model.vae.quantize.embedding.weight
+        f_in = [buf.f_in] * si  # stage_input reads f_hats[si - 1]
+
+        def stage() -> None:
+            self._x_view(l).copy_(self.stage_input(si, f_in))
+            self._step(position, l)
+            logits = self._out_view(l)
+            if use_kernel:
+                self._sampler.sample_into(logits, si, sampling, noise, idx, probs, h)
+            else:  # the reference's kernels, then the draw torch.multinomial makes for one sample
+                p = filter_top_k_top_p(guided_logits(logits, si, S, sampling.cfg), sampling.top_k, sampling.top_p)
+                probs.copy_(p.softmax(dim=-1).view(n, V))
+                torch.argmax(probs / noise, dim=-1, out=idx)
+                h.copy_(F.embedding(idx, codebook))
+            contrib = quant.stage_contribution(si, h.view(B, l, Cv).transpose(1, 2).reshape(B, Cv, pn, pn))
+            if si == 0:
+                buf.f_out.copy_(contrib)
+            else:
+                torch.add(buf.f_in, contrib, out=buf.f_out)
+            self.cache.set_length(position)
+
+        return stage
+
     def _count(self, program: _Program) -> None:
         if program.graphed:
             self.counters.replays += 1
@@ -403,23 +599,28 @@ class FastRun(ModelRun):
         def step() -> None:
             self._step(position, l)
 
-        program = _EagerProgram(step)
-        if self.use_cuda_graphs:
-            try:
-                if self._pool is None:
-                    self._pool = torch.cuda.graph_pool_handle()
-                program = self._capture(step, pool=self._pool)
-                log.debug("captured VAR d%d batch %d chunk at %d of %d tokens", self.model.depth, self.batch_size,
-                          position, l)
-            except Exception as exc:  # a capture that fails must not take the whole call down
-                self.counters.capture_failures += 1
-                self.cache.set_length(position)
-                if not self.config.fallback_to_eager:
-                    raise
-                log.warning("CUDA graph capture of the chunk at %d (%d tokens) of VAR d%d failed (%s: %s); "
-                            "this chunk runs eagerly", position, l, self.model.depth, type(exc).__name__, exc)
+        program = self._build(step, f"chunk of {l} tokens", position)
         self._programs[key] = program
         return program
+
+    def _build(self, fn: Callable[[], None], what: str, position: int) -> _Program:
+        """``fn`` as a captured CUDA graph (graphs on) or as itself; a failed capture falls back to eager."""
+        if not self.use_cuda_graphs:
+            return _EagerProgram(fn)
+        try:
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            program = self._capture(fn, pool=self._pool)
+            log.debug("captured VAR d%d batch %d: %s at %d", self.model.depth, self.batch_size, what, position)
+            return program
+        except Exception as exc:  # a capture that fails must not take the whole call down
+            self.counters.capture_failures += 1
+            self.cache.set_length(position)
+            if not self.config.fallback_to_eager:
+                raise
+            log.warning("CUDA graph capture of the %s at %d of VAR d%d failed (%s: %s); it runs eagerly", what,
+                        position, self.model.depth, type(exc).__name__, exc)
+            return _EagerProgram(fn)
 
     def _capture(self, fn: Callable[[], None], pool) -> CapturedGraph:
         captured = capture_graph(fn, self.model.device, self.config.capture_warmup, pool=pool)

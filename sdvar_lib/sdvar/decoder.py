@@ -205,19 +205,18 @@ class SDVAR:
             raise RuntimeError(f"draft cache holds {d} stages but only {c} are committed")
         before = run.cache.length
         tokens, q_probs, f_hats = [], [], []
-        x_2BlC = run.chunk_input(range(d, c + 1), state.f_hats)
         for i in range(g):
             si = c + i
-            if i > 0:
-                x_2BlC = run.stage_input(si, list(state.f_hats) + f_hats)
-            logits_2BlV = run.forward(x_2BlC)
-            l = self.patch_nums[si] ** 2
-            sample = self.draft_model.sample_stage(
-                guided_logits(logits_2BlV[:, -l:], si, S, state.sampling.cfg), si, state.sampling, state.rng
-            )
+            prefix = list(state.f_hats) + f_hats
+            if i == 0 and d < c:  # catch up: the missing inputs and stage c's in one chunk
+                sample = run.sample_stage(run.forward(run.chunk_input(range(d, c + 1), prefix)), si, state.sampling,
+                                          state.rng)
+                f_hat = self.f_hats_after(prefix, si, [sample.idx_Bl])[0]
+            else:
+                sample, f_hat = run.decode_stage(si, prefix, state.sampling, state.rng)
             tokens.append(sample.idx_Bl)
             q_probs.append(sample.probs_BlV)
-            f_hats.extend(self.f_hats_after(list(state.f_hats) + f_hats, si, [sample.idx_Bl]))
+            f_hats.append(f_hat)
         log.log(logging.INFO if state.verbose else logging.DEBUG,
                 "draft: read stages %d..%d, proposed stages %d..%d", d, c, c, c + g - 1)
         return DraftProposal(start=c, tokens=tokens, q_probs=q_probs, f_hats=f_hats, draft_cache_before=before,

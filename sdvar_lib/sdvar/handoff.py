@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdvar_lib.models.sampling import SamplingConfig, guided_logits
+from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.masks import prefill_mask
 from sdvar_lib.sdvar.run import ModelRun, RunFactory
@@ -49,23 +49,25 @@ def decode_stages(
     under the ``sd_mask`` prefill mask; later passes read one stage each.
     """
     model = run.model
-    S = model.num_stages
     quant = model.vae.quantize
     tokens, f_hats, passes = list(tokens), list(f_hats), 0
     while len(tokens) < stop:
         c = len(tokens)
         d = run.cache.stages_held()
+        passes += 1
+        if d == c:  # one stage: the run's whole-stage step
+            sample, f_hat = run.decode_stage(c, f_hats, sampling, rng)
+            tokens.append(sample.idx_Bl)
+            f_hats.append(f_hat)
+            continue
         stages = list(range(d, c + 1))
         x = run.chunk_input(stages, f_hats)
         mask = None
-        if len(stages) > 1 and sd_mask != 0:
+        if sd_mask != 0:
             if d != 0:
                 raise RuntimeError("experimental prefill masks apply to a prefill from stage 0 only")
             mask = prefill_mask(model.lvl_1L[0, : x.shape[1]], sd_mask)
-        logits = run.forward(x, attn_mask=mask)
-        passes += 1
-        l = model.patch_nums[c] ** 2
-        sample = model.sample_stage(guided_logits(logits[:, -l:], c, S, sampling.cfg), c, sampling, rng)
+        sample = run.sample_stage(run.forward(x, attn_mask=mask), c, sampling, rng)
         tokens.append(sample.idx_Bl)
         contrib = quant.stage_contribution(c, sample.h_BChw)
         f_hats.append(contrib if c == 0 else f_hats[-1] + contrib)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from sdvar_lib.models.kv_cache import KVCache
-from sdvar_lib.models.sampling import cfg_labels
+from sdvar_lib.models.sampling import SamplingConfig, StageSample, cfg_labels, guided_logits
 from sdvar_lib.models.var import VAR
 
 __all__ = ["ModelRun", "RunFactory", "eager_run"]
@@ -41,6 +41,28 @@ class ModelRun:
     def forward(self, x_2BlC: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """One pass over a chunk at ``[cache.length, + l)``; float32 logits ``(2B, l, V)``."""
         return self.model.forward_cached(x_2BlC, self.cond_2BD, self.cache, attn_mask=attn_mask)
+
+    def sample_stage(self, logits_2BlV: torch.Tensor, si: int, sampling: SamplingConfig,
+                     rng: torch.Generator | None) -> StageSample:
+        """Stage ``si``'s tokens from a pass's CFG-doubled logits (the stage is the chunk's last ``pn**2`` positions).
+
+        Guidance, then :meth:`~sdvar_lib.models.var.VAR.sample_stage` (the reference's draws); a fast
+        run may do the same work in fewer kernels.
+        """
+        model = self.model
+        l = model.patch_nums[si] ** 2
+        return model.sample_stage(guided_logits(logits_2BlV[:, -l:], si, model.num_stages, sampling.cfg), si, sampling, rng)
+
+    def decode_stage(self, si: int, f_hats: Sequence[torch.Tensor], sampling: SamplingConfig,
+                     rng: torch.Generator | None) -> tuple[StageSample, torch.Tensor]:
+        """One stage on a cache holding the inputs of stages ``< si``: its input, one pass, the draw, ``f_hat``.
+
+        Returns the sample and ``f_hat`` after stage ``si`` (``f_hats[si - 1]`` plus the stage's
+        contribution). A fast run may run the whole stage as one program.
+        """
+        sample = self.sample_stage(self.forward(self.stage_input(si, f_hats)), si, sampling, rng)
+        contrib = self.model.vae.quantize.stage_contribution(si, sample.h_BChw)
+        return sample, (contrib if si == 0 else f_hats[si - 1] + contrib)
 
 
 RunFactory = Callable[[VAR, torch.Tensor], ModelRun]

@@ -1,0 +1,189 @@
+"""Every Triton kernel of the fast path against its PyTorch equivalent, on the CPU in Triton's interpreter.
+
+The interpreter must be on before Triton is first imported, so this module switches it on at
+collection when no GPU is present (nothing imports Triton earlier: ``sdvar_lib`` imports it only
+when a kernel backend resolves to Triton). The tests skip when Triton is not installed or was
+imported without the interpreter. Shapes are tiny: the interpreter runs each program in numpy.
+On a GPU the same kernels are compiled and checked at official sizes by ``tests/test_gpu_fast.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from sdvar_lib import SDVAR  # noqa: E402
+from sdvar_lib.fast.fused import TorchBlockOps, check_block_ops  # noqa: E402
+from sdvar_lib.fast.kernels import interpreter_active, resolve_backend  # noqa: E402
+from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, chunk_span  # noqa: E402
+from sdvar_lib.models.sampling import filter_top_k_top_p, guided_logits, sample_from_probs  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not interpreter_active(), reason="Triton's CPU interpreter is not available here")
+
+B = 2
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.fixture(scope="module")
+def triton_ops():
+    from sdvar_lib.fast.fused import TritonBlockOps
+
+    return TritonBlockOps()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_add_ln_modulate_kernel(triton_ops, dtype, tol):
+    gen = torch.Generator().manual_seed(0)
+    rows, l, C = 3, 2, 80  # C not a power of two: the masked lanes must not enter the statistics
+    x, o = (torch.randn(rows, l, C, generator=gen).mul(3).add(1).to(dtype) for _ in range(2))
+    ada = torch.randn(rows, 6, C, generator=gen).to(dtype)
+    gate = torch.randn(rows, 2, C, generator=gen).to(dtype)[:, 1]  # another table: another row stride (the head's case)
+    ref_ops = TorchBlockOps()
+    for kwargs in ({}, {"o": o, "gate": ada[:, 0]}, {"o": o, "gate": gate, "h_dtype": torch.float32}):
+        want = ref_ops.add_ln_modulate(x, ada[:, 3], ada[:, 5], 1e-6, **kwargs)
+        got = triton_ops.add_ln_modulate(x, ada[:, 3], ada[:, 5], 1e-6, **kwargs)
+        assert got[1].dtype == want[1].dtype and got[0].dtype == dtype
+        assert _rel(got[0], want[0]) <= tol and _rel(got[1], want[1]) <= tol, kwargs
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_qk_norm_into_cache_kernel(triton_ops, norm):
+    gen = torch.Generator().manual_seed(1)
+    rows, l, H, D, position = 2, 3, 3, 16, 4
+    qkv = torch.randn(rows, l, 3 * H * D, generator=gen)
+    factor = None
+    if norm:
+        factor = torch.rand(2, H, 1, generator=gen) + 0.5
+        factor[1] = 1
+    caches = [torch.full((rows, H, 10, D), 7.0) for _ in range(4)]
+    want = TorchBlockOps().qk_norm_into_cache(qkv, caches[0], caches[1], position, factor)
+    got = triton_ops.qk_norm_into_cache(qkv, caches[2], caches[3], position, factor)
+    assert _rel(got, want) < 1e-6
+    for a, b in ((caches[2], caches[0]), (caches[3], caches[1])):
+        assert torch.allclose(a, b, atol=1e-6)  # chunk written at [position, position + l), the rest untouched
+        assert bool((a[:, :, position : position + l] != 7.0).all()) and bool((a[:, :, :position] == 7.0).all())
+
+
+def test_block_ops_check_passes_and_catches_a_wrong_kernel(triton_ops):
+    assert check_block_ops(triton_ops, 64, 2, torch.float32, torch.device("cpu")) is None
+
+    class Wrong(type(triton_ops)):
+        def fc1_gelu(self, h, weight, bias):
+            return torch.relu(torch.nn.functional.linear(h, weight, bias))
+
+    problem = check_block_ops(Wrong(), 64, 2, torch.float32, torch.device("cpu"))
+    assert problem is not None and "gelu" in problem
+
+
+def test_group_norm_kernel():
+    from sdvar_lib.fast.kernels.groupnorm import group_norm_nhwc
+
+    gen = torch.Generator().manual_seed(2)
+    for C, H, W in ((64, 5, 3), (96, 4, 4)):
+        x = (torch.randn(2, C, H, W, generator=gen) * 2 + 3).contiguous(memory_format=torch.channels_last)
+        w, b, pre = (torch.randn(C, generator=gen) for _ in range(3))
+        for silu, pre_bias in ((False, None), (True, None), (True, pre)):
+            src = x if pre_bias is None else x + pre_bias.view(1, -1, 1, 1)
+            want = torch.nn.functional.group_norm(src, 32, w, b, 1e-6)
+            want = torch.nn.functional.silu(want) if silu else want
+            got = group_norm_nhwc(x, 32, w, b, 1e-6, silu=silu, pre_bias=pre_bias)
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            assert _rel(got, want) < 1e-5, (C, H, W, silu, pre_bias is not None)
+    with pytest.raises(ValueError, match="channels-last"):
+        group_norm_nhwc(torch.randn(1, 64, 2, 3), 32, w[:64], b[:64], 1e-6)
+
+
+def test_residual_and_upsample_kernels():
+    from sdvar_lib.fast.kernels.groupnorm import add_bias_residual_nhwc, upsample2x_nhwc
+
+    gen = torch.Generator().manual_seed(5)
+    cl = torch.channels_last
+    a, h = (torch.randn(2, 48, 3, 5, generator=gen).contiguous(memory_format=cl) for _ in range(2))
+    bias = torch.randn(48, generator=gen)
+    got = add_bias_residual_nhwc(a, h, bias)
+    assert got.is_contiguous(memory_format=cl) and torch.allclose(got, a + (h + bias.view(1, -1, 1, 1)))
+    x = torch.randn(2, 40, 3, 5, generator=gen).contiguous(memory_format=cl)
+    up = upsample2x_nhwc(x)
+    assert up.is_contiguous(memory_format=cl)
+    assert torch.equal(up, torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def test_fast_decoder_on_the_kernels_equals_pytorch(tiny_pair):
+    from sdvar_lib.fast.decode import FastDecoder
+
+    vae = tiny_pair[0]
+    f_hat = torch.randn(2, vae.Cvae, 4, 4, generator=torch.Generator().manual_seed(3))
+    got = FastDecoder(vae, dtype=torch.float32, kernels="triton")(f_hat)
+    assert _rel(got, FastDecoder(vae, dtype=torch.float32, kernels="torch")(f_hat)) < 1e-5
+    assert _rel(got, vae.fhat_to_img(f_hat)) < 1e-4
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.0), (7, 0.0), (0, 0.8), (9, 0.9), (1, 0.0)])
+def test_sampling_kernel_draws_what_multinomial_draws(top_k, top_p):
+    """Same generator, same noise: the fused kernel's tokens, distribution and codebook map are the reference's."""
+    from sdvar_lib.fast.kernels.sampling import sample_stage
+
+    gen = torch.Generator().manual_seed(3)
+    chunk_l, l, V, Cv = 5, 4, 32, 6
+    logits = torch.randn(2 * B, chunk_l, V, generator=gen) * 3
+    codebook = torch.randn(V, Cv, generator=gen)
+    t = 1.5 * 2 / 3
+    idx, probs, h = sample_stage(logits, l, t, top_k, top_p, codebook, torch.Generator().manual_seed(11))
+    guided = guided_logits(logits[:, -l:], 2, 4, 1.5)
+    want_p = filter_top_k_top_p(guided, top_k, top_p).softmax(dim=-1)
+    want_idx = sample_from_probs(want_p, torch.Generator().manual_seed(11))
+    assert torch.equal(idx, want_idx)
+    assert torch.allclose(probs, want_p, atol=1e-6) and torch.equal(probs > 0, want_p > 0)
+    assert torch.equal(h, codebook[want_idx])
+
+
+def test_triton_block_kernels_in_the_fast_path_equal_eager(tiny_pair):
+    """The fast path on the interpreted block kernels: greedy tokens of the target alone and of SDVAR equal the eager ones."""
+    _, draft, target = tiny_pair
+    assert resolve_backend("triton", "cpu") == "triton"
+    fast = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=False, kernels="triton",
+                                                                      sampler="torch")))
+    eager = SDVAR(draft, target)
+    for call in (lambda sd: sd.baseline(1, [7], g_seed=5, top_k=1),
+                 lambda sd: sd.generate_parallel(1, [3], g_seed=5, top_k=1, gamma=2)):
+        got, ref = call(fast), call(eager)
+        assert [t.tolist() for t in got.tokens_per_stage] == [t.tolist() for t in ref.tokens_per_stage]
+    assert {(r.kernels, r.sampler) for r in fast.run_factory.runs()} == {("triton", "torch")}
+
+
+def test_fused_sampler_in_the_fast_path_draws_the_eager_tokens(tiny_pair):
+    """Sampled (top-k 5, top-p 0.9) with a seed: the fused sampler's tokens are the eager path's, stage for stage."""
+    _, draft, target = tiny_pair
+    fast = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=False, kernels="torch",
+                                                                      sampler="fused")))
+    got = fast.baseline(1, [4], g_seed=9, top_k=5, top_p=0.9)
+    ref = SDVAR(draft, target).baseline(1, [4], g_seed=9, top_k=5, top_p=0.9)
+    assert [t.tolist() for t in got.tokens_per_stage] == [t.tolist() for t in ref.tokens_per_stage]
+    assert torch.equal(got.images_B3HW, ref.images_B3HW)
+    assert {(r.kernels, r.sampler) for r in fast.run_factory.runs()} == {("torch", "fused")}
+
+
+def test_triton_chunked_pass_equals_sequential_and_torch(tiny_pair):
+    _, _, target = tiny_pair
+    label_B = torch.tensor([3])
+    tri = FastRun(target, 1, FastConfig(use_cuda_graphs=False, kernels="triton"))
+    ref = FastRun(target, 1, FastConfig(use_cuda_graphs=False, kernels="torch"))
+    gen = torch.Generator().manual_seed(4)
+    xs = [torch.randn(2, chunk_span(target, s, 1)[1], target.C, generator=gen) for s in range(3)]
+    outs = {}
+    for name, run in (("tri", tri), ("ref", ref)):
+        run.begin(label_B)
+        outs[name + "_seq"] = torch.cat([run.forward(x).clone() for x in xs], dim=1)
+        run.begin(label_B)
+        outs[name + "_chunk"] = run.forward(torch.cat(xs, dim=1)).clone()
+    assert _rel(outs["tri_chunk"], outs["tri_seq"]) < 1e-5
+    assert _rel(outs["tri_seq"], outs["ref_seq"]) < 1e-5

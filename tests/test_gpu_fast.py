@@ -1,0 +1,179 @@
+"""GPU checks of the fused fast path (skipped without CUDA): Triton kernels at official widths, bf16 and fp16.
+
+- the Triton block kernels give the PyTorch kernels' logits (and the float32 eager pass's, within
+  half-precision tolerance) for single stages and block-causal chunks, in bf16 and in fp16 (the
+  dtype of GPUs without bf16, such as the T4);
+- greedy SDVAR equals the greedy target on the fused, graphed path;
+- the fused sampler draws what the PyTorch sampler draws from the same generator, and
+  ``torch.multinomial`` is the ``argmax(p / Exp(1))`` draw the fused sampler relies on;
+- the fast VQVAE decode (bf16 and fp16, Triton GroupNorm) stays close to the float32 decode, graphed or not.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sdvar_lib import SDVAR
+from sdvar_lib.fast.decode import FastDecoder
+from sdvar_lib.fast.graphs import GraphedDecode
+from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, chunk_span
+from sdvar_lib.models.presets import build_tiny, build_vae, build_var
+from sdvar_lib.models.sampling import filter_top_k_top_p, guided_logits, sample_from_probs
+
+pytestmark = pytest.mark.gpu
+
+HALF = [torch.bfloat16, torch.float16]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.fixture(scope="module")
+def d16(cuda_device_module):
+    torch.manual_seed(0)
+    vae = build_vae(cuda_device_module)
+    return vae, build_var(vae, 16, cuda_device_module)
+
+
+@pytest.fixture(scope="module")
+def cuda_device_module():
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available")
+    return torch.device("cuda")
+
+
+def _chunk_logits(run: FastRun, label_B: torch.Tensor, xs: list[torch.Tensor], together: bool) -> torch.Tensor:
+    run.begin(label_B)
+    if together:
+        return run.forward(torch.cat(xs, dim=1)).clone()
+    return torch.cat([run.forward(x).clone() for x in xs], dim=1)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_gpu_triton_pass_matches_torch_and_float32(d16, dtype):
+    vae, model32 = d16
+    model = build_var(vae, 16, model32.device)
+    model.load_state_dict(model32.state_dict())
+    model = model.to(dtype).eval()
+    label_B = torch.tensor([3, 999], device=model.device)
+    gen = torch.Generator(device=model.device).manual_seed(1)
+    xs = [torch.randn(4, chunk_span(model, s, 1)[1], model.C, generator=gen, device=model.device) * 0.5 for s in range(5)]
+    tri = FastRun(model, 2, FastConfig(use_cuda_graphs=False, kernels="triton"))
+    ref = FastRun(model, 2, FastConfig(use_cuda_graphs=False, kernels="torch", head="float32"))
+    exact = FastRun(model32, 2, FastConfig(use_cuda_graphs=False, kernels="torch"))
+    assert (tri.kernels, tri.head) == ("triton", "half") and (ref.kernels, ref.head, exact.head) == ("torch", "float32",
+                                                                                                       "float32")
+    got = _chunk_logits(tri, label_B, [x.to(dtype) for x in xs], together=False)
+    want = _chunk_logits(ref, label_B, [x.to(dtype) for x in xs], together=False)
+    want32 = _chunk_logits(exact, label_B, xs, together=False)
+    chunked = _chunk_logits(tri, label_B, [x.to(dtype) for x in xs], together=True)
+    assert bool(torch.isfinite(got).all())
+    assert _rel(got, want) < 2e-2 and _rel(got, want32) < 3e-2
+    assert _rel(chunked, got) < 2e-2  # one block-causal pass over five stages = five single-stage passes
+
+
+def test_gpu_fused_graphed_greedy_sdvar_equals_greedy_target(cuda_device_module):
+    vae, target = build_tiny(seed=0, device=cuda_device_module)
+    _, draft = build_tiny(seed=1, depth=1, vae=vae, device=cuda_device_module)
+    draft, target = draft.to(torch.bfloat16), target.to(torch.bfloat16)
+    sd = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=True, kernels="triton",
+                                                                    sampler="fused")))
+    for labels in ([1, 7], [4, 4], [0, 9]):
+        want = sd.baseline(2, labels, g_seed=3, top_k=1)
+        for gamma in (1, 2, 3):
+            got = sd.generate_parallel(2, labels, g_seed=3, top_k=1, gamma=gamma)
+            assert [t.tolist() for t in got.tokens_per_stage] == [t.tolist() for t in want.tokens_per_stage]
+    runs = sd.run_factory.runs()
+    assert {(r.kernels, r.sampler) for r in runs} == {("triton", "fused")}
+    assert sum(r.counters.capture_failures for r in runs) == 0 and sum(r.counters.replays for r in runs) > 0
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 0.0), (900, 0.96), (1, 0.0), (0, 0.5)])
+def test_gpu_fused_sampler_draws_the_torch_samplers_tokens(cuda_device_module, top_k, top_p):
+    from sdvar_lib.fast.kernels.sampling import sample_stage
+
+    device = cuda_device_module
+    gen = torch.Generator(device=device).manual_seed(2)
+    B, chunk_l, l, V = 8, 300, 256, 4096
+    logits = torch.randn(2 * B, chunk_l, V, generator=gen, device=device) * 4
+    codebook = torch.randn(V, 32, generator=gen, device=device)
+    idx, probs, h = sample_stage(logits, l, 1.5, top_k, top_p, codebook, torch.Generator(device=device).manual_seed(7))
+    want_p = filter_top_k_top_p(guided_logits(logits[:, -l:], 9, 10, 1.5), top_k, top_p).softmax(dim=-1)
+    want = sample_from_probs(want_p, torch.Generator(device=device).manual_seed(7))
+    agree = float((idx == want).float().mean())
+    assert agree >= 0.999, f"fused sampler agrees with the PyTorch draw on {agree:.4%} of tokens"
+    assert float((probs - want_p).abs().max()) < 1e-5
+    assert torch.equal(h, codebook[idx])
+
+
+def test_gpu_multinomial_is_the_exponential_argmax_draw(cuda_device_module):
+    device = cuda_device_module
+    p = torch.rand(512, 4096, device=device).pow(8)
+    p = p / p.sum(dim=-1, keepdim=True)
+    a = torch.multinomial(p, 1, replacement=True, generator=torch.Generator(device=device).manual_seed(5))
+    noise = torch.empty_like(p).exponential_(generator=torch.Generator(device=device).manual_seed(5))
+    assert torch.equal(a.squeeze(1), (p / noise).argmax(dim=-1))
+
+
+@pytest.mark.parametrize("C", [160, 320, 640])
+def test_gpu_group_norm_kernel(cuda_device_module, C):
+    from sdvar_lib.fast.kernels.groupnorm import group_norm_nhwc
+
+    device = cuda_device_module
+    x = (torch.randn(3, C, 37, 29, device=device) * 3 + 1).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(C, device=device), torch.randn(C, device=device)
+    want = torch.nn.functional.silu(torch.nn.functional.group_norm(x.float(), 32, w, b, 1e-6))
+    got = group_norm_nhwc(x, 32, w.to(torch.bfloat16), b.to(torch.bfloat16), 1e-6, silu=True)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(got, want) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_gpu_fast_decode_close_to_float32(d16, dtype):
+    vae, _ = d16
+    f_hat = torch.randn(2, vae.Cvae, 16, 16, device=vae.post_quant_conv.weight.device)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        want = vae.fhat_to_img(f_hat)
+        fast = FastDecoder(vae, dtype=dtype)
+        assert fast.backend == "triton"
+        got = fast(f_hat)
+        graphed = GraphedDecode(vae, fast=True, dtype=dtype)
+        with graphed.installed():
+            got_graphed = vae.fhat_to_img(f_hat)
+        with torch.autocast("cuda", dtype=dtype):  # the first fast path's decode: the reference under autocast
+            autocast_err = _rel(vae.fhat_to_img(f_hat), want)
+    assert got.dtype == torch.float32 and bool(torch.isfinite(got).all())
+    assert _rel(got, want) < max(1.5 * autocast_err, 1e-2), f"autocast decode error {autocast_err:.2e}"
+    assert _rel(got_graphed, got) < 1e-3 and graphed.capture_time_s > 0
+
+
+@pytest.mark.parametrize("sampler", ["torch", "fused"])
+def test_gpu_whole_stage_graphs_equal_the_step_by_step_stage(d16, sampler):
+    """A whole-stage CUDA graph draws the tokens the pass + sampler + VQ steps draw (same noise, same kernels)."""
+    vae, model32 = d16
+    model = build_var(vae, 16, model32.device)
+    model.load_state_dict(model32.state_dict())
+    model = model.to(torch.bfloat16).eval()
+    from sdvar_lib.models.sampling import SamplingConfig
+    from sdvar_lib.sdvar.run import ModelRun
+
+    sampling = SamplingConfig(cfg=1.5, top_k=900, top_p=0.96)
+    run = FastRun(model, 2, FastConfig(use_cuda_graphs=True, sampler=sampler))
+    labels = torch.tensor([1, 500], device=model.device)
+    outs = []
+    for whole in (True, False):
+        run.begin(labels)
+        rng = torch.Generator(device=model.device).manual_seed(4)
+        tokens, f_hats = [], []
+        for si in range(model.num_stages):
+            step = run.decode_stage if whole else (lambda *a: ModelRun.decode_stage(run, *a))
+            sample, f_hat = step(si, f_hats, sampling, rng)
+            tokens.append(sample.idx_Bl)
+            f_hats.append(f_hat)
+        outs.append((tokens, f_hats))
+    for a, b in zip(*(o[0] for o in outs)):
+        assert torch.equal(a, b)
+    assert torch.equal(outs[0][1][-1], outs[1][1][-1])
+    assert run.counters.replays > 0 and run.counters.capture_failures == 0
