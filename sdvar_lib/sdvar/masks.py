@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-
 __all__ = ["SD_MASK_MODES", "check_sd_mask", "prefill_mask"]
 
 SD_MASK_MODES = {
