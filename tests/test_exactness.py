@@ -96,13 +96,16 @@ def committed_law(p: torch.Tensor, q: torch.Tensor, accept: torch.Tensor) -> tor
     return accepted + (1 - accepted.sum()) * reference_residual(p, q)
 
 
-def draw_verdicts(policy, p: torch.Tensor, q: torch.Tensor, n: int = N, seed: int = 0, context=None):
-    """``n`` proposals ``x ~ q`` judged in ONE ``verify_stage`` call (one stage of ``n`` tokens)."""
-    gen = torch.Generator().manual_seed(seed)
+def draw_verdicts(policy, p: torch.Tensor, q: torch.Tensor, n: int = N, seed: int = 0, context=None, device="cpu"):
+    """``n`` proposals ``x ~ q`` judged in ONE ``verify_stage`` call (one stage of ``n`` tokens), on ``device``;
+    returns proposals, acceptance flags and committed tokens on the CPU."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    p, q = p.to(device), q.to(device)
     x = torch.multinomial(q, n, replacement=True, generator=gen)
     p_1nV, q_1nV = p.expand(1, n, -1), q.expand(1, n, -1)
-    verdict = policy.verify_stage(0, x.unsqueeze(0), q_1nV, p_1nV, torch.Generator().manual_seed(seed + 1), context)
-    return x, verdict.accepted_Bl[0], verdict.tokens_if_last_Bl[0]
+    rng = torch.Generator(device=device).manual_seed(seed + 1)
+    verdict = policy.verify_stage(0, x.unsqueeze(0), q_1nV, p_1nV, rng, context)
+    return x.cpu(), verdict.accepted_Bl[0].cpu(), verdict.tokens_if_last_Bl[0].cpu()
 
 
 def _counts(tokens: torch.Tensor) -> torch.Tensor:
@@ -207,31 +210,36 @@ def test_the_design_sees_a_one_percent_distortion_of_the_acceptance_probability(
 
 
 # ---- the bonus stage ----------------------------------------------------------------------------------
-def test_the_bonus_stage_is_a_sample_from_p(sd):
-    """Every proposal accepted (``q = p``): the bonus stage's tokens follow ``p`` of that stage (not its argmax).
-
-    ``SDVAR.accept`` on a fabricated round: stage 0 proposed by ``N0 = 50,000`` samples with ``q = p``
-    (all accepted, so the bonus stage 1 is drawn), stage 1's ``p`` fixed per position. Per position a
-    chi-square at ``ALPHA`` (power against a greedy bonus stage: that law puts mass 1 on the argmax, so
-    the statistic is of order ``N0 (1 - p_max) / p_max``, far beyond any critical value).
-    """
-    V64 = sd.target_model.V
-    n = 50_000
+def check_bonus_stage(sd, n: int = 50_000) -> None:
+    """``SDVAR.accept`` on a fabricated round where every proposal is accepted: the bonus stage follows ``p``."""
+    V64, device = sd.target_model.V, sd.target_model.device
     gen = torch.Generator().manual_seed(21)
     p0 = (torch.randn(V64, generator=gen) * 2).softmax(-1)
     p1 = (torch.randn(4, V64, generator=gen) * 2).softmax(-1)
-    x0 = torch.multinomial(p0, n, replacement=True, generator=gen).view(n, 1)
+    x0 = torch.multinomial(p0, n, replacement=True, generator=gen).view(n, 1).to(device)
+    p0_d, p1_d = p0.to(device), p1.to(device)
     state = sd.prepare(1, 0, g_seed=7, gamma=1)
-    proposal = DraftProposal(start=0, tokens=[x0], q_probs=[p0.expand(n, 1, V64)], f_hats=[], draft_cache_before=0,
+    proposal = DraftProposal(start=0, tokens=[x0], q_probs=[p0_d.expand(n, 1, V64)], f_hats=[], draft_cache_before=0,
                              draft_passes=1)
-    verify = VerifyResult(stages=[0, 1], logits=[], p_probs=[p0.expand(n, 1, V64), p1.expand(n, 4, V64)])
+    verify = VerifyResult(stages=[0, 1], logits=[], p_probs=[p0_d.expand(n, 1, V64), p1_d.expand(n, 4, V64)])
     acc = sd.accept(state, proposal, verify)
     assert acc.bonus and acc.stage_all_accepted == [True] and len(acc.committed) == 2
-    bonus = acc.committed[1]
+    bonus = acc.committed[1].cpu()
     assert tuple(bonus.shape) == (n, 4)
     for pos in range(4):
         result = chi_square(torch.bincount(bonus[:, pos], minlength=V64).double(), p1[pos])
         assert result.passes(ALPHA), (pos, result)
+
+
+def test_the_bonus_stage_is_a_sample_from_p(sd):
+    """Every proposal accepted (``q = p``): the bonus stage's tokens follow ``p`` of that stage (not its argmax).
+
+    ``SDVAR.accept`` on a fabricated round: stage 0 proposed by ``n = 50,000`` samples with ``q = p``
+    (all accepted, so the bonus stage 1 is drawn), stage 1's ``p`` fixed per position. Per position a
+    chi-square at ``ALPHA`` (power against a greedy bonus stage: that law puts mass 1 on the argmax, so
+    the statistic is of order ``n (1 - p_max) / p_max``, far beyond any critical value).
+    """
+    check_bonus_stage(sd)
 
 
 # ---- relaxed: LANTERN-style pooling under a budget ------------------------------------------------------
