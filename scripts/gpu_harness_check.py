@@ -28,7 +28,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from sdvar_lib.models.checkpoints import build_official_pair, load_pair  # noqa: E402
+from sdvar_lib.models.checkpoints import load_pair  # noqa: E402
+from sdvar_lib.models.presets import build_official_pair  # noqa: E402
 from sdvar_lib.sdvar.decoder import SDVAR  # noqa: E402
 from test_framework import SDVARParallelV1Tester, Tolerances, print_summary  # noqa: E402
 

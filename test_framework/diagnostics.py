@@ -140,14 +140,14 @@ def stale_cache_demo(model: VAR, B: int = 2, labels: torch.Tensor | None = None,
     bounds = stage_bounds(model.patch_nums)
 
     # the chunk the second call feeds, and the answer of a fresh cache
-    fresh = ReferenceRun(model, label_B)
+    fresh = ReferenceRun(model, label_B, cache=model.new_cache(2 * label_B.numel()))
     chunk = torch.cat([fresh.stage_input(0, f_hats), fresh.stage_input(1, f_hats)], dim=1)
     l = chunk.shape[1]
     fresh_logits = model.forward_cached(chunk, fresh.cond_2BD, fresh.cache)
     fresh_mask = fresh.model.lvl_1L[0, :l].unsqueeze(0) <= fresh.model.lvl_1L[0, :l].unsqueeze(1)
 
     # (a) the first call completed and nobody reset the cache
-    full = ReferenceRun(model, label_B)
+    full = ReferenceRun(model, label_B, cache=model.new_cache(2 * label_B.numel()))
     full.prefill(S, f_hats)
     start = full.cache.length
     table_rows = model.attn_bias_for_masking[0, 0, start : start + l, : start + l].shape[0]
@@ -158,7 +158,7 @@ def stale_cache_demo(model: VAR, B: int = 2, labels: torch.Tensor | None = None,
         full_error = f"{type(exc).__name__}: {exc}"
 
     # (b) the first call stopped after k stages (an exception mid-call) and nobody reset the cache
-    partial = ReferenceRun(model, label_B)
+    partial = ReferenceRun(model, label_B, cache=model.new_cache(2 * label_B.numel()))
     partial.prefill(k, f_hats)
     landed_at = partial.cache.length
     try:

@@ -1,14 +1,27 @@
-"""Reference computations of the harness, written independently of :mod:`sdvar_lib.sdvar`.
+"""Reference computations of the harness, written independently of the code they check.
 
-They follow the design notes literally: stage inputs are recomputed from the embedding tables
-(``class_emb``, ``pos_start``, ``lvl_embed``, ``pos_1LC``, ``word_embed``) and an area-downsampled
-``f_hat``; ``f_hat`` is rebuilt from tokens with the VQVAE's own decoding path; logits come from
-one cached pass per stage (the sequential schedule the chunked passes must reproduce). Only the
-model's forward pass (:meth:`sdvar_lib.models.var.VAR.forward_cached`) is shared with the code under test.
+They follow the design notes literally and call none of the functions under test (the decoder,
+the model's run and cache machinery, the sampling filters, the quantizer's ``f_hat`` path, the
+image decoding helper):
+
+- stage inputs from the embedding tables (``class_emb``, ``pos_start``, ``lvl_embed``, ``pos_1LC``,
+  ``word_embed``) and an area-downsampled ``f_hat``;
+- ``f_hat`` from tokens: codebook rows, bicubic upsampling, the residual conv ``phi`` chosen by the
+  tick rule of DESIGN §3 (:func:`reference_phi_index`) and applied as ``(1 - r) h + r conv(h)``;
+- logits from one pass per stage through :class:`ReferenceCache`, a list-based cache written here
+  (its own block-causal masks from stage ids), so the model's :class:`~sdvar_lib.models.kv_cache.KVCache`
+  is checked, not trusted; the cache the harness compares against is this one;
+- CFG, top-k/top-p and softmax (:func:`reference_probs`) from DESIGN §4;
+- images as ``decoder(post_quant_conv(f_hat)).clamp(-1, 1)`` mapped to ``[0, 1]``.
+
+Only the networks' layers are shared with the code under test: the transformer blocks and head
+(through :meth:`sdvar_lib.models.var.VAR.forward_cached`, which takes the cache object as an
+argument) and the VQVAE's decoder convolutions.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from sdvar_lib.models.kv_cache import KVCache
-from sdvar_lib.models.sampling import filter_top_k_top_p
 from sdvar_lib.models.var import VAR
 
 __all__ = [
@@ -24,11 +36,14 @@ __all__ = [
     "stage_ids",
     "default_labels",
     "random_tokens",
+    "reference_phi_index",
     "reference_f_hats",
     "reference_lvl_pos",
     "reference_cfg",
+    "reference_filter",
     "reference_probs",
     "reference_images",
+    "ReferenceCache",
     "ReferenceRun",
     "ReferenceDecode",
     "reference_decode",
@@ -37,6 +52,10 @@ __all__ = [
     "max_abs_diff",
     "sequential_cache",
     "cache_layer_diffs",
+    "ChiSquareRows",
+    "chi_square_rows",
+    "chi_square_sf",
+    "normal_sf",
 ]
 
 
@@ -67,19 +86,65 @@ def random_tokens(model: VAR, B: int, seed: int) -> list[torch.Tensor]:
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """``max|a - b|`` in float32 (``inf`` when the shapes differ)."""
+    if a.numel() == 0 and b.numel() == 0:
+        return 0.0
     if a.shape != b.shape:
         return float("inf")
-    if a.numel() == 0:
-        return 0.0
     return float((a.float() - b.float()).abs().amax())
 
 
+def _linspace(start: float, stop: float, num: int) -> list[float]:
+    if num == 1:
+        return [start]
+    return [start + (stop - start) * i / (num - 1) for i in range(num)]
+
+
+def reference_phi_index(num_convs: int, si: int, num_stages: int) -> int:
+    """Which of ``num_convs`` residual convs stage ``si`` uses (DESIGN §3): the tick nearest ``si / (S - 1)``.
+
+    Ticks ``linspace(1/(3K), 1 - 1/(3K), K)`` when ``K == 4``, else ``linspace(1/(2K), 1 - 1/(2K), K)``;
+    the first of equally near ticks.
+    """
+    K = num_convs
+    if K == 1:
+        return 0
+    ticks = _linspace(1 / (3 * K), 1 - 1 / (3 * K), K) if K == 4 else _linspace(1 / (2 * K), 1 - 1 / (2 * K), K)
+    at = si / (num_stages - 1)
+    dists = [abs(t - at) for t in ticks]
+    return dists.index(min(dists))
+
+
+def _phi_convs(quant) -> list[torch.nn.Conv2d]:
+    """The quantizer's residual convs in their order (empty when ``quant_resi`` is 0: ``phi`` is the identity)."""
+    return [m for m in quant.quant_resi.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
 def reference_f_hats(model: VAR, tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``f_hat`` after each stage of ``tokens`` (stages ``0 ..``), via the VQVAE's ``embed_to_fhat``."""
+    """``f_hat`` after each stage of ``tokens`` (stages ``0 ..``), float32 ``(B, Cvae, pn_last, pn_last)``.
+
+    Stage ``s`` adds ``phi_s(upsample(codebook[tokens_s]))``: codebook rows as a ``pn_s x pn_s`` map,
+    bicubic upsampling to the last patch number (the last stage as is), ``phi_s(h) = (1 - r) h + r conv_s(h)``.
+    """
     if len(tokens) == 0:
         return []
     quant = model.vae.quantize
-    return list(quant.embed_to_fhat(quant.idxBl_to_h(list(tokens)), all_to_max_scale=True, last_one=False))
+    patch_nums = model.patch_nums
+    S, H = len(patch_nums), patch_nums[-1]
+    codebook = quant.embedding.weight
+    convs = _phi_convs(quant)
+    r = abs(quant.quant_resi_ratio)
+    f_hat, out = None, []
+    for si, idx_Bl in enumerate(tokens):
+        pn = patch_nums[si]
+        h = codebook[idx_Bl].float().transpose(1, 2).reshape(idx_Bl.shape[0], -1, pn, pn)
+        if si != S - 1:
+            h = F.interpolate(h, size=(H, H), mode="bicubic")
+        if convs:
+            conv = convs[reference_phi_index(len(convs), si, S)]
+            h = h * (1 - r) + F.conv2d(h, conv.weight, conv.bias, padding=1) * r
+        f_hat = h if f_hat is None else f_hat + h
+        out.append(f_hat)
+    return out
 
 
 def reference_lvl_pos(model: VAR) -> torch.Tensor:
@@ -95,20 +160,92 @@ def reference_cfg(logits_2BlV: torch.Tensor, si: int, num_stages: int, cfg: floa
     return (1 + t) * logits_2BlV[:B].float() - t * logits_2BlV[B:].float()
 
 
+def reference_filter(guided_BlV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Guided logits with the entries outside top-k / top-p at ``-inf`` (DESIGN §4, written out).
+
+    top-k: keep the logits that are at least the k-th largest of their row. top-p (on what top-k
+    left): sort ascending, drop the entries whose cumulative softmax is ``<= 1 - top_p``, never the
+    largest. Computed in the logits' dtype (float32), as the sampling contract does.
+    """
+    logits = guided_BlV
+    if top_k > 0:
+        kth = logits.sort(dim=-1, descending=True).values[..., top_k - 1 : top_k]
+        logits = torch.where(logits >= kth, logits, torch.full_like(logits, -torch.inf))
+    if top_p > 0:
+        values, order = logits.sort(dim=-1)
+        drop_sorted = torch.cumsum(torch.softmax(values, dim=-1), dim=-1) <= 1 - top_p
+        drop_sorted[..., -1] = False
+        drop = torch.empty_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        logits = torch.where(drop, torch.full_like(logits, -torch.inf), logits)
+    return logits
+
+
 def reference_probs(guided_BlV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """The sampling distribution of guided logits (top-k / top-p as in the sampling contract)."""
-    return filter_top_k_top_p(guided_BlV, top_k, top_p).softmax(dim=-1)
+    """The sampling distribution of guided logits: ``softmax(reference_filter(...))``."""
+    return torch.softmax(reference_filter(guided_BlV, top_k, top_p), dim=-1)
 
 
 def reference_images(model: VAR, f_hat_BChw: torch.Tensor) -> torch.Tensor:
-    """``decoder(post_quant_conv(f_hat)).clamp(-1, 1)`` mapped to ``[0, 1]``."""
-    return model.vae.fhat_to_img(f_hat_BChw).add(1).mul(0.5)
+    """``decoder(post_quant_conv(f_hat)).clamp(-1, 1)`` mapped to ``[0, 1]`` (the VQVAE's layers, called here)."""
+    vae = model.vae
+    return (vae.decoder(vae.post_quant_conv(f_hat_BChw)).clamp(-1, 1) + 1) / 2
+
+
+class ReferenceCache:
+    """A key/value cache written for the references: per layer, the chunks' keys and values in a list.
+
+    It offers what :meth:`VAR.forward_cached` asks of a cache (``length``, ``chunk_mask``, ``write``,
+    ``advance``) and what the harness compares (``keys``, ``values``, ``num_layers``); masks are
+    block-causal from the stage ids of the positions.
+    """
+
+    def __init__(self, num_layers: int, patch_nums: Sequence[int], device: torch.device | str | None = None) -> None:
+        self.num_layers = num_layers
+        self.stage_ids_L = stage_ids(patch_nums, device)
+        self._k: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
+        self._v: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
+        self._pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.length = 0
+
+    @property
+    def max_length(self) -> int:
+        return int(self.stage_ids_L.numel())
+
+    def chunk_mask(self, l: int) -> torch.Tensor:
+        """Block-causal ``(l, length + l)``: a query sees every key of its own or an earlier stage."""
+        if self.length + l > self.max_length:
+            raise ValueError(f"chunk of {l} tokens at position {self.length} overflows {self.max_length} positions")
+        ids = self.stage_ids_L[: self.length + l]
+        return ids.unsqueeze(0) <= ids[self.length :].unsqueeze(1)
+
+    def write(self, layer: int, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._pending[layer] = (k_BHlc.clone(), v_BHlc.clone())
+        return torch.cat(self._k[layer] + [k_BHlc], dim=2), torch.cat(self._v[layer] + [v_BHlc], dim=2)
+
+    def advance(self, l: int) -> None:
+        if sorted(self._pending) != list(range(self.num_layers)):
+            raise RuntimeError(f"advance({l}) before every layer wrote the chunk")
+        for layer, (k, v) in self._pending.items():
+            self._k[layer].append(k)
+            self._v[layer].append(v)
+        self._pending = {}
+        self.length += l
+
+    def keys(self, layer: int) -> torch.Tensor:
+        return torch.cat(self._k[layer], dim=2) if self._k[layer] else torch.empty(0)
+
+    def values(self, layer: int) -> torch.Tensor:
+        return torch.cat(self._v[layer], dim=2) if self._v[layer] else torch.empty(0)
 
 
 class ReferenceRun:
-    """One model, one batch: CFG-doubled condition, independent stage inputs and a fresh cache."""
+    """One model, one batch: CFG-doubled condition, independent stage inputs and a fresh cache.
 
-    def __init__(self, model: VAR, label_B: torch.Tensor, cache_dtype: torch.dtype | None = None) -> None:
+    The cache is a :class:`ReferenceCache` unless ``cache`` is given (the stale-cache diagnostics
+    pass a :class:`~sdvar_lib.models.kv_cache.KVCache` on purpose, to show how that one fails).
+    """
+
+    def __init__(self, model: VAR, label_B: torch.Tensor, cache: KVCache | ReferenceCache | None = None) -> None:
         self.model = model
         self.dtype = model.pos_1LC.dtype
         self.B = int(label_B.numel())
@@ -116,7 +253,7 @@ class ReferenceRun:
         self.cond_2BD = model.class_emb.weight[labels_2B]
         self.lvl_pos_1LC = reference_lvl_pos(model)
         self.bounds = stage_bounds(model.patch_nums)
-        self.cache: KVCache = model.new_cache(2 * self.B, dtype=cache_dtype or self.dtype)
+        self.cache = ReferenceCache(model.depth, model.patch_nums, model.device) if cache is None else cache
 
     def stage_input(self, si: int, f_hats: Sequence[torch.Tensor]) -> torch.Tensor:
         """CFG-doubled input ``(2B, L_si, C)`` of stage ``si`` (``f_hats[s]``: ``f_hat`` after stage ``s``)."""
@@ -137,7 +274,7 @@ class ReferenceRun:
             raise RuntimeError(f"reference cache holds {self.cache.length} positions, stage {si} starts at {self.bounds[si][0]}")
         return self.model.forward_cached(self.stage_input(si, f_hats), self.cond_2BD, self.cache).float()
 
-    def prefill(self, n_stages: int, f_hats: Sequence[torch.Tensor]) -> KVCache:
+    def prefill(self, n_stages: int, f_hats: Sequence[torch.Tensor]) -> KVCache | ReferenceCache:
         """Read the inputs of stages ``< n_stages`` one pass each; returns the cache."""
         for si in range(n_stages):
             self.forward_stage(si, f_hats)
@@ -145,13 +282,13 @@ class ReferenceRun:
 
 
 @torch.no_grad()
-def sequential_cache(model: VAR, label_B: torch.Tensor, tokens: Sequence[torch.Tensor], n_stages: int) -> KVCache:
+def sequential_cache(model: VAR, label_B: torch.Tensor, tokens: Sequence[torch.Tensor], n_stages: int) -> ReferenceCache:
     """A cache filled by one pass per stage over the inputs of stages ``< n_stages`` built from ``tokens``."""
     run = ReferenceRun(model, label_B)
     return run.prefill(n_stages, reference_f_hats(model, list(tokens[: max(n_stages - 1, 0)])))
 
 
-def cache_layer_diffs(cache: KVCache, reference: KVCache) -> list[float]:
+def cache_layer_diffs(cache: KVCache, reference: ReferenceCache) -> list[float]:
     """``max|keys - ref| , |values - ref|`` per layer over the valid positions (``inf`` if lengths differ)."""
     if cache.length != reference.length or cache.num_layers != reference.num_layers:
         return [float("inf")] * reference.num_layers
@@ -166,7 +303,8 @@ class ReferenceDecode:
     """Tokens and guided logits of a sequential decode (teacher-forced prefix, then greedy)."""
 
     tokens: list[torch.Tensor]
-    guided_logits: list[torch.Tensor]
+    stage_logits: list[torch.Tensor]
+    """Guided (CFG) float32 logits of every stage."""
     f_hats: list[torch.Tensor]
 
 
@@ -187,7 +325,7 @@ def reference_decode(
         if si >= len(tokens):
             tokens.append(guided.argmax(dim=-1))
             f_hats = reference_f_hats(model, tokens)
-    return ReferenceDecode(tokens=tokens, guided_logits=logits, f_hats=f_hats)
+    return ReferenceDecode(tokens=tokens, stage_logits=logits, f_hats=f_hats)
 
 
 @dataclass
@@ -237,7 +375,7 @@ def check_greedy(
     greedy = reference_decode(model, label_B, cfg, list(tokens[:start]), stop)
     gap, tol, differing, first = 0.0, 0.0, 0, None
     for si in range(start, stop):
-        lg = forced.guided_logits[si]
+        lg = forced.stage_logits[si]
         chosen = lg.gather(-1, tokens[si].unsqueeze(-1)).squeeze(-1)
         gap = max(gap, float((lg.amax(dim=-1) - chosen).amax()))
         tol = max(tol, bound.allowed(lg))
@@ -249,3 +387,54 @@ def check_greedy(
         start=start, stop=stop, identical=differing == 0, first_differing_stage=first, differing_tokens=differing,
         max_argmax_gap=gap, tolerance=tol,
     )
+
+
+# ---- statistics of the sampled checks ------------------------------------------------------------
+def chi_square_sf(statistic: float, dof: int) -> float:
+    """``P(chi2_dof > statistic)`` (regularised upper incomplete gamma)."""
+    if dof <= 0:
+        return 1.0
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
+                                         torch.tensor(statistic / 2, dtype=torch.float64)))
+
+
+def normal_sf(z: float) -> float:
+    """``P(N(0, 1) > z)``."""
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+@dataclass
+class ChiSquareRows:
+    """Pearson goodness of fit of ``n`` draws per row against each row's distribution, summed over rows."""
+
+    statistic: float
+    dof: int
+    p_value: float
+    impossible: int
+    """Draws in cells of probability 0 (each one alone refutes the distribution)."""
+
+
+def chi_square_rows(tokens_nR: torch.Tensor, probs_RV: torch.Tensor, min_expected: float = 5.0) -> ChiSquareRows:
+    """``tokens_nR[:, r]`` are ``n`` draws that should follow ``probs_RV[r]``; cells with expected count
+    below ``min_expected`` are merged per row."""
+    n, R = tokens_nR.shape
+    V = probs_RV.shape[-1]
+    counts = torch.zeros(R, V, dtype=torch.float64, device=tokens_nR.device)
+    counts.scatter_add_(1, tokens_nR.T.contiguous(), torch.ones(R, n, dtype=torch.float64, device=tokens_nR.device))
+    counts, probs = counts.cpu(), probs_RV.double().cpu()
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    statistic, dof, impossible = 0.0, 0, int(counts[probs <= 0].sum())
+    for r in range(R):
+        expected = probs[r] * n
+        big = expected >= min_expected
+        small = (expected > 0) & ~big
+        obs = [counts[r][big]]
+        exp = [expected[big]]
+        if bool(small.any()):
+            obs.append(counts[r][small].sum().view(1))
+            exp.append(expected[small].sum().view(1))
+        o, e = torch.cat(obs), torch.cat(exp)
+        statistic += float(((o - e) ** 2 / e).sum())
+        dof += o.numel() - 1
+    p_value = 0.0 if impossible else chi_square_sf(statistic, dof)
+    return ChiSquareRows(statistic=statistic, dof=dof, p_value=p_value, impossible=impossible)

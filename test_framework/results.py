@@ -22,6 +22,7 @@ __all__ = [
     "EndToEndDetails",
     "Test3Details",
     "BaselineDetails",
+    "SampledDetails",
 ]
 
 
@@ -171,6 +172,27 @@ class BaselineDetails:
     parallel_target_passes: int
     baseline_target_passes: int
     tolerance: float = field(default=0.0)
+
+
+@dataclass
+class SampledDetails:
+    stage: int
+    rows: int
+    draws_per_row: int
+    chi_square: float
+    dof: int
+    p_value: float
+    accepted: int
+    expected_accepted: float
+    acceptance_z: float
+    bonus_stage: int | None
+    bonus_rows: int
+    bonus_chi_square: float
+    bonus_dof: int
+    bonus_p_value: float
+    bonus_argmax_share: float
+    expected_bonus_argmax_share: float
+    alpha: float
 
 
 # ---- summary ------------------------------------------------------------------------------------

@@ -18,12 +18,14 @@ from dataclasses import replace
 
 import torch
 
-from sdvar_lib import SDVAR, VAR, DraftProposal, ModelRun, SDVARInferenceState, compare_images
+from sdvar_lib import SDVAR, VAR, DraftProposal, ModelRun, SDVARInferenceState, VerifyResult, compare_images
 from test_framework.reference import (
     ReferenceRun,
     check_greedy,
+    chi_square_rows,
     default_labels,
     max_abs_diff,
+    normal_sf,
     random_tokens,
     reference_cfg,
     reference_decode,
@@ -42,6 +44,7 @@ from test_framework.results import (
     EndToEndDetails,
     GreedyDetails,
     QueryDetails,
+    SampledDetails,
     SplitDetails,
     StateUpdateDetails,
     Test3Details,
@@ -66,6 +69,7 @@ TEST_NAMES = (
     "test_end_to_end",
     "test_compare_with_test3",
     "test_compare_with_baseline",
+    "test_sampled_distribution",
 )
 
 _Body = Callable[[CheckLog], tuple[str, object]]
@@ -98,11 +102,13 @@ def _check_int(value, name: str, minimum: int) -> int:
 class SDVARParallelV1Tester:
     """Invariant checks of SDVAR parallel verification for any draft/target pair (bundled or official).
 
-    ``cfg`` and ``seed`` are used by every test; ``tolerances`` default to the target model's
-    dtype/device (:meth:`Tolerances.for_model`).
+    ``cfg``, ``top_k``, ``top_p`` and ``seed`` are used by every sampled test (the greedy ones set
+    ``top_k=1`` themselves); ``tolerances`` default to the target model's dtype/device
+    (:meth:`Tolerances.for_model`).
     """
 
-    def __init__(self, sdvar_model: SDVAR, tolerances: Tolerances | None = None, cfg: float = 1.5, seed: int = 0) -> None:
+    def __init__(self, sdvar_model: SDVAR, tolerances: Tolerances | None = None, cfg: float = 1.5, seed: int = 0,
+                 top_k: int = 0, top_p: float = 0.0) -> None:
         if not isinstance(sdvar_model, SDVAR):
             raise TypeError(f"SDVARParallelV1Tester needs an sdvar_lib.SDVAR, got {type(sdvar_model).__name__}")
         if tolerances is not None and not isinstance(tolerances, Tolerances):
@@ -110,7 +116,13 @@ class SDVARParallelV1Tester:
         if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or cfg < 0:
             raise ValueError(f"cfg must be a number >= 0, got {cfg!r}")
         _check_int(seed, "seed", 0)
+        _check_int(top_k, "top_k", 0)
+        if top_k > sdvar_model.target_model.V:
+            raise ValueError(f"top_k must be <= the vocabulary size {sdvar_model.target_model.V}, got {top_k}")
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 <= top_p <= 1:
+            raise ValueError(f"top_p must be a number in [0, 1], got {top_p!r}")
         self.sd = sdvar_model
+        self.top_k, self.top_p = top_k, float(top_p)
         self.tol = tolerances if tolerances is not None else Tolerances.for_model(sdvar_model.target_model)
         self.cfg = float(cfg)
         self.seed = seed
@@ -146,7 +158,8 @@ class SDVARParallelV1Tester:
         return self.bounds[n_stages - 1][1] if n_stages > 0 else 0
 
     def _new_state(self, B: int, gamma: int, **kwargs) -> SDVARInferenceState:
-        return self.sd.prepare(B, self._labels(B), g_seed=self.seed, cfg=self.cfg, gamma=gamma, **kwargs)
+        return self.sd.prepare(B, self._labels(B), g_seed=self.seed, cfg=self.cfg, gamma=gamma, top_k=self.top_k,
+                               top_p=self.top_p, **kwargs)
 
     def _prefix_state(self, B: int, gamma: int, tokens, f_hats, c: int) -> SDVARInferenceState:
         state = self._new_state(B, gamma)
@@ -369,8 +382,7 @@ class SDVARParallelV1Tester:
                                    f"{label}: stage {si}: q rows are not distributions (max |sum - 1| {sum_err:.4f})")
                     q_at = q.gather(-1, tok.unsqueeze(-1))
                     checks.require(bool((q_at > 0).all()), f"{label}: stage {si}: a proposal has q = 0")
-                    s = state.sampling
-                    want_q = reference_probs(forced.guided_logits[si], s.top_k, s.top_p)
+                    want_q = reference_probs(forced.stage_logits[si], self.top_k, self.top_p)
                     dq = max_abs_diff(q, want_q)
                     max_q = max(max_q, dq)
                     checks.require(dq <= self.tol.probs.allowed(want_q),
@@ -428,7 +440,7 @@ class SDVARParallelV1Tester:
                     continue
                 worst = 0.0
                 for i, si in enumerate(stages):
-                    want = reference.guided_logits[si]
+                    want = reference.stage_logits[si]
                     diff = max_abs_diff(verify.logits[i], want)
                     allowed = bound.allowed(want)
                     max_tol = max(max_tol, allowed)
@@ -436,8 +448,7 @@ class SDVARParallelV1Tester:
                     checks.require(diff <= allowed,
                                    f"c={c}: stage {si}: chunked logits differ from sequential ones by {diff:.4f} "
                                    f"(tolerance {allowed:.4f})")
-                    s = state.sampling
-                    dp = max_abs_diff(verify.p_probs[i], reference_probs(want, s.top_k, s.top_p))
+                    dp = max_abs_diff(verify.p_probs[i], reference_probs(want, self.top_k, self.top_p))
                     max_p = max(max_p, dp)
                     checks.require(dp <= self.tol.probs.abs + allowed,
                                    f"c={c}: stage {si}: p differs from the sequential distribution by {dp:.4f}")
@@ -614,7 +625,8 @@ class SDVARParallelV1Tester:
 
         def body(checks: CheckLog):
             target, S = self.target, self.S
-            out = self.sd.generate_parallel(B, self._labels(B), g_seed=self.seed, cfg=self.cfg, gamma=gamma)
+            out = self.sd.generate_parallel(B, self._labels(B), g_seed=self.seed, cfg=self.cfg, gamma=gamma,
+                                            top_k=self.top_k, top_p=self.top_p)
             img, st = out.images_B3HW, out.stats
             H = target.vae.image_size
             checks.require(tuple(img.shape) == (B, 3, H, H), f"image shape {tuple(img.shape)}, expected {(B, 3, H, H)}")
@@ -729,6 +741,100 @@ class SDVARParallelV1Tester:
 
         return self._run("test_compare_with_baseline", body)
 
+    # ---- 11. sampled distribution -------------------------------------------------------------------
+    def test_sampled_distribution(self, B: int = 2, draws: int | None = None, alpha: float = 1e-3) -> TestResult:
+        """Non-greedy: what the exact policy commits follows the target's ``p`` (greedy checks cannot see this).
+
+        A real round at the models' own distributions: the target commits stage 0 (``c = 1``; ``c = 0``
+        with two stages), the draft proposes stage ``c``, one target pass verifies stages ``c, c + 1``.
+        Its rows of ``(p, q)`` of stage ``c`` (``R`` rows: ``B`` samples times the stage's tokens) are
+        replicated ``n = draws // R`` times, ``n`` proposals per row are drawn from ``q`` here, and ONE
+        :meth:`SDVAR.accept` call judges them all (the step takes any batch). Checked:
+
+        1. the committed tokens follow ``p`` row by row (Pearson chi-square summed over rows);
+        2. the number of accepted proposals is ``n sum_r sum_x q_r(x) min(1, p_r(x) / q_r(x))`` (z-test);
+        3. with ``q = p`` (proposals drawn from ``p``) every proposal is accepted and the bonus stage
+           ``c + 1`` is drawn: its tokens follow that stage's ``p`` (chi-square).
+
+        Each statistic at level ``alpha / 3`` (Bonferroni). ``draws`` defaults to ``2**22 // V`` judged
+        tokens (at most ``2**16``), so the call stays small at any vocabulary. What it sees: an acceptance
+        rule other than ``min(1, p/q)`` (e.g. ``** 0.9``), corrections not drawn from
+        ``normalize(max(p - q, 0))``, a bonus stage taken as the argmax — see ``tests/test_harness_teeth.py``.
+        """
+        _check_int(B, "B", 1)
+        if draws is not None:
+            _check_int(draws, "draws", 1)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+            raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
+
+        def body(checks: CheckLog):
+            S, V = self.S, self.target.V
+            gen = torch.Generator().manual_seed(self.seed + 1101)
+            state = self._new_state(B, 1)
+            c = 1 if S >= 3 else 0
+            if c:
+                state = self.sd.target_step(state)
+            proposal = self.sd.draft(state, 1)
+            verify = self.sd.verify(state, proposal)
+            p_RV = verify.p_probs[0].reshape(-1, V).float()
+            q_RV = proposal.q_probs[0].reshape(-1, V).float()
+            R = p_RV.shape[0]
+            n = max((draws if draws is not None else min(2**16, 2**22 // V)) // R, 1)
+            device = p_RV.device
+            # 1 + 2: proposals from q, judged by the state's (exact) policy
+            x_nR = torch.multinomial(q_RV.cpu(), n, replacement=True, generator=gen).T.contiguous().to(device)
+            fake = DraftProposal(start=state.c, tokens=[x_nR], q_probs=[q_RV.expand(n, R, V)], f_hats=[],
+                                 draft_cache_before=0, draft_passes=1)
+            acc = self.sd.accept(state, fake, VerifyResult(stages=[state.c], logits=[], p_probs=[p_RV.expand(n, R, V)]))
+            committed = acc.committed[-1]
+            fit = chi_square_rows(committed, p_RV)
+            checks.require(fit.impossible == 0, f"stage {c}: {fit.impossible} committed token(s) have target probability 0")
+            checks.require(fit.p_value > alpha / 3,
+                           f"stage {c}: committed tokens do not follow the target's p (chi-square {fit.statistic:.1f}, "
+                           f"{fit.dof} dof, p-value {fit.p_value:.2e})")
+            a_R = (q_RV.double() * torch.where(q_RV > 0, p_RV.double() / q_RV.double().clamp_min(1e-300),
+                                               torch.zeros_like(q_RV.double())).clamp(max=1)).sum(-1)
+            accepted = int(acc.verdicts[0].accepted_Bl.sum())
+            expected = float(n * a_R.sum())
+            sd_acc = float((n * a_R * (1 - a_R)).sum()) ** 0.5
+            z = (accepted - expected) / sd_acc if sd_acc > 0 else (0.0 if accepted == round(expected) else float("inf"))
+            checks.require(2 * normal_sf(abs(z)) > alpha / 3,
+                           f"stage {c}: {accepted} of {n * R} proposals accepted, min(1, p/q) gives {expected:.0f} "
+                           f"(z = {z:.1f})")
+            # 3: the bonus stage
+            bonus_stage, fit_b, share, want_share, R1 = None, None, float("nan"), float("nan"), 0
+            if len(verify.stages) > 1:
+                bonus_stage = verify.stages[1]
+                p1_RV = verify.p_probs[1].reshape(-1, V).float()
+                R1 = p1_RV.shape[0]
+                xb_nR = torch.multinomial(p_RV.cpu(), n, replacement=True, generator=gen).T.contiguous().to(device)
+                sure = DraftProposal(start=state.c, tokens=[xb_nR], q_probs=[p_RV.expand(n, R, V)], f_hats=[],
+                                     draft_cache_before=0, draft_passes=1)
+                acc_b = self.sd.accept(state, sure, VerifyResult(stages=verify.stages, logits=[],
+                                                                 p_probs=[p_RV.expand(n, R, V), p1_RV.expand(n, R1, V)]))
+                if checks.require(acc_b.bonus and len(acc_b.committed) == 2,
+                                  f"every proposal accepted (q = p) but no bonus stage {bonus_stage} was drawn"):
+                    bonus = acc_b.committed[1].reshape(n, R1)
+                    fit_b = chi_square_rows(bonus, p1_RV)
+                    share = float((bonus == p1_RV.argmax(-1)).double().mean())
+                    want_share = float(p1_RV.max(-1).values.double().mean())
+                    checks.require(fit_b.impossible == 0 and fit_b.p_value > alpha / 3,
+                                   f"bonus stage {bonus_stage}: tokens do not follow the target's p (chi-square "
+                                   f"{fit_b.statistic:.1f}, {fit_b.dof} dof, p-value {fit_b.p_value:.2e}; argmax share "
+                                   f"{share:.3f}, p gives {want_share:.3f})")
+            details = SampledDetails(
+                stage=c, rows=R, draws_per_row=n, chi_square=fit.statistic, dof=fit.dof, p_value=fit.p_value,
+                accepted=accepted, expected_accepted=expected, acceptance_z=z, bonus_stage=bonus_stage, bonus_rows=R1,
+                bonus_chi_square=fit_b.statistic if fit_b else float("nan"), bonus_dof=fit_b.dof if fit_b else 0,
+                bonus_p_value=fit_b.p_value if fit_b else float("nan"), bonus_argmax_share=share,
+                expected_bonus_argmax_share=want_share, alpha=alpha,
+            )
+            bonus_text = (f"; bonus stage {bonus_stage} ~ p (p-value {fit_b.p_value:.2g})" if fit_b else "")
+            return (f"stage {c}, {R} rows x {n} draws: committed ~ p (chi-square p-value {fit.p_value:.2g}), "
+                    f"acceptance z {z:+.2f}{bonus_text}"), details
+
+        return self._run("test_sampled_distribution", body)
+
     # ---- all --------------------------------------------------------------------------------------
     def run_all_tests(self, B: int = 2, gamma: int = 2, print_results: bool = True, show_times: bool = True) -> list[TestResult]:
         """Every test in order; prints the summary (:func:`~test_framework.results.print_summary`) unless told not to."""
@@ -745,6 +851,7 @@ class SDVARParallelV1Tester:
             self.test_end_to_end(B, gamma),
             self.test_compare_with_test3(B),
             self.test_compare_with_baseline(B, gamma),
+            self.test_sampled_distribution(B),
         ]
         if print_results:
             print_summary(results, show_times=show_times)

@@ -150,9 +150,13 @@ class RelaxedPolicy(AcceptancePolicy):
     of the embeddings, ``x`` first): neighbours join in order of proximity while the pooled extra
     mass stays ``<= budget`` (the total-variation budget of LANTERN's neighbourhood construction).
     ``x`` is accepted w.p. ``min(1, pooled / q(x))``; a rejection draws from ``max(p - q, 0)`` as in
-    :class:`ExactPolicy`. So the acceptance probability of any proposal exceeds the exact one by
-    at most ``budget``, and tokens swapped for a neighbour are close in latent space. With
-    ``budget == 0`` nothing is pooled and the random draws are exactly those of :class:`ExactPolicy`.
+    :class:`ExactPolicy`. So the mass committed for any token value exceeds the exact one by at most
+    ``budget`` (its acceptance probability by at most ``budget / q(x)``), and tokens swapped for a
+    neighbour are close in latent space. The committed law's total variation from ``p`` is the sum of
+    those excesses over the over-proposed tokens (``q > p``): at most ``TV(p, q)``, and at most
+    ``budget`` only when a single token is over-proposed — the budget bounds each token, not the law
+    (``tests/test_exactness.py`` checks both). With ``budget == 0`` nothing is pooled and the random
+    draws are exactly those of :class:`ExactPolicy`.
     """
 
     budget: float = 0.1
