@@ -411,7 +411,8 @@ def test_every_lossy_row_fails_the_lossless_criterion(stored_report, bundled_sd,
     ``top1_match`` keeps the draft's stage-0 token when it is the target's argmax; the expected value, from the
     models' stage-0 laws, is ``0.39 sqrt(images) = 6.25``, power 0.99 at 256 images); relaxed 0.05 / 0.3:
     24.8 / 21.5 / 22.0 and 31.4 / 25.4 / 27.7; test3_e2 9.2 / 8.7 / 10.5 (stage-1 surprisal); test3_e3 8.1 /
-    12.6 / 10.1; code_e3 40.6 / 40.4 / 44.7; code_e5 39.0. Power >= 0.99 for every row (top1_0.9_g2 the weakest, as computed above).
+    12.6 / 10.1; code_e3 40.6 / 40.4 / 44.7; code_e5 39.0. Power >= 0.99 for every row (top1_0.9_g2 the weakest,
+    as computed above).
     """
     assert not stored_report.result(name, 1).lossless
     run = _rerun(bundled_sd, name, images, 16, stored_report.cfg)
