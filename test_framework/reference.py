@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -93,25 +94,18 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().amax())
 
 
-def _linspace(start: float, stop: float, num: int) -> list[float]:
-    if num == 1:
-        return [start]
-    return [start + (stop - start) * i / (num - 1) for i in range(num)]
-
-
 def reference_phi_index(num_convs: int, si: int, num_stages: int) -> int:
     """Which of ``num_convs`` residual convs stage ``si`` uses (DESIGN §3): the tick nearest ``si / (S - 1)``.
 
-    Ticks ``linspace(1/(3K), 1 - 1/(3K), K)`` when ``K == 4``, else ``linspace(1/(2K), 1 - 1/(2K), K)``;
-    the first of equally near ticks.
+    Ticks ``linspace(1/(3K), 1 - 1/(3K), K)`` when ``K == 4``, else ``linspace(1/(2K), 1 - 1/(2K), K)``,
+    computed as the reference release does (numpy float64 ``linspace`` and ``argmin``): ties between two
+    equally near ticks (at 10 stages, stage 7 lies halfway between the last two) are broken by its rounding.
     """
     K = num_convs
     if K == 1:
         return 0
-    ticks = _linspace(1 / (3 * K), 1 - 1 / (3 * K), K) if K == 4 else _linspace(1 / (2 * K), 1 - 1 / (2 * K), K)
-    at = si / (num_stages - 1)
-    dists = [abs(t - at) for t in ticks]
-    return dists.index(min(dists))
+    ticks = np.linspace(1 / 3 / K, 1 - 1 / 3 / K, K) if K == 4 else np.linspace(1 / 2 / K, 1 - 1 / 2 / K, K)
+    return int(np.argmin(np.abs(ticks - si / (num_stages - 1))))
 
 
 def _phi_convs(quant) -> list[torch.nn.Conv2d]:

@@ -296,3 +296,21 @@ def test_the_notebook_docs_link_every_notebook_with_the_same_repository():
     for name in NOTEBOOKS:
         assert f"https://colab.research.google.com/github/{repo}/blob/main/notebooks/{name}.ipynb" in docs
     assert f'REPO_URL = "{REPO_URL}"' in docs
+
+
+@pytest.mark.parametrize("num_stages", [4, 7, 10])
+def test_the_phi_rule_breaks_ties_as_the_release_does(num_stages):
+    """At 10 stages, stage 7 (7/9) lies halfway between the last two ticks: the release's numpy float64
+    ``argmin(|linspace(...) - s/(S-1)|)`` picks the last conv. The library and the harness's reference must
+    both pick what the release picks (an own tick computation that rounds differently picked the third)."""
+    import numpy as np
+
+    from sdvar_lib.models.quant import phi_index, phi_ticks
+    from test_framework.reference import reference_phi_index
+
+    release_ticks = np.linspace(1 / 3 / 4, 1 - 1 / 3 / 4, 4)
+    release = [int(np.argmin(np.abs(release_ticks - s / (num_stages - 1)))) for s in range(num_stages)]
+    assert [phi_index(phi_ticks(4), s / (num_stages - 1)) for s in range(num_stages)] == release
+    assert [reference_phi_index(4, s, num_stages) for s in range(num_stages)] == release
+    if num_stages == 10:
+        assert release == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
