@@ -144,19 +144,21 @@ class Top1MatchPolicy(AcceptancePolicy):
 
 @dataclass(frozen=True)
 class RelaxedPolicy(AcceptancePolicy):
-    """LANTERN-style relaxed acceptance over latent neighbourhoods of the VQ codebook (lossy).
+    """LANTERN-style relaxed acceptance over latent neighbourhoods of the VQ codebook (lossy), within a
+    total-variation budget.
 
-    For a proposal ``x`` the target mass is pooled over ``x``'s nearest codebook entries (L2 distance
-    of the embeddings, ``x`` first): neighbours join in order of proximity while the pooled extra
-    mass stays ``<= budget`` (the total-variation budget of LANTERN's neighbourhood construction).
-    ``x`` is accepted w.p. ``min(1, pooled / q(x))``; a rejection draws from ``max(p - q, 0)`` as in
-    :class:`ExactPolicy`. So the mass committed for any token value exceeds the exact one by at most
-    ``budget`` (its acceptance probability by at most ``budget / q(x)``), and tokens swapped for a
-    neighbour are close in latent space. The committed law's total variation from ``p`` is the sum of
-    those excesses over the over-proposed tokens (``q > p``): at most ``TV(p, q)``, and at most
-    ``budget`` only when a single token is over-proposed — the budget bounds each token, not the law
-    (``tests/test_exactness.py`` checks both). With ``budget == 0`` nothing is pooled and the random
-    draws are exactly those of :class:`ExactPolicy`.
+    For every token value ``y`` the target mass is pooled over ``y``'s nearest codebook entries (L2
+    distance of the embeddings, ``y`` first): neighbours join in order of proximity while the pooled
+    extra mass stays ``<= budget``. Where the draft over-proposes ``y`` (``q(y) > p(y)``), pooling lets
+    the stage commit up to ``min(q(y), pooled(y))`` of ``y`` instead of ``p(y)``: an excess
+    ``e(y) = min(q(y), pooled(y)) - min(q(y), p(y))``. The excesses of a token position are scaled by
+    ``min(1, budget / sum_y e(y))``, so the committed law ``c`` satisfies ``TV(c, p) = sum_y scaled e(y)
+    <= budget`` (the rejected mass shrinks by the same amount, taken from the under-proposed tokens in
+    proportion to ``max(p - q, 0)``). The proposal ``x`` is accepted w.p.
+    ``(min(p(x), q(x)) + scaled e(x)) / q(x)``; a rejection draws from ``normalize(max(p - q, 0))`` as in
+    :class:`ExactPolicy`. Tokens committed beyond ``p`` are over-proposed tokens with target mass in
+    their latent neighbourhood. With ``budget == 0`` nothing is pooled and the random draws are exactly
+    those of :class:`ExactPolicy`.
     """
 
     budget: float = 0.1
@@ -164,7 +166,7 @@ class RelaxedPolicy(AcceptancePolicy):
     name: str = field(default="relaxed", init=False)
 
     def __post_init__(self) -> None:
-        check_number(self.budget, "relaxed budget (total variation per token)", 0.0, 1.0)
+        check_number(self.budget, "relaxed budget (total variation of the committed law from p)", 0.0, 1.0)
         check_int(self.neighbours, "relaxed neighbours", 1)
 
     @property
@@ -178,14 +180,27 @@ class RelaxedPolicy(AcceptancePolicy):
         d_VV.fill_diagonal_(-1.0)
         return d_VV.topk(k, dim=1, largest=False).indices
 
-    def pooled_mass(self, p_BlV: torch.Tensor, proposals_Bl: torch.Tensor, neigh_Vk: torch.Tensor) -> torch.Tensor:
-        """``p(x)`` plus the largest proximity-ordered prefix of neighbour mass within the budget."""
-        p_Blk = p_BlV.gather(-1, neigh_Vk[proposals_Bl])
-        extra_Blk = p_Blk[..., 1:].cumsum(dim=-1)  # non-decreasing, so "<= budget" is a prefix
-        if extra_Blk.shape[-1] == 0:
+    def _pool(self, p_Blk: torch.Tensor) -> torch.Tensor:
+        """``p`` of the first of ``k`` neighbours plus the largest proximity-ordered prefix of the others' mass
+        within the budget (the cumulative sum is non-decreasing, so "<= budget" is a prefix)."""
+        extra = p_Blk[..., 1:].cumsum(dim=-1)
+        if extra.shape[-1] == 0:
             return p_Blk[..., 0]
-        extra_Bl = extra_Blk.masked_fill(extra_Blk > self.budget, 0.0).amax(dim=-1)
-        return p_Blk[..., 0] + extra_Bl
+        return p_Blk[..., 0] + extra.masked_fill(extra > self.budget, 0.0).amax(dim=-1)
+
+    def pooled_mass(self, p_BlV: torch.Tensor, proposals_Bl: torch.Tensor, neigh_Vk: torch.Tensor) -> torch.Tensor:
+        """The pooled target mass of each proposal (``p(x)`` plus neighbour mass within the budget)."""
+        return self._pool(p_BlV.gather(-1, neigh_Vk[proposals_Bl]))
+
+    def committed_mass(self, p_BlV: torch.Tensor, q_BlV: torch.Tensor, neigh_Vk: torch.Tensor) -> torch.Tensor:
+        """Mass ``(B, l, V)`` the stage commits of each token value from accepted proposals:
+        ``min(p, q)`` plus the over-proposed tokens' pooled excess, scaled to total at most ``budget``."""
+        pooled_BlV = self._pool(p_BlV[..., neigh_Vk])
+        floor_BlV = torch.minimum(p_BlV, q_BlV)
+        excess_BlV = (torch.minimum(q_BlV, pooled_BlV) - floor_BlV).clamp_min(0.0)
+        total_Bl1 = excess_BlV.sum(dim=-1, keepdim=True)
+        scale_Bl1 = torch.where(total_Bl1 > self.budget, self.budget / total_Bl1.clamp_min(1e-30), torch.ones_like(total_Bl1))
+        return floor_BlV + excess_BlV * scale_Bl1
 
     def verify_stage(self, si, proposals_Bl, q_BlV, p_BlV, rng, context=None):
         if self.budget == 0:
@@ -193,7 +208,7 @@ class RelaxedPolicy(AcceptancePolicy):
         else:
             if context is None:
                 raise ValueError("relaxed policy with a budget > 0 needs its neighbourhoods: pass context=prepare(codebook)")
-            target_mass = self.pooled_mass(p_BlV, proposals_Bl, context)
+            target_mass = _gather(self.committed_mass(p_BlV, q_BlV, context), proposals_Bl)
         return _speculative_verdict(target_mass, p_BlV, q_BlV, proposals_Bl, rng)
 
     def describe(self) -> str:
