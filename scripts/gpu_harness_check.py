@@ -62,7 +62,8 @@ def build_pair(args: argparse.Namespace):
 def make_sdvar(pair, dtype: torch.dtype, args: argparse.Namespace) -> SDVAR:
     if dtype == torch.float32:
         return SDVAR(pair.draft, pair.target)
-    from sdvar_lib.fast.run import FastConfig, FastRunFactory
+    from sdvar_lib.fast.config import FastConfig
+    from sdvar_lib.fast.factory import FastRunFactory
 
     pair.draft.to(dtype)
     pair.target.to(dtype)

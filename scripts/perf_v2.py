@@ -43,9 +43,11 @@ import torch  # noqa: E402
 from sdvar_lib import SDVAR  # noqa: E402
 from sdvar_lib.bench.bounds import Ceilings, VarSpec, passes_bound_s  # noqa: E402
 from sdvar_lib.bench.scenarios import ScenarioPolicy  # noqa: E402
+from sdvar_lib.fast.config import FastConfig, PassRecord  # noqa: E402
 from sdvar_lib.fast.costs import decode_cost, one_off_seconds, pass_time_ratio, whole_call_bound  # noqa: E402
+from sdvar_lib.fast.factory import FastRunFactory  # noqa: E402
 from sdvar_lib.fast.graphs import GraphedDecode  # noqa: E402
-from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, PassRecord, chunk_span  # noqa: E402
+from sdvar_lib.fast.run import FastRun, chunk_span  # noqa: E402
 from sdvar_lib.models.presets import build_tiny, build_vae, build_var  # noqa: E402
 from sdvar_lib.util.checks import check_int_sequence  # noqa: E402
 

@@ -30,8 +30,10 @@ from sdvar_lib.eval.metrics import (
     summarize_over_seeds,
 )
 from sdvar_lib.eval.sampler import SampleJob, SamplePlan, run_job
+from sdvar_lib.fast.config import FastConfig
+from sdvar_lib.fast.factory import FastRunFactory, make_fast_sdvar
 from sdvar_lib.fast.graphs import GraphedDecode
-from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, make_fast_sdvar
+from sdvar_lib.fast.run import FastRun
 from sdvar_lib.fast.setup import describe_setup, fast_dtype, make_pair_sdvar, precapture, uses_fast_path
 from sdvar_lib.models.checkpoints import (
     MODEL_CHOICES,

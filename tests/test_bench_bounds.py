@@ -33,7 +33,7 @@ from sdvar_lib.bench import (
     sequential_passes,
     total_params,
 )
-from sdvar_lib.fast.run import PassRecord
+from sdvar_lib.fast.config import PassRecord
 from sdvar_lib.models.presets import build_vae, build_var
 from sdvar_lib.util.machine import MachineInfo
 
@@ -386,7 +386,8 @@ def test_bench_method_rows_on_the_tiny_pair(tiny_pair, monkeypatch):
 
     from sdvar_lib.bench import PairContext, Scenario, bench_method, bench_row
     from sdvar_lib.bench import core as core_module
-    from sdvar_lib.fast.run import FastConfig, FastRunFactory
+    from sdvar_lib.fast.config import FastConfig
+    from sdvar_lib.fast.factory import FastRunFactory
     from sdvar_lib.models.presets import ModelPair
 
     def host_call_ms(fn):

@@ -40,7 +40,9 @@ from sdvar_lib.bench import (
     method_call,
     scenario_stage_acceptance,
 )
-from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, chunk_span
+from sdvar_lib.fast.config import FastConfig
+from sdvar_lib.fast.factory import FastRunFactory
+from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.presets import ModelPair
 from sdvar_lib.sdvar.acceptance import make_policy
 from sdvar_lib.sdvar.decoder import SDVAR

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from sdvar_lib import SDVAR
+from sdvar_lib.fast.config import FastConfig
+from sdvar_lib.fast.factory import FastRunFactory, make_fast_sdvar
 from sdvar_lib.fast.graphs import GraphedDecode
-from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, StaticKVCache, chunk_span, make_fast_sdvar
+from sdvar_lib.fast.run import FastRun, StaticKVCache, chunk_span
 from sdvar_lib.models.presets import TINY_CONFIG, build_tiny
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.acceptance import ExactPolicy

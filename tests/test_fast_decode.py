@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sdvar_lib.fast.config import FastConfig
 from sdvar_lib.fast.costs import (
     DecodeCost,
     bound_s,
@@ -21,7 +22,7 @@ from sdvar_lib.fast.costs import (
 )
 from sdvar_lib.fast.decode import FastDecoder, decode_dtype
 from sdvar_lib.fast.graphs import GraphedDecode
-from sdvar_lib.fast.run import FastConfig, FastRun
+from sdvar_lib.fast.run import FastRun
 from sdvar_lib.models.presets import build_vae
 
 

@@ -19,9 +19,11 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from sdvar_lib import SDVAR  # noqa: E402
+from sdvar_lib.fast.config import FastConfig  # noqa: E402
+from sdvar_lib.fast.factory import FastRunFactory  # noqa: E402
 from sdvar_lib.fast.fused import TorchBlockOps, check_block_ops  # noqa: E402
 from sdvar_lib.fast.kernels import interpreter_active, resolve_backend  # noqa: E402
-from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, chunk_span  # noqa: E402
+from sdvar_lib.fast.run import FastRun, chunk_span  # noqa: E402
 from sdvar_lib.models.sampling import filter_top_k_top_p, guided_logits, sample_from_probs  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not interpreter_active(), reason="Triton's CPU interpreter is not available here")

@@ -281,11 +281,11 @@ def test_cuda_harness_passes_in_float32_with_its_sampled_check(cuda_pair):
 def test_cuda_harness_passes_in_bfloat16_on_the_fast_path(cuda_pair):
     """bf16 weights on the CUDA fast path (graphs, fused blocks): tolerances of ``Tolerances.for_dtype(bf16)``
     (logits 0.15 + 3 % relative, cache 5e-2 + 2 %); the sampled check is exact whatever the dtype."""
-    fast = pytest.importorskip("sdvar_lib.fast.run")
+    from sdvar_lib import FastConfig, FastRunFactory
     draft, target = cuda_pair
     d16, t16 = copy.deepcopy(draft).to(torch.bfloat16), copy.deepcopy(target).to(torch.bfloat16)
     d16.vae_proxy = t16.vae_proxy = target.vae_proxy
-    tester = SDVARParallelV1Tester(SDVAR(d16, t16, run_factory=fast.FastRunFactory(fast.FastConfig())))
+    tester = SDVARParallelV1Tester(SDVAR(d16, t16, run_factory=FastRunFactory(FastConfig())))
     results = tester.run_all_tests(B=2, gamma=2, show_times=False)
     _print_harness(results)
     assert all(r.passed for r in results), [f"{r.test_name}: {r.message}" for r in results if not r.passed]

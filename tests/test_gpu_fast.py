@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from sdvar_lib import SDVAR
+from sdvar_lib.fast.config import FastConfig
 from sdvar_lib.fast.decode import FastDecoder
+from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.graphs import GraphedDecode
-from sdvar_lib.fast.run import FastConfig, FastRun, FastRunFactory, chunk_span
+from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.presets import build_tiny, build_vae, build_var
 from sdvar_lib.models.sampling import filter_top_k_top_p, guided_logits, sample_from_probs
 

@@ -84,11 +84,11 @@ def test_run_all_tests_passes_on_the_bundled_pair():
 
 
 def test_run_all_tests_passes_in_bfloat16_on_the_fast_path(tiny_pair):
-    fast = pytest.importorskip("sdvar_lib.fast.run")
+    from sdvar_lib import FastConfig, FastRunFactory
     _, draft, target = tiny_pair
     d16, t16 = copy.deepcopy(draft).to(torch.bfloat16), copy.deepcopy(target).to(torch.bfloat16)
     d16.vae_proxy = t16.vae_proxy = target.vae_proxy
-    sd16 = SDVAR(d16, t16, run_factory=fast.FastRunFactory(fast.FastConfig(use_cuda_graphs=False)))
+    sd16 = SDVAR(d16, t16, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=False)))
     tester = SDVARParallelV1Tester(sd16)
     assert tester.tol.logits.abs > Tolerances.for_dtype(torch.float32).logits.abs
     _assert_all_passed(tester.run_all_tests(B=2, gamma=2, print_results=False))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sdvar_lib.fast.run import PassRecord
+from sdvar_lib.fast.config import PassRecord
 from sdvar_lib.models.presets import OFFICIAL_PATCH_NUMS, official_var_kwargs
 from sdvar_lib.models.var import VAR
 

@@ -23,7 +23,8 @@ from sdvar_lib.bench.config import BenchConfig
 from sdvar_lib.bench.methods import BENCH_ONLY_ROWS, CALIBRATED, PairContext, bench_row, in_call_context, method_call
 from sdvar_lib.bench.scenarios import Scenario, fill_missing_stages, scenario_stage_acceptance
 from sdvar_lib.bench.timing import CallTimer, ReplayTimer, cuda_event_ms, median_event_ms
-from sdvar_lib.fast.run import FastRun, PassRecord, chunk_span
+from sdvar_lib.fast.config import PassRecord
+from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, TableCost, plan_never_drafts
 from sdvar_lib.sdvar.stats import pooled_stage_acceptance

@@ -32,8 +32,9 @@ from sdvar_lib.bench.methods import (
 from sdvar_lib.bench.report import BenchReport, BenchRow, add_speedups
 from sdvar_lib.bench.scenarios import Scenario, make_scenarios
 from sdvar_lib.bench.timing import DecodeTiming, cuda_event_ms, measure_ceilings, measure_decode, median_event_ms, percentile
+from sdvar_lib.fast.config import FastConfig
+from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.graphs import GraphedDecode
-from sdvar_lib.fast.run import FastConfig, FastRunFactory
 from sdvar_lib.sdvar.gamma import GammaRule
 from sdvar_lib.sdvar.stats import SDVAROutput
 from sdvar_lib.util.machine import MachineInfo

@@ -28,8 +28,9 @@ import torch
 
 from sdvar_lib.bench.bounds import VarSpec, sequential_passes
 from sdvar_lib.bench.scenarios import Scenario
+from sdvar_lib.fast.config import PassRecord
+from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.graphs import GraphedDecode
-from sdvar_lib.fast.run import FastRunFactory, PassRecord
 from sdvar_lib.models.presets import ModelPair, build_vae, build_var
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar.acceptance import ExactPolicy

@@ -16,7 +16,8 @@ import torch
 
 from sdvar_lib.bench.bounds import Ceilings, VarSpec, pass_bound_s
 from sdvar_lib.bench.timing import median_event_ms
-from sdvar_lib.fast.run import FastConfig, FastRun, PassRecord, chunk_span
+from sdvar_lib.fast.config import FastConfig, PassRecord
+from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.presets import build_vae, build_var
 from sdvar_lib.models.var import VAR
 from sdvar_lib.util.atomic import atomic_write_text

@@ -51,8 +51,8 @@ from sdvar_lib.eval.distributed import DistContext
 from sdvar_lib.eval.npz import NpzArrayReader, NpzMember, write_npz_stream
 from sdvar_lib.eval.plan import LABEL_ORDERS, SEED_STRIDE, VAR_PROTOCOL, BatchSpec, SamplePlan
 from sdvar_lib.eval.shards import PNG, SampleFolder, SampleFolderError, SampleIdentity, Shard
+from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.graphs import GraphedDecode
-from sdvar_lib.fast.run import FastRunFactory
 from sdvar_lib.fast.setup import fast_dtype, make_pair_sdvar, precapture
 from sdvar_lib.models.presets import ModelPair
 from sdvar_lib.models.sampling import SamplingConfig

@@ -52,10 +52,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sdvar_lib.fast.fused import HEADS, FusedPass, block_ops, check_block_ops, check_half_head
+from sdvar_lib.fast.config import FUSED_SAMPLER_MAX_ROWS, FastConfig, FastRunCounters, PassRecord
+from sdvar_lib.fast.fused import FusedPass, block_ops, check_block_ops, check_half_head
 from sdvar_lib.fast.graphs import CapturedGraph, capture_graph
-from sdvar_lib.fast.kernels import BACKENDS, resolve_backend
-from sdvar_lib.fast.sampling import SAMPLERS, FusedSampler, resolve_sampler
+from sdvar_lib.fast.kernels import resolve_backend
+from sdvar_lib.fast.sampling import FusedSampler, resolve_sampler
 from sdvar_lib.models.kv_cache import KVCache
 from sdvar_lib.models.sampling import (
     SamplingConfig,
@@ -65,98 +66,12 @@ from sdvar_lib.models.sampling import (
     guided_logits,
 )
 from sdvar_lib.models.var import VAR
-from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.run import ModelRun
-from sdvar_lib.util.checks import check_bool, check_choice, check_int
+from sdvar_lib.util.checks import check_int
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "FastConfig",
-    "PassRecord",
-    "FastRunCounters",
-    "StaticKVCache",
-    "FastRun",
-    "FastRunFactory",
-    "make_fast_sdvar",
-    "chunk_span",
-]
-
-
-# ---- configuration and records ------------------------------------------------------------------
-@dataclass(frozen=True)
-class FastConfig:
-    """Options of the fast path.
-
-    ``use_cuda_graphs``: ``None`` captures graphs when the model is on CUDA and runs eagerly
-    otherwise; ``True`` requires CUDA. ``capture_warmup``: eager passes on a side stream before a
-    capture (lazy CUDA/cuBLAS initialisation stays out of the graph). ``fallback_to_eager``: a
-    chunk whose capture fails runs eagerly (with a warning) instead of raising. ``fused``: the
-    pass of :class:`~sdvar_lib.fast.fused.FusedPass` (AdaLN modulations computed once per call, fewer and fused
-    kernels per block); ``False`` runs :meth:`sdvar_lib.models.var.VAR.forward_cached` itself.
-    ``kernels``: the fused pass's block steps — ``"triton"`` (Triton kernels, 8 kernels per block),
-    ``"torch"`` (PyTorch kernels, 18 per block) or ``"auto"`` (Triton on a GPU where it runs and
-    passes a check against PyTorch at the run's start, else PyTorch). ``sampler``: a stage's
-    sampling — ``"fused"`` (one Triton kernel after PyTorch's noise draw, same random stream:
-    :mod:`sdvar_lib.fast.sampling`), ``"torch"`` or ``"auto"`` (fused where Triton runs on a GPU).
-    ``head``: the fused pass's head product — ``"float32"`` (float32 copies of the weights),
-    ``"half"`` (the bf16/fp16 weights, float32 accumulation and logits) or ``"auto"`` (half for
-    half-precision models on a GPU where it runs, float32 otherwise). ``whole_stage``: a stage read
-    on its own (no catch-up chunk) runs as one program — input, pass, draw, codebook lookup and
-    ``f_hat`` update (:meth:`FastRun.decode_stage`); ``False`` runs them step by step.
-    """
-
-    use_cuda_graphs: bool | None = None
-    capture_warmup: int = 1
-    fallback_to_eager: bool = True
-    fused: bool = True
-    kernels: str = "auto"
-    sampler: str = "auto"
-    head: str = "auto"
-    whole_stage: bool = True
-
-    def __post_init__(self) -> None:
-        if self.use_cuda_graphs is not None and not isinstance(self.use_cuda_graphs, bool):
-            raise TypeError(f"use_cuda_graphs must be True, False or None (auto), got {self.use_cuda_graphs!r}")
-        check_bool(self.fused, "fused")
-        check_bool(self.fallback_to_eager, "fallback_to_eager")
-        check_int(self.capture_warmup, "capture_warmup", 0)
-        check_choice(self.kernels, "kernels", BACKENDS)
-        check_choice(self.sampler, "sampler", SAMPLERS)
-        check_choice(self.head, "head", HEADS)
-        check_bool(self.whole_stage, "whole_stage")
-
-    @classmethod
-    def first_version(cls, **kwargs) -> FastConfig:
-        """The fast path before fused kernels (PyTorch block kernels and sampling): the benchmark's "old" rows."""
-        return cls(kernels="torch", sampler="torch", head="float32", whole_stage=False, **kwargs)
-
-
-@dataclass(frozen=True)
-class PassRecord:
-    """One transformer pass of a run: a chunk of ``length`` tokens placed at ``position``."""
-
-    position: int
-    length: int
-    graphed: bool
-
-
-@dataclass
-class FastRunCounters:
-    """What a run did since it was created (captures, replays, eager passes)."""
-
-    captures: int = 0
-    replays: int = 0
-    eager_passes: int = 0
-    capture_failures: int = 0
-    capture_time_s: float = 0.0
-    setup_time_s: float = 0.0
-    """Checking (and so compiling) the Triton block kernels when the run was built."""
-
-
-FUSED_SAMPLER_MAX_ROWS = 2048
-"""With ``sampler="auto"`` a stage of more tokens (batch * pn**2) is drawn with PyTorch's kernels: the fused
-kernel sorts every token's logits in registers, which stops paying off at large batches (measured on an H200)."""
+__all__ = ["StaticKVCache", "FastRun", "chunk_span"]
 
 
 @dataclass
@@ -629,81 +544,3 @@ class FastRun(ModelRun):
         return captured
 
 
-# ---- the factory --------------------------------------------------------------------------------
-class FastRunFactory:
-    """``run_factory`` for :class:`~sdvar_lib.sdvar.decoder.SDVAR`: hands out reusable :class:`FastRun` objects.
-
-    Runs are kept per ``(model, batch size)``. One generation call asks for each of its runs with
-    the same label tensor, so a request with a new label tensor starts a new call and frees every
-    run again; within a call a model asked for twice (draft == target) gets a second run. A run
-    is reset (cache emptied, condition copied) whenever it is handed out, so nothing leaks from a
-    call into the next, also after an exception.
-    """
-
-    def __init__(self, config: FastConfig | None = None) -> None:
-        if config is not None and not isinstance(config, FastConfig):
-            raise TypeError(f"config must be a FastConfig, got {type(config).__name__}")
-        self.config = config or FastConfig()
-        self._runs: dict[tuple[int, int], list[FastRun]] = {}
-        self._call_labels: torch.Tensor | None = None
-        self._claimed: list[FastRun] = []
-
-    def __call__(self, model: VAR, label_B: torch.Tensor) -> FastRun:
-        if not isinstance(model, VAR):
-            raise TypeError(f"run_factory needs an sdvar_lib.VAR, got {type(model).__name__}")
-        if not isinstance(label_B, torch.Tensor) or label_B.ndim != 1 or label_B.dtype.is_floating_point:
-            raise TypeError("label_B must be a 1-D integer tensor of class labels")
-        if label_B is not self._call_labels:
-            self._call_labels = label_B
-            self._claimed = []
-        claimed = {id(r) for r in self._claimed}
-        run = next((r for r in self._runs_for(model, label_B.numel()) if id(r) not in claimed), None)
-        if run is None:
-            run = self._new_run(model, label_B.numel())
-        self._claimed.append(run)
-        run.begin(label_B)
-        return run
-
-    def _runs_for(self, model: VAR, batch_size: int) -> list[FastRun]:
-        key = (id(model), batch_size)
-        runs = [r for r in self._runs.get(key, []) if r.model is model and r.is_current()]
-        self._runs[key] = runs
-        return runs
-
-    def _new_run(self, model: VAR, batch_size: int) -> FastRun:
-        run = FastRun(model, batch_size, self.config)
-        self._runs.setdefault((id(model), batch_size), []).append(run)
-        log.debug("new fast run: %r", run)
-        return run
-
-    def run_for(self, model: VAR, batch_size: int) -> FastRun:
-        """The first run of ``(model, batch_size)``, created if needed (for precapture and diagnostics)."""
-        runs = self._runs_for(model, batch_size)
-        return runs[0] if runs else self._new_run(model, batch_size)
-
-    def prepare(self, model: VAR, batch_size: int, chunks: Iterable[tuple[int, int]]) -> FastRun:
-        """Capture the programs of ``(start stage, number of stages)`` chunks before timing."""
-        run = self.run_for(model, batch_size)
-        run.precapture(chunks)
-        return run
-
-    def call_runs(self) -> list[FastRun]:
-        """The runs handed out for the latest call, in order."""
-        return list(self._claimed)
-
-    def runs(self) -> list[FastRun]:
-        return [r for runs in self._runs.values() for r in runs]
-
-    def release(self, model: VAR | None = None) -> None:
-        """Drop the runs (caches, buffers, graphs) of ``model``, or of every model."""
-        for key in list(self._runs):
-            if model is None or key[0] == id(model):
-                del self._runs[key]
-        self._claimed = [r for r in self._claimed if model is not None and r.model is not model]
-        if model is None:
-            self._call_labels = None
-
-
-def make_fast_sdvar(draft: VAR, target: VAR, config: FastConfig | None = None) -> SDVAR:
-    """``SDVAR(draft, target)`` on the fast path (models are used in their current dtype)."""
-    return SDVAR(draft, target, run_factory=FastRunFactory(config))

@@ -6,7 +6,7 @@
 - :func:`make_pair_sdvar`: an :class:`~sdvar_lib.sdvar.decoder.SDVAR` over a
   :class:`~sdvar_lib.models.presets.ModelPair`. ``fast=None`` (the default) takes the fast path on
   CUDA (both VARs converted to :func:`fast_dtype`, the VQVAE kept float32, static caches and CUDA
-  graphs through :func:`sdvar_lib.fast.run.make_fast_sdvar`) and the eager float32 path on a CPU;
+  graphs through :func:`sdvar_lib.fast.factory.make_fast_sdvar`) and the eager float32 path on a CPU;
   ``fast=False`` always takes the eager float32 path, which step-by-step diagnostics need (caches
   that are created per call and can be inspected, per-layer values, float32 comparisons).
 - :func:`precapture`: capture every pass shape some methods use, before anything is timed.
@@ -19,7 +19,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from sdvar_lib.fast.run import FastConfig, FastRunFactory, make_fast_sdvar
+from sdvar_lib.fast.config import FastConfig
+from sdvar_lib.fast.factory import FastRunFactory, make_fast_sdvar
 from sdvar_lib.models.presets import ModelPair
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.registry import Method
@@ -61,7 +62,7 @@ def make_pair_sdvar(
     ``fast=None``: fast on CUDA, eager on a CPU; ``True``: fast (on a CPU it runs the same static
     buffers without graphs, in float32); ``False``: eager float32. On the fast path both VARs are
     converted **in place** to ``dtype`` (default :func:`fast_dtype` of their device); the shared
-    VQVAE stays float32. ``config`` is passed to :class:`~sdvar_lib.fast.run.FastRunFactory`.
+    VQVAE stays float32. ``config`` is passed to :class:`~sdvar_lib.fast.factory.FastRunFactory`.
     """
     if not isinstance(pair, ModelPair):
         raise TypeError(f"pair must be a ModelPair (from load_pair), got {type(pair).__name__}")

@@ -1,0 +1,89 @@
+"""Options and records of the fast path: :class:`FastConfig`, the passes a run made, its counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdvar_lib.fast.fused import HEADS
+from sdvar_lib.fast.kernels import BACKENDS
+from sdvar_lib.fast.sampling import SAMPLERS
+from sdvar_lib.util.checks import check_bool, check_choice, check_int
+
+__all__ = ["FastConfig", "PassRecord", "FastRunCounters", "FUSED_SAMPLER_MAX_ROWS"]
+
+
+@dataclass(frozen=True)
+class FastConfig:
+    """Options of the fast path.
+
+    ``use_cuda_graphs``: ``None`` captures graphs when the model is on CUDA and runs eagerly
+    otherwise; ``True`` requires CUDA. ``capture_warmup``: eager passes on a side stream before a
+    capture (lazy CUDA/cuBLAS initialisation stays out of the graph). ``fallback_to_eager``: a
+    chunk whose capture fails runs eagerly (with a warning) instead of raising. ``fused``: the
+    pass of :class:`~sdvar_lib.fast.fused.FusedPass` (AdaLN modulations computed once per call, fewer and fused
+    kernels per block); ``False`` runs :meth:`sdvar_lib.models.var.VAR.forward_cached` itself.
+    ``kernels``: the fused pass's block steps — ``"triton"`` (Triton kernels, 8 kernels per block),
+    ``"torch"`` (PyTorch kernels, 18 per block) or ``"auto"`` (Triton on a GPU where it runs and
+    passes a check against PyTorch at the run's start, else PyTorch). ``sampler``: a stage's
+    sampling — ``"fused"`` (one Triton kernel after PyTorch's noise draw, same random stream:
+    :mod:`sdvar_lib.fast.sampling`), ``"torch"`` or ``"auto"`` (fused where Triton runs on a GPU).
+    ``head``: the fused pass's head product — ``"float32"`` (float32 copies of the weights),
+    ``"half"`` (the bf16/fp16 weights, float32 accumulation and logits) or ``"auto"`` (half for
+    half-precision models on a GPU where it runs, float32 otherwise). ``whole_stage``: a stage read
+    on its own (no catch-up chunk) runs as one program — input, pass, draw, codebook lookup and
+    ``f_hat`` update (:meth:`FastRun.decode_stage`); ``False`` runs them step by step.
+    """
+
+    use_cuda_graphs: bool | None = None
+    capture_warmup: int = 1
+    fallback_to_eager: bool = True
+    fused: bool = True
+    kernels: str = "auto"
+    sampler: str = "auto"
+    head: str = "auto"
+    whole_stage: bool = True
+
+    def __post_init__(self) -> None:
+        if self.use_cuda_graphs is not None and not isinstance(self.use_cuda_graphs, bool):
+            raise TypeError(f"use_cuda_graphs must be True, False or None (auto), got {self.use_cuda_graphs!r}")
+        check_bool(self.fused, "fused")
+        check_bool(self.fallback_to_eager, "fallback_to_eager")
+        check_int(self.capture_warmup, "capture_warmup", 0)
+        check_choice(self.kernels, "kernels", BACKENDS)
+        check_choice(self.sampler, "sampler", SAMPLERS)
+        check_choice(self.head, "head", HEADS)
+        check_bool(self.whole_stage, "whole_stage")
+
+    @classmethod
+    def first_version(cls, **kwargs) -> FastConfig:
+        """The fast path before fused kernels (PyTorch block kernels and sampling): the benchmark's "old" rows."""
+        return cls(kernels="torch", sampler="torch", head="float32", whole_stage=False, **kwargs)
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """One transformer pass of a run: a chunk of ``length`` tokens placed at ``position``."""
+
+    position: int
+    length: int
+    graphed: bool
+
+
+@dataclass
+class FastRunCounters:
+    """What a run did since it was created (captures, replays, eager passes)."""
+
+    captures: int = 0
+    replays: int = 0
+    eager_passes: int = 0
+    capture_failures: int = 0
+    capture_time_s: float = 0.0
+    setup_time_s: float = 0.0
+    """Checking (and so compiling) the Triton block kernels when the run was built."""
+
+
+FUSED_SAMPLER_MAX_ROWS = 2048
+"""With ``sampler="auto"`` a stage of more tokens (batch * pn**2) is drawn with PyTorch's kernels: the fused
+kernel sorts every token's logits in registers, which stops paying off at large batches (measured on an H200)."""
+
+

@@ -1,0 +1,96 @@
+"""The run factory of the fast path: reusable :class:`~sdvar_lib.fast.run.FastRun` objects per model and batch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch
+
+from sdvar_lib.fast.config import FastConfig
+from sdvar_lib.fast.run import FastRun
+from sdvar_lib.models.var import VAR
+from sdvar_lib.sdvar.decoder import SDVAR
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FastRunFactory", "make_fast_sdvar"]
+
+
+class FastRunFactory:
+    """``run_factory`` for :class:`~sdvar_lib.sdvar.decoder.SDVAR`: hands out reusable :class:`FastRun` objects.
+
+    Runs are kept per ``(model, batch size)``. One generation call asks for each of its runs with
+    the same label tensor, so a request with a new label tensor starts a new call and frees every
+    run again; within a call a model asked for twice (draft == target) gets a second run. A run
+    is reset (cache emptied, condition copied) whenever it is handed out, so nothing leaks from a
+    call into the next, also after an exception.
+    """
+
+    def __init__(self, config: FastConfig | None = None) -> None:
+        if config is not None and not isinstance(config, FastConfig):
+            raise TypeError(f"config must be a FastConfig, got {type(config).__name__}")
+        self.config = config or FastConfig()
+        self._runs: dict[tuple[int, int], list[FastRun]] = {}
+        self._call_labels: torch.Tensor | None = None
+        self._claimed: list[FastRun] = []
+
+    def __call__(self, model: VAR, label_B: torch.Tensor) -> FastRun:
+        if not isinstance(model, VAR):
+            raise TypeError(f"run_factory needs an sdvar_lib.VAR, got {type(model).__name__}")
+        if not isinstance(label_B, torch.Tensor) or label_B.ndim != 1 or label_B.dtype.is_floating_point:
+            raise TypeError("label_B must be a 1-D integer tensor of class labels")
+        if label_B is not self._call_labels:
+            self._call_labels = label_B
+            self._claimed = []
+        claimed = {id(r) for r in self._claimed}
+        run = next((r for r in self._runs_for(model, label_B.numel()) if id(r) not in claimed), None)
+        if run is None:
+            run = self._new_run(model, label_B.numel())
+        self._claimed.append(run)
+        run.begin(label_B)
+        return run
+
+    def _runs_for(self, model: VAR, batch_size: int) -> list[FastRun]:
+        key = (id(model), batch_size)
+        runs = [r for r in self._runs.get(key, []) if r.model is model and r.is_current()]
+        self._runs[key] = runs
+        return runs
+
+    def _new_run(self, model: VAR, batch_size: int) -> FastRun:
+        run = FastRun(model, batch_size, self.config)
+        self._runs.setdefault((id(model), batch_size), []).append(run)
+        log.debug("new fast run: %r", run)
+        return run
+
+    def run_for(self, model: VAR, batch_size: int) -> FastRun:
+        """The first run of ``(model, batch_size)``, created if needed (for precapture and diagnostics)."""
+        runs = self._runs_for(model, batch_size)
+        return runs[0] if runs else self._new_run(model, batch_size)
+
+    def prepare(self, model: VAR, batch_size: int, chunks: Iterable[tuple[int, int]]) -> FastRun:
+        """Capture the programs of ``(start stage, number of stages)`` chunks before timing."""
+        run = self.run_for(model, batch_size)
+        run.precapture(chunks)
+        return run
+
+    def call_runs(self) -> list[FastRun]:
+        """The runs handed out for the latest call, in order."""
+        return list(self._claimed)
+
+    def runs(self) -> list[FastRun]:
+        return [r for runs in self._runs.values() for r in runs]
+
+    def release(self, model: VAR | None = None) -> None:
+        """Drop the runs (caches, buffers, graphs) of ``model``, or of every model."""
+        for key in list(self._runs):
+            if model is None or key[0] == id(model):
+                del self._runs[key]
+        self._claimed = [r for r in self._claimed if model is not None and r.model is not model]
+        if model is None:
+            self._call_labels = None
+
+
+def make_fast_sdvar(draft: VAR, target: VAR, config: FastConfig | None = None) -> SDVAR:
+    """``SDVAR(draft, target)`` on the fast path (models are used in their current dtype)."""
+    return SDVAR(draft, target, run_factory=FastRunFactory(config))
