@@ -41,6 +41,7 @@ from collections.abc import Sequence
 
 import torch
 
+from sdvar_lib.models.checkpoints import pick_device
 from sdvar_lib.models.init import init_var_weights_
 from sdvar_lib.models.presets import OFFICIAL_PATCH_NUMS
 from sdvar_lib.models.var import VAR
@@ -49,7 +50,7 @@ from sdvar_lib.sdvar.acceptance import AcceptancePolicy, Top1MatchPolicy
 from sdvar_lib.sdvar.decoder import SDVAR as _WorkbenchSDVAR
 from sdvar_lib.sdvar.run import RunFactory
 from sdvar_lib.sdvar.state import SDVARInferenceState
-from sdvar_lib.util.checks import check_bool, check_int, check_number
+from sdvar_lib.util.checks import check_bool, check_int, check_int_sequence, check_number
 
 log = logging.getLogger(__name__)
 
@@ -179,16 +180,11 @@ def _build_var(
 
 
 def _check_common(device, patch_nums, num_classes, shared_aln, attn_l2_norm) -> torch.device:
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"device must be a string such as 'cuda' or 'cpu', or a torch.device, got {device!r}")
-    if not isinstance(patch_nums, Sequence) or not patch_nums or not all(
-        isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in patch_nums
-    ):
-        raise ValueError(f"patch_nums must be a non-empty sequence of ints >= 1, got {patch_nums!r}")
+    check_int_sequence(patch_nums, "patch_nums", 1)
     check_int(num_classes, "num_classes", 1)
     check_bool(shared_aln, "shared_aln")
     check_bool(attn_l2_norm, "attn_l2_norm")
-    return torch.device(device)
+    return pick_device(device)
 
 
 def build_vae_var(
