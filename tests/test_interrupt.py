@@ -1,0 +1,129 @@
+"""The main job interrupted anywhere leaves its output folder as the old complete set or the new one.
+
+A complete set is ``comparison.png``, ``stats.md`` and ``stats.json`` of one run: the run id in
+``stats.json`` is the one in ``stats.md`` and in the PNG's metadata. Two ways of stopping it:
+
+- in-process, a ``KeyboardInterrupt`` (what SIGINT raises) injected at every file operation the
+  writing of the set makes, one run per operation;
+- real SIGINTs sent to a ``python -m sdvar_lib`` process at several moments of its run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sdvar_lib.__main__ import main
+
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["--methods", "target", "exact_g2", "--labels", "1", "2", "--threads", "1"]
+FILES = ("comparison.png", "stats.md", "stats.json")
+
+
+def run_id_of(out: Path) -> str | None:
+    """The run id of a complete set in ``out``; ``None`` if ``out`` does not exist; fails if the set is mixed."""
+    if not out.exists():
+        return None
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert names == sorted(FILES), f"incomplete set: {names}"
+    stats = json.loads((out / "stats.json").read_text())
+    md_ids = re.findall(r"run (\S+)", (out / "stats.md").read_text())
+    png_id = Image.open(out / "comparison.png").info.get("Description", "")
+    assert md_ids and md_ids[0] == stats["run_id"], "stats.md and stats.json describe different runs"
+    assert png_id.endswith(stats["run_id"]), "the figure and the statistics come from different runs"
+    return stats["run_id"]
+
+
+def test_an_interrupt_at_any_file_operation_keeps_a_complete_set(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "demo"
+    assert main(["--out", str(out), *ARGS]) == 0
+    first = run_id_of(out)
+    assert first is not None
+    capsys.readouterr()
+
+    class Injected(KeyboardInterrupt):
+        pass
+
+    real_replace = os.replace
+    counted: list[str] = []
+
+    def count_replace(src, dst):
+        counted.append("replace")
+        return real_replace(src, dst)
+
+    # count the renames of one more run
+    monkeypatch.setattr(os, "replace", count_replace)
+    assert main(["--out", str(out), *ARGS]) == 0
+    monkeypatch.setattr(os, "replace", real_replace)
+    current = run_id_of(out)
+    assert current != first
+    capsys.readouterr()
+    n_replace = counted.count("replace")
+    assert n_replace >= 2  # the old folder aside, the new one into place
+
+    def interrupt_at(k: int):
+        calls = {"n": 0}
+
+        def fn(src, dst):
+            calls["n"] += 1
+            if calls["n"] == k:
+                raise Injected
+            return real_replace(src, dst)
+
+        return fn
+
+    seen = {current}
+    for k in range(1, n_replace + 1):
+        monkeypatch.setattr(os, "replace", interrupt_at(k))
+        with pytest.raises(KeyboardInterrupt):
+            main(["--out", str(out), *ARGS])
+        monkeypatch.setattr(os, "replace", real_replace)
+        after = run_id_of(out)
+        assert after == current, f"an interrupt at rename {k} left run {after} instead of the complete {current}"
+    # an interrupt while the figure is written (inside the temporary folder)
+    import matplotlib.figure
+
+    def failing_savefig(self, *args, **kwargs):
+        raise Injected
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", failing_savefig)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--out", str(out), *ARGS])
+    monkeypatch.undo()
+    assert run_id_of(out) == current and current in seen
+    assert not [p for p in tmp_path.iterdir() if p.name != "demo"]  # no temporaries left beside it
+
+
+def test_sigint_at_any_moment_keeps_the_old_or_the_new_set(tmp_path):
+    """SIGINT after 0.5 s (imports), 2-6 s (models, generation) and later (writing or done): each time the
+    folder holds one complete set, the previous one unless the run finished first."""
+    out = tmp_path / "demo"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "sdvar_lib", "--out", str(out), *ARGS]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    previous = run_id_of(out)
+    outcomes = []
+    for delay_s in (0.5, 2.0, 3.5, 5.0, 6.5, 8.0, 10.0):
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(delay_s)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=300)
+        now = run_id_of(out)  # fails on a mixed or incomplete set
+        if proc.returncode == 0:
+            assert now != previous  # it finished before the signal: the new complete set
+        else:
+            assert now == previous, f"a run interrupted after {delay_s} s changed the output folder"
+        outcomes.append(proc.returncode)
+        previous = now
+    assert any(rc != 0 for rc in outcomes), "no run was interrupted: the delays are too long for this machine"
+    assert not [p for p in tmp_path.iterdir() if p.name != "demo"]
