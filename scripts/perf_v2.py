@@ -43,6 +43,7 @@ import torch  # noqa: E402
 from sdvar_lib import SDVAR  # noqa: E402
 from sdvar_lib.bench.bounds import Ceilings, VarSpec, passes_bound_s  # noqa: E402
 from sdvar_lib.bench.scenarios import ScenarioPolicy  # noqa: E402
+from sdvar_lib.bench.timing import cuda_event_ms, measure_ceilings, percentile  # noqa: E402
 from sdvar_lib.fast.config import FastConfig, PassRecord  # noqa: E402
 from sdvar_lib.fast.costs import decode_cost, one_off_seconds, pass_time_ratio, whole_call_bound  # noqa: E402
 from sdvar_lib.fast.factory import FastRunFactory  # noqa: E402
@@ -95,24 +96,12 @@ def _sync(device: torch.device) -> None:
 
 
 def timed_ms(fn: Callable[[], object], device: torch.device) -> tuple[object, float]:
+    """CUDA events on the GPU (the benchmark's own timer), a host clock on the CPU smoke test."""
     if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        out = fn()
-        end.record()
-        end.synchronize()
-        return out, start.elapsed_time(end)
+        return cuda_event_ms(fn)
     t0 = time.perf_counter()
     out = fn()
     return out, (time.perf_counter() - t0) * 1e3
-
-
-def quantile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    pos = (len(xs) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def time_calls(call: Callable[[int], object], device: torch.device, warmup: int,
@@ -156,25 +145,10 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _copy_ms(device: torch.device, n: int) -> float:
-    src = torch.randn(n, dtype=torch.bfloat16, device=device)
-    dst = torch.empty_like(src)
-    return median_ms(lambda: dst.copy_(src), device, 10)
-
-
-def _matmul_ms(device: torch.device, n: int) -> float:
-    a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
-    b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
-    return median_ms(lambda: a @ b, device, 10)
-
-
-def measure_ceilings(device: torch.device) -> Ceilings:
+def ceilings_on(device: torch.device) -> Ceilings:
     if device.type != "cuda":
         return Ceilings(hbm_bytes_per_s=1e11, bf16_flops_per_s=1e12)  # placeholders for the CPU smoke test
-    n = 2**30
-    copy_ms, mm_ms = _copy_ms(device, n), _matmul_ms(device, 8192)
-    torch.cuda.empty_cache()
-    return Ceilings(hbm_bytes_per_s=2 * n * 2 / (copy_ms / 1e3), bf16_flops_per_s=2 * 8192**3 / (mm_ms / 1e3))
+    return measure_ceilings(device, copy_gib=4.0)
 
 
 # ---- pieces -------------------------------------------------------------------------------------
@@ -294,7 +268,7 @@ def run(args) -> Report:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("perf_v2: CUDA is not available (use --tiny --device cpu for a smoke test)")
-    ceilings = measure_ceilings(device)
+    ceilings = ceilings_on(device)
     report = Report(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     torch=torch.__version__, ceilings=asdict(ceilings))
     vae, draft, target = build(args, device)
@@ -382,8 +356,8 @@ def run(args) -> Report:
                 stack.enter_context(graphed.installed())
             stack.enter_context(autocast(device))
             times, first_s, out = time_calls(call, device, args.warmup, repeats)
-            row = Row(batch=B, name=name, median_ms=statistics.median(times), p10_ms=quantile(times, 0.1),
-                      p90_ms=quantile(times, 0.9), calls=repeats, peak_gib=peak_gib(device), first_call_s=first_s)
+            row = Row(batch=B, name=name, median_ms=statistics.median(times), p10_ms=percentile(times, 10),
+                      p90_ms=percentile(times, 90), calls=repeats, peak_gib=peak_gib(device), first_call_s=first_s)
             stats = getattr(out, "stats", None)
             if stats is not None:
                 row.target_passes, row.draft_passes = stats.target_passes, stats.draft_passes

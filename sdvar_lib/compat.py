@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -121,20 +122,9 @@ class SDVAR(_WorkbenchSDVAR):
         return Top1MatchPolicy(threshold=threshold)
 
     def sdvar_autoregressive_infer_cfg_parallel_v1(
-        self,
-        B: int,
-        label_B=None,
-        g_seed: int | None = None,
-        cfg: float = 1.5,
-        gamma=2,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        more_smooth: bool = False,
-        similarity_threshold: float | None = None,
-        max_retries: int | None = None,
-        verbose: bool = False,
-        policy: str | AcceptancePolicy | None = None,
-        **policy_kwargs,
+        self, B: int, label_B=None, g_seed: int | None = None, cfg: float = 1.5, gamma=2, top_k: int = 0, top_p: float = 0.0,
+        more_smooth: bool = False, similarity_threshold: float | None = None, max_retries: int | None = None,
+        verbose: bool = False, policy: str | AcceptancePolicy | None = None, **policy_kwargs,
     ) -> torch.Tensor:
         """The fork's entry point (its positional order and keywords); images, statistics in ``self.last_output``."""
         chosen = self._research_policy(policy, similarity_threshold, max_retries, policy_kwargs)
@@ -161,94 +151,78 @@ def _build_vae(device, patch_nums, V, Cvae, ch, share_quant_resi) -> VQVAE:
                      v_patch_nums=tuple(patch_nums))
 
 
-def _build_var(
-    vae: VQVAE, device, depth: int, name: str, patch_nums, num_classes, shared_aln, attn_l2_norm, flash_if_available,
-    fused_if_available, init_adaln, init_adaln_gamma, init_head, init_std,
-) -> VAR:
+@dataclass(frozen=True)
+class VarOptions:
+    """The factories' keyword arguments of the VAR itself, beyond sizes (the upstream names and defaults)."""
+
+    shared_aln: bool = False
+    attn_l2_norm: bool = True
+    flash_if_available: bool = True
+    fused_if_available: bool = True
+    init_adaln: float = 0.5
+    init_adaln_gamma: float = 1e-5
+    init_head: float = 0.02
+    init_std: float = -1
+
+    def __post_init__(self) -> None:
+        for name in ("shared_aln", "attn_l2_norm", "flash_if_available", "fused_if_available"):
+            check_bool(getattr(self, name), name)
+        for name in ("init_adaln", "init_adaln_gamma", "init_head"):
+            check_number(getattr(self, name), name, 0.0)
+        if self.init_std != -1:
+            raise ValueError(f"init_std must be -1 (the reference scheme, std sqrt(1 / (3 * width))), got {self.init_std!r}")
+
+
+def _build_var(vae: VQVAE, device, depth: int, name: str, patch_nums, num_classes, opts: VarOptions) -> VAR:
     check_int(depth, name, 1)
-    if init_std != -1:
-        raise ValueError(f"init_std must be -1 (the reference scheme, std sqrt(1 / (3 * width))), got {init_std!r}")
     with torch.device(device):
         var = VAR(
             vae, num_classes=num_classes, depth=depth, embed_dim=depth * 64, num_heads=depth, mlp_ratio=4.0,
-            drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1 * depth / 24, norm_eps=1e-6, shared_aln=shared_aln,
-            cond_drop_rate=0.1, attn_l2_norm=attn_l2_norm, patch_nums=tuple(patch_nums),
-            flash_if_available=flash_if_available, fused_if_available=fused_if_available,
+            drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1 * depth / 24, norm_eps=1e-6, shared_aln=opts.shared_aln,
+            cond_drop_rate=0.1, attn_l2_norm=opts.attn_l2_norm, patch_nums=tuple(patch_nums),
+            flash_if_available=opts.flash_if_available, fused_if_available=opts.fused_if_available,
         )
-    init_var_weights_(var, init_adaln=init_adaln, init_adaln_gamma=init_adaln_gamma, init_head=init_head)
+    init_var_weights_(var, init_adaln=opts.init_adaln, init_adaln_gamma=opts.init_adaln_gamma, init_head=opts.init_head)
     return var
 
 
-def _check_common(device, patch_nums, num_classes, shared_aln, attn_l2_norm) -> torch.device:
+def _check_common(device, patch_nums, num_classes) -> torch.device:
     check_int_sequence(patch_nums, "patch_nums", 1)
     check_int(num_classes, "num_classes", 1)
-    check_bool(shared_aln, "shared_aln")
-    check_bool(attn_l2_norm, "attn_l2_norm")
     return pick_device(device)
 
 
-def build_vae_var(
-    device,
-    patch_nums: Sequence[int] = OFFICIAL_PATCH_NUMS,
-    V: int = 4096,
-    Cvae: int = 32,
-    ch: int = 160,
-    share_quant_resi: int = 4,
-    num_classes: int = 1000,
-    depth: int = 16,
-    shared_aln: bool = False,
-    attn_l2_norm: bool = True,
-    flash_if_available: bool = True,
-    fused_if_available: bool = True,
-    init_adaln: float = 0.5,
-    init_adaln_gamma: float = 1e-5,
-    init_head: float = 0.02,
-    init_std: float = -1,
-) -> tuple[VQVAE, VAR]:
-    """VAR's factory: ``(vae, var)`` with width ``64 * depth`` and ``depth`` heads (the released presets at 16-30)."""
-    device = _check_common(device, patch_nums, num_classes, shared_aln, attn_l2_norm)
+def build_vae_var(device, patch_nums: Sequence[int] = OFFICIAL_PATCH_NUMS, V: int = 4096, Cvae: int = 32, ch: int = 160,
+                  share_quant_resi: int = 4, num_classes: int = 1000, depth: int = 16, **var_options) -> tuple[VQVAE, VAR]:
+    """VAR's factory: ``(vae, var)`` with width ``64 * depth`` and ``depth`` heads (the released presets at 16-30).
+
+    ``var_options``: the upstream keywords ``shared_aln``, ``attn_l2_norm``, ``flash_if_available``,
+    ``fused_if_available``, ``init_adaln``, ``init_adaln_gamma``, ``init_head``, ``init_std`` (:class:`VarOptions`).
+    """
+    opts = VarOptions(**var_options)
+    device = _check_common(device, patch_nums, num_classes)
     vae = _build_vae(device, patch_nums, V, Cvae, ch, share_quant_resi)
-    var = _build_var(vae, device, depth, "depth", patch_nums, num_classes, shared_aln, attn_l2_norm, flash_if_available,
-                     fused_if_available, init_adaln, init_adaln_gamma, init_head, init_std)
-    return vae, var
+    return vae, _build_var(vae, device, depth, "depth", patch_nums, num_classes, opts)
 
 
 def build_vae_var_speculative_decoding(
-    device,
-    patch_nums: Sequence[int] = OFFICIAL_PATCH_NUMS,
-    V: int = 4096,
-    Cvae: int = 32,
-    ch: int = 160,
-    share_quant_resi: int = 4,
-    num_classes: int = 1000,
-    depth_draft: int = 16,
-    depth_target: int = 30,
-    shared_aln: bool = False,
-    attn_l2_norm: bool = True,
-    flash_if_available: bool = True,
-    fused_if_available: bool = True,
-    init_adaln: float = 0.5,
-    init_adaln_gamma: float = 1e-5,
-    init_head: float = 0.02,
-    init_std: float = -1,
-    similarity_thresh: float | None = None,
-    *,
-    same_weights_debug: bool = False,
+    device, patch_nums: Sequence[int] = OFFICIAL_PATCH_NUMS, V: int = 4096, Cvae: int = 32, ch: int = 160,
+    share_quant_resi: int = 4, num_classes: int = 1000, depth_draft: int = 16, depth_target: int = 30,
+    similarity_thresh: float | None = None, *, same_weights_debug: bool = False, **var_options,
 ) -> tuple[VQVAE, VAR, VAR, SDVAR]:
     """The fork's factory: ``(vae, draft_var, target_var, sd_var)``, draft and target sharing one VQVAE.
 
     ``sd_var`` is :class:`SDVAR` ``(draft_var, target_var, similarity_thresh)`` (``None``: the lossless
     ``exact`` rule unless a call names a threshold). ``same_weights_debug=True`` copies the draft's
-    weights into the target (depths must be equal), as in the fork.
+    weights into the target (depths must be equal), as in the fork. ``var_options`` as in :func:`build_vae_var`.
     """
-    device = _check_common(device, patch_nums, num_classes, shared_aln, attn_l2_norm)
+    opts = VarOptions(**var_options)
+    device = _check_common(device, patch_nums, num_classes)
     check_bool(same_weights_debug, "same_weights_debug")
     _check_threshold(similarity_thresh, "similarity_thresh")
     vae = _build_vae(device, patch_nums, V, Cvae, ch, share_quant_resi)
-    common = (patch_nums, num_classes, shared_aln, attn_l2_norm, flash_if_available, fused_if_available, init_adaln,
-              init_adaln_gamma, init_head, init_std)
-    draft = _build_var(vae, device, depth_draft, "depth_draft", *common)
-    target = _build_var(vae, device, depth_target, "depth_target", *common)
+    draft = _build_var(vae, device, depth_draft, "depth_draft", patch_nums, num_classes, opts)
+    target = _build_var(vae, device, depth_target, "depth_target", patch_nums, num_classes, opts)
     if same_weights_debug:
         if depth_draft != depth_target:
             raise ValueError(f"same_weights_debug=True copies the draft into the target, so depth_draft ({depth_draft}) "

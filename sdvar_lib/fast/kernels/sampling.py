@@ -67,18 +67,8 @@ def _sample_kernel(
     tl.store(H + n[:, None] * Cv + ch, vec, mask=ch_ok)
 
 
-def sample_stage_into(
-    logits_2BLV: torch.Tensor,
-    l: int,
-    cfg_t: float,
-    top_k: int,
-    top_p: float,
-    codebook_VC: torch.Tensor,
-    noise: torch.Tensor,
-    idx: torch.Tensor,
-    probs: torch.Tensor,
-    h: torch.Tensor,
-) -> None:
+def sample_stage_into(logits_2BLV: torch.Tensor, l: int, cfg_t: float, top_k: int, top_p: float, codebook_VC: torch.Tensor,
+                      noise: torch.Tensor, idx: torch.Tensor, probs: torch.Tensor, h: torch.Tensor) -> None:
     """The kernel on given buffers: ``noise`` ``(B*l, V)`` (``Exp(1)``) in; ``idx`` ``(B*l,)`` int64, ``probs``
     ``(B*l, V)`` and ``h`` ``(B*l, Cv)`` out. No allocation and no random draw: a CUDA graph can hold it."""
     rows, chunk_l, V = logits_2BLV.shape
@@ -100,15 +90,8 @@ def sample_stage_into(
     )
 
 
-def sample_stage(
-    logits_2BLV: torch.Tensor,
-    l: int,
-    cfg_t: float,
-    top_k: int,
-    top_p: float,
-    codebook_VC: torch.Tensor,
-    rng: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_stage(logits_2BLV: torch.Tensor, l: int, cfg_t: float, top_k: int, top_p: float, codebook_VC: torch.Tensor,
+                 rng: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tokens ``(B, l)``, distribution ``(B, l, V)`` and codebook vectors ``(B, l, Cv)`` of the chunk's last ``l`` positions.
 
     ``logits_2BLV`` is a pass's contiguous CFG-doubled float32 output (conditional half first);
