@@ -396,7 +396,7 @@ def test_stored_exact_rows_are_recomputed_within_their_confidence_intervals(stor
 
 
 LOSSY_RERUNS = [  # (method, images)
-    ("draft", 32), ("top1_0.5_g2", 256), ("top1_0.9_g2", 256), ("relaxed_0.05_g2", 32), ("relaxed_0.1_g2", 32),
+    ("draft", 32), ("top1_0.5_g2", 256), ("top1_0.9_g2", 256), ("relaxed_0.05_g2", 64), ("relaxed_0.1_g2", 32),
     ("relaxed_0.3_g2", 32), ("test3_e2", 128), ("test3_e3", 32), ("test3_e4", 32), ("test3_e5", 32), ("code_e3", 32),
     ("code_e5", 32),
 ]
@@ -409,10 +409,11 @@ def test_every_lossy_row_fails_the_lossless_criterion(stored_report, bundled_sd,
     Measured largest ``|z|`` with seeds 9 (the one used), 10 and 11: draft 38.8; top1_0.5_g2 5.7 / 6.8 / 5.6
     (stage 0 and 1 argmax rate both beyond the bound); top1_0.9_g2 5.7 / 6.8 / 5.6 (stage 0 argmax rate only:
     ``top1_match`` keeps the draft's stage-0 token when it is the target's argmax; the expected value, from the
-    models' stage-0 laws, is ``0.39 sqrt(images) = 6.25``, power 0.99 at 256 images); relaxed 0.05 / 0.3:
-    24.8 / 21.5 / 22.0 and 31.4 / 25.4 / 27.7; test3_e2 9.2 / 8.7 / 10.5 (stage-1 surprisal); test3_e3 8.1 /
-    12.6 / 10.1; code_e3 40.6 / 40.4 / 44.7; code_e5 39.0. Power >= 0.99 for every row (top1_0.9_g2 the weakest,
-    as computed above).
+    models' stage-0 laws, is ``0.39 sqrt(images) = 6.25``, power 0.99 at 256 images); test3_e2 9.2 / 8.7 / 10.5
+    (stage-1 surprisal); test3_e3 8.1 / 12.6 / 10.1; code_e3 40.6 / 40.4 / 44.7; code_e5 39.0. Power >= 0.99 for
+    these rows (top1_0.9_g2 the weakest, as computed above). The relaxed rows, re-measured after the budget
+    became a bound on the committed law's total variation, at seed 9 only: relaxed 0.05 (64 images) 7.24,
+    0.1 (32 images) 8.89, 0.3 (32 images) 25.4, all stage-6 surprisal; their power over seeds is not measured.
     """
     assert not stored_report.result(name, 1).lossless
     run = _rerun(bundled_sd, name, images, 16, stored_report.cfg)
