@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=1.5)
     p.add_argument("--no-cuda-graphs", action="store_true", help="fast path without graphs (diagnostics)")
     p.add_argument("--no-graph-decode", action="store_true", help="fast-path rows decode eagerly too")
+    p.add_argument("--autocast-decode", action="store_true",
+                   help="fast-path rows decode with the reference decode under bf16 autocast instead of the fast decode")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="leave torch.backends.cudnn.benchmark off")
     p.add_argument("--out", default="bench_out", help="folder for bench.json and bench.md")
     p.add_argument("--profile-stages", type=_int_list, default=(),
@@ -103,7 +105,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         repeats=args.repeats, warmup=args.warmup, passes_only_repeats=args.passes_only_repeats,
         calibration_calls=args.calibration_calls, calibration_replays=args.calibration_replays, top_k=args.top_k,
         top_p=args.top_p, cfg=args.cfg, use_cuda_graphs=not args.no_cuda_graphs,
-        graph_decode=not args.no_graph_decode, cudnn_benchmark=not args.no_cudnn_benchmark, out=args.out,
+        graph_decode=not args.no_graph_decode, fast_decode=not args.autocast_decode,
+        cudnn_benchmark=not args.no_cudnn_benchmark, out=args.out,
         profile_stages=args.profile_stages,
     )
 

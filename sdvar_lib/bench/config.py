@@ -58,6 +58,9 @@ class BenchConfig:
     cfg: float = 1.5
     use_cuda_graphs: bool = True
     graph_decode: bool = True
+    fast_decode: bool = True
+    """Fast-path rows decode with the fast VQVAE decode (bf16/fp16 channels-last, Triton GroupNorm); ``False``:
+    the reference decode under bf16 autocast (the rows of the runs before the fast decode existed)."""
     cudnn_benchmark: bool = True
     out: str = "bench_out"
     profile_stages: tuple[int, ...] = ()
@@ -92,7 +95,7 @@ class BenchConfig:
         check_int(self.calibration_calls, "calibration_calls", 1)
         check_int(self.calibration_replays, "calibration_replays", 1)
         self.sampling.check_vocabulary(VarSpec.official(self.pairs[0][1]).vocab)
-        for name in ("use_cuda_graphs", "graph_decode", "cudnn_benchmark"):
+        for name in ("use_cuda_graphs", "graph_decode", "fast_decode", "cudnn_benchmark"):
             check_bool(getattr(self, name), name)
         if not isinstance(self.out, str) or not self.out:
             raise TypeError(f"out must be a non-empty folder path (str), got {self.out!r}")

@@ -143,7 +143,7 @@ def run_bench(config: BenchConfig, command: str = "", on_progress: Callable[[Ben
             # the eager baseline first, before any graph of this batch size holds memory
             for row in (r for r in bench_rows if r.eager):
                 rows.append(bench_method(ctx, row, None, B, config, ceilings))
-            ctx.decoder = GraphedDecode(pair.vae) if config.graph_decode else None
+            ctx.decoder = GraphedDecode(pair.vae, fast=config.fast_decode) if config.graph_decode else None
             decode_timing = next((d for d in decode if d.batch == B), None)  # the VQVAE is the same for every pair
             if decode_timing is None:
                 decode_timing = measure_decode(pair.target, B, graphed=ctx.decoder)

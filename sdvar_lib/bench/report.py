@@ -96,10 +96,11 @@ def format_markdown(report: BenchReport) -> str:
         f"GPU: {m.device_name}; driver {m.driver}; torch {m.torch_version} (CUDA {m.cuda_version}); python {m.python_version}",
         f"Measured ceilings: HBM copy {ceil.hbm_bytes_per_s / 1e12:.2f} TB/s (read + write), "
         f"bf16 matmul {ceil.bf16_flops_per_s / 1e12:.0f} TFLOP/s",
-        "VQVAE decode alone (bf16 autocast; inside every timed call), eager / CUDA graph: "
+        "VQVAE decode alone (inside every timed call): eager under bf16 autocast / the rows' graphed decode: "
         + ", ".join(f"batch {d.batch}: {d.eager_ms:.2f} / {_fmt(d.graphed_ms, 2)} ms" for d in report.decode),
         f"Fast path: CUDA graphs {'on' if cfg.use_cuda_graphs else 'off'}, graphed VQVAE decode "
-        f"{'on' if cfg.graph_decode else 'off'} ({EAGER_TARGET} always decodes eagerly), cudnn.benchmark "
+        f"{'on' if cfg.graph_decode else 'off'} ({'fast decode' if cfg.fast_decode else 'reference decode, bf16 autocast'}; "
+        f"{EAGER_TARGET} always decodes eagerly), cudnn.benchmark "
         f"{'on' if cfg.cudnn_benchmark else 'off'}",
         f"Sampling: top-k {cfg.top_k}, top-p {cfg.top_p}, cfg {cfg.cfg}; "
         f"{cfg.repeats} timed runs after {cfg.warmup} warm-up runs; latency per call "
