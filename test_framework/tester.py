@@ -19,6 +19,7 @@ from dataclasses import replace
 import torch
 
 from sdvar_lib import SDVAR, VAR, DraftProposal, ModelRun, SDVARInferenceState, VerifyResult, compare_images
+from sdvar_lib.util.checks import check_int, check_number, check_seed
 from test_framework.reference import (
     ReferenceRun,
     check_greedy,
@@ -91,14 +92,6 @@ class _CountingRun(ModelRun):
         return self.inner.forward(x_2BlC, attn_mask)
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 class SDVARParallelV1Tester:
     """Invariant checks of SDVAR parallel verification for any draft/target pair (bundled or official).
 
@@ -113,14 +106,12 @@ class SDVARParallelV1Tester:
             raise TypeError(f"SDVARParallelV1Tester needs an sdvar_lib.SDVAR, got {type(sdvar_model).__name__}")
         if tolerances is not None and not isinstance(tolerances, Tolerances):
             raise TypeError(f"tolerances must be a Tolerances, got {type(tolerances).__name__}")
-        if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or cfg < 0:
-            raise ValueError(f"cfg must be a number >= 0, got {cfg!r}")
-        _check_int(seed, "seed", 0)
-        _check_int(top_k, "top_k", 0)
+        check_number(cfg, "cfg", 0.0)
+        check_seed(seed, "seed", allow_none=False)
+        check_int(top_k, "top_k", 0)
         if top_k > sdvar_model.target_model.V:
             raise ValueError(f"top_k must be <= the vocabulary size {sdvar_model.target_model.V}, got {top_k}")
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 <= top_p <= 1:
-            raise ValueError(f"top_p must be a number in [0, 1], got {top_p!r}")
+        check_number(top_p, "top_p", 0.0, 1.0)
         self.sd = sdvar_model
         self.top_k, self.top_p = top_k, float(top_p)
         self.tol = tolerances if tolerances is not None else Tolerances.for_model(sdvar_model.target_model)
@@ -197,8 +188,8 @@ class SDVARParallelV1Tester:
         stages ``> 0`` are identical (stage 0's halves differ only by the class embedding and are
         checked against their own reference); the attention mask is block-causal over the prefix.
         """
-        _check_int(B, "B", 1)
-        _check_int(gamma, "gamma", 1)
+        check_int(B, "B", 1)
+        check_int(gamma, "gamma", 1)
 
         def body(checks: CheckLog):
             target, S, bounds = self.target, self.S, self.bounds
@@ -272,8 +263,8 @@ class SDVARParallelV1Tester:
     # ---- 2. split logits --------------------------------------------------------------------------
     def test_split_logits_by_stage(self, B: int = 2, gamma: int = 2) -> TestResult:
         """Per-stage slices and per-stage CFG of the chunk's logits equal a reference split of the same logits."""
-        _check_int(B, "B", 1)
-        _check_int(gamma, "gamma", 1)
+        check_int(B, "B", 1)
+        check_int(gamma, "gamma", 1)
 
         def body(checks: CheckLog):
             target, S = self.target, self.S
@@ -332,8 +323,8 @@ class SDVARParallelV1Tester:
         the last proposed stage), one draft pass per proposed stage, ``f_hat`` after each proposal,
         and ``q`` equal to the draft's sequential recomputation over committed + proposed tokens.
         """
-        _check_int(B, "B", 1)
-        _check_int(gamma, "gamma", 1)
+        check_int(B, "B", 1)
+        check_int(gamma, "gamma", 1)
 
         def body(checks: CheckLog):
             draft, S, V = self.draft, self.S, self.target.V
@@ -409,10 +400,10 @@ class SDVARParallelV1Tester:
         the dtype: 1e-4 for float32, looser for bf16/fp16). Also: exactly one target pass, ``p``
         equal to the sequential distribution, and the target cache ending at the last verified stage.
         """
-        _check_int(B, "B", 1)
-        _check_int(gamma, "gamma", 1)
-        if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0):
-            raise ValueError(f"tolerance must be a number >= 0 or None (dtype default), got {tolerance!r}")
+        check_int(B, "B", 1)
+        check_int(gamma, "gamma", 1)
+        if tolerance is not None:
+            check_number(tolerance, "tolerance (None: the dtype's default)", 0.0)
         bound = self.tol.logits if tolerance is None else Bound(float(tolerance))
 
         def body(checks: CheckLog):
@@ -475,8 +466,8 @@ class SDVARParallelV1Tester:
         the target cache holds exactly the committed stages' inputs and the draft cache the inputs it
         read that are still valid (``min(new c, c + g)`` stages).
         """
-        _check_int(B, "B", 1)
-        _check_int(gamma, "gamma", 1)
+        check_int(B, "B", 1)
+        check_int(gamma, "gamma", 1)
 
         def body(checks: CheckLog):
             S = self.S
@@ -547,8 +538,8 @@ class SDVARParallelV1Tester:
     def test_kv_cache_consistency(self, B: int = 2, gamma: int = 2) -> TestResult:
         """After every round of :meth:`SDVAR.iter_rounds` both caches equal a sequential prefill over the
         committed tokens (lengths, and keys/values of every layer)."""
-        _check_int(B, "B", 1)
-        _check_int(gamma, "gamma", 1)
+        check_int(B, "B", 1)
+        check_int(gamma, "gamma", 1)
 
         def body(checks: CheckLog):
             state = self._new_state(B, gamma)
@@ -599,8 +590,8 @@ class SDVARParallelV1Tester:
         Near ties (argmax gap within the logits tolerance) may resolve either way in reduced
         precision; every committed token must be the target's argmax given its committed prefix.
         """
-        _check_int(B, "B", 1)
-        _check_int(gamma, "gamma", 1)
+        check_int(B, "B", 1)
+        check_int(gamma, "gamma", 1)
 
         def body(checks: CheckLog):
             labels = self._labels(B)
@@ -620,8 +611,8 @@ class SDVARParallelV1Tester:
     def test_end_to_end(self, B: int = 2, gamma: int = 2) -> TestResult:
         """A sampled parallel_v1 call: images decoded from the committed tokens, in ``[0, 1]``, of the
         VQVAE's size; at most ``S`` target passes; consistent statistics."""
-        _check_int(B, "B", 1)
-        _check_int(gamma, "gamma", 1)
+        check_int(B, "B", 1)
+        check_int(gamma, "gamma", 1)
 
         def body(checks: CheckLog):
             target, S = self.target, self.S
@@ -673,12 +664,11 @@ class SDVARParallelV1Tester:
         prefix, the target's stages are the target's greedy continuation of that prefix (so
         ``entry_num=0`` is the target's greedy decode), with ``entry_num`` draft passes and
         ``S - entry_num`` target passes (one prefill + one per later stage)."""
-        _check_int(B, "B", 1)
+        check_int(B, "B", 1)
         S = self.S
         entries = sorted({0, S // 2, S}) if entry_nums is None else list(entry_nums)
         for k in entries:
-            if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= S:
-                raise ValueError(f"entry_nums must be ints in [0, {S}], got {list(entries)!r}")
+            check_int(k, "every value of entry_nums", 0, S)
 
         def body(checks: CheckLog):
             labels = self._labels(B)
@@ -709,8 +699,8 @@ class SDVARParallelV1Tester:
     # ---- 10. baseline -----------------------------------------------------------------------------
     def test_compare_with_baseline(self, B: int = 2, gamma: int = 2) -> TestResult:
         """Greedy parallel_v1 image equals the greedy baseline (target alone) image within tolerance."""
-        _check_int(B, "B", 1)
-        _check_int(gamma, "gamma", 1)
+        check_int(B, "B", 1)
+        check_int(gamma, "gamma", 1)
 
         def body(checks: CheckLog):
             labels = self._labels(B)
@@ -761,11 +751,10 @@ class SDVARParallelV1Tester:
         rule other than ``min(1, p/q)`` (e.g. ``** 0.9``), corrections not drawn from
         ``normalize(max(p - q, 0))``, a bonus stage taken as the argmax — see ``tests/test_harness_teeth.py``.
         """
-        _check_int(B, "B", 1)
+        check_int(B, "B", 1)
         if draws is not None:
-            _check_int(draws, "draws", 1)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-            raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
+            check_int(draws, "draws", 1)
+        check_number(alpha, "alpha", 0.0, 1.0, min_inclusive=False, max_inclusive=False)
 
         def body(checks: CheckLog):
             S, V = self.S, self.target.V
@@ -838,8 +827,8 @@ class SDVARParallelV1Tester:
     # ---- all --------------------------------------------------------------------------------------
     def run_all_tests(self, B: int = 2, gamma: int = 2, print_results: bool = True, show_times: bool = True) -> list[TestResult]:
         """Every test in order; prints the summary (:func:`~test_framework.results.print_summary`) unless told not to."""
-        _check_int(B, "B", 1)
-        _check_int(gamma, "gamma", 1)
+        check_int(B, "B", 1)
+        check_int(gamma, "gamma", 1)
         results = [
             self.test_build_combined_query(B, gamma),
             self.test_split_logits_by_stage(B, gamma),

@@ -228,14 +228,19 @@ def test_bad_input_is_rejected(sd):
     with pytest.raises(TypeError, match="tolerances must be a Tolerances"):
         SDVARParallelV1Tester(sd, tolerances=1e-4)
     tester = SDVARParallelV1Tester(sd)
-    with pytest.raises(ValueError, match="B must be >= 1"):
+    with pytest.raises(ValueError, match="B must be an int >= 1"):
         tester.run_all_tests(B=0, gamma=2)
     with pytest.raises(TypeError, match="gamma must be an int"):
         tester.test_state_update(B=2, gamma=True)
-    with pytest.raises(ValueError, match="tolerance must be a number >= 0"):
+    with pytest.raises(ValueError, match=r"tolerance \(None: the dtype's default\) must be a finite number >= 0"):
         tester.test_target_verify_batch(B=2, gamma=2, tolerance=-1.0)
-    with pytest.raises(ValueError, match=r"entry_nums must be ints in \[0, 4\]"):
+    with pytest.raises(ValueError, match=r"every value of entry_nums must be an int in \[0, 4\]"):
         tester.test_compare_with_test3(B=2, entry_nums=[5])
+    for cfg in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="cfg must be a finite number >= 0"):
+            SDVARParallelV1Tester(sd, cfg=cfg)
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*63\)"):
+        SDVARParallelV1Tester(sd, seed=-1)
 
 
 def test_tolerances_follow_the_dtype_and_device():
