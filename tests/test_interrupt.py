@@ -112,18 +112,20 @@ def test_sigint_at_any_moment_keeps_the_old_or_the_new_set(tmp_path):
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     previous = run_id_of(out)
-    outcomes = []
+    kept_by_interrupted = 0
     for delay_s in (0.5, 2.0, 3.5, 5.0, 6.5, 8.0, 10.0):
         proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(delay_s)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=300)
         now = run_id_of(out)  # fails on a mixed or incomplete set
+        assert now is not None, f"a run interrupted after {delay_s} s removed the output folder"
         if proc.returncode == 0:
             assert now != previous  # it finished before the signal: the new complete set
-        else:
-            assert now == previous, f"a run interrupted after {delay_s} s changed the output folder"
-        outcomes.append(proc.returncode)
+        elif now == previous:
+            kept_by_interrupted += 1
+        # else: the signal came after the new set was renamed into place (while the run printed its
+        # summary or shut down): the folder holds the new complete set, which the contract allows
         previous = now
-    assert any(rc != 0 for rc in outcomes), "no run was interrupted: the delays are too long for this machine"
+    assert kept_by_interrupted, "no run was interrupted before it committed: the delays are too long for this machine"
     assert not [p for p in tmp_path.iterdir() if p.name != "demo"]
