@@ -217,6 +217,24 @@ def _report(methods=("eager_target", "target", "exact_g4")) -> BenchReport:
                        decode=[DecodeTiming(1, 10.0, 2.0)], rows=rows, config=BenchConfig())
 
 
+def test_markdown_has_the_whole_call_bound_one_off_and_pass_ratio_columns():
+    from sdvar_lib.bench import PassRatio
+
+    report = _report()
+    report.rows[1].whole_bound_ms, report.rows[1].ratio_to_whole_bound, report.rows[1].one_off_s = 12.5, 1.6, 3.25
+    report.pass_ratios = [PassRatio("d16->d30", 1, target_ms=(1.0, 2.0, 5.0), draft_ms=(0.5, 0.5, 1.0))]
+    report.decode = [DecodeTiming(1, 10.0, 2.0, bound_ms=0.75)]
+    text = format_markdown(report)
+    assert "| whole bound ms | meas/whole bound | passes-only ms | one-off s |" in text
+    assert "| 1 | target | - | 20.00 | 20.00–20.00 | 50.0 | 10 | 0 | 5.0 / 6.0 | 10.00 | 2.00 | 12.50 | 1.60 | - | 3.2 |" in text
+    assert "| 1 | exact_g4 | - | 10.00 | 10.00–10.00 | 100.0 | 10 | 0 | 5.0 / 6.0 | 10.00 | 1.00 | - | - | - | - |" in text
+    assert "| 1 | 2.00 | 8.00 | 0.250 |" in text  # draft / target single-stage sums and their ratio
+    assert "batch 1: 10.00 / 2.00 ms (0.75 ms)" in text
+    data = json.loads(report_to_json(report))
+    assert data["pass_ratios"][0]["draft_ms"] == [0.5, 0.5, 1.0] and data["rows"][1]["one_off_s"] == 3.25
+    assert data["decode"][0]["bound_ms"] == 0.75
+
+
 def test_speedups_and_markdown():
     report = _report()
     by = {r.method: r for r in report.rows}
@@ -427,3 +445,16 @@ def test_bench_method_rows_on_the_tiny_pair(tiny_pair, monkeypatch):
     assert rows["g2_exact"].scenario == "exact (random weights)"
     assert rows["test3"].draft_passes == 2 and rows["test3"].scenario == "-" and rows["test3"].gamma_per_round is None
     assert all(r.passes_only_ms is None and r.captures_during_timing == 0 for r in rows.values())  # no graphs on the CPU
+    # the whole-call bound: the passes' bound + every stage sampled once (CFG-doubled float32 logits read)
+    # + the VQVAE decode (its FLOPs and bytes), priced at the same ceilings
+    from sdvar_lib.fast.costs import decode_cost
+
+    cost = decode_cost(vae, 2)
+    sampling_bytes = sum(2 * 2 * pn * pn * target.V * 4 for pn in target.patch_nums)
+    beyond_ms = 1e3 * ((cost.bytes + sampling_bytes) / ceil.hbm_bytes_per_s + cost.flops / ceil.bf16_flops_per_s)
+    for r in rows.values():
+        assert r.whole_bound_ms == pytest.approx(r.bound_ms + beyond_ms)
+        assert r.ratio_to_whole_bound == pytest.approx(r.latency_ms_median / r.whole_bound_ms)
+        assert r.one_off_s is not None and r.one_off_s >= 0.0
+    assert rows["eager"].one_off_s == 0.0  # the eager loop builds no fast run
+    assert rows["target"].one_off_s > 0.0  # its run checked the block kernels when it was built

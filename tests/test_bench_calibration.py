@@ -41,6 +41,7 @@ from sdvar_lib.bench import (
     scenario_stage_acceptance,
 )
 from sdvar_lib.fast.config import FastConfig
+from sdvar_lib.fast.costs import decode_cost
 from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.presets import ModelPair
@@ -196,6 +197,37 @@ def _host_call_timer(fn):
     return out, (time.perf_counter() - t0) * 1e3
 
 
+def test_pass_ratio_times_both_models_single_stage_passes(tiny_pair):
+    from sdvar_lib.bench import measure_pass_ratio
+
+    vae, draft, target = tiny_pair
+    S = target.num_stages
+    factory = FastRunFactory(NO_GRAPHS)
+    ctx = PairContext(name="tiny", pair=ModelPair(vae=vae, draft=draft, target=target, description="tiny"),
+                      sd=SDVAR(draft, target, run_factory=factory), factory=factory, specs={})
+    replayed: list[tuple[str, int, int]] = []
+    for model, name in ((draft, "draft"), (target, "target")):
+        run = factory.run_for(model, 2)  # the runs measure_pass_ratio will use, recording what they replay
+
+        def recording(passes, run=run, name=name, replay=run.replay_passes):
+            replayed.extend((name, p.position, p.length) for p in passes)
+            return replay(passes)
+
+        run.replay_passes = recording
+
+    def fake_timer(fn, repeats, warmup):  # one replay, priced by which model ran how many tokens
+        fn()
+        name, _, length = replayed[-1]
+        return (1.0 if name == "draft" else 4.0) * length
+
+    ratio = measure_pass_ratio(ctx, 2, repeats=1, replay_timer=fake_timer)
+    lengths = tuple(float(pn * pn) for pn in target.patch_nums)
+    assert ratio.draft_ms == lengths and ratio.target_ms == tuple(4.0 * n for n in lengths)
+    assert ratio.ratio == pytest.approx(0.25)
+    starts = [sum(pn * pn for pn in target.patch_nums[:s]) for s in range(S)]
+    assert replayed == [(m, b, int(n)) for m in ("target", "draft") for b, n in zip(starts, lengths)]
+
+
 def test_calibration_end_to_end_on_the_tiny_pair(tiny_pair):
     vae, draft, target = tiny_pair
     S, B = target.num_stages, 2
@@ -332,6 +364,8 @@ def test_run_bench_end_to_end_on_the_tiny_pair(tiny_pair, monkeypatch, tmp_path)
         core_module.calibrate_batch, replay_timer=_host_replay_timer, call_timer=_host_call_timer))
     monkeypatch.setattr(core_module, "calibrate_scenario", functools.partial(
         core_module.calibrate_scenario, call_timer=_host_call_timer))
+    monkeypatch.setattr(core_module, "measure_pass_ratio", functools.partial(
+        core_module.measure_pass_ratio, replay_timer=_host_replay_timer))
     config = BenchConfig(pairs=((16, 30),), batches=(2,), methods=("eager_target", "target", "sdvar_g2", CALIBRATED),
                          scenarios=("exact", "all"), repeats=2, warmup=0, calibration_calls=2, calibration_replays=1,
                          top_k=0, top_p=0.0, use_cuda_graphs=False, graph_decode=False, out=str(tmp_path))
@@ -350,10 +384,23 @@ def test_run_bench_end_to_end_on_the_tiny_pair(tiny_pair, monkeypatch, tmp_path)
     for cal, row in zip(report.calibrations, report.rows[4:]):
         assert row.gamma_per_round and cal.gamma_per_round == row.gamma_per_round
     assert report.rows[0].speedup_vs_eager == pytest.approx(1.0) and report.rows[1].speedup_vs_target == pytest.approx(1.0)
-    assert report.machine.device_name == "host stand-in" and report.decode == [DecodeTiming(2, 0.5, 0.25)]
+    assert report.machine.device_name == "host stand-in"
+    cost = decode_cost(vae, 2)
+    assert report.decode == [DecodeTiming(2, 0.5, 0.25, bound_ms=pytest.approx(1e3 * (cost.bytes / 1e12 + cost.flops / 1e14)))]
+    # the batch was calibrated: its single-stage pass times are the calibration's, not timed again
+    (ratio,) = report.pass_ratios
+    cal = report.calibrations[0]
+    assert (ratio.pair, ratio.batch) == ("d16->d30", 2)
+    assert ratio.target_ms == tuple(ms for s, n, ms in cal.target_pass_ms if n == 1)
+    assert ratio.draft_ms == tuple(ms for s, n, ms in cal.draft_pass_ms if n == 1) and len(ratio.draft_ms) == S
+    assert ratio.ratio == pytest.approx(sum(ratio.draft_ms) / sum(ratio.target_ms))
+    assert all(r.whole_bound_ms > r.bound_ms and r.one_off_s >= 0 for r in report.rows)
     assert len(partials) >= 4 and len(partials[0].rows) < len(report.rows)
     stored = json.loads((tmp_path / "bench.json").read_text())
     assert [r["method"] for r in stored["rows"]] == [m for m, _ in got]
     assert stored["config"]["methods"] == ["eager_target", "target", "exact_g2", "exact_calibrated"]
     assert "| 2 | exact_calibrated | all-accepted |" in (tmp_path / "bench.md").read_text()
+    line = f"| 2 | {sum(ratio.draft_ms):.2f} | {sum(ratio.target_ms):.2f} | {ratio.ratio:.3f} |"
+    assert line in (tmp_path / "bench.md").read_text()
+    assert len(stored["pass_ratios"]) == 1 and stored["rows"][0]["whole_bound_ms"] > 0
     assert S == len(report.calibrations[1].priors)

@@ -128,3 +128,22 @@ def test_pass_ratio_and_one_off_seconds(vae, tiny_pair):
     decode = GraphedDecode(vae)
     decode.capture_time_s = 2.0
     assert one_off_seconds([run], [decode]) == pytest.approx(3.75)
+
+
+def test_factory_one_off_seconds_keep_released_runs(tiny_pair):
+    from sdvar_lib.fast.factory import FastRunFactory
+
+    _, draft, target = tiny_pair
+    factory = FastRunFactory(FastConfig(use_cuda_graphs=False))
+    assert factory.one_off_s == 0.0
+    d, t = factory.run_for(draft, 1), factory.run_for(target, 1)
+    d.counters.capture_time_s, t.counters.capture_time_s = 10.0, 20.0
+    total = factory.one_off_s
+    assert total == pytest.approx(30.0 + d.counters.setup_time_s + t.counters.setup_time_s)
+    factory.release(draft)
+    assert factory.one_off_s == pytest.approx(total)  # a released run's seconds still count
+    factory.release()
+    assert factory.one_off_s == pytest.approx(total) and factory.runs() == []
+    again = factory.run_for(target, 1)
+    again.counters.capture_time_s = 5.0
+    assert factory.one_off_s >= total + 5.0

@@ -35,16 +35,18 @@ from sdvar_lib.bench.calibration import (
     BatchCalibration,
     CallSample,
     OverheadEstimate,
+    PassRatio,
     calibrate_batch,
     calibrate_scenario,
     calibrated_costs,
     chunk_of_pass,
     estimate_overheads,
+    measure_pass_ratio,
     measure_pass_times,
 )
 from sdvar_lib.bench.cli import build_parser, config_from_args, main
 from sdvar_lib.bench.config import BenchConfig
-from sdvar_lib.bench.core import bench_method, run_bench
+from sdvar_lib.bench.core import bench_method, beyond_passes_bound_ms, one_off_s, run_bench
 from sdvar_lib.bench.methods import (
     BENCH_ONLY_ROWS,
     CALIBRATED,
@@ -68,6 +70,7 @@ from sdvar_lib.bench.report import (
     format_calibrations,
     format_list,
     format_markdown,
+    format_pass_ratios,
     report_to_json,
     write_report,
 )
@@ -108,12 +111,13 @@ __all__ = [
     "BenchConfig",
     # calibration
     "CallSample", "OverheadEstimate", "AdaptiveCalibration", "BatchCalibration", "CALIBRATION_RULES", "chunk_of_pass",
-    "measure_pass_times", "estimate_overheads", "calibrated_costs", "calibrate_batch", "calibrate_scenario",
+    "measure_pass_times", "PassRatio", "measure_pass_ratio",
+    "estimate_overheads", "calibrated_costs", "calibrate_batch", "calibrate_scenario",
     # report
     "BenchRow", "BenchReport", "add_speedups", "format_markdown", "format_calibrations", "format_list",
-    "report_to_json", "write_report",
+    "format_pass_ratios", "report_to_json", "write_report",
     # profiling
     "KernelTime", "PassProfile", "profile_pass", "profile_targets", "format_profiles", "write_profiles",
     # running
-    "bench_method", "run_bench", "build_parser", "config_from_args", "main",
+    "bench_method", "run_bench", "one_off_s", "beyond_passes_bound_ms", "build_parser", "config_from_args", "main",
 ]

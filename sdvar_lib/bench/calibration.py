@@ -7,6 +7,9 @@ Per scenario (:func:`calibrate_scenario`) a few SDVAR calls give the per-round o
 (:func:`estimate_overheads`) and the stage acceptance; the rule is an
 :class:`~sdvar_lib.sdvar.gamma.AdaptiveGamma` with these costs (:func:`calibrated_costs`) and priors.
 Timers are arguments, so the CPU tests run all of it with host timers on the tiny pair.
+
+The pass tables also give every batch of the benchmark its draft/target single-stage pass ratio
+(:func:`measure_pass_ratio`, reusing the calibration's tables when the batch was calibrated).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ __all__ = [
     "CALIBRATION_RULES",
     "chunk_of_pass",
     "measure_pass_times",
+    "PassRatio",
+    "measure_pass_ratio",
     "estimate_overheads",
     "calibrated_costs",
     "calibrate_batch",
@@ -163,6 +168,41 @@ def measure_pass_times(run: FastRun, chunks: Sequence[tuple[int, int]], timer: R
         rec = PassRecord(position, length, graphed=run.use_cuda_graphs)
         out[(start, n)] = float(timer(lambda rec=rec: run.replay_passes([rec]), repeats, warmup))
     return out
+
+
+@dataclass(frozen=True)
+class PassRatio:
+    """Single-stage pass times (ms, stage 0 first; graph replays on the fast path) of draft and target at one batch."""
+
+    pair: str
+    batch: int
+    target_ms: tuple[float, ...]
+    draft_ms: tuple[float, ...]
+
+    @property
+    def ratio(self) -> float:
+        """Draft over target: the sum of the draft's single-stage passes over the target's."""
+        return sum(self.draft_ms) / sum(self.target_ms)
+
+
+def measure_pass_ratio(ctx: PairContext, B: int, repeats: int, replay_timer: ReplayTimer = median_event_ms,
+                       calibration: BatchCalibration | None = None) -> PassRatio:
+    """Every stage's single-stage pass of the draft and the target at batch ``B``, replayed alone.
+
+    With ``calibration`` (the batch's :func:`calibrate_batch`) its tables are reused, nothing is timed again.
+    """
+    S = ctx.pair.target.num_stages
+    chunks = [(s, 1) for s in range(S)]
+    if calibration is not None:
+        target_ms, draft_ms = calibration.target_pass_ms, calibration.draft_pass_ms
+    else:
+        target_ms = measure_pass_times(ctx.factory.run_for(ctx.pair.target, B), chunks, replay_timer, repeats)
+        draft_ms = measure_pass_times(ctx.factory.run_for(ctx.pair.draft, B), chunks, replay_timer, repeats)
+    ratio = PassRatio(pair=ctx.name, batch=B, target_ms=tuple(target_ms[k] for k in chunks),
+                      draft_ms=tuple(draft_ms[k] for k in chunks))
+    log.info("%s B=%d single-stage passes: draft %.2f ms, target %.2f ms (ratio %.3f)", ctx.name, B,
+             sum(ratio.draft_ms), sum(ratio.target_ms), ratio.ratio)
+    return ratio
 
 
 def _table_rows(table: dict[tuple[int, int], float]) -> list[list[float]]:

@@ -2,9 +2,13 @@
 
 Official-size draft/target pairs with random bf16 weights are timed on the fast path
 (:mod:`sdvar_lib.fast.run`) against the eager loop under bf16 autocast in the same run. Every
-figure comes with its physical lower bound (:mod:`sdvar_lib.bench.bounds`) at ceilings measured at
-the start of the run; SDVAR rows run under each acceptance scenario (:mod:`sdvar_lib.bench.scenarios`);
-the calibrated row is calibrated right before it is timed (:mod:`sdvar_lib.bench.calibration`).
+figure comes with two physical lower bounds at ceilings measured at the start of the run: its
+passes' (:mod:`sdvar_lib.bench.bounds`) and the whole call's, passes + sampling + VQVAE decode
+(:mod:`sdvar_lib.fast.costs`); and with the one-off seconds (kernel checks, graph captures) its
+preparation and warm-up cost. SDVAR rows run under each acceptance scenario
+(:mod:`sdvar_lib.bench.scenarios`); the calibrated row is calibrated right before it is timed
+(:mod:`sdvar_lib.bench.calibration`). Per batch the run also times the single-stage passes of draft
+and target (their ratio).
 """
 
 from __future__ import annotations
@@ -14,11 +18,19 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
 from sdvar_lib.bench.bounds import Ceilings, passes_bound_s
-from sdvar_lib.bench.calibration import AdaptiveCalibration, BatchCalibration, calibrate_batch, calibrate_scenario
+from sdvar_lib.bench.calibration import (
+    AdaptiveCalibration,
+    BatchCalibration,
+    PassRatio,
+    calibrate_batch,
+    calibrate_scenario,
+    measure_pass_ratio,
+)
 from sdvar_lib.bench.config import BenchConfig
 from sdvar_lib.bench.methods import (
     BenchMethod,
@@ -33,6 +45,7 @@ from sdvar_lib.bench.report import BenchReport, BenchRow, add_speedups
 from sdvar_lib.bench.scenarios import Scenario, make_scenarios
 from sdvar_lib.bench.timing import DecodeTiming, cuda_event_ms, measure_ceilings, measure_decode, median_event_ms, percentile
 from sdvar_lib.fast.config import FastConfig
+from sdvar_lib.fast.costs import bound_s, decode_cost, whole_call_bound
 from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.sdvar.gamma import GammaRule
@@ -41,12 +54,30 @@ from sdvar_lib.util.machine import MachineInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["bench_method", "run_bench"]
+__all__ = ["bench_method", "run_bench", "one_off_s", "beyond_passes_bound_ms"]
+
+
+def one_off_s(ctx: PairContext) -> float:
+    """One-off seconds spent so far by the pair's fast runs and its graphed decode (kernel checks, captures)."""
+    return ctx.factory.one_off_s + (ctx.decoder.capture_time_s if ctx.decoder is not None else 0.0)
+
+
+def beyond_passes_bound_ms(ctx: PairContext, B: int, ceilings: Ceilings) -> float:
+    """What the whole-call bound adds to a call's passes bound: sampling every stage once and the VQVAE decode."""
+    target = ctx.pair.target
+    whole = whole_call_bound(0.0, ctx.pair.vae, target.V, B, [pn * pn for pn in target.patch_nums],
+                             ceilings.hbm_bytes_per_s, ceilings.bf16_flops_per_s)
+    return whole.total_s * 1e3
 
 
 def bench_method(ctx: PairContext, row: BenchMethod, scenario: Scenario | None, B: int, config: BenchConfig,
                  ceilings: Ceilings, rule: GammaRule | None = None) -> BenchRow:
-    """Time ``config.repeats`` calls of ``row`` at batch ``B`` (after ``config.warmup``), with bound and memory."""
+    """Time ``config.repeats`` calls of ``row`` at batch ``B`` (after ``config.warmup``), with bounds and memory.
+
+    ``one_off_s`` of the row: the one-off seconds its preparation and warm-up cost (0 when earlier rows
+    had captured everything it runs).
+    """
+    one_off_before = one_off_s(ctx)
     prepare_runs(ctx, row, B)
     call = method_call(ctx, row, scenario, B, config.sampling, rule)
     graphed_decode = ctx.decoder is not None and not row.eager
@@ -57,6 +88,8 @@ def bench_method(ctx: PairContext, row: BenchMethod, scenario: Scenario | None, 
     for i in range(config.warmup):
         timed(10_000 + i)
     torch.cuda.synchronize()
+    row_one_off_s = one_off_s(ctx) - one_off_before
+    beyond_passes = beyond_passes_bound_ms(ctx, B, ceilings)
     captures_before = sum(r.counters.captures for r in ctx.factory.runs())
     torch.cuda.reset_peak_memory_stats()
     times, t_passes, d_passes, bounds, acceptance = [], [], [], [], []
@@ -88,6 +121,7 @@ def bench_method(ctx: PairContext, row: BenchMethod, scenario: Scenario | None, 
                                       config.passes_only_repeats, warmup=1)
     median = statistics.median(times)
     bound = statistics.median(bounds)
+    whole_bound = bound + beyond_passes
     result = BenchRow(
         pair=ctx.name, batch=B, method=row.name,
         scenario=scenario.describe(row.method) if scenario is not None and row.sdvar else "-",
@@ -96,11 +130,14 @@ def bench_method(ctx: PairContext, row: BenchMethod, scenario: Scenario | None, 
         target_passes=statistics.median(t_passes), draft_passes=statistics.median(d_passes), peak_mem_gib=peak,
         peak_reserved_gib=reserved, bound_ms=bound, ratio_to_bound=median / bound, passes_only_ms=passes_only,
         token_acceptance=statistics.median(acceptance) if acceptance else None, captures_during_timing=captures,
-        gamma_per_round=gamma_per_round,
+        gamma_per_round=gamma_per_round, whole_bound_ms=whole_bound, ratio_to_whole_bound=median / whole_bound,
+        one_off_s=row_one_off_s,
     )
-    log.info("%s B=%d %-18s %-26s %8.2f ms (p10 %.2f, p90 %.2f)  bound %.2f ms  x%.2f  T%g D%g  %.1f GiB%s%s",
+    log.info("%s B=%d %-18s %-26s %8.2f ms (p10 %.2f, p90 %.2f)  bound %.2f ms  x%.2f  whole-call bound %.2f ms  "
+             "x%.2f  one-off %.1f s  T%g D%g  %.1f GiB%s%s",
              ctx.name, B, row.name, result.scenario, median, result.latency_ms_p10, result.latency_ms_p90, bound,
-             result.ratio_to_bound, result.target_passes, result.draft_passes, peak,
+             result.ratio_to_bound, whole_bound, result.ratio_to_whole_bound, row_one_off_s, result.target_passes,
+             result.draft_passes, peak,
              f"  passes-only {passes_only:.2f} ms" if passes_only is not None else "",
              f"  gamma/round {gamma_per_round}" if row.adaptive else "")
     return result
@@ -119,11 +156,12 @@ def run_bench(config: BenchConfig, command: str = "", on_progress: Callable[[Ben
     rows: list[BenchRow] = []
     decode: list[DecodeTiming] = []
     calibrations: list[AdaptiveCalibration] = []
+    pass_ratios: list[PassRatio] = []
     bench_rows = config.rows
 
     def report() -> BenchReport:
         partial = BenchReport(machine=machine, command=command, ceilings=ceilings, decode=list(decode), rows=list(rows),
-                              config=config, calibrations=list(calibrations))
+                              config=config, calibrations=list(calibrations), pass_ratios=list(pass_ratios))
         add_speedups(partial.rows)
         return partial
 
@@ -146,7 +184,9 @@ def run_bench(config: BenchConfig, command: str = "", on_progress: Callable[[Ben
             ctx.decoder = GraphedDecode(pair.vae, fast=config.fast_decode) if config.graph_decode else None
             decode_timing = next((d for d in decode if d.batch == B), None)  # the VQVAE is the same for every pair
             if decode_timing is None:
-                decode_timing = measure_decode(pair.target, B, graphed=ctx.decoder)
+                cost = decode_cost(pair.vae, B)
+                decode_timing = replace(measure_decode(pair.target, B, graphed=ctx.decoder), bound_ms=1e3 * bound_s(
+                    cost.flops, cost.bytes, ceilings.hbm_bytes_per_s, ceilings.bf16_flops_per_s))
                 decode.append(decode_timing)
             decode_ms = decode_timing.graphed_ms if decode_timing.graphed_ms is not None else decode_timing.eager_ms
             batch_cal: BatchCalibration | None = None
@@ -168,6 +208,12 @@ def run_bench(config: BenchConfig, command: str = "", on_progress: Callable[[Ben
                         cal.gamma_per_round = result.gamma_per_round
                         calibrations.append(cal)
                     progress()
+            if any(not r.eager for r in bench_rows):
+                try:
+                    pass_ratios.append(measure_pass_ratio(ctx, B, config.calibration_replays, calibration=batch_cal))
+                except Exception:  # a failed measurement must not cost the rows already timed
+                    log.exception("%s B=%d: the single-stage pass times could not be measured", ctx.name, B)
+                progress()
             factory.release()
             ctx.decoder = None
             progress()

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sdvar_lib.bench.bounds import Ceilings
-from sdvar_lib.bench.calibration import AdaptiveCalibration
+from sdvar_lib.bench.calibration import AdaptiveCalibration, PassRatio
 from sdvar_lib.bench.config import BenchConfig
 from sdvar_lib.bench.methods import CALIBRATED, EAGER_TARGET
 from sdvar_lib.bench.timing import DecodeTiming
@@ -24,6 +24,7 @@ __all__ = [
     "BenchReport",
     "add_speedups",
     "format_markdown",
+    "format_pass_ratios",
     "format_calibrations",
     "format_list",
     "report_to_json",
@@ -56,6 +57,11 @@ class BenchRow:
     speedup_vs_eager: float | None = None
     gamma_per_round: list[int] | None = None
     """SDVAR rows: the gamma of every round of the last timed call (0 = a target step)."""
+    whole_bound_ms: float | None = None
+    """Whole-call bound: ``bound_ms`` + sampling every stage once + the VQVAE decode (``None`` in older reports)."""
+    ratio_to_whole_bound: float | None = None
+    one_off_s: float | None = None
+    """One-off seconds (kernel checks and compiles, graph captures) of the row's preparation and warm-up."""
 
 
 @dataclass
@@ -67,6 +73,7 @@ class BenchReport:
     rows: list[BenchRow]
     config: BenchConfig
     calibrations: list[AdaptiveCalibration] = field(default_factory=list)
+    pass_ratios: list[PassRatio] = field(default_factory=list)
 
 
 def add_speedups(rows: list[BenchRow]) -> None:
@@ -96,8 +103,9 @@ def format_markdown(report: BenchReport) -> str:
         f"GPU: {m.device_name}; driver {m.driver}; torch {m.torch_version} (CUDA {m.cuda_version}); python {m.python_version}",
         f"Measured ceilings: HBM copy {ceil.hbm_bytes_per_s / 1e12:.2f} TB/s (read + write), "
         f"bf16 matmul {ceil.bf16_flops_per_s / 1e12:.0f} TFLOP/s",
-        "VQVAE decode alone (inside every timed call): eager under bf16 autocast / the rows' graphed decode: "
-        + ", ".join(f"batch {d.batch}: {d.eager_ms:.2f} / {_fmt(d.graphed_ms, 2)} ms" for d in report.decode),
+        "VQVAE decode alone (inside every timed call): eager under bf16 autocast / the rows' graphed decode "
+        "(bound): " + ", ".join(f"batch {d.batch}: {d.eager_ms:.2f} / {_fmt(d.graphed_ms, 2)} ms "
+                                f"({_fmt(d.bound_ms, 2)} ms)" for d in report.decode),
         f"Fast path: CUDA graphs {'on' if cfg.use_cuda_graphs else 'off'}, graphed VQVAE decode "
         f"{'on' if cfg.graph_decode else 'off'} ({'fast decode' if cfg.fast_decode else 'reference decode, bf16 autocast'}; "
         f"{EAGER_TARGET} always decodes eagerly), cudnn.benchmark "
@@ -107,9 +115,16 @@ def format_markdown(report: BenchReport) -> str:
         "(CUDA events, VAE decode included)",
         "",
     ]
+    lines += [
+        "Bounds: `bound` prices the passes a call made (weights and KV cache over the HBM ceiling + FLOPs over the "
+        "bf16 ceiling); `whole bound` adds sampling every stage once and the VQVAE decode. `one-off s`: kernel "
+        "checks/compiles and graph captures the row's preparation and warm-up cost (0: earlier rows captured it).",
+        "",
+    ]
     header = ("| batch | method | scenario | median ms | p10–p90 ms | img/s | target passes | draft passes | "
-              "peak alloc / reserved GiB | bound ms | meas/bound | passes-only ms | vs target | vs eager |")
-    sep = "|" + "---|" * 14
+              "peak alloc / reserved GiB | bound ms | meas/bound | whole bound ms | meas/whole bound | "
+              "passes-only ms | one-off s | vs target | vs eager |")
+    sep = "|" + "---|" * 17
     for pair in dict.fromkeys(r.pair for r in report.rows):
         lines += [f"#### {pair}", "", header, sep]
         for r in (r for r in report.rows if r.pair == pair):
@@ -117,12 +132,29 @@ def format_markdown(report: BenchReport) -> str:
                 f"| {r.batch} | {r.method} | {r.scenario} | {r.latency_ms_median:.2f} | "
                 f"{r.latency_ms_p10:.2f}–{r.latency_ms_p90:.2f} | {r.images_per_s:.1f} | {r.target_passes:g} | "
                 f"{r.draft_passes:g} | {r.peak_mem_gib:.1f} / {r.peak_reserved_gib:.1f} | {r.bound_ms:.2f} | "
-                f"{r.ratio_to_bound:.2f} | "
-                f"{_fmt(r.passes_only_ms, 2)} | {_fmt(r.speedup_vs_target, 2, '×')} | {_fmt(r.speedup_vs_eager, 2, '×')} |"
+                f"{r.ratio_to_bound:.2f} | {_fmt(r.whole_bound_ms, 2)} | {_fmt(r.ratio_to_whole_bound, 2)} | "
+                f"{_fmt(r.passes_only_ms, 2)} | {_fmt(r.one_off_s, 1)} | {_fmt(r.speedup_vs_target, 2, '×')} | "
+                f"{_fmt(r.speedup_vs_eager, 2, '×')} |"
             )
         lines.append("")
+        ratios = [p for p in report.pass_ratios if p.pair == pair]
+        if ratios:
+            lines += [format_pass_ratios(ratios), ""]
     if report.calibrations:
         lines += [format_calibrations(report.calibrations), ""]
+    return "\n".join(lines)
+
+
+def format_pass_ratios(ratios: Sequence[PassRatio]) -> str:
+    """Markdown: per batch the draft's and the target's single-stage passes (sums over the stages) and their ratio."""
+    lines = [
+        "Single-stage passes, each replayed alone (sum over the stages; per stage in `bench.json`):",
+        "",
+        "| batch | draft ms | target ms | draft / target |",
+        "|---|---|---|---|",
+    ]
+    for p in ratios:
+        lines.append(f"| {p.batch} | {sum(p.draft_ms):.2f} | {sum(p.target_ms):.2f} | {p.ratio:.3f} |")
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import torch
 
 from sdvar_lib.fast.config import FastConfig
+from sdvar_lib.fast.costs import one_off_seconds
 from sdvar_lib.fast.run import FastRun
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.decoder import SDVAR
@@ -34,6 +35,7 @@ class FastRunFactory:
         self._runs: dict[tuple[int, int], list[FastRun]] = {}
         self._call_labels: torch.Tensor | None = None
         self._claimed: list[FastRun] = []
+        self._released_one_off_s = 0.0
 
     def __call__(self, model: VAR, label_B: torch.Tensor) -> FastRun:
         if not isinstance(model, VAR):
@@ -53,7 +55,10 @@ class FastRunFactory:
 
     def _runs_for(self, model: VAR, batch_size: int) -> list[FastRun]:
         key = (id(model), batch_size)
-        runs = [r for r in self._runs.get(key, []) if r.model is model and r.is_current()]
+        runs, stale = [], []
+        for r in self._runs.get(key, []):
+            (runs if r.model is model and r.is_current() else stale).append(r)
+        self._released_one_off_s += one_off_seconds(stale)
         self._runs[key] = runs
         return runs
 
@@ -81,11 +86,16 @@ class FastRunFactory:
     def runs(self) -> list[FastRun]:
         return [r for runs in self._runs.values() for r in runs]
 
+    @property
+    def one_off_s(self) -> float:
+        """Seconds every run built so far spent on one-off work (kernel checks and compiles, graph captures)."""
+        return self._released_one_off_s + one_off_seconds(self.runs())
+
     def release(self, model: VAR | None = None) -> None:
         """Drop the runs (caches, buffers, graphs) of ``model``, or of every model."""
         for key in list(self._runs):
             if model is None or key[0] == id(model):
-                del self._runs[key]
+                self._released_one_off_s += one_off_seconds(self._runs.pop(key))
         self._claimed = [r for r in self._claimed if model is not None and r.model is not model]
         if model is None:
             self._call_labels = None
