@@ -46,7 +46,7 @@ from sdvar_lib.bench.calibration import (
 )
 from sdvar_lib.bench.cli import build_parser, config_from_args, main
 from sdvar_lib.bench.config import BenchConfig
-from sdvar_lib.bench.core import bench_method, beyond_passes_bound_ms, one_off_s, run_bench
+from sdvar_lib.bench.core import bench_method, beyond_passes_bound, one_off_s, run_bench
 from sdvar_lib.bench.methods import (
     BENCH_ONLY_ROWS,
     CALIBRATED,
@@ -119,5 +119,5 @@ __all__ = [
     # profiling
     "KernelTime", "PassProfile", "profile_pass", "profile_targets", "format_profiles", "write_profiles",
     # running
-    "bench_method", "run_bench", "one_off_s", "beyond_passes_bound_ms", "build_parser", "config_from_args", "main",
+    "bench_method", "run_bench", "one_off_s", "beyond_passes_bound", "build_parser", "config_from_args", "main",
 ]

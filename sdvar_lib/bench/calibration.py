@@ -27,6 +27,7 @@ from sdvar_lib.bench.methods import BENCH_ONLY_ROWS, CALIBRATED, PairContext, be
 from sdvar_lib.bench.scenarios import Scenario, fill_missing_stages, scenario_stage_acceptance
 from sdvar_lib.bench.timing import CallTimer, ReplayTimer, cuda_event_ms, median_event_ms
 from sdvar_lib.fast.config import PassRecord
+from sdvar_lib.fast.costs import pass_time_ratio
 from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, TableCost, plan_never_drafts
@@ -181,8 +182,9 @@ class PassRatio:
 
     @property
     def ratio(self) -> float:
-        """Draft over target: the sum of the draft's single-stage passes over the target's."""
-        return sum(self.draft_ms) / sum(self.target_ms)
+        """Draft over target: the sum of the draft's single-stage passes over the target's (:func:`pass_time_ratio`)."""
+        return pass_time_ratio({(s, 1): ms for s, ms in enumerate(self.draft_ms)},
+                               {(s, 1): ms for s, ms in enumerate(self.target_ms)})
 
 
 def measure_pass_ratio(ctx: PairContext, B: int, repeats: int, replay_timer: ReplayTimer = median_event_ms,

@@ -45,7 +45,7 @@ from sdvar_lib.bench.report import BenchReport, BenchRow, add_speedups
 from sdvar_lib.bench.scenarios import Scenario, make_scenarios
 from sdvar_lib.bench.timing import DecodeTiming, cuda_event_ms, measure_ceilings, measure_decode, median_event_ms, percentile
 from sdvar_lib.fast.config import FastConfig
-from sdvar_lib.fast.costs import bound_s, decode_cost, whole_call_bound
+from sdvar_lib.fast.costs import WholeCallBound, whole_call_bound
 from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.sdvar.gamma import GammaRule
@@ -54,7 +54,7 @@ from sdvar_lib.util.machine import MachineInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["bench_method", "run_bench", "one_off_s", "beyond_passes_bound_ms"]
+__all__ = ["bench_method", "run_bench", "one_off_s", "beyond_passes_bound"]
 
 
 def one_off_s(ctx: PairContext) -> float:
@@ -62,12 +62,12 @@ def one_off_s(ctx: PairContext) -> float:
     return ctx.factory.one_off_s + (ctx.decoder.capture_time_s if ctx.decoder is not None else 0.0)
 
 
-def beyond_passes_bound_ms(ctx: PairContext, B: int, ceilings: Ceilings) -> float:
-    """What the whole-call bound adds to a call's passes bound: sampling every stage once and the VQVAE decode."""
+def beyond_passes_bound(ctx: PairContext, B: int, ceilings: Ceilings) -> WholeCallBound:
+    """What the whole-call bound adds to a call's passes bound (``passes_s`` 0): sampling every stage once and
+    the VQVAE decode."""
     target = ctx.pair.target
-    whole = whole_call_bound(0.0, ctx.pair.vae, target.V, B, [pn * pn for pn in target.patch_nums],
-                             ceilings.hbm_bytes_per_s, ceilings.bf16_flops_per_s)
-    return whole.total_s * 1e3
+    return whole_call_bound(0.0, ctx.pair.vae, target.V, B, [pn * pn for pn in target.patch_nums],
+                            ceilings.hbm_bytes_per_s, ceilings.bf16_flops_per_s)
 
 
 def bench_method(ctx: PairContext, row: BenchMethod, scenario: Scenario | None, B: int, config: BenchConfig,
@@ -89,7 +89,7 @@ def bench_method(ctx: PairContext, row: BenchMethod, scenario: Scenario | None, 
         timed(10_000 + i)
     torch.cuda.synchronize()
     row_one_off_s = one_off_s(ctx) - one_off_before
-    beyond_passes = beyond_passes_bound_ms(ctx, B, ceilings)
+    beyond_passes_ms = beyond_passes_bound(ctx, B, ceilings).total_s * 1e3
     captures_before = sum(r.counters.captures for r in ctx.factory.runs())
     torch.cuda.reset_peak_memory_stats()
     times, t_passes, d_passes, bounds, acceptance = [], [], [], [], []
@@ -121,7 +121,7 @@ def bench_method(ctx: PairContext, row: BenchMethod, scenario: Scenario | None, 
                                       config.passes_only_repeats, warmup=1)
     median = statistics.median(times)
     bound = statistics.median(bounds)
-    whole_bound = bound + beyond_passes
+    whole_bound = bound + beyond_passes_ms
     result = BenchRow(
         pair=ctx.name, batch=B, method=row.name,
         scenario=scenario.describe(row.method) if scenario is not None and row.sdvar else "-",
@@ -184,9 +184,8 @@ def run_bench(config: BenchConfig, command: str = "", on_progress: Callable[[Ben
             ctx.decoder = GraphedDecode(pair.vae, fast=config.fast_decode) if config.graph_decode else None
             decode_timing = next((d for d in decode if d.batch == B), None)  # the VQVAE is the same for every pair
             if decode_timing is None:
-                cost = decode_cost(pair.vae, B)
-                decode_timing = replace(measure_decode(pair.target, B, graphed=ctx.decoder), bound_ms=1e3 * bound_s(
-                    cost.flops, cost.bytes, ceilings.hbm_bytes_per_s, ceilings.bf16_flops_per_s))
+                decode_timing = replace(measure_decode(pair.target, B, graphed=ctx.decoder),
+                                        bound_ms=beyond_passes_bound(ctx, B, ceilings).decode_s * 1e3)
                 decode.append(decode_timing)
             decode_ms = decode_timing.graphed_ms if decode_timing.graphed_ms is not None else decode_timing.eager_ms
             batch_cal: BatchCalibration | None = None
