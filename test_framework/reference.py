@@ -21,13 +21,16 @@ argument) and the VQVAE's decoder convolutions.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sdvar_lib.models.kv_cache import KVCache
 from sdvar_lib.models.var import VAR
@@ -52,6 +55,11 @@ __all__ = [
     "check_greedy",
     "max_abs_diff",
     "sequential_cache",
+    "exact_cache",
+    "CacheDrift",
+    "cache_drift",
+    "strict_float32",
+    "decode_drift",
     "cache_layer_diffs",
     "ChiSquareRows",
     "chi_square_rows",
@@ -185,6 +193,29 @@ def reference_images(model: VAR, f_hat_BChw: torch.Tensor) -> torch.Tensor:
     return (vae.decoder(vae.post_quant_conv(f_hat_BChw)).clamp(-1, 1) + 1) / 2
 
 
+@contextlib.contextmanager
+def strict_float32() -> Iterator[None]:
+    """Float32 matrix products and convolutions without TF32 inside the block (no effect on a CPU)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@torch.no_grad()
+def decode_drift(model: VAR, f_hat_BChw: torch.Tensor) -> float:
+    """How far the reference decode of ``f_hat`` moves between the configured arithmetic (TF32 convolutions
+    on CUDA by default) and strict float32: ``max|images - images_strict|`` (0 on a CPU)."""
+    if f_hat_BChw.device.type != "cuda":
+        return 0.0
+    configured = reference_images(model, f_hat_BChw)
+    with strict_float32():
+        strict = reference_images(model, f_hat_BChw)
+    return max_abs_diff(configured, strict)
+
+
 class ReferenceCache:
     """A key/value cache written for the references: per layer, the chunks' keys and values in a list.
 
@@ -239,13 +270,14 @@ class ReferenceRun:
     pass a :class:`~sdvar_lib.models.kv_cache.KVCache` on purpose, to show how that one fails).
     """
 
-    def __init__(self, model: VAR, label_B: torch.Tensor, cache: KVCache | ReferenceCache | None = None) -> None:
+    def __init__(self, model: VAR, label_B: torch.Tensor, cache: KVCache | ReferenceCache | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         self.model = model
-        self.dtype = model.pos_1LC.dtype
+        self.dtype = model.pos_1LC.dtype if dtype is None else dtype
         self.B = int(label_B.numel())
         labels_2B = torch.cat((label_B, torch.full_like(label_B, model.num_classes)))
-        self.cond_2BD = model.class_emb.weight[labels_2B]
-        self.lvl_pos_1LC = reference_lvl_pos(model)
+        self.cond_2BD = model.class_emb.weight[labels_2B].to(self.dtype)
+        self.lvl_pos_1LC = reference_lvl_pos(model).to(self.dtype)
         self.bounds = stage_bounds(model.patch_nums)
         self.cache = ReferenceCache(model.depth, model.patch_nums, model.device) if cache is None else cache
 
@@ -254,12 +286,13 @@ class ReferenceRun:
         m = self.model
         b, e = self.bounds[si]
         if si == 0:
-            x = self.cond_2BD.unsqueeze(1) + m.pos_start + self.lvl_pos_1LC[:, b:e]
+            x = self.cond_2BD.unsqueeze(1) + m.pos_start.to(self.dtype) + self.lvl_pos_1LC[:, b:e]
             return x.to(self.dtype)
         pn = m.patch_nums[si]
         f = f_hats[si - 1]
         down_BlCv = F.interpolate(f, size=(pn, pn), mode="area").flatten(2).transpose(1, 2)
-        x = F.linear(down_BlCv.to(self.dtype), m.word_embed.weight, m.word_embed.bias) + self.lvl_pos_1LC[:, b:e]
+        weight, bias = m.word_embed.weight.to(self.dtype), m.word_embed.bias.to(self.dtype)
+        x = F.linear(down_BlCv.to(self.dtype), weight, bias) + self.lvl_pos_1LC[:, b:e]
         return x.repeat(2, 1, 1)
 
     def forward_stage(self, si: int, f_hats: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -280,6 +313,56 @@ def sequential_cache(model: VAR, label_B: torch.Tensor, tokens: Sequence[torch.T
     """A cache filled by one pass per stage over the inputs of stages ``< n_stages`` built from ``tokens``."""
     run = ReferenceRun(model, label_B)
     return run.prefill(n_stages, reference_f_hats(model, list(tokens[: max(n_stages - 1, 0)])))
+
+
+@torch.no_grad()
+def exact_cache(model: VAR, label_B: torch.Tensor, tokens: Sequence[torch.Tensor], n_stages: int) -> ReferenceCache:
+    """The keys and values of the inputs of stages ``< n_stages`` in strict float32 from the model's stored weights.
+
+    One block-causal pass over all those inputs; for a half-precision model each block is upcast in turn
+    (at most one block's float32 copy exists at a time, so this fits where the model does). These are the
+    values a half-precision computation approximates.
+    """
+    run = ReferenceRun(model, label_B, dtype=torch.float32)
+    if n_stages == 0:
+        return run.cache
+    f_hats = reference_f_hats(model, list(tokens[: max(n_stages - 1, 0)]))
+    h = torch.cat([run.stage_input(si, f_hats) for si in range(n_stages)], dim=1)
+    mask = run.cache.chunk_mask(h.shape[1])
+    upcast = model.pos_1LC.dtype != torch.float32
+    with strict_float32():
+        cond = run.cond_2BD
+        if not isinstance(model.shared_ada_lin, nn.Identity):
+            cond = (copy.deepcopy(model.shared_ada_lin).float() if upcast else model.shared_ada_lin)(cond)
+        for i, block in enumerate(model.blocks):
+            h = (copy.deepcopy(block).float() if upcast else block)(h, cond, mask, run.cache, i)
+    run.cache.advance(h.shape[1])
+    return run.cache
+
+
+@dataclass(frozen=True)
+class CacheDrift:
+    """Per layer, the envelope (running maximum over layers ``<= i``) of ``max|reference - exact|``, keys and
+    values apart: how far a faithful computation in the model's precision lands from the exact values."""
+
+    keys: list[float]
+    values: list[float]
+
+
+@torch.no_grad()
+def cache_drift(sequential: ReferenceCache, exact: ReferenceCache) -> CacheDrift:
+    """The drift envelope of a reference cache against the exact one of the same inputs (:func:`sequential_cache`,
+    :func:`exact_cache`)."""
+    if sequential.length != exact.length or sequential.num_layers != exact.num_layers:
+        raise ValueError(f"reference caches differ in shape ({sequential.length} vs {exact.length} positions)")
+    keys, values, ek, ev = [], [], 0.0, 0.0
+    for i in range(sequential.num_layers):
+        if sequential.length:
+            ek = max(ek, max_abs_diff(sequential.keys(i), exact.keys(i)))
+            ev = max(ev, max_abs_diff(sequential.values(i), exact.values(i)))
+        keys.append(ek)
+        values.append(ev)
+    return CacheDrift(keys=keys, values=values)
 
 
 def cache_layer_diffs(cache: KVCache, reference: ReferenceCache) -> list[float]:

@@ -247,7 +247,11 @@ def test_tolerances_follow_the_dtype_and_device():
     f32 = Tolerances.for_dtype(torch.float32, "cpu")
     bf16 = Tolerances.for_dtype(torch.bfloat16, "cuda")
     assert f32.logits == Bound(1e-4)
-    assert bf16.logits.abs > f32.logits.abs and bf16.cache.abs > f32.cache.abs
+    assert bf16.logits.abs > f32.logits.abs
+    # float32 caches: a fixed bound; half precision: derived from the measured drift (no fixed slack on top)
+    assert f32.cache == Bound(1e-5, 1e-6) and not f32.derived_cache
+    assert bf16.derived_cache and bf16.cache == Bound(0.0) and bf16.mantissa_bits == 8
+    assert Tolerances.for_dtype(torch.float16, "cuda").mantissa_bits == 11
     assert Tolerances.for_dtype(torch.float32, "cuda").logits.rel > 0
     assert Bound(0.1, 0.5).allowed(torch.tensor([-4.0, 2.0])) == pytest.approx(2.1)
     with pytest.raises(ValueError, match="no default tolerances"):
@@ -256,6 +260,64 @@ def test_tolerances_follow_the_dtype_and_device():
         Tolerances.for_dtype("float32")
     with pytest.raises(ValueError, match="must be >= 0"):
         Bound(-1.0)
+
+
+def test_ulp_and_the_derived_bound():
+    from test_framework.tolerances import DRIFT_FACTOR, derived_allowed, ulp
+
+    assert ulp(3.03, 8) == 2.0**-6 and ulp(4.0, 8) == 2.0**-5 and ulp(0.494, 8) == 2.0**-9  # bf16: 8 significand bits
+    assert ulp(1.0, 11) == 2.0**-10 and ulp(1.0, 24) == 2.0**-23  # fp16, float32
+    assert ulp(0.0, 8) == 0.0 and ulp(float("nan"), 8) == 0.0
+    assert derived_allowed(3.03, 0.01, 8) == pytest.approx(2.0**-6 + DRIFT_FACTOR * 0.01)
+    with pytest.raises(ValueError, match="mantissa_bits must be an int in"):
+        Tolerances.for_dtype(torch.float32).__class__(**{**Tolerances.for_dtype(torch.float32).__dict__, "mantissa_bits": 1})
+
+
+def test_exact_cache_is_the_sequential_cache_in_float32_and_bounds_the_half_precision_drift(tiny_pair):
+    """The derived cache bound's two references: in float32 the exact one-pass cache equals the sequential one
+    (same numbers, other kernels); in bf16 the sequential cache drifts from it by more than rounding alone."""
+    from test_framework.reference import cache_drift, exact_cache, random_tokens, sequential_cache
+
+    _, _, target = tiny_pair
+    labels = torch.tensor([1, 2])
+    tokens = random_tokens(target, 2, 7)
+    S = target.num_stages
+    seq, exact = sequential_cache(target, labels, tokens, S), exact_cache(target, labels, tokens, S)
+    drift = cache_drift(seq, exact)
+    assert max(drift.keys + drift.values) < 1e-5
+    assert drift.keys == sorted(drift.keys) and drift.values == sorted(drift.values)  # envelopes over depth
+    t16 = copy.deepcopy(target).to(torch.bfloat16)
+    t16.vae_proxy = target.vae_proxy
+    drift16 = cache_drift(sequential_cache(t16, labels, tokens, S), exact_cache(t16, labels, tokens, S))
+    assert 1e-4 < max(drift16.values) < 0.1
+    assert exact_cache(t16, labels, tokens, S).keys(0).dtype == torch.float32 and t16.pos_1LC.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_cache_check_catches_a_perturbation_of_a_few_ulps(tiny_pair, dtype, monkeypatch):
+    """The derived bound is not wide: values stored 16 units of rounding (2**-p) too large are reported, while
+    the unperturbed fast path passes."""
+    from sdvar_lib import FastConfig, FastRunFactory
+    from sdvar_lib.fast.run import FastRun
+
+    _, draft, target = tiny_pair
+    d16, t16 = copy.deepcopy(draft).to(dtype), copy.deepcopy(target).to(dtype)
+    d16.vae_proxy = t16.vae_proxy = target.vae_proxy
+    tester = SDVARParallelV1Tester(SDVAR(d16, t16, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=False))))
+    assert tester.test_kv_cache_consistency(B=2, gamma=2).passed
+    factor = 1 + 16 * 2.0 ** -tester.tol.mantissa_bits
+    forward = FastRun.forward
+
+    def perturbed(self, x_2BlC, attn_mask=None):
+        position = self.cache.length
+        logits = forward(self, x_2BlC, attn_mask)
+        self.cache.v_NBHLc[:, :, :, position : position + x_2BlC.shape[1]] *= factor
+        return logits
+
+    monkeypatch.setattr(FastRun, "forward", perturbed)
+    result = tester.test_kv_cache_consistency(B=2, gamma=2)
+    assert not result.passed and "cache values of layer 0 differ from a sequential prefill" in result.message
+    assert "drift" in result.message and "ulp" in result.message
 
 
 def test_summary_formatting(capsys):
