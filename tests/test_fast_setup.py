@@ -33,6 +33,17 @@ def test_on_a_cpu_the_default_is_the_eager_float32_path():
     assert type(sd) is SDVAR and sd.run_factory is None and not uses_fast_path(sd)
     assert pair.target.pos_1LC.dtype == torch.float32 and pair.draft.pos_1LC.dtype == torch.float32
     assert describe_setup(sd) == "device cpu, VAR weights float32, fast path off (eager float32)"
+    # a notebook's DTYPE only applies where the fast path runs: on a CPU the same set-up stays eager float32
+    sd = make_pair_sdvar(pair, None, "float16")
+    assert not uses_fast_path(sd) and pair.target.pos_1LC.dtype == torch.float32
+
+
+def test_dtype_may_be_named():
+    pair = load_pair("bundled")
+    make_pair_sdvar(pair, True, dtype="float16")
+    assert pair.target.pos_1LC.dtype == torch.float16 and pair.draft.pos_1LC.dtype == torch.float16
+    with pytest.raises(ValueError, match=r"dtype must be None, a torch.dtype or one of \['bfloat16', 'float16', 'float32'\]"):
+        make_pair_sdvar(load_pair("bundled"), True, dtype="half")
 
 
 def test_fast_true_converts_the_vars_not_the_vqvae_and_says_so():

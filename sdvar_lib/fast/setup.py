@@ -54,26 +54,39 @@ def fast_dtype(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16 if _native_bf16(device) else torch.float16
 
 
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {str(d).removeprefix("torch."): d for d in FAST_DTYPES}
+    if isinstance(dtype, str) and dtype in names:
+        return names[dtype]
+    raise ValueError(f"dtype must be None, a torch.dtype or one of {sorted(names)}, got {dtype!r}")
+
+
 def make_pair_sdvar(
-    pair: ModelPair, fast: bool | None = None, dtype: torch.dtype | None = None, config: FastConfig | None = None
+    pair: ModelPair, fast: bool | None = None, dtype: torch.dtype | str | None = None, config: FastConfig | None = None
 ) -> SDVAR:
     """An SDVAR over ``pair``: the fast path on CUDA by default, the eager float32 path otherwise.
 
     ``fast=None``: fast on CUDA, eager on a CPU; ``True``: fast (on a CPU it runs the same static
     buffers without graphs, in float32); ``False``: eager float32. On the fast path both VARs are
-    converted **in place** to ``dtype`` (default :func:`fast_dtype` of their device); the shared
-    VQVAE stays float32. ``config`` is passed to :class:`~sdvar_lib.fast.factory.FastRunFactory`.
+    converted **in place** to ``dtype`` (a ``torch.dtype`` or its name, e.g. ``"float16"``; default
+    :func:`fast_dtype` of their device); the shared VQVAE stays float32. ``dtype`` only matters where
+    the fast path runs: on a CPU with ``fast=None`` the eager float32 path is taken whatever it says,
+    so a notebook's set-up runs unchanged on both. ``config`` is passed to
+    :class:`~sdvar_lib.fast.factory.FastRunFactory`.
     """
     if not isinstance(pair, ModelPair):
         raise TypeError(f"pair must be a ModelPair (from load_pair), got {type(pair).__name__}")
     if fast is not None:
         check_bool(fast, "fast")
+    dtype = _as_dtype(dtype)
     if config is not None and not isinstance(config, FastConfig):
         raise TypeError(f"config must be a FastConfig or None, got {type(config).__name__}")
     device = pair.target.device
     use_fast = device.type == "cuda" if fast is None else fast
     if not use_fast:
-        if dtype is not None and dtype != torch.float32:
+        if fast is False and dtype is not None and dtype != torch.float32:
             raise ValueError(f"dtype {dtype} needs the fast path (fast=True or None on CUDA); the eager path is float32")
         if config is not None:
             raise ValueError("config (a FastConfig) only applies to the fast path; pass fast=True or None on CUDA")
