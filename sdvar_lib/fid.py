@@ -28,8 +28,8 @@ from sdvar_lib.eval.fid import (
     load_extractor,
     score_samples,
 )
-from sdvar_lib.eval.npz import npz_keys
 from sdvar_lib.models.checkpoints import CheckpointError, pick_device
+from sdvar_lib.samples.npz import npz_keys
 from sdvar_lib.util.atomic import atomic_write_text, atomic_write_with, check_writable_dir
 
 __all__ = ["build_parser", "main", "quality_table", "quality_figure"]

@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module may import its own layer's modules and every lower layer):
 
-    util < models, data < sdvar < fast < eval < viz < bench, tiny < the top level
+    util < models, data < sdvar < fast < samples < eval < viz < bench, tiny < the top level
 
 The top level is the public face (``sdvar_lib/__init__.py``) and the command modules
 (``sdvar_lib/<command>.py``, ``__main__.py``); no sub-package imports them. ``bench`` and ``tiny``
@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "sdvar_lib"
-RANKS = {"util": 0, "models": 1, "data": 1, "sdvar": 2, "fast": 3, "eval": 4, "viz": 5, "bench": 6, "tiny": 6}
+RANKS = {"util": 0, "models": 1, "data": 1, "sdvar": 2, "fast": 3, "samples": 4, "eval": 5, "viz": 6, "bench": 7, "tiny": 7}
 TOP = 10
 
 
