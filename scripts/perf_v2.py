@@ -14,7 +14,7 @@ VQVAE decode inside every timed call. Per batch size it times, in one run:
 - SDVAR (fast v2) with every proposal accepted (the benchmark's ``all-accepted`` scenario).
 
 Every row has the passes-only time (its passes' graphs replayed back to back), the passes bound
-(the benchmark's), and the whole-call bound (passes + sampling + decode, :mod:`sdvar_lib.fast.costs`).
+(the benchmark's), and the whole-call bound (passes + sampling + decode, :mod:`sdvar_lib.bench.bounds`).
 Also: the VQVAE decode alone (graphed: autocast reference vs fast) with its bound, the single-stage
 pass times of draft and target (their ratio), the one-off seconds (kernel checks, Triton compiles,
 graph captures) and a kernel profile of a fused pass. Writes ``perf_v2.json`` and ``perf_v2.md``.
@@ -41,12 +41,12 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from sdvar_lib import SDVAR  # noqa: E402
-from sdvar_lib.bench.bounds import Ceilings, VarSpec, passes_bound_s  # noqa: E402
+from sdvar_lib.bench.bounds import Ceilings, VarSpec, decode_cost, passes_bound_s, whole_call_bound  # noqa: E402
+from sdvar_lib.bench.calibration import pass_time_ratio  # noqa: E402
 from sdvar_lib.bench.scenarios import ScenarioPolicy  # noqa: E402
 from sdvar_lib.bench.timing import cuda_event_ms, measure_ceilings, percentile  # noqa: E402
 from sdvar_lib.fast.config import FastConfig, PassRecord  # noqa: E402
-from sdvar_lib.fast.costs import decode_cost, one_off_seconds, pass_time_ratio, whole_call_bound  # noqa: E402
-from sdvar_lib.fast.factory import FastRunFactory  # noqa: E402
+from sdvar_lib.fast.factory import FastRunFactory, one_off_seconds  # noqa: E402
 from sdvar_lib.fast.graphs import GraphedDecode  # noqa: E402
 from sdvar_lib.fast.run import FastRun, chunk_span  # noqa: E402
 from sdvar_lib.models.presets import build_tiny, build_vae, build_var  # noqa: E402
@@ -155,8 +155,7 @@ def ceilings_on(device: torch.device) -> Ceilings:
 def call_bounds(runs: list[FastRun], vae, batch: int, sampled: list[int], ceilings: Ceilings) -> tuple[float, float]:
     """Passes bound and whole-call bound (ms) of the latest call of ``runs``."""
     passes_s = sum(passes_bound_s(VarSpec.from_model(r.model), 2 * batch, r.pass_log, ceilings) for r in runs)
-    whole = whole_call_bound(passes_s, vae, runs[0].model.V, batch, sampled, ceilings.hbm_bytes_per_s,
-                             ceilings.bf16_flops_per_s)
+    whole = whole_call_bound(passes_s, vae, runs[0].model.V, batch, sampled, ceilings)
     return passes_s * 1e3, whole.total_s * 1e3
 
 
@@ -377,7 +376,7 @@ def run(args) -> Report:
                 passes_s = passes_bound_s(spec, 2 * B, recs, ceilings)
                 row.passes_bound_ms = passes_s * 1e3
                 row.whole_bound_ms = whole_call_bound(passes_s, vae, target.V, B, [pn * pn for pn in target.patch_nums],
-                                                      ceilings.hbm_bytes_per_s, ceilings.bf16_flops_per_s).total_s * 1e3
+                                                      ceilings).total_s * 1e3
         report.rows.append(row)
         print(f"{name} B={B}: {row.median_ms:.2f} ms (first call {first_s:.2f} s), passes-only {row.passes_only_ms}, "
               f"passes bound {row.passes_bound_ms:.2f}, whole-call bound {row.whole_bound_ms:.2f}, peak {row.peak_gib}",

@@ -4,7 +4,8 @@ May import: ``sdvar_lib.viz`` and everything below it (not ``sdvar_lib.tiny``).
 
 Modules, each importing only the ones before it:
 
-- :mod:`~sdvar_lib.bench.bounds`: what a pass must move and compute (:class:`VarSpec`, :class:`Ceilings`);
+- :mod:`~sdvar_lib.bench.bounds`: the physical lower bounds: what a pass, sampling and the VQVAE decode must
+  move and compute (:class:`VarSpec`, :class:`Ceilings`, :func:`whole_call_bound`);
 - :mod:`~sdvar_lib.bench.scenarios`: fixed-acceptance scenarios and per-stage acceptance profiles;
 - :mod:`~sdvar_lib.bench.timing`: the one CUDA-event timer, percentiles, device ceilings, decode time;
 - :mod:`~sdvar_lib.bench.methods`: the rows (registry methods plus ``eager_target`` and
@@ -19,15 +20,21 @@ Modules, each importing only the ones before it:
 
 from sdvar_lib.bench.bounds import (
     Ceilings,
+    DecodeCost,
     VarSpec,
+    WholeCallBound,
     attended_keys,
+    bound_s,
+    decode_cost,
     pass_bound_s,
     pass_bytes,
     pass_flops,
     pass_weight_params,
     passes_bound_s,
+    sampling_bytes,
     sequential_passes,
     total_params,
+    whole_call_bound,
 )
 from sdvar_lib.bench.calibration import (
     CALIBRATION_RULES,
@@ -43,6 +50,7 @@ from sdvar_lib.bench.calibration import (
     estimate_overheads,
     measure_pass_ratio,
     measure_pass_times,
+    pass_time_ratio,
 )
 from sdvar_lib.bench.cli import build_parser, config_from_args, main
 from sdvar_lib.bench.config import BenchConfig
@@ -97,7 +105,8 @@ from sdvar_lib.bench.timing import (
 __all__ = [
     # bounds
     "VarSpec", "Ceilings", "pass_weight_params", "total_params", "attended_keys", "pass_flops", "pass_bytes",
-    "pass_bound_s", "passes_bound_s", "sequential_passes",
+    "bound_s", "pass_bound_s", "passes_bound_s", "sequential_passes", "DecodeCost", "decode_cost", "sampling_bytes",
+    "WholeCallBound", "whole_call_bound",
     # scenarios and acceptance profiles
     "SCENARIOS", "ScenarioPolicy", "Scenario", "make_scenarios", "fill_missing_stages", "scenario_stage_acceptance",
     "map_profile_to_stages",
@@ -111,7 +120,7 @@ __all__ = [
     "BenchConfig",
     # calibration
     "CallSample", "OverheadEstimate", "AdaptiveCalibration", "BatchCalibration", "CALIBRATION_RULES", "chunk_of_pass",
-    "measure_pass_times", "PassRatio", "measure_pass_ratio",
+    "measure_pass_times", "pass_time_ratio", "PassRatio", "measure_pass_ratio",
     "estimate_overheads", "calibrated_costs", "calibrate_batch", "calibrate_scenario",
     # report
     "BenchRow", "BenchReport", "add_speedups", "format_markdown", "format_calibrations", "format_list",

@@ -2,9 +2,9 @@
 
 Official-size draft/target pairs with random bf16 weights are timed on the fast path
 (:mod:`sdvar_lib.fast.run`) against the eager loop under bf16 autocast in the same run. Every
-figure comes with two physical lower bounds at ceilings measured at the start of the run: its
-passes' (:mod:`sdvar_lib.bench.bounds`) and the whole call's, passes + sampling + VQVAE decode
-(:mod:`sdvar_lib.fast.costs`); and with the one-off seconds (kernel checks, graph captures) its
+figure comes with two physical lower bounds at ceilings measured at the start of the run
+(:mod:`sdvar_lib.bench.bounds`): its passes' and the whole call's, passes + sampling + VQVAE decode;
+and with the one-off seconds (kernel checks, graph captures) its
 preparation and warm-up cost. SDVAR rows run under each acceptance scenario
 (:mod:`sdvar_lib.bench.scenarios`); the calibrated row is calibrated right before it is timed
 (:mod:`sdvar_lib.bench.calibration`). Per batch the run also times the single-stage passes of draft
@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import torch
 
-from sdvar_lib.bench.bounds import Ceilings, passes_bound_s
+from sdvar_lib.bench.bounds import Ceilings, WholeCallBound, passes_bound_s, whole_call_bound
 from sdvar_lib.bench.calibration import (
     AdaptiveCalibration,
     BatchCalibration,
@@ -45,7 +45,6 @@ from sdvar_lib.bench.report import BenchReport, BenchRow, add_speedups
 from sdvar_lib.bench.scenarios import Scenario, make_scenarios
 from sdvar_lib.bench.timing import DecodeTiming, cuda_event_ms, measure_ceilings, measure_decode, median_event_ms, percentile
 from sdvar_lib.fast.config import FastConfig
-from sdvar_lib.fast.costs import WholeCallBound, whole_call_bound
 from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.sdvar.gamma import GammaRule
@@ -66,8 +65,7 @@ def beyond_passes_bound(ctx: PairContext, B: int, ceilings: Ceilings) -> WholeCa
     """What the whole-call bound adds to a call's passes bound (``passes_s`` 0): sampling every stage once and
     the VQVAE decode."""
     target = ctx.pair.target
-    return whole_call_bound(0.0, ctx.pair.vae, target.V, B, [pn * pn for pn in target.patch_nums],
-                            ceilings.hbm_bytes_per_s, ceilings.bf16_flops_per_s)
+    return whole_call_bound(0.0, ctx.pair.vae, target.V, B, [pn * pn for pn in target.patch_nums], ceilings)
 
 
 def bench_method(ctx: PairContext, row: BenchMethod, scenario: Scenario | None, B: int, config: BenchConfig,
