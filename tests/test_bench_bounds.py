@@ -398,7 +398,8 @@ def test_help_runs_as_a_module():
 
 # ---- plots and profiles -------------------------------------------------------------------------
 def test_plot_from_report(tmp_path):
-    from sdvar_lib.viz.latency import load_points, main
+    from sdvar_lib.bench.cli import plot_main as main
+    from sdvar_lib.viz.latency import load_points
 
     report = _report()
     path = tmp_path / "bench.json"
@@ -417,7 +418,8 @@ def test_plot_reads_reports_with_the_old_names(tmp_path, monkeypatch):
 
     from matplotlib.axes import Axes
 
-    from sdvar_lib.viz.latency import load_points, main
+    from sdvar_lib.bench.cli import plot_main as main
+    from sdvar_lib.viz.latency import load_points
 
     old = _report(("eager_target", "target", "sdvar_g4"))
     path = tmp_path / "old.json"

@@ -1,8 +1,15 @@
-"""``python -m sdvar_lib.bench``: GPU benchmark of the decoders at the official sizes, with physical bounds.
+"""The commands of ``bench``: ``python -m sdvar_lib.bench`` and ``python -m sdvar_lib.bench_plot``.
 
-Every argument is checked (:class:`~sdvar_lib.bench.config.BenchConfig`, the ``--out`` folder) before
-the first model call; a mistake is one argparse-style line. Without CUDA the command stops with one
-line. ``bench.json`` / ``bench.md`` (and ``profile.*``) are rewritten atomically after every row.
+``python -m sdvar_lib.bench`` (:func:`main`): GPU benchmark of the decoders at the official sizes, with
+physical bounds. Every argument is checked (:class:`~sdvar_lib.bench.config.BenchConfig`, the ``--out``
+folder) before the first model call; a mistake is one argparse-style line. Without CUDA the command
+stops with one line. ``bench.json`` / ``bench.md`` (and ``profile.*``) are rewritten atomically after
+every row.
+
+``python -m sdvar_lib.bench_plot`` (:func:`plot_main`): latency against batch size from a ``bench.json``
+(:mod:`sdvar_lib.viz.latency`).
+
+``sdvar_lib/bench/__main__.py`` and ``sdvar_lib/bench_plot.py`` are the commands' shims.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from sdvar_lib.bench.profile import profile_targets, write_profiles
 from sdvar_lib.bench.report import BenchReport, format_list, write_report
 from sdvar_lib.bench.scenarios import SCENARIOS
 from sdvar_lib.util.atomic import check_writable_dir
+from sdvar_lib.viz.latency import load_points, plot_latency_vs_batch
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "config_from_args", "main", "plot_parser", "plot_main"]
 
 PROG = "python -m sdvar_lib.bench"
 DESCRIPTION = ("GPU benchmark of the decoders at the official sizes (random bf16 weights): latency, memory and the "
@@ -143,4 +151,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    torch.device("cuda"))
         print(write_profiles(profiles, out))
     _print_summary(report, table)
+    return 0
+
+
+# ---- python -m sdvar_lib.bench_plot -------------------------------------------------------------
+def plot_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sdvar_lib.bench_plot",
+                                description="Latency vs batch size per method from a ``python -m sdvar_lib.bench`` JSON report.")
+    p.add_argument("report", help="bench.json written by python -m sdvar_lib.bench")
+    p.add_argument("--out", default=None, help="image file (default: latency.png beside the report)")
+    p.add_argument("--series", default=None, help="comma-separated series to draw (default all)")
+    return p
+
+
+def plot_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sdvar_lib.bench_plot``."""
+    args = plot_parser().parse_args(argv)
+    try:
+        points = load_points(args.report)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or str(Path(args.report).with_name("latency.png"))
+    series = [s.strip() for s in args.series.split(",")] if args.series else None
+    print(plot_latency_vs_batch(points, out, series))
     return 0
