@@ -51,9 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sdvar_lib", description=DESCRIPTION)
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (replaced as a whole)")
     parser.add_argument("--models", choices=MODEL_CHOICES, default="bundled",
-                        help="bundled (default, offline), official (d16 -> d30 from ./checkpoints or the hub), tiny-random")
-    parser.add_argument("--draft-depth", type=int, default=None, help="official draft depth: 16, 20, 24 or 30 (default 16)")
-    parser.add_argument("--target-depth", type=int, default=None, help="official target depth: 16, 20, 24 or 30 (default 30)")
+                        help="bundled (default, offline), official (d16 -> d30 from ./checkpoints or the hub), "
+                             "random-official (official sizes, random weights: for timing) or tiny-random")
+    parser.add_argument("--draft-depth", type=int, default=None,
+                        help="official(-size) draft depth: 16, 20, 24 or 30 (default 16)")
+    parser.add_argument("--target-depth", type=int, default=None,
+                        help="official(-size) target depth: 16, 20, 24 or 30 (default 30)")
     parser.add_argument("--labels", type=int, nargs="+", default=None, help="class labels (default: every class, max 10)")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="NAME",
                         help=f"decoders by registry name (default: {' '.join(DEFAULT_METHODS)}; also exact_g<N>, "
@@ -91,11 +94,13 @@ class _Args:
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Args:
     try:
         check_output_folder(args.out)
-        if args.models != "official" and (args.draft_depth is not None or args.target_depth is not None):
-            raise ValueError("--draft-depth/--target-depth choose official checkpoints; they need --models official")
+        official_size = args.models in ("official", "random-official")
+        if not official_size and (args.draft_depth is not None or args.target_depth is not None):
+            raise ValueError("--draft-depth/--target-depth choose official sizes; they need --models official or "
+                             "random-official")
         draft_depth = 16 if args.draft_depth is None else args.draft_depth
         target_depth = 30 if args.target_depth is None else args.target_depth
-        if args.models == "official":
+        if official_size:
             check_official_depth(draft_depth, "--draft-depth")
             check_official_depth(target_depth, "--target-depth")
         gamma = None if args.gamma is None else parse_gamma(args.gamma)

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
-from sdvar_lib.models.checkpoints import load_pair
-from sdvar_lib.models.presets import OFFICIAL_DEPTHS, ModelPair, build_official_pair
+from sdvar_lib.models.checkpoints import MODEL_CHOICES, load_pair
+from sdvar_lib.models.presets import OFFICIAL_DEPTHS, ModelPair
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.samples.distributed import DistContext, init_distributed
 from sdvar_lib.samples.sampler import (
@@ -43,9 +43,7 @@ from sdvar_lib.samples.sampler import (
 )
 from sdvar_lib.sdvar.registry import get_method, method_names
 
-__all__ = ["MODELS", "parse_classes", "build_parser", "main"]
-
-MODELS = ("bundled", "official", "random-official")
+__all__ = ["parse_classes", "build_parser", "main"]
 
 
 def parse_classes(text: str) -> tuple[int, ...]:
@@ -75,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                f"{', '.join(method_names())}; by pattern exact_g<N>, top1_<t>_g<N>, relaxed_<budget>_g<N>, "
                "test3_e<N>, code_e<N>.",
     )
-    p.add_argument("--models", choices=MODELS, default="bundled",
+    p.add_argument("--models", choices=MODEL_CHOICES, default="bundled",
                    help="bundled tiny digits pair (default), official checkpoints (./checkpoints, $SDVAR_CKPT_DIR or the "
-                        "hub), or random-official (official sizes, random weights: for timing)")
+                        "hub), random-official (official sizes, random weights: for timing) or tiny-random (the tests' "
+                        "tiny random pair)")
     p.add_argument("--draft-depth", type=int, default=16, choices=OFFICIAL_DEPTHS, help="official draft depth (16)")
     p.add_argument("--target-depth", type=int, default=30, choices=OFFICIAL_DEPTHS, help="official target depth (30)")
     p.add_argument("--ckpt-dir", default=None, help="folder of the official checkpoint files")
@@ -112,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _models_label(args) -> str:
-    if args.models == "bundled":
-        return "bundled"
+    if args.models in ("bundled", "tiny-random"):
+        return args.models
     return f"{args.models} d{args.draft_depth}->d{args.target_depth}"
 
 
@@ -172,10 +171,6 @@ def _validate(parser: argparse.ArgumentParser, args) -> None:
 
 
 def _load(args, device: torch.device) -> ModelPair:
-    if args.models == "random-official":
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(0)  # the same random weights on every rank
-            return build_official_pair(args.draft_depth, args.target_depth, device=device)
     return load_pair(args.models, args.draft_depth, args.target_depth, device=device, ckpt_dir=args.ckpt_dir,
                      download=not args.no_download)
 
