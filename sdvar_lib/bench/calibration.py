@@ -190,6 +190,8 @@ class PassRatio:
     batch: int
     target_ms: tuple[float, ...]
     draft_ms: tuple[float, ...]
+    fast_version: str = "current"
+    """``"first"``: the passes of the first version of the fast path (measured when a ``target_v1`` row runs)."""
 
     @property
     def ratio(self) -> float:
@@ -212,9 +214,9 @@ def measure_pass_ratio(ctx: PairContext, B: int, repeats: int, replay_timer: Rep
         target_ms = measure_pass_times(ctx.factory.run_for(ctx.pair.target, B), chunks, replay_timer, repeats)
         draft_ms = measure_pass_times(ctx.factory.run_for(ctx.pair.draft, B), chunks, replay_timer, repeats)
     ratio = PassRatio(pair=ctx.name, batch=B, target_ms=tuple(target_ms[k] for k in chunks),
-                      draft_ms=tuple(draft_ms[k] for k in chunks))
-    log.info("%s B=%d single-stage passes: draft %.2f ms, target %.2f ms (ratio %.3f)", ctx.name, B,
-             sum(ratio.draft_ms), sum(ratio.target_ms), ratio.ratio)
+                      draft_ms=tuple(draft_ms[k] for k in chunks), fast_version=ctx.fast_version)
+    log.info("%s B=%d single-stage passes (%s fast path): draft %.2f ms, target %.2f ms (ratio %.3f)", ctx.name, B,
+             ctx.fast_version, sum(ratio.draft_ms), sum(ratio.target_ms), ratio.ratio)
     return ratio
 
 

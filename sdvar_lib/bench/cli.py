@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
+from sdvar_lib.bench.components import COMPONENTS
 from sdvar_lib.bench.config import BenchConfig
 from sdvar_lib.bench.core import run_bench
 from sdvar_lib.bench.methods import BENCH_ONLY_ROWS, DEFAULT_METHODS
-from sdvar_lib.bench.profile import profile_targets, write_profiles
+from sdvar_lib.bench.profile import profile_decodes, profile_targets, write_profiles
 from sdvar_lib.bench.report import BenchReport, format_list, write_report
 from sdvar_lib.bench.scenarios import SCENARIOS
 from sdvar_lib.util.atomic import check_writable_dir
@@ -99,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-stages", type=_int_list, default=(),
                    help="after the bench, profile the single-stage passes of these stages of each pair's target "
                         "(graph replay time and kernel breakdown) at every batch size; written to profile.md")
+    p.add_argument("--profile-decode", action="store_true",
+                   help="after the bench, profile the fast VQVAE decode's kernels at every batch size (profile.md)")
+    p.add_argument("--components", type=_str_list, default=(),
+                   help=f"pieces of a call timed alone per pair and batch, of {','.join(COMPONENTS)}: decode (reference "
+                        "against fast decode, graphed, with its bound), sampling (the last stage's draw: PyTorch kernels "
+                        "against the fused kernel), host (host time by operator of one target call)")
     return p
 
 
@@ -115,7 +122,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         top_p=args.top_p, cfg=args.cfg, use_cuda_graphs=not args.no_cuda_graphs,
         graph_decode=not args.no_graph_decode, fast_decode=not args.autocast_decode,
         cudnn_benchmark=not args.no_cudnn_benchmark, out=args.out,
-        profile_stages=args.profile_stages,
+        profile_stages=args.profile_stages, profile_decode=args.profile_decode, components=args.components,
     )
 
 
@@ -146,10 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Path(out).mkdir(parents=True, exist_ok=True)
     report = run_bench(config, command, on_progress=lambda partial: write_report(partial, out))
     table = write_report(report, out)
-    if config.profile_stages:
+    if config.profile_stages or config.profile_decode:
+        device = torch.device("cuda")
         profiles = profile_targets([t for _, t in config.pairs], config.batches, config.profile_stages, report.ceilings,
-                                   torch.device("cuda"))
-        print(write_profiles(profiles, out))
+                                   device) if config.profile_stages else []
+        decodes = profile_decodes(config.batches, device) if config.profile_decode else []
+        print(write_profiles(profiles, out, decodes))
     _print_summary(report, table)
     return 0
 
