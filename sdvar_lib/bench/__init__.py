@@ -1,6 +1,6 @@
 """bench: the GPU benchmark — physical bounds, acceptance scenarios, timing, gamma calibration, profiling, CLI.
 
-May import: ``sdvar_lib.viz`` and everything below it (not ``sdvar_lib.tiny``).
+May import: ``sdvar_lib.viz`` and everything below it (not ``sdvar_lib.tiny`` or ``sdvar_lib.demo``).
 
 Modules, each importing only the ones before it:
 
