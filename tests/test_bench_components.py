@@ -168,7 +168,6 @@ def test_the_device_script_runs_the_bench_with_valid_arguments():
     perf, bench = configs
     assert TARGET_V1 in perf.methods and perf.components == COMPONENTS and perf.profile_decode
     assert "exact_calibrated" in bench.methods
-    assert not (ROOT / "scripts" / "perf_v2.py").exists()
 
 
 # ---- a whole run ----------------------------------------------------------------------------------
