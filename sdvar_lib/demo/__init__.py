@@ -7,3 +7,17 @@ the comparison figure: a consumer of ``sdvar``, ``fast``, ``eval`` and ``viz``, 
 beside ``bench`` and ``tiny``. Modules: :mod:`~sdvar_lib.demo.job` (the rows, the runs, the stored
 quality, the table and the figure), :mod:`~sdvar_lib.demo.cli` (the command).
 """
+
+from sdvar_lib.demo.job import (
+    DEFAULT_METHODS,
+    MethodRow,
+    Quality,
+    demo_figure,
+    format_table,
+    resolve_methods,
+    run_methods,
+    stored_quality,
+)
+
+__all__ = ["DEFAULT_METHODS", "Quality", "MethodRow", "resolve_methods", "run_methods", "stored_quality", "format_table",
+           "demo_figure"]
