@@ -29,7 +29,6 @@ from sdvar_lib.eval.metrics import (
     load_bundled_classifier,
     summarize_over_seeds,
 )
-from sdvar_lib.eval.sampler import SampleJob, SamplePlan, run_job
 from sdvar_lib.fast.config import FastConfig
 from sdvar_lib.fast.factory import FastRunFactory, make_fast_sdvar
 from sdvar_lib.fast.graphs import GraphedDecode
@@ -58,6 +57,7 @@ from sdvar_lib.models.presets import (
 from sdvar_lib.models.sampling import GenerationOutput, NonFiniteDistributionError, SamplingConfig
 from sdvar_lib.models.var import VAR
 from sdvar_lib.models.vqvae import VQVAE
+from sdvar_lib.samples.sampler import SampleJob, SamplePlan, run_job
 from sdvar_lib.sdvar.acceptance import (
     POLICY_NAMES,
     AcceptancePolicy,

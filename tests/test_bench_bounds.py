@@ -1,4 +1,4 @@
-"""Physical-bound arithmetic of the GPU benchmark, the acceptance scenarios and the CLI (CPU only)."""
+"""Physical-bound arithmetic of the GPU benchmark (passes, sampling, decode), the acceptance scenarios and the CLI (CPU only)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sdvar_lib.bench import (
     BenchReport,
     BenchRow,
     Ceilings,
+    DecodeCost,
     DecodeTiming,
     KernelTime,
     PassProfile,
@@ -21,17 +22,22 @@ from sdvar_lib.bench import (
     add_speedups,
     attended_keys,
     bench_row,
+    bound_s,
+    decode_cost,
     format_markdown,
     format_profiles,
     pass_bound_s,
     pass_bytes,
     pass_flops,
+    pass_time_ratio,
     pass_weight_params,
     passes_bound_s,
     percentile,
     report_to_json,
+    sampling_bytes,
     sequential_passes,
     total_params,
+    whole_call_bound,
 )
 from sdvar_lib.fast.config import PassRecord
 from sdvar_lib.models.presets import build_vae, build_var
@@ -113,6 +119,44 @@ def test_bound_combines_bytes_and_flops():
     with pytest.raises(ValueError):
         Ceilings(hbm_bytes_per_s=0.0, bf16_flops_per_s=1.0)
     assert passes_bound_s(spec, 2, [p], ceil) == pytest.approx(expected)
+
+
+def test_decode_flops_equal_pytorch_flop_counter(tiny_pair):
+    vae = tiny_pair[0]
+    from torch.utils.flop_counter import FlopCounterMode  # imports Triton: not at collection (test_fast_kernels.py)
+
+    with FlopCounterMode(display=False) as counter:
+        vae.fhat_to_img(torch.randn(2, vae.Cvae, 4, 4))
+    cost = decode_cost(vae, 2)
+    assert cost.flops == counter.get_total_flops()
+    official = build_vae("meta")
+    with FlopCounterMode(display=False) as counter:
+        official.fhat_to_img(torch.empty(1, 32, 16, 16, device="meta"))
+    one, many = decode_cost(official, 1), decode_cost(official, 8)
+    assert one.flops == counter.get_total_flops()
+    assert many.flops == 8 * one.flops
+    weights = sum(p.numel() for m in (official.post_quant_conv, official.decoder) for p in m.parameters()) * 2
+    assert weights < one.bytes and many.bytes - weights == pytest.approx(8 * (one.bytes - weights))
+    assert decode_cost(official, 1, dtype_bytes=4).bytes > one.bytes
+
+
+def test_whole_call_bound_adds_passes_sampling_and_decode(tiny_pair):
+    vae = tiny_pair[0]
+    assert sampling_bytes(64, 2, [1, 4]) == 2 * 2 * 5 * 64 * 4
+    assert bound_s(2e12, 1e9, Ceilings(1e12, 1e15)) == pytest.approx(1e-3 + 2e-3)
+    bound = whole_call_bound(0.01, vae, 64, 2, [1, 4, 9, 16], Ceilings(hbm_bytes_per_s=1e12, bf16_flops_per_s=1e14))
+    cost: DecodeCost = decode_cost(vae, 2)
+    assert bound.decode_s == pytest.approx(cost.bytes / 1e12 + cost.flops / 1e14)
+    assert bound.sampling_s == pytest.approx(2 * 2 * 30 * 64 * 4 / 1e12)
+    assert bound.total_s == pytest.approx(0.01 + bound.sampling_s + bound.decode_s)
+
+
+def test_pass_time_ratio():
+    draft = {(0, 1): 1.0, (1, 1): 2.0, (0, 2): 50.0}
+    target = {(0, 1): 3.0, (1, 1): 5.0, (2, 1): 9.0}
+    assert pass_time_ratio(draft, target) == pytest.approx(3.0 / 8.0)
+    with pytest.raises(ValueError, match="single-stage"):
+        pass_time_ratio({(0, 2): 1.0}, {(0, 2): 1.0})
 
 
 def test_percentile():
@@ -354,7 +398,8 @@ def test_help_runs_as_a_module():
 
 # ---- plots and profiles -------------------------------------------------------------------------
 def test_plot_from_report(tmp_path):
-    from sdvar_lib.viz.latency import load_points, main
+    from sdvar_lib.bench.cli import plot_main as main
+    from sdvar_lib.viz.latency import load_points
 
     report = _report()
     path = tmp_path / "bench.json"
@@ -373,7 +418,8 @@ def test_plot_reads_reports_with_the_old_names(tmp_path, monkeypatch):
 
     from matplotlib.axes import Axes
 
-    from sdvar_lib.viz.latency import load_points, main
+    from sdvar_lib.bench.cli import plot_main as main
+    from sdvar_lib.viz.latency import load_points
 
     old = _report(("eager_target", "target", "sdvar_g4"))
     path = tmp_path / "old.json"
@@ -447,8 +493,6 @@ def test_bench_method_rows_on_the_tiny_pair(tiny_pair, monkeypatch):
     assert all(r.passes_only_ms is None and r.captures_during_timing == 0 for r in rows.values())  # no graphs on the CPU
     # the whole-call bound: the passes' bound + every stage sampled once (CFG-doubled float32 logits read)
     # + the VQVAE decode (its FLOPs and bytes), priced at the same ceilings
-    from sdvar_lib.fast.costs import decode_cost
-
     cost = decode_cost(vae, 2)
     sampling_bytes = sum(2 * 2 * pn * pn * target.V * 4 for pn in target.patch_nums)
     beyond_ms = 1e3 * ((cost.bytes + sampling_bytes) / ceil.hbm_bytes_per_s + cost.flops / ceil.bf16_flops_per_s)

@@ -32,6 +32,7 @@ from sdvar_lib.bench import (
     calibrated_costs,
     chunk_of_pass,
     config_from_args,
+    decode_cost,
     estimate_overheads,
     fill_missing_stages,
     format_calibrations,
@@ -41,7 +42,6 @@ from sdvar_lib.bench import (
     scenario_stage_acceptance,
 )
 from sdvar_lib.fast.config import FastConfig
-from sdvar_lib.fast.costs import decode_cost
 from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.presets import ModelPair

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sdvar_lib import SDVAR, AdaptiveGamma, Method
+from sdvar_lib.eval.cli import evaluate_main as main
 from sdvar_lib.eval.evaluation import (
     SEED_STRIDE,
     EvaluationReport,
@@ -18,7 +19,6 @@ from sdvar_lib.eval.evaluation import (
     evaluate_methods,
     load_bundled_report,
     load_report,
-    main,
     select_methods,
 )
 from sdvar_lib.eval.lossless import lossless_verdict, token_evidence

@@ -16,6 +16,7 @@ import scipy.linalg
 import torch
 
 from sdvar_lib.data.digits import load_digits_split, to_unit_range
+from sdvar_lib.eval.cli import fid_main as main
 from sdvar_lib.eval.fid import (
     ClassifierExtractor,
     Features,
@@ -28,10 +29,9 @@ from sdvar_lib.eval.fid import (
     score_samples,
 )
 from sdvar_lib.eval.metrics import feature_frechet_distance, gaussian_stats, load_bundled_classifier
-from sdvar_lib.eval.npz import NpzMember, write_npz_stream
-from sdvar_lib.eval.sampler import images_to_uint8
-from sdvar_lib.fid import main
-from sdvar_lib.sample import main as sample_main
+from sdvar_lib.samples.cli import main as sample_main
+from sdvar_lib.samples.npz import NpzMember, write_npz_stream
+from sdvar_lib.samples.sampler import images_to_uint8
 
 HAS_TORCH_FIDELITY = importlib.util.find_spec("torch_fidelity") is not None
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sdvar_lib.__main__ import main
+from sdvar_lib.demo.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--methods", "target", "exact_g2", "--labels", "1", "2", "--threads", "1"]

@@ -2,11 +2,12 @@
 
 Layers, lowest first (a module may import its own layer's modules and every lower layer):
 
-    util < models, data < sdvar < fast < eval < viz < bench, tiny < the top level
+    util < models, data < sdvar < fast < samples < eval < viz < bench, tiny, demo < the top level
 
-The top level is the public face (``sdvar_lib/__init__.py``) and the command modules
-(``sdvar_lib/<command>.py``, ``__main__.py``); no sub-package imports them. ``bench`` and ``tiny``
-share a rank and must not import each other. A cycle between modules fails too, inside a layer as well.
+The top level is the public face (``sdvar_lib/__init__.py``, ``compat.py``) and the command shims
+(``sdvar_lib/<command>.py``, ``__main__.py``: each imports its command's ``cli.py``); no sub-package
+imports them. ``bench``, ``tiny`` and ``demo`` share a rank and must not import each other. A cycle
+between modules fails too, inside a layer as well.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "sdvar_lib"
-RANKS = {"util": 0, "models": 1, "data": 1, "sdvar": 2, "fast": 3, "eval": 4, "viz": 5, "bench": 6, "tiny": 6}
+RANKS = {"util": 0, "models": 1, "data": 1, "sdvar": 2, "fast": 3, "samples": 4, "eval": 5, "viz": 6,
+         "bench": 7, "tiny": 7, "demo": 7}
 TOP = 10
 
 
@@ -104,6 +106,42 @@ def test_no_import_cycles():
     for m in sorted(EDGES):
         if m not in state:
             visit(m)
+
+
+COMMANDS = {  # the command's shim -> the cli module that holds its parser and entry point
+    "sdvar_lib.__main__": "sdvar_lib.demo.cli",
+    "sdvar_lib.sample": "sdvar_lib.samples.cli",
+    "sdvar_lib.evaluate": "sdvar_lib.eval.cli",
+    "sdvar_lib.fid": "sdvar_lib.eval.cli",
+    "sdvar_lib.train_tiny": "sdvar_lib.tiny.cli",
+    "sdvar_lib.bench.__main__": "sdvar_lib.bench.cli",
+    "sdvar_lib.bench_plot": "sdvar_lib.bench.cli",
+}
+
+
+def _parses_arguments(path: Path) -> bool:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    defines_main = any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body)
+    imports_argparse = any(isinstance(n, ast.Import) and any(a.name == "argparse" for a in n.names) for n in ast.walk(tree))
+    return defines_main or imports_argparse
+
+
+def test_every_command_is_a_shim_of_its_package_cli():
+    top_level = {m for m in EDGES if _layer(m) == "<top>"} - {"sdvar_lib", "sdvar_lib.compat"}
+    assert top_level | {"sdvar_lib.bench.__main__"} == set(COMMANDS)
+    for shim, cli in COMMANDS.items():
+        assert EDGES[shim] == {cli}, f"{shim} must import only {cli}, imports {sorted(EDGES[shim])}"
+        path = PACKAGE.joinpath(*shim.split(".")[1:]).with_suffix(".py")
+        assert len(path.read_text().splitlines()) <= 10, f"{path.name} is a shim of a few lines"
+
+
+def test_only_cli_modules_parse_arguments():
+    """Library modules keep no ``main`` and no argparse: a command's code is the ``cli.py`` of its package."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = _module_name(path)
+        if _layer(name) == "<top>" or path.name in ("cli.py", "__main__.py"):
+            continue
+        assert not _parses_arguments(path), f"{name} parses command-line arguments: move that into its package's cli.py"
 
 
 def test_the_public_face_exports_what_it_imports():

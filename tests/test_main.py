@@ -7,9 +7,10 @@ import json
 import pytest
 from PIL import Image
 
-import sdvar_lib.__main__ as job
+import sdvar_lib.demo.cli as job
 from sdvar_lib import SDVAR, SamplingConfig, get_method, load_bundled_report, load_pair
-from sdvar_lib.__main__ import DEFAULT_METHODS, main, resolve_methods
+from sdvar_lib.demo.cli import main
+from sdvar_lib.demo.job import DEFAULT_METHODS, resolve_methods
 
 
 @pytest.fixture(scope="module")

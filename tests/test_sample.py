@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from sdvar_lib.eval.distributed import init_distributed
-from sdvar_lib.eval.npz import NpzArrayReader, NpzMember, write_npz_stream
-from sdvar_lib.eval.sampler import (
+from sdvar_lib.models.checkpoints import load_bundled
+from sdvar_lib.models.sampling import SamplingConfig
+from sdvar_lib.samples.cli import main, parse_classes
+from sdvar_lib.samples.distributed import init_distributed
+from sdvar_lib.samples.npz import NpzArrayReader, NpzMember, write_npz_stream
+from sdvar_lib.samples.sampler import (
     SEED_STRIDE,
     SampleFolder,
     SampleFolderError,
@@ -24,9 +27,6 @@ from sdvar_lib.eval.sampler import (
     images_to_uint8,
     run_job,
 )
-from sdvar_lib.models.checkpoints import load_bundled
-from sdvar_lib.models.sampling import SamplingConfig
-from sdvar_lib.sample import main, parse_classes
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.registry import get_method
 

@@ -1,33 +1,41 @@
 """bench: the GPU benchmark — physical bounds, acceptance scenarios, timing, gamma calibration, profiling, CLI.
 
-May import: ``sdvar_lib.viz`` and everything below it (not ``sdvar_lib.tiny``).
+May import: ``sdvar_lib.viz`` and everything below it (not ``sdvar_lib.tiny`` or ``sdvar_lib.demo``).
 
 Modules, each importing only the ones before it:
 
-- :mod:`~sdvar_lib.bench.bounds`: what a pass must move and compute (:class:`VarSpec`, :class:`Ceilings`);
+- :mod:`~sdvar_lib.bench.bounds`: the physical lower bounds: what a pass, sampling and the VQVAE decode must
+  move and compute (:class:`VarSpec`, :class:`Ceilings`, :func:`whole_call_bound`);
 - :mod:`~sdvar_lib.bench.scenarios`: fixed-acceptance scenarios and per-stage acceptance profiles;
 - :mod:`~sdvar_lib.bench.timing`: the one CUDA-event timer, percentiles, device ceilings, decode time;
-- :mod:`~sdvar_lib.bench.methods`: the rows (registry methods plus ``eager_target`` and
+- :mod:`~sdvar_lib.bench.methods`: the rows (registry methods plus ``eager_target``, ``target_v1`` and
   ``exact_calibrated``) and how one call of each runs on a pair;
+- :mod:`~sdvar_lib.bench.components`: pieces of a call timed alone (decode, sampling, host time);
 - :mod:`~sdvar_lib.bench.config`: :class:`BenchConfig`, checked when built;
 - :mod:`~sdvar_lib.bench.calibration`: the calibrated adaptive gamma rule;
 - :mod:`~sdvar_lib.bench.report`: rows, report, markdown / JSON, atomic writes;
-- :mod:`~sdvar_lib.bench.profile`: kernel breakdown of single passes;
+- :mod:`~sdvar_lib.bench.profile`: kernel breakdown of single passes and of the fast decode;
 - :mod:`~sdvar_lib.bench.core`: timing a row and a whole run;
-- :mod:`~sdvar_lib.bench.cli`: ``python -m sdvar_lib.bench``.
+- :mod:`~sdvar_lib.bench.cli`: ``python -m sdvar_lib.bench`` and ``python -m sdvar_lib.bench_plot``.
 """
 
 from sdvar_lib.bench.bounds import (
     Ceilings,
+    DecodeCost,
     VarSpec,
+    WholeCallBound,
     attended_keys,
+    bound_s,
+    decode_cost,
     pass_bound_s,
     pass_bytes,
     pass_flops,
     pass_weight_params,
     passes_bound_s,
+    sampling_bytes,
     sequential_passes,
     total_params,
+    whole_call_bound,
 )
 from sdvar_lib.bench.calibration import (
     CALIBRATION_RULES,
@@ -43,8 +51,20 @@ from sdvar_lib.bench.calibration import (
     estimate_overheads,
     measure_pass_ratio,
     measure_pass_times,
+    pass_time_ratio,
 )
-from sdvar_lib.bench.cli import build_parser, config_from_args, main
+from sdvar_lib.bench.cli import build_parser, config_from_args, main, plot_main
+from sdvar_lib.bench.components import (
+    COMPONENTS,
+    BatchComponents,
+    DecodeComparison,
+    HostOp,
+    SamplingTiming,
+    compare_decodes,
+    host_profile,
+    measure_components,
+    time_sampling,
+)
 from sdvar_lib.bench.config import BenchConfig
 from sdvar_lib.bench.core import bench_method, beyond_passes_bound, one_off_s, run_bench
 from sdvar_lib.bench.methods import (
@@ -52,6 +72,7 @@ from sdvar_lib.bench.methods import (
     CALIBRATED,
     DEFAULT_METHODS,
     EAGER_TARGET,
+    TARGET_V1,
     BenchMethod,
     PairContext,
     bench_row,
@@ -62,12 +83,23 @@ from sdvar_lib.bench.methods import (
     prepare_runs,
     run_order,
 )
-from sdvar_lib.bench.profile import KernelTime, PassProfile, format_profiles, profile_pass, profile_targets, write_profiles
+from sdvar_lib.bench.profile import (
+    DecodeProfile,
+    KernelTime,
+    PassProfile,
+    format_profiles,
+    profile_decode,
+    profile_decodes,
+    profile_pass,
+    profile_targets,
+    write_profiles,
+)
 from sdvar_lib.bench.report import (
     BenchReport,
     BenchRow,
     add_speedups,
     format_calibrations,
+    format_components,
     format_list,
     format_markdown,
     format_pass_ratios,
@@ -97,7 +129,8 @@ from sdvar_lib.bench.timing import (
 __all__ = [
     # bounds
     "VarSpec", "Ceilings", "pass_weight_params", "total_params", "attended_keys", "pass_flops", "pass_bytes",
-    "pass_bound_s", "passes_bound_s", "sequential_passes",
+    "bound_s", "pass_bound_s", "passes_bound_s", "sequential_passes", "DecodeCost", "decode_cost", "sampling_bytes",
+    "WholeCallBound", "whole_call_bound",
     # scenarios and acceptance profiles
     "SCENARIOS", "ScenarioPolicy", "Scenario", "make_scenarios", "fill_missing_stages", "scenario_stage_acceptance",
     "map_profile_to_stages",
@@ -105,19 +138,23 @@ __all__ = [
     "ReplayTimer", "CallTimer", "cuda_event_ms", "median_event_ms", "percentile", "measure_ceilings", "DecodeTiming",
     "measure_decode",
     # rows
-    "EAGER_TARGET", "CALIBRATED", "BenchMethod", "BENCH_ONLY_ROWS", "DEFAULT_METHODS", "bench_row", "run_order",
+    "EAGER_TARGET", "TARGET_V1", "CALIBRATED", "BenchMethod", "BENCH_ONLY_ROWS", "DEFAULT_METHODS", "bench_row", "run_order",
     "PairContext", "build_pair_bf16", "method_call", "in_call_context", "prepare_runs", "call_passes",
     # configuration
     "BenchConfig",
     # calibration
     "CallSample", "OverheadEstimate", "AdaptiveCalibration", "BatchCalibration", "CALIBRATION_RULES", "chunk_of_pass",
-    "measure_pass_times", "PassRatio", "measure_pass_ratio",
+    "measure_pass_times", "pass_time_ratio", "PassRatio", "measure_pass_ratio",
     "estimate_overheads", "calibrated_costs", "calibrate_batch", "calibrate_scenario",
+    # components
+    "COMPONENTS", "DecodeComparison", "SamplingTiming", "HostOp", "BatchComponents", "compare_decodes", "time_sampling",
+    "host_profile", "measure_components",
     # report
-    "BenchRow", "BenchReport", "add_speedups", "format_markdown", "format_calibrations", "format_list",
+    "BenchRow", "BenchReport", "add_speedups", "format_markdown", "format_calibrations", "format_components", "format_list",
     "format_pass_ratios", "report_to_json", "write_report",
     # profiling
-    "KernelTime", "PassProfile", "profile_pass", "profile_targets", "format_profiles", "write_profiles",
+    "KernelTime", "PassProfile", "DecodeProfile", "profile_pass", "profile_targets", "profile_decode", "profile_decodes",
+    "format_profiles", "write_profiles",
     # running
-    "bench_method", "run_bench", "one_off_s", "beyond_passes_bound", "build_parser", "config_from_args", "main",
+    "bench_method", "run_bench", "one_off_s", "beyond_passes_bound", "build_parser", "config_from_args", "main", "plot_main",
 ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +27,6 @@ from sdvar_lib.bench.methods import BENCH_ONLY_ROWS, CALIBRATED, PairContext, be
 from sdvar_lib.bench.scenarios import Scenario, fill_missing_stages, scenario_stage_acceptance
 from sdvar_lib.bench.timing import CallTimer, ReplayTimer, cuda_event_ms, median_event_ms
 from sdvar_lib.fast.config import PassRecord
-from sdvar_lib.fast.costs import pass_time_ratio
 from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, TableCost, plan_never_drafts
@@ -43,6 +42,7 @@ __all__ = [
     "CALIBRATION_RULES",
     "chunk_of_pass",
     "measure_pass_times",
+    "pass_time_ratio",
     "PassRatio",
     "measure_pass_ratio",
     "estimate_overheads",
@@ -171,6 +171,17 @@ def measure_pass_times(run: FastRun, chunks: Sequence[tuple[int, int]], timer: R
     return out
 
 
+def pass_time_ratio(draft_ms: Mapping[tuple[int, int], float], target_ms: Mapping[tuple[int, int], float]) -> float:
+    """Draft over target time of the single-stage passes both have: ``sum(draft) / sum(target)``.
+
+    Keys are chunks ``(start stage, number of stages)``; only ``(s, 1)`` keys present in both count.
+    """
+    keys = sorted(k for k in draft_ms if k[1] == 1 and k in target_ms)
+    if not keys:
+        raise ValueError("pass_time_ratio needs single-stage passes (keys (s, 1)) timed for both models")
+    return sum(draft_ms[k] for k in keys) / sum(target_ms[k] for k in keys)
+
+
 @dataclass(frozen=True)
 class PassRatio:
     """Single-stage pass times (ms, stage 0 first; graph replays on the fast path) of draft and target at one batch."""
@@ -179,6 +190,8 @@ class PassRatio:
     batch: int
     target_ms: tuple[float, ...]
     draft_ms: tuple[float, ...]
+    fast_version: str = "current"
+    """``"first"``: the passes of the first version of the fast path (measured when a ``target_v1`` row runs)."""
 
     @property
     def ratio(self) -> float:
@@ -201,9 +214,9 @@ def measure_pass_ratio(ctx: PairContext, B: int, repeats: int, replay_timer: Rep
         target_ms = measure_pass_times(ctx.factory.run_for(ctx.pair.target, B), chunks, replay_timer, repeats)
         draft_ms = measure_pass_times(ctx.factory.run_for(ctx.pair.draft, B), chunks, replay_timer, repeats)
     ratio = PassRatio(pair=ctx.name, batch=B, target_ms=tuple(target_ms[k] for k in chunks),
-                      draft_ms=tuple(draft_ms[k] for k in chunks))
-    log.info("%s B=%d single-stage passes: draft %.2f ms, target %.2f ms (ratio %.3f)", ctx.name, B,
-             sum(ratio.draft_ms), sum(ratio.target_ms), ratio.ratio)
+                      draft_ms=tuple(draft_ms[k] for k in chunks), fast_version=ctx.fast_version)
+    log.info("%s B=%d single-stage passes (%s fast path): draft %.2f ms, target %.2f ms (ratio %.3f)", ctx.name, B,
+             ctx.fast_version, sum(ratio.draft_ms), sum(ratio.target_ms), ratio.ratio)
     return ratio
 
 

@@ -1,8 +1,15 @@
-"""``python -m sdvar_lib.bench``: GPU benchmark of the decoders at the official sizes, with physical bounds.
+"""The commands of ``bench``: ``python -m sdvar_lib.bench`` and ``python -m sdvar_lib.bench_plot``.
 
-Every argument is checked (:class:`~sdvar_lib.bench.config.BenchConfig`, the ``--out`` folder) before
-the first model call; a mistake is one argparse-style line. Without CUDA the command stops with one
-line. ``bench.json`` / ``bench.md`` (and ``profile.*``) are rewritten atomically after every row.
+``python -m sdvar_lib.bench`` (:func:`main`): GPU benchmark of the decoders at the official sizes, with
+physical bounds. Every argument is checked (:class:`~sdvar_lib.bench.config.BenchConfig`, the ``--out``
+folder) before the first model call; a mistake is one argparse-style line. Without CUDA the command
+stops with one line. ``bench.json`` / ``bench.md`` (and ``profile.*``) are rewritten atomically after
+every row.
+
+``python -m sdvar_lib.bench_plot`` (:func:`plot_main`): latency against batch size from a ``bench.json``
+(:mod:`sdvar_lib.viz.latency`).
+
+``sdvar_lib/bench/__main__.py`` and ``sdvar_lib/bench_plot.py`` are the commands' shims.
 """
 
 from __future__ import annotations
@@ -16,15 +23,17 @@ from pathlib import Path
 
 import torch
 
+from sdvar_lib.bench.components import COMPONENTS
 from sdvar_lib.bench.config import BenchConfig
 from sdvar_lib.bench.core import run_bench
 from sdvar_lib.bench.methods import BENCH_ONLY_ROWS, DEFAULT_METHODS
-from sdvar_lib.bench.profile import profile_targets, write_profiles
+from sdvar_lib.bench.profile import profile_decodes, profile_targets, write_profiles
 from sdvar_lib.bench.report import BenchReport, format_list, write_report
 from sdvar_lib.bench.scenarios import SCENARIOS
 from sdvar_lib.util.atomic import check_writable_dir
+from sdvar_lib.viz.latency import load_points, plot_latency_vs_batch
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "config_from_args", "main", "plot_parser", "plot_main"]
 
 PROG = "python -m sdvar_lib.bench"
 DESCRIPTION = ("GPU benchmark of the decoders at the official sizes (random bf16 weights): latency, memory and the "
@@ -91,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-stages", type=_int_list, default=(),
                    help="after the bench, profile the single-stage passes of these stages of each pair's target "
                         "(graph replay time and kernel breakdown) at every batch size; written to profile.md")
+    p.add_argument("--profile-decode", action="store_true",
+                   help="after the bench, profile the fast VQVAE decode's kernels at every batch size (profile.md)")
+    p.add_argument("--components", type=_str_list, default=(),
+                   help=f"pieces of a call timed alone per pair and batch, of {','.join(COMPONENTS)}: decode (reference "
+                        "against fast decode, graphed, with its bound), sampling (the last stage's draw: PyTorch kernels "
+                        "against the fused kernel), host (host time by operator of one target call)")
     return p
 
 
@@ -107,7 +122,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         top_p=args.top_p, cfg=args.cfg, use_cuda_graphs=not args.no_cuda_graphs,
         graph_decode=not args.no_graph_decode, fast_decode=not args.autocast_decode,
         cudnn_benchmark=not args.no_cudnn_benchmark, out=args.out,
-        profile_stages=args.profile_stages,
+        profile_stages=args.profile_stages, profile_decode=args.profile_decode, components=args.components,
     )
 
 
@@ -138,9 +153,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     Path(out).mkdir(parents=True, exist_ok=True)
     report = run_bench(config, command, on_progress=lambda partial: write_report(partial, out))
     table = write_report(report, out)
-    if config.profile_stages:
+    if config.profile_stages or config.profile_decode:
+        device = torch.device("cuda")
         profiles = profile_targets([t for _, t in config.pairs], config.batches, config.profile_stages, report.ceilings,
-                                   torch.device("cuda"))
-        print(write_profiles(profiles, out))
+                                   device) if config.profile_stages else []
+        decodes = profile_decodes(config.batches, device) if config.profile_decode else []
+        print(write_profiles(profiles, out, decodes))
     _print_summary(report, table)
+    return 0
+
+
+# ---- python -m sdvar_lib.bench_plot -------------------------------------------------------------
+def plot_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sdvar_lib.bench_plot",
+                                description="Latency vs batch size per method from a ``python -m sdvar_lib.bench`` JSON report.")
+    p.add_argument("report", help="bench.json written by python -m sdvar_lib.bench")
+    p.add_argument("--out", default=None, help="image file (default: latency.png beside the report)")
+    p.add_argument("--series", default=None, help="comma-separated series to draw (default all)")
+    return p
+
+
+def plot_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sdvar_lib.bench_plot``."""
+    args = plot_parser().parse_args(argv)
+    try:
+        points = load_points(args.report)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or str(Path(args.report).with_name("latency.png"))
+    series = [s.strip() for s in args.series.split(",")] if args.series else None
+    print(plot_latency_vs_batch(points, out, series))
     return 0

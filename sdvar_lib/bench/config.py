@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdvar_lib.bench.bounds import VarSpec
+from sdvar_lib.bench.components import COMPONENTS
 from sdvar_lib.bench.methods import DEFAULT_METHODS, BenchMethod, bench_row, run_order
 from sdvar_lib.bench.scenarios import SCENARIOS
 from sdvar_lib.models.presets import OFFICIAL_PATCH_NUMS, check_official_depth
@@ -65,6 +66,10 @@ class BenchConfig:
     out: str = "bench_out"
     profile_stages: tuple[int, ...] = ()
     """Stages whose single-stage target pass is profiled after the bench (kernel breakdown)."""
+    profile_decode: bool = False
+    """Also profile the fast VQVAE decode's kernels at every batch size after the bench."""
+    components: tuple[str, ...] = ()
+    """Pieces of a call timed alone per pair and batch, of :data:`~sdvar_lib.bench.components.COMPONENTS`."""
 
     def __post_init__(self) -> None:
         pairs = _check_tuple(self.pairs, "pairs")
@@ -102,6 +107,13 @@ class BenchConfig:
         object.__setattr__(self, "profile_stages", check_int_sequence(self.profile_stages, "profile_stages", 0,
                                                                       NUM_STAGES - 1, non_empty=False))
         _unique(self.profile_stages, "profile_stages")
+        check_bool(self.profile_decode, "profile_decode")
+        if not isinstance(self.components, (tuple, list)):
+            raise TypeError(f"components must be a tuple of names, got {self.components!r}")
+        for c in self.components:
+            check_choice(c, "every component", COMPONENTS)
+        object.__setattr__(self, "components", tuple(self.components))
+        _unique(self.components, "components")
 
     def _check_profile(self) -> None:
         profile = self.acceptance_profile

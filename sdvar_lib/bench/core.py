@@ -2,13 +2,15 @@
 
 Official-size draft/target pairs with random bf16 weights are timed on the fast path
 (:mod:`sdvar_lib.fast.run`) against the eager loop under bf16 autocast in the same run. Every
-figure comes with two physical lower bounds at ceilings measured at the start of the run: its
-passes' (:mod:`sdvar_lib.bench.bounds`) and the whole call's, passes + sampling + VQVAE decode
-(:mod:`sdvar_lib.fast.costs`); and with the one-off seconds (kernel checks, graph captures) its
+figure comes with two physical lower bounds at ceilings measured at the start of the run
+(:mod:`sdvar_lib.bench.bounds`): its passes' and the whole call's, passes + sampling + VQVAE decode;
+and with the one-off seconds (kernel checks, graph captures) its
 preparation and warm-up cost. SDVAR rows run under each acceptance scenario
 (:mod:`sdvar_lib.bench.scenarios`); the calibrated row is calibrated right before it is timed
 (:mod:`sdvar_lib.bench.calibration`). Per batch the run also times the single-stage passes of draft
-and target (their ratio).
+and target (their ratio; also on the first fast path when a ``target_v1`` row runs, which gets its own
+run factory and the reference decode) and, when asked, the pieces of a call alone
+(:mod:`sdvar_lib.bench.components`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import replace
 
 import torch
 
-from sdvar_lib.bench.bounds import Ceilings, passes_bound_s
+from sdvar_lib.bench.bounds import Ceilings, WholeCallBound, passes_bound_s, whole_call_bound
 from sdvar_lib.bench.calibration import (
     AdaptiveCalibration,
     BatchCalibration,
@@ -31,6 +33,7 @@ from sdvar_lib.bench.calibration import (
     calibrate_scenario,
     measure_pass_ratio,
 )
+from sdvar_lib.bench.components import BatchComponents, measure_components
 from sdvar_lib.bench.config import BenchConfig
 from sdvar_lib.bench.methods import (
     BenchMethod,
@@ -45,7 +48,6 @@ from sdvar_lib.bench.report import BenchReport, BenchRow, add_speedups
 from sdvar_lib.bench.scenarios import Scenario, make_scenarios
 from sdvar_lib.bench.timing import DecodeTiming, cuda_event_ms, measure_ceilings, measure_decode, median_event_ms, percentile
 from sdvar_lib.fast.config import FastConfig
-from sdvar_lib.fast.costs import WholeCallBound, whole_call_bound
 from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.sdvar.gamma import GammaRule
@@ -66,8 +68,7 @@ def beyond_passes_bound(ctx: PairContext, B: int, ceilings: Ceilings) -> WholeCa
     """What the whole-call bound adds to a call's passes bound (``passes_s`` 0): sampling every stage once and
     the VQVAE decode."""
     target = ctx.pair.target
-    return whole_call_bound(0.0, ctx.pair.vae, target.V, B, [pn * pn for pn in target.patch_nums],
-                            ceilings.hbm_bytes_per_s, ceilings.bf16_flops_per_s)
+    return whole_call_bound(0.0, ctx.pair.vae, target.V, B, [pn * pn for pn in target.patch_nums], ceilings)
 
 
 def bench_method(ctx: PairContext, row: BenchMethod, scenario: Scenario | None, B: int, config: BenchConfig,
@@ -143,6 +144,14 @@ def bench_method(ctx: PairContext, row: BenchMethod, scenario: Scenario | None, 
     return result
 
 
+def _activate(contexts: list[PairContext], ctx: PairContext) -> PairContext:
+    """``ctx``, with the runs of every other context (another fast path of the pair) released: peak memory is per row."""
+    for other in contexts:
+        if other is not ctx:
+            other.factory.release()
+    return ctx
+
+
 def run_bench(config: BenchConfig, command: str = "", on_progress: Callable[[BenchReport], None] | None = None) -> BenchReport:
     """Time every configured pair, batch, row and scenario; ``on_progress`` sees the partial report."""
     if not torch.cuda.is_available():
@@ -157,11 +166,13 @@ def run_bench(config: BenchConfig, command: str = "", on_progress: Callable[[Ben
     decode: list[DecodeTiming] = []
     calibrations: list[AdaptiveCalibration] = []
     pass_ratios: list[PassRatio] = []
+    components: list[BatchComponents] = []
     bench_rows = config.rows
 
     def report() -> BenchReport:
         partial = BenchReport(machine=machine, command=command, ceilings=ceilings, decode=list(decode), rows=list(rows),
-                              config=config, calibrations=list(calibrations), pass_ratios=list(pass_ratios))
+                              config=config, calibrations=list(calibrations), pass_ratios=list(pass_ratios),
+                              components=list(components))
         add_speedups(partial.rows)
         return partial
 
@@ -172,16 +183,23 @@ def run_bench(config: BenchConfig, command: str = "", on_progress: Callable[[Ben
     for draft_depth, target_depth in config.pairs:
         t0 = time.perf_counter()
         pair = build_pair_bf16(draft_depth, target_depth, device)
-        factory = FastRunFactory(FastConfig(use_cuda_graphs=config.use_cuda_graphs))
-        ctx = PairContext.for_pair(f"d{draft_depth}->d{target_depth}", pair, factory)
+        name = f"d{draft_depth}->d{target_depth}"
+        ctx = PairContext.for_pair(name, pair, FastRunFactory(FastConfig(use_cuda_graphs=config.use_cuda_graphs)))
+        contexts = [ctx]
+        if any(r.first_version for r in bench_rows):  # the first version of the fast path: its own runs and decode
+            first = FastConfig.first_version(use_cuda_graphs=config.use_cuda_graphs)
+            contexts.append(PairContext.for_pair(name, pair, FastRunFactory(first), fast_version="first"))
         log.info("built %s in %.1f s", pair.description, time.perf_counter() - t0)
         scenarios = make_scenarios(config.scenarios, pair.target.num_stages, config.acceptance_profile,
                                    config.per_sample_acceptance)
+
         for B in config.batches:
             # the eager baseline first, before any graph of this batch size holds memory
             for row in (r for r in bench_rows if r.eager):
                 rows.append(bench_method(ctx, row, None, B, config, ceilings))
-            ctx.decoder = GraphedDecode(pair.vae, fast=config.fast_decode) if config.graph_decode else None
+            for c in contexts:
+                fast = config.fast_decode and c.fast_version == "current"  # the first version decodes the reference way
+                c.decoder = GraphedDecode(pair.vae, fast=fast) if config.graph_decode else None
             decode_timing = next((d for d in decode if d.batch == B), None)  # the VQVAE is the same for every pair
             if decode_timing is None:
                 decode_timing = replace(measure_decode(pair.target, B, graphed=ctx.decoder),
@@ -192,6 +210,7 @@ def run_bench(config: BenchConfig, command: str = "", on_progress: Callable[[Ben
             for row in (r for r in bench_rows if not r.eager):
                 for scenario in scenarios if row.sdvar else [None]:
                     cal, rule = None, None
+                    row_ctx = _activate(contexts, contexts[-1] if row.first_version else ctx)
                     if row.calibrated:
                         try:
                             prepare_runs(ctx, row, B)
@@ -201,22 +220,35 @@ def run_bench(config: BenchConfig, command: str = "", on_progress: Callable[[Ben
                         except Exception:  # one failed calibration must not cost the other rows
                             log.exception("%s B=%d: calibration of %s failed; row skipped", ctx.name, B, row.name)
                             continue
-                    result = bench_method(ctx, row, scenario, B, config, ceilings, rule=rule)
+                    result = bench_method(row_ctx, row, scenario, B, config, ceilings, rule=rule)
                     rows.append(result)
                     if cal is not None:
                         cal.gamma_per_round = result.gamma_per_round
                         calibrations.append(cal)
                     progress()
             if any(not r.eager for r in bench_rows):
+                for c in contexts:
+                    _activate(contexts, c)
+                    try:
+                        pass_ratios.append(measure_pass_ratio(c, B, config.calibration_replays,
+                                                              calibration=batch_cal if c is ctx else None))
+                    except Exception:  # a failed measurement must not cost the rows already timed
+                        log.exception("%s B=%d: the single-stage pass times (%s fast path) could not be measured",
+                                      c.name, B, c.fast_version)
+                    progress()
+            if config.components:
+                _activate(contexts, ctx)
                 try:
-                    pass_ratios.append(measure_pass_ratio(ctx, B, config.calibration_replays, calibration=batch_cal))
+                    components.append(measure_components(ctx, B, config.components, config.sampling, ceilings,
+                                                         config.repeats))
                 except Exception:  # a failed measurement must not cost the rows already timed
-                    log.exception("%s B=%d: the single-stage pass times could not be measured", ctx.name, B)
+                    log.exception("%s B=%d: the components could not be measured", ctx.name, B)
                 progress()
-            factory.release()
-            ctx.decoder = None
+            for c in contexts:
+                c.factory.release()
+                c.decoder = None
             progress()
-        del ctx, pair, factory
+        del ctx, contexts, pair
         gc.collect()
         torch.cuda.empty_cache()
     return report()

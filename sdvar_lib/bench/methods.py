@@ -2,11 +2,15 @@
 
 A row is a registry :class:`~sdvar_lib.sdvar.registry.Method` (``target``, ``draft``, ``exact_g2``,
 ``exact_adaptive``, ``test3_e5``, ``code_e6``, ... : any name :func:`get_method` knows), run through
-:meth:`Method.run` and precaptured with :meth:`Method.chunks`, or one of two bench-only rows
+:meth:`Method.run` and precaptured with :meth:`Method.chunks`, or one of three bench-only rows
 (:data:`BENCH_ONLY_ROWS`):
 
 - ``eager_target``: the target's reference loop (:meth:`VAR.generate`) without the fast path, under
   bf16 autocast: the baseline every speed-up is measured against;
+- ``target_v1``: the target alone on the first version of the fast path
+  (:meth:`~sdvar_lib.fast.config.FastConfig.first_version`: PyTorch block kernels and sampling, a
+  float32 head, stages step by step) with the reference VQVAE decode under bf16 autocast, graphed:
+  what the fused path gained over it (the run gives it its own run factory and decode);
 - ``exact_calibrated``: exact SDVAR with an :class:`AdaptiveGamma` built right before the row from pass
   costs, overheads and acceptance measured on the same GPU, batch and scenario
   (:mod:`sdvar_lib.bench.calibration`).
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EAGER_TARGET",
+    "TARGET_V1",
     "CALIBRATED",
     "BenchMethod",
     "BENCH_ONLY_ROWS",
@@ -58,6 +63,7 @@ __all__ = [
 ]
 
 EAGER_TARGET = "eager_target"
+TARGET_V1 = "target_v1"
 CALIBRATED = "exact_calibrated"
 
 
@@ -70,6 +76,8 @@ class BenchMethod:
     """``None``: the eager loop (:data:`EAGER_TARGET`)."""
     calibrated: bool = False
     """The gamma rule is built at run time (:func:`~sdvar_lib.bench.calibration.calibrate_scenario`)."""
+    first_version: bool = False
+    """Runs on the first version of the fast path and the reference decode (:data:`TARGET_V1`)."""
 
     @property
     def eager(self) -> bool:
@@ -121,6 +129,7 @@ BENCH_ONLY_ROWS: dict[str, BenchMethod] = {
     CALIBRATED: BenchMethod(CALIBRATED, Method(CALIBRATED, "sdvar", policy=ExactPolicy(), gamma=AdaptiveGamma(),
                                                notes="gamma rule calibrated on the GPU before the row"),
                             calibrated=True),
+    TARGET_V1: BenchMethod(TARGET_V1, get_method("target"), first_version=True),
 }
 """The rows that are no registry method."""
 
@@ -149,8 +158,9 @@ _RUN_ORDER = {"draft": 1, "target": 2, "sdvar": 3, "test3": 4, "code_handoff": 5
 
 
 def run_order(rows: Iterable[BenchMethod]) -> list[BenchMethod]:
-    """Rows in timing order: eager, draft, target, SDVAR, hand-offs (each method's runs are released least often)."""
-    return sorted(rows, key=lambda r: 0 if r.eager else _RUN_ORDER[r.method.decoder])
+    """Rows in timing order: eager, the first fast path, draft, target, SDVAR, hand-offs (each method's runs, and
+    each fast path's, are released least often)."""
+    return sorted(rows, key=lambda r: 0 if r.eager else 0.5 if r.first_version else _RUN_ORDER[r.method.decoder])
 
 
 # ---- one pair -----------------------------------------------------------------------------------
@@ -166,11 +176,13 @@ class PairContext:
     """``id(model) -> VarSpec`` of the draft and the target."""
     decoder: GraphedDecode | None = None
     """The graphed VQVAE decode fast-path rows use (``None``: eager decode)."""
+    fast_version: str = "current"
+    """``"current"``: today's fast path; ``"first"``: its first version (the :data:`TARGET_V1` row's)."""
 
     @classmethod
-    def for_pair(cls, name: str, pair: ModelPair, factory: FastRunFactory) -> PairContext:
+    def for_pair(cls, name: str, pair: ModelPair, factory: FastRunFactory, fast_version: str = "current") -> PairContext:
         return cls(name=name, pair=pair, sd=SDVAR(pair.draft, pair.target, run_factory=factory), factory=factory,
-                   specs={id(m): VarSpec.from_model(m) for m in (pair.draft, pair.target)})
+                   specs={id(m): VarSpec.from_model(m) for m in (pair.draft, pair.target)}, fast_version=fast_version)
 
 
 def build_pair_bf16(draft_depth: int, target_depth: int, device: torch.device) -> ModelPair:

@@ -1,8 +1,9 @@
-"""Where a pass spends its time: graph replay of one single-stage pass against its bound, and its GPU kernels.
+"""Where a pass and the decode spend their time: graph replay of one single-stage pass against its bound, GPU kernels.
 
 :func:`profile_pass` times the CUDA-graph replay of a stage's pass, then runs the same pass once
 eagerly (a run without graphs executes the very step the graph captured) under ``torch.profiler``
-and lists its kernels. :func:`write_profiles` writes ``profile.md`` and ``profile.json`` atomically.
+and lists its kernels. :func:`profile_decode` lists the kernels of one eager run of the fast VQVAE
+decode. :func:`write_profiles` writes ``profile.md`` and ``profile.json`` atomically.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import torch
 from sdvar_lib.bench.bounds import Ceilings, VarSpec, pass_bound_s
 from sdvar_lib.bench.timing import median_event_ms
 from sdvar_lib.fast.config import FastConfig, PassRecord
+from sdvar_lib.fast.decode import FastDecoder, cudnn_benchmark
 from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.presets import build_vae, build_var
 from sdvar_lib.models.var import VAR
+from sdvar_lib.models.vqvae import VQVAE
 from sdvar_lib.util.atomic import atomic_write_text
 
-__all__ = ["KernelTime", "PassProfile", "profile_pass", "profile_targets", "format_profiles", "write_profiles"]
+__all__ = ["KernelTime", "PassProfile", "DecodeProfile", "profile_pass", "profile_targets", "profile_decode",
+           "profile_decodes", "format_profiles", "write_profiles"]
 
 
 @dataclass
@@ -45,6 +49,30 @@ class PassProfile:
     kernel_sum_ms: float
     kernels: int
     top: list[KernelTime]
+
+
+@dataclass
+class DecodeProfile:
+    """One eager run of the fast VQVAE decode (:class:`~sdvar_lib.fast.decode.FastDecoder`): its GPU kernels."""
+
+    batch: int
+    kernel_sum_ms: float
+    kernels: int
+    top: list[KernelTime]
+
+
+def _kernel_times(prof: torch.profiler.profile) -> tuple[int, list[KernelTime]]:
+    """``(number of GPU kernels, kernel times by name, largest first)`` of a profile."""
+    by_name: dict[str, KernelTime] = {}
+    n = 0
+    for ev in prof.events():
+        if ev.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        n += 1
+        k = by_name.setdefault(ev.name[:90], KernelTime(ev.name[:90], 0.0, 0))
+        k.total_us += ev.time_range.elapsed_us()
+        k.count += 1
+    return n, sorted(by_name.values(), key=lambda k: -k.total_us)
 
 
 def _single_pass_run(model: VAR, batch: int, stage: int, graphs: bool) -> tuple[FastRun, PassRecord]:
@@ -79,16 +107,7 @@ def profile_pass(model: VAR, batch: int, stage: int, ceilings: Ceilings, top: in
     torch.cuda.empty_cache()
     prof = _eager_pass_profile(model, batch, stage)
     position, length = chunk_span(model, stage, 1)
-    by_name: dict[str, KernelTime] = {}
-    n = 0
-    for ev in prof.events():
-        if ev.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        n += 1
-        k = by_name.setdefault(ev.name[:90], KernelTime(ev.name[:90], 0.0, 0))
-        k.total_us += ev.time_range.elapsed_us()
-        k.count += 1
-    kernels = sorted(by_name.values(), key=lambda k: -k.total_us)
+    n, kernels = _kernel_times(prof)
     spec = VarSpec.from_model(model)
     return PassProfile(
         depth=model.depth, batch=batch, stage=stage, tokens=length, replay_ms=replay_ms,
@@ -111,23 +130,56 @@ def profile_targets(target_depths: Sequence[int], batches: Sequence[int], stages
     return profiles
 
 
-def format_profiles(profiles: Sequence[PassProfile]) -> str:
+@torch.no_grad()
+def profile_decode(vae: VQVAE, batch: int, top: int = 12) -> DecodeProfile:
+    """The kernels of one eager run of the fast decode of ``batch`` random feature maps (after two warm-up runs)."""
+    decoder = FastDecoder(vae)
+    pn = vae.patch_nums[-1]
+    f_hat = torch.randn(batch, vae.Cvae, pn, pn, device=vae.post_quant_conv.weight.device)
+    with cudnn_benchmark():
+        for _ in range(2):
+            decoder(f_hat)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            decoder(f_hat)
+            torch.cuda.synchronize()
+    n, kernels = _kernel_times(prof)
+    return DecodeProfile(batch=batch, kernel_sum_ms=sum(k.total_us for k in kernels) / 1e3, kernels=n, top=kernels[:top])
+
+
+def profile_decodes(batches: Sequence[int], device: torch.device) -> list[DecodeProfile]:
+    """:func:`profile_decode` of the official VQVAE (random weights) at every batch size."""
+    vae = build_vae(device)
+    return [profile_decode(vae, B) for B in batches]
+
+
+def format_profiles(profiles: Sequence[PassProfile], decodes: Sequence[DecodeProfile] = ()) -> str:
     lines = []
     for p in profiles:
         lines += [
             f"d{p.depth} batch {p.batch} stage {p.stage} ({p.tokens} tokens): graph replay {p.replay_ms:.3f} ms, bound "
-            f"{p.bound_ms:.3f} ms, {p.kernels} kernels summing to {p.kernel_sum_ms:.3f} ms",
+            f"{p.bound_ms:.3f} ms, {p.kernels} kernels ({p.kernels / p.depth:.1f} per block) summing to "
+            f"{p.kernel_sum_ms:.3f} ms",
             "| kernel | total µs | count |", "|---|---|---|",
         ]
         lines += [f"| `{k.name}` | {k.total_us:.1f} | {k.count} |" for k in p.top]
         lines.append("")
+    for d in decodes:
+        lines += [f"fast VQVAE decode, batch {d.batch}: {d.kernels} kernels summing to {d.kernel_sum_ms:.3f} ms",
+                  "| kernel | total µs | count |", "|---|---|---|"]
+        lines += [f"| `{k.name}` | {k.total_us:.1f} | {k.count} |" for k in d.top]
+        lines.append("")
     return "\n".join(lines)
 
 
-def write_profiles(profiles: Sequence[PassProfile], out: str | Path) -> str:
-    """Write ``profile.md`` and ``profile.json`` into the folder ``out`` (each atomically); returns the markdown."""
+def write_profiles(profiles: Sequence[PassProfile], out: str | Path, decodes: Sequence[DecodeProfile] = ()) -> str:
+    """Write ``profile.md`` and ``profile.json`` into the folder ``out`` (each atomically); returns the markdown.
+
+    ``profile.json`` lists the pass profiles, then the decode profiles, each with its ``kind`` (``pass``/``decode``).
+    """
     out = Path(out)
-    text = format_profiles(profiles)
+    text = format_profiles(profiles, decodes)
+    entries = [dict(kind="pass", **asdict(p)) for p in profiles] + [dict(kind="decode", **asdict(d)) for d in decodes]
     atomic_write_text(out / "profile.md", text + "\n")
-    atomic_write_text(out / "profile.json", json.dumps([asdict(p) for p in profiles], indent=1))
+    atomic_write_text(out / "profile.json", json.dumps(entries, indent=1))
     return text

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from sdvar_lib.bench.bounds import Ceilings
 from sdvar_lib.bench.calibration import AdaptiveCalibration, PassRatio
+from sdvar_lib.bench.components import BatchComponents
 from sdvar_lib.bench.config import BenchConfig
-from sdvar_lib.bench.methods import CALIBRATED, EAGER_TARGET
+from sdvar_lib.bench.methods import CALIBRATED, EAGER_TARGET, TARGET_V1
 from sdvar_lib.bench.timing import DecodeTiming
 from sdvar_lib.util.atomic import atomic_write_text
 from sdvar_lib.util.machine import MachineInfo
@@ -26,6 +27,7 @@ __all__ = [
     "format_markdown",
     "format_pass_ratios",
     "format_calibrations",
+    "format_components",
     "format_list",
     "report_to_json",
     "write_report",
@@ -74,6 +76,7 @@ class BenchReport:
     config: BenchConfig
     calibrations: list[AdaptiveCalibration] = field(default_factory=list)
     pass_ratios: list[PassRatio] = field(default_factory=list)
+    components: list[BatchComponents] = field(default_factory=list)
 
 
 def add_speedups(rows: list[BenchRow]) -> None:
@@ -109,7 +112,9 @@ def format_markdown(report: BenchReport) -> str:
         f"Fast path: CUDA graphs {'on' if cfg.use_cuda_graphs else 'off'}, graphed VQVAE decode "
         f"{'on' if cfg.graph_decode else 'off'} ({'fast decode' if cfg.fast_decode else 'reference decode, bf16 autocast'}; "
         f"{EAGER_TARGET} always decodes eagerly), cudnn.benchmark "
-        f"{'on' if cfg.cudnn_benchmark else 'off'}",
+        f"{'on' if cfg.cudnn_benchmark else 'off'}"
+        + (f"; {TARGET_V1}: the first version of the fast path (PyTorch block kernels and sampling, float32 head, "
+           "stages step by step) with the reference decode under bf16 autocast" if TARGET_V1 in cfg.methods else ""),
         f"Sampling: top-k {cfg.top_k}, top-p {cfg.top_p}, cfg {cfg.cfg}; "
         f"{cfg.repeats} timed runs after {cfg.warmup} warm-up runs; latency per call "
         "(CUDA events, VAE decode included)",
@@ -140,6 +145,9 @@ def format_markdown(report: BenchReport) -> str:
         ratios = [p for p in report.pass_ratios if p.pair == pair]
         if ratios:
             lines += [format_pass_ratios(ratios), ""]
+        components = [c for c in report.components if c.pair == pair]
+        if components:
+            lines += [format_components(components), ""]
     if report.calibrations:
         lines += [format_calibrations(report.calibrations), ""]
     return "\n".join(lines)
@@ -154,8 +162,37 @@ def format_pass_ratios(ratios: Sequence[PassRatio]) -> str:
         "|---|---|---|---|",
     ]
     for p in ratios:
-        lines.append(f"| {p.batch} | {sum(p.draft_ms):.2f} | {sum(p.target_ms):.2f} | {p.ratio:.3f} |")
+        batch = f"{p.batch} (first fast path)" if p.fast_version == "first" else f"{p.batch}"
+        lines.append(f"| {batch} | {sum(p.draft_ms):.2f} | {sum(p.target_ms):.2f} | {p.ratio:.3f} |")
     return "\n".join(lines)
+
+
+def format_components(components: Sequence[BatchComponents]) -> str:
+    """Markdown: the pieces of a call timed alone (``--components``), per batch."""
+    lines = []
+    decodes = [c for c in components if c.decode is not None]
+    if decodes:
+        lines += ["VQVAE decode alone, graphed (bf16 autocast): the reference decode against the fast decode:", "",
+                  "| batch | reference ms | fast ms | bound ms | GFLOP | GB | fast vs reference (rel. diff) |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c.batch} | {c.decode.reference_ms:.2f} | {c.decode.fast_ms:.2f} | {c.decode.bound_ms:.2f} | "
+                  f"{c.decode.gflop:.0f} | {c.decode.gbytes:.2f} | {c.decode.rel_diff:.1e} |" for c in decodes]
+        lines.append("")
+    samplings = [c for c in components if c.sampling is not None]
+    if samplings:
+        s0 = samplings[0].sampling
+        lines += [f"Sampling stage {s0.stage} ({s0.tokens_per_image} tokens per image) from the same logits: "
+                  "PyTorch's kernels against the fused kernel:", "",
+                  "| batch | PyTorch ms | fused ms | same tokens |", "|---|---|---|---|"]
+        lines += [f"| {c.batch} | {c.sampling.torch_ms:.3f} | {_fmt(c.sampling.fused_ms, 3)} | "
+                  f"{_fmt(c.sampling.same_tokens, 4)} |" for c in samplings]
+        lines.append("")
+    for c in (c for c in components if c.host is not None):
+        lines += [f"Host time of one `{c.host_method}` call at batch {c.batch}, by operator (self CPU time):", "",
+                  "| operator | self CPU ms | calls |", "|---|---|---|"]
+        lines += [f"| `{op.name}` | {op.self_cpu_ms:.2f} | {op.count} |" for op in c.host]
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 def format_calibrations(calibrations: Sequence[AdaptiveCalibration]) -> str:

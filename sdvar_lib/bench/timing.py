@@ -92,7 +92,7 @@ class DecodeTiming:
     eager_ms: float
     graphed_ms: float | None = None
     bound_ms: float | None = None
-    """Its lower bound (FLOPs and bytes of :func:`~sdvar_lib.fast.costs.decode_cost` at the run's ceilings)."""
+    """Its lower bound (FLOPs and bytes of :func:`~sdvar_lib.bench.bounds.decode_cost` at the run's ceilings)."""
 
 
 def measure_decode(model: VAR, batch: int, repeats: int = 10, graphed: GraphedDecode | None = None) -> DecodeTiming:

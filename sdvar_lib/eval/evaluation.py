@@ -1,6 +1,6 @@
 """Quality against target passes: every decoder of the workbench on one draft/target pair.
 
-    python -m sdvar_lib.evaluate --out outputs/evaluation
+    python -m sdvar_lib.evaluate --out outputs/evaluation     (the command: :mod:`sdvar_lib.eval.cli`)
 
 Each method (a :class:`~sdvar_lib.sdvar.registry.Method` of the decoder registry: the target alone,
 the draft alone, SDVAR with a policy and a gamma rule, the ``test3`` scale hand-off, the CoDe-style
@@ -27,12 +27,9 @@ the settings and the machine, is written as ``evaluation.json`` and rendered as 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import shlex
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -51,14 +48,14 @@ from sdvar_lib.eval.metrics import (
     load_bundled_classifier,
     summarize_over_seeds,
 )
-from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_bundled, pick_device
+from sdvar_lib.models.checkpoints import BUNDLED_DIR
 from sdvar_lib.models.presets import ModelPair
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.registry import DECODERS, EVALUATION_METHODS, Method, get_method, methods_for
 from sdvar_lib.sdvar.stats import PooledStats
-from sdvar_lib.util.atomic import atomic_folder, atomic_write_text, check_output_folder
-from sdvar_lib.util.checks import SEED_LIMIT, check_int, check_int_sequence
+from sdvar_lib.util.atomic import atomic_write_text
+from sdvar_lib.util.checks import check_int
 from sdvar_lib.util.machine import MachineInfo
 
 log = logging.getLogger(__name__)
@@ -76,8 +73,6 @@ __all__ = [
     "load_report",
     "bundled_report_path",
     "load_bundled_report",
-    "build_parser",
-    "main",
 ]
 
 METHOD_KINDS = tuple(DECODERS)
@@ -413,102 +408,3 @@ def evaluate_methods(
     return [
         _evaluate_one(sd, m, seeds, samples_per_seed, batch_size, sampling, classifier, real_img_B3HW) for m in methods
     ]
-
-
-# ---- CLI ----------------------------------------------------------------------------------------------
-DEFAULT_EXTRA_METHODS = ("target", "exact_g1", "exact_g2", "exact_g3", "exact_g4", "exact_adaptive")
-
-
-def _names(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated method names, got {text!r}")
-    return names
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m sdvar_lib.evaluate",
-        description="Quality (class-consistency, Fréchet distance) against target passes for every decoder on the "
-                    "bundled draft/target pair; writes evaluation.json and evaluation.md and prints the table.",
-    )
-    p.add_argument("--out", default=None, help="output folder (evaluation.json, evaluation.md); required unless --list-methods")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default 0 1 2 3 4)")
-    p.add_argument("--samples", type=int, default=100, help="samples per seed and method (default 100)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per call of the main table (default 1)")
-    p.add_argument("--methods", type=_names, default=None,
-                   help="comma-separated subset of the default methods (default: all); see --list-methods")
-    p.add_argument("--extra-batch-size", type=int, default=0,
-                   help="also evaluate --extra-methods at this batch size (default 0: no extra table)")
-    p.add_argument("--extra-methods", type=_names, default=list(DEFAULT_EXTRA_METHODS),
-                   help=f"methods of the extra table (default {','.join(DEFAULT_EXTRA_METHODS)})")
-    p.add_argument("--extra-samples", type=int, default=None, help="samples per seed of the extra table (default --samples)")
-    p.add_argument("--cfg", type=float, default=1.5)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=0.0)
-    p.add_argument("--bundle-dir", default=None, help="folder of the bundled pair and classifier (default: the package's)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (default 1)")
-    p.add_argument("--device", default="cpu", help="device (default cpu)")
-    p.add_argument("--list-methods", action="store_true", help="print the default methods and exit")
-    p.add_argument("-v", "--verbose", action="store_true", help="log per method (INFO) to stderr")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s",
-                        stream=sys.stderr)
-    try:  # every argument before the first model call; a mistake is one line
-        check_int(args.threads, "--threads", 1)
-        check_int_sequence(args.seeds, "--seeds", 0, SEED_LIMIT - 1)
-        check_int(args.samples, "--samples", 2)
-        check_int(args.batch_size, "--batch-size", 1)
-        check_int(args.extra_batch_size, "--extra-batch-size", 0)
-        if args.extra_samples is not None:
-            check_int(args.extra_samples, "--extra-samples", 2)
-        SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
-        device = pick_device(args.device)
-        pair = load_bundled(device=device, folder=args.bundle_dir)
-        all_methods = default_methods(pair.target.num_stages)
-        methods = all_methods if args.methods is None else select_methods(all_methods, args.methods)
-        extra = select_methods(all_methods, args.extra_methods) if args.extra_batch_size else []
-        if not args.list_methods:
-            if args.out is None:
-                raise ValueError("--out is required (the output folder)")
-            check_output_folder(args.out)
-    except (TypeError, ValueError) as exc:
-        parser.error(str(exc))
-    if args.list_methods:
-        for m in all_methods:
-            print(f"{m.name:<16} {m.describe()}")
-        return 0
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    classifier = load_bundled_classifier(device=device, folder=args.bundle_dir)
-    real, reference = real_reference_images()
-    common = dict(seeds=args.seeds, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, classifier=classifier,
-                  real_img_B3HW=real)
-    results = evaluate_methods(pair, methods, samples_per_seed=args.samples, batch_size=args.batch_size, **common)
-    if extra:
-        samples = args.extra_samples if args.extra_samples is not None else args.samples
-        results += evaluate_methods(pair, extra, samples_per_seed=samples, batch_size=args.extra_batch_size, **common)
-    argv_list = list(sys.argv[1:] if argv is None else argv)
-    report = EvaluationReport(
-        pair_description=pair.description, num_stages=pair.target.num_stages, patch_nums=list(pair.target.patch_nums),
-        cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, reference=reference,
-        machine=MachineInfo.current(device), results=results,
-        command="python -m sdvar_lib.evaluate " + shlex.join(argv_list), wall_time_s=time.perf_counter() - t0,
-    )
-    out = Path(args.out)
-    table = report.markdown()
-    with atomic_folder(out, "python -m sdvar_lib.evaluate") as tmp:
-        report.save(tmp / "evaluation.json")
-        (tmp / "evaluation.md").write_text(table + "\n")
-    print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.md'} ({report.wall_time_s:.0f} s)")
-    print(table)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

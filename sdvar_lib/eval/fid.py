@@ -47,8 +47,8 @@ from sdvar_lib.eval.metrics import (
     gaussian_stats,
     load_bundled_classifier,
 )
-from sdvar_lib.eval.npz import NpzArrayReader
 from sdvar_lib.models.checkpoints import BUNDLED_DIR, CheckpointError, load_checkpoint_file, load_state_dict_checked
+from sdvar_lib.samples.npz import NpzArrayReader
 from sdvar_lib.util.atomic import atomic_write_text
 from sdvar_lib.util.checks import check_choice, check_int
 

@@ -8,14 +8,19 @@ from collections.abc import Iterable
 import torch
 
 from sdvar_lib.fast.config import FastConfig
-from sdvar_lib.fast.costs import one_off_seconds
 from sdvar_lib.fast.run import FastRun
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.decoder import SDVAR
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FastRunFactory", "make_fast_sdvar"]
+__all__ = ["FastRunFactory", "make_fast_sdvar", "one_off_seconds"]
+
+
+def one_off_seconds(runs: Iterable[FastRun], decodes: Iterable = ()) -> float:
+    """One-off seconds of fast runs (kernel checks and compiles, graph captures) and graphed decodes (captures)."""
+    return (sum(run.counters.capture_time_s + run.counters.setup_time_s for run in runs)
+            + sum(decode.capture_time_s for decode in decodes))
 
 
 class FastRunFactory:

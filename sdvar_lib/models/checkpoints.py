@@ -22,6 +22,7 @@ from torch import nn
 
 from sdvar_lib.models.presets import (
     ModelPair,
+    build_official_pair,
     build_tiny,
     build_vae,
     check_official_depth,
@@ -38,6 +39,7 @@ __all__ = [
     "VAE_FILENAME",
     "BUNDLED_DIR",
     "MODEL_CHOICES",
+    "RENAMED_MODEL_CHOICES",
     "CheckpointError",
     "var_filename",
     "load_state_dict_checked",
@@ -52,7 +54,12 @@ __all__ = [
 HUB_REPO_ID = "FoundationVision/var"
 VAE_FILENAME = "vae_ch160v4096z32.pth"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_digits"
-MODEL_CHOICES = ("bundled", "official", "tiny-random")
+MODEL_CHOICES = ("bundled", "official", "random-official", "tiny-random")
+"""The pairs :func:`load_pair` (and every command's ``--models``) offers: the bundled trained digits pair, the
+official checkpoints, the official sizes with random weights (seed 0: timing, memory, shapes) and the
+tiny random pair of the tests (seeds 0/1)."""
+RENAMED_MODEL_CHOICES = {"official-random": "random-official"}
+"""Other spellings seen for a choice -> its name; refused with a message that gives the name."""
 
 
 class CheckpointError(ValueError):
@@ -285,20 +292,28 @@ def load_pair(
     download: bool = True,
     fallback: bool = True,
 ) -> ModelPair:
-    """Load a draft/target pair by name: ``"bundled"`` (offline default), ``"official"`` or ``"tiny-random"``.
+    """Load a draft/target pair by name, one of :data:`MODEL_CHOICES`: ``"bundled"`` (offline default),
+    ``"official"``, ``"random-official"`` (official sizes, random weights from seed 0, the same on every
+    process) or ``"tiny-random"``.
 
     Every argument is checked first (an official depth must be one of 16, 20, 24, 30). With
     ``choice="official"`` and ``fallback=True``, missing official files (no network, no local
     copies) fall back to the bundled pair: the pair's ``fallback_reason`` and description say why,
     and a warning is logged. With ``fallback=False`` the :class:`FileNotFoundError` is raised.
     """
+    if isinstance(choice, str) and choice in RENAMED_MODEL_CHOICES:
+        raise ValueError(f"model choice {choice!r} is called {RENAMED_MODEL_CHOICES[choice]!r}")
     check_choice(choice, "model choice", MODEL_CHOICES)
     check_bool(download, "download")
     check_bool(fallback, "fallback")
-    if choice == "official":
+    if choice in ("official", "random-official"):
         check_official_depth(draft_depth, "draft_depth")
         check_official_depth(target_depth, "target_depth")
     device = pick_device(device)
+    if choice == "random-official":
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)  # the same random weights in every process (the sampler's ranks)
+            return build_official_pair(draft_depth, target_depth, device=device)
     if choice == "official":
         try:
             return load_official(draft_depth, target_depth, ckpt_dir=ckpt_dir, device=device, download=download)

@@ -1,6 +1,6 @@
 """tiny: the bundled digits pair — training configs, trainers, the model card and the retraining CLI.
 
-May import: ``sdvar_lib.viz`` and everything below it (not ``sdvar_lib.bench``).
+May import: ``sdvar_lib.viz`` and everything below it (not ``sdvar_lib.bench`` or ``sdvar_lib.demo``).
 
 Modules, lowest first: :mod:`~sdvar_lib.tiny.config` (what a run trains), :mod:`~sdvar_lib.tiny.report`
 (per-phase results, :class:`TrainReport`, evaluation of the trained models), :mod:`~sdvar_lib.tiny.train`

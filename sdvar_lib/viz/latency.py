@@ -1,8 +1,8 @@
 """Latency vs batch size per method from a ``python -m sdvar_lib.bench`` JSON report.
 
-``python -m sdvar_lib.bench_plot bench_out/bench.json --out bench_out/latency.png``
-draws one panel per model pair: median latency (p10–p90 as error bars) against batch size, one
-line per method and acceptance scenario, on log-log axes.
+``python -m sdvar_lib.bench_plot bench_out/bench.json --out bench_out/latency.png`` (the command:
+:func:`sdvar_lib.bench.cli.plot_main`) draws one panel per model pair: median latency (p10–p90 as
+error bars) against batch size, one line per method and acceptance scenario, on log-log axes.
 
 Reports written before the benchmark ran registry methods name some rows differently
 (``sdvar_g2``, ``sdvar_adaptive``, ``sdvar_adaptive_cal``); :data:`LEGACY_METHOD_NAMES` maps them to
@@ -11,16 +11,14 @@ today's names, so old and new reports plot (and select with ``--series``) under 
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sdvar_lib.util.atomic import atomic_write_with
 
-__all__ = ["LEGACY_METHOD_NAMES", "canonical_method_name", "LatencyPoint", "load_points", "plot_latency_vs_batch", "main"]
+__all__ = ["LEGACY_METHOD_NAMES", "canonical_method_name", "LatencyPoint", "load_points", "plot_latency_vs_batch"]
 
 LEGACY_METHOD_NAMES: dict[str, str] = {
     **{f"sdvar_g{g}": f"exact_g{g}" for g in (1, 2, 3, 4)},
@@ -119,24 +117,3 @@ def plot_latency_vs_batch(points: Sequence[LatencyPoint], out: str | Path, serie
     atomic_write_with(out, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt))
     plt.close(fig)
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sdvar_lib.bench_plot", description=__doc__.split("\n\n")[0])
-    p.add_argument("report", help="bench.json written by python -m sdvar_lib.bench")
-    p.add_argument("--out", default=None, help="image file (default: latency.png beside the report)")
-    p.add_argument("--series", default=None, help="comma-separated series to draw (default all)")
-    args = p.parse_args(argv)
-    try:
-        points = load_points(args.report)
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    out = args.out or str(Path(args.report).with_name("latency.png"))
-    series = [s.strip() for s in args.series.split(",")] if args.series else None
-    print(plot_latency_vs_batch(points, out, series))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -47,15 +47,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdvar_lib.eval.distributed import DistContext
-from sdvar_lib.eval.npz import NpzArrayReader, NpzMember, write_npz_stream
-from sdvar_lib.eval.plan import LABEL_ORDERS, SEED_STRIDE, VAR_PROTOCOL, BatchSpec, SamplePlan
-from sdvar_lib.eval.shards import PNG, SampleFolder, SampleFolderError, SampleIdentity, Shard
 from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.fast.setup import fast_dtype, make_pair_sdvar, precapture
 from sdvar_lib.models.presets import ModelPair
 from sdvar_lib.models.sampling import SamplingConfig
+from sdvar_lib.samples.distributed import DistContext
+from sdvar_lib.samples.npz import NpzArrayReader, NpzMember, write_npz_stream
+from sdvar_lib.samples.plan import LABEL_ORDERS, SEED_STRIDE, VAR_PROTOCOL, BatchSpec, SamplePlan
+from sdvar_lib.samples.shards import PNG, SampleFolder, SampleFolderError, SampleIdentity, Shard
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.registry import Method, get_method
 from sdvar_lib.sdvar.stats import PooledStats, SDVAROutput

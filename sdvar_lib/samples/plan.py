@@ -1,6 +1,6 @@
 """The plan of a sample set: which image has which class and which batch (and so which random stream) makes it.
 
-See :mod:`sdvar_lib.eval.sampler` for the scheme: it depends on the seed and the global image index
+See :mod:`sdvar_lib.samples.sampler` for the scheme: it depends on the seed and the global image index
 only, never on the number of processes.
 """
 

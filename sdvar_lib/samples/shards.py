@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdvar_lib.eval.plan import SEED_STRIDE, BatchSpec, SamplePlan
+from sdvar_lib.samples.plan import SEED_STRIDE, BatchSpec, SamplePlan
 from sdvar_lib.util.atomic import atomic_write_text, atomic_write_with, check_writable_dir
 
 log = logging.getLogger(__name__)

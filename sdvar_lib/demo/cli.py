@@ -1,0 +1,193 @@
+"""``python -m sdvar_lib``: the main job's command (:mod:`sdvar_lib.demo.job` does the work).
+
+    python -m sdvar_lib --out outputs/demo
+
+Every argument a user can get wrong is checked before any model is loaded; a mistake is one
+argparse-style line. The output folder is written as one set (:func:`sdvar_lib.util.atomic.atomic_folder`).
+``sdvar_lib/__main__.py`` is the command's shim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shlex
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from sdvar_lib.demo.job import DEFAULT_METHODS, MethodRow, demo_figure, format_table, resolve_methods, run_methods, stored_quality
+from sdvar_lib.fast.setup import describe_setup, make_pair_sdvar, uses_fast_path
+from sdvar_lib.models.checkpoints import MODEL_CHOICES, load_pair, pick_device
+from sdvar_lib.models.presets import ModelPair, check_official_depth
+from sdvar_lib.models.sampling import SamplingConfig
+from sdvar_lib.sdvar.registry import Method
+from sdvar_lib.util.atomic import atomic_folder, check_output_folder
+from sdvar_lib.util.checks import SEED_LIMIT, check_seed
+
+__all__ = ["DESCRIPTION", "FIGURE", "parse_gamma", "build_parser", "main"]
+
+DESCRIPTION = "The workbench's main job: every decoder that matters on one pair, and what each one trades."
+FIGURE = "comparison.png"
+
+
+def parse_gamma(text: str):
+    """``--gamma``: an int >= 1 or ``"adaptive"``."""
+    if text == "adaptive":
+        return "adaptive"
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
+        raise ValueError(f"--gamma must be an int >= 1 or 'adaptive', got {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sdvar_lib", description=DESCRIPTION)
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (replaced as a whole)")
+    parser.add_argument("--models", choices=MODEL_CHOICES, default="bundled",
+                        help="bundled (default, offline), official (d16 -> d30 from ./checkpoints or the hub), "
+                             "random-official (official sizes, random weights: for timing) or tiny-random")
+    parser.add_argument("--draft-depth", type=int, default=None,
+                        help="official(-size) draft depth: 16, 20, 24 or 30 (default 16)")
+    parser.add_argument("--target-depth", type=int, default=None,
+                        help="official(-size) target depth: 16, 20, 24 or 30 (default 30)")
+    parser.add_argument("--labels", type=int, nargs="+", default=None, help="class labels (default: every class, max 10)")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="NAME",
+                        help=f"decoders by registry name (default: {' '.join(DEFAULT_METHODS)}; also exact_g<N>, "
+                             "top1_<t>_g<N>, relaxed_<b>_g<N>, test3_e<N>, code_e<N>, draft, ...)")
+    parser.add_argument("--gamma", default=None, help="int >= 1 or 'adaptive': replaces the gamma of every SDVAR method")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the call of all labels; image i at batch 1 uses seed + i")
+    parser.add_argument("--cfg", type=float, default=1.5)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=0.0)
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--eager", action="store_true",
+                        help="run the eager float32 path on a GPU too (default there: the bf16/fp16 fast path)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default 1 on the CPU: the bundled models are tiny)")
+    parser.add_argument("--verbose", action="store_true")
+    return parser
+
+
+@dataclass(frozen=True)
+class _Args:
+    """The checked arguments (everything a user can get wrong is checked before any model is loaded)."""
+
+    out: Path
+    models: str
+    draft_depth: int
+    target_depth: int
+    methods: list[Method]
+    sampling: SamplingConfig
+    seed: int
+    device: torch.device
+    eager: bool
+    threads: int | None
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Args:
+    try:
+        check_output_folder(args.out)
+        official_size = args.models in ("official", "random-official")
+        if not official_size and (args.draft_depth is not None or args.target_depth is not None):
+            raise ValueError("--draft-depth/--target-depth choose official sizes; they need --models official or "
+                             "random-official")
+        draft_depth = 16 if args.draft_depth is None else args.draft_depth
+        target_depth = 30 if args.target_depth is None else args.target_depth
+        if official_size:
+            check_official_depth(draft_depth, "--draft-depth")
+            check_official_depth(target_depth, "--target-depth")
+        gamma = None if args.gamma is None else parse_gamma(args.gamma)
+        methods = resolve_methods(args.methods, gamma)
+        sampling = SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
+        check_seed(args.seed, "--seed", allow_none=False)
+        if args.seed + max(len(args.labels or ()), 10) > SEED_LIMIT:
+            raise ValueError(f"--seed must leave room for one seed per image below 2**63, got {args.seed}")
+        device = pick_device(args.device)
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be an int >= 1, got {args.threads}")
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    return _Args(out=args.out, models=args.models, draft_depth=draft_depth, target_depth=target_depth, methods=methods,
+                 sampling=sampling, seed=args.seed, device=device, eager=args.eager, threads=args.threads)
+
+
+def _check_against_pair(parser: argparse.ArgumentParser, a: _Args, labels_arg, pair: ModelPair) -> list[int]:
+    try:
+        num_classes = pair.target.num_classes
+        labels = list(labels_arg) if labels_arg is not None else list(range(min(num_classes, 10)))
+        bad = [c for c in labels if not 0 <= c < num_classes]
+        if bad:
+            raise ValueError(f"--labels must be class ids in [0, {num_classes}) for {pair.description}, got {bad}")
+        a.sampling.check_vocabulary(pair.target.V)
+        for m in a.methods:
+            m.check_for(pair.target.num_stages)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    a = _check_args(parser, ns)
+    if a.device.type == "cpu":
+        torch.set_num_threads(a.threads or 1)
+    elif a.threads is not None:
+        torch.set_num_threads(a.threads)
+    run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
+
+    pair = load_pair(a.models, a.draft_depth, a.target_depth, device=a.device)
+    if pair.fallback_reason:
+        print(f"FALLBACK: the bundled tiny pair stands in for the official models ({pair.fallback_reason})")
+    labels = _check_against_pair(parser, a, ns.labels, pair)
+    sd = make_pair_sdvar(pair, fast=False if a.eager else None)
+    setup = describe_setup(sd)
+    print(f"models: {pair.description}")
+    print(setup)
+
+    t0 = time.perf_counter()
+    measured, images = run_methods(sd, a.methods, labels, a.seed, a.sampling)
+    quality = stored_quality([m["name"] for m in measured], a.models == "bundled" or pair.fallback_reason is not None,
+                             a.sampling)
+    rows = [MethodRow(**m, quality=quality[m["name"]]) for m in measured]
+    elapsed = time.perf_counter() - t0
+
+    title = (f"{pair.description}\n{len(labels)} labels, seed {a.seed}, cfg {a.sampling.cfg:g}: one row per method "
+             "(images of one call of all labels)")
+    fig = demo_figure(rows, images, labels, run_id, title)
+    table = format_table(rows)
+    command = "python -m sdvar_lib " + shlex.join(sys.argv[1:] if argv is None else argv)
+    quality_note = rows[0].quality.source
+    stats = {
+        "run_id": run_id, "figure": FIGURE, "command": command, "setup": setup,
+        "pair": {"description": pair.description, "fallback_reason": pair.fallback_reason,
+                 "device": str(pair.target.device), "var_dtype": str(pair.target.pos_1LC.dtype).removeprefix("torch."),
+                 "fast_path": uses_fast_path(sd), "num_stages": pair.target.num_stages},
+        "sampling": asdict(a.sampling), "seed": a.seed, "labels": labels, "batch_size": len(labels),
+        "quality_source": quality_note, "wall_time_s": round(elapsed, 2),
+        "rows": [asdict(r) for r in rows],
+    }
+    markdown = (
+        f"# SDVAR main job, run {run_id}\n\nModels: {pair.description}; {setup}.\n\n"
+        + (f"FALLBACK: {pair.fallback_reason}\n\n" if pair.fallback_reason else "")
+        + f"Figure: `{FIGURE}` (same run id). Command: `{command}`. {len(labels)} labels {labels}, seed {a.seed}; "
+        f"batch 1 = one call per image (seed + i), batch {len(labels)} = one call of all labels.\n\n"
+        f"Quality: {quality_note}.\n\n{table}\n"
+    )
+    with atomic_folder(a.out, "python -m sdvar_lib") as tmp:
+        fig.savefig(tmp / FIGURE, dpi=100, metadata={"Description": f"sdvar_lib main job, run {run_id}"})
+        (tmp / "stats.md").write_text(markdown)
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    print(table)
+    print(f"quality: {quality_note}")
+    print(f"run {run_id}: wrote {a.out / FIGURE}, {a.out / 'stats.md'}, {a.out / 'stats.json'} ({elapsed:.1f} s)")
+    return 0
+
