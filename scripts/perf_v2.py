@@ -322,8 +322,8 @@ def run(args) -> Report:
 
     def sampling_section() -> None:
         from sdvar_lib.fast.sampling import FusedSampler, resolve_sampler
+        from sdvar_lib.models.run import ModelRun
         from sdvar_lib.models.sampling import SamplingConfig
-        from sdvar_lib.sdvar.run import ModelRun
 
         if resolve_sampler("auto", device) != "fused":
             print("sampling: no fused sampler on this device", flush=True)

@@ -29,8 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sdvar_lib.models.kv_cache import KVCache
-from sdvar_lib.models.var import VAR
+from sdvar_lib.models import VAR, KVCache
 
 __all__ = [
     "stage_bounds",

@@ -14,7 +14,6 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from sdvar_lib import pooled_stage_acceptance
 from sdvar_lib.bench import (
     BENCH_ONLY_ROWS,
     CALIBRATED,
@@ -45,6 +44,7 @@ from sdvar_lib.fast.costs import decode_cost
 from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.presets import ModelPair
+from sdvar_lib.sdvar import pooled_stage_acceptance
 from sdvar_lib.sdvar.acceptance import make_policy
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.gamma import AdaptiveGamma, RoundContext, RoundHistory, plan_never_drafts

@@ -17,10 +17,10 @@ from sdvar_lib.fast.factory import FastRunFactory, make_fast_sdvar
 from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.fast.run import FastRun, StaticKVCache, chunk_span
 from sdvar_lib.models.presets import TINY_CONFIG, build_tiny
+from sdvar_lib.models.run import ModelRun, eager_run
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.acceptance import ExactPolicy
 from sdvar_lib.sdvar.registry import stage_chunks
-from sdvar_lib.sdvar.run import ModelRun, eager_run
 
 B = 2
 NO_GRAPHS = FastConfig(use_cuda_graphs=False)

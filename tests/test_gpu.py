@@ -29,9 +29,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sdvar_lib import SDVAR, VAR, VQVAE, DraftProposal, eager_run
+from sdvar_lib import SDVAR
+from sdvar_lib.models import VAR, VQVAE, eager_run
 from sdvar_lib.models.init import sharpen_random_weights_
 from sdvar_lib.models.sampling import guided_logits
+from sdvar_lib.sdvar import DraftProposal
 from sdvar_lib.sdvar.acceptance import ExactPolicy
 from test_framework import SDVARParallelV1Tester
 from tests.stat_checks import binomial_z, chi_square, z_bound

@@ -158,8 +158,8 @@ def test_gpu_whole_stage_graphs_equal_the_step_by_step_stage(d16, sampler):
     model = build_var(vae, 16, model32.device)
     model.load_state_dict(model32.state_dict())
     model = model.to(torch.bfloat16).eval()
+    from sdvar_lib.models.run import ModelRun
     from sdvar_lib.models.sampling import SamplingConfig
-    from sdvar_lib.sdvar.run import ModelRun
 
     sampling = SamplingConfig(cfg=1.5, top_k=900, top_p=0.96)
     run = FastRun(model, 2, FastConfig(use_cuda_graphs=True, sampler=sampler))

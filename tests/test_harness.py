@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdvar_lib import SDVAR, AcceptanceResult
+from sdvar_lib import SDVAR
 from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_bundled
 from sdvar_lib.models.sampling import guided_logits
+from sdvar_lib.sdvar import AcceptanceResult
 from sdvar_lib.sdvar.acceptance import StageVerdict
 from test_framework import TEST_NAMES, Bound, SDVARParallelV1Tester, TestResult, Tolerances, format_summary, print_summary
 
@@ -84,7 +85,7 @@ def test_run_all_tests_passes_on_the_bundled_pair():
 
 
 def test_run_all_tests_passes_in_bfloat16_on_the_fast_path(tiny_pair):
-    from sdvar_lib import FastConfig, FastRunFactory
+    from sdvar_lib.fast import FastConfig, FastRunFactory
     _, draft, target = tiny_pair
     d16, t16 = copy.deepcopy(draft).to(torch.bfloat16), copy.deepcopy(target).to(torch.bfloat16)
     d16.vae_proxy = t16.vae_proxy = target.vae_proxy

@@ -49,8 +49,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from sdvar_lib import SDVAR, VAR, VQVAE
+from sdvar_lib import SDVAR
 from sdvar_lib.eval.lossless import TokenEvidence, lossless_verdict, normal_two_sided_bound, token_evidence
+from sdvar_lib.models import VAR, VQVAE
 from sdvar_lib.models.init import sharpen_random_weights_
 from sdvar_lib.models.sampling import SamplingConfig
 

@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 import sdvar_lib.__main__ as job
-from sdvar_lib import SDVAR, SamplingConfig, get_method, load_bundled_report, load_pair
+from sdvar_lib import SDVAR, SamplingConfig, get_method, load_pair
 from sdvar_lib.__main__ import DEFAULT_METHODS, main, resolve_methods
+from sdvar_lib.eval import load_bundled_report
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,35 @@
-"""eval: measuring quality — metrics (classifier, Fréchet distance, confidence intervals) and the
-quality-against-passes evaluation of every registered decoder.
+"""eval: measuring quality — metrics (classifier, Fréchet distance, confidence intervals, image
+comparison), the quality-against-passes evaluation of every registered decoder and the lossless
+criterion.
 
 May import: ``sdvar_lib.fast``, ``sdvar_lib.sdvar``, ``sdvar_lib.models``, ``sdvar_lib.data``, ``sdvar_lib.util``.
 """
+
+from sdvar_lib.eval.evaluation import (
+    EvaluationReport,
+    MethodResult,
+    default_methods,
+    evaluate_methods,
+    load_bundled_report,
+    load_report,
+)
+from sdvar_lib.eval.lossless import LosslessVerdict, lossless_verdict
+from sdvar_lib.eval.metrics import (
+    DigitClassifier,
+    ImageComparison,
+    SeedSummary,
+    class_consistency,
+    compare_images,
+    feature_frechet_distance,
+    frechet_distance,
+    gaussian_stats,
+    load_bundled_classifier,
+    summarize_over_seeds,
+)
+
+__all__ = [
+    "compare_images", "ImageComparison", "class_consistency", "feature_frechet_distance", "frechet_distance",
+    "gaussian_stats", "DigitClassifier", "load_bundled_classifier", "SeedSummary", "summarize_over_seeds",
+    "EvaluationReport", "MethodResult", "default_methods", "evaluate_methods", "load_report", "load_bundled_report",
+    "LosslessVerdict", "lossless_verdict",
+]
