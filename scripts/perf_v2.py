@@ -50,6 +50,8 @@ from sdvar_lib.fast.factory import FastRunFactory  # noqa: E402
 from sdvar_lib.fast.graphs import GraphedDecode  # noqa: E402
 from sdvar_lib.fast.run import FastRun, chunk_span  # noqa: E402
 from sdvar_lib.models.presets import build_tiny, build_vae, build_var  # noqa: E402
+from sdvar_lib.models.sampling import SamplingConfig  # noqa: E402
+from sdvar_lib.sdvar.handoff import baseline  # noqa: E402
 from sdvar_lib.util.checks import check_int_sequence  # noqa: E402
 
 TOP_K, TOP_P, CFG = 900, 0.96, 1.5
@@ -323,7 +325,6 @@ def run(args) -> Report:
     def sampling_section() -> None:
         from sdvar_lib.fast.sampling import FusedSampler, resolve_sampler
         from sdvar_lib.models.run import ModelRun
-        from sdvar_lib.models.sampling import SamplingConfig
 
         if resolve_sampler("auto", device) != "fused":
             print("sampling: no fused sampler on this device", flush=True)
@@ -387,17 +388,18 @@ def run(args) -> Report:
     for B in args.batches:
         def batch_section(B=B) -> None:
             eager_repeats = max(3, args.repeats // 2)
-            add_row(B, "eager", lambda seed: target.generate(B, None, seed, CFG, top_k, top_p), eager_repeats)
+            add_row(B, "eager", lambda seed: target.generate(B, None, seed, SamplingConfig(CFG, top_k, top_p)), eager_repeats)
             for label in ("v1", "v2"):
                 factories[label].release()
-                add_row(B, f"target {label}", lambda seed, label=label: sds[label].baseline(B, None, seed, CFG, top_k, top_p),
+                add_row(B, f"target {label}",
+                        lambda seed, label=label: baseline(sds[label], B, None, seed, SamplingConfig(CFG, top_k, top_p)),
                         args.repeats, runs_of=lambda label=label: factories[label].call_runs(), graphed=decodes[label])
             gammas = args.sdvar_gammas if B == 1 else args.sdvar_gammas[-1:]
             policy = ScenarioPolicy.all_accepted(S)
             for gamma in gammas:
                 add_row(B, f"sdvar g{gamma} all-accepted v2",
-                        lambda seed, gamma=gamma: sds["v2"].generate_parallel(B, None, seed, CFG, gamma, top_k, top_p,
-                                                                            policy=policy),
+                        lambda seed, gamma=gamma: sds["v2"].generate_parallel(B, None, seed, SamplingConfig(CFG, top_k, top_p),
+                                                                            gamma, policy=policy),
                         args.repeats, runs_of=lambda: factories["v2"].call_runs(), graphed=decodes["v2"])
             report.one_off[f"B={B}"] = {label: one_off_seconds(factories[label].runs(), [decodes[label]])
                                         for label in ("v1", "v2")}
@@ -414,7 +416,8 @@ def run(args) -> Report:
         for p in report.profiles:
             print(f"profile {p['what']} B={p['batch']}: {p['kernels']} kernels, {p['kernel_sum_ms']:.3f} ms", flush=True)
         with decodes["v2"].installed(), autocast(device):
-            report.cpu_profile = profile_call_cpu(lambda: sds["v2"].baseline(1, None, 5, CFG, top_k, top_p), device)
+            report.cpu_profile = profile_call_cpu(
+                lambda: baseline(sds["v2"], 1, None, 5, SamplingConfig(CFG, top_k, top_p)), device)
 
     section("profile", profile_section)
     add_ratios(report)

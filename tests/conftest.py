@@ -44,7 +44,7 @@ def reference_expected() -> dict:
 
 @pytest.fixture(scope="session")
 def reference_models(reference_config):
-    from sdvar_lib import VAR, VQVAE
+    from sdvar_lib.models import VAR, VQVAE
     from sdvar_lib.models.checkpoints import load_checkpoint_file, load_state_dict_checked
 
     vae = VQVAE(**reference_config["vae"])

@@ -18,13 +18,14 @@ import torch
 if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from sdvar_lib import SDVAR  # noqa: E402
+from sdvar_lib import SDVAR, SamplingConfig  # noqa: E402
 from sdvar_lib.fast.config import FastConfig  # noqa: E402
 from sdvar_lib.fast.factory import FastRunFactory  # noqa: E402
 from sdvar_lib.fast.fused import TorchBlockOps, check_block_ops  # noqa: E402
 from sdvar_lib.fast.kernels import interpreter_active, resolve_backend  # noqa: E402
 from sdvar_lib.fast.run import FastRun, chunk_span  # noqa: E402
 from sdvar_lib.models.sampling import filter_top_k_top_p, guided_logits, sample_from_probs  # noqa: E402
+from sdvar_lib.sdvar.handoff import baseline  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not interpreter_active(), reason="Triton's CPU interpreter is not available here")
 
@@ -155,8 +156,8 @@ def test_triton_block_kernels_in_the_fast_path_equal_eager(tiny_pair):
     fast = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=False, kernels="triton",
                                                                       sampler="torch")))
     eager = SDVAR(draft, target)
-    for call in (lambda sd: sd.baseline(1, [7], g_seed=5, top_k=1),
-                 lambda sd: sd.generate_parallel(1, [3], g_seed=5, top_k=1, gamma=2)):
+    for call in (lambda sd: baseline(sd, 1, [7], g_seed=5, sampling=SamplingConfig(top_k=1)),
+                 lambda sd: sd.generate_parallel(1, [3], g_seed=5, gamma=2, sampling=SamplingConfig(top_k=1))):
         got, ref = call(fast), call(eager)
         assert [t.tolist() for t in got.tokens_per_stage] == [t.tolist() for t in ref.tokens_per_stage]
     assert {(r.kernels, r.sampler) for r in fast.run_factory.runs()} == {("triton", "torch")}
@@ -167,8 +168,8 @@ def test_fused_sampler_in_the_fast_path_draws_the_eager_tokens(tiny_pair):
     _, draft, target = tiny_pair
     fast = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=False, kernels="torch",
                                                                       sampler="fused")))
-    got = fast.baseline(1, [4], g_seed=9, top_k=5, top_p=0.9)
-    ref = SDVAR(draft, target).baseline(1, [4], g_seed=9, top_k=5, top_p=0.9)
+    got = baseline(fast, 1, [4], g_seed=9, sampling=SamplingConfig(top_k=5, top_p=0.9))
+    ref = baseline(SDVAR(draft, target), 1, [4], g_seed=9, sampling=SamplingConfig(top_k=5, top_p=0.9))
     assert [t.tolist() for t in got.tokens_per_stage] == [t.tolist() for t in ref.tokens_per_stage]
     assert torch.equal(got.images_B3HW, ref.images_B3HW)
     assert {(r.kernels, r.sampler) for r in fast.run_factory.runs()} == {("torch", "fused")}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdvar_lib import SDVAR
+from sdvar_lib import SDVAR, SamplingConfig
 from sdvar_lib.fast.config import FastConfig
 from sdvar_lib.fast.decode import FastDecoder
 from sdvar_lib.fast.factory import FastRunFactory
@@ -22,6 +22,7 @@ from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.presets import build_tiny, build_vae, build_var
 from sdvar_lib.models.sampling import filter_top_k_top_p, guided_logits, sample_from_probs
+from sdvar_lib.sdvar.handoff import baseline
 
 pytestmark = pytest.mark.gpu
 
@@ -83,9 +84,9 @@ def test_gpu_fused_graphed_greedy_sdvar_equals_greedy_target(cuda_device_module)
     sd = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=True, kernels="triton",
                                                                     sampler="fused")))
     for labels in ([1, 7], [4, 4], [0, 9]):
-        want = sd.baseline(2, labels, g_seed=3, top_k=1)
+        want = baseline(sd, 2, labels, g_seed=3, sampling=SamplingConfig(top_k=1))
         for gamma in (1, 2, 3):
-            got = sd.generate_parallel(2, labels, g_seed=3, top_k=1, gamma=gamma)
+            got = sd.generate_parallel(2, labels, g_seed=3, gamma=gamma, sampling=SamplingConfig(top_k=1))
             assert [t.tolist() for t in got.tokens_per_stage] == [t.tolist() for t in want.tokens_per_stage]
     runs = sd.run_factory.runs()
     assert {(r.kernels, r.sampler) for r in runs} == {("triton", "fused")}

@@ -154,3 +154,15 @@ def test_run_checks_its_arguments(sd):
     with pytest.raises(ValueError, match="entry_num 8 exceeds"):
         METHODS["code_e8"].run(sd, 1)
     assert isinstance(sd, SDVAR)
+
+
+def test_policies_are_frozen_dataclasses():
+    """``AcceptancePolicy`` and every policy are frozen dataclasses (what ARCHITECTURE.md tells a new policy to be)."""
+    import dataclasses
+
+    from sdvar_lib.sdvar import AcceptancePolicy
+
+    for cls in (AcceptancePolicy, ExactPolicy, Top1MatchPolicy, RelaxedPolicy):
+        assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, cls.__name__
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RelaxedPolicy(budget=0.1).budget = 0.2

@@ -333,7 +333,7 @@ def test_mismatched_models_are_rejected():
     wide = VQVAE(**dict(TINY_CONFIG["vae"], z_channels=16))
     with pytest.raises(ValueError, match="Cvae differs"):
         SDVAR(VAR(wide, **TINY_CONFIG["var"]), target)
-    with pytest.raises(TypeError, match="two sdvar_lib.VAR models"):
+    with pytest.raises(TypeError, match="two sdvar_lib.models.VAR models"):
         SDVAR(target.vae, target)
 
 

@@ -140,7 +140,7 @@ class FastRun(ModelRun):
 
     def __init__(self, model: VAR, batch_size: int, config: FastConfig | None = None) -> None:
         if not isinstance(model, VAR):
-            raise TypeError(f"FastRun needs an sdvar_lib.VAR, got {type(model).__name__}")
+            raise TypeError(f"FastRun needs an sdvar_lib.models.VAR, got {type(model).__name__}")
         check_int(batch_size, "batch_size", 1)
         if model.training:
             raise ValueError("FastRun needs a model in eval mode (call model.eval()); training mode drops paths")

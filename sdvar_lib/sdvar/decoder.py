@@ -68,7 +68,7 @@ class SDVAR:
         each model (e.g. the CUDA-graph fast path of :mod:`sdvar_lib.fast`); by default an eager run
         with a fresh cache is used."""
         if not isinstance(draft_model, VAR) or not isinstance(target_model, VAR):
-            raise TypeError("SDVAR needs two sdvar_lib.VAR models (draft_model, target_model)")
+            raise TypeError("SDVAR needs two sdvar_lib.models.VAR models (draft_model, target_model)")
         if run_factory is not None and not callable(run_factory):
             raise TypeError(f"run_factory must be callable (model, label_B) -> ModelRun or None, got {run_factory!r}")
         check_compatible(draft_model, target_model)
