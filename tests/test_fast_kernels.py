@@ -24,7 +24,7 @@ from sdvar_lib.fast.factory import FastRunFactory  # noqa: E402
 from sdvar_lib.fast.fused import TorchBlockOps, check_block_ops  # noqa: E402
 from sdvar_lib.fast.kernels import interpreter_active, resolve_backend  # noqa: E402
 from sdvar_lib.fast.run import FastRun, chunk_span  # noqa: E402
-from sdvar_lib.models.sampling import filter_top_k_top_p, guided_logits, sample_from_probs  # noqa: E402
+from sdvar_lib.models.sampling import guided_logits, sample_from_probs, stage_probs  # noqa: E402
 from sdvar_lib.sdvar.handoff import baseline  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not interpreter_active(), reason="Triton's CPU interpreter is not available here")
@@ -132,7 +132,11 @@ def test_fast_decoder_on_the_kernels_equals_pytorch(tiny_pair):
 
 @pytest.mark.parametrize("top_k,top_p", [(0, 0.0), (7, 0.0), (0, 0.8), (9, 0.9), (1, 0.0)])
 def test_sampling_kernel_draws_what_multinomial_draws(top_k, top_p):
-    """Same generator, same noise: the fused kernel's tokens, distribution and codebook map are the reference's."""
+    """Same generator, same noise: the fused kernel's tokens, distribution and codebook map are the reference's.
+
+    The kernel is the fused equivalent of the one stage step's distribution, ``stage_probs`` of the
+    guided logits (what the draft's ``q`` and the target's ``p`` are), then the draw and the lookup.
+    """
     from sdvar_lib.fast.kernels.sampling import sample_stage
 
     gen = torch.Generator().manual_seed(3)
@@ -142,7 +146,7 @@ def test_sampling_kernel_draws_what_multinomial_draws(top_k, top_p):
     t = 1.5 * 2 / 3
     idx, probs, h = sample_stage(logits, l, t, top_k, top_p, codebook, torch.Generator().manual_seed(11))
     guided = guided_logits(logits[:, -l:], 2, 4, 1.5)
-    want_p = filter_top_k_top_p(guided, top_k, top_p).softmax(dim=-1)
+    want_p = stage_probs(guided, SamplingConfig(cfg=1.5, top_k=top_k, top_p=top_p))
     want_idx = sample_from_probs(want_p, torch.Generator().manual_seed(11))
     assert torch.equal(idx, want_idx)
     assert torch.allclose(probs, want_p, atol=1e-6) and torch.equal(probs > 0, want_p > 0)

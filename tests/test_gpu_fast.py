@@ -21,7 +21,7 @@ from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.presets import build_tiny, build_vae, build_var
-from sdvar_lib.models.sampling import filter_top_k_top_p, guided_logits, sample_from_probs
+from sdvar_lib.models.sampling import guided_logits, sample_from_probs, stage_probs
 from sdvar_lib.sdvar.handoff import baseline
 
 pytestmark = pytest.mark.gpu
@@ -103,7 +103,7 @@ def test_gpu_fused_sampler_draws_the_torch_samplers_tokens(cuda_device_module, t
     logits = torch.randn(2 * B, chunk_l, V, generator=gen, device=device) * 4
     codebook = torch.randn(V, 32, generator=gen, device=device)
     idx, probs, h = sample_stage(logits, l, 1.5, top_k, top_p, codebook, torch.Generator(device=device).manual_seed(7))
-    want_p = filter_top_k_top_p(guided_logits(logits[:, -l:], 9, 10, 1.5), top_k, top_p).softmax(dim=-1)
+    want_p = stage_probs(guided_logits(logits[:, -l:], 9, 10, 1.5), SamplingConfig(top_k=top_k, top_p=top_p))
     want = sample_from_probs(want_p, torch.Generator(device=device).manual_seed(7))
     agree = float((idx == want).float().mean())
     assert agree >= 0.999, f"fused sampler agrees with the PyTorch draw on {agree:.4%} of tokens"
