@@ -1,7 +1,10 @@
-"""The SDVAR research fork's API on the workbench: move a script over by changing its import line.
+"""The SDVAR research fork's API on the workbench: move a script over by renaming the module in its imports.
 
-    # the fork:       from models import VQVAE, build_vae_var_speculative_decoding, build_vae_var
+The fork's package is ``models``; here it is this module (``docs/MIGRATING.md``)::
+
+    import sdvar_lib.compat as models        # the fork: import models (importlib.reload(models) works too)
     from sdvar_lib.compat import VQVAE, build_vae_var_speculative_decoding, build_vae_var
+                                             # the fork: from models import ...
 
 Everything else in such a script runs unchanged:
 
@@ -12,9 +15,11 @@ Everything else in such a script runs unchanged:
   (``(vae, var)``). The models' parameter names are the released checkpoints', so
   ``model.load_state_dict(torch.load(path), strict=True)`` loads the official files.
 - :class:`SDVAR` is ``SDVAR(draft, target, similarity_thresh)``: the workbench's
-  :class:`sdvar_lib.SDVAR` (every method and attribute of it) with the fork's third argument. Its
-  ``sdvar_autoregressive_infer_cfg_parallel_v1`` takes the fork's keyword arguments
-  (``similarity_threshold``, ``max_retries``, ``verbose``).
+  :class:`sdvar_lib.SDVAR` (every method and attribute of it) with the fork's third argument, the
+  fork's entry points ``sdvar_autoregressive_infer_cfg_parallel_v1`` (with the fork's keyword
+  arguments ``similarity_threshold``, ``max_retries``, ``verbose``) and
+  ``sdvar_autoregressive_infer_cfg_sd_test3``, which return images and keep the whole output in
+  :attr:`SDVAR.last_output`, and the fork's round-step names as aliases of the workbench's steps.
 
 What the fork's arguments mean here:
 
