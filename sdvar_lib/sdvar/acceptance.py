@@ -7,7 +7,8 @@ as a whole, and the tokens to commit if this stage turns out to be the first one
 accepted (accepted proposals kept, the rest corrected).
 
 - :class:`ExactPolicy` (default): token-wise speculative sampling, lossless.
-- :class:`Top1MatchPolicy`: the original notebooks' lossy rule on argmax agreement.
+- :class:`Top1MatchPolicy`: the research fork's lossy rule on argmax agreement, judged per sample
+  (the fork pooled the whole batch and fixed the threshold at 0.5; ``docs/MIGRATING.md``).
 - :class:`RelaxedPolicy`: LANTERN-style latent-neighbourhood pooling under a total-variation
   budget; with budget 0 it draws exactly what :class:`ExactPolicy` draws.
 """

@@ -13,8 +13,9 @@ Two tables:
   :func:`get_method` also builds unregistered names that follow the naming scheme
   (``exact_g3``, ``top1_0.7_g2``, ``relaxed_0.2_g3``, ``test3_e4``, ``code_e7``).
 
-The main job, the evaluation, the benchmark and the sampler run every decoder through
-:meth:`Method.run` (``B``, labels, ``g_seed`` and one :class:`~sdvar_lib.models.sampling.SamplingConfig`).
+The main job, the evaluation, the benchmark (its eager reference row aside) and the sampler run
+every decoder through :meth:`Method.run` (``B``, labels, ``g_seed`` and one
+:class:`~sdvar_lib.models.sampling.SamplingConfig`).
 """
 
 from __future__ import annotations
