@@ -74,6 +74,8 @@ def run_child(notebook: Path, dtype_name: str, models: str, device_name: str) ->
     import torch
 
     import sdvar_lib
+    import sdvar_lib.fast
+    import sdvar_lib.models
 
     dtype = getattr(torch, dtype_name)
     device = sdvar_lib.pick_device(device_name)
@@ -82,7 +84,7 @@ def run_child(notebook: Path, dtype_name: str, models: str, device_name: str) ->
 
     def load_pair(choice="bundled", draft_depth=16, target_depth=30, device=None, **kwargs):
         if models == "official-random":
-            return sdvar_lib.build_official_pair(draft_depth, target_depth, device=device)
+            return sdvar_lib.models.build_official_pair(draft_depth, target_depth, device=device)
         return real_load(models, draft_depth, target_depth, device=device)
 
     def make_pair_sdvar(pair, fast=None, dtype_arg=None, config=None):
@@ -110,7 +112,7 @@ def run_child(notebook: Path, dtype_name: str, models: str, device_name: str) ->
                 sd, pair = namespace["sd"], namespace["pair"]
                 result["setup"] = sdvar_lib.describe_setup(sd)
                 result["models"] = pair.description
-                result["fast_path"] = sdvar_lib.uses_fast_path(sd)
+                result["fast_path"] = sdvar_lib.fast.uses_fast_path(sd)
                 result["var_dtype"] = str(pair.target.pos_1LC.dtype).removeprefix("torch.")
         if cuda:
             torch.cuda.synchronize(device)

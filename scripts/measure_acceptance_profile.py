@@ -23,8 +23,10 @@ import sys
 
 import torch
 
-from sdvar_lib import OFFICIAL_PATCH_NUMS, SDVAR, ExactPolicy, Method, SamplingConfig, load_bundled, pooled_stage_acceptance
+from sdvar_lib import SDVAR, Method, SamplingConfig
 from sdvar_lib.bench import fill_missing_stages, map_profile_to_stages
+from sdvar_lib.models import OFFICIAL_PATCH_NUMS, load_bundled
+from sdvar_lib.sdvar import ExactPolicy, pooled_stage_acceptance
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,10 @@
-"""The SDVAR research fork's API on the workbench: move a script over by changing its import line.
+"""The SDVAR research fork's API on the workbench: move a script over by renaming the module in its imports.
 
-    # the fork:       from models import VQVAE, build_vae_var_speculative_decoding, build_vae_var
+The fork's package is ``models``; here it is this module (``docs/MIGRATING.md``)::
+
+    import sdvar_lib.compat as models        # the fork: import models (importlib.reload(models) works too)
     from sdvar_lib.compat import VQVAE, build_vae_var_speculative_decoding, build_vae_var
+                                             # the fork: from models import ...
 
 Everything else in such a script runs unchanged:
 
@@ -12,9 +15,11 @@ Everything else in such a script runs unchanged:
   (``(vae, var)``). The models' parameter names are the released checkpoints', so
   ``model.load_state_dict(torch.load(path), strict=True)`` loads the official files.
 - :class:`SDVAR` is ``SDVAR(draft, target, similarity_thresh)``: the workbench's
-  :class:`sdvar_lib.SDVAR` (every method and attribute of it) with the fork's third argument. Its
-  ``sdvar_autoregressive_infer_cfg_parallel_v1`` takes the fork's keyword arguments
-  (``similarity_threshold``, ``max_retries``, ``verbose``).
+  :class:`sdvar_lib.SDVAR` (every method and attribute of it) with the fork's third argument, the
+  fork's entry points ``sdvar_autoregressive_infer_cfg_parallel_v1`` (with the fork's keyword
+  arguments ``similarity_threshold``, ``max_retries``, ``verbose``) and
+  ``sdvar_autoregressive_infer_cfg_sd_test3``, which return images and keep the whole output in
+  :attr:`SDVAR.last_output`, and the fork's round-step names as aliases of the workbench's steps.
 
 What the fork's arguments mean here:
 
@@ -37,20 +42,24 @@ This module sits at the top of the package (it may import any layer; nothing imp
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from sdvar_lib.models.checkpoints import pick_device
 from sdvar_lib.models.init import init_var_weights_
 from sdvar_lib.models.presets import OFFICIAL_PATCH_NUMS
+from sdvar_lib.models.run import RunFactory
+from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.models.var import VAR
 from sdvar_lib.models.vqvae import VQVAE
 from sdvar_lib.sdvar.acceptance import AcceptancePolicy, Top1MatchPolicy
 from sdvar_lib.sdvar.decoder import SDVAR as _WorkbenchSDVAR
-from sdvar_lib.sdvar.run import RunFactory
-from sdvar_lib.sdvar.state import SDVARInferenceState
+from sdvar_lib.sdvar.handoff import generate_test3
+from sdvar_lib.sdvar.state import AcceptanceResult, CombinedQuery, DraftProposal, SDVARInferenceState, VerifyResult
+from sdvar_lib.sdvar.stats import SDVAROutput
 from sdvar_lib.util.checks import check_bool, check_int, check_int_sequence, check_number
 
 log = logging.getLogger(__name__)
@@ -75,13 +84,17 @@ def _check_threshold(value, name: str) -> float | None:
 
 
 class SDVAR(_WorkbenchSDVAR):
-    """``SDVAR(draft_model, target_model, similarity_thresh=None)``: :class:`sdvar_lib.SDVAR` with the fork's signature.
+    """``SDVAR(draft_model, target_model, similarity_thresh=None)``: :class:`sdvar_lib.SDVAR` with the fork's names.
 
     ``similarity_thresh`` is the default ``top1_match`` threshold of the research entry points
     (``sdvar_autoregressive_infer_cfg_parallel_v1``, ``_initialize_inference_state``) when a call
     names neither a ``similarity_threshold`` nor a ``policy``; ``None`` keeps the lossless
     ``exact`` default. ``run_factory`` (keyword only) is :class:`sdvar_lib.SDVAR`'s, e.g. the fast path's
-    :class:`sdvar_lib.FastRunFactory`. Every method of :class:`sdvar_lib.SDVAR` behaves as there.
+    :class:`sdvar_lib.fast.FastRunFactory`. Every method of :class:`sdvar_lib.SDVAR` behaves as there.
+
+    The fork's entry points return images only; :attr:`last_output` holds the whole output (with
+    its statistics) of this thread's latest entry-point call. The fork's round steps
+    (``draft_generate_batch``, ``target_verify_batch``, ...) are aliases of the workbench's steps.
     """
 
     def __init__(
@@ -91,6 +104,25 @@ class SDVAR(_WorkbenchSDVAR):
         super().__init__(draft_model, target_model, run_factory=run_factory)
         self.similarity_thresh = _check_threshold(similarity_thresh, "similarity_thresh")
         self._said: set[str] = set()
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_local")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    @property
+    def last_output(self) -> SDVAROutput | None:
+        """The output (images, tokens, statistics) of this thread's latest research entry-point call."""
+        return getattr(self._local, "output", None)
+
+    def _images(self, out: SDVAROutput) -> torch.Tensor:
+        self._local.output = out
+        return out.images_B3HW
 
     def _say_once(self, key: str, message: str) -> None:
         if key not in self._said:
@@ -121,15 +153,29 @@ class SDVAR(_WorkbenchSDVAR):
         self._say_once("lossy", _LOSSY_NOTE.format(threshold=threshold))
         return Top1MatchPolicy(threshold=threshold)
 
+    # ---- the fork's entry points (images; the whole output in last_output) ----------------------------
     def sdvar_autoregressive_infer_cfg_parallel_v1(
         self, B: int, label_B=None, g_seed: int | None = None, cfg: float = 1.5, gamma=2, top_k: int = 0, top_p: float = 0.0,
         more_smooth: bool = False, similarity_threshold: float | None = None, max_retries: int | None = None,
         verbose: bool = False, policy: str | AcceptancePolicy | None = None, **policy_kwargs,
     ) -> torch.Tensor:
-        """The fork's entry point (its positional order and keywords); images, statistics in ``self.last_output``."""
+        """The fork's entry point (its positional order and keywords): images of :meth:`generate_parallel`."""
         chosen = self._research_policy(policy, similarity_threshold, max_retries, policy_kwargs)
-        return self.generate_parallel(B, label_B, g_seed, cfg, gamma, top_k, top_p, more_smooth, verbose, chosen,
-                                      **policy_kwargs).images_B3HW
+        sampling = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+        return self._images(self.generate_parallel(B, label_B, g_seed, sampling, gamma, chosen, verbose, **policy_kwargs))
+
+    def sdvar_autoregressive_infer_cfg_sd_test3(
+        self, B: int, label_B=None, g_seed=None, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False, entry_num=None, sd_mask=0
+    ) -> torch.Tensor:
+        """Images of :func:`sdvar_lib.sdvar.handoff.generate_test3` (``entry_num=None``: every stage by the draft)."""
+        sampling = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+        return self._images(generate_test3(self, B, label_B, g_seed, sampling, entry_num, sd_mask))
+
+    # ---- the fork's round steps: aliases of the workbench's (B is checked against the state's) --------
+    @staticmethod
+    def _same_B(state: SDVARInferenceState, B: int) -> None:
+        if B != state.B:
+            raise ValueError(f"B={B} does not match the inference state's batch size {state.B}")
 
     def _initialize_inference_state(
         self, B: int, label_B=None, g_seed=None, cfg=1.5, gamma=2, top_k=0, top_p=0.0, more_smooth=False,
@@ -137,7 +183,44 @@ class SDVAR(_WorkbenchSDVAR):
     ) -> SDVARInferenceState:
         """:meth:`prepare` with the policy chosen as in :meth:`sdvar_autoregressive_infer_cfg_parallel_v1`."""
         chosen = self._research_policy(policy, similarity_threshold, max_retries, policy_kwargs)
-        return self.prepare(B, label_B, g_seed, cfg, gamma, top_k, top_p, more_smooth, chosen, verbose, **policy_kwargs)
+        sampling = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+        return self.prepare(B, label_B, g_seed, sampling, gamma, chosen, verbose, **policy_kwargs)
+
+    def draft_generate_batch(self, state: SDVARInferenceState, B: int, verbose: bool = False,
+                             gamma: int | None = None) -> DraftProposal:
+        """Alias of :meth:`draft`."""
+        self._same_B(state, B)
+        return self.draft(replace(state, verbose=state.verbose or verbose), gamma)
+
+    def _build_combined_query(self, draft_tokens: DraftProposal, state: SDVARInferenceState, B: int) -> CombinedQuery:
+        """Alias of :meth:`verify_query`."""
+        self._same_B(state, B)
+        return self.verify_query(state, draft_tokens)
+
+    def _get_attention_mask(self, state: SDVARInferenceState, query: CombinedQuery) -> torch.Tensor:
+        """Alias of :meth:`verify_mask`."""
+        return self.verify_mask(state, query)
+
+    def target_verify_batch(self, draft_tokens: DraftProposal, state: SDVARInferenceState, B: int) -> VerifyResult:
+        """Alias of :meth:`verify`."""
+        self._same_B(state, B)
+        return self.verify(state, draft_tokens)
+
+    def _split_logits_by_stage(self, target_logits: torch.Tensor, draft_tokens: DraftProposal, B: int,
+                               state: SDVARInferenceState) -> list[torch.Tensor]:
+        """Alias of :meth:`split_logits`."""
+        self._same_B(state, B)
+        return self.split_logits(state, draft_tokens, target_logits)
+
+    def basic_token_matching(self, draft_tokens: DraftProposal, verify: VerifyResult,
+                             state: SDVARInferenceState) -> AcceptanceResult:
+        """Alias of :meth:`accept` (it applies the state's policy, ``exact`` speculative sampling by default)."""
+        return self.accept(state, draft_tokens, verify)
+
+    def update_state_with_accepted_tokens(self, state: SDVARInferenceState, draft_tokens: DraftProposal,
+                                          acceptance: AcceptanceResult) -> SDVARInferenceState:
+        """Alias of :meth:`commit`."""
+        return self.commit(state, draft_tokens, acceptance)
 
 
 # ---- the factories ------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sdvar_lib import SDVAR, VAR, ModelRun, RunFactory, eager_run
+from sdvar_lib import SDVAR, SamplingConfig
+from sdvar_lib.models import VAR, ModelRun, RunFactory, eager_run
 from test_framework.reference import (
     ReferenceRun,
     cache_layer_diffs,
@@ -74,7 +75,7 @@ def trace_cache_rounds(
     """Run one parallel_v1 call round by round and snapshot both caches after every round."""
     target, draft = sd.target_model, sd.draft_model
     label_B = default_labels(B, target.num_classes, target.device) if labels is None else labels
-    state = sd._initialize_inference_state(B, label_B, g_seed=seed, cfg=cfg, gamma=gamma)
+    state = sd.prepare(B, label_B, g_seed=seed, sampling=SamplingConfig(cfg=cfg), gamma=gamma)
     bounds = stage_bounds(target.patch_nums)
     out = []
     for rec in sd.iter_rounds(state):
@@ -231,7 +232,7 @@ def api_isolation_check(sd: SDVAR, B: int = 2, gamma: int = 2, seed: int = 0, cf
     watched = SDVAR(sd.draft_model, sd.target_model, run_factory=recorder)
 
     def call(model: SDVAR) -> list[torch.Tensor]:
-        return model.generate_parallel(B, labels, g_seed=seed, cfg=cfg, gamma=gamma).tokens_per_stage
+        return model.generate_parallel(B, labels, g_seed=seed, sampling=SamplingConfig(cfg=cfg), gamma=gamma).tokens_per_stage
 
     def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
         return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))

@@ -32,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdvar_lib.models.kv_cache import KVCache
-from sdvar_lib.models.var import VAR
+from sdvar_lib.models import VAR, KVCache
 
 __all__ = [
     "stage_bounds",

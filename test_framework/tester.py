@@ -18,8 +18,11 @@ from dataclasses import replace
 
 import torch
 
-from sdvar_lib import SDVAR, VAR, DraftProposal, ModelRun, SDVARInferenceState, VerifyResult, compare_images
-from sdvar_lib.util.checks import check_int, check_number, check_seed
+from sdvar_lib import SDVAR, SamplingConfig, get_method
+from sdvar_lib.eval import compare_images
+from sdvar_lib.models import VAR, ModelRun
+from sdvar_lib.sdvar import DraftProposal, SDVARInferenceState, VerifyResult
+from sdvar_lib.util import check_int, check_number, check_seed
 from test_framework.reference import (
     ReferenceRun,
     cache_drift,
@@ -83,7 +86,8 @@ class _CountingRun(ModelRun):
     """A model run that counts the passes made through it (the harness's own count, not the statistics')."""
 
     def __init__(self, inner: ModelRun) -> None:
-        super().__init__(model=inner.model, cond_2BD=inner.cond_2BD, lvl_pos_1LC=inner.lvl_pos_1LC, cache=inner.cache)
+        super().__init__(model=inner.model, cond_2BD=inner.cond_2BD, lvl_pos_1LC=inner.lvl_pos_1LC, cache=inner.cache,
+                         epoch=inner.epoch)
         self.inner = inner
         self.passes = 0
 
@@ -151,9 +155,12 @@ class SDVARParallelV1Tester:
         """Cache length holding the inputs of stages ``< n_stages``."""
         return self.bounds[n_stages - 1][1] if n_stages > 0 else 0
 
+    def _sampling(self, top_k: int | None = None) -> SamplingConfig:
+        """The tester's sampling options (``top_k=1``: the greedy tests')."""
+        return SamplingConfig(cfg=self.cfg, top_k=self.top_k if top_k is None else top_k, top_p=self.top_p)
+
     def _new_state(self, B: int, gamma: int, **kwargs) -> SDVARInferenceState:
-        return self.sd.prepare(B, self._labels(B), g_seed=self.seed, cfg=self.cfg, gamma=gamma, top_k=self.top_k,
-                               top_p=self.top_p, **kwargs)
+        return self.sd.prepare(B, self._labels(B), g_seed=self.seed, sampling=self._sampling(), gamma=gamma, **kwargs)
 
     def _prefix_state(self, B: int, gamma: int, tokens, f_hats, c: int) -> SDVARInferenceState:
         state = self._new_state(B, gamma)
@@ -623,7 +630,7 @@ class SDVARParallelV1Tester:
 
         def body(checks: CheckLog):
             labels = self._labels(B)
-            out = self.sd.generate_parallel(B, labels, g_seed=self.seed, cfg=self.cfg, gamma=gamma, top_k=1, policy="exact")
+            out = self.sd.generate_parallel(B, labels, self.seed, SamplingConfig(cfg=self.cfg, top_k=1), gamma, "exact")
             check = check_greedy(self.target, labels, self.cfg, out.tokens_per_stage, 0, self.S, self.tol.logits)
             checks.require(check.consistent, "parallel_v1 greedy tokens are not the target's greedy tokens: " + check.describe())
             checks.require(out.stats.target_passes <= self.S,
@@ -644,8 +651,7 @@ class SDVARParallelV1Tester:
 
         def body(checks: CheckLog):
             target, S = self.target, self.S
-            out = self.sd.generate_parallel(B, self._labels(B), g_seed=self.seed, cfg=self.cfg, gamma=gamma,
-                                            top_k=self.top_k, top_p=self.top_p)
+            out = self.sd.generate_parallel(B, self._labels(B), self.seed, self._sampling(), gamma)
             img, st = out.images_B3HW, out.stats
             H = target.vae.image_size
             checks.require(tuple(img.shape) == (B, 3, H, H), f"image shape {tuple(img.shape)}, expected {(B, 3, H, H)}")
@@ -703,7 +709,7 @@ class SDVARParallelV1Tester:
             labels = self._labels(B)
             prefix_ok, suffix_ok, gaps, t_passes, d_passes = [], [], [], [], []
             for k in entries:
-                out = self.sd.generate_test3(B, labels, g_seed=self.seed, cfg=self.cfg, top_k=1, entry_num=k, sd_mask=0)
+                out = get_method(f"test3_e{k}").run(self.sd, B, labels, self.seed, SamplingConfig(cfg=self.cfg, top_k=1))
                 toks = out.tokens_per_stage
                 pre = check_greedy(self.draft, labels, self.cfg, toks, 0, k, self.tol.logits)
                 suf = check_greedy(self.target, labels, self.cfg, toks, k, S, self.tol.logits)
@@ -733,8 +739,9 @@ class SDVARParallelV1Tester:
 
         def body(checks: CheckLog):
             labels = self._labels(B)
-            par = self.sd.generate_parallel(B, labels, g_seed=self.seed, cfg=self.cfg, gamma=gamma, top_k=1)
-            base = self.sd.baseline(B, labels, g_seed=self.seed, cfg=self.cfg, top_k=1)
+            greedy = SamplingConfig(cfg=self.cfg, top_k=1)
+            par = self.sd.generate_parallel(B, labels, self.seed, greedy, gamma)
+            base = get_method("target").run(self.sd, B, labels, self.seed, greedy)
             same = all(torch.equal(a, b) for a, b in zip(par.tokens_per_stage, base.tokens_per_stage))
             cmp = compare_images(par.images_B3HW, base.images_B3HW)
             diff = max_abs_diff(par.images_B3HW, base.images_B3HW)

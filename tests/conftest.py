@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdvar_lib import SDVAR, build_tiny
+from sdvar_lib import SDVAR
+from sdvar_lib.models import build_tiny
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES_DIR = Path(os.environ.get("SDVAR_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
@@ -43,7 +44,7 @@ def reference_expected() -> dict:
 
 @pytest.fixture(scope="session")
 def reference_models(reference_config):
-    from sdvar_lib import VAR, VQVAE
+    from sdvar_lib.models import VAR, VQVAE
     from sdvar_lib.models.checkpoints import load_checkpoint_file, load_state_dict_checked
 
     vae = VQVAE(**reference_config["vae"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdvar_lib import VAR, VQVAE
+from sdvar_lib.models import VAR, VQVAE
 from sdvar_lib.models.presets import TINY_CONFIG
 
 
@@ -28,12 +28,12 @@ from sdvar_lib.models.presets import TINY_CONFIG
         (dict(g_seed="seven"), TypeError, r"g_seed must be an int"),
     ],
 )
-def test_generate_rejects(tiny_pair, kwargs, exc, pattern):
+def test_the_reference_sampler_rejects(tiny_pair, kwargs, exc, pattern):
     _, _, target = tiny_pair
     args = dict(B=2, label_B=1, g_seed=0, cfg=1.5, top_k=0, top_p=0.0)
     args.update(kwargs)
     with pytest.raises(exc, match=pattern):
-        target.generate(**args)
+        target.autoregressive_infer_cfg(**args)
 
 
 def test_negative_label_means_no_class(tiny_pair):

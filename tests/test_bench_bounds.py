@@ -170,8 +170,7 @@ def test_percentile():
 def test_scenario_all_accepted_keeps_every_proposal(tiny_pair):
     _, draft, target = tiny_pair
     S = target.num_stages
-    out = SDVAR(draft, target).generate_parallel(2, [1, 2], g_seed=0, top_k=0, gamma=S - 1,
-                                                 policy=ScenarioPolicy.all_accepted(S))
+    out = SDVAR(draft, target).generate_parallel(2, [1, 2], g_seed=0, gamma=S - 1, policy=ScenarioPolicy.all_accepted(S))
     assert out.stats.target_passes == 1 and out.stats.draft_passes == S - 1  # last stage is the bonus
     assert out.stats.stages_accepted_per_round == [S - 1] and out.stats.rounds == 1
 

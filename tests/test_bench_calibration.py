@@ -14,7 +14,6 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from sdvar_lib import pooled_stage_acceptance
 from sdvar_lib.bench import (
     BENCH_ONLY_ROWS,
     CALIBRATED,
@@ -45,6 +44,8 @@ from sdvar_lib.fast.config import FastConfig
 from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.presets import ModelPair
+from sdvar_lib.models.sampling import SamplingConfig
+from sdvar_lib.sdvar import baseline, pooled_stage_acceptance
 from sdvar_lib.sdvar.acceptance import make_policy
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.gamma import AdaptiveGamma, RoundContext, RoundHistory, plan_never_drafts
@@ -294,7 +295,7 @@ def test_calibrated_row_needs_its_rule_and_runs_the_target_alone_when_it_never_d
     out = method_call(ctx, row, scenario, 2, sampling, rule=never)(0)
     # SDVAR.generate_parallel itself decodes a never-drafting plan with the target alone
     assert [run.model for run in factory.call_runs()] == [target]
-    ref = ctx.sd.baseline(2, None, g_seed=0, top_k=0)
+    ref = baseline(ctx.sd, 2, None, g_seed=0, sampling=SamplingConfig(top_k=0))
     assert out.stats.draft_passes == 0 and out.stats.gamma_per_round == [0] * S and out.stats.target_passes == S
     assert all(torch.equal(a, b) for a, b in zip(out.tokens_per_stage, ref.tokens_per_stage))
     out = method_call(ctx, row, scenario, 2, sampling, rule=AdaptiveGamma(prior_acceptance=1.0))(0)

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from sdvar_lib import (
+from sdvar_lib.models import (
     CheckpointError,
     build_tiny,
     build_vae,
@@ -15,8 +15,8 @@ from sdvar_lib import (
     load_checkpoint_file,
     load_official,
     load_state_dict_checked,
+    presets,
 )
-from sdvar_lib.models import presets
 from sdvar_lib.models.checkpoints import HUB_REPO_ID
 
 

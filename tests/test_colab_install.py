@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "00_setup.ipynb"
 PROVENANCE = """\
 import sdvar_lib, test_framework
-from sdvar_lib import load_bundled_report
+from sdvar_lib.eval import load_bundled_report
 from sdvar_lib.models.checkpoints import BUNDLED_DIR
 
 print("PROVENANCE", json.dumps({"sdvar_lib": sdvar_lib.__file__, "test_framework": test_framework.__file__,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from sdvar_lib import SDVAR, AdaptiveGamma, Method
+from sdvar_lib import SDVAR, Method
 from sdvar_lib.eval.cli import evaluate_main as main
 from sdvar_lib.eval.evaluation import (
     SEED_STRIDE,
@@ -34,6 +34,7 @@ from sdvar_lib.eval.metrics import (
 from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_pair
 from sdvar_lib.models.presets import ModelPair
 from sdvar_lib.models.sampling import SamplingConfig
+from sdvar_lib.sdvar import AdaptiveGamma
 from sdvar_lib.sdvar.acceptance import Top1MatchPolicy
 from sdvar_lib.sdvar.registry import get_method
 from sdvar_lib.util.machine import MachineInfo

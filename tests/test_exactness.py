@@ -30,7 +30,7 @@ import pytest
 import torch
 from scipy import stats
 
-from sdvar_lib import DraftProposal, VerifyResult
+from sdvar_lib.sdvar import DraftProposal, VerifyResult
 from sdvar_lib.sdvar.acceptance import ExactPolicy, RelaxedPolicy, residual_distribution
 from tests.stat_checks import binomial_z, chi_square, chi_square_power, total_variation, z_bound, z_power
 

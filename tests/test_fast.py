@@ -11,16 +11,17 @@ import copy
 import pytest
 import torch
 
-from sdvar_lib import SDVAR
+from sdvar_lib import SDVAR, SamplingConfig
 from sdvar_lib.fast.config import FastConfig
 from sdvar_lib.fast.factory import FastRunFactory, make_fast_sdvar
 from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.fast.run import FastRun, StaticKVCache, chunk_span
 from sdvar_lib.models.presets import TINY_CONFIG, build_tiny
+from sdvar_lib.models.run import ModelRun, eager_run
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.acceptance import ExactPolicy
+from sdvar_lib.sdvar.handoff import baseline, code_handoff, draft_alone, generate_test3
 from sdvar_lib.sdvar.registry import stage_chunks
-from sdvar_lib.sdvar.run import ModelRun, eager_run
 
 B = 2
 NO_GRAPHS = FastConfig(use_cuda_graphs=False)
@@ -31,13 +32,16 @@ def _tokens(out) -> list[list[list[int]]]:
 
 
 def _decoders(gamma_values=(1, 2, 3)):
-    cases = [("baseline", lambda sd, lb, k, s: sd.baseline(B, lb, g_seed=s, top_k=k)),
-             ("draft_alone", lambda sd, lb, k, s: sd.draft_alone(B, lb, g_seed=s, top_k=k)),
-             ("test3", lambda sd, lb, k, s: sd.generate_test3(B, lb, g_seed=s, top_k=k, entry_num=2)),
-             ("code", lambda sd, lb, k, s: sd.code_handoff(B, lb, g_seed=s, top_k=k, entry_num=2)),
-             ("adaptive", lambda sd, lb, k, s: sd.generate_parallel(B, lb, g_seed=s, top_k=k, gamma="adaptive"))]
+    def s(k):
+        return SamplingConfig(top_k=k)
+
+    cases = [("baseline", lambda sd, lb, k, seed: baseline(sd, B, lb, seed, s(k))),
+             ("draft_alone", lambda sd, lb, k, seed: draft_alone(sd, B, lb, seed, s(k))),
+             ("test3", lambda sd, lb, k, seed: generate_test3(sd, B, lb, seed, s(k), entry_num=2)),
+             ("code", lambda sd, lb, k, seed: code_handoff(sd, B, lb, seed, s(k), entry_num=2)),
+             ("adaptive", lambda sd, lb, k, seed: sd.generate_parallel(B, lb, seed, s(k), gamma="adaptive"))]
     for g in gamma_values:
-        cases.append((f"parallel_g{g}", lambda sd, lb, k, s, g=g: sd.generate_parallel(B, lb, g_seed=s, top_k=k, gamma=g)))
+        cases.append((f"parallel_g{g}", lambda sd, lb, k, seed, g=g: sd.generate_parallel(B, lb, seed, s(k), gamma=g)))
     return cases
 
 
@@ -79,8 +83,8 @@ def test_fast_equals_eager_when_sampling_across_calls(pair, name, call):
 def test_greedy_equals_target_greedy(pair, fast_sd):
     """Lossless SDVAR on the fast path still reproduces the target's greedy tokens."""
     _, target = pair
-    ref = target.generate(B, [3, 8], g_seed=2, top_k=1)
-    out = fast_sd.generate_parallel(B, [3, 8], g_seed=2, top_k=1, gamma=2)
+    ref = target.generate(B, [3, 8], g_seed=2, sampling=SamplingConfig(top_k=1))
+    out = fast_sd.generate_parallel(B, [3, 8], g_seed=2, gamma=2, sampling=SamplingConfig(top_k=1))
     assert _tokens(out) == [t.tolist() for t in ref.tokens_per_stage]
 
 
@@ -88,8 +92,8 @@ def test_same_model_as_draft_and_target_gets_two_runs(pair):
     _, target = pair
     factory = FastRunFactory(NO_GRAPHS)
     sd = SDVAR(target, target, run_factory=factory)
-    out = sd.generate_parallel(B, [1, 2], g_seed=0, top_k=1, gamma=2)
-    ref = SDVAR(target, target).generate_parallel(B, [1, 2], g_seed=0, top_k=1, gamma=2)
+    out = sd.generate_parallel(B, [1, 2], g_seed=0, gamma=2, sampling=SamplingConfig(top_k=1))
+    ref = SDVAR(target, target).generate_parallel(B, [1, 2], g_seed=0, gamma=2, sampling=SamplingConfig(top_k=1))
     assert _tokens(out) == _tokens(ref)
     assert out.stats.stages_accepted_per_round == ref.stats.stages_accepted_per_round
     assert sum(out.stats.accepted_stages_per_stage) == sum(out.stats.proposed_stages_per_stage)  # draft == target
@@ -102,18 +106,18 @@ def test_static_cache_is_reused_and_reset(pair):
     draft, target = pair
     factory = FastRunFactory(NO_GRAPHS)
     sd = SDVAR(draft, target, run_factory=factory)
-    sd.generate_parallel(B, [1, 2], g_seed=0, top_k=1, gamma=2)
+    sd.generate_parallel(B, [1, 2], g_seed=0, gamma=2, sampling=SamplingConfig(top_k=1))
     runs = factory.runs()
     ptrs = sorted(r.cache.k_NBHLc.data_ptr() for r in runs)
     programs = {id(r): len(r.programs) for r in runs}
     for _ in range(3):
-        sd.generate_parallel(B, [5, 6], g_seed=1, top_k=1, gamma=2)
-        sd.baseline(B, [5, 6], g_seed=1, top_k=1)
+        sd.generate_parallel(B, [5, 6], g_seed=1, gamma=2, sampling=SamplingConfig(top_k=1))
+        baseline(sd, B, [5, 6], g_seed=1, sampling=SamplingConfig(top_k=1))
     assert sorted(r.cache.k_NBHLc.data_ptr() for r in factory.runs()) == ptrs, "caches must be allocated once"
     assert len(factory.runs()) == 2
     assert all(isinstance(r.cache, StaticKVCache) and r.cache.length == 0 for r in factory.runs())
     assert all(len(r.programs) >= programs[id(r)] for r in factory.runs())
-    sd.baseline(3, [5, 6, 7], g_seed=1, top_k=1)  # another batch size: its own run
+    baseline(sd, 3, [5, 6, 7], g_seed=1, sampling=SamplingConfig(top_k=1))  # another batch size: its own run
     assert len(factory.runs()) == 3
 
 
@@ -121,10 +125,10 @@ def test_pass_log_matches_statistics(pair):
     draft, target = pair
     factory = FastRunFactory(NO_GRAPHS)
     sd = SDVAR(draft, target, run_factory=factory)
-    out = sd.baseline(B, [1, 2], g_seed=0, top_k=1)
+    out = baseline(sd, B, [1, 2], g_seed=0, sampling=SamplingConfig(top_k=1))
     (run,) = factory.call_runs()
     assert [(p.position, p.length) for p in run.pass_log] == [(bg, ed - bg) for bg, ed in target.begin_ends]
-    out = sd.generate_parallel(B, [1, 2], g_seed=0, top_k=1, gamma=3)
+    out = sd.generate_parallel(B, [1, 2], g_seed=0, gamma=3, sampling=SamplingConfig(top_k=1))
     d_run, t_run = factory.call_runs()
     assert d_run.model is draft and t_run.model is target
     assert len(t_run.pass_log) == out.stats.target_passes
@@ -143,9 +147,9 @@ def test_a_call_that_raises_leaves_nothing_behind(pair):
     draft, target = pair
     sd = SDVAR(draft, target, run_factory=FastRunFactory(NO_GRAPHS))
     with pytest.raises(RuntimeError, match="policy failure"):
-        sd.generate_parallel(B, [1, 2], g_seed=0, top_k=1, gamma=1, policy=_FailingPolicy())
-    out = sd.generate_parallel(B, [3, 4], g_seed=0, top_k=1, gamma=1)
-    ref = SDVAR(draft, target).generate_parallel(B, [3, 4], g_seed=0, top_k=1, gamma=1)
+        sd.generate_parallel(B, [1, 2], g_seed=0, gamma=1, policy=_FailingPolicy(), sampling=SamplingConfig(top_k=1))
+    out = sd.generate_parallel(B, [3, 4], g_seed=0, gamma=1, sampling=SamplingConfig(top_k=1))
+    ref = SDVAR(draft, target).generate_parallel(B, [3, 4], g_seed=0, gamma=1, sampling=SamplingConfig(top_k=1))
     assert _tokens(out) == _tokens(ref)
 
 
@@ -162,8 +166,8 @@ def test_precapture_sizes_buffers_once(pair):
 
 def test_experimental_mask_runs_eagerly(pair, fast_sd):
     eager = SDVAR(*pair)
-    ref = eager.generate_test3(B, [1, 2], g_seed=0, top_k=1, entry_num=2, sd_mask=4)
-    got = fast_sd.generate_test3(B, [1, 2], g_seed=0, top_k=1, entry_num=2, sd_mask=4)
+    ref = generate_test3(eager, B, [1, 2], g_seed=0, entry_num=2, sd_mask=4, sampling=SamplingConfig(top_k=1))
+    got = generate_test3(fast_sd, B, [1, 2], g_seed=0, entry_num=2, sd_mask=4, sampling=SamplingConfig(top_k=1))
     assert _tokens(got) == _tokens(ref)
 
 
@@ -181,7 +185,7 @@ def test_bf16_weights_give_float32_logits_and_probabilities(pair):
     ref = ref_run.forward(ref_run.stage_input(0, []))
     assert logits.dtype == torch.float32
     assert float((logits - ref).norm() / ref.norm()) < 2e-2
-    out = SDVAR(d16, t16, run_factory=factory).generate_parallel(B, [1, 2], g_seed=0, top_k=0, gamma=2)
+    out = SDVAR(d16, t16, run_factory=factory).generate_parallel(B, [1, 2], g_seed=0, gamma=2, sampling=SamplingConfig(top_k=0))
     assert out.images_B3HW.dtype == torch.float32 and bool(torch.isfinite(out.images_B3HW).all())
 
 
@@ -249,13 +253,13 @@ def test_decoders_draw_every_stage_through_their_run(pair):
 
     sd, ref = SDVAR(draft, target, run_factory=factory), SDVAR(draft, target)
     _CountingRun.draws.clear()
-    out = sd.baseline(B, [1, 2], g_seed=3, top_k=0)
+    out = baseline(sd, B, [1, 2], g_seed=3, sampling=SamplingConfig(top_k=0))
     assert _CountingRun.draws == [(target.depth, s) for s in range(target.num_stages)]
-    assert _tokens(out) == _tokens(ref.baseline(B, [1, 2], g_seed=3, top_k=0))
+    assert _tokens(out) == _tokens(baseline(ref, B, [1, 2], g_seed=3, sampling=SamplingConfig(top_k=0)))
     _CountingRun.draws.clear()
-    out = sd.generate_parallel(B, [1, 2], g_seed=3, top_k=0, gamma=2)
+    out = sd.generate_parallel(B, [1, 2], g_seed=3, gamma=2, sampling=SamplingConfig(top_k=0))
     assert sum(d == draft.depth for d, _ in _CountingRun.draws) == out.stats.draft_passes
-    assert _tokens(out) == _tokens(ref.generate_parallel(B, [1, 2], g_seed=3, top_k=0, gamma=2))
+    assert _tokens(out) == _tokens(ref.generate_parallel(B, [1, 2], g_seed=3, gamma=2, sampling=SamplingConfig(top_k=0)))
 
 
 def test_whole_stage_programs_equal_the_step_by_step_stage(pair):
@@ -381,11 +385,11 @@ def test_gpu_graph_replay_has_no_stale_state(cuda_device):
     for labels, seed in (([1, 7], 0), ([2, 5], 1), ([9, 0], 2), ([1, 7], 0)):
         for gamma in (2, 3):
             fresh = SDVAR(draft, target, run_factory=FastRunFactory(NO_GRAPHS))
-            got = graphed.generate_parallel(B, labels, g_seed=seed, top_k=0, gamma=gamma)
-            ref = fresh.generate_parallel(B, labels, g_seed=seed, top_k=0, gamma=gamma)
+            got = graphed.generate_parallel(B, labels, g_seed=seed, gamma=gamma, sampling=SamplingConfig(top_k=0))
+            ref = fresh.generate_parallel(B, labels, g_seed=seed, gamma=gamma, sampling=SamplingConfig(top_k=0))
             assert _tokens(got) == _tokens(ref), f"labels {labels} gamma {gamma}"
-        got_b = graphed.baseline(B, labels, g_seed=seed, top_k=0)
-        ref_b = SDVAR(draft, target, run_factory=FastRunFactory(NO_GRAPHS)).baseline(B, labels, g_seed=seed, top_k=0)
+        got_b = baseline(graphed, B, labels, g_seed=seed, sampling=SamplingConfig(top_k=0))
+        ref_b = baseline(SDVAR(draft, target, run_factory=FastRunFactory(NO_GRAPHS)), B, labels, seed, SamplingConfig(top_k=0))
         assert _tokens(got_b) == _tokens(ref_b)
         assert torch.allclose(got_b.images_B3HW, ref_b.images_B3HW)
     assert all(r.cache.length == 0 for r in graphed.run_factory.runs())
@@ -400,8 +404,8 @@ def test_gpu_bf16_close_to_float32_eager(cuda_device):
     agree = total = 0
     for seed in range(6):
         labels = [seed % 10, (3 * seed + 1) % 10]
-        ref = target32.generate(B, labels, g_seed=seed, top_k=1)
-        got = sd.baseline(B, labels, g_seed=seed, top_k=1)
+        ref = target32.generate(B, labels, g_seed=seed, sampling=SamplingConfig(top_k=1))
+        got = baseline(sd, B, labels, g_seed=seed, sampling=SamplingConfig(top_k=1))
         for a, b in zip(got.tokens_per_stage, ref.tokens_per_stage):
             agree += int((a == b).sum())
             total += a.numel()

@@ -18,13 +18,14 @@ import torch
 if not torch.cuda.is_available() and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from sdvar_lib import SDVAR  # noqa: E402
+from sdvar_lib import SDVAR, SamplingConfig  # noqa: E402
 from sdvar_lib.fast.config import FastConfig  # noqa: E402
 from sdvar_lib.fast.factory import FastRunFactory  # noqa: E402
 from sdvar_lib.fast.fused import TorchBlockOps, check_block_ops  # noqa: E402
 from sdvar_lib.fast.kernels import interpreter_active, resolve_backend  # noqa: E402
 from sdvar_lib.fast.run import FastRun, chunk_span  # noqa: E402
-from sdvar_lib.models.sampling import filter_top_k_top_p, guided_logits, sample_from_probs  # noqa: E402
+from sdvar_lib.models.sampling import guided_logits, sample_from_probs, stage_probs  # noqa: E402
+from sdvar_lib.sdvar.handoff import baseline  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not interpreter_active(), reason="Triton's CPU interpreter is not available here")
 
@@ -131,7 +132,11 @@ def test_fast_decoder_on_the_kernels_equals_pytorch(tiny_pair):
 
 @pytest.mark.parametrize("top_k,top_p", [(0, 0.0), (7, 0.0), (0, 0.8), (9, 0.9), (1, 0.0)])
 def test_sampling_kernel_draws_what_multinomial_draws(top_k, top_p):
-    """Same generator, same noise: the fused kernel's tokens, distribution and codebook map are the reference's."""
+    """Same generator, same noise: the fused kernel's tokens, distribution and codebook map are the reference's.
+
+    The kernel is the fused equivalent of the one stage step's distribution, ``stage_probs`` of the
+    guided logits (what the draft's ``q`` and the target's ``p`` are), then the draw and the lookup.
+    """
     from sdvar_lib.fast.kernels.sampling import sample_stage
 
     gen = torch.Generator().manual_seed(3)
@@ -141,7 +146,7 @@ def test_sampling_kernel_draws_what_multinomial_draws(top_k, top_p):
     t = 1.5 * 2 / 3
     idx, probs, h = sample_stage(logits, l, t, top_k, top_p, codebook, torch.Generator().manual_seed(11))
     guided = guided_logits(logits[:, -l:], 2, 4, 1.5)
-    want_p = filter_top_k_top_p(guided, top_k, top_p).softmax(dim=-1)
+    want_p = stage_probs(guided, SamplingConfig(cfg=1.5, top_k=top_k, top_p=top_p))
     want_idx = sample_from_probs(want_p, torch.Generator().manual_seed(11))
     assert torch.equal(idx, want_idx)
     assert torch.allclose(probs, want_p, atol=1e-6) and torch.equal(probs > 0, want_p > 0)
@@ -155,8 +160,8 @@ def test_triton_block_kernels_in_the_fast_path_equal_eager(tiny_pair):
     fast = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=False, kernels="triton",
                                                                       sampler="torch")))
     eager = SDVAR(draft, target)
-    for call in (lambda sd: sd.baseline(1, [7], g_seed=5, top_k=1),
-                 lambda sd: sd.generate_parallel(1, [3], g_seed=5, top_k=1, gamma=2)):
+    for call in (lambda sd: baseline(sd, 1, [7], g_seed=5, sampling=SamplingConfig(top_k=1)),
+                 lambda sd: sd.generate_parallel(1, [3], g_seed=5, gamma=2, sampling=SamplingConfig(top_k=1))):
         got, ref = call(fast), call(eager)
         assert [t.tolist() for t in got.tokens_per_stage] == [t.tolist() for t in ref.tokens_per_stage]
     assert {(r.kernels, r.sampler) for r in fast.run_factory.runs()} == {("triton", "torch")}
@@ -167,8 +172,8 @@ def test_fused_sampler_in_the_fast_path_draws_the_eager_tokens(tiny_pair):
     _, draft, target = tiny_pair
     fast = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=False, kernels="torch",
                                                                       sampler="fused")))
-    got = fast.baseline(1, [4], g_seed=9, top_k=5, top_p=0.9)
-    ref = SDVAR(draft, target).baseline(1, [4], g_seed=9, top_k=5, top_p=0.9)
+    got = baseline(fast, 1, [4], g_seed=9, sampling=SamplingConfig(top_k=5, top_p=0.9))
+    ref = baseline(SDVAR(draft, target), 1, [4], g_seed=9, sampling=SamplingConfig(top_k=5, top_p=0.9))
     assert [t.tolist() for t in got.tokens_per_stage] == [t.tolist() for t in ref.tokens_per_stage]
     assert torch.equal(got.images_B3HW, ref.images_B3HW)
     assert {(r.kernels, r.sampler) for r in fast.run_factory.runs()} == {("torch", "fused")}

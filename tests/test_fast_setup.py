@@ -5,17 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdvar_lib import (
-    SDVAR,
-    FastRunFactory,
-    describe_setup,
-    fast_dtype,
-    get_method,
-    load_pair,
-    make_pair_sdvar,
-    precapture,
-    uses_fast_path,
-)
+from sdvar_lib import SDVAR, describe_setup, get_method, load_pair, make_pair_sdvar
+from sdvar_lib.fast import FastRunFactory, fast_dtype, precapture, uses_fast_path
 
 
 @pytest.mark.parametrize("capability, expected", [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])

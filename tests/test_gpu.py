@@ -29,9 +29,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sdvar_lib import SDVAR, VAR, VQVAE, DraftProposal, eager_run
+from sdvar_lib import SDVAR, SamplingConfig
+from sdvar_lib.models import VAR, VQVAE, eager_run
 from sdvar_lib.models.init import sharpen_random_weights_
 from sdvar_lib.models.sampling import guided_logits
+from sdvar_lib.sdvar import DraftProposal
 from sdvar_lib.sdvar.acceptance import ExactPolicy
 from test_framework import SDVARParallelV1Tester
 from tests.stat_checks import binomial_z, chi_square, z_bound
@@ -140,8 +142,8 @@ def test_cuda_cached_path_replays_fixture_tokens(cuda_reference_models, referenc
 def test_cuda_greedy_matches_cpu(reference_models, cuda_reference_models):
     _, var_cpu = reference_models
     _, var_gpu = cuda_reference_models
-    cpu = var_cpu.generate(3, [1, 4, 7], g_seed=0, cfg=1.5, top_k=1)
-    gpu = var_gpu.generate(3, [1, 4, 7], g_seed=0, cfg=1.5, top_k=1)
+    cpu = var_cpu.generate(3, [1, 4, 7], g_seed=0, sampling=SamplingConfig(cfg=1.5, top_k=1))
+    gpu = var_gpu.generate(3, [1, 4, 7], g_seed=0, sampling=SamplingConfig(cfg=1.5, top_k=1))
     for si, (a, b) in enumerate(zip(cpu.tokens_per_stage, gpu.tokens_per_stage)):
         assert torch.equal(a, b.cpu()), f"greedy stage {si} differs between CPU and CUDA"
     image_diff = float((cpu.images_B3HW - gpu.images_B3HW.cpu()).abs().max())
@@ -151,9 +153,9 @@ def test_cuda_greedy_matches_cpu(reference_models, cuda_reference_models):
 
 def test_cuda_bf16_autocast_generation(cuda_reference_models):
     _, var = cuda_reference_models
-    fp32 = var.generate(4, [0, 1, 2, 3], g_seed=0, top_k=1)
+    fp32 = var.generate(4, [0, 1, 2, 3], g_seed=0, sampling=SamplingConfig(top_k=1))
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        bf16 = var.generate(4, [0, 1, 2, 3], g_seed=0, top_k=1)
+        bf16 = var.generate(4, [0, 1, 2, 3], g_seed=0, sampling=SamplingConfig(top_k=1))
     assert bf16.images_B3HW.shape == fp32.images_B3HW.shape
     assert torch.isfinite(bf16.images_B3HW).all()
     assert 0 <= float(bf16.images_B3HW.min()) and float(bf16.images_B3HW.max()) <= 1
@@ -176,7 +178,7 @@ def test_cuda_chunked_verify_equals_sequential(cuda_pair, dtype, B):
         for c in range(S):
             for g in range(1, S - c + 1):
                 tokens = [t.cuda() for t in _random_tokens(target, B, seed=10 * c + g)]
-                state = sd.prepare(B, labels, g_seed=0, cfg=cfg, gamma=1)
+                state = sd.prepare(B, labels, g_seed=0, gamma=1, sampling=SamplingConfig(cfg=cfg))
                 f_hats = sd.f_hats_after([], 0, tokens[:c])
                 if c > 0:
                     state.target.forward(state.target.chunk_input(range(c), f_hats))
@@ -197,14 +199,14 @@ def test_cuda_chunked_verify_equals_sequential(cuda_pair, dtype, B):
 def test_cuda_greedy_identity(cuda_pair, gamma):
     draft, target = cuda_pair
     sd = SDVAR(draft, target)
-    reference = target.generate(2, [3, 8], g_seed=1, top_k=1)
-    out = sd.generate_parallel(2, [3, 8], g_seed=1, top_k=1, gamma=gamma)
+    reference = target.generate(2, [3, 8], g_seed=1, sampling=SamplingConfig(top_k=1))
+    out = sd.generate_parallel(2, [3, 8], g_seed=1, gamma=gamma, sampling=SamplingConfig(top_k=1))
     for a, b in zip(out.tokens_per_stage, reference.tokens_per_stage):
         assert torch.equal(a, b)
     assert torch.equal(out.images_B3HW, reference.images_B3HW)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        ref16 = target.generate(2, [3, 8], g_seed=1, top_k=1)
-        out16 = sd.generate_parallel(2, [3, 8], g_seed=1, top_k=1, gamma=gamma)
+        ref16 = target.generate(2, [3, 8], g_seed=1, sampling=SamplingConfig(top_k=1))
+        out16 = sd.generate_parallel(2, [3, 8], g_seed=1, gamma=gamma, sampling=SamplingConfig(top_k=1))
     agree = torch.cat([(a == b).flatten() for a, b in zip(out16.tokens_per_stage, ref16.tokens_per_stage)]).float().mean()
     assert agree >= 0.9, f"bf16 greedy SDVAR vs bf16 target: {float(agree):.3f} of tokens agree"
 
@@ -281,7 +283,7 @@ def test_cuda_harness_passes_in_float32_with_its_sampled_check(cuda_pair):
 def test_cuda_harness_passes_in_bfloat16_on_the_fast_path(cuda_pair):
     """bf16 weights on the CUDA fast path (graphs, fused blocks): tolerances of ``Tolerances.for_dtype(bf16)``
     (logits 0.15 + 3 % relative, cache 5e-2 + 2 %); the sampled check is exact whatever the dtype."""
-    from sdvar_lib import FastConfig, FastRunFactory
+    from sdvar_lib.fast import FastConfig, FastRunFactory
     draft, target = cuda_pair
     d16, t16 = copy.deepcopy(draft).to(torch.bfloat16), copy.deepcopy(target).to(torch.bfloat16)
     d16.vae_proxy = t16.vae_proxy = target.vae_proxy

@@ -14,14 +14,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdvar_lib import SDVAR
+from sdvar_lib import SDVAR, SamplingConfig
 from sdvar_lib.fast.config import FastConfig
 from sdvar_lib.fast.decode import FastDecoder
 from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.presets import build_tiny, build_vae, build_var
-from sdvar_lib.models.sampling import filter_top_k_top_p, guided_logits, sample_from_probs
+from sdvar_lib.models.sampling import guided_logits, sample_from_probs, stage_probs
+from sdvar_lib.sdvar.handoff import baseline
 
 pytestmark = pytest.mark.gpu
 
@@ -83,9 +84,9 @@ def test_gpu_fused_graphed_greedy_sdvar_equals_greedy_target(cuda_device_module)
     sd = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=True, kernels="triton",
                                                                     sampler="fused")))
     for labels in ([1, 7], [4, 4], [0, 9]):
-        want = sd.baseline(2, labels, g_seed=3, top_k=1)
+        want = baseline(sd, 2, labels, g_seed=3, sampling=SamplingConfig(top_k=1))
         for gamma in (1, 2, 3):
-            got = sd.generate_parallel(2, labels, g_seed=3, top_k=1, gamma=gamma)
+            got = sd.generate_parallel(2, labels, g_seed=3, gamma=gamma, sampling=SamplingConfig(top_k=1))
             assert [t.tolist() for t in got.tokens_per_stage] == [t.tolist() for t in want.tokens_per_stage]
     runs = sd.run_factory.runs()
     assert {(r.kernels, r.sampler) for r in runs} == {("triton", "fused")}
@@ -102,7 +103,7 @@ def test_gpu_fused_sampler_draws_the_torch_samplers_tokens(cuda_device_module, t
     logits = torch.randn(2 * B, chunk_l, V, generator=gen, device=device) * 4
     codebook = torch.randn(V, 32, generator=gen, device=device)
     idx, probs, h = sample_stage(logits, l, 1.5, top_k, top_p, codebook, torch.Generator(device=device).manual_seed(7))
-    want_p = filter_top_k_top_p(guided_logits(logits[:, -l:], 9, 10, 1.5), top_k, top_p).softmax(dim=-1)
+    want_p = stage_probs(guided_logits(logits[:, -l:], 9, 10, 1.5), SamplingConfig(top_k=top_k, top_p=top_p))
     want = sample_from_probs(want_p, torch.Generator(device=device).manual_seed(7))
     agree = float((idx == want).float().mean())
     assert agree >= 0.999, f"fused sampler agrees with the PyTorch draw on {agree:.4%} of tokens"
@@ -158,8 +159,8 @@ def test_gpu_whole_stage_graphs_equal_the_step_by_step_stage(d16, sampler):
     model = build_var(vae, 16, model32.device)
     model.load_state_dict(model32.state_dict())
     model = model.to(torch.bfloat16).eval()
+    from sdvar_lib.models.run import ModelRun
     from sdvar_lib.models.sampling import SamplingConfig
-    from sdvar_lib.sdvar.run import ModelRun
 
     sampling = SamplingConfig(cfg=1.5, top_k=900, top_p=0.96)
     run = FastRun(model, 2, FastConfig(use_cuda_graphs=True, sampler=sampler))

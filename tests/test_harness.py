@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdvar_lib import SDVAR, AcceptanceResult
+from sdvar_lib import SDVAR
 from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_bundled
 from sdvar_lib.models.sampling import guided_logits
+from sdvar_lib.sdvar import AcceptanceResult
 from sdvar_lib.sdvar.acceptance import StageVerdict
 from test_framework import TEST_NAMES, Bound, SDVARParallelV1Tester, TestResult, Tolerances, format_summary, print_summary
 
@@ -84,7 +85,7 @@ def test_run_all_tests_passes_on_the_bundled_pair():
 
 
 def test_run_all_tests_passes_in_bfloat16_on_the_fast_path(tiny_pair):
-    from sdvar_lib import FastConfig, FastRunFactory
+    from sdvar_lib.fast import FastConfig, FastRunFactory
     _, draft, target = tiny_pair
     d16, t16 = copy.deepcopy(draft).to(torch.bfloat16), copy.deepcopy(target).to(torch.bfloat16)
     d16.vae_proxy = t16.vae_proxy = target.vae_proxy
@@ -297,7 +298,7 @@ def test_exact_cache_is_the_sequential_cache_in_float32_and_bounds_the_half_prec
 def test_half_precision_cache_check_catches_a_perturbation_of_a_few_ulps(tiny_pair, dtype, monkeypatch):
     """The derived bound is not wide: values stored 16 units of rounding (2**-p) too large are reported, while
     the unperturbed fast path passes."""
-    from sdvar_lib import FastConfig, FastRunFactory
+    from sdvar_lib.fast import FastConfig, FastRunFactory
     from sdvar_lib.fast.run import FastRun
 
     _, draft, target = tiny_pair

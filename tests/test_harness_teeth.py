@@ -20,13 +20,16 @@ import torch.nn.functional as F
 
 import sdvar_lib.sdvar.acceptance as acceptance
 import sdvar_lib.sdvar.decoder as decoder
+import sdvar_lib.sdvar.handoff as handoff
+import sdvar_lib.sdvar.registry as registry
 import test_framework.reference
-from sdvar_lib import SDVAR, VerifyResult
+from sdvar_lib import SDVAR
 from sdvar_lib.models import sampling, var
 from sdvar_lib.models.kv_cache import KVCache, block_causal_mask
 from sdvar_lib.models.quant import MultiScaleQuantizer
+from sdvar_lib.models.run import ModelRun
 from sdvar_lib.models.vqvae import VQVAE
-from sdvar_lib.sdvar.run import ModelRun
+from sdvar_lib.sdvar import VerifyResult
 from sdvar_lib.sdvar.stats import SDVARStats
 from test_framework import SDVARParallelV1Tester
 
@@ -75,12 +78,12 @@ def _top_p_keeps_two(mp):
         second = logits.topk(2, dim=-1).indices[..., 1:]
         return out.scatter(-1, second, logits.gather(-1, second))
 
-    for module in (sampling, var, decoder):
+    for module in (sampling, var):  # stage_probs (every p and q) and the more_smooth mixture
         mp.setattr(module, "filter_top_k_top_p", keep_two)
 
 
 def _verify_without_top_k(mp):
-    mp.setattr(decoder, "filter_top_k_top_p", lambda logits, top_k=0, top_p=0.0: logits)
+    mp.setattr(decoder, "stage_probs", lambda guided_BlV, sampling_config: guided_BlV.softmax(dim=-1))
 
 
 def _verify_stage_by_stage(mp):
@@ -144,14 +147,14 @@ def _corrections_from_p(mp):
 
 
 def _hand_off_one_stage_early(mp):
-    orig = decoder.decode_handoff
-    mp.setattr(decoder, "decode_handoff",
-               lambda new_run, first, second, target_first, labels, s, rng, entry_num, sd_mask:
-               orig(new_run, first, second, target_first, labels, s, rng, max(entry_num - 1, 0), sd_mask))
+    orig = handoff.decode_handoff
+    mp.setattr(handoff, "decode_handoff",
+               lambda sd, first_is_target, labels, s, rng, entry_num, sd_mask:
+               orig(sd, first_is_target, labels, s, rng, max(entry_num - 1, 0), sd_mask))
 
 
 def _baseline_is_the_draft(mp):
-    mp.setattr(SDVAR, "baseline", SDVAR.draft_alone)
+    mp.setattr(registry, "baseline", handoff.draft_alone)
 
 
 def _acceptance_to_the_power(exponent: float):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdvar_lib import VAR
+from sdvar_lib.models import VAR
 from sdvar_lib.models.kv_cache import KVCache, block_causal_mask, stage_ids_for
 from sdvar_lib.models.sampling import cfg_labels
 

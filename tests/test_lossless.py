@@ -49,8 +49,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from sdvar_lib import SDVAR, VAR, VQVAE
+from sdvar_lib import SDVAR
 from sdvar_lib.eval.lossless import TokenEvidence, lossless_verdict, normal_two_sided_bound, token_evidence
+from sdvar_lib.models import VAR, VQVAE
 from sdvar_lib.models.init import sharpen_random_weights_
 from sdvar_lib.models.sampling import SamplingConfig
 
@@ -104,7 +105,7 @@ def run_calls(sd: SDVAR, gamma: int, B: int, calls: int, policy: str = "exact", 
     bonus, accepted, proposed = 0, [0] * S, [0] * S
     for i in range(calls):
         label_B = torch.arange(i * B, (i + 1) * B) % sd.target_model.num_classes
-        out = sd.generate_parallel(B, label_B, g_seed=seed0 + i, cfg=CFG, gamma=gamma, policy=policy, **kw)
+        out = sd.generate_parallel(B, label_B, seed0 + i, SamplingConfig(cfg=CFG), gamma, policy, **kw)
         labels.append(label_B)
         for s in range(S):
             tokens[s].append(out.tokens_per_stage[s])
@@ -152,7 +153,7 @@ def test_lossy_policies_fail_the_same_test(micro, policy, options, draft):
 # ---- the criterion itself ------------------------------------------------------------------------------
 def _reference_samples(model: VAR, n: int, seed: int, **sampling) -> tuple[torch.Tensor, list[torch.Tensor]]:
     labels = torch.arange(n) % model.num_classes
-    out = model.generate(n, labels, g_seed=seed, cfg=CFG, **sampling)
+    out = model.generate(n, labels, g_seed=seed, sampling=SamplingConfig(cfg=CFG, **sampling))
     return labels, out.tokens_per_stage
 
 

@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 
 import sdvar_lib.demo.cli as job
-from sdvar_lib import SDVAR, SamplingConfig, get_method, load_bundled_report, load_pair
+from sdvar_lib import SDVAR, SamplingConfig, get_method, load_pair
 from sdvar_lib.demo.cli import main
 from sdvar_lib.demo.job import DEFAULT_METHODS, resolve_methods
+from sdvar_lib.eval import load_bundled_report
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sdvar_lib import OFFICIAL_DEPTHS, build_vae, build_var
+from sdvar_lib.models import OFFICIAL_DEPTHS, build_vae, build_var
 from tests.conftest import MANIFEST_PATH, require_fixture
 
 

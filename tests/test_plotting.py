@@ -10,6 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from sdvar_lib import SDVAR
+from sdvar_lib.sdvar import baseline
 from sdvar_lib.viz.plotting import (
     acceptance_heatmaps,
     attention_mask_figure,
@@ -65,7 +66,7 @@ def test_image_grid_has_one_panel_per_image_and_renders_headless():
 
 def test_stage_reconstructions_from_the_tiny_model(tiny_pair):
     _, draft, target = tiny_pair
-    out = SDVAR(draft, target).baseline(2, [1, 2], g_seed=0)
+    out = baseline(SDVAR(draft, target), 2, [1, 2], g_seed=0)
     quant = target.vae.quantize
     f_hats = quant.embed_to_fhat(quant.idxBl_to_h(out.tokens_per_stage))
     partial = decode_partial_reconstructions(target, f_hats)

@@ -5,15 +5,26 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sdvar_lib.models.sampling import SamplingConfig
+
 LOGIT_TOL = 1e-4
 IMAGE_TOL = 1e-4
 
 
 def _run_args(args: dict) -> dict:
+    """The reference's keyword arguments of a stored run (``autoregressive_infer_cfg``'s)."""
     args = dict(args)
     if isinstance(args["label_B"], list):
         args["label_B"] = torch.tensor(args["label_B"])
     return args
+
+
+def _generate_args(args: dict) -> dict:
+    """The same run as :meth:`VAR.generate` takes it: the sampling options as one ``SamplingConfig``."""
+    args = _run_args(args)
+    keys = ("cfg", "top_k", "top_p", "more_smooth")
+    return {**{k: v for k, v in args.items() if k not in keys},
+            "sampling": SamplingConfig(**{k: args[k] for k in keys if k in args})}
 
 
 def test_vqvae_tokens_identical(reference_models, reference_expected):
@@ -48,7 +59,7 @@ def test_teacher_forcing_input_and_logits(reference_models, reference_expected):
 def test_sampling_runs_match_reference(reference_models, reference_expected, run_index):
     _, var = reference_models
     run = reference_expected["sampling_runs"][run_index]
-    out = var.generate(**_run_args(run["args"]))
+    out = var.generate(**_generate_args(run["args"]))
     assert len(out.tokens_per_stage) == len(run["tokens_per_stage"])
     for si, (got, ref) in enumerate(zip(out.tokens_per_stage, run["tokens_per_stage"])):
         assert torch.equal(got, ref), f"run {run['args']}: stage {si} tokens differ"
@@ -59,8 +70,8 @@ def test_sampling_runs_match_reference(reference_models, reference_expected, run
 
 def test_same_seed_same_output_different_seed_differs(reference_models):
     _, var = reference_models
-    a = var.generate(2, [1, 2], g_seed=3, cfg=1.5)
-    b = var.generate(2, [1, 2], g_seed=3, cfg=1.5)
-    c = var.generate(2, [1, 2], g_seed=4, cfg=1.5)
+    a = var.generate(2, [1, 2], g_seed=3)
+    b = var.generate(2, [1, 2], g_seed=3)
+    c = var.generate(2, [1, 2], g_seed=4)
     assert all(torch.equal(x, y) for x, y in zip(a.tokens_per_stage, b.tokens_per_stage))
     assert not all(torch.equal(x, y) for x, y in zip(a.tokens_per_stage, c.tokens_per_stage))

@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdvar_lib import (
+from sdvar_lib import METHODS, SDVAR, Method, SamplingConfig, get_method
+from sdvar_lib.sdvar import (
     DECODERS,
-    METHODS,
-    SDVAR,
     AdaptiveGamma,
     ExactPolicy,
     FixedGamma,
-    Method,
     RelaxedPolicy,
-    SamplingConfig,
     Top1MatchPolicy,
-    get_method,
+    baseline,
+    code_handoff,
+    draft_alone,
+    generate_test3,
     methods_for,
     register,
 )
@@ -32,19 +32,19 @@ def _same(a, b) -> bool:
 @pytest.mark.parametrize(
     ("name", "direct"),
     [
-        ("target", lambda sd, kw: sd.baseline(**kw)),
-        ("draft", lambda sd, kw: sd.draft_alone(**kw)),
+        ("target", lambda sd, kw: baseline(sd, **kw)),
+        ("draft", lambda sd, kw: draft_alone(sd, **kw)),
         ("exact_g2", lambda sd, kw: sd.generate_parallel(**kw, gamma=2, policy="exact")),
         ("exact_adaptive", lambda sd, kw: sd.generate_parallel(**kw, gamma="adaptive")),
         ("relaxed_0.1_g2", lambda sd, kw: sd.generate_parallel(**kw, gamma=2, policy="relaxed", budget=0.1)),
         ("top1_0.5_g2", lambda sd, kw: sd.generate_parallel(**kw, gamma=2, policy="top1_match", threshold=0.5)),
-        ("test3_e2", lambda sd, kw: sd.generate_test3(**kw, entry_num=2)),
-        ("code_e3", lambda sd, kw: sd.code_handoff(**kw, entry_num=3)),
+        ("test3_e2", lambda sd, kw: generate_test3(sd, **kw, entry_num=2)),
+        ("code_e3", lambda sd, kw: code_handoff(sd, **kw, entry_num=3)),
     ],
 )
 def test_a_method_runs_exactly_its_decoder(sd, name, direct):
-    kw = dict(B=2, label_B=[1, 7], g_seed=11, cfg=1.5, top_k=5, top_p=0.9)
     sampling = SamplingConfig(cfg=1.5, top_k=5, top_p=0.9)
+    kw = dict(B=2, label_B=[1, 7], g_seed=11, sampling=sampling)
     got = get_method(name).run(sd, 2, [1, 7], 11, sampling)
     want = direct(sd, kw)
     assert _same(got, want)
@@ -61,6 +61,17 @@ def test_registered_methods_and_their_options():
     assert METHODS["relaxed_0.05_g2"].policy == RelaxedPolicy(budget=0.05)
     assert METHODS["top1_0.9_g2"].policy == Top1MatchPolicy(threshold=0.9)
     assert METHODS["code_e8"].entry_num == 8 and METHODS["code_e8"].describe().startswith("CoDe hand-off")
+
+
+def test_each_decoder_kind_describes_its_methods():
+    """``Method.describe`` is the kind's: one line per decoder with the method's options."""
+    assert METHODS["target"].describe() == "target alone" and METHODS["draft"].describe() == "draft alone"
+    assert METHODS["exact_g2"].describe() == "SDVAR exact, gamma 2"
+    assert METHODS["test3_e3"].describe() == "test3 (draft stages < 3, then target)"
+    assert Method("m", "test3", entry_num=3, sd_mask=2).describe() == "test3 (draft stages < 3, then target, sd_mask 2)"
+    assert METHODS["code_e5"].describe() == "CoDe hand-off (target stages < 5, then draft)"
+    for kind in DECODERS.values():
+        assert callable(kind.describe) and callable(kind.run)
 
 
 def test_names_outside_the_registry_follow_the_scheme():
@@ -143,3 +154,15 @@ def test_run_checks_its_arguments(sd):
     with pytest.raises(ValueError, match="entry_num 8 exceeds"):
         METHODS["code_e8"].run(sd, 1)
     assert isinstance(sd, SDVAR)
+
+
+def test_policies_are_frozen_dataclasses():
+    """``AcceptancePolicy`` and every policy are frozen dataclasses (what ARCHITECTURE.md tells a new policy to be)."""
+    import dataclasses
+
+    from sdvar_lib.sdvar import AcceptancePolicy
+
+    for cls in (AcceptancePolicy, ExactPolicy, Top1MatchPolicy, RelaxedPolicy):
+        assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, cls.__name__
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RelaxedPolicy(budget=0.1).budget = 0.2

@@ -17,25 +17,19 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from sdvar_lib import (
-    SDVAR,
-    AdaptiveGamma,
+from sdvar_lib import SDVAR, Method, SamplingConfig, get_method, load_pair, pick_device
+from sdvar_lib.compat import SDVAR as ResearchSDVAR
+from sdvar_lib.models import (
     CheckpointError,
-    Method,
     NonFiniteDistributionError,
-    SamplingConfig,
     build_tiny,
-    get_method,
     load_bundled,
-    load_pair,
     load_state_dict_checked,
-    make_interactive,
-    make_policy,
-    pick_device,
-    run_and_describe,
 )
 from sdvar_lib.models.checkpoints import BUNDLED_DIR
+from sdvar_lib.sdvar import AdaptiveGamma, DraftProposal, baseline, code_handoff, draft_alone, generate_test3, make_policy
 from sdvar_lib.util.checks import SEED_LIMIT
+from sdvar_lib.viz import make_interactive, run_and_describe
 
 
 @dataclass(frozen=True)
@@ -63,14 +57,22 @@ CASES = [
     Case("generate seed -2**63", lambda e: e["target"].generate(1, 1, g_seed=-(2**63)), ValueError, ("g_seed",)),
     Case("generate seed 2**64", lambda e: e["target"].generate(1, 1, g_seed=2**64), ValueError, ("g_seed",)),
     Case("generate seed 1.5", lambda e: e["target"].generate(1, 1, g_seed=1.5), TypeError, ("g_seed",)),
-    Case("generate cfg inf", lambda e: e["target"].generate(1, 1, cfg=float("inf")), ValueError, ("cfg", "finite")),
-    Case("generate cfg nan", lambda e: e["target"].generate(1, 1, cfg=float("nan")), ValueError, ("cfg", "finite")),
-    Case("generate cfg str", lambda e: e["target"].generate(1, 1, cfg="1.5"), TypeError, ("cfg",)),
-    Case("generate top_k -1", lambda e: e["target"].generate(1, 1, top_k=-1), ValueError, ("top_k", ">= 0")),
-    Case("generate top_k > V", lambda e: e["target"].generate(1, 1, top_k=10**6), ValueError, ("top_k", "vocabulary")),
-    Case("generate top_p 1.2", lambda e: e["target"].generate(1, 1, top_p=1.2), ValueError, ("top_p", "[0, 1]")),
-    Case("generate top_p nan", lambda e: e["target"].generate(1, 1, top_p=float("nan")), ValueError, ("top_p",)),
-    Case("generate more_smooth 1", lambda e: e["target"].generate(1, 1, more_smooth=1), TypeError, ("more_smooth",)),
+    Case("reference cfg inf", lambda e: e["target"].autoregressive_infer_cfg(1, 1, cfg=float("inf")), ValueError,
+         ("cfg", "finite")),
+    Case("reference cfg nan", lambda e: e["target"].autoregressive_infer_cfg(1, 1, cfg=float("nan")), ValueError,
+         ("cfg", "finite")),
+    Case("reference cfg str", lambda e: e["target"].autoregressive_infer_cfg(1, 1, cfg="1.5"), TypeError, ("cfg",)),
+    Case("reference top_k -1", lambda e: e["target"].autoregressive_infer_cfg(1, 1, top_k=-1), ValueError, ("top_k", ">= 0")),
+    Case("generate top_k > V", lambda e: e["target"].generate(1, 1, sampling=SamplingConfig(top_k=10**6)), ValueError,
+         ("top_k", "vocabulary")),
+    Case("reference top_p 1.2", lambda e: e["target"].autoregressive_infer_cfg(1, 1, top_p=1.2), ValueError,
+         ("top_p", "[0, 1]")),
+    Case("reference top_p nan", lambda e: e["target"].autoregressive_infer_cfg(1, 1, top_p=float("nan")), ValueError,
+         ("top_p",)),
+    Case("reference more_smooth 1", lambda e: e["target"].autoregressive_infer_cfg(1, 1, more_smooth=1), TypeError,
+         ("more_smooth",)),
+    Case("generate sampling dict", lambda e: e["target"].generate(1, 1, sampling={"cfg": 1.0}), TypeError,
+         ("sampling", "SamplingConfig")),
     Case("generate label 10", lambda e: e["target"].generate(1, 10), ValueError, ("label_B", "[0, 10)")),
     Case("generate labels float", lambda e: e["target"].generate(2, torch.tensor([1.0, 2.0])), TypeError, ("label_B",)),
     Case("generate labels count", lambda e: e["target"].generate(2, [1]), ValueError, ("label_B", "B=2")),
@@ -91,22 +93,28 @@ CASES = [
          ValueError, ("threshold",)),
     Case("parallel verbose", lambda e: _sd(e).generate_parallel(1, 1, verbose="yes"), TypeError, ("verbose",)),
     Case("parallel seed", lambda e: _sd(e).generate_parallel(1, 1, g_seed=-1), ValueError, ("g_seed",)),
-    Case("parallel cfg", lambda e: _sd(e).generate_parallel(1, 1, cfg=float("inf")), ValueError, ("cfg",)),
+    Case("parallel top_k", lambda e: _sd(e).generate_parallel(1, 1, sampling=SamplingConfig(top_k=10**6)), ValueError,
+         ("top_k",)),
+    Case("parallel sampling", lambda e: _sd(e).generate_parallel(1, 1, sampling=1.5), TypeError, ("sampling",)),
     Case("parallel B huge", lambda e: _sd(e).generate_parallel(10**9, 1), ValueError, ("B=1000000000",)),
-    Case("parallel more_smooth", lambda e: _sd(e).generate_parallel(1, 1, more_smooth=True), ValueError, ("more_smooth",)),
-    Case("test3 entry 99", lambda e: _sd(e).generate_test3(1, 1, entry_num=99), ValueError, ("entry_num", "[0, 4]")),
-    Case("test3 entry str", lambda e: _sd(e).generate_test3(1, 1, entry_num="2"), TypeError, ("entry_num",)),
-    Case("test3 sd_mask", lambda e: _sd(e).generate_test3(1, 1, entry_num=2, sd_mask=7), ValueError, ("sd_mask",)),
-    Case("test3 sd_mask bool", lambda e: _sd(e).generate_test3(1, 1, entry_num=2, sd_mask=True), TypeError, ("sd_mask",)),
-    Case("code entry -1", lambda e: _sd(e).code_handoff(1, 1, entry_num=-1), ValueError, ("entry_num",)),
-    Case("baseline top_p", lambda e: _sd(e).baseline(1, 1, top_p=-0.5), ValueError, ("top_p",)),
-    Case("draft_alone seed", lambda e: _sd(e).draft_alone(1, 1, g_seed="0"), TypeError, ("g_seed",)),
+    Case("parallel more_smooth", lambda e: _sd(e).generate_parallel(1, 1, sampling=SamplingConfig(more_smooth=True)),
+         ValueError, ("more_smooth",)),
+    Case("test3 entry 99", lambda e: generate_test3(_sd(e), 1, 1, entry_num=99), ValueError, ("entry_num", "[0, 4]")),
+    Case("test3 entry str", lambda e: generate_test3(_sd(e), 1, 1, entry_num="2"), TypeError, ("entry_num",)),
+    Case("test3 sd_mask", lambda e: generate_test3(_sd(e), 1, 1, entry_num=2, sd_mask=7), ValueError, ("sd_mask",)),
+    Case("test3 sd_mask bool", lambda e: generate_test3(_sd(e), 1, 1, entry_num=2, sd_mask=True), TypeError, ("sd_mask",)),
+    Case("test3 not an SDVAR", lambda e: generate_test3(e["target"], 1, 1), TypeError, ("sd", "SDVAR")),
+    Case("code entry -1", lambda e: code_handoff(_sd(e), 1, 1, entry_num=-1), ValueError, ("entry_num",)),
+    Case("baseline top_k", lambda e: baseline(_sd(e), 1, 1, sampling=SamplingConfig(top_k=10**6)), ValueError, ("top_k",)),
+    Case("draft_alone seed", lambda e: draft_alone(_sd(e), 1, 1, g_seed="0"), TypeError, ("g_seed",)),
     Case("SDVAR models", lambda e: SDVAR("draft", e["target"]), TypeError, ("SDVAR", "VAR")),
     Case("SDVAR run_factory", lambda e: SDVAR(e["draft"], e["target"], run_factory=3), TypeError, ("run_factory",)),
     # the round API
     Case("prepare training", lambda e: _prepare_in_training(e), ValueError, ("training mode", ".eval()")),
     Case("draft gamma 0", lambda e: _sd(e).draft(_sd(e).prepare(1, 1), 0), ValueError, ("gamma",)),
-    Case("alias B mismatch", lambda e: _sd(e).draft_generate_batch(_sd(e).prepare(1, 1), 2), ValueError, ("B=2",)),
+    Case("alias B mismatch", lambda e: e["research"].draft_generate_batch(e["research"].prepare(1, 1), 2), ValueError,
+         ("B=2",)),
+    Case("stale state", lambda e: _stale_state_step(e), ValueError, ("stale", "newest")),
     # gamma rules and policies
     Case("adaptive max_gamma", lambda e: AdaptiveGamma(max_gamma=0), ValueError, ("max_gamma",)),
     Case("adaptive priors", lambda e: AdaptiveGamma(prior_acceptance=1.5), ValueError, ("prior_acceptance",)),
@@ -134,6 +142,13 @@ CASES = [
 ]
 
 
+def _stale_state_step(env):
+    sd = _sd(env)
+    state = sd.prepare(1, 1, g_seed=0, gamma=1)
+    sd.target_step(state)  # a newer state took the caches over
+    return sd.draft(state)
+
+
 def _prepare_in_training(env):
     target = env["target"]
     target.train()
@@ -146,7 +161,7 @@ def _prepare_in_training(env):
 @pytest.fixture(scope="module")
 def env(tiny_pair):
     _, draft, target = tiny_pair
-    return {"draft": draft, "target": target, "sd": SDVAR(draft, target)}
+    return {"draft": draft, "target": target, "sd": SDVAR(draft, target), "research": ResearchSDVAR(draft, target)}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
@@ -188,7 +203,7 @@ def test_models_left_in_training_mode_give_the_eval_images_and_keep_their_mode()
     try:
         got = sd.generate_parallel(2, [1, 2], g_seed=3, gamma=2)
         got_ref = target.generate(2, [1, 2], g_seed=3)
-        got_base = sd.baseline(2, [1, 2], g_seed=3)
+        got_base = baseline(sd, 2, [1, 2], g_seed=3)
         assert draft.training and target.training and all(m.training for m in target.blocks)
     finally:
         draft.eval()
@@ -199,14 +214,14 @@ def test_models_left_in_training_mode_give_the_eval_images_and_keep_their_mode()
 
 
 def test_last_output_belongs_to_the_calling_thread(env):
-    sd = SDVAR(env["draft"], env["target"])
+    sd = ResearchSDVAR(env["draft"], env["target"])
     seen: dict[str, list[int]] = {}
     barrier = threading.Barrier(2)
 
     def worker(name: str, label: int) -> None:
         barrier.wait()
         for _ in range(3):
-            sd.generate_parallel(1, label, g_seed=label, gamma=1)
+            sd.sdvar_autoregressive_infer_cfg_parallel_v1(1, label, g_seed=label, gamma=1)
             seen.setdefault(name, []).append(int(sd.last_output.label_B[0]))
 
     threads = [threading.Thread(target=worker, args=(n, lab)) for n, lab in (("a", 2), ("b", 7))]
@@ -218,19 +233,54 @@ def test_last_output_belongs_to_the_calling_thread(env):
     assert sd.last_output is None  # this thread made no call on this SDVAR
 
 
-def test_committing_twice_from_one_state_counts_each_round_once(env):
+def test_a_commit_counts_its_round_once_and_leaves_the_old_state_stale(env):
     sd = env["sd"]
     state = sd.prepare(2, [1, 2], g_seed=0, gamma=2)
     proposal = sd.draft(state)
     verify = sd.verify(state, proposal)
     acceptance = sd.accept(state, proposal, verify)
-    first = sd.commit(state, proposal, acceptance)
-    second = sd.update_state_with_accepted_tokens(state, proposal, acceptance)  # the research name, same state
-    for new in (first, second):
-        assert new.stats.rounds == 1 and new.stats.target_passes == 1 and new.stats.draft_passes == proposal.gamma
-        assert sum(new.stats.proposed_stages_per_stage) == len(acceptance.verdicts)
+    new = sd.commit(state, proposal, acceptance)
+    assert new.stats.rounds == 1 and new.stats.target_passes == 1 and new.stats.draft_passes == proposal.gamma
+    assert sum(new.stats.proposed_stages_per_stage) == len(acceptance.verdicts)
     assert state.stats.rounds == 0 and state.stats.target_passes == 0 and state.stats.accepted_tokens_S is None
-    assert first.stats.accepted_tokens_per_stage == second.stats.accepted_tokens_per_stage
+    with pytest.raises(ValueError, match="stale"):  # the caches now hold the new state's stages
+        env["research"].update_state_with_accepted_tokens(state, proposal, acceptance)
+    new.check_current()
+
+
+def test_rounds_from_an_older_state_are_refused_before_any_model_call(env, monkeypatch):
+    """Two states committed from one share their KV caches: the older one is refused, nothing runs, nothing changes."""
+    sd = env["sd"]
+    state = sd.prepare(2, [1, 2], g_seed=0, gamma=1)
+    first = sd.run_round(state).state
+    second = sd.run_round(first).state  # the caches now hold second's stages
+    lengths = (second.target.cache.length, second.draft.cache.length)
+    passes = []
+    monkeypatch.setattr(type(sd.target_model), "forward_cached", lambda *a, **k: passes.append(1))
+    for stale in (state, first):
+        for step in (lambda s: sd.run_round(s), lambda s: list(sd.iter_rounds(s)), sd.draft, sd.target_step):
+            with pytest.raises(ValueError, match="stale.*newest state"):
+                step(stale)
+        with pytest.raises(ValueError, match="stale"):
+            sd.verify(stale, DraftProposal(start=stale.c, tokens=[], q_probs=[], f_hats=[], draft_cache_before=0))
+    assert passes == [] and (second.target.cache.length, second.draft.cache.length) == lengths
+    monkeypatch.undo()
+    assert sd.run_round(second).state.c > second.c  # the newest state runs on
+
+
+def test_a_new_call_on_reused_runs_makes_the_old_state_stale(tiny_pair):
+    """The fast path reuses its runs between calls: a state of an earlier call is refused once a new call began."""
+    from sdvar_lib.fast import FastConfig, FastRunFactory
+
+    _, draft, target = tiny_pair
+    sd = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=False)))
+    old = sd.prepare(1, [1], g_seed=0, gamma=1)
+    baseline(sd, 1, [2], g_seed=1)  # takes the old state's target run over (no SDVAR state of its own)
+    with pytest.raises(ValueError, match="stale"):
+        sd.run_round(old)
+    sd.generate_parallel(1, [2], g_seed=1, gamma=1)
+    with pytest.raises(ValueError, match="stale"):
+        sd.run_round(old)
 
 
 def test_non_finite_weights_are_refused_with_the_key(tmp_path):
@@ -277,7 +327,7 @@ def test_a_broken_bundle_config_names_the_file(tmp_path, edit, match):
 
 def test_the_research_test3_default_runs_on_the_bundled_pair():
     pair = load_pair("bundled")
-    sd = SDVAR(pair.draft, pair.target)
+    sd = ResearchSDVAR(pair.draft, pair.target)
     images = sd.sdvar_autoregressive_infer_cfg_sd_test3(1, 3, g_seed=0)  # default entry_num: every stage by the draft
     assert images.shape[0] == 1 and sd.last_output.stats.draft_passes == pair.target.num_stages
 

@@ -9,8 +9,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sdvar_lib import SDVAR, DraftProposal, build_tiny, eager_run
+from sdvar_lib import SDVAR, SamplingConfig, get_method
+from sdvar_lib.compat import SDVAR as ResearchSDVAR
+from sdvar_lib.models import build_tiny, eager_run
 from sdvar_lib.models.sampling import guided_logits
+from sdvar_lib.sdvar import DraftProposal, baseline, generate_test3
+
+GREEDY = SamplingConfig(cfg=1.5, top_k=1)
 
 S_TINY = 4
 
@@ -22,7 +27,7 @@ def _random_tokens(model, B: int, seed: int) -> list[torch.Tensor]:
 
 def _state_with_prefix(sd: SDVAR, tokens: list[torch.Tensor], c: int, B: int, cfg: float, labels):
     """A state with stages < c committed and the target cache holding their inputs."""
-    state = sd.prepare(B, labels, g_seed=0, cfg=cfg, gamma=1)
+    state = sd.prepare(B, labels, g_seed=0, sampling=SamplingConfig(cfg=cfg), gamma=1)
     f_hats = sd.f_hats_after([], 0, tokens[:c])
     if c > 0:
         state.target.forward(state.target.chunk_input(range(c), f_hats))
@@ -96,26 +101,25 @@ def test_combined_query_uses_target_embeddings_and_positions(sd):
 @pytest.mark.parametrize("labels", [[0, 1], [7, 3], [9, 9]])
 def test_greedy_identity(sd, gamma, labels):
     target = sd.target_model
-    reference = target.generate(2, labels, g_seed=11, cfg=1.5, top_k=1)
-    out = sd.generate_parallel(2, labels, g_seed=11, cfg=1.5, top_k=1, gamma=gamma, policy="exact")
+    reference = target.generate(2, labels, g_seed=11, sampling=GREEDY)
+    out = sd.generate_parallel(2, labels, g_seed=11, sampling=GREEDY, gamma=gamma, policy="exact")
     for si, (a, b) in enumerate(zip(out.tokens_per_stage, reference.tokens_per_stage)):
         assert torch.equal(a, b), f"stage {si} differs from the target's greedy tokens"
     assert torch.equal(out.images_B3HW, reference.images_B3HW)
-    images = sd.sdvar_autoregressive_infer_cfg_parallel_v1(2, labels, g_seed=11, cfg=1.5, top_k=1, gamma=gamma)
+    research = ResearchSDVAR(sd.draft_model, sd.target_model)
+    images = research.sdvar_autoregressive_infer_cfg_parallel_v1(2, labels, g_seed=11, cfg=1.5, top_k=1, gamma=gamma)
     assert torch.equal(images, reference.images_B3HW)
-    assert sd.last_output.stats.target_passes <= S_TINY
+    assert research.last_output.stats.target_passes <= S_TINY
 
 
 def test_greedy_self_draft_all_decoders_agree(self_sd):
     target = self_sd.target_model
-    reference = target.generate(3, [1, 2, 3], g_seed=0, cfg=1.5, top_k=1).images_B3HW
-    outs = {"baseline": self_sd.baseline(3, [1, 2, 3], g_seed=0, cfg=1.5, top_k=1).images_B3HW}
+    reference = target.generate(3, [1, 2, 3], g_seed=0, sampling=GREEDY).images_B3HW
+    outs = {"baseline": baseline(self_sd, 3, [1, 2, 3], 0, GREEDY).images_B3HW}
     for gamma in (1, 2, 3, 4):
-        outs[f"parallel g{gamma}"] = self_sd.generate_parallel(3, [1, 2, 3], g_seed=0, top_k=1, gamma=gamma).images_B3HW
+        outs[f"parallel g{gamma}"] = self_sd.generate_parallel(3, [1, 2, 3], 0, GREEDY, gamma).images_B3HW
     for entry in range(S_TINY + 1):
-        outs[f"test3 e{entry}"] = self_sd.sdvar_autoregressive_infer_cfg_sd_test3(
-            3, [1, 2, 3], g_seed=0, top_k=1, entry_num=entry, sd_mask=0
-        )
+        outs[f"test3 e{entry}"] = get_method(f"test3_e{entry}").run(self_sd, 3, [1, 2, 3], 0, GREEDY).images_B3HW
     for name, images in outs.items():
         assert (images - reference).abs().max() <= 1e-4, name
 
@@ -124,7 +128,7 @@ def test_greedy_self_draft_all_decoders_agree(self_sd):
 def test_self_draft_accepts_everything(self_sd, gamma):
     accepted = proposed = 0
     for seed in range(6):
-        out = self_sd.generate_parallel(4, None, g_seed=seed, cfg=1.5, gamma=gamma)
+        out = self_sd.generate_parallel(4, None, g_seed=seed, gamma=gamma)
         st = out.stats
         accepted += sum(st.accepted_tokens_per_stage)
         proposed += sum(st.proposed_tokens_per_stage)
@@ -194,8 +198,8 @@ def test_adaptive_gamma_falls_back_with_a_useless_draft(sd, self_sd):
 def test_gamma_schedule_with_target_steps(sd):
     out = sd.generate_parallel(2, [1, 2], g_seed=0, gamma=(0, 2, 1))
     assert out.stats.gamma_per_round[0] == 0
-    reference = sd.target_model.generate(2, [1, 2], g_seed=0, top_k=1)
-    greedy = sd.generate_parallel(2, [1, 2], g_seed=0, top_k=1, gamma=(0, 2, 1))
+    reference = sd.target_model.generate(2, [1, 2], g_seed=0, sampling=GREEDY)
+    greedy = sd.generate_parallel(2, [1, 2], g_seed=0, sampling=GREEDY, gamma=(0, 2, 1))
     assert all(torch.equal(x, y) for x, y in zip(greedy.tokens_per_stage, reference.tokens_per_stage))
 
 
@@ -220,7 +224,7 @@ def _assert_cache_matches(cache, reference, what: str):
 @pytest.mark.parametrize("pair", ["different", "self"])
 def test_caches_after_every_round_equal_sequential(sd, self_sd, gamma, pair):
     model = sd if pair == "different" else self_sd
-    state = model.prepare(3, [1, 2, 3], g_seed=2, cfg=1.5, gamma=gamma)
+    state = model.prepare(3, [1, 2, 3], g_seed=2, gamma=gamma)
     rounds = 0
     for record in model.iter_rounds(state):
         st = record.state
@@ -268,7 +272,7 @@ def test_a_call_that_raises_leaves_nothing_behind(tiny_pair):
 
 
 def test_state_is_not_mutated_by_a_round(sd):
-    state = sd.prepare(2, [1, 2], g_seed=0, cfg=1.5, gamma=2)
+    state = sd.prepare(2, [1, 2], g_seed=0, gamma=2)
     first = next(sd.iter_rounds(state))
     assert state.tokens == () and state.f_hats == ()
     assert first.state is not state and first.state.c >= 1
@@ -286,9 +290,9 @@ def test_state_is_not_mutated_by_a_round(sd):
         (dict(policy="greedy"), r"unknown policy 'greedy'; allowed: exact, top1_match, relaxed"),
         (dict(policy="top1_match", threshold=0.0), r"threshold .* must be a finite number in \(0, 1\]"),
         (dict(policy="relaxed", budget=2.0), r"budget .* must be a finite number in \[0, 1\]"),
-        (dict(more_smooth=True), r"more_smooth=True cannot be used with the token-level policy 'exact'"),
-        (dict(policy="top1_match", more_smooth=True), r"more_smooth=True cannot be used"),
-        (dict(cfg=-1.0), r"cfg must be a finite number >= 0"),
+        (dict(sampling=SamplingConfig(more_smooth=True)), r"more_smooth=True cannot be used with the token-level policy 'exact'"),
+        (dict(policy="top1_match", sampling=SamplingConfig(more_smooth=True)), r"more_smooth=True cannot be used"),
+        (dict(sampling=SamplingConfig(top_k=10**6)), r"top_k must be in \[0, 64\]"),
         (dict(B=0), r"B must be an int >= 1"),
     ],
 )
@@ -307,11 +311,11 @@ def test_parallel_rejects_bad_input(sd, kwargs, pattern):
 ])
 def test_test3_rejects_bad_input(sd, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
-        sd.generate_test3(2, [1, 2], g_seed=0, **{"entry_num": 2, **kwargs})
+        generate_test3(sd, 2, [1, 2], g_seed=0, **{"entry_num": 2, **kwargs})
 
 
 def test_mismatched_models_are_rejected():
-    from sdvar_lib import VAR, VQVAE
+    from sdvar_lib.models import VAR, VQVAE
     from sdvar_lib.models.presets import TINY_CONFIG
 
     vae, target = build_tiny(0)
@@ -329,12 +333,12 @@ def test_mismatched_models_are_rejected():
     wide = VQVAE(**dict(TINY_CONFIG["vae"], z_channels=16))
     with pytest.raises(ValueError, match="Cvae differs"):
         SDVAR(VAR(wide, **TINY_CONFIG["var"]), target)
-    with pytest.raises(TypeError, match="two sdvar_lib.VAR models"):
+    with pytest.raises(TypeError, match="two sdvar_lib.models.VAR models"):
         SDVAR(target.vae, target)
 
 
 def test_experimental_masks_change_the_prefill(sd):
-    outs = [sd.generate_test3(2, [1, 2], g_seed=0, entry_num=3, sd_mask=m, top_k=1).images_B3HW for m in range(6)]
+    outs = [generate_test3(sd, 2, [1, 2], 0, GREEDY, entry_num=3, sd_mask=m).images_B3HW for m in range(6)]
     assert torch.equal(outs[0], outs[3])  # native training mask == block-causal
     assert any(not torch.equal(outs[0], o) for o in outs[1:3] + outs[4:])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdvar_lib import SDVAR
+from sdvar_lib import SDVAR, SamplingConfig
 from sdvar_lib.viz.widgets import POLICY_OPTIONS, RunDescription, describe_stats, make_interactive, run_and_describe
 
 
@@ -32,7 +32,7 @@ def test_run_and_describe_is_reproducible_and_matches_generate_parallel(sd):
     a = run_and_describe(sd, gamma=3, cfg=2.0, policy="top1_match", seed=5, labels=[4, 5], with_figure=False)
     b = run_and_describe(sd, gamma=3, cfg=2.0, policy="top1_match", seed=5, labels=[4, 5], with_figure=False)
     assert a.figure is None and a.text == b.text and torch.equal(a.images_B3HW, b.images_B3HW)
-    ref = sd.generate_parallel(2, [4, 5], g_seed=5, cfg=2.0, gamma=3, policy="top1_match")
+    ref = sd.generate_parallel(2, [4, 5], g_seed=5, gamma=3, policy="top1_match", sampling=SamplingConfig(cfg=2.0))
     assert torch.equal(a.images_B3HW, ref.images_B3HW.cpu())
     assert a.stats.gamma_per_round == ref.stats.gamma_per_round
 

@@ -29,8 +29,8 @@ from sdvar_lib.bench.timing import ReplayTimer, median_event_ms
 from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.fast.sampling import FusedSampler, resolve_sampler
 from sdvar_lib.models.presets import ModelPair
+from sdvar_lib.models.run import ModelRun
 from sdvar_lib.models.sampling import SamplingConfig
-from sdvar_lib.sdvar.run import ModelRun
 
 __all__ = [
     "COMPONENTS",

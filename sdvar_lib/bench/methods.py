@@ -200,8 +200,7 @@ def method_call(ctx: PairContext, row: BenchMethod, scenario: Scenario | None, B
                 rule: GammaRule | None = None) -> Callable[[int], object]:
     """``seed -> output`` of one call of ``row`` (``rule``: the calibrated gamma rule of :data:`CALIBRATED`)."""
     if row.eager:
-        s = sampling
-        return lambda seed: ctx.pair.target.generate(B, None, seed, s.cfg, s.top_k, s.top_p, s.more_smooth)
+        return lambda seed: ctx.pair.target.generate(B, None, seed, sampling)
     method = row.for_call(scenario, rule)
     return lambda seed: method.run(ctx.sd, B, None, seed, sampling)
 

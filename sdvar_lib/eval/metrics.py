@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_checkpoint_file, load_state_dict_checked
+from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.util.checks import check_int
 
 log = logging.getLogger(__name__)
@@ -400,7 +401,7 @@ def generate_balanced(
     images = []
     for i, start in enumerate(range(0, num_samples, batch_size)):
         lab = label_N[start : start + batch_size]
-        out = var.generate(int(lab.numel()), lab.to(var.device), g_seed=g_seed + i, cfg=cfg, top_k=top_k, top_p=top_p)
+        out = var.generate(int(lab.numel()), lab.to(var.device), g_seed + i, SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p))
         images.append(out.images_B3HW.float().cpu())
     return torch.cat(images, dim=0), label_N
 

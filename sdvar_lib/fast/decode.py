@@ -57,7 +57,7 @@ class FastDecoder:
 
     def __init__(self, vae: VQVAE, dtype: torch.dtype | None = None, kernels: str = "auto") -> None:
         if not isinstance(vae, VQVAE):
-            raise TypeError(f"FastDecoder needs an sdvar_lib.VQVAE, got {type(vae).__name__}")
+            raise TypeError(f"FastDecoder needs an sdvar_lib.models.VQVAE, got {type(vae).__name__}")
         device = vae.post_quant_conv.weight.device
         if dtype is None:
             dtype = decode_dtype(device)

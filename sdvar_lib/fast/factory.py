@@ -44,7 +44,7 @@ class FastRunFactory:
 
     def __call__(self, model: VAR, label_B: torch.Tensor) -> FastRun:
         if not isinstance(model, VAR):
-            raise TypeError(f"run_factory needs an sdvar_lib.VAR, got {type(model).__name__}")
+            raise TypeError(f"run_factory needs an sdvar_lib.models.VAR, got {type(model).__name__}")
         if not isinstance(label_B, torch.Tensor) or label_B.ndim != 1 or label_B.dtype.is_floating_point:
             raise TypeError("label_B must be a 1-D integer tensor of class labels")
         if label_B is not self._call_labels:

@@ -78,7 +78,7 @@ class GraphedDecode:
     def __init__(self, vae: VQVAE, capture_warmup: int = 1, fast: bool = False, dtype: torch.dtype | None = None,
                  kernels: str = "auto") -> None:
         if not isinstance(vae, VQVAE):
-            raise TypeError(f"GraphedDecode needs an sdvar_lib.VQVAE, got {type(vae).__name__}")
+            raise TypeError(f"GraphedDecode needs an sdvar_lib.models.VQVAE, got {type(vae).__name__}")
         self.vae = vae
         self.capture_warmup = check_int(capture_warmup, "capture_warmup", 0)
         self.fast = check_bool(fast, "fast")

@@ -1,8 +1,9 @@
 """GPU fast path for VAR decoding: static KV caches, bf16 weights and one CUDA graph per chunk shape.
 
-Every decoder of :mod:`sdvar_lib.sdvar.decoder` gets its per-call model context from a *run factory*
-(``SDVAR(draft, target, run_factory=...)``). :class:`FastRunFactory` supplies :class:`FastRun`
-objects that are kept between calls, one per ``(model, batch size)``:
+Every decoder of :mod:`sdvar_lib.sdvar` gets its per-call model context (a
+:class:`~sdvar_lib.models.run.ModelRun`) from a *run factory* (``SDVAR(draft, target, run_factory=...)``).
+:class:`sdvar_lib.fast.factory.FastRunFactory` supplies :class:`FastRun` objects that are kept
+between calls, one per ``(model, batch size)``:
 
 - the KV cache (:class:`StaticKVCache`, in the model's dtype) is allocated once and reset at the
   start of every call; passes write at ``[length, length + l)`` and rollbacks move the length;
@@ -17,9 +18,11 @@ objects that are kept between calls, one per ``(model, batch size)``:
   graph too), and runs each block with 8 kernels (Triton kernels for the work around the GEMMs;
   PyTorch's, 18 per block, on the CPU or where Triton does not run); ``FastConfig(fused=False)``
   runs :meth:`sdvar_lib.models.var.VAR.forward_cached` instead;
-- a stage read on its own runs as one *whole-stage program* (:meth:`FastRun.decode_stage`): its
-  input, the pass, the draw (fused sampler kernel, :mod:`sdvar_lib.fast.sampling`, or PyTorch's
-  kernels), the codebook lookup and the ``f_hat`` update in one graph; the host only draws the
+- a stage read on its own runs as one *whole-stage program* (:meth:`FastRun.decode_stage`, the
+  stage step of :meth:`sdvar_lib.models.run.ModelRun.decode_stage` in one graph): its input, the
+  pass, the draw (the fused sampler kernel, :mod:`sdvar_lib.fast.sampling`, or the reference's
+  :func:`~sdvar_lib.models.sampling.stage_probs`), the codebook lookup and the ``f_hat`` update
+  (:meth:`~sdvar_lib.models.quant.MultiScaleQuantizer.f_hat_after`); the host only draws the
   ``Exp(1)`` noise ``torch.multinomial`` would draw (same generator: the same random stream) and
   copies the results out. :meth:`FastRun.sample_stage` fuses the draw of the other passes.
 
@@ -28,7 +31,7 @@ Graphs are captured by :func:`sdvar_lib.fast.graphs.capture_graph`; the graphed 
 
 With ``FastConfig(use_cuda_graphs=False)`` the very same code path (static buffers, per-key
 programs, length bookkeeping) runs eagerly instead of replaying graphs; that is what the CPU tests
-compare with the library's eager runs. The eager runs of :func:`sdvar_lib.sdvar.decoder.eager_run` stay the
+compare with the library's eager runs. The eager runs of :func:`sdvar_lib.models.run.eager_run` stay the
 default of :class:`~sdvar_lib.sdvar.decoder.SDVAR`.
 
 Models are used in whatever dtype they have; for speed convert them with
@@ -58,15 +61,9 @@ from sdvar_lib.fast.graphs import CapturedGraph, capture_graph
 from sdvar_lib.fast.kernels import resolve_backend
 from sdvar_lib.fast.sampling import FusedSampler, resolve_sampler
 from sdvar_lib.models.kv_cache import KVCache
-from sdvar_lib.models.sampling import (
-    SamplingConfig,
-    StageSample,
-    cfg_labels,
-    filter_top_k_top_p,
-    guided_logits,
-)
+from sdvar_lib.models.run import ModelRun
+from sdvar_lib.models.sampling import SamplingConfig, StageSample, cfg_labels, guided_logits, stage_probs
 from sdvar_lib.models.var import VAR
-from sdvar_lib.sdvar.run import ModelRun
 from sdvar_lib.util.checks import check_int
 
 log = logging.getLogger(__name__)
@@ -143,7 +140,7 @@ class FastRun(ModelRun):
 
     def __init__(self, model: VAR, batch_size: int, config: FastConfig | None = None) -> None:
         if not isinstance(model, VAR):
-            raise TypeError(f"FastRun needs an sdvar_lib.VAR, got {type(model).__name__}")
+            raise TypeError(f"FastRun needs an sdvar_lib.models.VAR, got {type(model).__name__}")
         check_int(batch_size, "batch_size", 1)
         if model.training:
             raise ValueError("FastRun needs a model in eval mode (call model.eval()); training mode drops paths")
@@ -245,6 +242,7 @@ class FastRun(ModelRun):
             self._run_prologue()
         self.cache.reset()
         self.pass_log.clear()
+        self.epoch += 1  # a new call: states of earlier calls on this run are stale
 
     def is_current(self) -> bool:
         """False once the model's parameters were moved or converted (captured graphs would read stale memory)."""
@@ -283,20 +281,22 @@ class FastRun(ModelRun):
 
     @torch.no_grad()
     def decode_stage(self, si: int, f_hats: Sequence[torch.Tensor], sampling: SamplingConfig,
-                     rng: torch.Generator | None) -> tuple[StageSample, torch.Tensor]:
+                     rng: torch.Generator | None, attn_mask: torch.Tensor | None = None) -> tuple[StageSample, torch.Tensor]:
         """One stage as one program (CUDA graph): input, fused pass, the draw, the codebook lookup and ``f_hat``.
 
         Per stage the host copies ``f_hat`` in, draws the ``Exp(1)`` noise ``torch.multinomial`` would
         draw (same generator, so the same random stream), replays the program and copies the results
         out — instead of launching some forty kernels. The draw is ``argmax(p / noise)``, which is
         what ``torch.multinomial`` computes for one sample per row; ``p`` comes from the fused sampler
-        kernel or from the reference's PyTorch kernels (:data:`FUSED_SAMPLER_MAX_ROWS`). ``more_smooth``,
-        the first (generic) fast path and a cache not holding exactly the stages ``< si`` take the
-        step-by-step way of :meth:`ModelRun.decode_stage`.
+        kernel or from :func:`~sdvar_lib.models.sampling.stage_probs` (:data:`FUSED_SAMPLER_MAX_ROWS`).
+        ``more_smooth``, an explicit ``attn_mask``, the first (generic) fast path and a cache not
+        holding exactly the stages ``< si`` (a catch-up chunk) take the step-by-step way of
+        :meth:`ModelRun.decode_stage`.
         """
         position, l = chunk_span(self.model, si, 1)
-        if not (self.fused and self.config.whole_stage) or sampling.more_smooth or self.cache.length != position:
-            return super().decode_stage(si, f_hats, sampling, rng)
+        if (not (self.fused and self.config.whole_stage) or sampling.more_smooth or attn_mask is not None
+                or self.cache.length != position):
+            return super().decode_stage(si, f_hats, sampling, rng, attn_mask)
         buf = self._stage_buffers or self._new_stage_buffers()
         B, V, Cv, pn, n = self.batch_size, self.model.V, self.model.Cvae, self.model.patch_nums[si], self.batch_size * l
         if si > 0:
@@ -480,18 +480,14 @@ class FastRun(ModelRun):
             self._x_view(l).copy_(self.stage_input(si, f_in))
             self._step(position, l)
             logits = self._out_view(l)
-            if use_kernel:
+            if use_kernel:  # the fused equivalent of stage_probs, the draw and the lookup
                 self._sampler.sample_into(logits, si, sampling, noise, idx, probs, h)
-            else:  # the reference's kernels, then the draw torch.multinomial makes for one sample
-                p = filter_top_k_top_p(guided_logits(logits, si, S, sampling.cfg), sampling.top_k, sampling.top_p)
-                probs.copy_(p.softmax(dim=-1).view(n, V))
+            else:  # the reference's stage_probs, then the draw torch.multinomial makes for one sample
+                probs.copy_(stage_probs(guided_logits(logits, si, S, sampling.cfg), sampling).view(n, V))
                 torch.argmax(probs / noise, dim=-1, out=idx)
                 h.copy_(F.embedding(idx, codebook))
-            contrib = quant.stage_contribution(si, h.view(B, l, Cv).transpose(1, 2).reshape(B, Cv, pn, pn))
-            if si == 0:
-                buf.f_out.copy_(contrib)
-            else:
-                torch.add(buf.f_in, contrib, out=buf.f_out)
+            h_BChw = h.view(B, l, Cv).transpose(1, 2).reshape(B, Cv, pn, pn)
+            buf.f_out.copy_(quant.f_hat_after(si, buf.f_in if si > 0 else None, h_BChw))
             self.cache.set_length(position)
 
         return stage

@@ -1,7 +1,8 @@
 """Fused stage sampling of the fast path: CFG, top-k/top-p, the draw and the codebook lookup in one kernel.
 
 :class:`FusedSampler` replaces the thirty-odd PyTorch kernels of ``guided_logits`` +
-:meth:`sdvar_lib.models.var.VAR.sample_stage` by two: PyTorch draws the ``Exp(1)`` noise that
+:meth:`sdvar_lib.models.var.VAR.sample_stage` (whose distribution is
+:func:`~sdvar_lib.models.sampling.stage_probs`) by two: PyTorch draws the ``Exp(1)`` noise that
 ``torch.multinomial`` draws for one sample per row (same generator, same shape, so the random
 stream is the reference's), and one Triton kernel (:mod:`sdvar_lib.fast.kernels.sampling`) does
 the rest without a host synchronisation. ``more_smooth`` (a Gumbel-softmax mixture instead of a

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["KVCache", "stage_ids_for", "block_causal_mask"]
+__all__ = ["KVCache", "stage_ids_for", "block_causal_mask", "block_causal_chunk_mask"]
 
 
 def stage_ids_for(patch_nums: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
@@ -25,6 +25,12 @@ def stage_ids_for(patch_nums: Sequence[int], device: torch.device | str | None =
 def block_causal_mask(query_stage_ids: torch.Tensor, key_stage_ids: torch.Tensor) -> torch.Tensor:
     """Boolean ``(l_q, l_k)`` mask, ``True`` where a query may attend: key stage <= query stage."""
     return key_stage_ids.unsqueeze(0) <= query_stage_ids.unsqueeze(1)
+
+
+def block_causal_chunk_mask(stage_ids_L: torch.Tensor, start: int, l: int) -> torch.Tensor:
+    """Boolean mask ``(l, start + l)`` of a chunk of ``l`` queries at ``[start, start + l)`` over the keys ``[0, start + l)``."""
+    end = start + l
+    return block_causal_mask(stage_ids_L[start:end], stage_ids_L[:end])
 
 
 class KVCache:
@@ -102,7 +108,7 @@ class KVCache:
             raise ValueError(f"chunk of {l} tokens at position {start} overflows the cache of {self.max_length}")
         if l == 0 or self._stage_of_position[start] == self._stage_of_position[end - 1]:
             return None
-        return block_causal_mask(self.stage_ids_L[start:end], self.stage_ids_L[:end])
+        return block_causal_chunk_mask(self.stage_ids_L, start, l)
 
     def advance(self, l: int) -> None:
         """Make the chunk just written by every layer part of the cache."""

@@ -151,6 +151,15 @@ class MultiScaleQuantizer(nn.Module):
         # layout whatever the input was, so decoding takes the same kernels on every path.
         return self.phi(si)(h_BChw).contiguous()
 
+    def f_hat_after(self, si: int, f_hat_BChw: torch.Tensor | None, h_BChw: torch.Tensor) -> torch.Tensor:
+        """``f_hat`` after stage ``si``: ``f_hat`` before it (``None`` before stage 0) plus the stage's contribution.
+
+        The one ``f_hat`` update of every decoder (the reference sampler, SDVAR's rounds, the hand-offs
+        and the fast path's whole-stage programs); ``h_BChw`` is the stage's embedded token map.
+        """
+        contrib = self.stage_contribution(si, h_BChw)
+        return contrib if f_hat_BChw is None else f_hat_BChw + contrib
+
     # ---- training -----------------------------------------------------------------------------
     def forward(self, f_BChw: torch.Tensor, ret_usages: bool = False):
         """Quantize with a straight-through estimator: ``(f_hat, usages or None, vq_loss)``.
@@ -212,10 +221,9 @@ class MultiScaleQuantizer(nn.Module):
         B = ms_h_BChw[0].shape[0]
         out: list[torch.Tensor] = []
         if all_to_max_scale:
-            H = self.v_patch_nums[-1]
-            f_hat = ms_h_BChw[0].new_zeros(B, self.Cvae, H, H, dtype=torch.float32)
+            f_hat = None
             for si, h_BChw in enumerate(ms_h_BChw):
-                f_hat = f_hat + self.stage_contribution(si, h_BChw)
+                f_hat = self.f_hat_after(si, f_hat, h_BChw)
                 out.append(f_hat)
         else:  # experimental: grow f_hat scale by scale instead of working at the last scale
             pn0 = self.v_patch_nums[0]
@@ -237,8 +245,6 @@ class MultiScaleQuantizer(nn.Module):
         f_hat = None
         inputs: list[torch.Tensor] = []
         for si in range(self.num_stages - 1):
-            h_BChw = self.idx_to_h(si, gt_ms_idx_Bl[si])
-            contrib = self.stage_contribution(si, h_BChw)
-            f_hat = contrib if f_hat is None else f_hat + contrib
+            f_hat = self.f_hat_after(si, f_hat, self.idx_to_h(si, gt_ms_idx_Bl[si]))
             inputs.append(self.next_input(si, f_hat))
         return torch.cat(inputs, dim=1)

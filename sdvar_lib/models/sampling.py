@@ -6,8 +6,14 @@ so that a given ``g_seed`` reproduces its tokens bit for bit (DESIGN §4):
 
 - one ``torch.Generator`` seeded with ``g_seed`` drives everything (:func:`make_generator`);
 - labels: ``None`` draws ``B`` labels first with one ``multinomial`` call (:func:`prepare_labels`);
-- per stage: CFG (:func:`guided_logits`) -> :func:`filter_top_k_top_p` -> softmax ->
-  :func:`sample_from_probs`; with ``more_smooth`` a Gumbel-softmax mixture (:func:`gumbel_softmax_with_rng`).
+- per stage: CFG (:func:`guided_logits`) -> :func:`stage_probs` (:func:`filter_top_k_top_p`, softmax)
+  -> :func:`sample_from_probs`; with ``more_smooth`` a Gumbel-softmax mixture (:func:`gumbel_softmax_with_rng`).
+
+:func:`stage_probs` is the one place a stage's guided logits become the distribution its tokens are
+drawn from: the draft's ``q``, the target's ``p`` in SDVAR's verification and every model's draw
+(:meth:`sdvar_lib.models.var.VAR.sample_stage`) all come from it, so they agree by construction
+(losslessness rests on it). The fast path's fused sampler kernel
+(:mod:`sdvar_lib.fast.kernels.sampling`) is its fused equivalent, checked against it by the tests.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ __all__ = [
     "apply_cfg",
     "guided_logits",
     "filter_top_k_top_p",
+    "stage_probs",
     "sample_from_probs",
     "smooth_temperature",
     "gumbel_softmax_with_rng",
@@ -176,6 +183,15 @@ def filter_top_k_top_p(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 
         remove = torch.zeros_like(remove_sorted).scatter(-1, sorted_idx, remove_sorted)
         logits_BlV = logits_BlV.masked_fill(remove, -torch.inf)
     return logits_BlV
+
+
+def stage_probs(guided_BlV: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
+    """A stage's sampling distribution ``(B, l, V)`` from its guided logits: top-k/top-p, then softmax.
+
+    The draft's ``q`` and the target's ``p`` are both this function of their guided logits
+    (:func:`guided_logits`).
+    """
+    return filter_top_k_top_p(guided_BlV, sampling.top_k, sampling.top_p).softmax(dim=-1)
 
 
 def sample_from_probs(probs_BlV: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:

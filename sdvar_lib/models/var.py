@@ -1,8 +1,9 @@
 """The VAR transformer: AdaLN blocks with block-causal attention over a static KV cache.
 
 Parameter and buffer names follow the released checkpoints ``var_d{16,20,24,30}.pth``.
-The model only computes; sampling loops live in :mod:`sdvar_lib.decoding.reference` and
-:mod:`sdvar_lib.sdvar.decoder`. :meth:`VAR.autoregressive_infer_cfg` is the reference entry point.
+The model computes passes and one stage's draw (:meth:`VAR.sample_stage`); the stage-by-stage
+loop lives in :mod:`sdvar_lib.models.run`, and the reference sampler (:meth:`VAR.generate`, with
+the reference's entry point :meth:`VAR.autoregressive_infer_cfg`) is that loop on a fresh run.
 """
 
 from __future__ import annotations
@@ -15,19 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdvar_lib.models.kv_cache import KVCache, stage_ids_for
+from sdvar_lib.models.run import decode_stages, eager_run, prepare_call
 from sdvar_lib.models.sampling import (
     GenerationOutput,
     SamplingConfig,
     StageSample,
-    cfg_labels,
     check_batch_size,
     filter_top_k_top_p,
-    guided_logits,
     gumbel_softmax_with_rng,
-    make_generator,
-    prepare_labels,
     sample_from_probs,
     smooth_temperature,
+    stage_probs,
 )
 from sdvar_lib.models.vqvae import VQVAE
 from sdvar_lib.util.memory import check_fits
@@ -382,17 +381,20 @@ class VAR(nn.Module):
     def sample_stage(
         self, logits_BlV: torch.Tensor, si: int, sampling: SamplingConfig, rng: torch.Generator | None
     ) -> StageSample:
-        """Draw stage ``si``'s tokens from guided logits, in the reference's order of random draws."""
+        """Draw stage ``si``'s tokens from guided logits, in the reference's order of random draws.
+
+        The distribution is :func:`~sdvar_lib.models.sampling.stage_probs` (the draft's ``q`` in SDVAR).
+        """
         B, l, _ = logits_BlV.shape
         pn = self.patch_nums[si]
-        filtered = filter_top_k_top_p(logits_BlV, sampling.top_k, sampling.top_p)
-        probs = filtered.softmax(dim=-1)
+        probs = stage_probs(logits_BlV, sampling)
         idx_Bl = sample_from_probs(probs, rng)
         codebook = self.vae.quantize.embedding
         if not sampling.more_smooth:
             h_BlC = codebook(idx_Bl)
-        else:
+        else:  # a Gumbel-softmax mixture of the filtered logits instead of the drawn tokens' embeddings
             ratio = si / self.num_stages_minus_1
+            filtered = filter_top_k_top_p(logits_BlV, sampling.top_k, sampling.top_p)
             weights_BlV = gumbel_softmax_with_rng(filtered.mul(1 + ratio), tau=smooth_temperature(ratio), rng=rng)
             h_BlC = weights_BlV @ codebook.weight.unsqueeze(0)
         h_BChw = h_BlC.transpose(1, 2).reshape(B, self.Cvae, pn, pn)
@@ -409,57 +411,41 @@ class VAR(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self,
-        B: int,
-        label_B=None,
-        g_seed: int | None = None,
-        cfg: float = 1.5,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        more_smooth: bool = False,
+        self, B: int, label_B=None, g_seed: int | None = None, sampling: SamplingConfig | None = None,
         cache: KVCache | None = None,
     ) -> GenerationOutput:
-        """The reference sampler: one cached pass per stage, CFG, top-k/top-p, optional Gumbel smoothing.
+        """The reference sampler: :func:`~sdvar_lib.models.run.decode_stages` on a fresh eager run, one pass per stage.
 
-        Returns the images with the tokens of every stage. A ``cache`` may be passed to reuse
-        preallocated memory; it is reset first and its contents are meaningless after the call.
+        ``sampling`` (default ``SamplingConfig()``: cfg 1.5, no top-k/top-p) holds CFG, top-k/top-p
+        and the Gumbel smoothing. Returns the images with the tokens of every stage. A ``cache``
+        may be passed to reuse preallocated memory; it is reset first and its contents are
+        meaningless after the call.
         """
+        sampling = SamplingConfig() if sampling is None else sampling
         check_batch_size(B)
-        sampling = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
-        sampling.check_vocabulary(self.V)
         if cache is None:
             self.check_batch_fits(B)
         elif not isinstance(cache, KVCache):
             raise TypeError(f"cache must be a KVCache or None, got {type(cache).__name__}")
         elif cache.batch_size != 2 * B:
             raise ValueError(f"cache holds {cache.batch_size} rows but CFG with B={B} needs {2 * B}")
-        rng = make_generator(g_seed, self.device)
-        labels = prepare_labels(B, label_B, self.num_classes, rng, self.device)
-        if cache is None:
-            cache = self.new_cache(2 * B)
-        cache.reset()
+        labels, rng = prepare_call(self, B, label_B, g_seed, sampling)
+        run = None
         try:
             with eval_mode(self, self.vae):
-                cond_BD = self.class_condition(cfg_labels(labels, self.num_classes))
-                lvl_pos = self.lvl_pos()
-                x_2BlC = self.start_input(cond_BD, lvl_pos)
-                f_hat = cond_BD.new_zeros(B, self.Cvae, self.patch_nums[-1], self.patch_nums[-1])
-                tokens: list[torch.Tensor] = []
-                S = self.num_stages
-                for si in range(S):
-                    logits = guided_logits(self.forward_cached(x_2BlC, cond_BD, cache), si, S, sampling.cfg)
-                    stage = self.sample_stage(logits, si, sampling, rng)
-                    tokens.append(stage.idx_Bl)
-                    f_hat = f_hat + self.vae.quantize.stage_contribution(si, stage.h_BChw)
-                    if si < S - 1:
-                        x_2BlC = self.next_stage_input(si, f_hat, lvl_pos)
-                images = self.images_from_f_hat(f_hat)
+                run = eager_run(self, labels, cache)
+                part = decode_stages(run, (), (), self.num_stages, sampling, rng)
+                images = self.images_from_f_hat(part.f_hats[-1])
         finally:
-            cache.reset()
-        return GenerationOutput(images_B3HW=images, tokens_per_stage=tokens, label_B=labels, f_hat_BChw=f_hat)
+            if run is not None:
+                run.cache.reset()
+        return GenerationOutput(images_B3HW=images, tokens_per_stage=list(part.tokens), label_B=labels,
+                                f_hat_BChw=part.f_hats[-1])
 
     @torch.no_grad()
     def autoregressive_infer_cfg(self, B: int, label_B=None, g_seed: int | None = None, cfg: float = 1.5, top_k: int = 0,
                                  top_p: float = 0.0, more_smooth: bool = False) -> torch.Tensor:
-        """Images ``(B, 3, H, W)`` in ``[0, 1]``, token for token the reference's for a given ``g_seed``."""
-        return self.generate(B, label_B, g_seed, cfg, top_k, top_p, more_smooth).images_B3HW
+        """The reference VAR's entry point (its arguments): images ``(B, 3, H, W)`` in ``[0, 1]``,
+        token for token the reference's for a given ``g_seed``."""
+        sampling = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+        return self.generate(B, label_B, g_seed, sampling).images_B3HW

@@ -7,7 +7,8 @@ as a whole, and the tokens to commit if this stage turns out to be the first one
 accepted (accepted proposals kept, the rest corrected).
 
 - :class:`ExactPolicy` (default): token-wise speculative sampling, lossless.
-- :class:`Top1MatchPolicy`: the original notebooks' lossy rule on argmax agreement.
+- :class:`Top1MatchPolicy`: the research fork's lossy rule on argmax agreement, judged per sample
+  (the fork pooled the whole batch and fixed the threshold at 0.5; ``docs/MIGRATING.md``).
 - :class:`RelaxedPolicy`: LANTERN-style latent-neighbourhood pooling under a total-variation
   budget; with budget 0 it draws exactly what :class:`ExactPolicy` draws.
 """
@@ -15,6 +16,7 @@ accepted (accepted proposals kept, the rest corrected).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -76,12 +78,14 @@ def _speculative_verdict(
     return StageVerdict(accepted_Bl=accepted, stage_accepted_B=accepted.all(dim=1), tokens_if_last_Bl=tokens)
 
 
+@dataclass(frozen=True)
 class AcceptancePolicy:
-    """Base class; subclasses implement :meth:`verify_stage`."""
+    """Base class, a frozen dataclass like its subclasses (a policy's options never change); subclasses
+    implement :meth:`verify_stage` and set ``name``, ``lossless`` and ``token_level``."""
 
-    name: str = "policy"
-    lossless: bool = False
-    token_level: bool = True
+    name: ClassVar[str] = "policy"
+    lossless: ClassVar[bool] = False
+    token_level: ClassVar[bool] = True
     """Needs the proposals to be tokens drawn from ``q`` (rules out ``more_smooth``)."""
 
     def prepare(self, codebook_VC: torch.Tensor) -> object | None:

@@ -1,53 +1,56 @@
-"""SDVAR: speculative decoding for VAR with parallel verification, and the related decoders.
+"""SDVAR: speculative decoding for VAR with parallel verification.
 
-``SDVAR(draft, target)`` offers whole calls —
-:meth:`SDVAR.generate_parallel` (SDVAR), :meth:`SDVAR.generate_test3` (draft first, then target),
-:meth:`SDVAR.code_handoff` (target first, then draft), :meth:`SDVAR.baseline` (target alone) and
-:meth:`SDVAR.draft_alone` — each returning images, tokens and :class:`~sdvar_lib.sdvar.stats.SDVARStats`.
+``SDVAR(draft, target)`` holds a draft and a target VAR sharing one VQVAE (and the run factory that
+supplies their per-call runs). One SDVAR round is a sequence of public steps
+(:meth:`SDVAR.run_round` reads top to bottom)::
 
-One SDVAR round is a sequence of public steps (:meth:`SDVAR.run_round` reads top to bottom)::
+    state = sd.prepare(B, labels, g_seed=0, sampling=SamplingConfig(cfg=1.5), gamma=2)  # checked, fresh caches
+    proposal = sd.draft(state)                           # the draft proposes gamma stages
+    verify = sd.verify(state, proposal)                  # ONE target pass, logits split by stage, p
+    acceptance = sd.accept(state, proposal, verify)      # the policy's verdicts (exact = lossless)
+    state = sd.commit(state, proposal, acceptance)       # new state: tokens, f_hat, caches, stats
 
-    state = sd.prepare(B, labels, g_seed=0, gamma=2)       # validated arguments, fresh caches
-    proposal = sd.draft(state)                              # the draft proposes gamma stages
-    query = sd.verify_query(state, proposal)                # target inputs of stages c .. c+g
-    mask = sd.verify_mask(state, query)                     # block-causal over prefix + chunk
-    verify = sd.verify(state, proposal)                     # ONE target pass, logits split by stage
-    acceptance = sd.accept(state, proposal, verify)         # the policy's verdicts (exact = lossless)
-    state = sd.commit(state, proposal, acceptance)          # new state: tokens, f_hat, caches, stats
+:meth:`SDVAR.verify` builds the combined query (:meth:`SDVAR.verify_query`), runs the pass under
+the block-causal mask the target's cache builds from stage ids, splits and guides the logits
+(:meth:`SDVAR.split_logits`) and takes each stage's ``p`` with
+:func:`~sdvar_lib.models.sampling.stage_probs`, the function the draft's ``q`` comes from too.
+:meth:`SDVAR.verify_mask` shows that mask for inspection. :meth:`SDVAR.generate_parallel` runs the
+rounds of a whole call. The other decoders (the target or the draft alone, the scale hand-offs) are
+functions of :mod:`sdvar_lib.sdvar.handoff`; every decoder is reached through the registry
+(:func:`sdvar_lib.sdvar.registry.get_method`). The research fork's method names live in
+:mod:`sdvar_lib.compat`.
 
 A round never mutates what a rollback needs: committed tokens, feature maps and statistics are
 replaced by new values, and the static KV caches only ever write past their committed length and
-then truncate to it. The research code's method names are kept as thin aliases at the end of the
-class.
+then truncate to it. The caches (and the generator) are shared by the states of one call, so only
+the newest state is current: a step on an older one raises ``ValueError`` before any model call
+(:meth:`~sdvar_lib.sdvar.state.SDVARInferenceState.check_current`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 import torch
 
-from sdvar_lib.models.kv_cache import block_causal_mask
-from sdvar_lib.models.sampling import (
-    SamplingConfig,
-    check_batch_size,
-    filter_top_k_top_p,
-    guided_logits,
-    make_generator,
-    prepare_labels,
-    sample_from_probs,
-)
+from sdvar_lib.models.kv_cache import block_causal_chunk_mask
+from sdvar_lib.models.run import ModelRun, RunFactory, decode_stages, eager_run, prepare_call
+from sdvar_lib.models.sampling import SamplingConfig, check_batch_size, guided_logits, sample_from_probs, stage_probs
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.acceptance import AcceptancePolicy, make_policy
 from sdvar_lib.sdvar.gamma import GammaRule, make_gamma_rule, plan_never_drafts
-from sdvar_lib.sdvar.handoff import decode_handoff, decode_stages
-from sdvar_lib.sdvar.masks import check_sd_mask
-from sdvar_lib.sdvar.run import ModelRun, RunFactory, eager_run
-from sdvar_lib.sdvar.state import AcceptanceResult, CombinedQuery, DraftProposal, RoundRecord, SDVARInferenceState, VerifyResult
+from sdvar_lib.sdvar.state import (
+    AcceptanceResult,
+    CombinedQuery,
+    DraftProposal,
+    RoundRecord,
+    SDVARInferenceState,
+    VerifyResult,
+    take_over,
+)
 from sdvar_lib.sdvar.stats import SDVAROutput, SDVARStats
 from sdvar_lib.util.checks import check_bool, check_int
 from sdvar_lib.util.modes import eval_mode
@@ -61,27 +64,17 @@ class SDVAR:
     """Speculative decoding with a draft VAR and a target VAR sharing one VQVAE."""
 
     def __init__(self, draft_model: VAR, target_model: VAR, run_factory: RunFactory | None = None) -> None:
-        """``run_factory(model, label_B)`` may supply the per-call :class:`~sdvar_lib.sdvar.run.ModelRun` of
+        """``run_factory(model, label_B)`` may supply the per-call :class:`~sdvar_lib.models.run.ModelRun` of
         each model (e.g. the CUDA-graph fast path of :mod:`sdvar_lib.fast`); by default an eager run
         with a fresh cache is used."""
         if not isinstance(draft_model, VAR) or not isinstance(target_model, VAR):
-            raise TypeError("SDVAR needs two sdvar_lib.VAR models (draft_model, target_model)")
+            raise TypeError("SDVAR needs two sdvar_lib.models.VAR models (draft_model, target_model)")
         if run_factory is not None and not callable(run_factory):
             raise TypeError(f"run_factory must be callable (model, label_B) -> ModelRun or None, got {run_factory!r}")
         check_compatible(draft_model, target_model)
         self.draft_model = draft_model
         self.target_model = target_model
         self.run_factory = run_factory
-        self._local = threading.local()
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_local")
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
 
     # ---- properties ------------------------------------------------------------------------------
     @property
@@ -96,58 +89,58 @@ class SDVAR:
     def num_stages(self) -> int:
         return self.target_model.num_stages
 
-    @property
-    def last_output(self) -> SDVAROutput | None:
-        """The output of this thread's latest whole call (each thread sees its own)."""
-        return getattr(self._local, "output", None)
-
-    def _models(self) -> tuple[torch.nn.Module, ...]:
-        return (self.draft_model, self.target_model, self.vae)
-
-    def _new_run(self, model: VAR, label_B: torch.Tensor) -> ModelRun:
+    # ---- what every whole call shares (also the hand-off decoders of sdvar.handoff) ----------------
+    def new_run(self, model: VAR, label_B: torch.Tensor) -> ModelRun:
+        """The per-call run of ``model`` (draft or target) from the run factory (default: an eager run)."""
         return (self.run_factory or eager_run)(model, label_B)
 
-    def _check_memory(self, B: int, models: Sequence[VAR]) -> None:
+    def start_call(self, B: int, label_B, g_seed: int | None, sampling: SamplingConfig | None,
+                   models: Sequence[VAR]) -> tuple[SamplingConfig, torch.Tensor, torch.Generator | None]:
+        """Check a whole call's arguments and that the caches of ``models`` fit, then seed and prepare labels.
+
+        Returns ``(sampling, labels, rng)`` (``sampling`` defaults to ``SamplingConfig()``).
+        """
+        sampling = SamplingConfig() if sampling is None else sampling
+        check_batch_size(B)
         for model in models:
             model.check_batch_fits(B, dtype=model.pos_1LC.dtype if self.run_factory is not None else torch.float32)
+        labels, rng = prepare_call(self.target_model, B, label_B, g_seed, sampling)
+        return sampling, labels, rng
 
-    def _call_setup(
-        self, B, label_B, g_seed, cfg, top_k, top_p, more_smooth
-    ) -> tuple[SamplingConfig, torch.Generator | None, torch.Tensor]:
-        """Check the arguments every decoder shares, then seed the generator and prepare the labels."""
-        check_batch_size(B)
-        sampling = SamplingConfig(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
-        sampling.check_vocabulary(self.target_model.V)
-        device = self.target_model.device
-        rng = make_generator(g_seed, device)
-        labels = prepare_labels(B, label_B, self.target_model.num_classes, rng, device)
-        return sampling, rng, labels
+    def finish_call(self, tokens: Sequence[torch.Tensor], f_hats: Sequence[torch.Tensor], labels: torch.Tensor,
+                    stats: SDVARStats, t0: float) -> SDVAROutput:
+        """Decode the last ``f_hat`` to images and time the call (``t0``: its ``time.perf_counter()`` start)."""
+        images = self.target_model.images_from_f_hat(f_hats[-1])
+        if images.is_cuda:
+            torch.cuda.synchronize(images.device)
+        return SDVAROutput(images_B3HW=images, tokens_per_stage=list(tokens), label_B=labels, f_hat_BChw=f_hats[-1],
+                           stats=stats.with_wall_time(time.perf_counter() - t0))
 
     # ---- the state -------------------------------------------------------------------------------
     @torch.no_grad()
-    def prepare(self, B: int, label_B=None, g_seed: int | None = None, cfg: float = 1.5, gamma=2, top_k: int = 0,
-                top_p: float = 0.0, more_smooth: bool = False, policy: str | AcceptancePolicy = "exact",
-                verbose: bool = False, **policy_kwargs) -> SDVARInferenceState:
+    def prepare(self, B: int, label_B=None, g_seed: int | None = None, sampling: SamplingConfig | None = None,
+                gamma=2, policy: str | AcceptancePolicy = "exact", verbose: bool = False,
+                **policy_kwargs) -> SDVARInferenceState:
         """Check every argument, then build the empty state (fresh caches, nothing committed).
 
         The models must be in eval mode (the whole-call decoders switch them for the call).
         """
-        gamma_rule, policy_obj = self._check_round_arguments(B, gamma, more_smooth, policy, verbose, policy_kwargs)
-        training = [name for name, m in zip(("draft", "target", "VQVAE"), self._models()) if m.training]
+        gamma_rule, policy_obj = self._check_round_arguments(B, gamma, sampling, policy, verbose, policy_kwargs)
+        training = [name for name, m in zip(("draft", "target", "VQVAE"), (self.draft_model, self.target_model, self.vae))
+                    if m.training]
         if training:
             raise ValueError(f"the {', '.join(training)} model(s) are in training mode (dropout and label dropping "
                              "would change the samples); call .eval() first, or use a whole-call decoder such as "
                              "generate_parallel, which runs them in eval mode")
-        sampling, rng, labels = self._call_setup(B, label_B, g_seed, cfg, top_k, top_p, more_smooth)
-        self._check_memory(B, (self.draft_model, self.target_model))
+        sampling, labels, rng = self.start_call(B, label_B, g_seed, sampling, (self.draft_model, self.target_model))
         return self._state(B, labels, sampling, rng, gamma_rule, policy_obj, verbose)
 
-    def _check_round_arguments(self, B, gamma, more_smooth, policy, verbose, policy_kwargs) -> tuple[GammaRule, AcceptancePolicy]:
+    def _check_round_arguments(self, B, gamma, sampling, policy, verbose, policy_kwargs) -> tuple[GammaRule, AcceptancePolicy]:
         check_batch_size(B)
         check_bool(verbose, "verbose")
         gamma_rule = make_gamma_rule(gamma)
         policy_obj = make_policy(policy, **policy_kwargs)
-        if more_smooth is True and policy_obj.token_level:
+        if isinstance(sampling, SamplingConfig) and sampling.more_smooth and policy_obj.token_level:
             raise ValueError(
                 f"more_smooth=True cannot be used with the token-level policy {policy_obj.describe()!r}: with "
                 "more_smooth a stage's feature map is a Gumbel-softmax mixture of codebook entries, not the "
@@ -158,10 +151,11 @@ class SDVAR:
 
     def _state(self, B, labels, sampling, rng, gamma_rule, policy, verbose) -> SDVARInferenceState:
         context = policy.prepare(self.vae.quantize.embedding.weight.detach())
+        draft, target = self.new_run(self.draft_model, labels), self.new_run(self.target_model, labels)
         return SDVARInferenceState(
             B=B, label_B=labels, sampling=sampling, gamma_rule=gamma_rule, policy=policy, policy_context=context,
-            rng=rng, draft=self._new_run(self.draft_model, labels), target=self._new_run(self.target_model, labels),
-            stats=SDVARStats(num_stages=self.num_stages), verbose=verbose,
+            rng=rng, draft=draft, target=target, stats=SDVARStats(num_stages=self.num_stages), verbose=verbose,
+            epochs=take_over(draft, target),
         )
 
     def f_hats_after(self, base: Sequence[torch.Tensor], start: int, tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -170,8 +164,7 @@ class SDVAR:
         f_hat = base[start - 1] if start > 0 else None
         out = []
         for i, idx_Bl in enumerate(tokens):
-            contrib = quant.stage_contribution(start + i, quant.idx_to_h(start + i, idx_Bl))
-            f_hat = contrib if f_hat is None else f_hat + contrib
+            f_hat = quant.f_hat_after(start + i, f_hat, quant.idx_to_h(start + i, idx_Bl))
             out.append(f_hat)
         return out
 
@@ -182,6 +175,7 @@ class SDVAR:
 
     @staticmethod
     def _check_proposal(state: SDVARInferenceState, proposal: DraftProposal) -> None:
+        state.check_current()
         if proposal.start != state.c:
             raise ValueError(f"proposals start at stage {proposal.start} but {state.c} stages are committed")
 
@@ -192,6 +186,7 @@ class SDVAR:
 
         ``gamma`` defaults to the state's rule; it is capped at the stages left (``S - c``).
         """
+        state.check_current()
         if state.done:
             raise ValueError("all stages are committed; nothing left to draft")
         if gamma is None:
@@ -202,18 +197,12 @@ class SDVAR:
         run = state.draft
         d = run.cache.stages_held()
         if d > c:
-            raise RuntimeError(f"draft cache holds {d} stages but only {c} are committed")
+            raise ValueError(f"the draft cache already holds proposals made from this state ({d} stages, {c} committed): "
+                             "draft() ran on it before; verify, accept and commit that proposal, or prepare() again")
         before = run.cache.length
         tokens, q_probs, f_hats = [], [], []
-        for i in range(g):
-            si = c + i
-            prefix = list(state.f_hats) + f_hats
-            if i == 0 and d < c:  # catch up: the missing inputs and stage c's in one chunk
-                sample = run.sample_stage(run.forward(run.chunk_input(range(d, c + 1), prefix)), si, state.sampling,
-                                          state.rng)
-                f_hat = self.f_hats_after(prefix, si, [sample.idx_Bl])[0]
-            else:
-                sample, f_hat = run.decode_stage(si, prefix, state.sampling, state.rng)
+        for i in range(g):  # the first stage step also reads the missing inputs d .. c-1 (the catch-up chunk)
+            sample, f_hat = run.decode_stage(c + i, list(state.f_hats) + f_hats, state.sampling, state.rng)
             tokens.append(sample.idx_Bl)
             q_probs.append(sample.probs_BlV)
             f_hats.append(f_hat)
@@ -229,6 +218,7 @@ class SDVAR:
 
         Stage ``c`` reads the committed ``f_hat``; stage ``c + i`` the ``f_hat`` after proposal
         ``c + i - 1``; all with the target's word/level/position embeddings at their own positions.
+        The first part of :meth:`verify`.
         """
         self._check_proposal(state, proposal)
         stages = self._verify_stages(state, proposal)
@@ -238,11 +228,20 @@ class SDVAR:
         return CombinedQuery(x_2BlC=x, stages=stages, position=position, stage_ids_l=self.target_model.lvl_1L[0, position:end])
 
     def verify_mask(self, state: SDVARInferenceState, query: CombinedQuery) -> torch.Tensor:
-        """The verify pass's block-causal mask ``(l, prefix + l)`` as a boolean tensor, from stage ids."""
-        return block_causal_mask(query.stage_ids_l, self.target_model.lvl_1L[0, : query.position + query.stage_ids_l.numel()])
+        """For inspection: the verify pass's block-causal mask ``(l, prefix + l)`` as a boolean tensor.
+
+        The pass does not take it as an argument: the target's cache builds the same mask from the
+        same stage ids (:meth:`~sdvar_lib.models.kv_cache.KVCache.chunk_mask`, with
+        :func:`~sdvar_lib.models.kv_cache.block_causal_chunk_mask`; on the fast path it is built
+        once per chunk shape and captured with the graph).
+        """
+        return block_causal_chunk_mask(self.target_model.lvl_1L[0], query.position, query.stage_ids_l.numel())
 
     def split_logits(self, state: SDVARInferenceState, proposal: DraftProposal, logits_2BlV: torch.Tensor) -> list[torch.Tensor]:
-        """Split the chunk's CFG-doubled logits ``(2B, l, V)`` by stage and guide each with its own strength."""
+        """Split the chunk's CFG-doubled logits ``(2B, l, V)`` by stage and guide each with its own strength.
+
+        The second part of :meth:`verify`.
+        """
         stages = self._verify_stages(state, proposal)
         if logits_2BlV.shape[0] != 2 * state.B:
             raise ValueError(f"target logits have batch {logits_2BlV.shape[0]}, CFG with B={state.B} needs {2 * state.B}")
@@ -258,15 +257,15 @@ class SDVAR:
 
     @torch.no_grad()
     def verify(self, state: SDVARInferenceState, proposal: DraftProposal) -> VerifyResult:
-        """ONE target pass over the combined query; returns per-stage guided logits and ``p``."""
+        """ONE target pass over the combined query; returns per-stage guided logits and ``p`` (``stage_probs``)."""
         query = self.verify_query(state, proposal)
         if state.target.cache.length != query.position:
-            raise RuntimeError(
-                f"target cache holds {state.target.cache.length} positions, the verify chunk starts at {query.position}"
+            raise ValueError(
+                f"the target cache holds {state.target.cache.length} positions, the verify chunk starts at {query.position}: "
+                "verify() already ran on this state; accept and commit that verification, or prepare() again"
             )
         per_stage = self.split_logits(state, proposal, state.target.forward(query.x_2BlC))
-        s = state.sampling
-        p_probs = [filter_top_k_top_p(lg, s.top_k, s.top_p).softmax(dim=-1) for lg in per_stage]
+        p_probs = [stage_probs(lg, state.sampling) for lg in per_stage]
         return VerifyResult(stages=query.stages, logits=per_stage, p_probs=p_probs, target_passes=1)
 
     # ---- step 3: accept --------------------------------------------------------------------------
@@ -303,7 +302,8 @@ class SDVAR:
     @torch.no_grad()
     def commit(self, state: SDVARInferenceState, proposal: DraftProposal, acceptance: AcceptanceResult) -> SDVARInferenceState:
         """A new state with the accepted prefix committed, both caches truncated to valid inputs, ``f_hat``
-        rebuilt from tokens and the round counted in its statistics (``state`` itself is unchanged)."""
+        rebuilt from tokens and the round counted in its statistics. ``state`` itself is unchanged but
+        no longer current: the new state took over the caches."""
         self._check_proposal(state, proposal)
         c = state.c
         new_f_hats = self.f_hats_after(state.f_hats, c, acceptance.committed)
@@ -319,23 +319,26 @@ class SDVAR:
             committed=len(acceptance.committed), judged=[(si, v.accepted_Bl, ok) for si, v, ok in judged],
         )
         history = state.history.add(proposal.gamma, sum(acceptance.stage_all_accepted),
-                                     [(si, ok) for si, _, ok in judged])
+                                    [(si, ok) for si, _, ok in judged])
         return replace(state, tokens=tuple(state.tokens) + tuple(acceptance.committed),
-                       f_hats=tuple(state.f_hats) + tuple(new_f_hats), history=history, stats=stats)
+                       f_hats=tuple(state.f_hats) + tuple(new_f_hats), history=history, stats=stats,
+                       epochs=take_over(state.draft, state.target))
 
     @torch.no_grad()
     def target_step(self, state: SDVARInferenceState) -> SDVARInferenceState:
-        """A round with ``gamma == 0``: the target reads stage ``c``'s input and samples it."""
+        """A round with ``gamma == 0``: the target reads stage ``c``'s input and samples it (one stage step)."""
+        state.check_current()
         if state.done:
             raise ValueError("all stages are committed; nothing left to decode")
         part = decode_stages(state.target, state.tokens, state.f_hats, state.c + 1, state.sampling, state.rng)
         return replace(state, tokens=part.tokens, f_hats=part.f_hats, history=state.history.add(0, 0),
-                       stats=state.stats.after_target_steps(1))
+                       stats=state.stats.after_target_steps(1), epochs=take_over(state.draft, state.target))
 
     # ---- rounds ----------------------------------------------------------------------------------
     @torch.no_grad()
     def run_round(self, state: SDVARInferenceState, index: int = 0) -> RoundRecord:
         """One round: the rule's gamma, then draft -> verify -> accept -> commit (or a target step for 0)."""
+        state.check_current()
         c = state.c
         gamma = state.gamma_rule.next_gamma(state.round_context())
         if gamma == 0:
@@ -370,51 +373,42 @@ class SDVAR:
             yield record
             index += 1
 
-    # ---- whole calls -----------------------------------------------------------------------------
-    def _finish(self, tokens, f_hats, labels, stats: SDVARStats, t0: float) -> SDVAROutput:
-        images = self.target_model.images_from_f_hat(f_hats[-1])
-        if images.is_cuda:
-            torch.cuda.synchronize(images.device)
-        out = SDVAROutput(images_B3HW=images, tokens_per_stage=list(tokens), label_B=labels, f_hat_BChw=f_hats[-1],
-                          stats=stats.with_wall_time(time.perf_counter() - t0))
-        self._local.output = out
-        return out
-
+    # ---- the whole call --------------------------------------------------------------------------
     @torch.no_grad()
     def generate_parallel(
         self,
         B: int,
         label_B=None,
         g_seed: int | None = None,
-        cfg: float = 1.5,
+        sampling: SamplingConfig | None = None,
         gamma=2,
-        top_k: int = 0,
-        top_p: float = 0.0,
-        more_smooth: bool = False,
-        verbose: bool = False,
         policy: str | AcceptancePolicy = "exact",
+        verbose: bool = False,
         **policy_kwargs,
     ) -> SDVAROutput:
-        """Parallel-verification SDVAR; returns images, tokens and :class:`SDVARStats`.
+        """Parallel-verification SDVAR over ``B`` images; returns images, tokens and :class:`SDVARStats`.
 
+        ``sampling`` (default ``SamplingConfig()``) holds CFG, top-k/top-p and ``more_smooth``;
+        ``gamma`` what :func:`~sdvar_lib.sdvar.gamma.make_gamma_rule` accepts; ``policy`` a name with
+        its options (``policy_kwargs``) or an :class:`~sdvar_lib.sdvar.acceptance.AcceptancePolicy`.
         A gamma rule that would never draft decodes in the target-alone loop (no round bookkeeping,
         no draft run), so such a call costs what the target alone costs.
         """
         t0 = time.perf_counter()
-        gamma_rule, policy_obj = self._check_round_arguments(B, gamma, more_smooth, policy, verbose, policy_kwargs)
-        sampling, rng, labels = self._call_setup(B, label_B, g_seed, cfg, top_k, top_p, more_smooth)
+        gamma_rule, policy_obj = self._check_round_arguments(B, gamma, sampling, policy, verbose, policy_kwargs)
         never = plan_never_drafts(gamma_rule, self.num_stages)
-        self._check_memory(B, (self.target_model,) if never else (self.draft_model, self.target_model))
-        with eval_mode(*self._models()):
+        models = (self.target_model,) if never else (self.draft_model, self.target_model)
+        sampling, labels, rng = self.start_call(B, label_B, g_seed, sampling, models)
+        with eval_mode(self.draft_model, self.target_model, self.vae):
             if never:
                 log.debug("gamma rule %s never drafts: decoded with the target alone", gamma_rule.describe())
-                run = self._new_run(self.target_model, labels)
+                run = self.new_run(self.target_model, labels)
                 try:
                     part = decode_stages(run, (), (), self.num_stages, sampling, rng)
                 finally:
                     run.cache.reset()
                 stats = SDVARStats(num_stages=self.num_stages).after_target_steps(part.passes)
-                out = self._finish(part.tokens, part.f_hats, labels, stats, t0)
+                out = self.finish_call(part.tokens, part.f_hats, labels, stats, t0)
             else:
                 state = self._state(B, labels, sampling, rng, gamma_rule, policy_obj, verbose)
                 try:
@@ -423,112 +417,10 @@ class SDVAR:
                 finally:
                     state.target.cache.reset()
                     state.draft.cache.reset()
-                out = self._finish(state.tokens, state.f_hats, labels, state.stats, t0)
+                out = self.finish_call(state.tokens, state.f_hats, labels, state.stats, t0)
         if verbose:
             log.info("parallel_v1 (%s, gamma %s): %s", policy_obj.describe(), gamma_rule.describe(), out.stats.summary())
         return out
-
-    @torch.no_grad()
-    def _handoff(self, target_first: bool, B, label_B, g_seed, cfg, top_k, top_p, more_smooth, entry_num, sd_mask) -> SDVAROutput:
-        t0 = time.perf_counter()
-        check_batch_size(B)
-        S = self.num_stages
-        check_int(entry_num, "entry_num", 0, S)
-        check_sd_mask(sd_mask)
-        first, second = (self.target_model, self.draft_model) if target_first else (self.draft_model, self.target_model)
-        sampling, rng, labels = self._call_setup(B, label_B, g_seed, cfg, top_k, top_p, more_smooth)
-        self._check_memory(B, (first,) if entry_num == S else (second,) if entry_num == 0 else (first, second))
-        with eval_mode(*self._models()):
-            result = decode_handoff(self._new_run, first, second, target_first, labels, sampling, rng, entry_num, sd_mask)
-            return self._finish(result.tokens, result.f_hats, labels, result.stats, t0)
-
-    def generate_test3(
-        self, B: int, label_B=None, g_seed=None, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False, entry_num=None, sd_mask=0
-    ) -> SDVAROutput:
-        """Draft makes stages ``< entry_num``; the target reads that prefix in one pass and finishes.
-
-        ``entry_num=None`` means every stage (the research code's default of 10 on the official scales).
-        """
-        entry_num = self.num_stages if entry_num is None else entry_num
-        return self._handoff(False, B, label_B, g_seed, cfg, top_k, top_p, more_smooth, entry_num, sd_mask)
-
-    def code_handoff(
-        self, B: int, label_B=None, g_seed=None, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False, entry_num=6
-    ) -> SDVAROutput:
-        """CoDe-style: the target makes stages ``< entry_num``, the draft reads the prefix and finishes."""
-        return self._handoff(True, B, label_B, g_seed, cfg, top_k, top_p, more_smooth, entry_num, 0)
-
-    def baseline(self, B: int, label_B=None, g_seed=None, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False) -> SDVAROutput:
-        """The target alone (same draws as ``target.autoregressive_infer_cfg``), with statistics."""
-        return self._handoff(True, B, label_B, g_seed, cfg, top_k, top_p, more_smooth, self.num_stages, 0)
-
-    def draft_alone(self, B: int, label_B=None, g_seed=None, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False) -> SDVAROutput:
-        """The draft alone, with statistics."""
-        return self._handoff(False, B, label_B, g_seed, cfg, top_k, top_p, more_smooth, self.num_stages, 0)
-
-    # ---- the research code's names ----------------------------------------------------------------
-    # The original SDVAR notebooks call these; each is a thin alias of a public method above. ``B``
-    # arguments are checked against the state's batch size.
-    @staticmethod
-    def _same_B(state: SDVARInferenceState, B: int) -> None:
-        if B != state.B:
-            raise ValueError(f"B={B} does not match the inference state's batch size {state.B}")
-
-    def sdvar_autoregressive_infer_cfg_parallel_v1(
-        self, B: int, label_B=None, g_seed: int | None = None, cfg: float = 1.5, gamma=2, top_k: int = 0,
-        top_p: float = 0.0, more_smooth: bool = False, verbose: bool = False, policy: str | AcceptancePolicy = "exact",
-        **policy_kwargs,
-    ) -> torch.Tensor:
-        """Images of :meth:`generate_parallel`; statistics are in ``self.last_output.stats``."""
-        return self.generate_parallel(B, label_B, g_seed, cfg, gamma, top_k, top_p, more_smooth, verbose, policy,
-                                      **policy_kwargs).images_B3HW
-
-    def sdvar_autoregressive_infer_cfg_sd_test3(
-        self, B: int, label_B=None, g_seed=None, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False, entry_num=None, sd_mask=0
-    ) -> torch.Tensor:
-        """Images of :meth:`generate_test3`; statistics are in ``self.last_output.stats``."""
-        return self.generate_test3(B, label_B, g_seed, cfg, top_k, top_p, more_smooth, entry_num, sd_mask).images_B3HW
-
-    def _initialize_inference_state(self, B: int, label_B=None, g_seed=None, cfg=1.5, gamma=2, top_k=0, top_p=0.0,
-                                    more_smooth=False, policy="exact", verbose=False, **policy_kwargs) -> SDVARInferenceState:
-        """Alias of :meth:`prepare`."""
-        return self.prepare(B, label_B, g_seed, cfg, gamma, top_k, top_p, more_smooth, policy, verbose, **policy_kwargs)
-
-    def draft_generate_batch(self, state: SDVARInferenceState, B: int, verbose: bool = False,
-                             gamma: int | None = None) -> DraftProposal:
-        """Alias of :meth:`draft`."""
-        self._same_B(state, B)
-        return self.draft(replace(state, verbose=state.verbose or verbose), gamma)
-
-    def _build_combined_query(self, draft_tokens: DraftProposal, state: SDVARInferenceState, B: int) -> CombinedQuery:
-        """Alias of :meth:`verify_query`."""
-        self._same_B(state, B)
-        return self.verify_query(state, draft_tokens)
-
-    def _get_attention_mask(self, state: SDVARInferenceState, query: CombinedQuery) -> torch.Tensor:
-        """Alias of :meth:`verify_mask`."""
-        return self.verify_mask(state, query)
-
-    def target_verify_batch(self, draft_tokens: DraftProposal, state: SDVARInferenceState, B: int) -> VerifyResult:
-        """Alias of :meth:`verify`."""
-        self._same_B(state, B)
-        return self.verify(state, draft_tokens)
-
-    def _split_logits_by_stage(self, target_logits: torch.Tensor, draft_tokens: DraftProposal, B: int,
-                               state: SDVARInferenceState) -> list[torch.Tensor]:
-        """Alias of :meth:`split_logits`."""
-        self._same_B(state, B)
-        return self.split_logits(state, draft_tokens, target_logits)
-
-    def basic_token_matching(self, draft_tokens: DraftProposal, verify: VerifyResult,
-                             state: SDVARInferenceState) -> AcceptanceResult:
-        """Alias of :meth:`accept` (it applies the state's policy, ``exact`` speculative sampling by default)."""
-        return self.accept(state, draft_tokens, verify)
-
-    def update_state_with_accepted_tokens(self, state: SDVARInferenceState, draft_tokens: DraftProposal,
-                                          acceptance: AcceptanceResult) -> SDVARInferenceState:
-        """Alias of :meth:`commit`."""
-        return self.commit(state, draft_tokens, acceptance)
 
 
 def check_compatible(draft: VAR, target: VAR) -> None:

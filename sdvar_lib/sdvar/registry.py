@@ -4,15 +4,18 @@ Two tables:
 
 - :data:`DECODERS`: the decoder *kinds* (``target``, ``draft``, ``sdvar``, ``test3``,
   ``code_handoff``). A :class:`DecoderKind` says which options it takes, how one call runs on an
-  :class:`~sdvar_lib.sdvar.decoder.SDVAR` and which chunk shapes each model's passes use (what the
-  fast path captures ahead of time). Adding a decoder is one :class:`DecoderKind` entry.
+  :class:`~sdvar_lib.sdvar.decoder.SDVAR` (:meth:`SDVAR.generate_parallel
+  <sdvar_lib.sdvar.decoder.SDVAR.generate_parallel>` or a function of :mod:`sdvar_lib.sdvar.handoff`),
+  how a method of it describes itself and which chunk shapes each model's passes use (what the fast
+  path captures ahead of time). Adding a decoder is one :class:`DecoderKind` entry.
 - :data:`METHODS`: named, ready-to-run :class:`Method` specs (``"exact_adaptive"``,
   ``"relaxed_0.1_g2"``, ``"code_e6"``, ...). Adding a method is one :func:`register` call.
   :func:`get_method` also builds unregistered names that follow the naming scheme
   (``exact_g3``, ``top1_0.7_g2``, ``relaxed_0.2_g3``, ``test3_e4``, ``code_e7``).
 
-The main job, the evaluation, the benchmark, the sampler and the notebooks all run decoders through
-:meth:`Method.run`.
+The main job, the evaluation, the benchmark (its eager reference row aside) and the sampler run
+every decoder through :meth:`Method.run` (``B``, labels, ``g_seed`` and one
+:class:`~sdvar_lib.models.sampling.SamplingConfig`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar.acceptance import AcceptancePolicy, ExactPolicy, RelaxedPolicy, Top1MatchPolicy, make_policy
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, make_gamma_rule
+from sdvar_lib.sdvar.handoff import baseline, code_handoff, draft_alone, generate_test3
 from sdvar_lib.sdvar.masks import check_sd_mask
 from sdvar_lib.sdvar.stats import SDVAROutput
 from sdvar_lib.util.checks import check_bool, check_int
@@ -52,18 +56,21 @@ def stage_chunks(num_stages: int, max_chunk_stages: int, start_stages: Iterable[
 
 # ---- decoder kinds --------------------------------------------------------------------------------
 Runner = Callable[[SDVAR, "Method", int, object, "int | None", SamplingConfig, bool], SDVAROutput]
+"""``(sd, method, B, label_B, g_seed, sampling, verbose) -> SDVAROutput``: one call of a method."""
 ChunkPlan = Callable[["Method", int], list[tuple[int, int]]]
 
 
 @dataclass(frozen=True)
 class DecoderKind:
-    """One kind of decoder: its options, how a call runs, and the chunk shapes its passes use."""
+    """One kind of decoder: its options, how a call runs, how a method of it reads, and its passes' chunk shapes."""
 
     name: str
     description: str
     run: Runner
     takes: frozenset[str]
     """Options of :class:`Method` this kind uses (``policy``, ``gamma``, ``entry_num``, ``sd_mask``)."""
+    describe: Callable[[Method], str]
+    """One line naming a method of this kind with its options."""
     target_chunks: ChunkPlan
     draft_chunks: ChunkPlan
     lossless: Callable[[Method], bool] = lambda m: False
@@ -85,41 +92,46 @@ def _sdvar_draft_chunks(m: Method, S: int) -> list[tuple[int, int]]:
     return stage_chunks(S, 2 if isinstance(m.gamma, FixedGamma) else S)
 
 
+def _describe_test3(m: Method) -> str:
+    mask = f", sd_mask {m.sd_mask}" if m.sd_mask else ""
+    return f"test3 (draft stages < {m.entry_num}, then target{mask})"
+
+
 DECODERS: dict[str, DecoderKind] = {
     k.name: k
     for k in (
         DecoderKind(
             "target", "the target alone (the VAR baseline)",
-            run=lambda sd, m, B, labels, seed, s, v: sd.baseline(B, labels, seed, s.cfg, s.top_k, s.top_p, s.more_smooth),
-            takes=frozenset(), target_chunks=lambda m, S: stage_chunks(S, 1), draft_chunks=lambda m, S: [],
-            lossless=lambda m: True,
+            run=lambda sd, m, B, labels, seed, s, v: baseline(sd, B, labels, seed, s),
+            takes=frozenset(), describe=lambda m: "target alone",
+            target_chunks=lambda m, S: stage_chunks(S, 1), draft_chunks=lambda m, S: [], lossless=lambda m: True,
         ),
         DecoderKind(
             "draft", "the draft alone",
-            run=lambda sd, m, B, labels, seed, s, v: sd.draft_alone(B, labels, seed, s.cfg, s.top_k, s.top_p, s.more_smooth),
-            takes=frozenset(), target_chunks=lambda m, S: [], draft_chunks=lambda m, S: stage_chunks(S, 1),
+            run=lambda sd, m, B, labels, seed, s, v: draft_alone(sd, B, labels, seed, s),
+            takes=frozenset(), describe=lambda m: "draft alone",
+            target_chunks=lambda m, S: [], draft_chunks=lambda m, S: stage_chunks(S, 1),
         ),
         DecoderKind(
             "sdvar", "SDVAR parallel verification (draft proposes gamma stages, one target pass verifies)",
-            run=lambda sd, m, B, labels, seed, s, v: sd.generate_parallel(
-                B, labels, seed, s.cfg, m.gamma, s.top_k, s.top_p, s.more_smooth, v, m.policy),
+            run=lambda sd, m, B, labels, seed, s, v: sd.generate_parallel(B, labels, seed, s, m.gamma, m.policy, v),
             takes=frozenset({"policy", "gamma"}),
+            describe=lambda m: f"SDVAR {m.policy.describe()}, gamma {m.gamma.describe()}",
             target_chunks=lambda m, S: stage_chunks(S, _max_gamma(m.gamma) + 1), draft_chunks=_sdvar_draft_chunks,
             lossless=lambda m: bool(m.policy.lossless),
         ),
         DecoderKind(
             "test3", "scale hand-off, draft first: the draft makes stages < entry_num, the target finishes",
-            run=lambda sd, m, B, labels, seed, s, v: sd.generate_test3(
-                B, labels, seed, s.cfg, s.top_k, s.top_p, s.more_smooth, m.entry_num, m.sd_mask),
-            takes=frozenset({"entry_num", "sd_mask"}),
+            run=lambda sd, m, B, labels, seed, s, v: generate_test3(sd, B, labels, seed, s, m.entry_num, m.sd_mask),
+            takes=frozenset({"entry_num", "sd_mask"}), describe=_describe_test3,
             target_chunks=lambda m, S: [(0, m.entry_num + 1)] + [(s, 1) for s in range(m.entry_num + 1, S)],
             draft_chunks=lambda m, S: [(s, 1) for s in range(m.entry_num)],
         ),
         DecoderKind(
             "code_handoff", "CoDe-style hand-off, target first: the target makes stages < entry_num, the draft finishes",
-            run=lambda sd, m, B, labels, seed, s, v: sd.code_handoff(
-                B, labels, seed, s.cfg, s.top_k, s.top_p, s.more_smooth, m.entry_num),
+            run=lambda sd, m, B, labels, seed, s, v: code_handoff(sd, B, labels, seed, s, m.entry_num),
             takes=frozenset({"entry_num"}),
+            describe=lambda m: f"CoDe hand-off (target stages < {m.entry_num}, then draft)",
             target_chunks=lambda m, S: [(s, 1) for s in range(m.entry_num)],
             draft_chunks=lambda m, S: [(0, m.entry_num + 1)] + [(s, 1) for s in range(m.entry_num + 1, S)],
         ),
@@ -184,16 +196,7 @@ class Method:
         return self.decoder != "draft"
 
     def describe(self) -> str:
-        if self.decoder == "target":
-            return "target alone"
-        if self.decoder == "draft":
-            return "draft alone"
-        if self.decoder == "sdvar":
-            return f"SDVAR {self.policy.describe()}, gamma {self.gamma.describe()}"
-        if self.decoder == "test3":
-            mask = f", sd_mask {self.sd_mask}" if self.sd_mask else ""
-            return f"test3 (draft stages < {self.entry_num}, then target{mask})"
-        return f"CoDe hand-off (target stages < {self.entry_num}, then draft)"
+        return self.kind.describe(self)
 
     def check_for(self, num_stages: int) -> None:
         """Raise ``ValueError`` if the method cannot run on a pair with ``num_stages`` stages."""
@@ -226,7 +229,7 @@ class Method:
         sampling: SamplingConfig | None = None,
         verbose: bool = False,
     ) -> SDVAROutput:
-        """One call of ``B`` images (``label_B`` and ``g_seed`` as in every decoder)."""
+        """One call of ``B`` images (``label_B``, ``g_seed`` as in every decoder; ``sampling`` default ``SamplingConfig()``)."""
         if not isinstance(sd, SDVAR):
             raise TypeError(f"sd must be an sdvar_lib.SDVAR, got {type(sd).__name__}")
         sampling = SamplingConfig() if sampling is None else sampling

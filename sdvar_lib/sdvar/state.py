@@ -4,6 +4,12 @@ One round (:meth:`sdvar_lib.sdvar.decoder.SDVAR.run_round`) goes
 ``SDVARInferenceState`` -> :class:`DraftProposal` (draft) -> :class:`CombinedQuery` (verify input)
 -> :class:`VerifyResult` (target logits and ``p``) -> :class:`AcceptanceResult` (verdicts, committed
 tokens) -> a new ``SDVARInferenceState`` (commit), recorded as a :class:`RoundRecord`.
+
+A state's tokens, ``f_hat`` maps, history and statistics are its own (immutable), but its two KV
+caches and its generator are the call's, shared with every state before and after it: the caches
+hold the newest state's stages. So only the newest state of a call is *current*; every state
+records the runs' epochs when it took their caches over (:func:`take_over`), and every step refuses
+a stale state with a ``ValueError`` before any model call (:meth:`SDVARInferenceState.check_current`).
 """
 
 from __future__ import annotations
@@ -12,14 +18,15 @@ from dataclasses import dataclass
 
 import torch
 
+from sdvar_lib.models.run import ModelRun
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar.acceptance import AcceptancePolicy, StageVerdict
 from sdvar_lib.sdvar.gamma import GammaRule, RoundContext, RoundHistory
-from sdvar_lib.sdvar.run import ModelRun
 from sdvar_lib.sdvar.stats import SDVARStats
 
 __all__ = [
     "SDVARInferenceState",
+    "take_over",
     "DraftProposal",
     "CombinedQuery",
     "VerifyResult",
@@ -34,7 +41,8 @@ class SDVARInferenceState:
 
     ``tokens``/``f_hats`` hold the committed stages ``< c``; the target cache holds the inputs of
     stages ``< c``, the draft cache those of stages ``< d`` with ``d <= c``. ``stats`` counts what
-    the rounds that led to this state did.
+    the rounds that led to this state did. ``epochs`` are the draft's and the target's run epochs
+    when this state took their caches over; once a newer state takes them over this one is stale.
     """
 
     B: int
@@ -51,6 +59,7 @@ class SDVARInferenceState:
     f_hats: tuple[torch.Tensor, ...] = ()
     history: RoundHistory = RoundHistory()
     verbose: bool = False
+    epochs: tuple[int, int] = (0, 0)
 
     @property
     def c(self) -> int:
@@ -69,10 +78,29 @@ class SDVARInferenceState:
     def f_hat(self) -> torch.Tensor:
         return self.f_hats[-1]
 
+    def check_current(self) -> None:
+        """Raise ``ValueError`` unless this is the newest state of its call (the one its KV caches hold)."""
+        now = (self.draft.epoch, self.target.epoch)
+        if now != self.epochs:
+            raise ValueError(
+                f"this SDVAR state (c={self.c} committed stages) is stale: a newer state took over its KV caches "
+                f"(run epochs {now}, this state's {self.epochs}) - a commit or target step from it or from an "
+                "older state, or a new call on the same runs. A state's caches and generator are shared with the "
+                "states after it, so only the newest state can run steps: continue from the state the last commit "
+                "returned (RoundRecord.state), or start again with prepare() (the same g_seed repeats the call)."
+            )
+
     def round_context(self) -> RoundContext:
         """What a gamma rule sees before the next round."""
         return RoundContext(c=self.c, num_stages=self.num_stages, draft_stages_held=self.draft.cache.stages_held(),
                             history=self.history)
+
+
+def take_over(draft: ModelRun, target: ModelRun) -> tuple[int, int]:
+    """Advance both runs' epochs for a new current state; returns the epochs that state records."""
+    draft.epoch += 1
+    target.epoch += 1
+    return draft.epoch, target.epoch
 
 
 @dataclass(frozen=True)

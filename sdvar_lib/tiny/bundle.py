@@ -24,6 +24,7 @@ from torch import nn
 
 from sdvar_lib.eval.evaluation import BUNDLED_REPORT_NAME
 from sdvar_lib.models.checkpoints import BUNDLED_DIR
+from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.models.var import VAR
 from sdvar_lib.tiny.card import CARD_NAME, render_model_card
 from sdvar_lib.tiny.config import TinyTrainConfig
@@ -115,7 +116,7 @@ def save_sample_grid(var: VAR, path: str | Path, g_seed: int = 0, cfg: float = 1
     from torchvision.utils import save_image
 
     labels = torch.arange(var.num_classes).repeat_interleave(per_class)
-    img = var.generate(int(labels.numel()), labels.to(var.device), g_seed=g_seed, cfg=cfg).images_B3HW.cpu()
+    img = var.generate(int(labels.numel()), labels.to(var.device), g_seed, SamplingConfig(cfg=cfg)).images_B3HW.cpu()
     path = Path(path)
     save_image(img, path, nrow=per_class, padding=1)
     return path

@@ -2,3 +2,24 @@
 
 Owns nothing specific to VAR. May import: the standard library and torch only (no other sdvar_lib module).
 """
+
+from sdvar_lib.util.atomic import atomic_folder, atomic_write_bytes, atomic_write_text
+from sdvar_lib.util.checks import (
+    SEED_LIMIT,
+    check_bool,
+    check_choice,
+    check_int,
+    check_int_sequence,
+    check_number,
+    check_probability,
+    check_seed,
+)
+from sdvar_lib.util.machine import MachineInfo
+from sdvar_lib.util.memory import check_fits
+from sdvar_lib.util.modes import eval_mode
+
+__all__ = [
+    "SEED_LIMIT", "check_int", "check_number", "check_probability", "check_bool", "check_seed", "check_choice",
+    "check_int_sequence", "atomic_write_text", "atomic_write_bytes", "atomic_folder", "check_fits", "eval_mode",
+    "MachineInfo",
+]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from matplotlib.figure import Figure
 
+from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar.acceptance import POLICY_NAMES
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.stats import SDVARStats
@@ -90,7 +91,8 @@ def run_and_describe(
     """Run parallel_v1 for ``labels`` (one image each) and describe it; the ipywidgets callback."""
     label_list = _check_args(sdvar, gamma, cfg, policy, seed, labels)
     cfg = float(cfg)
-    out = sdvar.generate_parallel(len(label_list), label_list, g_seed=seed, cfg=cfg, gamma=gamma, policy=policy)
+    out = sdvar.generate_parallel(len(label_list), label_list, g_seed=seed, sampling=SamplingConfig(cfg=cfg), gamma=gamma,
+                                  policy=policy)
     stats = out.stats
     text = f"parallel_v1 gamma={gamma} cfg={cfg:.2f} policy={policy} seed={seed} labels={label_list}\n" + describe_stats(stats)
     log.debug("run_and_describe: %s", text)

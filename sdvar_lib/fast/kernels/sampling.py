@@ -9,6 +9,11 @@ embedded map. The draw is the one ``torch.multinomial`` makes for one sample per
 the reference's float32 operations (no fused multiply-add), so it is bit-exact; softmax and the
 top-p sum may round differently in the last bit, which can change a draw only where two
 candidates tie to that precision.
+
+It is the fused equivalent of the one stage step's distribution,
+:func:`~sdvar_lib.models.sampling.guided_logits` then :func:`~sdvar_lib.models.sampling.stage_probs`
+(the draft's ``q`` and the target's ``p``), followed by the draw and the codebook lookup;
+``tests/test_fast_kernels.py`` checks it against them.
 """
 
 from __future__ import annotations
