@@ -20,6 +20,7 @@ import torch
 
 from sdvar_lib import SDVAR, VAR, DraftProposal, ModelRun, SDVARInferenceState, VerifyResult, compare_images
 from sdvar_lib.util.checks import check_int, check_number, check_seed
+from test_framework.greedy import greedy_agreement
 from test_framework.reference import (
     ReferenceRun,
     check_greedy,
@@ -706,19 +707,16 @@ class SDVARParallelV1Tester:
             labels = self._labels(B)
             par = self.sd.generate_parallel(B, labels, g_seed=self.seed, cfg=self.cfg, gamma=gamma, top_k=1)
             base = self.sd.baseline(B, labels, g_seed=self.seed, cfg=self.cfg, top_k=1)
-            same = all(torch.equal(a, b) for a, b in zip(par.tokens_per_stage, base.tokens_per_stage))
+            agree = greedy_agreement(self.target, par, base, self.cfg, self.tol)
+            same, diff, allowed = agree.tokens_identical, agree.images_max_abs_diff, agree.images_tolerance
             cmp = compare_images(par.images_B3HW, base.images_B3HW)
-            diff = max_abs_diff(par.images_B3HW, base.images_B3HW)
-            allowed = self.tol.images.allowed(base.images_B3HW)
             if same:
-                checks.require(diff <= allowed, f"same tokens but images differ by {diff:.4f} (tolerance {allowed:.4f})")
+                checks.require(agree.passed, f"same tokens but images differ by {diff:.4f} (tolerance {allowed:.4f})")
                 note = "identical tokens"
             else:
-                g_par = check_greedy(self.target, labels, self.cfg, par.tokens_per_stage, 0, self.S, self.tol.logits)
-                g_base = check_greedy(self.target, labels, self.cfg, base.tokens_per_stage, 0, self.S, self.tol.logits)
-                checks.require(g_par.consistent and g_base.consistent,
-                               f"tokens differ and are not both greedy: parallel {g_par.describe()}; "
-                               f"baseline {g_base.describe()}")
+                checks.require(agree.passed,
+                               f"tokens differ and are not both greedy: parallel {agree.candidate.describe()}; "
+                               f"baseline {agree.reference.describe()}")
                 note = "tokens diverged at a near tie (both greedy within tolerance); images not comparable"
             checks.require(base.stats.target_passes == self.S,
                            f"baseline made {base.stats.target_passes} target passes for {self.S} stages")
