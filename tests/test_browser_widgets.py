@@ -86,7 +86,7 @@ def ensure_chromium() -> Path:
     log.warning("%s is missing: installing Debian's chromium with apt-get for the browser test", CHROMIUM)
     print(f"\n{CHROMIUM} is missing: installing Debian's chromium (apt-get install -y chromium) ...", file=sys.stderr)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+    install = ["apt-get", "install", "-y", "-q", "chromium"]
     done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=1200)
     if done.returncode != 0:  # a fresh machine may have no package lists yet
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, text=True, timeout=600)
