@@ -375,8 +375,9 @@ class LivePanel:
     def _repr_mimebundle_(self, **kwargs) -> dict:
         bundle = dict(self.widget._repr_mimebundle_(**kwargs))  # the widget view (and ipywidgets' text form)
         bundle["text/plain"] = self.text_form()
-        if self.result.figure is not None:
-            bundle["image/png"] = base64.b64encode(figure_png(self.result.figure)).decode("ascii")
+        images = [o["data"]["image/png"] for o in self.output.outputs if "image/png" in o.get("data", {})]
+        if images:  # the image the output shows now
+            bundle["image/png"] = images[0]
         return bundle
 
 
