@@ -4,6 +4,7 @@
 :class:`sdvar_lib.SDVAR` against independent reference computations and prints a summary.
 """
 
+from test_framework.greedy import GreedyAgreement, greedy_agreement
 from test_framework.results import HarnessSummary, TestResult, format_summary, print_summary, summarize
 from test_framework.tester import TEST_NAMES, SDVARParallelV1Tester
 from test_framework.tolerances import Bound, Tolerances
@@ -15,6 +16,8 @@ __all__ = [
     "Tolerances",
     "Bound",
     "TEST_NAMES",
+    "GreedyAgreement",
+    "greedy_agreement",
     "print_summary",
     "format_summary",
     "summarize",

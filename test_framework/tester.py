@@ -23,6 +23,7 @@ from sdvar_lib.eval import compare_images
 from sdvar_lib.models import VAR, ModelRun
 from sdvar_lib.sdvar import DraftProposal, SDVARInferenceState, VerifyResult
 from sdvar_lib.util import check_int, check_number, check_seed
+from test_framework.greedy import greedy_agreement
 from test_framework.reference import (
     ReferenceRun,
     cache_drift,
@@ -612,11 +613,8 @@ class SDVARParallelV1Tester:
         return str(self.target.pos_1LC.dtype).removeprefix("torch.")
 
     def _images_allowed(self, want: torch.Tensor, f_hat_BChw: torch.Tensor) -> tuple[float, str]:
-        """The image bound: ``images`` plus twice the reference decode's own TF32-vs-float32 drift (0 on a CPU)."""
-        drift = decode_drift(self.target, f_hat_BChw)
-        allowed = self.tol.images.allowed(want) + DRIFT_FACTOR * drift
-        return allowed, (f" = {self.tol.images.allowed(want):.4f} + {DRIFT_FACTOR:g} x TF32 drift {drift:.4f} of the "
-                         "reference decode" if drift else "")
+        """The image bound of :meth:`Tolerances.images_allowed` with the reference decode's measured drift."""
+        return self.tol.images_allowed(want, decode_drift(self.target, f_hat_BChw))
 
     # ---- 7. greedy identity -----------------------------------------------------------------------
     def test_greedy_identity(self, B: int = 2, gamma: int = 2) -> TestResult:
@@ -742,19 +740,16 @@ class SDVARParallelV1Tester:
             greedy = SamplingConfig(cfg=self.cfg, top_k=1)
             par = self.sd.generate_parallel(B, labels, self.seed, greedy, gamma)
             base = get_method("target").run(self.sd, B, labels, self.seed, greedy)
-            same = all(torch.equal(a, b) for a, b in zip(par.tokens_per_stage, base.tokens_per_stage))
+            agree = greedy_agreement(self.target, par, base, self.cfg, self.tol)
+            same, diff, allowed = agree.tokens_identical, agree.images_max_abs_diff, agree.images_tolerance
             cmp = compare_images(par.images_B3HW, base.images_B3HW)
-            diff = max_abs_diff(par.images_B3HW, base.images_B3HW)
-            allowed, why = self._images_allowed(base.images_B3HW, base.f_hat_BChw)
             if same:
-                checks.require(diff <= allowed, f"same tokens but images differ by {diff:.4f} (tolerance {allowed:.4f}{why})")
+                checks.require(agree.passed, f"same tokens but images differ by {diff:.4f} (tolerance {allowed:.4f})")
                 note = "identical tokens"
             else:
-                g_par = check_greedy(self.target, labels, self.cfg, par.tokens_per_stage, 0, self.S, self.tol.logits)
-                g_base = check_greedy(self.target, labels, self.cfg, base.tokens_per_stage, 0, self.S, self.tol.logits)
-                checks.require(g_par.consistent and g_base.consistent,
-                               f"tokens differ and are not both greedy: parallel {g_par.describe()}; "
-                               f"baseline {g_base.describe()}")
+                checks.require(agree.passed,
+                               f"tokens differ and are not both greedy: parallel {agree.candidate.describe()}; "
+                               f"baseline {agree.reference.describe()}")
                 note = "tokens diverged at a near tie (both greedy within tolerance); images not comparable"
             checks.require(base.stats.target_passes == self.S,
                            f"baseline made {base.stats.target_passes} target passes for {self.S} stages")

@@ -148,6 +148,14 @@ class Tolerances:
         param = next(model.parameters())
         return cls.for_dtype(param.dtype, param.device.type)
 
+    def images_allowed(self, reference: torch.Tensor, decode_drift: float = 0.0) -> tuple[float, str]:
+        """The image bound and how it was made: ``images`` plus :data:`DRIFT_FACTOR` times the reference decode's
+        own TF32-vs-float32 drift (:func:`test_framework.reference.decode_drift`; 0 on a CPU)."""
+        base = self.images.allowed(reference)
+        allowed = base + DRIFT_FACTOR * decode_drift
+        why = f" = {base:.4f} + {DRIFT_FACTOR:g} x TF32 drift {decode_drift:.4f} of the reference decode" if decode_drift else ""
+        return allowed, why
+
     def with_logits(self, abs_tol: float, rel_tol: float = 0.0) -> Tolerances:
         """A copy with another logits bound."""
         return replace(self, logits=Bound(abs_tol, rel_tol))

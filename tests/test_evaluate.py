@@ -31,7 +31,7 @@ from sdvar_lib.eval.metrics import (
     load_bundled_classifier,
     summarize_over_seeds,
 )
-from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_pair
+from sdvar_lib.models.checkpoints import load_pair
 from sdvar_lib.models.presets import ModelPair
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar import AdaptiveGamma
@@ -228,7 +228,6 @@ def test_select_methods_and_default_methods_check_names():
         default_methods(1)
 
 
-@pytest.mark.skipif(not (BUNDLED_DIR / "config.json").is_file(), reason="bundled models absent (being retrained?)")
 def test_cli_writes_json_and_prints_the_table(tmp_path, capsys):
     rc = main(["--out", str(tmp_path), "--seeds", "0", "1", "--samples", "2", "--methods", "target,exact_g2,test3_e3",
                "--extra-batch-size", "2", "--extra-methods", "target,exact_g2"])
@@ -279,8 +278,6 @@ def test_cli_never_replaces_a_folder_of_someone_else(tmp_path, capsys):
 # ---- the stored evaluation of the bundled pair (the table in BENCHMARKS.md) ------------------------------
 @pytest.fixture(scope="module")
 def stored_report() -> EvaluationReport:
-    if not (BUNDLED_DIR / "config.json").is_file():
-        pytest.skip("bundled models absent (being retrained?)")
     return load_bundled_report()
 
 
@@ -344,8 +341,6 @@ class Rerun:
 
 @pytest.fixture(scope="module")
 def bundled_sd():
-    if not (BUNDLED_DIR / "config.json").is_file():
-        pytest.skip("bundled models absent (being retrained?)")
     pair = load_pair("bundled", device="cpu")
     return SDVAR(pair.draft, pair.target)
 

@@ -1,8 +1,8 @@
 """FID, Inception Score and precision/recall (sdvar_lib.eval.fid, python -m sdvar_lib.fid).
 
 The metric code path runs with the bundled digit classifier as feature extractor (bundled, or from a
-locally saved state dict); only the torch-fidelity adapter test needs torch-fidelity and is skipped
-without it. Nothing is downloaded.
+locally saved state dict); the torch-fidelity adapter test needs torch-fidelity (in requirements.txt) and
+builds its InceptionV3 with random weights from a local file. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -231,7 +231,6 @@ def test_cli_errors_are_one_line(sets, tmp_path, capsys):
         assert message in _error(capsys), argv
 
 
-@pytest.mark.skipif(not HAS_TORCH_FIDELITY, reason="torch-fidelity is not installed (pip install 'sdvar-workbench[fid]')")
 def test_torch_fidelity_inception_from_a_local_file(tmp_path, monkeypatch):
     """The adapter reads torch-fidelity's InceptionV3 from a local state dict (random weights here: no download)."""
     import torch_fidelity.feature_extractor_inceptionv3 as tfi

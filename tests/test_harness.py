@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sdvar_lib import SDVAR
-from sdvar_lib.models.checkpoints import BUNDLED_DIR, load_bundled
+from sdvar_lib.models.checkpoints import load_bundled
 from sdvar_lib.models.sampling import guided_logits
 from sdvar_lib.sdvar import AcceptanceResult
 from sdvar_lib.sdvar.acceptance import StageVerdict
@@ -78,7 +78,6 @@ def test_the_tolerance_is_a_parameter(sd):
         assert "chunked logits differ from sequential ones" in tight.message
 
 
-@pytest.mark.skipif(not (BUNDLED_DIR / "config.json").is_file(), reason="bundled models not built yet")
 def test_run_all_tests_passes_on_the_bundled_pair():
     pair = load_bundled("cpu")
     _assert_all_passed(SDVARParallelV1Tester(SDVAR(pair.draft, pair.target)).run_all_tests(B=2, gamma=2, print_results=False))
@@ -343,7 +342,8 @@ REPO_URL = "https://github.com/sdvar-workbench/sdvar-workbench"
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebooks_share_one_setup_and_store_their_outputs(name):
-    nbformat = pytest.importorskip("nbformat")
+    import nbformat
+
     nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
     assert nb.metadata["kernelspec"]["name"] == "python3"
     setup = next(c for c in nb.cells if c.cell_type == "code").source

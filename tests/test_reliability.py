@@ -166,8 +166,6 @@ def env(tiny_pair):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
 def test_bad_input_is_named(env, case):
-    if case.label.startswith("widget"):
-        pytest.importorskip("ipywidgets")
     with pytest.raises(case.error) as info:
         case.call(env)
     message = str(info.value)
@@ -175,6 +173,7 @@ def test_bad_input_is_named(env, case):
         assert name in message, f"{case.label}: {name!r} not in {message!r}"
 
 
+@pytest.mark.no_cuda
 def test_no_cuda_device_is_named():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

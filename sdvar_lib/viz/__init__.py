@@ -15,11 +15,23 @@ from sdvar_lib.viz.plotting import (
     stage_reconstruction_grid,
     stage_value_maps,
 )
-from sdvar_lib.viz.widgets import POLICY_OPTIONS, RunDescription, describe_stats, make_interactive, run_and_describe
+from sdvar_lib.viz.widgets import (
+    DECODING_OPTIONS,
+    POLICY_OPTIONS,
+    ComparisonDescription,
+    LivePanel,
+    RunDescription,
+    describe_stats,
+    make_comparison_interactive,
+    make_interactive,
+    run_and_describe,
+    run_comparison,
+)
 
 __all__ = [
     "image_grid", "comparison_figure", "stage_reconstruction_grid", "decode_partial_reconstructions",
     "attention_mask_figure", "stage_value_maps", "acceptance_heatmaps", "cache_lengths_figure", "per_layer_figure",
     "quality_vs_passes_figure", "make_interactive", "run_and_describe", "describe_stats", "RunDescription",
-    "POLICY_OPTIONS",
+    "POLICY_OPTIONS", "DECODING_OPTIONS", "LivePanel", "run_comparison", "ComparisonDescription",
+    "make_comparison_interactive",
 ]
