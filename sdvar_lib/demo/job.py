@@ -18,6 +18,7 @@ and ``stats.json``; a run id in all three ties them together.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,7 +34,8 @@ from sdvar_lib.sdvar.registry import Method, get_method
 from sdvar_lib.sdvar.stats import pool_stats
 from sdvar_lib.viz.plotting import comparison_figure
 
-__all__ = ["DEFAULT_METHODS", "NOT_MEASURED", "Quality", "MethodRow", "resolve_methods", "run_methods", "stored_quality",
+__all__ = ["DEFAULT_METHODS", "NOT_MEASURED", "Quality", "MethodRow", "resolve_methods", "prepare_methods", "run_methods",
+           "stored_quality",
            "format_table", "demo_figure"]
 
 DEFAULT_METHODS = ("target", "exact_adaptive", "relaxed_0.1_g2", "relaxed_0.3_g2", "test3_e3", "code_e3")
@@ -75,6 +77,9 @@ class MethodRow:
     stage_acceptance_per_stage: list[float | None]
     """In the call of ``batch_size`` images: proposals of a stage that every image accepted."""
     ms_per_call: float
+    one_off_s_in_timed_calls: float
+    """One-off preparation (compiles, captures) that still fell into this row's timed calls; it is left out of
+    the row's times (they are steady times), and after the warm-up it is normally 0."""
     quality: Quality
 
 
@@ -99,17 +104,31 @@ def resolve_methods(names: Sequence[str], gamma=None) -> list[Method]:
     return methods
 
 
+def prepare_methods(sd: SDVAR, methods: Sequence[Method], labels: Sequence[int], seed: int,
+                    sampling: SamplingConfig) -> float:
+    """The untimed warm-up of :func:`run_methods`: capture every pass shape of ``methods`` at batch 1 and at
+    ``len(labels)``, then run each method once at both sizes (lazy initialisation, and whatever a method uses
+    that the capture did not foresee). Returns the seconds it took (all one-off on the fast path)."""
+    t0 = time.perf_counter()
+    B = len(labels)
+    precapture(sd, methods, sorted({1, B}))
+    for m in methods:
+        m.run(sd, 1, [labels[0]], seed, sampling)
+        m.run(sd, B, list(labels), seed, sampling)
+    return time.perf_counter() - t0
+
+
 def run_methods(
     sd: SDVAR, methods: Sequence[Method], labels: Sequence[int], seed: int, sampling: SamplingConfig
 ) -> tuple[list[dict], list[torch.Tensor]]:
     """Every method: one call per image at batch 1 (seeds ``seed + i``) and one call of all labels (seed ``seed``).
 
+    Call :func:`prepare_methods` first. Times are steady times: a call's one-off part (a capture the
+    warm-up did not trigger) is counted apart (``one_off_s_in_timed_calls``), never in the times.
     Returns per method the measured fields of a :class:`MethodRow` (without ``quality``) and the
     images of its call of all labels.
     """
     B = len(labels)
-    precapture(sd, methods, sorted({1, B}))  # on the fast path: times do not include graph captures
-    methods[0].run(sd, 1, [labels[0]], seed, sampling)  # warm-up (lazy initialisation), not reported
     measured, images = [], []
     for m in methods:
         singles = pool_stats([m.run(sd, 1, [label], seed + i, sampling).stats for i, label in enumerate(labels)])
@@ -120,10 +139,11 @@ def run_methods(
             draft_passes_per_image_at_batch_1=singles.draft_passes / B,
             token_acceptance_per_stage_at_batch_1=_rounded(singles.token_acceptance_per_stage),
             stage_acceptance_per_stage_at_batch_1=_rounded(singles.stage_acceptance_per_stage),
-            ms_per_image_at_batch_1=round(singles.wall_time_s / B * 1000, 1),
+            ms_per_image_at_batch_1=round(singles.steady_time_s / B * 1000, 1),
             target_passes_per_call=call.stats.target_passes, draft_passes_per_call=call.stats.draft_passes,
             stage_acceptance_per_stage=_rounded(call.stats.stage_acceptance_per_stage),
-            ms_per_call=round(call.stats.wall_time_s * 1000, 1),
+            ms_per_call=round(call.stats.steady_time_s * 1000, 1),
+            one_off_s_in_timed_calls=round(singles.one_off_s + call.stats.one_off_s, 2),
         ))
         images.append(call.images_B3HW)
     return measured, images
@@ -188,9 +208,54 @@ def format_table(rows: Sequence[MethodRow]) -> str:
     return "\n".join(lines)
 
 
+def _marker(ax, r: MethodRow, x: float, y: float, yerr=None) -> None:
+    ax.errorbar(x, y, yerr=yerr, fmt="o" if r.lossless else "s", mfc="#2b6cb0" if r.lossless else "white",
+                color="#2b6cb0", ms=4, capsize=2, lw=1)
+    ax.annotate(r.name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+
+
+def _quality_panels(axes, measured: Sequence[MethodRow]) -> None:
+    """Class-consistency and Fréchet distance (stored evaluation, 95% CIs) against target passes per image."""
+    panels = (("class_consistency", "class-consistency ↑"), ("frechet_distance", "Fréchet distance ↓"))
+    target = next((r for r in measured if r.name == "target"), None)
+    for k, (ax, (metric, ylabel)) in enumerate(zip(axes, panels)):
+        if target is not None:
+            s = getattr(target.quality, metric)
+            ax.axhspan(s.ci_low, s.ci_high, color="#a0aec0", alpha=0.3, lw=0)
+        for r in measured:
+            s = getattr(r.quality, metric)
+            _marker(ax, r, r.quality.target_passes_per_image, s.mean, [[s.mean - s.ci_low], [s.ci_high - s.mean]])
+        ax.set_ylabel(ylabel, fontsize=7)
+        if k == 1:
+            ax.set_xlabel("target passes per image (batch 1)", fontsize=7)
+        else:
+            ax.set_title("stored evaluation: 95% CIs; grey band: target;\nfilled: lossless, hollow: lossy", fontsize=7)
+
+
+def _speed_panels(axes, rows: Sequence[MethodRow]) -> None:
+    """Steady time against target passes, measured in this run: per image at batch 1, and per call of all labels."""
+    B = rows[0].batch_size
+    target = next((r for r in rows if r.name == "target"), None)
+    panels = ((lambda r: r.target_passes_per_image_at_batch_1, lambda r: r.ms_per_image_at_batch_1,
+               "ms per image, batch 1 ↓", "target passes per image (batch 1)"),
+              (lambda r: r.target_passes_per_call, lambda r: r.ms_per_call,
+               f"ms per call of {B} ↓", f"target passes per call of {B}"))
+    for k, (ax, (x_of, y_of, ylabel, xlabel)) in enumerate(zip(axes, panels)):
+        if target is not None:
+            ax.axhline(y_of(target), color="#a0aec0", lw=1)
+        for r in rows:
+            _marker(ax, r, x_of(r), y_of(r))
+        ax.set_ylabel(ylabel, fontsize=7)
+        ax.set_xlabel(xlabel, fontsize=7)
+        if k == 0:
+            ax.set_title(f"measured here (quality {NOT_MEASURED}); grey line: target;\n"
+                         "filled: lossless, hollow: lossy; steady times (no one-off preparation)", fontsize=7)
+
+
 def demo_figure(rows: Sequence[MethodRow], images: Sequence[torch.Tensor], labels: Sequence[int], run_id: str,
                 title: str) -> Figure:
-    """The images of every method (one row each) and, on the right, quality against target passes per image."""
+    """The images of every method (one row each) and, on the right, quality against target passes per image
+    (the stored evaluation), or, for models without one, the measured time against target passes."""
     captions = {r.name: f"{r.target_passes_per_image_at_batch_1:.1f} target passes" for r in rows}
     fig = comparison_figure({r.name: img for r, img in zip(rows, images)}, captions=captions,
                             row_labels=[f"class {label}" for label in labels], methods_as_rows=True, cell_size=1.0)
@@ -203,30 +268,14 @@ def demo_figure(rows: Sequence[MethodRow], images: Sequence[torch.Tensor], label
         ax.set_position([p.x0 * sx, p.y0 * sy, p.width * sx, p.height * sy])
     panel_x, panel_w = (width + 0.9) / (width + extra), (extra - 1.3) / (width + extra)
     measured = [r for r in rows if r.quality.class_consistency is not None]
-    panels = (("class_consistency", "class-consistency ↑"), ("frechet_distance", "Fréchet distance ↓"))
-    for k, (metric, ylabel) in enumerate(panels):
-        ax = fig.add_axes([panel_x, 0.56 * sy - 0.47 * sy * k + 0.08 * sy, panel_w, 0.36 * sy])
-        if not measured:
-            ax.text(0.5, 0.5, f"quality {NOT_MEASURED}", ha="center", va="center", fontsize=8, transform=ax.transAxes)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            continue
-        target = next((r for r in measured if r.name == "target"), None)
-        if target is not None:
-            s = getattr(target.quality, metric)
-            ax.axhspan(s.ci_low, s.ci_high, color="#a0aec0", alpha=0.3, lw=0)
-        for r in measured:
-            s, x = getattr(r.quality, metric), r.quality.target_passes_per_image
-            ax.errorbar(x, s.mean, yerr=[[s.mean - s.ci_low], [s.ci_high - s.mean]], fmt="o" if r.lossless else "s",
-                        mfc="#2b6cb0" if r.lossless else "white", color="#2b6cb0", ms=4, capsize=2, lw=1)
-            ax.annotate(r.name, (x, s.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.set_ylabel(ylabel, fontsize=7)
+    axes = [fig.add_axes([panel_x, 0.56 * sy - 0.47 * sy * k + 0.08 * sy, panel_w, 0.36 * sy]) for k in range(2)]
+    if measured:
+        _quality_panels(axes, measured)
+    else:  # no stored quality for these models: what was measured here, time against target passes
+        _speed_panels(axes, rows)
+    for ax in axes:
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
-        if k == 1:
-            ax.set_xlabel("target passes per image (batch 1)", fontsize=7)
-        else:
-            ax.set_title("stored evaluation: 95% CIs; grey band: target;\nfilled: lossless, hollow: lossy", fontsize=7)
     fig.suptitle(f"{title}; captions: target passes per image at batch 1", fontsize=9, x=0.02, ha="left")
     fig.text(0.99, 0.005, f"run {run_id}", ha="right", va="bottom", fontsize=6, color="#4a5568")
     return fig

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 
 import torch
@@ -11,10 +12,15 @@ from sdvar_lib.fast.config import FastConfig
 from sdvar_lib.fast.run import FastRun
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib.util.progress import progress_log
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FastRunFactory", "make_fast_sdvar", "one_off_seconds"]
+
+
+def _triton_cache_dir() -> str:
+    return os.environ.get("TRITON_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".triton", "cache"))
 
 
 def one_off_seconds(runs: Iterable[FastRun], decodes: Iterable = ()) -> float:
@@ -68,6 +74,11 @@ class FastRunFactory:
         return runs
 
     def _new_run(self, model: VAR, batch_size: int) -> FastRun:
+        if not any(b == batch_size and runs for (_, b), runs in self._runs.items()):
+            progress_log.info(
+                "fast path, first call at batch %d: compiling kernels and capturing one CUDA graph per pass shape as each "
+                "is first used (about 30 s on a fresh machine, a few seconds once Triton's on-disk kernel cache in %s "
+                "holds the kernels); later calls replay them", batch_size, _triton_cache_dir())
         run = FastRun(model, batch_size, self.config)
         self._runs.setdefault((id(model), batch_size), []).append(run)
         log.debug("new fast run: %r", run)

@@ -102,6 +102,9 @@ class ModelRun:
 
 
 RunFactory = Callable[["VAR", torch.Tensor], ModelRun]
+"""``(model, label_B) -> ModelRun``. A factory that prepares programs once (the fast path) may also expose
+``one_off_s``, the seconds spent on that one-off work so far; whole calls count their share of it apart
+(:attr:`~sdvar_lib.sdvar.stats.SDVARStats.one_off_s`)."""
 
 
 def eager_run(model: VAR, label_B: torch.Tensor, cache: KVCache | None = None) -> ModelRun:

@@ -72,9 +72,9 @@ def decode_handoff(sd: SDVAR, first_is_target: bool, labels: torch.Tensor, sampl
 def _whole_call(sd: SDVAR, first_is_target: bool, B: int, label_B, g_seed: int | None, sampling: SamplingConfig | None,
                 entry_num: int | None, sd_mask: int) -> SDVAROutput:
     """One call of a hand-off (``entry_num=None``: the first model alone), arguments checked before any pass."""
-    t0 = time.perf_counter()
     if not isinstance(sd, SDVAR):
         raise TypeError(f"sd must be an sdvar_lib.SDVAR, got {type(sd).__name__}")
+    t0, one_off0 = time.perf_counter(), sd.one_off_seconds()
     S = sd.num_stages
     entry_num = S if entry_num is None else entry_num
     check_int(entry_num, "entry_num", 0, S)
@@ -84,7 +84,7 @@ def _whole_call(sd: SDVAR, first_is_target: bool, B: int, label_B, g_seed: int |
     sampling, labels, rng = sd.start_call(B, label_B, g_seed, sampling, used)
     with torch.no_grad(), eval_mode(sd.draft_model, sd.target_model, sd.vae):
         result = decode_handoff(sd, first_is_target, labels, sampling, rng, entry_num, sd_mask)
-        return sd.finish_call(result.tokens, result.f_hats, labels, result.stats, t0)
+        return sd.finish_call(result.tokens, result.f_hats, labels, result.stats, t0, one_off0)
 
 
 def baseline(sd: SDVAR, B: int, label_B=None, g_seed: int | None = None, sampling: SamplingConfig | None = None

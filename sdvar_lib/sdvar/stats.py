@@ -21,7 +21,12 @@ def _zeros(n: int) -> list[int]:
 
 @dataclass(frozen=True)
 class SDVARStats:
-    """Counters of one generation call (target/draft passes, rounds, acceptance per stage, time)."""
+    """Counters of one generation call (target/draft passes, rounds, acceptance per stage, time).
+
+    ``wall_time_s`` is the whole call; ``one_off_s`` the part of it spent on work done once per process
+    and shape (the fast path's kernel compiles and CUDA-graph captures), so ``steady_time_s``, their
+    difference, is what the same call costs from then on: the time to report.
+    """
 
     num_stages: int
     target_passes: int = 0
@@ -34,6 +39,7 @@ class SDVARStats:
     proposed_stages_per_stage: list[int] = field(default_factory=list)
     accepted_stages_per_stage: list[int] = field(default_factory=list)
     wall_time_s: float = 0.0
+    one_off_s: float = 0.0
     accepted_tokens_S: torch.Tensor | None = None
     """Accepted draft tokens per stage, counted on the models' device (no host sync per round);
     read it through :attr:`accepted_tokens_per_stage`."""
@@ -88,8 +94,16 @@ class SDVARStats:
             accepted_stages_per_stage=accepted_stages, accepted_tokens_S=accepted_S,
         )
 
-    def with_wall_time(self, seconds: float) -> SDVARStats:
-        return replace(self, wall_time_s=seconds)
+    def with_wall_time(self, seconds: float, one_off_s: float = 0.0) -> SDVARStats:
+        """The call's wall time and the one-off preparation it included (``0 <= one_off_s <= seconds``)."""
+        if not 0.0 <= one_off_s <= seconds:
+            raise ValueError(f"one-off seconds must be within [0, wall time {seconds}], got {one_off_s}")
+        return replace(self, wall_time_s=seconds, one_off_s=one_off_s)
+
+    @property
+    def steady_time_s(self) -> float:
+        """The call's wall time without its one-off preparation."""
+        return self.wall_time_s - self.one_off_s
 
     # ---- reading ----
     @property
@@ -124,14 +138,16 @@ class SDVARStats:
             accepted_tokens_per_stage=self.accepted_tokens_per_stage,
             proposed_stages_per_stage=list(self.proposed_stages_per_stage),
             accepted_stages_per_stage=list(self.accepted_stages_per_stage), wall_time_s=self.wall_time_s,
+            one_off_s=self.one_off_s,
         )
 
     def summary(self) -> str:
         acc = ", ".join("-" if a is None else f"{a:.2f}" for a in self.token_acceptance_per_stage)
+        one_off = f" (+ {self.one_off_s:.1f} s one-off preparation)" if self.one_off_s else ""
         return (
             f"target passes {self.target_passes}, draft passes {self.draft_passes}, rounds {self.rounds}, "
             f"gamma/round {self.gamma_per_round}, accepted stages/round {self.stages_accepted_per_round}, "
-            f"token acceptance per stage [{acc}], {self.wall_time_s * 1000:.1f} ms"
+            f"token acceptance per stage [{acc}], {self.steady_time_s * 1000:.1f} ms{one_off}"
         )
 
 
@@ -152,6 +168,12 @@ class PooledStats:
     accepted_tokens_per_stage: tuple[int, ...]
     proposed_stages_per_stage: tuple[int, ...]
     accepted_stages_per_stage: tuple[int, ...]
+    one_off_s: float = 0.0
+
+    @property
+    def steady_time_s(self) -> float:
+        """The calls' wall time without their one-off preparation."""
+        return self.wall_time_s - self.one_off_s
 
     @property
     def token_acceptance_per_stage(self) -> list[float | None]:
@@ -180,6 +202,7 @@ class PooledStats:
             accepted_tokens_per_stage=add(self.accepted_tokens_per_stage, other.accepted_tokens_per_stage),
             proposed_stages_per_stage=add(self.proposed_stages_per_stage, other.proposed_stages_per_stage),
             accepted_stages_per_stage=add(self.accepted_stages_per_stage, other.accepted_stages_per_stage),
+            one_off_s=self.one_off_s + other.one_off_s,
         )
 
     @classmethod
@@ -195,7 +218,7 @@ class PooledStats:
             wall_time_s=stats.wall_time_s, proposed_tokens_per_stage=tuple(stats.proposed_tokens_per_stage),
             accepted_tokens_per_stage=tuple(stats.accepted_tokens_per_stage),
             proposed_stages_per_stage=tuple(stats.proposed_stages_per_stage),
-            accepted_stages_per_stage=tuple(stats.accepted_stages_per_stage),
+            accepted_stages_per_stage=tuple(stats.accepted_stages_per_stage), one_off_s=stats.one_off_s,
         )
 
 

@@ -1,4 +1,5 @@
-"""util: the bottom layer — argument checks, atomic outputs, memory checks, eval mode, machine information.
+"""util: the bottom layer — argument checks, atomic outputs, memory checks, eval mode, machine information,
+the progress messages of one-off work (:mod:`sdvar_lib.util.progress`).
 
 Owns nothing specific to VAR. May import: the standard library and torch only (no other sdvar_lib module).
 """
@@ -17,9 +18,10 @@ from sdvar_lib.util.checks import (
 from sdvar_lib.util.machine import MachineInfo
 from sdvar_lib.util.memory import check_fits
 from sdvar_lib.util.modes import eval_mode
+from sdvar_lib.util.progress import PROGRESS_LOGGER, progress_log, show_progress
 
 __all__ = [
     "SEED_LIMIT", "check_int", "check_number", "check_probability", "check_bool", "check_seed", "check_choice",
     "check_int_sequence", "atomic_write_text", "atomic_write_bytes", "atomic_folder", "check_fits", "eval_mode",
-    "MachineInfo",
+    "MachineInfo", "PROGRESS_LOGGER", "progress_log", "show_progress",
 ]
