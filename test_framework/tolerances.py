@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["Bound", "Tolerances", "MANTISSA_BITS", "ulp", "derived_allowed", "DRIFT_FACTOR"]
+__all__ = ["Bound", "Tolerances", "MANTISSA_BITS", "ulp", "derived_allowed", "DRIFT_FACTOR", "ProbsBound", "filtered_probs_bound"]
 
 MANTISSA_BITS = {torch.float64: 53, torch.float32: 24, torch.bfloat16: 8, torch.float16: 11}
 """Significand precision ``p`` (bits, the implicit one included) of the floating-point types."""
@@ -57,6 +57,40 @@ def ulp(magnitude: float, mantissa_bits: int) -> float:
 def derived_allowed(magnitude: float, drift: float, mantissa_bits: int) -> float:
     """The derived bound: one ulp of ``magnitude`` plus :data:`DRIFT_FACTOR` times the measured ``drift``."""
     return ulp(magnitude, mantissa_bits) + DRIFT_FACTOR * drift
+
+
+@dataclass(frozen=True)
+class ProbsBound:
+    """How far a filtered distribution may be from its reference, given the logits difference measured for it.
+
+    ``allowed = abs + expm1(2 * logits_diff) + flipped_mass``: a softmax whose logits all move by at
+    most ``d`` changes every probability by a factor within ``exp(+-2d)``; and a token whose logit
+    lies within ``2d`` of its row's top-k/top-p cut may enter or leave the kept set, which moves the
+    row by at most the mass that entered or left (``flipped_mass``: the larger of the two, largest row). A token that enters or
+    leaves the kept set farther from the cut (``far_flips``) cannot be rounding: the filter differs.
+    """
+
+    allowed: float
+    far_flips: int
+    flipped_mass: float
+
+
+def filtered_probs_bound(got_p: torch.Tensor, want_p: torch.Tensor, want_logits: torch.Tensor, logits_diff: float,
+                         abs_tol: float) -> ProbsBound:
+    """:class:`ProbsBound` of ``got_p`` against the reference ``want_p`` (filtered from ``want_logits``)."""
+    got_kept, want_kept = got_p > 0, want_p > 0
+    flipped = got_kept ^ want_kept
+    width = 2.0 * logits_diff + 1e-6
+    logits = want_logits.float()
+    cut = logits.masked_fill(~want_kept, float("inf")).amin(dim=-1, keepdim=True)
+    near = (logits - cut).abs() <= width
+    far_flips = int((flipped & ~near).sum())
+    zero = torch.zeros((), device=got_p.device)
+    added = torch.where(got_kept & ~want_kept, got_p.float(), zero).sum(dim=-1)  # mass the reference drops
+    dropped = torch.where(want_kept & ~got_kept, want_p.float(), zero).sum(dim=-1)  # mass the reference keeps
+    flipped_mass = float(torch.maximum(added, dropped).amax()) if added.numel() else 0.0
+    return ProbsBound(allowed=abs_tol + math.expm1(2.0 * logits_diff) + flipped_mass, far_flips=far_flips,
+                      flipped_mass=flipped_mass)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -271,6 +272,21 @@ def test_ulp_and_the_derived_bound():
     assert derived_allowed(3.03, 0.01, 8) == pytest.approx(2.0**-6 + DRIFT_FACTOR * 0.01)
     with pytest.raises(ValueError, match="mantissa_bits must be an int in"):
         Tolerances.for_dtype(torch.float32).__class__(**{**Tolerances.for_dtype(torch.float32).__dict__, "mantissa_bits": 1})
+
+
+def test_the_filtered_probs_bound_allows_rounding_at_the_cut_only():
+    from test_framework.tolerances import filtered_probs_bound
+
+    logits = torch.tensor([[3.0, 2.99, 0.0, -1.0]])
+    want = torch.tensor([[1.0, 0.0, 0.0, 0.0]])  # top-k 1 keeps token 0
+    swapped = torch.tensor([[0.0, 1.0, 0.0, 0.0]])  # a near tie resolved the other way
+    near = filtered_probs_bound(swapped, want, logits, logits_diff=0.01, abs_tol=0.0)
+    assert near.far_flips == 0 and near.flipped_mass == 1.0 and near.allowed >= 1.0
+    two = torch.tensor([[0.5, 0.0, 0.5, 0.0]])  # token 2 kept although its logit is 3 below the cut
+    far = filtered_probs_bound(two, want, logits, logits_diff=0.01, abs_tol=0.0)
+    assert far.far_flips == 1
+    same = filtered_probs_bound(want, want, logits, logits_diff=0.01, abs_tol=0.02)
+    assert same.far_flips == 0 and same.allowed == pytest.approx(0.02 + math.expm1(0.02))
 
 
 def test_exact_cache_is_the_sequential_cache_in_float32_and_bounds_the_half_precision_drift(tiny_pair):

@@ -1,0 +1,129 @@
+"""The harness at the official size on the GPU, as the notebooks run it: it passes, and it still catches every bug.
+
+``gpu`` tests (skipped without CUDA). The official-size d16 -> d30 pair with random weights runs on the fast path
+exactly as ``make_pair_sdvar`` gives it to the notebooks (half-precision VARs, static caches, CUDA graphs), in
+float16 (a T4) and bfloat16. ``SDVARParallelV1Tester(sd).run_all_tests()`` must pass with the tolerances derived
+from that arithmetic (``test_framework/tolerances.py``), and with each planted bug of ``tests/test_harness_teeth.py``
+the named harness test must still fail. Where a CPU plant patches code the fast path does not run (the eager
+model's stage input, sampler and ``KVCache.write``), the fast path's own code is planted instead (the same bug in
+the fast run), and the cache perturbation is 16 units of rounding of the half type (``2**-p``), since a bf16 cache
+cannot even store a 0.1 % change. Plants that patch code recorded into CUDA graphs get a new run factory, so
+that the graphs are captured with the bug in them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from sdvar_lib.fast import FastRun, make_fast_sdvar
+from sdvar_lib.models import build_official_pair
+from sdvar_lib.sdvar import SDVAR
+from test_framework import SDVARParallelV1Tester
+from tests import test_harness_teeth as teeth
+
+pytestmark = pytest.mark.gpu
+
+
+# ---- the fast path's own versions of the plants whose eager code it does not run ---------------------
+def _fast_input_reads_the_wrong_f_hat(mp):
+    orig = FastRun.stage_input
+
+    def stage_input(self, si, f_hats):
+        if si == 0 or len(f_hats) <= si:
+            return orig(self, si, f_hats)
+        return orig(self, si, list(f_hats[: si - 1]) + [f_hats[si]])  # f_hat after stage si, not si - 1
+
+    mp.setattr(FastRun, "stage_input", stage_input)
+
+
+def _flattened(sample):
+    """``q`` reported at temperature 2 (the square root of each probability, renormalised)."""
+    q = sample.probs_BlV.sqrt()
+    return replace(sample, probs_BlV=q / q.sum(dim=-1, keepdim=True))
+
+
+def _fast_q_reported_flattened(mp):
+    sample_stage, decode_stage = FastRun.sample_stage, FastRun.decode_stage
+    mp.setattr(FastRun, "sample_stage", lambda self, *a, **kw: _flattened(sample_stage(self, *a, **kw)))
+
+    def decode(self, *args, **kwargs):
+        sample, f_hat = decode_stage(self, *args, **kwargs)
+        return _flattened(sample), f_hat
+
+    mp.setattr(FastRun, "decode_stage", decode)
+
+
+def _fast_draft_filter_keeps_two(mp):
+    teeth._top_p_keeps_two(mp)
+    mp.setattr(FastRun, "_use_fused_sampler", lambda self, si, sampling: False)  # the fused kernel has its own filter
+
+
+def _fast_cache_stores_perturbed_values(mp):
+    """Later passes read values 16 units of rounding too large (the pass that wrote them read them right)."""
+    forward = FastRun.forward
+
+    def perturbed(self, x_2BlC, attn_mask=None):
+        position = self.cache.length
+        logits = forward(self, x_2BlC, attn_mask)
+        bits = {torch.bfloat16: 8, torch.float16: 11}.get(self.cache.v_NBHLc.dtype, 24)
+        self.cache.v_NBHLc[:, :, :, position : position + x_2BlC.shape[1]] *= 1 + 16 * 2.0**-bits
+        return logits
+
+    mp.setattr(FastRun, "forward", perturbed)
+
+
+FAST_PLANTS = {  # row id of tests/test_harness_teeth.py -> the plant on the fast path
+    "input reads the wrong f_hat": _fast_input_reads_the_wrong_f_hat,
+    "q reported before top-k": _fast_q_reported_flattened,
+    "top-p keeps two tokens (draft)": _fast_draft_filter_keeps_two,
+    "cache stores perturbed values": _fast_cache_stores_perturbed_values,
+}
+RECAPTURE = {"input reads the wrong f_hat", "q reported before top-k", "top-p keeps two tokens (draft)",
+             "f_hat upsampled bilinearly (draft)", "f_hat upsampled bilinearly (commit)"}
+"""Plants of code that runs inside captured programs (stage inputs, the draw, the f_hat update)."""
+OPTIONS = {name: {"top_k": 1} for name in ("top-p keeps two tokens (draft)", "top-p keeps two tokens (target)")}
+"""With the CPU rows' top-k 8 / top-p 0.6 a flat official-size distribution keeps several tokens, and a filter that
+also keeps the second most likely token changes nothing there; with top-k 1 it always adds one."""
+ROWS = [(row[0], FAST_PLANTS.get(row[0], row[1]), OPTIONS.get(row[0], row[2]), *row[3:]) for row in teeth.PLANTED]
+
+
+@pytest.fixture(scope="module", params=["float16", "bfloat16"])
+def official(request):
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available")
+    torch.manual_seed(0)
+    pair = build_official_pair(16, 30, device="cuda")
+    dtype = getattr(torch, request.param)
+    pair.draft.to(dtype)
+    pair.target.to(dtype)
+    yield pair, make_fast_sdvar(pair.draft, pair.target)
+    del pair
+    torch.cuda.empty_cache()
+
+
+def test_the_harness_passes_at_the_official_size(official):
+    _, sd = official
+    results = SDVARParallelV1Tester(sd).run_all_tests(B=2, gamma=2, print_results=False)
+    for r in results:
+        print(f"{r.test_name}: {'PASS' if r.passed else 'FAIL'} {r.message[:300]}")
+    assert all(r.passed for r in results), [f"{r.test_name}: {r.message}" for r in results if not r.passed]
+
+
+@pytest.mark.parametrize(("name", "plant", "options", "test_name", "expected"), ROWS, ids=[row[0] for row in ROWS])
+def test_a_planted_bug_fails_at_the_official_size(official, monkeypatch, name, plant, options, test_name, expected):
+    pair, shared = official
+    with monkeypatch.context() as mp:
+        plant(mp)
+        sd: SDVAR = make_fast_sdvar(pair.draft, pair.target) if name in RECAPTURE else shared
+        try:
+            result = getattr(SDVARParallelV1Tester(sd, **options), test_name)(B=2)
+        finally:
+            if sd is not shared:
+                sd.run_factory.release()
+                torch.cuda.empty_cache()
+    print(f"{name}: {test_name} -> {'PASS' if result.passed else 'FAIL'}: {result.message[:300]}")
+    assert result.passed is False, f"{test_name} missed '{name}' at the official size: {result.message}"
+    assert expected in result.message, result.message
