@@ -776,12 +776,16 @@ class SDVARParallelV1Tester:
         replicated ``n = draws // R`` times, ``n`` proposals per row are drawn from ``q`` here, and ONE
         :meth:`SDVAR.accept` call judges them all (the step takes any batch). Checked:
 
-        1. the committed tokens follow ``p`` row by row (Pearson chi-square summed over rows);
+        1. the committed tokens follow ``p`` row by row (Pearson chi-square summed over rows), and no
+           correction (the token committed for a rejected proposal) lies where ``p <= q``: the residual
+           ``normalize(max(p - q, 0))`` has no mass there (exact; this has power at any vocabulary, also
+           where a chi-square over thousands of nearly uniform categories has little);
         2. the number of accepted proposals is ``n sum_r sum_x q_r(x) min(1, p_r(x) / q_r(x))`` (z-test);
         3. with ``q = p`` (proposals drawn from ``p``) every proposal is accepted and the bonus stage
-           ``c + 1`` is drawn: its tokens follow that stage's ``p`` (chi-square).
+           ``c + 1`` is drawn: its tokens follow that stage's ``p`` (chi-square), and they hit their
+           row's most likely token as often as ``p`` says (z-test on the count).
 
-        Each statistic at level ``alpha / 3`` (Bonferroni). ``draws`` defaults to ``2**22 // V`` judged
+        Each of the four statistics at level ``alpha / 4`` (Bonferroni). ``draws`` defaults to ``2**22 // V`` judged
         tokens (at most ``2**16``), so the call stays small at any vocabulary. What it sees: an acceptance
         rule other than ``min(1, p/q)`` (e.g. ``** 0.9``), corrections not drawn from
         ``normalize(max(p - q, 0))``, a bonus stage taken as the argmax — see ``tests/test_harness_teeth.py``.
@@ -813,7 +817,13 @@ class SDVARParallelV1Tester:
             committed = acc.committed[-1]
             fit = chi_square_rows(committed, p_RV)
             checks.require(fit.impossible == 0, f"stage {c}: {fit.impossible} committed token(s) have target probability 0")
-            checks.require(fit.p_value > alpha / 3,
+            rejected = ~acc.verdicts[0].accepted_Bl
+            rows = torch.arange(R, device=device).expand(n, R)
+            outside = int((rejected & (p_RV[rows, committed] <= q_RV[rows, committed])).sum())
+            checks.require(outside == 0,
+                           f"stage {c}: committed tokens do not follow the target's p: {outside} of {int(rejected.sum())} "
+                           "correction(s) lie where p <= q, where the residual normalize(max(p - q, 0)) has no mass")
+            checks.require(fit.p_value > alpha / 4,
                            f"stage {c}: committed tokens do not follow the target's p (chi-square {fit.statistic:.1f}, "
                            f"{fit.dof} dof, p-value {fit.p_value:.2e})")
             a_R = (q_RV.double() * torch.where(q_RV > 0, p_RV.double() / q_RV.double().clamp_min(1e-300),
@@ -822,7 +832,7 @@ class SDVARParallelV1Tester:
             expected = float(n * a_R.sum())
             sd_acc = float((n * a_R * (1 - a_R)).sum()) ** 0.5
             z = (accepted - expected) / sd_acc if sd_acc > 0 else (0.0 if accepted == round(expected) else float("inf"))
-            checks.require(2 * normal_sf(abs(z)) > alpha / 3,
+            checks.require(2 * normal_sf(abs(z)) > alpha / 4,
                            f"stage {c}: {accepted} of {n * R} proposals accepted, min(1, p/q) gives {expected:.0f} "
                            f"(z = {z:.1f})")
             # 3: the bonus stage
@@ -840,12 +850,15 @@ class SDVARParallelV1Tester:
                                   f"every proposal accepted (q = p) but no bonus stage {bonus_stage} was drawn"):
                     bonus = acc_b.committed[1].reshape(n, R1)
                     fit_b = chi_square_rows(bonus, p1_RV)
-                    share = float((bonus == p1_RV.argmax(-1)).double().mean())
-                    want_share = float(p1_RV.max(-1).values.double().mean())
-                    checks.require(fit_b.impossible == 0 and fit_b.p_value > alpha / 3,
+                    hits = float((bonus == p1_RV.argmax(-1)).double().sum())
+                    p_max = p1_RV.max(-1).values.double()
+                    share, want_share = hits / (n * R1), float(p_max.mean())
+                    sd_hits = float((n * p_max * (1 - p_max)).sum()) ** 0.5
+                    z_b = (hits - n * float(p_max.sum())) / sd_hits if sd_hits > 0 else 0.0
+                    checks.require(fit_b.impossible == 0 and fit_b.p_value > alpha / 4 and 2 * normal_sf(abs(z_b)) > alpha / 4,
                                    f"bonus stage {bonus_stage}: tokens do not follow the target's p (chi-square "
                                    f"{fit_b.statistic:.1f}, {fit_b.dof} dof, p-value {fit_b.p_value:.2e}; argmax share "
-                                   f"{share:.3f}, p gives {want_share:.3f})")
+                                   f"{share:.3f}, p gives {want_share:.3f}, z = {z_b:.1f})")
             details = SampledDetails(
                 stage=c, rows=R, draws_per_row=n, chi_square=fit.statistic, dof=fit.dof, p_value=fit.p_value,
                 accepted=accepted, expected_accepted=expected, acceptance_z=z, bonus_stage=bonus_stage, bonus_rows=R1,

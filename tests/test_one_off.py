@@ -101,6 +101,13 @@ def test_the_main_job_reports_steady_times_only(tmp_path, monkeypatch):
     assert stats["preparation_s"] >= 0 and "Times are steady times" in (out / "stats.md").read_text()
 
 
+def test_the_main_job_defaults_to_four_imagenet_labels_for_the_official_size_models():
+    from sdvar_lib.demo.cli import IMAGENET_LABELS, default_labels
+
+    assert default_labels(1000) == list(IMAGENET_LABELS) == [207, 360, 388, 980]
+    assert default_labels(10) == list(range(10)) and default_labels(4) == [0, 1, 2, 3] and default_labels(20) == list(range(10))
+
+
 def test_without_stored_quality_the_figure_shows_measured_speed(tmp_path):
     rows, images = job.run_methods(
         *(lambda sd: (sd, [get_method("target"), get_method("exact_g2")], [1, 2], 0, SamplingConfig()))(
