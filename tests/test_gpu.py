@@ -10,7 +10,7 @@ end, the harness with its sampled check) are the CPU tests' statistics on CUDA s
 
 Tolerances. The tolerances below are those the suite passed with on H200 runs (commit 5c64265, and
 53 GPU tests at commit 1f58aee on 2026-11-29, docs/bench/HISTORY.md "Final run"). Measured errors recorded so
-far (H200, official-size random d16 -> d30, ``scripts/gpu_harness_check.py``, 2026-11-29): float32
+far (H200, official-size random d16 -> d30, the harness check then in ``scripts/``, 2026-11-29): float32
 chunked vs sequential verify logits 0.0000 (tolerance 1e-4 + 1e-4 |logit|, i.e. 4e-4); bf16 fast path
 0.0271 (tolerance 0.2383); bf16 greedy tokens equal up to near ties with the largest argmax gap 0.0161
 (tolerance 0.227); the fast bf16 decode differs from the autocast decode by 1.2e-2 relative. Every
