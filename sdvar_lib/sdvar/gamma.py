@@ -246,10 +246,18 @@ def make_gamma_rule(gamma) -> GammaRule:
 def plan_never_drafts(rule: GammaRule, num_stages: int) -> bool:
     """True when ``rule`` proposes nothing in any state a call reaches without drafting.
 
-    Without a drafting round the draft cache stays empty and no stage is judged, so those states are
-    ``RoundContext(c, S, 0, RoundHistory())`` for every ``c`` (:class:`AdaptiveGamma` reads only the
-    judged stages of the history). Such a call is the target's sequential decode: ``SDVAR`` then runs
-    the target-alone loop, without the per-round work.
+    A call that has not drafted yet has made only target steps: after ``c`` of them the rule sees
+    ``RoundContext(c, S, 0, history)`` with ``history`` holding ``c`` target steps (``proposed`` and
+    ``accepted`` ``(0,) * c``, nothing judged), exactly what :meth:`SDVAR.run_round
+    <sdvar_lib.sdvar.decoder.SDVAR.run_round>` hands it. The plan walks those ``S`` states; if the rule
+    returns 0 in every one of them, the call is the target's sequential decode and ``SDVAR`` runs the
+    target-alone loop instead of the rounds, with the same draws and statistics. A rule that drafts in
+    any of them (a schedule ``(0, 2)`` in its second round) runs the rounds. Rules must be functions of
+    their :class:`RoundContext` (the plan calls ``next_gamma`` on contexts the call may never reach).
     """
-    return all(rule.next_gamma(RoundContext(c=c, num_stages=num_stages, draft_stages_held=0,
-                                            history=RoundHistory())) == 0 for c in range(num_stages))
+    history = RoundHistory()
+    for c in range(num_stages):
+        if rule.next_gamma(RoundContext(c=c, num_stages=num_stages, draft_stages_held=0, history=history)) != 0:
+            return False
+        history = history.add(0, 0)
+    return True
