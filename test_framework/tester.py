@@ -20,9 +20,9 @@ import torch
 
 from sdvar_lib import SDVAR, SamplingConfig, get_method
 from sdvar_lib.eval import compare_images
-from sdvar_lib.models import VAR, ModelRun
+from sdvar_lib.models import VAR, ModelRun, check_cfg
 from sdvar_lib.sdvar import DraftProposal, SDVARInferenceState, VerifyResult
-from sdvar_lib.util import check_int, check_number, check_seed
+from sdvar_lib.util import check_bool, check_int, check_int_sequence, check_number, check_seed
 from test_framework.greedy import greedy_agreement
 from test_framework.reference import (
     ReferenceRun,
@@ -114,7 +114,7 @@ class SDVARParallelV1Tester:
             raise TypeError(f"SDVARParallelV1Tester needs an sdvar_lib.SDVAR, got {type(sdvar_model).__name__}")
         if tolerances is not None and not isinstance(tolerances, Tolerances):
             raise TypeError(f"tolerances must be a Tolerances, got {type(tolerances).__name__}")
-        check_number(cfg, "cfg", 0.0)
+        check_cfg(cfg)
         check_seed(seed, "seed", allow_none=False)
         check_int(top_k, "top_k", 0)
         if top_k > sdvar_model.target_model.V:
@@ -699,9 +699,7 @@ class SDVARParallelV1Tester:
         ``S - entry_num`` target passes (one prefill + one per later stage)."""
         check_int(B, "B", 1)
         S = self.S
-        entries = sorted({0, S // 2, S}) if entry_nums is None else list(entry_nums)
-        for k in entries:
-            check_int(k, "every value of entry_nums", 0, S)
+        entries = sorted({0, S // 2, S}) if entry_nums is None else list(check_int_sequence(entry_nums, "entry_nums", 0, S))
 
         def body(checks: CheckLog):
             labels = self._labels(B)
@@ -860,6 +858,8 @@ class SDVARParallelV1Tester:
         """Every test in order; prints the summary (:func:`~test_framework.results.print_summary`) unless told not to."""
         check_int(B, "B", 1)
         check_int(gamma, "gamma", 1)
+        check_bool(print_results, "print_results")
+        check_bool(show_times, "show_times")
         results = [
             self.test_build_combined_query(B, gamma),
             self.test_split_logits_by_stage(B, gamma),

@@ -30,7 +30,7 @@ from sdvar_lib.models.presets import (
 )
 from sdvar_lib.models.var import VAR
 from sdvar_lib.models.vqvae import VQVAE
-from sdvar_lib.util.checks import check_bool, check_choice
+from sdvar_lib.util.checks import check_bool, check_choice, check_path
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,8 @@ def load_official(
     """The official VQVAE with a draft and a target VAR, loaded strictly from the released files."""
     check_official_depth(draft_depth, "draft_depth")
     check_official_depth(target_depth, "target_depth")
+    check_path(ckpt_dir, "ckpt_dir")
+    check_bool(download, "download")
     names = [VAE_FILENAME, var_filename(draft_depth), var_filename(target_depth)]
     paths = resolve_official_files(names, ckpt_dir=ckpt_dir, download=download)
     vae = build_vae("meta")
@@ -245,7 +247,7 @@ def load_bundled(device: torch.device | str = "cpu", folder: str | os.PathLike |
     The folder holds ``config.json`` (``{"vae": {...}, "draft": {...}, "target": {...}}``, constructor
     keyword arguments) and ``vae.pth``, ``draft.pth``, ``target.pth`` (weights-only state dicts).
     """
-    folder = Path(folder) if folder is not None else BUNDLED_DIR
+    folder = check_path(folder, "folder") or BUNDLED_DIR
     config = _read_bundle_config(folder)
     source = str(folder / "config.json")
     vae = _construct(VQVAE, config["vae"], f"{source} 'vae'")
@@ -306,6 +308,7 @@ def load_pair(
     check_choice(choice, "model choice", MODEL_CHOICES)
     check_bool(download, "download")
     check_bool(fallback, "fallback")
+    check_path(ckpt_dir, "ckpt_dir")
     if choice in ("official", "random-official"):
         check_official_depth(draft_depth, "draft_depth")
         check_official_depth(target_depth, "target_depth")

@@ -111,4 +111,5 @@ def generate_test3(sd: SDVAR, B: int, label_B=None, g_seed: int | None = None, s
 def code_handoff(sd: SDVAR, B: int, label_B=None, g_seed: int | None = None, sampling: SamplingConfig | None = None,
                  entry_num: int = 6) -> SDVAROutput:
     """CoDe-style: the target makes stages ``< entry_num``, the draft reads the prefix and finishes."""
+    check_int(entry_num, "entry_num", 0)  # None (test3's "every stage") would silently be the target alone
     return _whole_call(sd, True, B, label_B, g_seed, sampling, entry_num, 0)
