@@ -17,6 +17,7 @@ from sdvar_lib.models.checkpoints import (
     load_state_dict_checked,
     pick_device,
 )
+from sdvar_lib.models.footprint import PairFootprint, check_official_pair_fits, official_pair_footprint
 from sdvar_lib.models.kv_cache import KVCache
 from sdvar_lib.models.presets import (
     OFFICIAL_DEPTHS,
@@ -48,5 +49,5 @@ __all__ = [
     "check_cfg", "check_labels",
     "ModelPair", "build_vae", "build_var", "build_official_pair", "build_tiny", "OFFICIAL_DEPTHS", "OFFICIAL_PATCH_NUMS",
     "MODEL_CHOICES", "CheckpointError", "load_pair", "load_bundled", "load_official", "load_checkpoint_file",
-    "load_state_dict_checked", "pick_device",
+    "load_state_dict_checked", "pick_device", "PairFootprint", "official_pair_footprint", "check_official_pair_fits",
 ]

@@ -23,13 +23,14 @@ from sdvar_lib.util.checks import (
     check_str,
 )
 from sdvar_lib.util.machine import MachineInfo
-from sdvar_lib.util.memory import check_fits
+from sdvar_lib.util.memory import InsufficientMemoryError, available_now_bytes, check_fits
 from sdvar_lib.util.modes import eval_mode
 from sdvar_lib.util.progress import PROGRESS_LOGGER, progress_log, show_progress
 
 __all__ = [
     "SEED_LIMIT", "INT64_MIN", "INT64_MAX", "check_int", "check_number", "check_probability", "check_bool", "check_seed",
     "check_choice", "check_instance", "check_str", "check_sequence", "check_int_sequence", "check_mapping", "check_path",
-    "atomic_write_text", "atomic_write_bytes", "atomic_folder", "check_fits", "eval_mode",
+    "atomic_write_text", "atomic_write_bytes", "atomic_folder", "check_fits", "available_now_bytes",
+    "InsufficientMemoryError", "eval_mode",
     "MachineInfo", "PROGRESS_LOGGER", "progress_log", "show_progress",
 ]
