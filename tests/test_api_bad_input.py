@@ -39,15 +39,19 @@ from sdvar_lib.sdvar import (
     UniformCost,
     VerifyResult,
     baseline,
+    check_compatible,
     code_handoff,
     draft_alone,
     generate_test3,
     make_gamma_rule,
     make_policy,
     methods_for,
+    pool_stats,
+    prefill_mask,
     register,
 )
 from sdvar_lib.sdvar.gamma import CostModel
+from sdvar_lib.sdvar.handoff import decode_handoff
 from sdvar_lib.sdvar.registry import stage_chunks
 from sdvar_lib.viz import run_and_describe, run_comparison
 from test_framework import SDVARParallelV1Tester
@@ -287,6 +291,14 @@ ROWS = [
         setup=_proposed),
     Row("verify_mask", "query str", lambda e, c: _sd(e).verify_mask(c, "query"), TypeError, ("query", "CombinedQuery"),
         setup=_state),
+    Row("f_hats_after", "start -1", lambda e, c: _sd(e).f_hats_after([], -1, []), ValueError, ("start", "[0, 4]")),
+    Row("f_hats_after", "tokens of another stage", lambda e, c: _sd(e).f_hats_after([], 0, [torch.zeros(1, 4, dtype=torch.long)]),
+        ValueError, ("stage 0", "(B, 1)")),
+    Row("check_compatible", "draft str", lambda e, c: check_compatible("draft", e["target"]), TypeError, ("draft", "VAR")),
+    Row("pool_stats", "str", lambda e, c: pool_stats("stats"), TypeError, ("stats", "SDVARStats")),
+    Row("prefill_mask", "ids str", lambda e, c: prefill_mask("ids", 0), TypeError, ("stage_ids_l",)),
+    Row("generate_parallel", "labels on meta", gp(label_B=torch.tensor([1, 2], device="meta")), ValueError,
+        ("label_B", "meta")),
     # ---- the hand-off functions ------------------------------------------------------------------------
     Row("baseline", "sd str", lambda e, c: baseline("sd", 1), TypeError, ("sd", "SDVAR")),
     Row("baseline", "B 0", lambda e, c: baseline(_sd(e), 0), ValueError, ("B",)),
@@ -300,6 +312,8 @@ ROWS = [
         ("sd_mask",)),
     Row("code_handoff", "entry None", lambda e, c: code_handoff(_sd(e), 1, 1, entry_num=None), TypeError, ("entry_num",)),
     Row("code_handoff", "entry -1", lambda e, c: code_handoff(_sd(e), 1, 1, entry_num=-1), ValueError, ("entry_num",)),
+    Row("decode_handoff", "entry 9", lambda e, c: decode_handoff(_sd(e), True, torch.tensor([1]), SamplingConfig(), None, 9),
+        ValueError, ("entry_num", "[0, 4]")),
     Row("code_handoff", "entry 6 > S", lambda e, c: code_handoff(_sd(e), 1, 1), ValueError, ("entry_num", "[0, 4]")),
     # ---- the registry ---------------------------------------------------------------------------------
     Row("get_method", "None", lambda e, c: get_method(None), TypeError, ("method name",)),

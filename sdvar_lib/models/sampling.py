@@ -165,6 +165,8 @@ def prepare_labels(
     if isinstance(label_B, torch.Tensor):
         if label_B.dtype.is_floating_point or label_B.dtype.is_complex or label_B.dtype == torch.bool:
             raise TypeError(f"label_B tensor must hold integers, got dtype {label_B.dtype}")
+        if label_B.device.type == "meta":
+            raise ValueError("label_B is a tensor on the meta device (it holds no values); give labels with values")
         labels = label_B.detach().to(device=device, dtype=torch.long).reshape(-1)
     elif isinstance(label_B, Sequence) and not isinstance(label_B, (str, bytes, bytearray)):
         labels = torch.tensor(list(check_labels(label_B, "label_B", num_classes, non_empty=False)), dtype=torch.long,

@@ -184,6 +184,15 @@ class SDVAR:
 
     def f_hats_after(self, base: Sequence[torch.Tensor], start: int, tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """``f_hat`` after each of ``tokens`` (stages ``start ..``) on top of the committed ``base``."""
+        check_int(start, "start", 0, self.num_stages)
+        if len(base) < start or len(tokens) > self.num_stages - start:
+            raise ValueError(f"f_hats_after needs the f_hat of the {start} stages before start (got {len(base)}) and at "
+                             f"most {self.num_stages - start} token maps from stage {start} (got {len(tokens)})")
+        for i, idx_Bl in enumerate(tokens):
+            want = self.patch_nums[start + i] ** 2
+            if not isinstance(idx_Bl, torch.Tensor) or idx_Bl.dim() != 2 or idx_Bl.shape[1] != want:
+                raise ValueError(f"the tokens of stage {start + i} must be a (B, {want}) tensor, got "
+                                 f"{tuple(idx_Bl.shape) if isinstance(idx_Bl, torch.Tensor) else type(idx_Bl).__name__}")
         quant = self.vae.quantize
         f_hat = base[start - 1] if start > 0 else None
         out = []
@@ -544,6 +553,8 @@ class SDVAR:
 
 def check_compatible(draft: VAR, target: VAR) -> None:
     """Raise ``ValueError`` unless draft and target share one VQVAE (codebook, ``Cvae``, scales) and class set."""
+    check_instance(draft, "draft", VAR, "an sdvar_lib.models.VAR")
+    check_instance(target, "target", VAR, "an sdvar_lib.models.VAR")
     dv, tv = draft.vae, target.vae
     problems = []
     if draft.V != target.V:

@@ -51,6 +51,8 @@ def decode_handoff(sd: SDVAR, first_is_target: bool, labels: torch.Tensor, sampl
     """
     first, second = (sd.target_model, sd.draft_model) if first_is_target else (sd.draft_model, sd.target_model)
     S = first.num_stages
+    check_int(entry_num, "entry_num", 0, S)
+    check_sd_mask(sd_mask)
     done = StagesDecoded(tokens=(), f_hats=(), passes=0)
     stats = SDVARStats(num_stages=S)
     for model, stop, is_target, mask in ((first, entry_num, first_is_target, 0), (second, S, not first_is_target, sd_mask)):
