@@ -223,10 +223,10 @@ class SDVAR:
         """No round from ``state`` is in progress: the caches hold its committed stages, no proposal or verify chunk."""
         d, held, position = state.draft.cache.stages_held(), state.target.cache.length, self._begin(state.c)
         if d > state.c or held != position:
-            done = "draft()" if held == position else "verify()"
+            done, rest = ("draft()", "verify, accept and commit") if held == position else ("verify()", "accept and commit")
             raise ValueError(f"{step}: a round from this state is in progress ({done} ran on it: the draft cache holds "
                              f"{d} stages, the target cache {held} positions, {state.c} stages are committed); finish "
-                             "it with verify, accept and commit, or start again with prepare()")
+                             f"it with {rest}, or start again with prepare()")
 
     def _begin(self, stage: int) -> int:
         """Cache position where ``stage``'s input begins (the end of the inputs of the stages before it)."""
