@@ -27,7 +27,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from sdvar_lib.models.presets import build_vae, build_var, check_official_depth
+from sdvar_lib.models import presets
+from sdvar_lib.models.presets import check_official_depth
+from sdvar_lib.models.var import VAR
+from sdvar_lib.models.vqvae import VQVAE
 from sdvar_lib.util.memory import InsufficientMemoryError, available_now_bytes
 
 log = logging.getLogger(__name__)
@@ -91,21 +94,28 @@ def official_pair_footprint(draft_depth: int = 16, target_depth: int = 30, readi
     """
     check_official_depth(draft_depth, "draft_depth")
     check_official_depth(target_depth, "target_depth")
-    fp = _architecture_footprint(draft_depth, target_depth)
+    fp = _architecture_footprint(_frozen(presets.official_vae_kwargs()), _frozen(presets.official_var_kwargs(draft_depth)),
+                                 _frozen(presets.official_var_kwargs(target_depth)))
+    fp = replace(fp, description=f"official-size pair d{draft_depth} -> d{target_depth}")
     if not reading_files:
         return fp
     return replace(fp, loading_bytes=max(fp.draft_parameters, fp.target_parameters) * 4)
 
 
+def _frozen(kwargs: dict) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
+
+
 @functools.lru_cache(maxsize=8)
-def _architecture_footprint(draft_depth: int, target_depth: int) -> PairFootprint:
-    with torch.random.fork_rng(devices=[]):  # building modules draws initial weights: leave the caller's stream alone
-        vae = build_vae("meta")
-        draft, target = build_var(vae, draft_depth, "meta"), build_var(vae, target_depth, "meta")
+def _architecture_footprint(vae_kwargs: tuple, draft_kwargs: tuple, target_kwargs: tuple) -> PairFootprint:
+    """The footprint of the architectures these constructor arguments describe (cached by them)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # nothing allocated; the caller's RNG untouched
+        vae = VQVAE(**dict(vae_kwargs))
+        draft, target = VAR(vae, **dict(draft_kwargs)).eval(), VAR(vae, **dict(target_kwargs)).eval()
     pn_last = target.patch_nums[-1]
     f_hat = torch.zeros(1, target.Cvae, pn_last, pn_last, device="meta")
     return PairFootprint(  # a VAR holds its VQVAE by proxy: its parameters are its own
-        description=f"official-size pair d{draft_depth} -> d{target_depth}",
+        description="",
         vae_parameters=sum(p.numel() for p in vae.parameters()),
         draft_parameters=sum(p.numel() for p in draft.parameters()),
         target_parameters=sum(p.numel() for p in target.parameters()),
