@@ -93,9 +93,12 @@ def random_tokens(model: VAR, B: int, seed: int) -> list[torch.Tensor]:
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``max|a - b|`` in float32 (``inf`` when the shapes differ)."""
+    """``max|a - b|`` in float32 (``inf`` when the shapes differ).
+
+    Two empty tensors raise ``ValueError``: a comparison over nothing must not read as a match.
+    """
     if a.numel() == 0 and b.numel() == 0:
-        return 0.0
+        raise ValueError(f"nothing to compare: both tensors are empty (shapes {tuple(a.shape)}, {tuple(b.shape)})")
     if a.shape != b.shape:
         return float("inf")
     return float((a.float() - b.float()).abs().amax())
@@ -368,6 +371,8 @@ def cache_layer_diffs(cache: KVCache, reference: ReferenceCache) -> list[float]:
     """``max|keys - ref| , |values - ref|`` per layer over the valid positions (``inf`` if lengths differ)."""
     if cache.length != reference.length or cache.num_layers != reference.num_layers:
         return [float("inf")] * reference.num_layers
+    if reference.length == 0:  # both hold nothing (equal lengths were the comparison)
+        return [0.0] * reference.num_layers
     return [
         max(max_abs_diff(cache.keys(i), reference.keys(i)), max_abs_diff(cache.values(i), reference.values(i)))
         for i in range(reference.num_layers)

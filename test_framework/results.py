@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 
 __all__ = [
@@ -47,15 +47,34 @@ class TestResult:
 
 
 class CheckLog:
-    """Collects the failed invariants of one test (the first few make its message)."""
+    """Collects the failed invariants of one test (the first few make its message) and counts the checks made.
+
+    A comparison over nothing never passes: :meth:`require_all` and :meth:`require_pairs` fail on an empty
+    list (and on lists of different lengths), and the harness fails a test that made no check at all.
+    """
 
     def __init__(self) -> None:
         self.failures: list[str] = []
+        self.checked = 0
 
     def require(self, condition: bool, message: str) -> bool:
+        self.checked += 1
         if not condition:
             self.failures.append(message)
         return bool(condition)
+
+    def require_all(self, conditions: Iterable[bool], message: str) -> bool:
+        """Every condition holds, and there is at least one (an empty list fails: nothing was compared)."""
+        values = [bool(c) for c in conditions]
+        if not values:
+            return self.require(False, f"nothing to compare: {message}")
+        return self.require(all(values), message)
+
+    def require_pairs(self, a: Sequence, b: Sequence, holds: Callable[[object, object], bool], message: str) -> bool:
+        """``holds(x, y)`` for every pair of ``a`` and ``b``, which must be equally long and not empty."""
+        if len(a) != len(b):
+            return self.require(False, f"{message} (the lists differ in length: {len(a)} vs {len(b)})")
+        return self.require_all((holds(x, y) for x, y in zip(a, b, strict=True)), message)
 
     @property
     def ok(self) -> bool:

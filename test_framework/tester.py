@@ -20,9 +20,9 @@ import torch
 
 from sdvar_lib import SDVAR, SamplingConfig, get_method
 from sdvar_lib.eval import compare_images
-from sdvar_lib.models import VAR, ModelRun
+from sdvar_lib.models import VAR, ModelRun, check_cfg
 from sdvar_lib.sdvar import DraftProposal, SDVARInferenceState, VerifyResult
-from sdvar_lib.util import check_int, check_number, check_seed
+from sdvar_lib.util import check_bool, check_int, check_int_sequence, check_number, check_seed
 from test_framework.greedy import greedy_agreement
 from test_framework.reference import (
     ReferenceRun,
@@ -114,7 +114,7 @@ class SDVARParallelV1Tester:
             raise TypeError(f"SDVARParallelV1Tester needs an sdvar_lib.SDVAR, got {type(sdvar_model).__name__}")
         if tolerances is not None and not isinstance(tolerances, Tolerances):
             raise TypeError(f"tolerances must be a Tolerances, got {type(tolerances).__name__}")
-        check_number(cfg, "cfg", 0.0)
+        check_cfg(cfg)
         check_seed(seed, "seed", allow_none=False)
         check_int(top_k, "top_k", 0)
         if top_k > sdvar_model.target_model.V:
@@ -180,6 +180,8 @@ class SDVARParallelV1Tester:
             with torch.no_grad():
                 success, details = body(checks)
             passed, message = checks.ok, checks.message(success)
+            if checks.checked == 0:  # a test that compared nothing has not passed
+                passed, message = False, f"made no check (nothing was compared): {success}"
         except Exception as exc:  # a raising SDVAR is a failing SDVAR: report it, do not crash the run
             log.debug("%s raised", name, exc_info=True)
             raised = f"raised {type(exc).__name__}: {exc}"
@@ -507,8 +509,9 @@ class SDVARParallelV1Tester:
                 want_n = (r - c + 1) if r is not None else g + (1 if c + g < S else 0)
                 checks.require(n == want_n, f"{tag}: committed {n} stages, expected {want_n} "
                                             f"(first rejected {r}, gamma {g})")
-                checks.require(len(new.tokens) == c + n and all(a is b for a, b in zip(new.tokens[:c], old_tokens))
-                               and all(torch.equal(a, b) for a, b in zip(new.tokens[c:], acc.committed)),
+                checks.require(len(new.tokens) == c + n
+                               and all(a is b for a, b in zip(new.tokens[:c], old_tokens, strict=True))
+                               and all(torch.equal(a, b) for a, b in zip(new.tokens[c:], acc.committed, strict=True)),
                                f"{tag}: new tokens are not the old ones followed by the committed ones")
                 checks.require(len(new.f_hats) == len(new.tokens),
                                f"{tag}: {len(new.f_hats)} f_hat maps for {len(new.tokens)} committed stages")
@@ -587,6 +590,8 @@ class SDVARParallelV1Tester:
                               f"{tag} cache length {cache.length}, a sequential prefill of {n_stages} stages has "
                               f"{ref.length}"):
             return float("inf")
+        if ref.length == 0:  # both hold nothing: the length was the comparison
+            return 0.0
         drift = cache_drift(ref, exact_cache(model, st.label_B, list(st.tokens), n_stages)) if self.tol.derived_cache else None
         worst = 0.0
         for layer in range(ref.num_layers):
@@ -680,10 +685,12 @@ class SDVARParallelV1Tester:
                            f"{st.draft_passes} draft passes, but the rounds proposed {sum(st.gamma_per_round)} stages")
             checks.require(st.rounds == len(st.gamma_per_round) == st.target_passes,
                            f"{st.rounds} rounds, {len(st.gamma_per_round)} gammas, {st.target_passes} target passes")
-            checks.require(all(0 <= a <= p for a, p in zip(st.accepted_tokens_per_stage, st.proposed_tokens_per_stage)),
-                           f"accepted tokens {st.accepted_tokens_per_stage} exceed proposed {st.proposed_tokens_per_stage}")
-            checks.require(all(a <= g for a, g in zip(st.stages_accepted_per_round, st.gamma_per_round)),
-                           f"accepted stages per round {st.stages_accepted_per_round} exceed gamma {st.gamma_per_round}")
+            checks.require_pairs(st.accepted_tokens_per_stage, st.proposed_tokens_per_stage, lambda a, p: 0 <= a <= p,
+                                 f"accepted tokens per stage {st.accepted_tokens_per_stage} within [0, proposed "
+                                 f"{st.proposed_tokens_per_stage}]")
+            checks.require_pairs(st.stages_accepted_per_round, st.gamma_per_round, lambda a, g: 0 <= a <= g,
+                                 f"accepted stages per round {st.stages_accepted_per_round} within [0, gamma "
+                                 f"{st.gamma_per_round}]")
             details = EndToEndDetails(
                 image_shape=list(img.shape), image_min=lo, image_max=hi, target_passes=st.target_passes,
                 draft_passes=st.draft_passes, rounds=st.rounds, committed_stages=sum(st.stages_committed_per_round),
@@ -703,9 +710,7 @@ class SDVARParallelV1Tester:
         ``S - entry_num`` target passes (one prefill + one per later stage)."""
         check_int(B, "B", 1)
         S = self.S
-        entries = sorted({0, S // 2, S}) if entry_nums is None else list(entry_nums)
-        for k in entries:
-            check_int(k, "every value of entry_nums", 0, S)
+        entries = sorted({0, S // 2, S}) if entry_nums is None else list(check_int_sequence(entry_nums, "entry_nums", 0, S))
 
         def body(checks: CheckLog):
             labels = self._labels(B)
@@ -718,9 +723,12 @@ class SDVARParallelV1Tester:
                 prefix_ok.append(pre.identical)
                 suffix_ok.append(suf.identical)
                 gaps.append(max(pre.max_argmax_gap, suf.max_argmax_gap))
-                checks.require(pre.consistent, f"entry_num={k}: draft prefix is not the draft's greedy prefix: {pre.describe()}")
-                checks.require(suf.consistent,
-                               f"entry_num={k}: target stages are not the target's greedy continuation: {suf.describe()}")
+                if k > 0:  # entry_num 0 has no draft prefix, S no target stages: nothing to compare there
+                    checks.require(pre.consistent,
+                                   f"entry_num={k}: draft prefix is not the draft's greedy prefix: {pre.describe()}")
+                if k < S:
+                    checks.require(suf.consistent,
+                                   f"entry_num={k}: target stages are not the target's greedy continuation: {suf.describe()}")
                 t_passes.append(out.stats.target_passes)
                 d_passes.append(out.stats.draft_passes)
                 checks.require(out.stats.target_passes == S - k and out.stats.draft_passes == k,
@@ -877,6 +885,8 @@ class SDVARParallelV1Tester:
         """Every test in order; prints the summary (:func:`~test_framework.results.print_summary`) unless told not to."""
         check_int(B, "B", 1)
         check_int(gamma, "gamma", 1)
+        check_bool(print_results, "print_results")
+        check_bool(show_times, "show_times")
         results = [
             self.test_build_combined_query(B, gamma),
             self.test_split_logits_by_stage(B, gamma),

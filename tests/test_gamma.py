@@ -91,9 +91,9 @@ def test_per_stage_priors():
 
 @pytest.mark.parametrize(("kwargs", "exc", "pattern"), [
     (dict(max_gamma=0), ValueError, "max_gamma must be an int >= 1"),
-    (dict(prior_acceptance=1.5), ValueError, r"prior_acceptance values must be in \[0, 1\]"),
+    (dict(prior_acceptance=1.5), ValueError, r"prior_acceptance .* must be a finite number in \[0, 1\]"),
     (dict(prior_acceptance=[0.5]), TypeError, "tuple of floats"),
-    (dict(prior_weight=0), ValueError, "prior_weight must be > 0"),
+    (dict(prior_weight=0), ValueError, "prior_weight must be a finite number > 0"),
     (dict(costs="fast"), TypeError, "costs must be a CostModel"),
 ])
 def test_adaptive_rejects_bad_config(kwargs, exc, pattern):

@@ -126,7 +126,7 @@ def test_chunks_of_each_decoder():
 @pytest.mark.parametrize(
     ("kwargs", "exc", "match"),
     [
-        (dict(name="", decoder="target"), ValueError, "non-empty name"),
+        (dict(name="", decoder="target"), ValueError, "a method's name must be a non-empty string"),
         (dict(name="x", decoder="beam"), ValueError, "decoder must be one of target, draft, sdvar"),
         (dict(name="x", decoder="sdvar", gamma=2), ValueError, "needs a gamma and a policy"),
         (dict(name="x", decoder="sdvar", gamma=0, policy="exact"), ValueError, "gamma must be an int >= 1"),

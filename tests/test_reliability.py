@@ -81,7 +81,7 @@ CASES = [
     # SDVAR whole calls
     Case("parallel gamma 0", lambda e: _sd(e).generate_parallel(1, 1, gamma=0), ValueError, ("gamma", ">= 1")),
     Case("parallel gamma str", lambda e: _sd(e).generate_parallel(1, 1, gamma="fast"), ValueError, ("gamma", "'adaptive'")),
-    Case("parallel gamma bool", lambda e: _sd(e).generate_parallel(1, 1, gamma=True), ValueError, ("gamma",)),
+    Case("parallel gamma bool", lambda e: _sd(e).generate_parallel(1, 1, gamma=True), TypeError, ("gamma",)),
     Case("parallel policy", lambda e: _sd(e).generate_parallel(1, 1, policy="greedy"), ValueError, ("policy", "exact")),
     Case("parallel policy type", lambda e: _sd(e).generate_parallel(1, 1, policy=3), TypeError, ("policy",)),
     Case("parallel exact option", lambda e: _sd(e).generate_parallel(1, 1, threshold=0.5), ValueError, ("exact", "threshold")),

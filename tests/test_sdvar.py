@@ -280,26 +280,27 @@ def test_state_is_not_mutated_by_a_round(sd):
 
 # ---- bad input ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("kwargs", "pattern"),
+    ("kwargs", "exc", "pattern"),
     [
-        (dict(gamma=0), r"gamma must be an int >= 1"),
-        (dict(gamma=-2), r"gamma must be an int >= 1"),
-        (dict(gamma=1.5), r"gamma must be an int >= 1, 'adaptive'"),
-        (dict(gamma="fast"), r"gamma must be an int >= 1, 'adaptive'"),
-        (dict(gamma=(0, 0)), r"only zeros"),
-        (dict(policy="greedy"), r"unknown policy 'greedy'; allowed: exact, top1_match, relaxed"),
-        (dict(policy="top1_match", threshold=0.0), r"threshold .* must be a finite number in \(0, 1\]"),
-        (dict(policy="relaxed", budget=2.0), r"budget .* must be a finite number in \[0, 1\]"),
-        (dict(sampling=SamplingConfig(more_smooth=True)), r"more_smooth=True cannot be used with the token-level policy 'exact'"),
-        (dict(policy="top1_match", sampling=SamplingConfig(more_smooth=True)), r"more_smooth=True cannot be used"),
-        (dict(sampling=SamplingConfig(top_k=10**6)), r"top_k must be in \[0, 64\]"),
-        (dict(B=0), r"B must be an int >= 1"),
+        (dict(gamma=0), ValueError, r"gamma must be an int >= 1"),
+        (dict(gamma=-2), ValueError, r"gamma must be an int >= 1"),
+        (dict(gamma=1.5), TypeError, r"gamma must be an int >= 1, 'adaptive'"),
+        (dict(gamma="fast"), ValueError, r"gamma must be an int >= 1, 'adaptive'"),
+        (dict(gamma=(0, 0)), ValueError, r"only zeros"),
+        (dict(policy="greedy"), ValueError, r"unknown policy 'greedy'; allowed: exact, top1_match, relaxed"),
+        (dict(policy="top1_match", threshold=0.0), ValueError, r"threshold .* must be a finite number in \(0, 1\]"),
+        (dict(policy="relaxed", budget=2.0), ValueError, r"budget .* must be a finite number in \[0, 1\]"),
+        (dict(sampling=SamplingConfig(more_smooth=True)), ValueError,
+         r"more_smooth=True cannot be used with the token-level policy 'exact'"),
+        (dict(policy="top1_match", sampling=SamplingConfig(more_smooth=True)), ValueError, r"more_smooth=True cannot be used"),
+        (dict(sampling=SamplingConfig(top_k=10**6)), ValueError, r"top_k must be in \[0, 64\]"),
+        (dict(B=0), ValueError, r"B must be an int >= 1"),
     ],
 )
-def test_parallel_rejects_bad_input(sd, kwargs, pattern):
+def test_parallel_rejects_bad_input(sd, kwargs, exc, pattern):
     args = dict(B=2, label_B=[1, 2], g_seed=0)
     args.update(kwargs)
-    with pytest.raises(ValueError, match=pattern):
+    with pytest.raises(exc, match=pattern):
         sd.generate_parallel(**args)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sdvar_lib.models.footprint import check_official_pair_fits
 from sdvar_lib.models.presets import (
     ModelPair,
     build_official_pair,
@@ -30,7 +31,7 @@ from sdvar_lib.models.presets import (
 )
 from sdvar_lib.models.var import VAR
 from sdvar_lib.models.vqvae import VQVAE
-from sdvar_lib.util.checks import check_bool, check_choice
+from sdvar_lib.util.checks import check_bool, check_choice, check_path
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +192,11 @@ def load_official(
     """The official VQVAE with a draft and a target VAR, loaded strictly from the released files."""
     check_official_depth(draft_depth, "draft_depth")
     check_official_depth(target_depth, "target_depth")
+    check_path(ckpt_dir, "ckpt_dir")
+    check_bool(download, "download")
     names = [VAE_FILENAME, var_filename(draft_depth), var_filename(target_depth)]
     paths = resolve_official_files(names, ckpt_dir=ckpt_dir, download=download)
+    check_official_pair_fits(draft_depth, target_depth, device, reading_files=True)  # on a CPU: the cost, or a refusal
     vae = build_vae("meta")
     vae = vae.to_empty(device="cpu")
     load_state_dict_checked(vae, load_checkpoint_file(paths[VAE_FILENAME]), str(paths[VAE_FILENAME]))
@@ -245,7 +249,7 @@ def load_bundled(device: torch.device | str = "cpu", folder: str | os.PathLike |
     The folder holds ``config.json`` (``{"vae": {...}, "draft": {...}, "target": {...}}``, constructor
     keyword arguments) and ``vae.pth``, ``draft.pth``, ``target.pth`` (weights-only state dicts).
     """
-    folder = Path(folder) if folder is not None else BUNDLED_DIR
+    folder = check_path(folder, "folder") or BUNDLED_DIR
     config = _read_bundle_config(folder)
     source = str(folder / "config.json")
     vae = _construct(VQVAE, config["vae"], f"{source} 'vae'")
@@ -296,7 +300,10 @@ def load_pair(
     ``"official"``, ``"random-official"`` (official sizes, random weights from seed 0, the same on every
     process) or ``"tiny-random"``.
 
-    Every argument is checked first (an official depth must be one of 16, 20, 24, 30). With
+    Every argument is checked first (an official depth must be one of 16, 20, 24, 30). An official-size pair
+    on the CPU logs what it will cost (memory, rough time per image) at WARNING before it is built, and raises
+    :class:`~sdvar_lib.util.memory.InsufficientMemoryError` (a ``ValueError``) when it cannot fit in the
+    memory free now (:func:`~sdvar_lib.models.footprint.check_official_pair_fits`). With
     ``choice="official"`` and ``fallback=True``, missing official files (no network, no local
     copies) fall back to the bundled pair: the pair's ``fallback_reason`` and description say why,
     and a warning is logged. With ``fallback=False`` the :class:`FileNotFoundError` is raised.
@@ -306,11 +313,13 @@ def load_pair(
     check_choice(choice, "model choice", MODEL_CHOICES)
     check_bool(download, "download")
     check_bool(fallback, "fallback")
+    check_path(ckpt_dir, "ckpt_dir")
     if choice in ("official", "random-official"):
         check_official_depth(draft_depth, "draft_depth")
         check_official_depth(target_depth, "target_depth")
     device = pick_device(device)
     if choice == "random-official":
+        check_official_pair_fits(draft_depth, target_depth, device)  # on a CPU: the cost logged, or a refusal up front
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)  # the same random weights in every process (the sampler's ranks)
             return build_official_pair(draft_depth, target_depth, device=device)

@@ -125,6 +125,9 @@ def prepare_call(model: VAR, B: int, label_B, g_seed: int | None, sampling: Samp
     call's first random draw (:func:`~sdvar_lib.models.sampling.prepare_labels`).
     """
     check_batch_size(B)
+    if model.device.type == "meta":
+        raise ValueError("the models are on the meta device (shapes without weights): they cannot decode; "
+                         "load them on 'cpu' or 'cuda' (load_pair(..., device='cpu'))")
     if not isinstance(sampling, SamplingConfig):
         raise TypeError(f"sampling must be a SamplingConfig (cfg, top_k, top_p, more_smooth), got {type(sampling).__name__}")
     sampling.check_vocabulary(model.V)

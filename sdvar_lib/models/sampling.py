@@ -23,14 +23,17 @@ from dataclasses import dataclass
 
 import torch
 
-from sdvar_lib.util.checks import check_bool, check_int, check_number, check_seed
+from sdvar_lib.util.checks import INT64_MIN, check_bool, check_int, check_number, check_seed, check_sequence
 
 __all__ = [
+    "CFG_LIMIT",
+    "check_cfg",
     "SamplingConfig",
     "StageSample",
     "GenerationOutput",
     "NonFiniteDistributionError",
     "check_batch_size",
+    "check_labels",
     "make_generator",
     "prepare_labels",
     "cfg_labels",
@@ -45,6 +48,23 @@ __all__ = [
 ]
 
 
+CFG_LIMIT = 1e6
+"""The largest classifier-free guidance strength accepted. The guided logits are ``cond + t (cond - uncond)``
+in float32: guidance this strong already makes every draw nearly the argmax of ``cond - uncond``, and far
+beyond it (``cfg=1e300``) the logits overflow to inf and NaN, which a draw could only report as a model
+failure. A larger value is refused up front, naming ``cfg``."""
+
+
+def check_cfg(value, name: str = "cfg") -> float:
+    """A classifier-free guidance strength: a finite number in ``[0, CFG_LIMIT]``."""
+    value = check_number(value, name, 0.0)
+    if value > CFG_LIMIT:
+        raise ValueError(f"{name} must be a finite number >= 0 and at most {CFG_LIMIT:g} (classifier-free guidance "
+                         "this strong already draws nearly the argmax of cond - uncond; far beyond it the float32 "
+                         f"logits overflow to inf/NaN), got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """Classifier-free guidance and filtering of one generation call (``0`` disables top-k / top-p)."""
@@ -55,7 +75,7 @@ class SamplingConfig:
     more_smooth: bool = False
 
     def __post_init__(self) -> None:
-        check_number(self.cfg, "cfg", 0.0)
+        check_cfg(self.cfg)
         check_int(self.top_k, "top_k", 0)
         check_number(self.top_p, "top_p", 0.0, 1.0)
         check_bool(self.more_smooth, "more_smooth")
@@ -99,6 +119,19 @@ def check_batch_size(B) -> int:
     return check_int(B, "B", 1)
 
 
+def _labels_allowed(num_classes: int) -> str:
+    return f"class ids in [0, {num_classes}) or negative ones (no class, at least -2**63)"
+
+
+def check_labels(value, name: str, num_classes: int, non_empty: bool = True) -> tuple[int, ...]:
+    """A list/tuple of class labels: ints in ``[0, num_classes)`` or negative ones ("no class"), each a 64-bit int."""
+    values = check_sequence(value, name, check_int, f"ints ({_labels_allowed(num_classes)})", non_empty)
+    outside = [v for v in values if not INT64_MIN <= v < num_classes]
+    if outside:
+        raise ValueError(f"{name} must hold {_labels_allowed(num_classes)}; got {outside[0]} (of {len(values)} labels)")
+    return values
+
+
 def make_generator(g_seed: int | None, device: torch.device | str) -> torch.Generator | None:
     """A generator seeded with ``g_seed`` (an int in ``[0, 2**63)``) on ``device``, or ``None`` (global RNG)."""
     check_seed(g_seed, "g_seed")
@@ -122,27 +155,28 @@ def prepare_labels(
     if label_B is None:
         uniform = torch.full((1, num_classes), 1.0 / num_classes, dtype=torch.float32, device=device)
         return torch.multinomial(uniform, num_samples=B, replacement=True, generator=rng).reshape(B)
-    allowed = f"label_B must hold class ids in [0, {num_classes}) or negative ones (no class)"
+    allowed = f"label_B must hold {_labels_allowed(num_classes)}: None, an int, a sequence of ints or an int tensor"
     if isinstance(label_B, bool):
-        raise TypeError("label_B must be None, an int, a sequence of ints or an int tensor, got a bool")
+        raise TypeError(f"{allowed}; got a bool")
     if isinstance(label_B, int):
-        if label_B >= num_classes:
-            raise ValueError(f"{allowed}, got {label_B}")
+        if not INT64_MIN <= label_B < num_classes:
+            raise ValueError(f"{allowed}; got {label_B}")
         return torch.full((B,), num_classes if label_B < 0 else label_B, dtype=torch.long, device=device)
     if isinstance(label_B, torch.Tensor):
         if label_B.dtype.is_floating_point or label_B.dtype.is_complex or label_B.dtype == torch.bool:
             raise TypeError(f"label_B tensor must hold integers, got dtype {label_B.dtype}")
+        if label_B.device.type == "meta":
+            raise ValueError("label_B is a tensor on the meta device (it holds no values); give labels with values")
         labels = label_B.detach().to(device=device, dtype=torch.long).reshape(-1)
-    elif isinstance(label_B, Sequence) and not isinstance(label_B, (str, bytes)):
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in label_B):
-            raise TypeError(f"label_B sequence must hold ints, got {list(label_B)!r}")
-        labels = torch.tensor(list(label_B), dtype=torch.long, device=device)
+    elif isinstance(label_B, Sequence) and not isinstance(label_B, (str, bytes, bytearray)):
+        labels = torch.tensor(list(check_labels(label_B, "label_B", num_classes, non_empty=False)), dtype=torch.long,
+                              device=device)
     else:
-        raise TypeError(f"label_B must be None, an int, a sequence of ints or an int tensor, got {type(label_B).__name__}")
+        raise TypeError(f"{allowed}; got {type(label_B).__name__}")
     if labels.numel() != B:
         raise ValueError(f"label_B has {labels.numel()} labels but B={B}; give one label per sample")
     if bool((labels >= num_classes).any()):
-        raise ValueError(f"{allowed}, got {labels.tolist()}")
+        raise ValueError(f"{allowed}; got {labels.tolist()}")
     return torch.where(labels < 0, torch.full_like(labels, num_classes), labels)
 
 

@@ -178,7 +178,8 @@ class RelaxedPolicy(AcceptancePolicy):
         return self.budget == 0
 
     def prepare(self, codebook_VC: torch.Tensor) -> torch.Tensor:
-        """Indices ``(V, k)`` of each codebook entry's ``k`` nearest entries by L2 (itself first)."""
+        """Indices ``(V, k)`` of each codebook entry's ``k`` nearest entries by L2 (itself first); ``k`` is
+        ``neighbours``, or the whole codebook where it has fewer entries (the default 8 on a tiny codebook)."""
         k = min(self.neighbours, codebook_VC.shape[0])
         d_VV = torch.cdist(codebook_VC.float(), codebook_VC.float())
         d_VV.fill_diagonal_(-1.0)
@@ -227,6 +228,9 @@ def make_policy(policy: str | AcceptancePolicy, **kwargs) -> AcceptancePolicy:
     if isinstance(policy, AcceptancePolicy):
         if kwargs:
             raise ValueError(f"policy options {sorted(kwargs)} are only allowed with a policy name")
+        if type(policy).verify_stage is AcceptancePolicy.verify_stage:
+            raise TypeError(f"policy {type(policy).__name__} must implement verify_stage (AcceptancePolicy is a base "
+                            f"class); use one of {', '.join(POLICY_NAMES)} or a subclass that implements it")
         return policy
     if not isinstance(policy, str):
         raise TypeError(f"policy must be one of {', '.join(POLICY_NAMES)} or an AcceptancePolicy, got {policy!r}")

@@ -24,7 +24,11 @@ A round never mutates what a rollback needs: committed tokens, feature maps and 
 replaced by new values, and the static KV caches only ever write past their committed length and
 then truncate to it. The caches (and the generator) are shared by the states of one call, so only
 the newest state is current: a step on an older one raises ``ValueError`` before any model call
-(:meth:`~sdvar_lib.sdvar.state.SDVARInferenceState.check_current`).
+(:meth:`~sdvar_lib.sdvar.state.SDVARInferenceState.check_current`). Each step also refuses, before any
+model call, what does not belong together: a state of another pair, a proposal of another state, a
+verify result of another proposal, an acceptance of another one (the identity links of
+:mod:`sdvar_lib.sdvar.state`), and a step out of order (a second ``verify`` of one proposal, a
+``target_step`` while a round is in progress).
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 
 import torch
 
@@ -49,10 +52,11 @@ from sdvar_lib.sdvar.state import (
     RoundRecord,
     SDVARInferenceState,
     VerifyResult,
+    successor,
     take_over,
 )
 from sdvar_lib.sdvar.stats import SDVAROutput, SDVARStats
-from sdvar_lib.util.checks import check_bool, check_int
+from sdvar_lib.util.checks import check_bool, check_instance, check_int
 from sdvar_lib.util.modes import eval_mode
 from sdvar_lib.util.progress import progress_log
 
@@ -93,7 +97,14 @@ class SDVAR:
     # ---- what every whole call shares (also the hand-off decoders of sdvar.handoff) ----------------
     def new_run(self, model: VAR, label_B: torch.Tensor) -> ModelRun:
         """The per-call run of ``model`` (draft or target) from the run factory (default: an eager run)."""
-        return (self.run_factory or eager_run)(model, label_B)
+        run = (self.run_factory or eager_run)(model, label_B)
+        rows = 2 * label_B.numel()
+        if not isinstance(run, ModelRun) or run.model is not model or run.cache.batch_size != rows:
+            got = (f"a run of another model or with a cache of {run.cache.batch_size} rows" if isinstance(run, ModelRun)
+                   else f"a {type(run).__name__}")
+            raise TypeError(f"run_factory returned {got}; it must return a ModelRun of the model it is given whose "
+                            f"cache holds the CFG-doubled batch ({rows} rows)")
+        return run
 
     def start_call(self, B: int, label_B, g_seed: int | None, sampling: SamplingConfig | None,
                    models: Sequence[VAR]) -> tuple[SamplingConfig, torch.Tensor, torch.Generator | None]:
@@ -151,6 +162,7 @@ class SDVAR:
         check_batch_size(B)
         check_bool(verbose, "verbose")
         gamma_rule = make_gamma_rule(gamma)
+        gamma_rule.check_for(self.num_stages)
         policy_obj = make_policy(policy, **policy_kwargs)
         if isinstance(sampling, SamplingConfig) and sampling.more_smooth and policy_obj.token_level:
             raise ValueError(
@@ -172,6 +184,15 @@ class SDVAR:
 
     def f_hats_after(self, base: Sequence[torch.Tensor], start: int, tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """``f_hat`` after each of ``tokens`` (stages ``start ..``) on top of the committed ``base``."""
+        check_int(start, "start", 0, self.num_stages)
+        if len(base) < start or len(tokens) > self.num_stages - start:
+            raise ValueError(f"f_hats_after needs the f_hat of the {start} stages before start (got {len(base)}) and at "
+                             f"most {self.num_stages - start} token maps from stage {start} (got {len(tokens)})")
+        for i, idx_Bl in enumerate(tokens):
+            want = self.patch_nums[start + i] ** 2
+            if not isinstance(idx_Bl, torch.Tensor) or idx_Bl.dim() != 2 or idx_Bl.shape[1] != want:
+                raise ValueError(f"the tokens of stage {start + i} must be a (B, {want}) tensor, got "
+                                 f"{tuple(idx_Bl.shape) if isinstance(idx_Bl, torch.Tensor) else type(idx_Bl).__name__}")
         quant = self.vae.quantize
         f_hat = base[start - 1] if start > 0 else None
         out = []
@@ -185,11 +206,82 @@ class SDVAR:
         """Stages of the verify chunk: the proposals, plus the bonus stage's input if one is left."""
         return list(range(proposal.start, min(proposal.start + proposal.gamma, state.num_stages - 1) + 1))
 
-    @staticmethod
-    def _check_proposal(state: SDVARInferenceState, proposal: DraftProposal) -> None:
+    # ---- what belongs together: every step checks its arguments before any model call ----------------
+    def _check_state(self, state: SDVARInferenceState) -> None:
+        """A current state of this pair whose batch matches its labels and caches."""
+        check_instance(state, "state", SDVARInferenceState, "an SDVARInferenceState (from SDVAR.prepare or a commit)")
+        if state.draft.model is not self.draft_model or state.target.model is not self.target_model:
+            raise ValueError("this state belongs to another SDVAR pair (its runs hold other draft/target models than "
+                             "this SDVAR's): run its steps on the SDVAR whose prepare() made it")
         state.check_current()
+        rows = (state.label_B.numel(), state.draft.cache.batch_size, state.target.cache.batch_size)
+        if rows != (state.B, 2 * state.B, 2 * state.B):
+            raise ValueError(f"this state's B={state.B} does not match its {rows[0]} label(s) and its caches of "
+                             f"{rows[1]}/{rows[2]} rows (CFG needs 2B): the state was edited; prepare() a new one")
+
+    def _check_between_rounds(self, state: SDVARInferenceState, step: str) -> None:
+        """No round from ``state`` is in progress: the caches hold its committed stages, no proposal or verify chunk."""
+        d, held, position = state.draft.cache.stages_held(), state.target.cache.length, self._begin(state.c)
+        if d > state.c or held != position:
+            done, rest = ("draft()", "verify, accept and commit") if held == position else ("verify()", "accept and commit")
+            raise ValueError(f"{step}: a round from this state is in progress ({done} ran on it: the draft cache holds "
+                             f"{d} stages, the target cache {held} positions, {state.c} stages are committed); finish "
+                             f"it with {rest}, or start again with prepare()")
+
+    def _begin(self, stage: int) -> int:
+        """Cache position where ``stage``'s input begins (the end of the inputs of the stages before it)."""
+        return self.target_model.begin_ends[stage][0] if stage < self.num_stages else self.target_model.L
+
+    def _check_proposal(self, state: SDVARInferenceState, proposal: DraftProposal) -> None:
+        """``proposal`` was drafted from ``state`` (or made by hand for it), for its next stages."""
+        self._check_state(state)
+        check_instance(proposal, "proposal", DraftProposal, "a DraftProposal (from SDVAR.draft)")
+        if proposal.state_key is not None and proposal.state_key != state.key:
+            raise ValueError(f"this proposal (stages {proposal.stages}) was drafted from another state, not this one "
+                             f"(c={state.c}, B={state.B}): from an older state of this call or from another call; "
+                             "draft() from this state, or pass the state the proposal was drafted from")
         if proposal.start != state.c:
             raise ValueError(f"proposals start at stage {proposal.start} but {state.c} stages are committed")
+        g = proposal.gamma
+        if not 1 <= g <= state.num_stages - state.c or len(proposal.q_probs) != g:
+            raise ValueError(f"a proposal needs 1 to {state.num_stages - state.c} proposed stages with one q each, "
+                             f"got {g} token maps and {len(proposal.q_probs)} q")
+
+    def _check_verify(self, state: SDVARInferenceState, proposal: DraftProposal, verify: VerifyResult) -> None:
+        """``verify`` is the verification of ``proposal`` (or made by hand for it)."""
+        check_instance(verify, "verify", VerifyResult, "a VerifyResult (from SDVAR.verify)")
+        if verify.proposal_key is not None and verify.proposal_key != proposal.key:
+            raise ValueError(f"this verify result (stages {verify.stages}) belongs to another proposal, not this one "
+                             f"(stages {proposal.stages}): verify(state, proposal) the proposal you accept")
+        g = proposal.gamma
+        if list(verify.stages[:g]) != proposal.stages or len(verify.stages) > g + 1 or len(verify.p_probs) != len(verify.stages):
+            raise ValueError(f"this verify result covers stages {verify.stages} with {len(verify.p_probs)} p, the "
+                             f"proposal stages {proposal.stages} (plus at most the next one, with one p per stage)")
+
+    def _check_acceptance(self, state: SDVARInferenceState, proposal: DraftProposal, acceptance: AcceptanceResult) -> None:
+        """``acceptance`` judged ``proposal``, commits stages ``c ..`` of this batch, and the caches hold their inputs."""
+        check_instance(acceptance, "acceptance", AcceptanceResult, "an AcceptanceResult (from SDVAR.accept)")
+        if acceptance.proposal_key is not None and acceptance.proposal_key != proposal.key:
+            raise ValueError(f"this acceptance judged another proposal, not this one (stages {proposal.stages}): "
+                             "accept(state, proposal, verify) the proposal you commit")
+        c, n = state.c, len(acceptance.committed)
+        if not 1 <= n <= min(proposal.gamma + 1, state.num_stages - c):
+            raise ValueError(f"an acceptance commits 1 to {min(proposal.gamma + 1, state.num_stages - c)} stages of "
+                             f"this proposal, this one {n}")
+        for i, tokens in enumerate(acceptance.committed):
+            want = (state.B, self.patch_nums[c + i] ** 2)
+            if tuple(tokens.shape) != want:
+                raise ValueError(f"the acceptance's tokens of stage {c + i} have shape {tuple(tokens.shape)}, this "
+                                 f"state needs {want}")
+        last = c + n - 1
+        if state.target.cache.length < self.target_model.begin_ends[last][1]:
+            raise ValueError(f"commit needs the verification of this proposal: the target cache holds "
+                             f"{state.target.cache.length} positions, the committed stages end at "
+                             f"{self.target_model.begin_ends[last][1]}; run verify() and accept() first")
+        draft_end = self.draft_model.begin_ends[min(last, c + proposal.gamma - 1)][1]
+        if state.draft.cache.length < draft_end:
+            raise ValueError(f"the draft cache holds {state.draft.cache.length} positions, not the inputs of this "
+                             f"proposal (up to {draft_end}): commit a proposal that draft() made from this state")
 
     # ---- step 1: draft ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -198,11 +290,10 @@ class SDVAR:
 
         ``gamma`` defaults to the state's rule; it is capped at the stages left (``S - c``).
         """
-        state.check_current()
+        self._check_state(state)
         if state.done:
             raise ValueError("all stages are committed; nothing left to draft")
-        if gamma is None:
-            gamma = state.gamma_rule.next_gamma(state.round_context())
+        gamma = self._next_gamma(state) if gamma is None else gamma
         check_int(gamma, "gamma of a drafting round", 1)
         c, S = state.c, state.num_stages
         g = min(gamma, S - c)
@@ -211,6 +302,7 @@ class SDVAR:
         if d > c:
             raise ValueError(f"the draft cache already holds proposals made from this state ({d} stages, {c} committed): "
                              "draft() ran on it before; verify, accept and commit that proposal, or prepare() again")
+        self._check_between_rounds(state, "draft")
         before = run.cache.length
         tokens, q_probs, f_hats = [], [], []
         for i in range(g):  # the first stage step also reads the missing inputs d .. c-1 (the catch-up chunk)
@@ -221,7 +313,7 @@ class SDVAR:
         log.log(logging.INFO if state.verbose else logging.DEBUG,
                 "draft: read stages %d..%d, proposed stages %d..%d", d, c, c, c + g - 1)
         return DraftProposal(start=c, tokens=tokens, q_probs=q_probs, f_hats=f_hats, draft_cache_before=before,
-                             draft_passes=g)
+                             draft_passes=g, state_key=state.key)
 
     # ---- step 2: verify --------------------------------------------------------------------------
     @torch.no_grad()
@@ -234,6 +326,10 @@ class SDVAR:
         """
         self._check_proposal(state, proposal)
         stages = self._verify_stages(state, proposal)
+        if len(proposal.f_hats) < stages[-1] - proposal.start or any(f.shape[0] != state.B for f in proposal.f_hats):
+            raise ValueError(f"the verify chunk of stages {stages} reads f_hat after each proposal but the last "
+                             f"({stages[-1] - proposal.start} of batch {state.B}); the proposal has {len(proposal.f_hats)} "
+                             f"of batch {[f.shape[0] for f in proposal.f_hats]}")
         x = state.target.chunk_input(stages, list(state.f_hats) + list(proposal.f_hats))
         position = self.target_model.begin_ends[stages[0]][0]
         end = self.target_model.begin_ends[stages[-1]][1]
@@ -247,6 +343,7 @@ class SDVAR:
         :func:`~sdvar_lib.models.kv_cache.block_causal_chunk_mask`; on the fast path it is built
         once per chunk shape and captured with the graph).
         """
+        check_instance(query, "query", CombinedQuery, "a CombinedQuery (from SDVAR.verify_query)")
         return block_causal_chunk_mask(self.target_model.lvl_1L[0], query.position, query.stage_ids_l.numel())
 
     def split_logits(self, state: SDVARInferenceState, proposal: DraftProposal, logits_2BlV: torch.Tensor) -> list[torch.Tensor]:
@@ -254,6 +351,8 @@ class SDVAR:
 
         The second part of :meth:`verify`.
         """
+        self._check_proposal(state, proposal)
+        check_instance(logits_2BlV, "logits_2BlV", torch.Tensor, "a tensor (2B, l, V)")
         stages = self._verify_stages(state, proposal)
         if logits_2BlV.shape[0] != 2 * state.B:
             raise ValueError(f"target logits have batch {logits_2BlV.shape[0]}, CFG with B={state.B} needs {2 * state.B}")
@@ -270,15 +369,18 @@ class SDVAR:
     @torch.no_grad()
     def verify(self, state: SDVARInferenceState, proposal: DraftProposal) -> VerifyResult:
         """ONE target pass over the combined query; returns per-stage guided logits and ``p`` (``stage_probs``)."""
-        query = self.verify_query(state, proposal)
-        if state.target.cache.length != query.position:
+        self._check_proposal(state, proposal)
+        position = self._begin(state.c)
+        if state.target.cache.length != position:
             raise ValueError(
-                f"the target cache holds {state.target.cache.length} positions, the verify chunk starts at {query.position}: "
+                f"the target cache holds {state.target.cache.length} positions, the verify chunk starts at {position}: "
                 "verify() already ran on this state; accept and commit that verification, or prepare() again"
             )
+        query = self.verify_query(state, proposal)
         per_stage = self.split_logits(state, proposal, state.target.forward(query.x_2BlC))
         p_probs = [stage_probs(lg, state.sampling) for lg in per_stage]
-        return VerifyResult(stages=query.stages, logits=per_stage, p_probs=p_probs, target_passes=1)
+        return VerifyResult(stages=query.stages, logits=per_stage, p_probs=p_probs, target_passes=1,
+                            proposal_key=proposal.key)
 
     # ---- step 3: accept --------------------------------------------------------------------------
     @torch.no_grad()
@@ -288,9 +390,12 @@ class SDVAR:
         All stages are judged from the one verify pass (their ``p`` do not depend on each other's
         verdicts), so the accept/reject flags come to the host in a single transfer per round.
         Random draws made for stages after the first rejection are discarded, which leaves the
-        committed stages' distribution unchanged.
+        committed stages' distribution unchanged. ``accept`` draws from the call's generator: a second
+        call on the same verification draws again (another verdict); commit one of them.
         """
         self._check_proposal(state, proposal)
+        self._check_verify(state, proposal, verify)
+        links = dict(proposal_key=proposal.key, verify_key=verify.key)
         verdicts = [
             state.policy.verify_stage(si, proposal.tokens[i], proposal.q_probs[i], verify.p_probs[i], state.rng,
                                       state.policy_context)
@@ -302,13 +407,13 @@ class SDVAR:
             committed = list(proposal.tokens[:r]) + [verdicts[r].tokens_if_last_Bl]
             return AcceptanceResult(verdicts=verdicts[: r + 1], stage_all_accepted=flags[: r + 1],
                                     first_rejected=proposal.start + r, committed=committed, bonus=False,
-                                    target_passes=verify.target_passes)
+                                    target_passes=verify.target_passes, **links)
         committed = list(proposal.tokens)
         bonus = len(verify.stages) > proposal.gamma
         if bonus:
             committed.append(sample_from_probs(verify.p_probs[-1], state.rng))
         return AcceptanceResult(verdicts=verdicts, stage_all_accepted=flags, first_rejected=None,
-                                committed=committed, bonus=bonus, target_passes=verify.target_passes)
+                                committed=committed, bonus=bonus, target_passes=verify.target_passes, **links)
 
     # ---- step 4: commit --------------------------------------------------------------------------
     @torch.no_grad()
@@ -317,6 +422,7 @@ class SDVAR:
         rebuilt from tokens and the round counted in its statistics. ``state`` itself is unchanged but
         no longer current: the new state took over the caches."""
         self._check_proposal(state, proposal)
+        self._check_acceptance(state, proposal, acceptance)
         c = state.c
         new_f_hats = self.f_hats_after(state.f_hats, c, acceptance.committed)
         last_committed = c + len(acceptance.committed) - 1
@@ -332,27 +438,28 @@ class SDVAR:
         )
         history = state.history.add(proposal.gamma, sum(acceptance.stage_all_accepted),
                                     [(si, ok) for si, _, ok in judged])
-        return replace(state, tokens=tuple(state.tokens) + tuple(acceptance.committed),
-                       f_hats=tuple(state.f_hats) + tuple(new_f_hats), history=history, stats=stats,
-                       epochs=take_over(state.draft, state.target))
+        return successor(state, tokens=tuple(state.tokens) + tuple(acceptance.committed),
+                         f_hats=tuple(state.f_hats) + tuple(new_f_hats), history=history, stats=stats)
 
     @torch.no_grad()
     def target_step(self, state: SDVARInferenceState) -> SDVARInferenceState:
         """A round with ``gamma == 0``: the target reads stage ``c``'s input and samples it (one stage step)."""
-        state.check_current()
+        self._check_state(state)
         if state.done:
             raise ValueError("all stages are committed; nothing left to decode")
+        self._check_between_rounds(state, "target_step")
         part = decode_stages(state.target, state.tokens, state.f_hats, state.c + 1, state.sampling, state.rng)
-        return replace(state, tokens=part.tokens, f_hats=part.f_hats, history=state.history.add(0, 0),
-                       stats=state.stats.after_target_steps(1), epochs=take_over(state.draft, state.target))
+        return successor(state, tokens=part.tokens, f_hats=part.f_hats, history=state.history.add(0, 0),
+                         stats=state.stats.after_target_steps(1))
 
     # ---- rounds ----------------------------------------------------------------------------------
     @torch.no_grad()
     def run_round(self, state: SDVARInferenceState, index: int = 0) -> RoundRecord:
         """One round: the rule's gamma, then draft -> verify -> accept -> commit (or a target step for 0)."""
-        state.check_current()
+        self._check_state(state)
+        check_int(index, "index", 0)
         c = state.c
-        gamma = state.gamma_rule.next_gamma(state.round_context())
+        gamma = self._next_gamma(state)
         if gamma == 0:
             new_state = self.target_step(state)
             record = RoundRecord(index=index, start_stage=c, gamma=0, accepted_stages=0, committed_stages=1,
@@ -375,9 +482,18 @@ class SDVAR:
                     new_state.draft.cache.length)
         return record
 
+    @staticmethod
+    def _next_gamma(state: SDVARInferenceState) -> int:
+        """The state's rule's gamma for the next round, checked (a custom rule may return anything)."""
+        rule = state.gamma_rule
+        return check_int(rule.next_gamma(state.round_context()),
+                         f"the gamma that the rule {rule.describe()} returned (next_gamma must return an int >= 0, "
+                         "0 = a target step)", 0)
+
     @torch.no_grad()
     def iter_rounds(self, state: SDVARInferenceState) -> Iterator[RoundRecord]:
         """Run rounds until every stage is committed, yielding a record (with the new state) after each."""
+        self._check_state(state)
         index = 0
         while not state.done:
             record = self.run_round(state, index)
@@ -437,6 +553,8 @@ class SDVAR:
 
 def check_compatible(draft: VAR, target: VAR) -> None:
     """Raise ``ValueError`` unless draft and target share one VQVAE (codebook, ``Cvae``, scales) and class set."""
+    check_instance(draft, "draft", VAR, "an sdvar_lib.models.VAR")
+    check_instance(target, "target", VAR, "an sdvar_lib.models.VAR")
     dv, tv = draft.vae, target.vae
     problems = []
     if draft.V != target.V:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sdvar_lib.util.checks import check_int
+from sdvar_lib.util.checks import check_instance, check_int, check_int_sequence, check_mapping, check_number, check_sequence
 
 __all__ = [
     "RoundHistory",
@@ -23,6 +23,7 @@ __all__ = [
     "TableCost",
     "AdaptiveGamma",
     "make_gamma_rule",
+    "check_gamma_rule",
     "plan_never_drafts",
 ]
 
@@ -54,10 +55,17 @@ class RoundContext:
 
 
 class GammaRule:
-    """Base class: ``next_gamma(ctx)`` -> stages to propose next round (``0`` = target step)."""
+    """Base class: ``next_gamma(ctx)`` -> stages to propose next round (``0`` = target step).
+
+    A rule is a function of its context (the calls plan with it: :func:`plan_never_drafts`);
+    :meth:`check_for` refuses a pair the rule cannot serve before any model call.
+    """
 
     def next_gamma(self, ctx: RoundContext) -> int:
         raise NotImplementedError
+
+    def check_for(self, num_stages: int) -> None:
+        """Raise ``ValueError`` if the rule cannot pick a gamma for every state of a pair with ``num_stages`` stages."""
 
     def describe(self) -> str:
         return type(self).__name__
@@ -84,11 +92,9 @@ class GammaSchedule(GammaRule):
     values: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if len(self.values) == 0:
-            raise ValueError("a gamma schedule needs at least one value")
-        for v in self.values:
-            check_int(v, "every gamma of a schedule", 0)
-        if all(v == 0 for v in self.values):
+        values = check_int_sequence(self.values, "a gamma schedule (gamma per round, 0 = a target step)", 0)
+        object.__setattr__(self, "values", values)
+        if all(v == 0 for v in values):
             raise ValueError("a gamma schedule of only zeros never uses the draft; use the baseline instead")
 
     def next_gamma(self, ctx: RoundContext) -> int:
@@ -121,8 +127,8 @@ class UniformCost(CostModel):
     round_overhead: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.draft_cost >= 0 or not self.round_overhead >= 0:
-            raise ValueError(f"draft_cost and round_overhead must be >= 0, got {self.draft_cost}, {self.round_overhead}")
+        check_number(self.draft_cost, "draft_cost (a draft pass's cost, a target pass costing 1)", 0.0)
+        check_number(self.round_overhead, "round_overhead", 0.0)
 
     def target(self, start: int, n: int) -> float:
         return 1.0
@@ -139,6 +145,18 @@ class TableCost(CostModel):
     draft_times: Mapping[tuple[int, int], float]
     round_overhead: float = 0.0
 
+    def __post_init__(self) -> None:
+        for name in ("target_times", "draft_times"):
+            table = check_mapping(getattr(self, name), name, _check_chunk_key, _check_time,
+                                  "(start stage, number of stages) -> time")
+            object.__setattr__(self, name, table)
+        check_number(self.round_overhead, "round_overhead", 0.0)
+
+    def missing(self, target_chunks: Sequence[tuple[int, int]], draft_chunks: Sequence[tuple[int, int]]) -> list[str]:
+        """The chunks of the two lists that have no measured time, as ``"target (start, n)"``/``"draft (start, n)"``."""
+        return ([f"target {k}" for k in target_chunks if k not in self.target_times]
+                + [f"draft {k}" for k in draft_chunks if k not in self.draft_times])
+
     def _get(self, table: Mapping[tuple[int, int], float], which: str, start: int, n: int) -> float:
         try:
             return table[(start, n)]
@@ -150,6 +168,25 @@ class TableCost(CostModel):
 
     def draft(self, start: int, n: int) -> float:
         return self._get(self.draft_times, "draft", start, n)
+
+
+def _check_chunk_key(key, label: str) -> tuple[int, int]:
+    if not isinstance(key, tuple) or len(key) != 2:
+        raise TypeError(f"{label} must be a (start stage, number of stages) tuple of two ints, got {key!r}")
+    return check_int(key[0], f"{label} (start stage)", 0), check_int(key[1], f"{label} (number of stages)", 1)
+
+
+def _check_time(value, label: str) -> float:
+    return check_number(value, f"{label} (a measured time)", 0.0)
+
+
+def _check_costs(costs) -> CostModel:
+    check_instance(costs, "costs", CostModel, "a CostModel (UniformCost, TableCost or a subclass)")
+    unimplemented = [m for m in ("target", "draft") if getattr(type(costs), m) is getattr(CostModel, m)]
+    if unimplemented:
+        raise TypeError(f"costs {type(costs).__name__} must implement {' and '.join(unimplemented)}(start, n)")
+    check_number(costs.round_overhead, "costs.round_overhead", 0.0)
+    return costs
 
 
 # ---- adaptive -----------------------------------------------------------------------------------
@@ -179,14 +216,38 @@ class AdaptiveGamma(GammaRule):
     def __post_init__(self) -> None:
         check_int(self.max_gamma, "max_gamma", 1)
         if isinstance(self.prior_acceptance, list):
-            raise TypeError("prior_acceptance must be a float or a tuple of floats (one per stage)")
-        priors = self.prior_acceptance if isinstance(self.prior_acceptance, tuple) else (self.prior_acceptance,)
-        if not priors or any(not 0 <= p <= 1 for p in priors):
-            raise ValueError(f"prior_acceptance values must be in [0, 1], got {self.prior_acceptance}")
-        if not self.prior_weight > 0:
-            raise ValueError(f"prior_weight must be > 0, got {self.prior_weight}")
-        if not isinstance(self.costs, CostModel):
-            raise TypeError(f"costs must be a CostModel, got {type(self.costs).__name__}")
+            raise TypeError("prior_acceptance must be a float or a tuple of floats (one per stage), got a list")
+        if isinstance(self.prior_acceptance, tuple):
+            check_sequence(self.prior_acceptance, "prior_acceptance", _check_prior, "probabilities in [0, 1] (one per stage)")
+        else:
+            _check_prior(self.prior_acceptance, "prior_acceptance (a float in [0, 1] or a tuple of them, one per stage)")
+        check_number(self.prior_weight, "prior_weight", 0.0, min_inclusive=False)
+        _check_costs(self.costs)
+
+    def check_for(self, num_stages: int) -> None:
+        """Per-stage priors must cover every stage; measured cost tables every chunk the rule may price."""
+        if isinstance(self.prior_acceptance, tuple) and len(self.prior_acceptance) < num_stages:
+            raise ValueError(f"prior_acceptance has {len(self.prior_acceptance)} values, the pair has {num_stages} stages; "
+                             "give one per stage (or one float for all)")
+        if isinstance(self.costs, TableCost):
+            missing = self.costs.missing(*self.chunks_priced(num_stages))
+            if missing:
+                raise ValueError(f"the cost table has no measured time for {len(missing)} chunk(s) this rule may price "
+                                 f"on {num_stages} stages, e.g. {', '.join(missing[:4])}; measure them (python -m "
+                                 "sdvar_lib.bench calibrates every chunk) or use UniformCost")
+
+    def chunks_priced(self, num_stages: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """``(target chunks, draft chunks)`` that :meth:`expected_saving` may look up on ``num_stages`` stages."""
+        S = num_stages
+        target, draft = set(), set()
+        for c in range(S):
+            for g in range(1, min(self.max_gamma, S - c) + 1):
+                last = min(c + g, S - 1)
+                target.add((c, last - c + 1))
+                target.update((c + i, 1) for i in range(last - c + 1))
+                draft.update((d, c - d + 1) for d in range(c + 1))
+                draft.update((c + i, 1) for i in range(1, g))
+        return sorted(target), sorted(draft)
 
     def prior(self, stage: int) -> float:
         if isinstance(self.prior_acceptance, tuple):
@@ -228,28 +289,51 @@ class AdaptiveGamma(GammaRule):
         return f"adaptive(max={self.max_gamma}, costs={type(self.costs).__name__})"
 
 
+def _check_prior(value, label: str) -> float:
+    return check_number(value, label, 0.0, 1.0)
+
+
+_GAMMA_KINDS = "an int >= 1, 'adaptive', a schedule (a list or tuple of ints >= 0, 0 = a target step) or a GammaRule"
+
+
 def make_gamma_rule(gamma) -> GammaRule:
     """``gamma``: an int >= 1, ``"adaptive"``, a sequence of ints >= 0 (a schedule) or a :class:`GammaRule`."""
     if isinstance(gamma, GammaRule):
-        return gamma
+        return check_gamma_rule(gamma)
     if isinstance(gamma, str):
         if gamma == "adaptive":
             return AdaptiveGamma()
-        raise ValueError(f"gamma must be an int >= 1, 'adaptive', a schedule (sequence of ints) or a GammaRule, got {gamma!r}")
+        raise ValueError(f"gamma must be {_GAMMA_KINDS}, got {gamma!r}")
     if isinstance(gamma, int) and not isinstance(gamma, bool):
         return FixedGamma(gamma)
-    if isinstance(gamma, Sequence):
+    if isinstance(gamma, Sequence) and not isinstance(gamma, (bytes, bytearray)):
         return GammaSchedule(tuple(gamma))
-    raise ValueError(f"gamma must be an int >= 1, 'adaptive', a schedule (sequence of ints) or a GammaRule, got {gamma!r}")
+    raise TypeError(f"gamma must be {_GAMMA_KINDS}, got {type(gamma).__name__} {gamma!r}")
+
+
+def check_gamma_rule(rule: GammaRule) -> GammaRule:
+    """``rule`` if its class implements :meth:`GammaRule.next_gamma` (the base class picks nothing)."""
+    check_instance(rule, "gamma rule", GammaRule, "a GammaRule")
+    if type(rule).next_gamma is GammaRule.next_gamma:
+        raise TypeError(f"gamma rule {type(rule).__name__} must implement next_gamma(ctx) -> int (GammaRule is a base class)")
+    return rule
 
 
 def plan_never_drafts(rule: GammaRule, num_stages: int) -> bool:
     """True when ``rule`` proposes nothing in any state a call reaches without drafting.
 
-    Without a drafting round the draft cache stays empty and no stage is judged, so those states are
-    ``RoundContext(c, S, 0, RoundHistory())`` for every ``c`` (:class:`AdaptiveGamma` reads only the
-    judged stages of the history). Such a call is the target's sequential decode: ``SDVAR`` then runs
-    the target-alone loop, without the per-round work.
+    A call that has not drafted yet has made only target steps: after ``c`` of them the rule sees
+    ``RoundContext(c, S, 0, history)`` with ``history`` holding ``c`` target steps (``proposed`` and
+    ``accepted`` ``(0,) * c``, nothing judged), exactly what :meth:`SDVAR.run_round
+    <sdvar_lib.sdvar.decoder.SDVAR.run_round>` hands it. The plan walks those ``S`` states; if the rule
+    returns 0 in every one of them, the call is the target's sequential decode and ``SDVAR`` runs the
+    target-alone loop instead of the rounds, with the same draws and statistics. A rule that drafts in
+    any of them (a schedule ``(0, 2)`` in its second round) runs the rounds. Rules must be functions of
+    their :class:`RoundContext` (the plan calls ``next_gamma`` on contexts the call may never reach).
     """
-    return all(rule.next_gamma(RoundContext(c=c, num_stages=num_stages, draft_stages_held=0,
-                                            history=RoundHistory())) == 0 for c in range(num_stages))
+    history = RoundHistory()
+    for c in range(num_stages):
+        if rule.next_gamma(RoundContext(c=c, num_stages=num_stages, draft_stages_held=0, history=history)) != 0:
+            return False
+        history = history.add(0, 0)
+    return True

@@ -51,6 +51,8 @@ def decode_handoff(sd: SDVAR, first_is_target: bool, labels: torch.Tensor, sampl
     """
     first, second = (sd.target_model, sd.draft_model) if first_is_target else (sd.draft_model, sd.target_model)
     S = first.num_stages
+    check_int(entry_num, "entry_num", 0, S)
+    check_sd_mask(sd_mask)
     done = StagesDecoded(tokens=(), f_hats=(), passes=0)
     stats = SDVARStats(num_stages=S)
     for model, stop, is_target, mask in ((first, entry_num, first_is_target, 0), (second, S, not first_is_target, sd_mask)):
@@ -111,4 +113,5 @@ def generate_test3(sd: SDVAR, B: int, label_B=None, g_seed: int | None = None, s
 def code_handoff(sd: SDVAR, B: int, label_B=None, g_seed: int | None = None, sampling: SamplingConfig | None = None,
                  entry_num: int = 6) -> SDVAROutput:
     """CoDe-style: the target makes stages ``< entry_num``, the draft reads the prefix and finishes."""
+    check_int(entry_num, "entry_num", 0)  # None (test3's "every stage") would silently be the target alone
     return _whole_call(sd, True, B, label_B, g_seed, sampling, entry_num, 0)

@@ -38,6 +38,8 @@ def prefill_mask(stage_ids_l: torch.Tensor, sd_mask: int) -> torch.Tensor | None
     Modes 1-5 reproduce the experimental masks of the original notebooks; only 0 and 3 are the
     attention the model was trained with.
     """
+    if not isinstance(stage_ids_l, torch.Tensor) or stage_ids_l.dim() != 1:
+        raise TypeError(f"stage_ids_l must be a 1-D tensor of stage ids, got {type(stage_ids_l).__name__}")
     check_sd_mask(sd_mask)
     q = stage_ids_l.unsqueeze(1)
     k = stage_ids_l.unsqueeze(0)

@@ -31,7 +31,7 @@ from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSch
 from sdvar_lib.sdvar.handoff import baseline, code_handoff, draft_alone, generate_test3
 from sdvar_lib.sdvar.masks import check_sd_mask
 from sdvar_lib.sdvar.stats import SDVAROutput
-from sdvar_lib.util.checks import check_bool, check_int
+from sdvar_lib.util.checks import check_bool, check_int, check_sequence, check_str
 
 __all__ = [
     "DecoderKind",
@@ -49,6 +49,7 @@ __all__ = [
 
 def stage_chunks(num_stages: int, max_chunk_stages: int, start_stages: Iterable[int] | None = None) -> list[tuple[int, int]]:
     """Every ``(start stage, number of stages)`` chunk with at most ``max_chunk_stages`` stages."""
+    check_int(num_stages, "num_stages", 1)
     check_int(max_chunk_stages, "max_chunk_stages", 1)
     starts = range(num_stages) if start_stages is None else start_stages
     return [(s, n) for s in starts for n in range(1, min(max_chunk_stages, num_stages - s) + 1)]
@@ -158,8 +159,9 @@ class Method:
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(f"a method needs a non-empty name, got {self.name!r}")
+        check_str(self.name, "a method's name")
+        check_str(self.decoder, f"method {self.name!r}: decoder")
+        check_str(self.notes, f"method {self.name!r}: notes", non_empty=False)
         if self.decoder not in DECODERS:
             raise ValueError(f"method {self.name!r}: decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         takes = DECODERS[self.decoder].takes
@@ -200,6 +202,9 @@ class Method:
 
     def check_for(self, num_stages: int) -> None:
         """Raise ``ValueError`` if the method cannot run on a pair with ``num_stages`` stages."""
+        check_int(num_stages, "num_stages", 1)
+        if self.gamma is not None:
+            self.gamma.check_for(num_stages)
         if self.entry_num is not None and self.entry_num > num_stages:
             raise ValueError(f"method {self.name!r}: entry_num {self.entry_num} exceeds the {num_stages} stages of the pair")
 
@@ -247,6 +252,7 @@ def register(method: Method, replace_existing: bool = False) -> Method:
     """Add ``method`` to :data:`METHODS` under its name (an existing name raises unless ``replace_existing``)."""
     if not isinstance(method, Method):
         raise TypeError(f"register needs a Method, got {type(method).__name__}")
+    check_bool(replace_existing, "replace_existing")
     if method.name in METHODS and not replace_existing:
         raise ValueError(f"a method named {method.name!r} is already registered")
     METHODS[method.name] = method
@@ -292,6 +298,7 @@ def methods_for(num_stages: int, names: Sequence[str] | None = None) -> list[Met
     """
     check_int(num_stages, "num_stages", 2)
     if names is not None:
+        names = check_sequence(names, "names", check_str, "method names")
         if len(set(names)) != len(names):
             raise ValueError(f"method names repeat: {list(names)}")
         methods = [get_method(n) for n in names]

@@ -5,6 +5,14 @@ One round (:meth:`sdvar_lib.sdvar.decoder.SDVAR.run_round`) goes
 -> :class:`VerifyResult` (target logits and ``p``) -> :class:`AcceptanceResult` (verdicts, committed
 tokens) -> a new ``SDVARInferenceState`` (commit), recorded as a :class:`RoundRecord`.
 
+What belongs together is linked by identity: every state and every step's result has a ``key`` (unique
+in the process, :func:`new_key`), and each result records the key of what it was made from (a
+proposal its state's, a verify result its proposal's, an acceptance its proposal's and its verify
+result's). Every step checks the links of what it is given before any model call and refuses, with
+a ``ValueError`` naming the mismatch, a proposal of another state (an older state of the same call,
+or another call), a verify result of another proposal, an acceptance of another one. A result made
+by hand (tests, the harness's references: the link left ``None``) is checked for its shapes only.
+
 A state's tokens, ``f_hat`` maps, history and statistics are its own (immutable), but its two KV
 caches and its generator are the call's, shared with every state before and after it: the caches
 hold the newest state's stages. So only the newest state of a call is *current*; every state
@@ -14,7 +22,8 @@ a stale state with a ``ValueError`` before any model call (:meth:`SDVARInference
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -26,13 +35,23 @@ from sdvar_lib.sdvar.stats import SDVARStats
 
 __all__ = [
     "SDVARInferenceState",
+    "new_key",
     "take_over",
+    "successor",
     "DraftProposal",
     "CombinedQuery",
     "VerifyResult",
     "AcceptanceResult",
     "RoundRecord",
 ]
+
+
+_KEYS = itertools.count(1)
+
+
+def new_key() -> int:
+    """A fresh identity for a state or a step's result (unique in this process)."""
+    return next(_KEYS)
 
 
 @dataclass(frozen=True)
@@ -43,6 +62,7 @@ class SDVARInferenceState:
     stages ``< c``, the draft cache those of stages ``< d`` with ``d <= c``. ``stats`` counts what
     the rounds that led to this state did. ``epochs`` are the draft's and the target's run epochs
     when this state took their caches over; once a newer state takes them over this one is stale.
+    ``key`` is the state's identity, which the proposals drafted from it record.
     """
 
     B: int
@@ -60,6 +80,7 @@ class SDVARInferenceState:
     history: RoundHistory = RoundHistory()
     verbose: bool = False
     epochs: tuple[int, int] = (0, 0)
+    key: int = field(default_factory=new_key)
 
     @property
     def c(self) -> int:
@@ -103,6 +124,12 @@ def take_over(draft: ModelRun, target: ModelRun) -> tuple[int, int]:
     return draft.epoch, target.epoch
 
 
+def successor(state: SDVARInferenceState, **changes) -> SDVARInferenceState:
+    """The state after a round or a target step: ``changes`` applied, a new key, and the caches taken over
+    (``state`` is stale from now on)."""
+    return replace(state, **changes, epochs=take_over(state.draft, state.target), key=new_key())
+
+
 @dataclass(frozen=True)
 class DraftProposal:
     """The draft's proposals for stages ``start .. start + gamma - 1``."""
@@ -117,6 +144,9 @@ class DraftProposal:
     """Draft cache length before the draft read its missing inputs."""
     draft_passes: int = 0
     """Draft passes the proposal took (one per proposed stage)."""
+    state_key: int | None = None
+    """Key of the state it was drafted from (``None``: made by hand, checked for its shapes only)."""
+    key: int = field(default_factory=new_key)
 
     @property
     def gamma(self) -> int:
@@ -145,6 +175,9 @@ class VerifyResult:
     logits: list[torch.Tensor]
     p_probs: list[torch.Tensor]
     target_passes: int = 1
+    proposal_key: int | None = None
+    """Key of the proposal it verified (``None``: made by hand, checked for its shapes only)."""
+    key: int = field(default_factory=new_key)
 
 
 @dataclass(frozen=True)
@@ -162,6 +195,11 @@ class AcceptanceResult:
     bonus: bool
     target_passes: int = 1
     """Target passes of the verification these verdicts come from."""
+    proposal_key: int | None = None
+    """Key of the proposal it judged (``None``: made by hand, checked for its shapes only)."""
+    verify_key: int | None = None
+    """Key of the verify result it judged with."""
+    key: int = field(default_factory=new_key)
 
 
 @dataclass(frozen=True)

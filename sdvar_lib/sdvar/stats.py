@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from sdvar_lib.util.checks import check_instance, check_int, check_sequence
+
 __all__ = ["SDVARStats", "SDVAROutput", "PooledStats", "pool_stats", "pooled_stage_acceptance"]
 
 
@@ -224,6 +226,9 @@ class PooledStats:
 
 def pool_stats(stats: Sequence[SDVARStats], num_stages: int | None = None) -> PooledStats:
     """The counters of several calls summed (``num_stages`` is needed only when ``stats`` is empty)."""
+    stats = _check_stats_list(stats)
+    if num_stages is not None:
+        check_int(num_stages, "num_stages", 1)
     if not stats and num_stages is None:
         raise ValueError("pool_stats of no calls needs num_stages")
     total = PooledStats.empty(stats[0].num_stages if stats else num_stages)
@@ -234,7 +239,13 @@ def pool_stats(stats: Sequence[SDVARStats], num_stages: int | None = None) -> Po
 
 def pooled_stage_acceptance(stats: Sequence[SDVARStats]) -> list[float | None]:
     """Stage acceptance per stage pooled over calls: accepted / verified proposals (``None``: never verified)."""
+    stats = _check_stats_list(stats)
     return pool_stats(stats).stage_acceptance_per_stage if stats else []
+
+
+def _check_stats_list(stats) -> tuple[SDVARStats, ...]:
+    return check_sequence(stats, "stats", lambda s, label: check_instance(s, label, SDVARStats, "an SDVARStats"),
+                          "SDVARStats (one per call)", non_empty=False)
 
 
 @dataclass

@@ -6,22 +6,31 @@ Owns nothing specific to VAR. May import: the standard library and torch only (n
 
 from sdvar_lib.util.atomic import atomic_folder, atomic_write_bytes, atomic_write_text
 from sdvar_lib.util.checks import (
+    INT64_MAX,
+    INT64_MIN,
     SEED_LIMIT,
     check_bool,
     check_choice,
+    check_instance,
     check_int,
     check_int_sequence,
+    check_mapping,
     check_number,
+    check_path,
     check_probability,
     check_seed,
+    check_sequence,
+    check_str,
 )
 from sdvar_lib.util.machine import MachineInfo
-from sdvar_lib.util.memory import check_fits
+from sdvar_lib.util.memory import InsufficientMemoryError, available_now_bytes, check_fits
 from sdvar_lib.util.modes import eval_mode
 from sdvar_lib.util.progress import PROGRESS_LOGGER, progress_log, show_progress
 
 __all__ = [
-    "SEED_LIMIT", "check_int", "check_number", "check_probability", "check_bool", "check_seed", "check_choice",
-    "check_int_sequence", "atomic_write_text", "atomic_write_bytes", "atomic_folder", "check_fits", "eval_mode",
+    "SEED_LIMIT", "INT64_MIN", "INT64_MAX", "check_int", "check_number", "check_probability", "check_bool", "check_seed",
+    "check_choice", "check_instance", "check_str", "check_sequence", "check_int_sequence", "check_mapping", "check_path",
+    "atomic_write_text", "atomic_write_bytes", "atomic_folder", "check_fits", "available_now_bytes",
+    "InsufficientMemoryError", "eval_mode",
     "MachineInfo", "PROGRESS_LOGGER", "progress_log", "show_progress",
 ]

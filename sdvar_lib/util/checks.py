@@ -9,22 +9,34 @@ accepted as the number it is; a bool is never a number).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 __all__ = [
     "SEED_LIMIT",
+    "INT64_MIN",
+    "INT64_MAX",
     "check_int",
     "check_number",
     "check_probability",
     "check_bool",
     "check_seed",
     "check_choice",
+    "check_instance",
+    "check_str",
+    "check_sequence",
     "check_int_sequence",
+    "check_mapping",
+    "check_path",
 ]
 
 SEED_LIMIT = 2**63
 """Seeds are ints in ``[0, SEED_LIMIT)``: torch generators take 64-bit seeds, and values outside this
 range would wrap around (``-1`` and ``2**64 - 1`` would draw the same images)."""
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""The range of an int that becomes a torch ``int64`` (labels, token ids): a Python int outside it cannot."""
 
 
 def _range_text(minimum, maximum) -> str:
@@ -108,11 +120,65 @@ def check_choice(value, name: str, choices: Sequence):
     raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
 
 
+def check_instance(value, name: str, types: type | tuple[type, ...], what: str):
+    """``value`` if it is an instance of ``types``; otherwise ``TypeError`` saying ``name`` must be ``what``."""
+    if not isinstance(value, types):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {_short_repr(value)}")
+    return value
+
+
+def check_str(value, name: str, non_empty: bool = True) -> str:
+    """A string (not blank where ``non_empty``)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a {'non-empty ' if non_empty else ''}string, got {_short_repr(value)}")
+    if non_empty and not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def check_sequence(value, name: str, check_item: Callable[[object, str], object], what: str,
+                   non_empty: bool = True) -> tuple:
+    """A list/tuple/range (never a string or bytes, whose items are characters or small ints) whose items each
+    pass ``check_item(item, label)``, as a tuple of what ``check_item`` returns. ``what`` names the items."""
+    if isinstance(value, (str, bytes, bytearray)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence of {what} (a list or tuple), got {type(value).__name__} "
+                        f"{_short_repr(value)}")
+    if non_empty and len(value) == 0:
+        raise ValueError(f"{name} must not be empty (a sequence of {what})")
+    return tuple(check_item(v, f"every value of {name}") for v in value)
+
+
 def check_int_sequence(value, name: str, minimum: int | None = None, maximum: int | None = None,
                        non_empty: bool = True) -> tuple[int, ...]:
     """A list/tuple of ints within the bounds, as a tuple."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(f"{name} must be a sequence of ints, got {value!r}")
-    if non_empty and len(value) == 0:
-        raise ValueError(f"{name} must not be empty")
-    return tuple(check_int(v, f"every value of {name}", minimum, maximum) for v in value)
+    allowed = " ".join(filter(None, ("ints", _range_text(minimum, maximum))))
+    return check_sequence(value, name, lambda v, label: check_int(v, label, minimum, maximum), allowed, non_empty)
+
+
+def check_mapping(value, name: str, check_key: Callable[[object, str], object],
+                  check_value: Callable[[object, str], object], what: str) -> dict:
+    """A mapping whose keys and values pass their checks (each called with the item and a label naming it), as a
+    new dict of what the checks return. ``what`` says what the mapping maps (``"(start, n) -> seconds"``)."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping {what}, got {type(value).__name__} {_short_repr(value)}")
+    out = {}
+    for key, item in value.items():
+        out[check_key(key, f"every key of {name}")] = check_value(item, f"{name}[{key!r}]")
+    return out
+
+
+def check_path(value, name: str, allow_none: bool = True) -> Path | None:
+    """A path given as a string or an ``os.PathLike`` (or ``None`` where allowed), as a :class:`~pathlib.Path`."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (a string or a pathlib.Path){' or None' if allow_none else ''}, "
+                        f"got {type(value).__name__} {_short_repr(value)}")
+    if isinstance(value, str) and not value:
+        raise ValueError(f"{name} must be a path, got an empty string")
+    return Path(value)
+
+
+def _short_repr(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

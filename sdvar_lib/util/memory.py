@@ -1,12 +1,17 @@
-"""How much memory a device has, and a check that an allocation fits before it is made."""
+"""How much memory a device has (in all, and free now), and a check that an allocation fits before it is made."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
-__all__ = ["available_bytes", "check_fits"]
+__all__ = ["available_bytes", "available_now_bytes", "check_fits", "InsufficientMemoryError"]
+
+
+class InsufficientMemoryError(ValueError):
+    """What was asked for cannot fit in the memory the device has free (raised before allocating it)."""
 
 
 def available_bytes(device: torch.device | str) -> int | None:
@@ -35,3 +40,49 @@ def check_fits(nbytes: int, device: torch.device | str, what: str) -> None:
             f"{what} needs about {nbytes / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB "
             f"of {device}; use a smaller batch"
         )
+
+
+def available_now_bytes(device: torch.device | str) -> int | None:
+    """Memory free for new allocations now: ``MemAvailable`` of the machine for the CPU (``psutil`` when
+    installed, else ``/proc/meminfo``), lowered to what a cgroup (v2) memory limit leaves; the free memory
+    of a CUDA device; ``None`` where unknown (another OS, the meta device)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    try:
+        import psutil
+
+        free = int(psutil.virtual_memory().available)
+    except ImportError:
+        free = _meminfo_available()
+    limit = _cgroup_remaining()
+    if free is None:
+        return limit
+    return free if limit is None else min(free, limit)
+
+
+def _meminfo_available(text: str | None = None) -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` (or of ``text``) in bytes."""
+    try:
+        text = Path("/proc/meminfo").read_text() if text is None else text
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            parts = line.split()
+            return int(parts[1]) * (1024 if len(parts) > 2 and parts[2].lower() == "kb" else 1)
+    return None
+
+
+def _cgroup_remaining(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes a cgroup v2 memory limit still allows this process's group (``None``: no limit or no cgroup v2)."""
+    try:
+        limit = (root / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(int(limit) - int((root / "memory.current").read_text().strip()), 0)
+    except (OSError, ValueError):
+        return None

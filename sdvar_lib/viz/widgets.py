@@ -33,12 +33,12 @@ import torch
 from matplotlib.figure import Figure
 
 from sdvar_lib.eval.metrics import compare_images
-from sdvar_lib.models.sampling import SamplingConfig
+from sdvar_lib.models.sampling import SamplingConfig, check_labels
 from sdvar_lib.sdvar.acceptance import POLICY_NAMES
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.handoff import baseline, draft_alone, generate_test3
 from sdvar_lib.sdvar.stats import SDVAROutput, SDVARStats
-from sdvar_lib.util.checks import check_choice, check_int, check_int_sequence, check_number, check_seed
+from sdvar_lib.util.checks import check_bool, check_choice, check_int, check_number, check_seed
 from sdvar_lib.viz.plotting import comparison_figure, image_grid
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def _check_args(sdvar, gamma, cfg, policy, seed, labels) -> list[int]:
     check_number(cfg, "cfg", 0.0)
     check_choice(policy, "policy", POLICY_OPTIONS)
     check_seed(seed, "seed", allow_none=False)
-    return list(check_int_sequence(labels, "labels"))
+    return list(check_labels(labels, "labels", sdvar.target_model.num_classes))
 
 
 @torch.no_grad()
@@ -171,6 +171,7 @@ def run_and_describe(
 ) -> RunDescription:
     """Run parallel_v1 for ``labels`` (one image each) and describe it; the callback of :func:`make_interactive`."""
     label_list = _check_args(sdvar, gamma, cfg, policy, seed, labels)
+    check_bool(with_figure, "with_figure")
     cfg = float(cfg)
     out = sdvar.generate_parallel(len(label_list), label_list, g_seed=seed, sampling=SamplingConfig(cfg=cfg), gamma=gamma,
                                   policy=policy)
@@ -264,7 +265,8 @@ def run_comparison(
     check_number(cfg, "cfg", 0.0)
     check_int(top_k, "top_k", 0, sdvar.target_model.V)
     check_seed(seed, "seed", allow_none=False)
-    label_list = list(check_int_sequence(labels, "labels"))
+    label_list = list(check_labels(labels, "labels", sdvar.target_model.num_classes))
+    check_bool(with_figure, "with_figure")
     entry = sdvar.num_stages // 2 if entry is None else check_int(entry, "entry", 0, sdvar.num_stages)
     cfg, B = float(cfg), len(label_list)
     sampling = SamplingConfig(cfg=cfg, top_k=top_k)
@@ -444,7 +446,7 @@ def make_comparison_interactive(
     check_number(cfg, "cfg", 0.0)
     check_choice(top_k, "top_k", [k for _, k in DECODING_OPTIONS])
     check_seed(seed, "seed", allow_none=False)
-    check_int_sequence(labels, "labels")
+    check_labels(labels, "labels", sdvar.target_model.num_classes)
     max_gamma = sdvar.num_stages if max_gamma is None else check_int(max_gamma, "max_gamma", 1)
     check_number(max_cfg, "max_cfg", 0.0, min_inclusive=False)
     _check_slider_range(gamma, cfg, max_gamma, max_cfg)
