@@ -120,7 +120,7 @@ PLANTS: list[Plant] = [
       "tests/test_gamma.py", "rejections raise the acceptance estimate"),
     P("adaptive-ignores-round-overhead", "sdvar_lib/sdvar/gamma.py",
       "spend += costs.target(c, last - c + 1) + costs.round_overhead", "spend += costs.target(c, last - c + 1)",
-      "tests/test_gamma.py", "the round's overhead is not paid"),
+      "tests/test_gamma.py tests/test_gamma_costs.py", "the round's overhead is not paid"),
     P("adaptive-never-falls-back", "sdvar_lib/sdvar/gamma.py",
       "best_g, best = 0, 0.0", "best_g, best = 1, -1e300",
       "tests/test_gamma.py", "proposes a stage even when nothing is saved"),
@@ -136,11 +136,12 @@ PLANTS: list[Plant] = [
     P("top-k-drops-the-kth", "sdvar_lib/models/sampling.py",
       "logits_BlV = logits_BlV.masked_fill(logits_BlV < kth_Bl1, -torch.inf)",
       "logits_BlV = logits_BlV.masked_fill(logits_BlV <= kth_Bl1, -torch.inf)",
-      "tests/test_sampling_reference.py", "top-k keeps k - 1 tokens"),
+      "tests/test_sampling_reference.py tests/test_sampling_boundaries.py", "top-k keeps k - 1 tokens"),
     P("top-p-boundary", "sdvar_lib/models/sampling.py",
       "remove_sorted = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)",
       "remove_sorted = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) < (1 - top_p)",
-      "tests/test_sampling_reference.py", "top-p keeps a token whose cumulative mass is exactly 1 - top_p"),
+      "tests/test_sampling_reference.py tests/test_sampling_boundaries.py",
+      "top-p keeps a token whose cumulative mass is exactly 1 - top_p"),
     P("cfg-strength-over-S", "sdvar_lib/models/sampling.py",
       "return cfg * (si / (num_stages - 1))", "return cfg * (si / num_stages)",
       "tests/test_sampling_reference.py tests/test_reference_parity.py", "guidance ramps to cfg (S-1)/S, not cfg"),
@@ -171,7 +172,7 @@ PLANTS: list[Plant] = [
     # ---- statistics (sdvar/stats.py) -------------------------------------------------------------------------
     P("stats-tokens-per-sample", "sdvar_lib/sdvar/stats.py",
       "proposed_tokens[si] += accepted_Bl.numel()", "proposed_tokens[si] += accepted_Bl.shape[-1]",
-      "tests/test_sdvar.py", "proposed tokens counted for one sample of the batch"),
+      "tests/test_sdvar.py tests/test_stats_counts.py", "proposed tokens counted for one sample of the batch"),
     P("pooled-drops-draft-passes", "sdvar_lib/sdvar/stats.py",
       "draft_passes=self.draft_passes + other.draft_passes,", "draft_passes=self.draft_passes,",
       "tests/test_sample.py", "pooled statistics keep the first call's draft passes"),
@@ -179,7 +180,7 @@ PLANTS: list[Plant] = [
     P("handoff-passes-swapped", "sdvar_lib/sdvar/handoff.py",
       "stats = stats.with_passes(target=part.passes) if is_target else stats.with_passes(draft=part.passes)",
       "stats = stats.with_passes(draft=part.passes) if is_target else stats.with_passes(target=part.passes)",
-      "tests/test_registry.py", "a hand-off counts the target's passes as the draft's"),
+      "tests/test_registry.py tests/test_stats_counts.py", "a hand-off counts the target's passes as the draft's"),
     # ---- sample sets (samples/) -----------------------------------------------------------------------------
     P("shard-indices-unchecked", "sdvar_lib/samples/shards.py",
       "if not np.array_equal(shard.indices_b, expected) or list(shard.labels_b) != list(spec.labels[: spec.num_real]):",
@@ -318,7 +319,7 @@ def pytest_env(copy: Path, root: Path) -> dict:
     return env
 
 
-FAILED = re.compile(r"^(FAILED|ERROR) (\S+)", re.MULTILINE)
+FAILED = re.compile(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", re.MULTILINE)
 
 
 def run_pytest(python: str, copy: Path, tests: tuple[str, ...], env: dict, timeout: float,
@@ -336,7 +337,7 @@ def run_pytest(python: str, copy: Path, tests: tuple[str, ...], env: dict, timeo
         out, _ = proc.communicate()
         return "timeout", [], time.perf_counter() - t0, out[-2000:]
     seconds = time.perf_counter() - t0
-    failed = [m.group(2) for m in FAILED.finditer(out)]
+    failed = [m.group(1) for m in FAILED.finditer(out)]
     tail = "\n".join(out.strip().splitlines()[-5:])
     if proc.returncode == 0:
         return "passed", [], seconds, tail
