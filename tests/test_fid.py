@@ -124,11 +124,11 @@ def test_precision_recall_extremes():
 def sets(tmp_path_factory):
     """Target samples of the bundled pair (sampler CLI), the held-out real digits and noise, as .npz files."""
     root = tmp_path_factory.mktemp("fid")
-    common = ["--classes", "0-9", "--per-class", "6", "--batch-size", "10", "--threads", "1", "--no-progress"]
+    common = ["--classes", "0-9", "--per-class", "7", "--batch-size", "10", "--threads", "1", "--no-progress"]
     assert sample_main(["--method", "target", "--out", str(root / "target"), *common]) == 0
     real = images_to_uint8(to_unit_range(load_digits_split().heldout_img_B3HW))
     save_images(root / "real.npz", real)
-    noise = np.random.default_rng(0).integers(0, 256, size=(60, 16, 16, 3), dtype=np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, size=(70, 16, 16, 3), dtype=np.uint8)
     save_images(root / "noise.npz", noise)
     return root
 
@@ -143,7 +143,7 @@ def test_digits_fid_equals_the_workbench_frechet_distance(sets):
         real = torch.from_numpy(r["arr_0"]).permute(0, 3, 1, 2).float() / 255
     direct = feature_frechet_distance(load_bundled_classifier(), fake, real)
     assert report.fid == pytest.approx(direct, rel=1e-6)
-    assert report.reference_stats == "images" and report.num_samples == 60
+    assert report.reference_stats == "images" and report.num_samples == 70
     assert 1.0 < report.inception_score <= 10.0
     assert 0.0 < report.precision <= 1.0 and 0.0 < report.recall <= 1.0
     noise = score_samples(sets / "noise.npz", reference, extractor)
@@ -250,7 +250,7 @@ def test_torch_fidelity_inception_from_a_local_file(tmp_path, monkeypatch):
     save_images(tmp_path / "a.npz", images)
     save_images(tmp_path / "b.npz", images[::-1].copy())
     argv = ["--samples", str(tmp_path / "a.npz"), "--reference", str(tmp_path / "b.npz"), "--extractor-weights",
-            str(tmp_path / "inception.pth"), "--device", "cpu", "--out", str(tmp_path / "r.json")]
+            str(tmp_path / "inception.pth"), "--device", "cpu", "--out", str(tmp_path / "r.json"), "--allow-few"]
     assert main(argv) == 0  # the CLI's default extractor, from the local file
     (row,) = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert row["fid"] == pytest.approx(0.0, abs=1e-3) and (row["precision"], row["recall"]) == (1.0, 1.0)

@@ -11,7 +11,12 @@ distance) against target passes for every decoder on the bundled pair
 
 Several ``--samples`` are scored against one reference (its features are computed once); a
 ``stats.json`` of the sampler beside a samples file adds the method and its target passes to the
-table -- the quality-against-target-passes table at any scale. Features: torch-fidelity's FID
+table -- the quality-against-target-passes table at any scale -- when it records that very file
+(its size and SHA-256); one that records another file is refused. Every row says how many images
+it rests on; below the protocol's sizes a note says what the numbers can be compared with, and
+FID of fewer images than the feature width + 1 is refused unless ``--allow-few``
+(:mod:`sdvar_lib.eval.fid` documents the minimums and why). ``--out`` and ``--plot`` never write
+over an existing file unless ``--replace``, and never over an input of the same command. Features: torch-fidelity's FID
 InceptionV3 (``pip install "sdvar-workbench[fid]"``; ``--extractor-weights FILE`` without network),
 or ``--extractor digits`` for the bundled pair (:mod:`sdvar_lib.eval.fid`). Do not substitute
 torchvision's InceptionV3 weights: they give a different FID than the one papers report.
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -46,6 +52,7 @@ from sdvar_lib.eval.fid import (
     TORCH_FIDELITY_MISSING,
     Reference,
     load_extractor,
+    sampler_stats,
     score_samples,
 )
 from sdvar_lib.eval.metrics import load_bundled_classifier
@@ -185,20 +192,41 @@ def fid_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="fid,is,pr", help="comma-separated subset of fid,is,pr (default all)")
     p.add_argument("--batch-size", type=int, default=100, help="images per extractor call (default 100)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--plot", default=None, help="write a PNG of FID against target passes per image (sets with stats.json)")
+    p.add_argument("--out", default=None, help="write the results as JSON here (a new file, unless --replace)")
+    p.add_argument("--plot", default=None, help="write a PNG of FID against target passes per image (sets with stats.json; "
+                                                "a new file, unless --replace)")
+    p.add_argument("--replace", action="store_true",
+                   help="let --out/--plot write over an existing file (never over an input of this command)")
+    p.add_argument("--allow-few", action="store_true",
+                   help="compute FID of fewer images than the feature width + 1 (a singular covariance: the number then "
+                        "mostly measures the sample size); the notes still say so")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
-def _stats_beside(samples: str) -> dict | None:
-    path = Path(samples).with_name("stats.json")
-    if not path.is_file():
-        return None
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        return a.exists() and b.exists() and os.path.samefile(a, b)  # hard links
+    except OSError:
+        return False
+
+
+def _check_new_output(path: str | os.PathLike, name: str, inputs: Sequence[str | os.PathLike] = (),
+                     replace: bool = False) -> Path:
+    """``ValueError`` unless a command may write ``path``: never one of its ``inputs`` (whatever ``replace`` says),
+    never a folder, an existing file only with ``replace``, and in a writable folder. Nothing is created."""
+    path = Path(path)
+    for given in inputs:
+        if _same_file(path, Path(given)):
+            raise ValueError(f"{name} {str(path)!r} is an input of this command ({given}); choose another file")
+    if path.is_dir():
+        raise ValueError(f"{name} {str(path)!r} is a folder; name a file")
+    if path.exists() and not replace:
+        raise ValueError(f"{name} {str(path)!r} already exists; choose a new file, or pass --replace to write over it")
+    check_writable_dir(path.parent, f"{name}'s folder")
+    return path
 
 
 def quality_table(rows: Sequence[dict]) -> str:
@@ -235,7 +263,8 @@ def quality_figure(rows: Sequence[dict]):
     """FID against target passes per image, one labelled point per sample set that has the sampler's stats.json."""
     from matplotlib.figure import Figure
 
-    points = [(r["sampler"]["decoder_stats"]["target_passes_per_image"], r["fid"], r["sampler"]["method"])
+    points = [(r["sampler"]["decoder_stats"]["target_passes_per_image"], r["fid"],
+               f"{r['sampler']['method']} (N={r['num_samples']:,})")
               for r in rows if (r.get("sampler") or {}).get("decoder_stats", {}).get("target_passes_per_image") is not None]
     if not points:
         raise ValueError("--plot needs at least one samples file with the sampler's stats.json beside it")
@@ -245,10 +274,24 @@ def quality_figure(rows: Sequence[dict]):
         ax.plot(x, y, "o", color="#2b6cb0")
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("target passes per image")
+    counts = sorted({r["num_samples"] for r in rows})
     ax.set_ylabel("FID (lower is better)")
+    if len(counts) > 1:  # FID is biased by 1/N: points of different N are not comparable
+        ax.set_title(f"sets of {', '.join(f'{n:,}' for n in counts)} images: FIDs of different N are not comparable",
+                     fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def _fid_outputs(args) -> None:
+    """Check ``--out`` and ``--plot`` (ValueError): new files, or ``--replace``; never an input, never each other."""
+    inputs = [*args.samples, args.reference, *([args.extractor_weights] if args.extractor_weights else [])]
+    given = [(n, v) for n, v in (("--out", args.out), ("--plot", args.plot)) if v is not None]
+    for name, value in given:
+        _check_new_output(value, name, inputs, args.replace)
+    if len(given) == 2 and _same_file(Path(args.out), Path(args.plot)):
+        raise ValueError(f"--out and --plot name the same file {args.out!r}")
 
 
 def fid_main(argv: Sequence[str] | None = None) -> int:
@@ -272,12 +315,10 @@ def fid_main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{path} holds no arr_0 (it holds {', '.join(keys) or 'nothing'})")
     if args.extractor_weights is not None and not Path(args.extractor_weights).is_file():
         parser.error(f"--extractor-weights {args.extractor_weights} does not exist")
-    for name, value in (("--out", args.out), ("--plot", args.plot)):
-        if value is not None:
-            try:
-                check_writable_dir(Path(value).parent, f"{name}'s folder")
-            except ValueError as exc:
-                parser.error(str(exc))
+    try:
+        _fid_outputs(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         device = pick_device(args.device)
         extractor = load_extractor(args.extractor, args.extractor_weights, device)
@@ -288,28 +329,42 @@ def fid_main(argv: Sequence[str] | None = None) -> int:
     print(f"features: {extractor.describe()} on {device}")
     rows = []
     try:
+        attached = []
+        for samples in args.samples:  # before any feature: a stats.json of another set is refused up front
+            stats, note = sampler_stats(samples)
+            if note:
+                print(f"note: {note}")
+            attached.append(stats)
         reference = Reference.load(args.reference, extractor, args.batch_size, args.reference_stats,
-                                   need_features="pr" in metrics)
-        for samples in args.samples:
+                                   need_features="pr" in metrics, allow_few=args.allow_few)
+        for samples, stats in zip(args.samples, attached):
             _warn_if_class_sorted(samples, "is" in metrics)
-            report = score_samples(samples, reference, extractor, args.batch_size, metrics=metrics)
-            row = dict(report.to_dict(), sampler=_stats_beside(samples))
-            rows.append(row)
+            report = score_samples(samples, reference, extractor, args.batch_size, metrics=metrics,
+                                   allow_few=args.allow_few)
+            rows.append(dict(report.to_dict(), sampler=stats))
             print(f"{samples}: {report.line()}; reference statistics from {report.reference_stats}")
+            for note in report.notes:
+                print(f"  note: {note}")
     except ValueError as exc:
         parser.error(str(exc).splitlines()[0])
     table = quality_table(rows)
     print()
     print(table)
-    if args.out is not None:
-        atomic_write_text(args.out, json.dumps(dict(reference=args.reference, extractor=extractor.describe(), rows=rows),
-                                               indent=1) + "\n")
-        print(f"wrote {args.out}")
+    fig = None
     if args.plot is not None:
         try:
             fig = quality_figure(rows)
         except ValueError as exc:
             parser.error(str(exc))
+    try:
+        _fid_outputs(args)  # again: the scoring took a while, a file may have appeared since
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.out is not None:
+        atomic_write_text(args.out, json.dumps(dict(reference=args.reference, extractor=extractor.describe(), rows=rows),
+                                               indent=1) + "\n")
+        print(f"wrote {args.out}")
+    if fig is not None:
         atomic_write_with(args.plot, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
         print(f"wrote {args.plot}")
     return 0

@@ -24,6 +24,30 @@ Metrics (each follows the evaluator):
   (and std) over splits, from the logits without bias (``logits_unbiased``).
 - Precision / recall (Kynkäänniemi et al. 2019): k-NN manifolds with ``k = 3``; precision = share
   of samples inside some reference ball, recall = share of references inside some sample ball.
+
+**How many images a number rests on.** Every report carries its ``num_samples`` and
+``num_reference`` and, below the protocol's sizes, notes saying what the number can and cannot be
+compared with (:func:`sample_size_notes`). The minimums:
+
+==================  =============================================  =======================================
+metric              refused below (``allow_few`` lifts it)         noted below
+==================  =============================================  =======================================
+FID                 ``D + 1`` images in a set whose Gaussian is    :data:`PROTOCOL_SAMPLES` (50,000)
+                    fitted (``D`` = feature width: 2048 for
+                    Inception, 64 for the digits classifier)
+Inception Score     --                                             :data:`IS_SPLIT` (5,000, one split)
+precision/recall    ``k + 1`` = 4 images per set                   :data:`PR_MIN_IMAGES` (10,000)
+==================  =============================================  =======================================
+
+Why: FID fits a ``D``-dimensional Gaussian to each set; with ``N <= D`` images its covariance is
+singular (rank ``N - 1``), and the number then measures mostly how few images there are. Above
+that, FID is still biased upward by a term that shrinks like ``1/N`` (Chong & Forsyth, *Effectively
+Unbiased FID and Inception Score*, CVPR 2020): two FIDs are comparable only at the same ``N``, and
+papers report ``N`` = 50,000. The Inception Score is computed over splits of 5,000 images (the
+evaluator's); a smaller set is one shorter split, biased as well, with no spread over splits
+(``inception_score_std`` is ``None`` then). Precision and recall estimate each manifold from the
+distance to the 3rd nearest neighbour, which shrinks as ``N`` grows: on small sets the balls are
+wide and both numbers are inflated (the evaluator uses 10,000 references and 50,000 samples).
 """
 
 from __future__ import annotations
@@ -33,7 +57,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +73,7 @@ from sdvar_lib.eval.metrics import (
 )
 from sdvar_lib.models.checkpoints import BUNDLED_DIR, CheckpointError, load_checkpoint_file, load_state_dict_checked
 from sdvar_lib.samples.npz import NpzArrayReader
+from sdvar_lib.samples.shards import STATS, FileRecord
 from sdvar_lib.util.atomic import atomic_write_text
 from sdvar_lib.util.checks import check_choice, check_int
 
@@ -71,7 +96,24 @@ __all__ = [
     "Reference",
     "score_samples",
     "reference_stats_from_npz",
+    "PROTOCOL_SAMPLES",
+    "IS_SPLIT",
+    "PR_K",
+    "PR_MIN_IMAGES",
+    "fid_minimum",
+    "check_fid_size",
+    "sample_size_notes",
+    "sampler_stats",
 ]
+
+PROTOCOL_SAMPLES = 50_000
+"""Images per set in VAR's protocol (50 per ImageNet class), the ``N`` of every FID papers report."""
+IS_SPLIT = 5_000
+"""The evaluator's Inception Score split size (10 splits of a 50,000-image set)."""
+PR_K = 3
+"""Neighbours of the k-NN manifolds of precision/recall (Kynkäänniemi et al., as the evaluator)."""
+PR_MIN_IMAGES = 10_000
+"""Below this many images in either set precision/recall get a note (the evaluator's reference batch has 10,000)."""
 
 EXTRACTORS = ("inception", "digits")
 REFERENCE_STATS = ("auto", "images")
@@ -234,6 +276,75 @@ def extract_features(extractor: FeatureExtractor, source: str | os.PathLike | np
     return Features(pool_ND=np.concatenate(pools), logits_NC=np.concatenate(logits))
 
 
+# ---- how many images a number rests on -------------------------------------------------------------
+def fid_minimum(feature_dim: int) -> int:
+    """The fewest images whose FID the workbench computes without ``allow_few``: ``feature_dim + 1`` (a full-rank
+    covariance; see the module docstring)."""
+    return check_int(feature_dim, "feature_dim", 1) + 1
+
+
+def check_fid_size(num_images: int, feature_dim: int, what: str, allow_few: bool = False) -> None:
+    """``ValueError`` when a Gaussian of ``feature_dim``-d features would be fitted to too few images (``what``)."""
+    if not allow_few and num_images < fid_minimum(feature_dim):
+        raise ValueError(
+            f"{what}: FID needs at least {fid_minimum(feature_dim)} images with {feature_dim}-d features, got "
+            f"{num_images}: the covariance of fewer is singular and FID then measures mostly the sample size (the "
+            f"protocol uses {PROTOCOL_SAMPLES:,}); pass allow_few=True (--allow-few) to compute it anyway"
+        )
+
+
+def sample_size_notes(num_samples: int, num_reference: int | None, metrics: Iterable[str] = ("fid", "is", "pr"),
+                      feature_dim: int | None = None) -> list[str]:
+    """What the numbers of a set of ``num_samples`` (against ``num_reference`` references; ``None``: stored
+    statistics) can be compared with, one sentence per metric below the protocol's sizes (module docstring)."""
+    metrics = set(metrics)
+    notes = []
+    if num_samples < PROTOCOL_SAMPLES:
+        few = feature_dim is not None and num_samples < fid_minimum(feature_dim)
+        notes.append(f"FID of {num_samples:,} samples is biased upward (by a term shrinking like 1/N"
+                     f"{'; fewer than the feature width + 1, so the covariance is singular' if few else ''}): compare it "
+                     f"only with FIDs of {num_samples:,} samples; papers use {PROTOCOL_SAMPLES:,}")
+    if "is" in metrics and num_samples < IS_SPLIT:
+        notes.append(f"IS over one split of {num_samples:,} images (the evaluator's splits hold {IS_SPLIT:,}; no spread "
+                     "over splits): not comparable with published IS")
+    if "pr" in metrics:
+        small = min(num_samples, num_reference if num_reference is not None else num_samples)
+        if small < PR_MIN_IMAGES:
+            notes.append(f"precision/recall from k={PR_K} neighbours among {small:,} images: the k-NN balls are wide "
+                         f"on small sets, so both are inflated (the evaluator uses {PR_MIN_IMAGES:,} references)")
+    return notes
+
+
+def sampler_stats(samples: str | os.PathLike) -> tuple[dict | None, str | None]:
+    """The sampler's ``stats.json`` beside ``samples`` if it describes that very file: ``(stats, None)``.
+
+    ``(None, note)`` when there is none, or it is not the sampler's or records no samples file (an older
+    sampler): nothing is attached. ``ValueError`` when it records another ``samples.npz`` (another size or
+    SHA-256): statistics of another set are never attached to a score.
+    """
+    samples = Path(samples)
+    path = samples.with_name(STATS)
+    if not path.is_file():
+        return None, None
+    try:
+        stats = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{path} is unreadable ({type(exc).__name__}); not used"
+    if not isinstance(stats, dict) or not str(stats.get("format", "")).startswith("sdvar-sample-stats/"):
+        return None, f"{path} is not the sampler's stats.json; not used"
+    recorded = FileRecord.from_dict(stats.get("samples"))
+    if recorded is None or stats["samples"].get("file") != samples.name:
+        return None, (f"{path} records no size and hash of {samples.name} (an older sampler, or it describes another "
+                      "file); not used")
+    actual = FileRecord.of(samples)
+    if actual != recorded:
+        what = f"{recorded.bytes} bytes" if actual.bytes != recorded.bytes else "another SHA-256"
+        raise ValueError(f"{path} describes another set ({samples.name} of {what}; {samples} has {actual.bytes} bytes, "
+                         f"SHA-256 {actual.sha256[:12]}...): it is not this file's; move one of them, or score a copy "
+                         "of the samples file outside that folder")
+    return stats, None
+
+
 # ---- metrics --------------------------------------------------------------------------------------
 def fid_from_stats(a: GaussianStats, b: GaussianStats) -> float:
     """FID of two fitted Gaussians (one formula for the workbench: :func:`sdvar_lib.eval.metrics.frechet_distance`)."""
@@ -306,10 +417,13 @@ class QualityReport:
     fid: float
     inception_score: float | None
     inception_score_std: float | None
+    """The spread over splits of :data:`IS_SPLIT` images; ``None`` with one split."""
     precision: float | None
     recall: float | None
     reference_stats: str
     """``"images"`` (fitted to the reference's features) or ``"stored mu/sigma"`` (from the reference file)."""
+    notes: list[str] = field(default_factory=list)
+    """What the numbers can be compared with, given how many images they rest on (:func:`sample_size_notes`)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -318,9 +432,9 @@ class QualityReport:
         def f(v, fmt):
             return "-" if v is None else format(v, fmt)
 
-        refs = "the stored statistics" if self.num_reference is None else f"{self.num_reference} references"
+        refs = "the stored statistics" if self.num_reference is None else f"{self.num_reference:,} references"
         return (f"FID {self.fid:.4f}  IS {f(self.inception_score, '.3f')}  precision {f(self.precision, '.4f')}  "
-                f"recall {f(self.recall, '.4f')}  ({self.num_samples} samples vs {refs})")
+                f"recall {f(self.recall, '.4f')}  ({self.num_samples:,} samples vs {refs})")
 
     def save(self, path: str | os.PathLike) -> Path:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
@@ -349,12 +463,13 @@ class Reference:
 
     @classmethod
     def load(cls, source: str | os.PathLike | np.ndarray, extractor: FeatureExtractor, batch_size: int = 100,
-             reference_stats: str = "auto", need_features: bool = True) -> Reference:
+             reference_stats: str = "auto", need_features: bool = True, allow_few: bool = False) -> Reference:
         """Features of ``source`` (an ``.npz`` or a uint8 array) and its FID statistics.
 
         With ``reference_stats="auto"``, the ``inception`` extractor and a file holding ``mu``/``sigma``
         of the right size, FID uses those (the evaluator's rule); features are then only computed
-        when ``need_features`` (precision/recall).
+        when ``need_features`` (precision/recall). A Gaussian fitted to fewer than :func:`fid_minimum`
+        images is refused unless ``allow_few``.
         """
         check_choice(reference_stats, "reference_stats", REFERENCE_STATS)
         is_file = not isinstance(source, np.ndarray)
@@ -362,6 +477,9 @@ class Reference:
         if reference_stats == "auto" and extractor.name == "inception" and is_file:
             stored = reference_stats_from_npz(source, extractor.feature_dim)
         feats = extract_features(extractor, source, batch_size) if stored is None or need_features else None
+        if stored is None:
+            check_fid_size(feats.num_images, extractor.feature_dim, f"reference {source if is_file else 'array'}",
+                           allow_few)
         return cls(source=str(source) if is_file else "array", features=feats,
                    stats=stored if stored is not None else gaussian_stats(feats.pool_ND),
                    stats_source="stored mu/sigma" if stored is not None else "images")
@@ -373,28 +491,36 @@ def score_samples(
     extractor: FeatureExtractor,
     batch_size: int = 100,
     metrics: Iterable[str] = ("fid", "is", "pr"),
-    k: int = 3,
+    k: int = PR_K,
+    allow_few: bool = False,
 ) -> QualityReport:
-    """FID, Inception Score and precision/recall of ``samples`` (an ``.npz``, a uint8 array or features)."""
+    """FID, Inception Score and precision/recall of ``samples`` (an ``.npz``, a uint8 array or features).
+
+    Fewer samples than :func:`fid_minimum` are refused unless ``allow_few``; the report's ``notes``
+    say what its numbers can be compared with (:func:`sample_size_notes`)."""
     metrics = set(metrics)
     if metrics - {"fid", "is", "pr"} or "fid" not in metrics:
         raise ValueError(f"metrics must include 'fid' and may add 'is' and 'pr', got {sorted(metrics)}")
     if not isinstance(reference, Reference):
         raise TypeError(f"reference must be a Reference (Reference.load(...)), got {type(reference).__name__}")
     smp = samples if isinstance(samples, Features) else extract_features(extractor, samples, batch_size)
+    name = "array" if isinstance(samples, np.ndarray) else "features" if isinstance(samples, Features) else str(samples)
+    check_fid_size(smp.num_images, smp.pool_ND.shape[1], f"samples {name}", allow_few)
     fid = fid_from_stats(gaussian_stats(smp.pool_ND), reference.stats)
     is_mean = is_std = None
     if "is" in metrics:
-        is_mean, is_std = inception_score(smp.logits_NC)
+        is_mean, is_std = inception_score(smp.logits_NC, IS_SPLIT)
+        if smp.num_images <= IS_SPLIT:
+            is_std = None  # one split: no spread
     precision = recall = None
     if "pr" in metrics:
         if reference.features is None:
             raise ValueError("precision/recall needs the reference's features (Reference.load(..., need_features=True))")
         precision, recall = precision_recall(reference.features.pool_ND, smp.pool_ND, k=k, device=extractor.device)
-    name = "array" if isinstance(samples, np.ndarray) else "features" if isinstance(samples, Features) else str(samples)
+    num_reference = reference.features.num_images if reference.features is not None else None
     return QualityReport(
         samples=name, reference=reference.source, extractor=extractor.describe(), num_samples=smp.num_images,
-        num_reference=reference.features.num_images if reference.features is not None else None, fid=fid,
-        inception_score=is_mean, inception_score_std=is_std, precision=precision, recall=recall,
-        reference_stats=reference.stats_source,
+        num_reference=num_reference, fid=fid, inception_score=is_mean, inception_score_std=is_std, precision=precision,
+        recall=recall, reference_stats=reference.stats_source,
+        notes=sample_size_notes(smp.num_images, num_reference, metrics, smp.pool_ND.shape[1]),
     )

@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast: static caches and CUDA graphs (default on CUDA); eager: the library's eager path "
                         "(default on the CPU)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="VAR weights on the fast path (default bfloat16 on CUDA)")
-    p.add_argument("--png", action="store_true", help="also write DIR/png/ (one PNG per image)")
+    p.add_argument("--png", action="store_true",
+                   help="also write DIR/png/ (one PNG per image; a rerun writes it unless it already holds exactly "
+                        "this set's PNGs; a png/ the sampler did not write is refused)")
     p.add_argument("--keep-shards", action="store_true", help="keep DIR/shards/ after samples.npz is assembled")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -165,7 +167,10 @@ def _validate(parser: argparse.ArgumentParser, args) -> None:
                                per_class=args.per_class, batch_size=args.batch_size, seed=args.seed,
                                label_order=args.label_order, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                more_smooth=args.more_smooth, engine=engine, dtype=dtype, device_type=device.type)
-        SampleFolder(args.out).check(known)
+        folder = SampleFolder(args.out)
+        folder.check(known, verify=False)  # (sizes only: run_job verifies a complete set's hashes)
+        if args.png:
+            folder.check_png_folder()
     except (TypeError, ValueError, RuntimeError) as exc:
         parser.error(str(exc).splitlines()[0])
 
@@ -283,10 +288,15 @@ def _run(parser: argparse.ArgumentParser, args, dist: DistContext, argv) -> int:
         return 2
     if dist.is_main:  # (run_job checked the folder against the full arguments on rank 0 and told every rank)
         if result.state == "complete":
-            say(f"{args.out} already holds the complete set ({result.samples_path}); nothing to do")
+            say(f"{args.out} already holds the complete set ({result.samples_path}, verified against its manifest); "
+                "nothing to do")
         elif result.stats is not None:
             for line in _summary(result.stats, args.out):
                 say(line)
+        if result.png == "written":
+            say(f"wrote {args.out}/png ({result.stats['num_images']} PNGs)")
+        elif result.png == "present":
+            say(f"{args.out}/png already holds the {result.stats['num_images']} PNGs of this set")
         if result.stats is not None and args.verbose:
             print(json.dumps(result.stats["session"], indent=1), file=sys.stderr)
     return 0

@@ -22,16 +22,22 @@ so another batch size draws a different -- equally distributed for the lossless 
 
 Output folder (``--out DIR``)::
 
-    manifest.json     what defines the set (method, models, classes, seed, sampling, engine, ...)
-    shards/batch_000123.npz   one per batch: images uint8 (b, H, W, 3), labels, indices, decoder statistics
+    manifest.json     what defines the set (method, models, classes, seed, sampling, engine, ...) and its set id;
+                      once complete, the size and SHA-256 of samples.npz, stats.json and every shard
+    shards/batch_000123.npz   one per batch: images uint8 (b, H, W, 3), labels, indices, decoder statistics,
+                      and its set id, batch, g_seed and the SHA-256 of its images
     samples.npz       arr_0: uint8 (N, H, W, 3) (the OpenAI guided-diffusion evaluator's input), arr_1: labels
-    stats.json        decoder statistics over the whole set and this session's timing, reduced over ranks
-    png/              optional: one PNG per image
+    stats.json        decoder statistics over the whole set and this session's timing, reduced over ranks, and
+                      the size and SHA-256 of the samples.npz they describe
+    png/              optional: one PNG per image (RGB, as arr_0)
 
 Every file is renamed into place when complete (:mod:`sdvar_lib.util.atomic`); a restart with the
-same arguments skips the batches whose shard exists, a folder made with other arguments is refused,
-and an interrupt loses at most the batches in flight. ``samples.npz`` is assembled at the end (by
-rank 0), after which the shards are removed unless ``keep_shards``.
+same arguments skips the batches whose shard exists (each checked to be that batch of this set
+first), a folder made with other arguments is refused, and an interrupt loses at most the batches
+in flight. ``samples.npz`` is assembled at the end (by rank 0), after which the shards are removed
+unless ``keep_shards``. A rerun on a complete set verifies ``samples.npz`` and ``stats.json``
+against the manifest (:meth:`SampleFolder.verify_complete`) and refuses a changed or truncated
+one; with ``png`` it writes ``png/`` unless it already holds exactly this set's PNGs.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.samples.distributed import DistContext
 from sdvar_lib.samples.npz import NpzArrayReader, NpzMember, write_npz_stream
 from sdvar_lib.samples.plan import LABEL_ORDERS, SEED_STRIDE, VAR_PROTOCOL, BatchSpec, SamplePlan
-from sdvar_lib.samples.shards import PNG, SampleFolder, SampleFolderError, SampleIdentity, Shard
+from sdvar_lib.samples.shards import FileRecord, SampleFolder, SampleFolderError, SampleIdentity, Shard
 from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.registry import Method, get_method
 from sdvar_lib.sdvar.stats import PooledStats, SDVAROutput
@@ -245,33 +251,40 @@ class JobResult:
     session: RankSession | None
     stats: dict | None
     samples_path: Path
+    png: str | None = None
+    """``"written"``, ``"present"`` (``png/`` already held exactly this set's PNGs) or ``None`` (not asked for)."""
 
 
-def _assemble(folder: SampleFolder, plan: SamplePlan, num_stages: int) -> tuple[PooledStats, tuple[int, ...]]:
-    """Stream every shard into ``samples.npz`` (checking it belongs where it is); the shards' statistics summed
-    (each batch once, also over resumed sessions) and the image shape."""
-    first = folder.read_shard(0, plan.batch(0))
+def _assemble(folder: SampleFolder, plan: SamplePlan, num_stages: int,
+              set_id: str) -> tuple[PooledStats, tuple[int, ...], list[dict]]:
+    """Stream every shard into ``samples.npz`` (checking it is that batch of this set, its images unchanged); the
+    shards' statistics summed (each batch once, also over resumed sessions), the image shape and the shards' records
+    (size and images' SHA-256) for the manifest."""
+    first = folder.read_shard(0, plan.batch(0), set_id)
     image_shape = tuple(first.images_bHW3.shape[1:])
     totals = [PooledStats.empty(num_stages)]
+    records: list[dict] = []
 
     def image_chunks():
         for b in range(plan.num_batches):
-            shard = first if b == 0 else folder.read_shard(b, plan.batch(b))
+            shard = first if b == 0 else folder.read_shard(b, plan.batch(b), set_id)
             if tuple(shard.images_bHW3.shape[1:]) != image_shape or shard.images_bHW3.dtype != np.uint8:
                 raise SampleFolderError(f"shard {folder.shard_path(b)} holds images {shard.images_bHW3.shape} "
                                         f"{shard.images_bHW3.dtype}, the set {image_shape} uint8")
             totals[0] = totals[0] + _pooled_from(shard.stats)
+            records.append(dict(batch=b, **FileRecord.of(folder.shard_path(b)).to_dict()))
             yield shard.images_bHW3
 
     write_npz_stream(folder.samples_path, [
         NpzMember("arr_0", (plan.num_images, *image_shape), np.dtype(np.uint8), image_chunks()),
         NpzMember("arr_1", (plan.num_images,), np.dtype(np.int64), [plan.labels]),
     ])
-    return totals[0], image_shape
+    return totals[0], image_shape, records
 
 
 def write_pngs(samples_path: str | os.PathLike, out: str | os.PathLike, batch_size: int = 256) -> Path:
-    """One PNG per image of a ``samples.npz`` (``000123_class42.png``), written as one folder atomically."""
+    """One PNG per image of a ``samples.npz`` (``000123_class42.png``, RGB as ``arr_0``), written as one folder
+    atomically; ``out`` must be new, empty or a folder a workbench run wrote (:func:`~sdvar_lib.util.atomic.atomic_folder`)."""
     from PIL import Image
 
     with np.load(samples_path) as z:
@@ -286,6 +299,22 @@ def write_pngs(samples_path: str | os.PathLike, out: str | os.PathLike, batch_si
     return Path(out)
 
 
+def _pngs(folder: SampleFolder, plan: SamplePlan, manifest: dict) -> str:
+    """Make ``png/`` hold exactly the PNGs of ``samples.npz`` (rank 0): ``"present"`` when it already does, else
+    ``"written"`` (a ``png/`` the sampler wrote earlier is replaced as a whole; anything else is refused)."""
+    if folder.pngs_present(manifest, plan.labels):
+        return "present"
+    folder.check_png_folder()
+    try:
+        write_pngs(folder.samples_path, folder.png_path)
+    except ValueError as exc:  # refused by atomic_folder (files appeared there since the check)
+        raise SampleFolderError(f"--png: {exc}") from None
+    samples = FileRecord.from_dict(manifest.get("samples"))
+    manifest = dict(manifest, png=dict(files=plan.num_images, samples_sha256=samples.sha256 if samples else None))
+    atomic_write_text(folder.manifest_path, json.dumps(manifest, indent=1) + "\n")
+    return "written"
+
+
 def run_job(
     job: SampleJob,
     pair: ModelPair,
@@ -297,8 +326,11 @@ def run_job(
 
     Rank 0 prepares the folder and tells every rank which batches are left; rank ``r`` makes the
     ``r``-th, ``r + world``-th, ... of them; rank 0 then assembles ``samples.npz`` and ``stats.json``
-    (``stats`` of the result). ``on_progress`` (rank 0) is called after each of its shards;
-    ``after_shard(batch)`` after every shard written on this rank (a hook for tests).
+    (``stats`` of the result) and, with ``job.png``, ``png/``. ``on_progress`` (rank 0) is called after
+    each of its shards; ``after_shard(batch)`` after every shard written on this rank (a hook for tests).
+    A folder that cannot hold the set (other arguments, a foreign or changed file, a shard of another
+    batch or set, a ``png/`` the sampler did not write) raises :class:`SampleFolderError` before any
+    model call.
     """
     plan = job.plan
     method = get_method(plan.method)
@@ -315,8 +347,9 @@ def run_job(
     prepared: tuple[str, list[int]] | str
     if dist.is_main:
         try:
-            state = folder.check(identity)
-            prepared = (state, folder.prepare(identity, plan, job.command))
+            if job.png:
+                folder.check_png_folder()
+            prepared = folder.prepare(identity, plan, job.command)
         except SampleFolderError as exc:
             prepared = str(exc)
     else:
@@ -325,11 +358,12 @@ def run_job(
     if isinstance(prepared, str):
         raise SampleFolderError(prepared)
     state, pending = prepared
-    if state == "complete":
-        stats = json.loads(folder.stats_path.read_text()) if dist.is_main and folder.stats_path.is_file() else None
-        if dist.is_main and job.png and not (job.out / PNG).is_dir():
-            write_pngs(folder.samples_path, job.out / PNG)
-        return JobResult(state=state, session=None, stats=stats, samples_path=folder.samples_path)
+    if state == "complete":  # (samples.npz and stats.json verified against the manifest by prepare)
+        stats = png = None
+        if dist.is_main:
+            stats = json.loads(folder.stats_path.read_text())
+            png = _pngs(folder, plan, folder.read_manifest()) if job.png else None
+        return JobResult(state=state, session=None, stats=stats, samples_path=folder.samples_path, png=png)
 
     name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
     session = RankSession(rank=dist.rank, host=dist.host, device=name)
@@ -350,7 +384,8 @@ def run_job(
         n = spec.num_real
         shard = Shard(batch=b, images_bHW3=images_to_uint8(out.images_B3HW[:n]),
                       labels_b=np.asarray(spec.labels[:n], dtype=np.int64),
-                      indices_b=np.arange(spec.start, spec.stop, dtype=np.int64), stats=asdict(PooledStats.of(out.stats)))
+                      indices_b=np.arange(spec.start, spec.stop, dtype=np.int64), stats=asdict(PooledStats.of(out.stats)),
+                      set_id=identity.set_id, g_seed=spec.g_seed)
         folder.write_shard(shard)
         session.batches += 1
         session.images += n
@@ -367,7 +402,8 @@ def run_job(
     if not dist.is_main:
         return JobResult(state=state, session=session, stats=None, samples_path=folder.samples_path)
 
-    totals, image_shape = _assemble(folder, plan, pair.target.num_stages)
+    totals, image_shape, shard_records = _assemble(folder, plan, pair.target.num_stages, identity.set_id)
+    samples = FileRecord.of(folder.samples_path)
     wall = max(s.wall_s for s in sessions)
     made = sum(s.images for s in sessions)
     stats = dict(
@@ -383,12 +419,12 @@ def run_job(
             images_per_s=made / wall if wall > 0 else None, setup_s=max(s.setup_s for s in sessions),
             per_rank=[dict(asdict(s), images_per_s=s.images_per_s) for s in sessions],
         ),
-        command=job.command,
+        command=job.command, set_id=identity.set_id, samples=dict(file=folder.samples_path.name, **samples.to_dict()),
     )
     atomic_write_text(folder.stats_path, json.dumps(stats, indent=1) + "\n")
-    folder.write_manifest(identity, plan, job.command, complete=True)
-    if job.png:
-        write_pngs(folder.samples_path, job.out / PNG)
+    records = dict(samples=samples.to_dict(), stats=FileRecord.of(folder.stats_path).to_dict(), shards=shard_records)
+    folder.write_manifest(identity, plan, job.command, complete=True, records=records)
+    png = _pngs(folder, plan, folder.read_manifest()) if job.png else None
     if not job.keep_shards:
         for b in range(plan.num_batches):
             folder.shard_path(b).unlink(missing_ok=True)
@@ -397,4 +433,4 @@ def run_job(
         except OSError:
             pass
     log.info("wrote %s (%d images) and %s", folder.samples_path, plan.num_images, folder.stats_path)
-    return JobResult(state=state, session=session, stats=stats, samples_path=folder.samples_path)
+    return JobResult(state=state, session=session, stats=stats, samples_path=folder.samples_path, png=png)
