@@ -236,6 +236,12 @@ class DeviceRound:
             return 0
         self._check_target_buffers()
         context = self._static_context(form, policy, policy.prepare(self.target.model.vae.quantize.embedding.weight.detach()))
+        keys = sorted(keys)
+        S, model = self.num_stages, self.target.model
+        # the longest chunks first: buffers grown later would drop the programs built before
+        self.target._ensure_capacity(max(chunk_span(model, c, min(c + g, S - 1) - c + 1)[1] for c, _, g in keys))
+        self.draft._ensure_capacity(max(chunk_span(model, d, c - d + 1)[1] for c, d, _ in keys))
+        self._check_target_buffers()
         before = self._count_programs()
         for c, d, g in keys:
             self.draft.stage_program(c, d, g, sampling, self.slots)
