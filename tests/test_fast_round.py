@@ -19,9 +19,10 @@ captures, eagerly. Three kinds of checks:
    draft: whole stages accepted and bonus stages drawn often) pass its lossless criterion.
 
 Planted bugs these tests caught (each planted in ``sdvar_lib/fast``, seen failing, reverted): the
-acceptance test with ``u ** 0.8`` (1, 2, 3), the correction drawn from ``p`` instead of the residual
-(1, 2, 3), a greedy bonus stage (1, 3), the committed tokens' ``where`` inverted (1), counting accepted
-tokens of stages after ``r`` (1).
+acceptance test with ``u ** 0.8`` (caught by 1 and 2), the correction drawn from ``p`` instead of the
+residual (1, 2, 3), a greedy bonus stage (1, 3), the committed tokens' ``where`` inverted (1), accepted
+tokens counted for stages after ``r`` (1), the corrected stage's ``f_hat`` not written (1), accepted
+tokens accumulated with ``+=`` (a program that is wrong when it runs twice: the run-twice test of 1).
 """
 
 from __future__ import annotations

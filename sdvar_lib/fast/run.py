@@ -18,13 +18,19 @@ between calls, one per ``(model, batch size)``:
   graph too), and runs each block with 8 kernels (Triton kernels for the work around the GEMMs;
   PyTorch's, 18 per block, on the CPU or where Triton does not run); ``FastConfig(fused=False)``
   runs :meth:`sdvar_lib.models.var.VAR.forward_cached` instead;
-- a stage read on its own runs as one *whole-stage program* (:meth:`FastRun.decode_stage`, the
-  stage step of :meth:`sdvar_lib.models.run.ModelRun.decode_stage` in one graph): its input, the
-  pass, the draw (the fused sampler kernel, :mod:`sdvar_lib.fast.sampling`, or the reference's
-  :func:`~sdvar_lib.models.sampling.stage_probs`), the codebook lookup and the ``f_hat`` update
-  (:meth:`~sdvar_lib.models.quant.MultiScaleQuantizer.f_hat_after`); the host only draws the
-  ``Exp(1)`` noise ``torch.multinomial`` would draw (same generator: the same random stream) and
-  copies the results out. :meth:`FastRun.sample_stage` fuses the draw of the other passes.
+- the stages a model decodes in a row run as one *stage program* (:meth:`FastRun.stage_program`, per
+  ``(first stage c, stages its cache holds d, stages g)``): the catch-up chunk with stage ``c`` (when
+  ``d < c``), then one pass per stage, each with its draw (the fused sampler kernel,
+  :mod:`sdvar_lib.fast.sampling`, or the reference's :func:`~sdvar_lib.models.sampling.stage_probs`),
+  its codebook lookup and its ``f_hat`` update
+  (:meth:`~sdvar_lib.models.quant.MultiScaleQuantizer.f_hat_after`), on static per-stage buffers
+  (:class:`StageSlots`). :meth:`FastRun.decode_stage` (one stage, the stage step of
+  :meth:`sdvar_lib.models.run.ModelRun.decode_stage`) and :meth:`FastRun.decode_stages` (every stage of
+  the target alone, of a hand-off's part: one program per call and model) run them; the host only
+  draws the ``Exp(1)`` noise ``torch.multinomial`` would draw, stage by stage (same generator: the
+  same random stream), and copies the results out. :meth:`FastRun.sample_stage` fuses the draw of
+  the other passes. SDVAR's rounds chain a draft stage program with the target's verify and the
+  acceptance test (:mod:`sdvar_lib.fast.round`).
 
 Graphs are captured by :func:`sdvar_lib.fast.graphs.capture_graph`; the graphed VQVAE decode is
 :class:`sdvar_lib.fast.graphs.GraphedDecode`.
