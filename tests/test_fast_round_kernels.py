@@ -42,8 +42,8 @@ def test_probs_only_mode_gives_the_draw_modes_distribution_at_any_offset(top_k, 
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-7), (si, float((got - want).abs().max()))
         if offset + l == chunk:  # the draw mode covers the chunk's last stage: the same distribution, bit for bit
             probs = torch.empty(B * l, V)
-            sample_stage_into(logits, l, cfg_t, top_k, top_p, codebook, torch.ones(B * l, V), torch.empty(B * l, dtype=torch.long),
-                              probs, torch.empty(B * l, Cv))
+            idx = torch.empty(B * l, dtype=torch.long)
+            sample_stage_into(logits, l, cfg_t, top_k, top_p, codebook, torch.ones(B * l, V), idx, probs, torch.empty(B * l, Cv))
             assert torch.equal(got, probs)
         offset += l
     with pytest.raises(ValueError, match="covering the stage"):

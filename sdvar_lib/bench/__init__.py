@@ -80,6 +80,7 @@ from sdvar_lib.bench.methods import (
     call_passes,
     in_call_context,
     method_call,
+    prepare_rounds,
     prepare_runs,
     run_order,
 )
@@ -139,7 +140,7 @@ __all__ = [
     "measure_decode",
     # rows
     "EAGER_TARGET", "TARGET_V1", "CALIBRATED", "BenchMethod", "BENCH_ONLY_ROWS", "DEFAULT_METHODS", "bench_row", "run_order",
-    "PairContext", "build_pair_bf16", "method_call", "in_call_context", "prepare_runs", "call_passes",
+    "PairContext", "build_pair_bf16", "method_call", "in_call_context", "prepare_runs", "prepare_rounds", "call_passes",
     # configuration
     "BenchConfig",
     # calibration

@@ -107,7 +107,8 @@ class DevicePolicy:
     def verdict(self, si: int, x_Bl: torch.Tensor, q_BlV: torch.Tensor, p_BlV: torch.Tensor,
                 draws: dict[str, torch.Tensor], context: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(accepted_Bl, stage_accepted_B, tokens_if_last_Bl)`` of stage ``si`` (see :class:`~sdvar_lib.sdvar.acceptance.StageVerdict`)."""
+        """``(accepted_Bl, stage_accepted_B, tokens_if_last_Bl)`` of stage ``si``
+        (:class:`~sdvar_lib.sdvar.acceptance.StageVerdict`)."""
         raise NotImplementedError
 
 

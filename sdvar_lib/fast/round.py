@@ -47,14 +47,14 @@ from sdvar_lib.fast.acceptance import DevicePolicy, Draw, device_policy
 from sdvar_lib.fast.config import PassRecord
 from sdvar_lib.fast.run import FastRun, StageSlots, _Program, chunk_span
 from sdvar_lib.models.sampling import SamplingConfig, guided_logits, stage_probs
-from sdvar_lib.sdvar.gamma import RoundContext, RoundHistory
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, RoundContext, RoundHistory
 from sdvar_lib.sdvar.state import SDVARInferenceState, take_over
 from sdvar_lib.sdvar.stats import SDVARStats
 from sdvar_lib.util.checks import check_int
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeviceRound", "RoundKey", "round_keys"]
+__all__ = ["DeviceRound", "RoundKey", "round_keys", "rule_gammas"]
 
 RoundKey = tuple[int, int, int]
 """``(c, d, g)``: start stage, stages the draft's cache holds, proposals."""
@@ -69,6 +69,18 @@ def round_keys(gammas, num_stages: int) -> list[RoundKey]:
             for d in {max(c - 1, 0), c}:
                 keys.add((c, d, min(gamma, num_stages - c)))
     return sorted(keys)
+
+
+def rule_gammas(rule: GammaRule) -> tuple[int, ...]:
+    """The drafting gammas a rule may take (what to precapture): a fixed gamma, a schedule's non-zero values, an
+    adaptive rule's ``1 .. max_gamma``; ``()`` for a rule of another kind (its rounds are captured as they come)."""
+    if isinstance(rule, FixedGamma):
+        return (rule.gamma,)
+    if isinstance(rule, GammaSchedule):
+        return tuple(sorted({v for v in rule.values if v > 0}))
+    if isinstance(rule, AdaptiveGamma):
+        return tuple(range(1, rule.max_gamma + 1))
+    return ()
 
 
 class DeviceRound:
@@ -232,11 +244,12 @@ class DeviceRound:
         """Build the programs of rounds ``keys`` (``(c, d, g)``) for ``sampling`` and ``policy`` ahead of a call;
         returns how many were new. Leaves both caches empty (call it between calls)."""
         form = device_policy(policy)
-        if form is None:
+        keys = sorted(keys)
+        if form is None or not keys or not all(r.config.device_rounds and r.stage_programs_apply(sampling)
+                                               for r in (self.draft, self.target)):
             return 0
         self._check_target_buffers()
         context = self._static_context(form, policy, policy.prepare(self.target.model.vae.quantize.embedding.weight.detach()))
-        keys = sorted(keys)
         S, model = self.num_stages, self.target.model
         # the longest chunks first: buffers grown later would drop the programs built before
         self.target._ensure_capacity(max(chunk_span(model, c, min(c + g, S - 1) - c + 1)[1] for c, _, g in keys))
