@@ -217,8 +217,9 @@ def in_call_context(ctx: PairContext, graphed_decode: bool, fn: Callable[[], obj
         return fn()
 
 
-def prepare_runs(ctx: PairContext, row: BenchMethod, B: int) -> None:
-    """Keep only the runs the row uses (peak memory is per row) and capture its chunks up front."""
+def prepare_runs(ctx: PairContext, row: BenchMethod, B: int, capture_chunks: bool = True) -> None:
+    """Keep only the runs the row uses (peak memory is per row) and capture its chunks up front (the pass programs
+    that passes-only replays and pass tables use; ``capture_chunks=False`` only creates the runs)."""
     draft, target = ctx.pair.draft, ctx.pair.target
     if row.eager:
         ctx.factory.release()
@@ -233,6 +234,11 @@ def prepare_runs(ctx: PairContext, row: BenchMethod, B: int) -> None:
         return
     t0 = time.perf_counter()
     target_chunks, draft_chunks = row.chunks(target.num_stages)
+    if not capture_chunks:
+        for model, chunks in ((target, target_chunks), (draft, draft_chunks)):
+            if chunks:
+                ctx.factory.run_for(model, B)
+        return
     if target_chunks:
         ctx.factory.prepare(target, B, target_chunks)
     if draft_chunks:

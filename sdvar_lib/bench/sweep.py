@@ -205,7 +205,7 @@ def sweep_when_sdvar_pays(ctx: PairContext, B: int, profiles: Sequence[Acceptanc
     cells = []
     for gamma in gammas:
         row = bench_row(f"exact_g{gamma}")
-        prepare_runs(ctx, row, B)
+        prepare_runs(ctx, row, B, capture_chunks=False)  # device rounds run stage programs, not chunk programs
         for profile in profiles:
             scenario = profile.scenario()
             method = row.for_call(scenario)
