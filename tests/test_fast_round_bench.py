@@ -206,3 +206,34 @@ def test_device_script_v3_smoke_run_writes_every_section(tmp_path):
     assert {r["method"] for r in part2["decisions"]} == {"exact_calibrated", "exact_adaptive"}
     assert {(c["profile"], c["gamma"]) for c in part2["sweep"]} == {(p, g) for p in ("all", "issue", "none") for g in (1, 3)}
     assert sorted(os.listdir(tmp_path)) == ["v3_part1.json", "v3_part1.md", "v3_part2.json", "v3_part2.md"]
+
+
+@pytest.mark.parametrize("rule_wins", [True, False])
+def test_a_calibrated_plan_that_loses_its_check_declines_every_stage(ctx, rule_wins):
+    from sdvar_lib.bench import BatchCalibration, CallSample, calibrate_scenario
+    from sdvar_lib.sdvar.gamma import plan_never_drafts
+    from sdvar_lib.sdvar.registry import stage_chunks
+
+    S = ctx.pair.target.num_stages
+    batch_cal = BatchCalibration(  # a cheap draft and chunks that cost what one stage costs: drafting pays on paper
+        batch=2, target_pass_ms={k: 1.0 for k in stage_chunks(S, 5)}, draft_pass_ms={k: 0.1 for k in stage_chunks(S, S)},
+        decode_ms=0.0, begin_target_ms=0.0, begin_draft_ms=0.0,
+        target_calls=[CallSample(total_ms=S * 1.0, pass_ms=S * 1.0, fixed_ms=0.0, target_stages_read=S)] * 2, seconds=0.0)
+    config = BenchConfig(calibration_calls=2, top_k=0, top_p=0.0)
+    seen = []
+
+    def timer(fn):
+        out = fn()
+        seen.append(out.stats.draft_passes)
+        if len(seen) <= config.calibration_calls:  # the calibration's own calls: passes as priced, no overhead
+            return out, out.stats.target_passes * 1.0 + out.stats.draft_passes * 0.1
+        drafted = out.stats.draft_passes > 0
+        return out, (5.0 if drafted == rule_wins else 10.0)
+
+    cal, rule = calibrate_scenario(ctx, 2, sweep_profiles(S)[0].scenario(), config, batch_cal, call_timer=timer)
+    assert len(cal.check_rule_ms) == len(cal.check_target_ms) == config.calibration_calls + 1
+    assert len(seen) == 3 * config.calibration_calls + 2  # the check ran the plan and the target, interleaved
+    if rule_wins:
+        assert cal.dispatch == "sdvar" and not plan_never_drafts(rule, S)
+    else:
+        assert cal.dispatch == "target alone (the plan lost its check)" and plan_never_drafts(rule, S)

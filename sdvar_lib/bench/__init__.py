@@ -52,6 +52,7 @@ from sdvar_lib.bench.calibration import (
     calibrate_scenario,
     calibrated_costs,
     chunk_of_pass,
+    declining,
     estimate_overheads,
     measure_pass_ratio,
     measure_pass_times,
@@ -166,7 +167,7 @@ __all__ = [
     # calibration
     "CallSample", "OverheadEstimate", "AdaptiveCalibration", "BatchCalibration", "CALIBRATION_RULES", "chunk_of_pass",
     "measure_pass_times", "pass_time_ratio", "PassRatio", "measure_pass_ratio",
-    "estimate_overheads", "calibrated_costs", "calibrate_batch", "calibrate_scenario",
+    "estimate_overheads", "calibrated_costs", "calibrate_batch", "calibrate_scenario", "declining",
     # components
     "COMPONENTS", "DecodeComparison", "SamplingTiming", "HostOp", "BatchComponents", "compare_decodes", "time_sampling",
     "host_profile", "measure_components",
