@@ -89,3 +89,30 @@ def test_gpu_greedy_device_rounds_equal_the_greedy_target(cuda):
         out = sd.generate_parallel(2, [3, 8], g_seed=2, gamma=gamma, sampling=SamplingConfig(top_k=1))
         assert _tokens(out) == [t.tolist() for t in ref.tokens_per_stage], gamma
     assert any(r._accept for r in sd.run_factory._rounds.values())
+
+
+@pytest.mark.parametrize("size", ["tiny", "official d16"])
+def test_gpu_device_rounds_equal_eager_rounds_on_the_torch_sampler(cuda, size):
+    """With PyTorch's sampler on both sides (the same p and q kernels), graphed device rounds give the graphed eager
+    rounds' tokens: the draws are the same numbers in the same order. Official width in bf16, top-k 900, top-p 0.96."""
+    from sdvar_lib.models.presets import build_vae, build_var
+
+    if size == "tiny":
+        vae, target = build_tiny(seed=0, device=cuda)
+        _, draft = build_tiny(seed=1, depth=1, vae=vae, device=cuda)
+        sampling, B = SamplingConfig(top_k=0), 3
+    else:
+        torch.manual_seed(0)
+        vae = build_vae(cuda)
+        target = build_var(vae, 16, cuda).to(torch.bfloat16).eval()
+        draft = build_var(vae, 16, cuda).to(torch.bfloat16).eval()
+        sampling, B = SamplingConfig(top_k=900, top_p=0.96), 2
+    device = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(sampler="torch")))
+    eager = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(sampler="torch", device_rounds=False)))
+    for gamma in (1, 3, "adaptive"):
+        for seed in range(2):
+            got = device.generate_parallel(B, None, seed, sampling, gamma=gamma)
+            want = eager.generate_parallel(B, None, seed, sampling, gamma=gamma)
+            assert _tokens(got) == _tokens(want), (size, gamma, seed)
+            assert got.stats.to_dict()["accepted_tokens_per_stage"] == want.stats.to_dict()["accepted_tokens_per_stage"]
+    assert any(r._accept for r in device.run_factory._rounds.values())
