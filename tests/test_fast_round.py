@@ -22,7 +22,8 @@ Planted bugs these tests caught (each planted in ``sdvar_lib/fast``, seen failin
 acceptance test with ``u ** 0.8`` (caught by 1 and 2), the correction drawn from ``p`` instead of the
 residual (1, 2, 3), a greedy bonus stage (1, 3), the committed tokens' ``where`` inverted (1), accepted
 tokens counted for stages after ``r`` (1), the corrected stage's ``f_hat`` not written (1), accepted
-tokens accumulated with ``+=`` (a program that is wrong when it runs twice: the run-twice test of 1).
+tokens accumulated with ``+=``, the committed tokens written over the proposals (programs that are wrong when
+they run twice: the run-twice test of 1).
 """
 
 from __future__ import annotations
@@ -120,24 +121,37 @@ def test_device_rounds_equal_the_eager_rounds_draw_for_draw(drafts, policy_name,
 
 
 class _TwiceProgram(_EagerProgram):
-    """Runs its work twice, as a program captured during a call runs once to warm up and once for real."""
+    """Runs its work twice each time (a program that is right only once would show)."""
 
     def run(self) -> None:
         self._step()
         self._step()
 
 
-def test_programs_give_the_same_result_when_they_run_twice(drafts, monkeypatch):
+def _warmed_up(self, fn, what, position):
+    """What a capture does: one warm-up run on whatever the buffers hold when the program is built, then a program."""
+    fn()
+    return _EagerProgram(fn)
+
+
+@pytest.mark.parametrize("build", ["warm-up at build", "run twice"])
+def test_programs_built_during_a_call_or_run_twice_give_the_same_result(drafts, monkeypatch, build):
+    """A program captured during a call is warmed up once on the buffers as they are then (stale noise, earlier
+    proposals): the call must come out the same; and every program must write the same when it runs twice."""
     target, by_name = drafts
-    monkeypatch.setattr(FastRun, "_build", lambda self, fn, what, position: _TwiceProgram(fn))
+    monkeypatch.setattr(FastRun, "_build", _warmed_up if build == "warm-up at build"
+                        else (lambda self, fn, what, position: _TwiceProgram(fn)))
     for draft_name in ("far", "close"):
         device, eager = _pair_of_sds(by_name[draft_name], target)
         for policy_name in ("exact", "top1_match", "profile"):
             for gamma in (1, 3, (0, 2)):
-                got = device.generate_parallel(2, None, 4, SamplingConfig(top_k=0), gamma=gamma, policy=POLICIES[policy_name])
-                want = eager.generate_parallel(2, None, 4, SamplingConfig(top_k=0), gamma=gamma, policy=POLICIES[policy_name])
-                assert _record(got, device.run_factory) == _record(want, eager.run_factory), (draft_name, policy_name, gamma)
-                assert _same_call(got, want)
+                for seed in (4, 5):
+                    policy = POLICIES[policy_name]
+                    got = device.generate_parallel(2, None, seed, SamplingConfig(top_k=0), gamma=gamma, policy=policy)
+                    want = eager.generate_parallel(2, None, seed, SamplingConfig(top_k=0), gamma=gamma, policy=policy)
+                    where = (draft_name, policy_name, gamma, seed)
+                    assert _record(got, device.run_factory) == _record(want, eager.run_factory), where
+                    assert _same_call(got, want), where
 
 
 def test_greedy_device_rounds_equal_the_greedy_target(drafts):
