@@ -9,8 +9,8 @@ captures, eagerly. Three kinds of checks:
    for bit: tokens, ``f_hat``, images, every statistic and every pass — for every policy (``exact``,
    ``top1_match``, ``relaxed``, the benchmark's acceptance scenarios), fixed gammas, schedules with
    target steps and the adaptive rule, with a draft that accepts little and one that accepts whole
-   stages (bonus stages). A program captured during a call is warmed up on real data first: the
-   same equality holds when every program runs twice.
+   stages (bonus stages). The same equality holds when every program is warmed up once when it is built
+   (as a capture during a call does, on the buffers as they are then) and when every program runs twice.
 2. **In law, per stage.** The device verdict of ``exact`` (:class:`~sdvar_lib.fast.acceptance.ExactDevice`,
    with its draws made as a round makes them) on one stage of ``10**6`` proposals ``x ~ q``: committed
    tokens follow ``p`` (chi-square), every proposal is accepted with probability ``min(1, p/q)``, the
