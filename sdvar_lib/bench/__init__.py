@@ -13,6 +13,10 @@ Modules, each importing only the ones before it:
 - :mod:`~sdvar_lib.bench.components`: pieces of a call timed alone (decode, sampling, host time);
 - :mod:`~sdvar_lib.bench.config`: :class:`BenchConfig`, checked when built;
 - :mod:`~sdvar_lib.bench.calibration`: the calibrated adaptive gamma rule;
+- :mod:`~sdvar_lib.bench.sweep`: comparisons with the target alone timed paired: when SDVAR pays (acceptance
+  profiles x gamma, measured against the bounds' speed-up) and the decision rules per scenario;
+- :mod:`~sdvar_lib.bench.oneoff`: the first calls of a fresh process (cold or warm kernel cache) and the stage
+  programs' draft/target ratio;
 - :mod:`~sdvar_lib.bench.report`: rows, report, markdown / JSON, atomic writes;
 - :mod:`~sdvar_lib.bench.profile`: kernel breakdown of single passes and of the fast decode;
 - :mod:`~sdvar_lib.bench.core`: timing a row and a whole run;
@@ -48,6 +52,7 @@ from sdvar_lib.bench.calibration import (
     calibrate_scenario,
     calibrated_costs,
     chunk_of_pass,
+    declining,
     estimate_overheads,
     measure_pass_ratio,
     measure_pass_times,
@@ -80,9 +85,11 @@ from sdvar_lib.bench.methods import (
     call_passes,
     in_call_context,
     method_call,
+    prepare_rounds,
     prepare_runs,
     run_order,
 )
+from sdvar_lib.bench.oneoff import FirstCall, ProgramRatio, measure_program_ratio, time_first_calls
 from sdvar_lib.bench.profile import (
     DecodeProfile,
     KernelTime,
@@ -115,6 +122,21 @@ from sdvar_lib.bench.scenarios import (
     map_profile_to_stages,
     scenario_stage_acceptance,
 )
+from sdvar_lib.bench.sweep import (
+    ISSUE_PROFILE,
+    AcceptanceProfile,
+    DecisionRow,
+    PairedTiming,
+    SweepCell,
+    format_decisions,
+    format_sweep,
+    measure_stage_acceptance,
+    sweep_profiles,
+    sweep_when_sdvar_pays,
+    time_decision_rules,
+    time_paired,
+    whole_bound_ms,
+)
 from sdvar_lib.bench.timing import (
     CallTimer,
     DecodeTiming,
@@ -139,13 +161,13 @@ __all__ = [
     "measure_decode",
     # rows
     "EAGER_TARGET", "TARGET_V1", "CALIBRATED", "BenchMethod", "BENCH_ONLY_ROWS", "DEFAULT_METHODS", "bench_row", "run_order",
-    "PairContext", "build_pair_bf16", "method_call", "in_call_context", "prepare_runs", "call_passes",
+    "PairContext", "build_pair_bf16", "method_call", "in_call_context", "prepare_runs", "prepare_rounds", "call_passes",
     # configuration
     "BenchConfig",
     # calibration
     "CallSample", "OverheadEstimate", "AdaptiveCalibration", "BatchCalibration", "CALIBRATION_RULES", "chunk_of_pass",
     "measure_pass_times", "pass_time_ratio", "PassRatio", "measure_pass_ratio",
-    "estimate_overheads", "calibrated_costs", "calibrate_batch", "calibrate_scenario",
+    "estimate_overheads", "calibrated_costs", "calibrate_batch", "calibrate_scenario", "declining",
     # components
     "COMPONENTS", "DecodeComparison", "SamplingTiming", "HostOp", "BatchComponents", "compare_decodes", "time_sampling",
     "host_profile", "measure_components",
@@ -155,6 +177,10 @@ __all__ = [
     # profiling
     "KernelTime", "PassProfile", "DecodeProfile", "profile_pass", "profile_targets", "profile_decode", "profile_decodes",
     "format_profiles", "write_profiles",
+    # when SDVAR pays, decision rules, first calls
+    "ISSUE_PROFILE", "AcceptanceProfile", "sweep_profiles", "PairedTiming", "time_paired", "whole_bound_ms", "SweepCell",
+    "sweep_when_sdvar_pays", "DecisionRow", "time_decision_rules", "measure_stage_acceptance", "format_sweep",
+    "format_decisions", "FirstCall", "time_first_calls", "ProgramRatio", "measure_program_ratio",
     # running
     "bench_method", "run_bench", "one_off_s", "beyond_passes_bound", "build_parser", "config_from_args", "main", "plot_main",
 ]

@@ -5,7 +5,9 @@ every target and draft chunk the rule may use is replayed alone (:func:`measure_
 run's ``begin`` is timed, and a few target-alone calls give the time outside the passes per stage.
 Per scenario (:func:`calibrate_scenario`) a few SDVAR calls give the per-round overhead
 (:func:`estimate_overheads`) and the stage acceptance; the rule is an
-:class:`~sdvar_lib.sdvar.gamma.AdaptiveGamma` with these costs (:func:`calibrated_costs`) and priors.
+:class:`~sdvar_lib.sdvar.gamma.AdaptiveGamma` with these costs (:func:`calibrated_costs`) and priors,
+kept only if it beats the target alone on a few paired calls (else it declines every stage: the
+target's own program).
 Timers are arguments, so the CPU tests run all of it with host timers on the tiny pair.
 
 The pass tables also give every batch of the benchmark its draft/target single-stage pass ratio
@@ -15,10 +17,11 @@ The pass tables also give every batch of the benchmark its draft/target single-s
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -49,6 +52,7 @@ __all__ = [
     "calibrated_costs",
     "calibrate_batch",
     "calibrate_scenario",
+    "declining",
 ]
 
 
@@ -118,9 +122,14 @@ class AdaptiveCalibration:
     seconds: float
     dispatch: str = "sdvar"
     """``"sdvar"``, or ``"target alone"`` when the calibrated plan never drafts (:func:`plan_never_drafts`:
-    ``SDVAR.generate_parallel`` then runs the target-alone loop)."""
+    ``SDVAR.generate_parallel`` then runs the target-alone call, the same stage program as the ``target`` row), or
+    ``"target alone (the plan lost its check)"``."""
     gamma_per_round: list[int] | None = None
     """The gamma of every round of the row's last timed call (filled after timing; ``[0] * S`` for target alone)."""
+    check_rule_ms: list[float] | None = None
+    check_target_ms: list[float] | None = None
+    """A plan that drafts is checked on paired calls against the target alone (ms of each); one slower than the target
+    is replaced by a plan that declines every stage (``dispatch`` says so)."""
 
 
 @dataclass
@@ -331,7 +340,11 @@ def calibrate_scenario(ctx: PairContext, B: int, scenario: Scenario, config: Ben
     give the per-round overhead (:func:`estimate_overheads`) and the stage acceptance. The prior is
     the measured stage acceptance for the method's own policy (stages never judged take the nearest
     judged stage's value) and the scenario's own profile for a
-    :class:`~sdvar_lib.bench.scenarios.ScenarioPolicy` (what the measurement converges to).
+    :class:`~sdvar_lib.bench.scenarios.ScenarioPolicy` (what the measurement converges to). A plan that
+    drafts is then checked: ``config.calibration_calls + 1`` calls with it, interleaved with as many of the
+    target alone; if its median is slower, the row gets a plan that declines every stage
+    (:func:`declining`), which runs the target's own stage program, so the row is never slower than the
+    target alone by more than the noise of that check.
     """
     t0 = time.perf_counter()
     row = BENCH_ONLY_ROWS[CALIBRATED]
@@ -356,16 +369,47 @@ def calibrate_scenario(ctx: PairContext, B: int, scenario: Scenario, config: Ben
         priors, source = (0.0,) * S, "none judged (0)"
     rule = AdaptiveGamma(max_gamma=row.method.gamma.max_gamma, prior_acceptance=tuple(priors),
                          costs=calibrated_costs(batch_cal.target_pass_ms, batch_cal.draft_pass_ms, overheads))
+    dispatch, check_rule, check_target = ("target alone" if plan_never_drafts(rule, S) else "sdvar"), [], []
+    if dispatch == "sdvar":  # the plan drafts: keep it only if it beats the target alone on paired calls
+        check_rule, check_target = _check_rule(ctx, B, scenario, config, rule, call_timer)
+        if statistics.median(check_rule) > statistics.median(check_target):
+            rule = declining(rule, S)
+            dispatch = "target alone (the plan lost its check)"
     cal = AdaptiveCalibration(
         pair=ctx.name, batch=B, scenario=scenario.describe(row.method), prior_source=source, priors=list(priors),
         measured_stage_acceptance=measured, step_overhead_ms=overheads.step_ms, round_overhead_ms=overheads.round_ms,
         round_overhead_raw_ms=overheads.round_ms_raw, fixed_ms=fixed, target_pass_ms=_table_rows(batch_cal.target_pass_ms),
         draft_pass_ms=_table_rows(batch_cal.draft_pass_ms), target_call_ms=[c.total_ms for c in batch_cal.target_calls],
         sdvar_call_ms=[c.total_ms for c in samples], seconds=batch_cal.seconds + time.perf_counter() - t0,
-        dispatch="target alone" if plan_never_drafts(rule, S) else "sdvar",
+        dispatch=dispatch, check_rule_ms=check_rule, check_target_ms=check_target,
     )
     log.info("%s B=%d %s: priors %s (%s); step overhead %.3f ms, round overhead %.3f ms (raw %.3f); "
              "calibration calls %s ms; runs as %s", ctx.name, B, cal.scenario, [round(p, 3) for p in priors], source,
              overheads.step_ms, overheads.round_ms, overheads.round_ms_raw, [round(c.total_ms, 2) for c in samples],
              cal.dispatch)
     return cal, rule
+
+
+def declining(rule: AdaptiveGamma, num_stages: int) -> AdaptiveGamma:
+    """``rule`` made to decline every stage (no acceptance expected, a round priced at infinity): a call with it is the
+    target-alone call, the target's own stage program (:func:`~sdvar_lib.sdvar.gamma.plan_never_drafts`)."""
+    costs = replace(rule.costs, round_overhead=math.inf) if isinstance(rule.costs, TableCost) else rule.costs
+    never = replace(rule, prior_acceptance=0.0, costs=costs)
+    if not plan_never_drafts(never, num_stages):
+        raise RuntimeError("a rule expecting no acceptance still drafts; its cost model prices drafting below zero")
+    return never
+
+
+def _check_rule(ctx: PairContext, B: int, scenario: Scenario, config: BenchConfig, rule: AdaptiveGamma,
+                call_timer: CallTimer) -> tuple[list[float], list[float]]:
+    """``config.calibration_calls + 1`` calls of the calibrated row with ``rule`` and as many of the target alone,
+    interleaved (the order alternates): their times (ms)."""
+    rule_call = method_call(ctx, BENCH_ONLY_ROWS[CALIBRATED], scenario, B, config.sampling, rule=rule)
+    target_call = method_call(ctx, bench_row("target"), None, B, config.sampling)
+    rule_ms, target_ms = [], []
+    for i in range(config.calibration_calls + 1):
+        for which in (("rule", "target") if i % 2 == 0 else ("target", "rule")):
+            call = rule_call if which == "rule" else target_call
+            _, ms = call_timer(lambda call=call, i=i: in_call_context(ctx, True, lambda: call(60_000 + i)))
+            (rule_ms if which == "rule" else target_ms).append(ms)
+    return rule_ms, target_ms

@@ -42,6 +42,7 @@ from sdvar_lib.bench.methods import (
     call_passes,
     in_call_context,
     method_call,
+    prepare_rounds,
     prepare_runs,
 )
 from sdvar_lib.bench.report import BenchReport, BenchRow, add_speedups
@@ -80,6 +81,8 @@ def bench_method(ctx: PairContext, row: BenchMethod, scenario: Scenario | None, 
     """
     one_off_before = one_off_s(ctx)
     prepare_runs(ctx, row, B)
+    if row.sdvar and not row.adaptive:  # an adaptive rule's rounds (any gamma) are captured as they come
+        prepare_rounds(ctx, row.for_call(scenario, rule), B, config.sampling)
     call = method_call(ctx, row, scenario, B, config.sampling, rule)
     graphed_decode = ctx.decoder is not None and not row.eager
 

@@ -35,6 +35,7 @@ from sdvar_lib.bench.scenarios import Scenario
 from sdvar_lib.fast.config import PassRecord
 from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.graphs import GraphedDecode
+from sdvar_lib.fast.round import round_keys, rule_gammas
 from sdvar_lib.models.presets import ModelPair, build_vae, build_var
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar.acceptance import ExactPolicy
@@ -59,6 +60,7 @@ __all__ = [
     "method_call",
     "in_call_context",
     "prepare_runs",
+    "prepare_rounds",
     "call_passes",
 ]
 
@@ -215,8 +217,9 @@ def in_call_context(ctx: PairContext, graphed_decode: bool, fn: Callable[[], obj
         return fn()
 
 
-def prepare_runs(ctx: PairContext, row: BenchMethod, B: int) -> None:
-    """Keep only the runs the row uses (peak memory is per row) and capture its chunks up front."""
+def prepare_runs(ctx: PairContext, row: BenchMethod, B: int, capture_chunks: bool = True) -> None:
+    """Keep only the runs the row uses (peak memory is per row) and capture its chunks up front (the pass programs
+    that passes-only replays and pass tables use; ``capture_chunks=False`` only creates the runs)."""
     draft, target = ctx.pair.draft, ctx.pair.target
     if row.eager:
         ctx.factory.release()
@@ -231,11 +234,30 @@ def prepare_runs(ctx: PairContext, row: BenchMethod, B: int) -> None:
         return
     t0 = time.perf_counter()
     target_chunks, draft_chunks = row.chunks(target.num_stages)
+    if not capture_chunks:
+        for model, chunks in ((target, target_chunks), (draft, draft_chunks)):
+            if chunks:
+                ctx.factory.run_for(model, B)
+        return
     if target_chunks:
         ctx.factory.prepare(target, B, target_chunks)
     if draft_chunks:
         ctx.factory.prepare(draft, B, draft_chunks)
     log.debug("precaptured %s in %.2f s", row.name, time.perf_counter() - t0)
+
+
+def prepare_rounds(ctx: PairContext, method: Method, B: int, sampling: SamplingConfig) -> int:
+    """Capture the device-round programs (:mod:`sdvar_lib.fast.round`) an SDVAR ``method``'s calls use at batch ``B``
+    (every start stage, the draft at most one stage behind; after :func:`prepare_runs`). Returns how many were new;
+    0 for other methods, a draft that is the target, or a call that runs eager rounds."""
+    if method.decoder != "sdvar" or ctx.pair.draft is ctx.pair.target:
+        return 0
+    S = ctx.pair.target.num_stages
+    device_round = ctx.factory.device_round(ctx.factory.run_for(ctx.pair.draft, B), ctx.factory.run_for(ctx.pair.target, B))
+    t0 = time.perf_counter()
+    new = device_round.precapture(sampling, method.policy, round_keys(rule_gammas(method.gamma), S))
+    log.debug("precaptured %d round programs of %s in %.2f s", new, method.name, time.perf_counter() - t0)
+    return new
 
 
 def call_passes(ctx: PairContext, row: BenchMethod) -> list[tuple[VarSpec, list[PassRecord]]]:

@@ -7,6 +7,7 @@ or not at all), so a run cut short leaves the last complete partial report.
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -213,10 +214,17 @@ def format_calibrations(calibrations: Sequence[AdaptiveCalibration]) -> str:
         lines.append(
             f"| {c.pair} | {c.batch} | {c.scenario} | {format_list(c.priors)} | {c.prior_source} | "
             f"{format_list(c.measured_stage_acceptance)} | {c.step_overhead_ms:.3f} | {c.round_overhead_ms:.3f} "
-            f"({c.round_overhead_raw_ms:.3f}) | {t1:.2f} / {d1:.2f} | {c.dispatch} | {c.gamma_per_round} | "
+            f"({c.round_overhead_raw_ms:.3f}) | {t1:.2f} / {d1:.2f} | {c.dispatch}{_check(c)} | {c.gamma_per_round} | "
             f"{c.seconds:.1f} |"
         )
     return "\n".join(lines)
+
+
+def _check(c: AdaptiveCalibration) -> str:
+    if not c.check_rule_ms:
+        return ""
+    return (f" (checked: {statistics.median(c.check_rule_ms):.2f} ms against the target's "
+            f"{statistics.median(c.check_target_ms):.2f} ms)")
 
 
 def report_to_json(report: BenchReport) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sdvar_lib.fast.acceptance import DevicePolicy, Draw, draw_from, register_device_policy
 from sdvar_lib.models.sampling import sample_from_probs
 from sdvar_lib.sdvar.acceptance import AcceptancePolicy, StageVerdict
 from sdvar_lib.sdvar.registry import Method
@@ -23,6 +24,7 @@ from sdvar_lib.util.checks import check_bool, check_choice, check_probability
 __all__ = [
     "SCENARIOS",
     "ScenarioPolicy",
+    "ScenarioDevice",
     "Scenario",
     "make_scenarios",
     "fill_missing_stages",
@@ -75,6 +77,32 @@ class ScenarioPolicy(AcceptancePolicy):
         if self.label != "scenario":
             return self.label
         return "profile[" + ",".join(f"{p:g}" for p in self.stage_probabilities) + "]"
+
+
+class ScenarioDevice(DevicePolicy):
+    """The device form of :class:`ScenarioPolicy` (:mod:`sdvar_lib.fast.acceptance`): a uniform per stage (or per
+    sample), then the resample's noise, as its ``verify_stage`` draws them; SDVAR rounds of the fast path run it."""
+
+    draws = (Draw("u_stage", "uniform", lambda B, l, V: (1,)), Draw("e_nV", "exponential", lambda B, l, V: (B * l, V)))
+
+    def __init__(self, policy: ScenarioPolicy) -> None:
+        super().__init__(policy)
+        if policy.per_sample:
+            self.draws = (Draw("u_sample", "uniform", lambda B, l, V: (B,)), self.draws[1])
+
+    def check_stage(self, si: int) -> None:
+        if not 0 <= si < len(self.policy.stage_probabilities):
+            raise ValueError(f"the scenario has {len(self.policy.stage_probabilities)} stage probabilities, stage {si} asked")
+
+    def verdict(self, si, x_Bl, q_BlV, p_BlV, draws, context):
+        B, l = x_Bl.shape
+        u = draws[self.draws[0].name]
+        stage_ok_B = (u < self.policy.stage_probabilities[si]).expand(B)
+        tokens = torch.where(stage_ok_B.unsqueeze(1), x_Bl, draw_from(p_BlV, draws["e_nV"]))
+        return stage_ok_B.unsqueeze(1).expand(B, l), stage_ok_B, tokens
+
+
+register_device_policy(ScenarioPolicy, ScenarioDevice)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """fast: the GPU fast path — reusable runs with static caches, fused passes and CUDA graphs.
 
 Modules: ``config`` (:class:`FastConfig`, counters), ``run`` (:class:`FastRun`: static cache and
-buffers, one program per chunk shape, the whole-stage programs), ``factory``
+buffers, one program per chunk shape, the stage programs), ``round`` (SDVAR rounds as device programs,
+:class:`~sdvar_lib.fast.round.DeviceRound`), ``acceptance`` (the policies' acceptance tests as device
+code), ``factory``
 (:class:`FastRunFactory`, the run factory handing out reusable runs; :func:`make_fast_sdvar`),
 ``fused`` (the fused pass), ``sampling`` (the fused stage sampler), ``decode`` (the fast VQVAE
 decode), ``graphs`` (the capture helper, the graphed decode), ``setup`` (the one place that picks the

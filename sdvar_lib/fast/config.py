@@ -31,7 +31,11 @@ class FastConfig:
     ``"half"`` (the bf16/fp16 weights, float32 accumulation and logits) or ``"auto"`` (half for
     half-precision models on a GPU where it runs, float32 otherwise). ``whole_stage``: a stage read
     on its own (no catch-up chunk) runs as one program — input, pass, draw, codebook lookup and
-    ``f_hat`` update (:meth:`FastRun.decode_stage`); ``False`` runs them step by step.
+    ``f_hat`` update (:meth:`FastRun.decode_stage`), and the stages a model decodes in a row run as
+    one program (:meth:`FastRun.decode_stages`); ``False`` runs them step by step. ``device_rounds``:
+    SDVAR's whole calls (``generate_parallel``) run their rounds as device programs with one host read
+    per round (:mod:`sdvar_lib.fast.round`) where the policy has a device form; ``False`` runs the
+    eager round (:meth:`SDVAR.run_round <sdvar_lib.sdvar.decoder.SDVAR.run_round>`) on the fast runs.
     """
 
     use_cuda_graphs: bool | None = None
@@ -42,6 +46,7 @@ class FastConfig:
     sampler: str = "auto"
     head: str = "auto"
     whole_stage: bool = True
+    device_rounds: bool = True
 
     def __post_init__(self) -> None:
         if self.use_cuda_graphs is not None and not isinstance(self.use_cuda_graphs, bool):
@@ -53,11 +58,12 @@ class FastConfig:
         check_choice(self.sampler, "sampler", SAMPLERS)
         check_choice(self.head, "head", HEADS)
         check_bool(self.whole_stage, "whole_stage")
+        check_bool(self.device_rounds, "device_rounds")
 
     @classmethod
     def first_version(cls, **kwargs) -> FastConfig:
         """The fast path before fused kernels (PyTorch block kernels and sampling): the benchmark's "old" rows."""
-        return cls(kernels="torch", sampler="torch", head="float32", whole_stage=False, **kwargs)
+        return cls(kernels="torch", sampler="torch", head="float32", whole_stage=False, device_rounds=False, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,11 @@ from collections.abc import Iterable
 import torch
 
 from sdvar_lib.fast.config import FastConfig
+from sdvar_lib.fast.round import DeviceRound
 from sdvar_lib.fast.run import FastRun
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib.sdvar.state import SDVARInferenceState
 from sdvar_lib.util.progress import progress_log
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class FastRunFactory:
         self._call_labels: torch.Tensor | None = None
         self._claimed: list[FastRun] = []
         self._released_one_off_s = 0.0
+        self._rounds: dict[tuple[int, int], DeviceRound] = {}
 
     def __call__(self, model: VAR, label_B: torch.Tensor) -> FastRun:
         if not isinstance(model, VAR):
@@ -95,6 +98,30 @@ class FastRunFactory:
         run.precapture(chunks)
         return run
 
+    def round_runner(self, state: SDVARInferenceState) -> DeviceRound | None:
+        """The device rounds of a fresh SDVAR call on two of this factory's runs (:mod:`sdvar_lib.fast.round`), or
+        ``None`` where the call runs the eager round (the reason is logged at debug level)."""
+        draft, target = state.draft, state.target
+        if not isinstance(draft, FastRun) or not isinstance(target, FastRun) or draft is target:
+            return None
+        device_round = self.device_round(draft, target)
+        problem = device_round.unsupported(state)
+        if problem is not None:
+            log.debug("eager SDVAR rounds: %s", problem)
+            return None
+        return device_round
+
+    def device_round(self, draft: FastRun, target: FastRun) -> DeviceRound:
+        """The :class:`~sdvar_lib.fast.round.DeviceRound` of two runs (kept as long as both runs are)."""
+        key = (id(draft), id(target))
+        device_round = self._rounds.get(key)
+        if device_round is None or device_round.draft is not draft or device_round.target is not target:
+            kept = {id(r) for r in self.runs()}  # rounds of dropped runs go with them
+            self._rounds = {k: v for k, v in self._rounds.items() if k[0] in kept and k[1] in kept}
+            device_round = DeviceRound(draft, target)
+            self._rounds[key] = device_round
+        return device_round
+
     def call_runs(self) -> list[FastRun]:
         """The runs handed out for the latest call, in order."""
         return list(self._claimed)
@@ -112,6 +139,8 @@ class FastRunFactory:
         for key in list(self._runs):
             if model is None or key[0] == id(model):
                 self._released_one_off_s += one_off_seconds(self._runs.pop(key))
+        kept = {id(r) for r in self.runs()}
+        self._rounds = {k: v for k, v in self._rounds.items() if k[0] in kept and k[1] in kept}
         self._claimed = [r for r in self._claimed if model is not None and r.model is not model]
         if model is None:
             self._call_labels = None

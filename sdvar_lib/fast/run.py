@@ -18,13 +18,19 @@ between calls, one per ``(model, batch size)``:
   graph too), and runs each block with 8 kernels (Triton kernels for the work around the GEMMs;
   PyTorch's, 18 per block, on the CPU or where Triton does not run); ``FastConfig(fused=False)``
   runs :meth:`sdvar_lib.models.var.VAR.forward_cached` instead;
-- a stage read on its own runs as one *whole-stage program* (:meth:`FastRun.decode_stage`, the
-  stage step of :meth:`sdvar_lib.models.run.ModelRun.decode_stage` in one graph): its input, the
-  pass, the draw (the fused sampler kernel, :mod:`sdvar_lib.fast.sampling`, or the reference's
-  :func:`~sdvar_lib.models.sampling.stage_probs`), the codebook lookup and the ``f_hat`` update
-  (:meth:`~sdvar_lib.models.quant.MultiScaleQuantizer.f_hat_after`); the host only draws the
-  ``Exp(1)`` noise ``torch.multinomial`` would draw (same generator: the same random stream) and
-  copies the results out. :meth:`FastRun.sample_stage` fuses the draw of the other passes.
+- the stages a model decodes in a row run as one *stage program* (:meth:`FastRun.stage_program`, per
+  ``(first stage c, stages its cache holds d, stages g)``): the catch-up chunk with stage ``c`` (when
+  ``d < c``), then one pass per stage, each with its draw (the fused sampler kernel,
+  :mod:`sdvar_lib.fast.sampling`, or the reference's :func:`~sdvar_lib.models.sampling.stage_probs`),
+  its codebook lookup and its ``f_hat`` update
+  (:meth:`~sdvar_lib.models.quant.MultiScaleQuantizer.f_hat_after`), on static per-stage buffers
+  (:class:`StageSlots`). :meth:`FastRun.decode_stage` (one stage, the stage step of
+  :meth:`sdvar_lib.models.run.ModelRun.decode_stage`) and :meth:`FastRun.decode_stages` (every stage of
+  the target alone, of a hand-off's part: one program per call and model) run them; the host only
+  draws the ``Exp(1)`` noise ``torch.multinomial`` would draw, stage by stage (same generator: the
+  same random stream), and copies the results out. :meth:`FastRun.sample_stage` fuses the draw of
+  the other passes. SDVAR's rounds chain a draft stage program with the target's verify and the
+  acceptance test (:mod:`sdvar_lib.fast.round`).
 
 Graphs are captured by :func:`sdvar_lib.fast.graphs.capture_graph`; the graphed VQVAE decode is
 :class:`sdvar_lib.fast.graphs.GraphedDecode`.
@@ -61,27 +67,63 @@ from sdvar_lib.fast.graphs import CapturedGraph, capture_graph
 from sdvar_lib.fast.kernels import resolve_backend
 from sdvar_lib.fast.sampling import FusedSampler, resolve_sampler
 from sdvar_lib.models.kv_cache import KVCache
-from sdvar_lib.models.run import ModelRun
+from sdvar_lib.models.run import ModelRun, StagesDecoded
 from sdvar_lib.models.sampling import SamplingConfig, StageSample, cfg_labels, guided_logits, stage_probs
 from sdvar_lib.models.var import VAR
 from sdvar_lib.util.checks import check_int
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StaticKVCache", "FastRun", "chunk_span"]
+__all__ = ["StaticKVCache", "StageSlots", "FastRun", "chunk_span"]
 
 
 @dataclass
-class _StageBuffers:
-    """Static buffers of the whole-stage programs (one set per run, sized for the largest stage)."""
+class StageSlots:
+    """Static per-stage buffers of the stage programs: stage ``s`` owns the rows ``[B * begin_s, B * end_s)``.
 
+    ``noise``: the ``Exp(1)`` draws ``torch.multinomial`` would make for the stage's tokens (made by the
+    host before a program runs, from the call's generator); ``probs``: the distribution its tokens were
+    drawn from (the draft's ``q`` in an SDVAR round); ``idx``: the tokens; ``h``: their codebook vectors;
+    ``f_hat[s]``: ``f_hat`` after stage ``s``. A stage program reads ``f_hat`` of the stages before its
+    first and writes every slot of the stages it decodes.
+    """
+
+    batch_size: int
+    row_begins: tuple[int, ...]
     noise: torch.Tensor
-    """``(B * l_max, V)`` float32: the ``Exp(1)`` draws of ``torch.multinomial``, made before each replay."""
     probs: torch.Tensor
     idx: torch.Tensor
     h: torch.Tensor
-    f_in: torch.Tensor
-    f_out: torch.Tensor
+    f_hat: torch.Tensor
+    """``(S, B, Cvae, P, P)``."""
+
+    @classmethod
+    def for_model(cls, model: VAR, batch_size: int) -> StageSlots:
+        B, V, device = batch_size, model.V, model.device
+        rows = [0]
+        for pn in model.patch_nums:
+            rows.append(rows[-1] + B * pn * pn)
+        codebook = model.vae.quantize.embedding.weight
+        P = model.patch_nums[-1]
+        return cls(
+            batch_size=B, row_begins=tuple(rows),
+            noise=torch.ones(rows[-1], V, dtype=torch.float32, device=device),
+            probs=torch.zeros(rows[-1], V, dtype=torch.float32, device=device),
+            idx=torch.zeros(rows[-1], dtype=torch.long, device=device),
+            h=torch.zeros(rows[-1], model.Cvae, dtype=codebook.dtype, device=device),
+            f_hat=torch.zeros(len(model.patch_nums), B, model.Cvae, P, P, dtype=codebook.dtype, device=device),
+        )
+
+    def rows(self, si: int) -> slice:
+        return slice(self.row_begins[si], self.row_begins[si + 1])
+
+    def tokens(self, si: int) -> torch.Tensor:
+        """Stage ``si``'s tokens ``(B, l)`` (a view)."""
+        return self.idx[self.rows(si)].view(self.batch_size, -1)
+
+    def f_hats(self) -> list[torch.Tensor]:
+        """``f_hat`` after every stage, as views (what :meth:`ModelRun.stage_input` reads)."""
+        return list(self.f_hat.unbind(0))
 
 
 class StaticKVCache(KVCache):
@@ -171,7 +213,9 @@ class FastRun(ModelRun):
         self.counters = FastRunCounters()
         self._programs: dict[tuple[int, int], _Program] = {}
         self._stage_programs: dict[tuple, _Program] = {}
-        self._stage_buffers: _StageBuffers | None = None
+        self._slots: StageSlots | None = None
+        self.buffers_version = 0
+        """Grows when the static input/output buffers are reallocated (programs that read them are rebuilt)."""
         self._capacity = 0
         self._x_flat = torch.empty(0, dtype=dtype, device=device)
         self._out_flat = torch.empty(0, dtype=torch.float32, device=device)
@@ -289,28 +333,155 @@ class FastRun(ModelRun):
         out — instead of launching some forty kernels. The draw is ``argmax(p / noise)``, which is
         what ``torch.multinomial`` computes for one sample per row; ``p`` comes from the fused sampler
         kernel or from :func:`~sdvar_lib.models.sampling.stage_probs` (:data:`FUSED_SAMPLER_MAX_ROWS`).
-        ``more_smooth``, an explicit ``attn_mask``, the first (generic) fast path and a cache not
-        holding exactly the stages ``< si`` (a catch-up chunk) take the step-by-step way of
-        :meth:`ModelRun.decode_stage`.
+        A cache that holds fewer stages than ``si`` reads the missing inputs in the same program (the
+        catch-up chunk). ``more_smooth``, an explicit ``attn_mask`` and the first (generic) fast path
+        take the step-by-step way of :meth:`ModelRun.decode_stage`.
         """
-        position, l = chunk_span(self.model, si, 1)
-        if (not (self.fused and self.config.whole_stage) or sampling.more_smooth or attn_mask is not None
-                or self.cache.length != position):
+        d = self._program_start(si, sampling, attn_mask)
+        if d is None:
             return super().decode_stage(si, f_hats, sampling, rng, attn_mask)
-        buf = self._stage_buffers or self._new_stage_buffers()
-        B, V, Cv, pn, n = self.batch_size, self.model.V, self.model.Cvae, self.model.patch_nums[si], self.batch_size * l
-        if si > 0:
-            buf.f_in.copy_(f_hats[si - 1])
-        buf.noise[:n].exponential_(generator=rng)
-        program = self._stage_program(si, sampling)
+        slots = self.slots
+        self._load_f_hats(slots, f_hats, d, si)
+        slots.noise[slots.rows(si)].exponential_(generator=rng)
+        self._run_stages(si, d, 1, sampling, slots)
+        B, Cv, pn = self.batch_size, self.model.Cvae, self.model.patch_nums[si]
+        rows = slots.rows(si)
+        h_BlC = slots.h[rows].view(B, -1, Cv).clone()
+        sample = StageSample(idx_Bl=slots.tokens(si).clone(), h_BChw=h_BlC.transpose(1, 2).reshape(B, Cv, pn, pn),
+                             probs_BlV=slots.probs[rows].view(B, -1, self.model.V).clone())
+        return sample, slots.f_hat[si].clone()
+
+    @torch.no_grad()
+    def decode_stages(self, tokens: Sequence[torch.Tensor], f_hats: Sequence[torch.Tensor], stop: int,
+                      sampling: SamplingConfig, rng: torch.Generator | None,
+                      first_mask: torch.Tensor | None = None) -> StagesDecoded:
+        """Stages ``len(tokens) .. stop - 1`` as ONE program: the catch-up chunk, then one pass per stage, each
+        stage's draw and ``f_hat`` — the stage steps of :meth:`decode_stage` chained without the host.
+
+        The host draws every stage's ``Exp(1)`` noise first, in stage order (the draws the stage steps
+        make one by one: the same random stream), replays the program once and copies the tokens and
+        ``f_hat`` maps out. Where :meth:`decode_stage` would go step by step, so does this.
+        """
+        c = len(tokens)
+        d = self._program_start(c, sampling, first_mask) if c < stop else None
+        if d is None:
+            return super().decode_stages(tokens, f_hats, stop, sampling, rng, first_mask)
+        slots = self.slots
+        self._load_f_hats(slots, f_hats, d, c)
+        for si in range(c, stop):
+            slots.noise[slots.rows(si)].exponential_(generator=rng)
+        self._run_stages(c, d, stop - c, sampling, slots)
+        new_tokens = slots.idx[slots.row_begins[c]:slots.row_begins[stop]].clone()
+        new_f_hats = slots.f_hat[c:stop].clone()
+        out_tokens, offset = list(tokens), 0
+        for si in range(c, stop):
+            n = slots.row_begins[si + 1] - slots.row_begins[si]
+            out_tokens.append(new_tokens[offset:offset + n].view(self.batch_size, -1))
+            offset += n
+        return StagesDecoded(tokens=tuple(out_tokens), f_hats=tuple(f_hats) + tuple(new_f_hats.unbind(0)),
+                             passes=stop - c)
+
+    # -- stage programs --
+    @property
+    def slots(self) -> StageSlots:
+        """The run's own per-stage buffers (what :meth:`decode_stage` and :meth:`decode_stages` use)."""
+        if self._slots is None:
+            self._slots = StageSlots.for_model(self.model, self.batch_size)
+        return self._slots
+
+    def stage_programs_apply(self, sampling: SamplingConfig) -> bool:
+        """Whether stages run as programs here (else step by step): the fused whole-stage path, no ``more_smooth``."""
+        return self.fused and self.config.whole_stage and not sampling.more_smooth
+
+    def _program_start(self, si: int, sampling: SamplingConfig, attn_mask: torch.Tensor | None) -> int | None:
+        """The first stage ``d`` a program decoding from stage ``si`` reads (the stages the cache holds), or ``None``
+        where the stage goes step by step."""
+        if attn_mask is not None or not self.stage_programs_apply(sampling):
+            return None
+        d = self.cache.stages_held()
+        if d > si or self.cache.length != self.model.begin_ends[d][0]:
+            return None
+        return d
+
+    def _load_f_hats(self, slots: StageSlots, f_hats: Sequence[torch.Tensor], d: int, c: int) -> None:
+        """Copy ``f_hat`` of stages ``d - 1 .. c - 1`` (what a program from ``d`` to ``c`` reads) into ``slots``."""
+        for k in range(max(d - 1, 0), c):
+            if f_hats[k].data_ptr() != slots.f_hat[k].data_ptr():
+                slots.f_hat[k].copy_(f_hats[k])
+
+    def stage_program(self, c: int, d: int, g: int, sampling: SamplingConfig, slots: StageSlots) -> _Program:
+        """The program of stages ``c .. c + g - 1`` on a cache holding stages ``< d`` (``d <= c``), on ``slots``.
+
+        It reads ``slots.f_hat`` of stages ``d - 1 .. c - 1`` and the noise of stages ``c .. c + g - 1``, and
+        writes their ``probs``, ``idx``, ``h`` and ``f_hat``; it writes the cache at the chunk's positions and
+        leaves the cache's length to the caller. Built (captured) on first use.
+        """
+        S = self.model.num_stages
+        if not (0 <= d <= c and 1 <= g <= S - c):
+            raise ValueError(f"a stage program decodes 1 .. {S - c} stages from stage {c} on a cache of <= {c} stages; "
+                             f"got d={d}, g={g}")
+        kernels = tuple(self._use_fused_sampler(s, sampling) for s in range(c, c + g))
+        key = (c, d, g, sampling.cfg, sampling.top_k, sampling.top_p, kernels, id(slots))
+        program = self._stage_programs.get(key)
+        if program is None:
+            self._ensure_capacity(max(chunk_span(self.model, d, c - d + 1)[1], *(self.model.patch_nums[s] ** 2
+                                                                                  for s in range(c, c + g))))
+            self._mask(*chunk_span(self.model, d, c - d + 1))  # built outside any graph: a constant the graph reads
+            what = f"stage {c}" if g == 1 and d == c else f"stages {c}..{c + g - 1} (cache at stage {d})"
+            program = self._build(self._stages_fn(c, d, g, sampling, kernels, slots), what, chunk_span(self.model, d, 1)[0])
+            self._stage_programs[key] = program
+        return program
+
+    def _run_stages(self, c: int, d: int, g: int, sampling: SamplingConfig, slots: StageSlots) -> None:
+        """Run :meth:`stage_program` and record what it did: the cache holds stages ``< c + g``, one pass per stage."""
+        program = self.stage_program(c, d, g, sampling, slots)
         program.run()
         self._count(program)
-        self.cache.set_length(position + l)
-        self.pass_log.append(PassRecord(position, l, graphed=program.graphed))
-        h_BlC = buf.h[:n].view(B, l, Cv).clone()
-        sample = StageSample(idx_Bl=buf.idx[:n].view(B, l).clone(), h_BChw=h_BlC.transpose(1, 2).reshape(B, Cv, pn, pn),
-                             probs_BlV=buf.probs[:n].view(B, l, V).clone())
-        return sample, buf.f_out.clone()
+        self.record_stage_passes(c, d, g, program.graphed)
+
+    def record_stage_passes(self, c: int, d: int, g: int, graphed: bool) -> None:
+        """Book a stage program's passes (the catch-up chunk with stage ``c``, then one per stage) and cache length."""
+        self.pass_log.append(PassRecord(*chunk_span(self.model, d, c - d + 1), graphed=graphed))
+        for si in range(c + 1, c + g):
+            self.pass_log.append(PassRecord(*chunk_span(self.model, si, 1), graphed=graphed))
+        self.cache.set_length(self.model.begin_ends[c + g - 1][1])
+
+    def sample_into(self, logits_2BlV: torch.Tensor, si: int, sampling: SamplingConfig, use_kernel: bool,
+                    slots: StageSlots) -> None:
+        """Stage ``si``'s draw from the chunk's last ``pn**2`` positions into ``slots`` (noise drawn beforehand)."""
+        model, rows = self.model, slots.rows(si)
+        noise, probs, idx, h = slots.noise[rows], slots.probs[rows], slots.idx[rows], slots.h[rows]
+        if use_kernel:  # the fused equivalent of stage_probs, the draw and the lookup
+            self._sampler.sample_into(logits_2BlV, si, sampling, noise, idx, probs, h)
+        else:  # the reference's stage_probs, then the draw torch.multinomial makes for one sample
+            l = model.patch_nums[si] ** 2
+            guided = guided_logits(logits_2BlV[:, -l:], si, model.num_stages, sampling.cfg)
+            probs.copy_(stage_probs(guided, sampling).view(-1, model.V))
+            torch.argmax(probs / noise, dim=-1, out=idx)
+            h.copy_(F.embedding(idx, model.vae.quantize.embedding.weight))
+
+    def _stages_fn(self, c: int, d: int, g: int, sampling: SamplingConfig, kernels: tuple[bool, ...],
+                   slots: StageSlots) -> Callable[[], None]:
+        """The work of a stage program on the static buffers (what it runs, captured or not)."""
+        model, B = self.model, self.batch_size
+        quant, Cv, f_hats = model.vae.quantize, model.Cvae, slots.f_hats()
+        steps = []
+        for i in range(g):
+            si = c + i
+            first = d if i == 0 else si
+            steps.append((si, list(range(first, si + 1)), *chunk_span(model, first, si - first + 1)))
+
+        def stages() -> None:
+            for (si, read, position, l), use_kernel in zip(steps, kernels):
+                self._x_view(l).copy_(self.chunk_input(read, f_hats))
+                self._step(position, l)
+                self.sample_into(self._out_view(l), si, sampling, use_kernel, slots)
+                pn = model.patch_nums[si]
+                h_BChw = slots.h[slots.rows(si)].view(B, pn * pn, Cv).transpose(1, 2).reshape(B, Cv, pn, pn)
+                f_hats[si].copy_(quant.f_hat_after(si, f_hats[si - 1] if si > 0 else None, h_BChw))
+            self.cache.set_length(steps[0][2])
+
+        return stages
 
     # -- passes --
     @torch.no_grad()
@@ -389,6 +560,7 @@ class FastRun(ModelRun):
                      self.model.depth, self.batch_size, l, len(self._programs))
         self._programs.clear()
         self._stage_programs.clear()
+        self.buffers_version += 1
         self._pool = None
         self._x_flat = torch.zeros(rows * l * self.model.C, dtype=self.dtype, device=self.model.device)
         self._out_flat = torch.zeros(rows * l * self.model.V, dtype=torch.float32, device=self.model.device)
@@ -441,56 +613,6 @@ class FastRun(ModelRun):
                 mask = padded[:, :end]
             self._masks[key] = mask
         return self._masks[key]
-
-    def _new_stage_buffers(self) -> _StageBuffers:
-        model, B = self.model, self.batch_size
-        n, device = B * max(pn * pn for pn in model.patch_nums), self.model.device
-        P = model.patch_nums[-1]
-        codebook = model.vae.quantize.embedding.weight
-        f_hat = torch.zeros(B, model.Cvae, P, P, dtype=codebook.dtype, device=device)
-        self._stage_buffers = _StageBuffers(
-            noise=torch.ones(n, model.V, dtype=torch.float32, device=device),
-            probs=torch.zeros(n, model.V, dtype=torch.float32, device=device),
-            idx=torch.zeros(n, dtype=torch.long, device=device),
-            h=torch.zeros(n, model.Cvae, dtype=codebook.dtype, device=device),
-            f_in=f_hat, f_out=torch.zeros_like(f_hat),
-        )
-        return self._stage_buffers
-
-    def _stage_program(self, si: int, sampling: SamplingConfig) -> _Program:
-        use_kernel = self._use_fused_sampler(si, sampling)
-        key = (si, sampling.cfg, sampling.top_k, sampling.top_p, use_kernel)
-        program = self._stage_programs.get(key)
-        if program is None:
-            program = self._build(self._stage_fn(si, sampling, use_kernel), f"whole stage {si}",
-                                  chunk_span(self.model, si, 1)[0])
-            self._stage_programs[key] = program
-        return program
-
-    def _stage_fn(self, si: int, sampling: SamplingConfig, use_kernel: bool) -> Callable[[], None]:
-        """The work of one stage on the static buffers (what a whole-stage program runs)."""
-        model, buf, B = self.model, self._stage_buffers, self.batch_size
-        position, l = chunk_span(model, si, 1)
-        n, V, Cv, pn, S = B * l, model.V, model.Cvae, model.patch_nums[si], model.num_stages
-        noise, probs, idx, h = buf.noise[:n], buf.probs[:n], buf.idx[:n], buf.h[:n]
-        quant, codebook = model.vae.quantize, model.vae.quantize.embedding.weight
-        f_in = [buf.f_in] * si  # stage_input reads f_hats[si - 1]
-
-        def stage() -> None:
-            self._x_view(l).copy_(self.stage_input(si, f_in))
-            self._step(position, l)
-            logits = self._out_view(l)
-            if use_kernel:  # the fused equivalent of stage_probs, the draw and the lookup
-                self._sampler.sample_into(logits, si, sampling, noise, idx, probs, h)
-            else:  # the reference's stage_probs, then the draw torch.multinomial makes for one sample
-                probs.copy_(stage_probs(guided_logits(logits, si, S, sampling.cfg), sampling).view(n, V))
-                torch.argmax(probs / noise, dim=-1, out=idx)
-                h.copy_(F.embedding(idx, codebook))
-            h_BChw = h.view(B, l, Cv).transpose(1, 2).reshape(B, Cv, pn, pn)
-            buf.f_out.copy_(quant.f_hat_after(si, buf.f_in if si > 0 else None, h_BChw))
-            self.cache.set_length(position)
-
-        return stage
 
     def _count(self, program: _Program) -> None:
         if program.graphed:

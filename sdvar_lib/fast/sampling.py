@@ -66,3 +66,11 @@ class FusedSampler:
             logits_2BlV, model.patch_nums[si] ** 2, cfg_strength(sampling.cfg, si, model.num_stages), sampling.top_k,
             sampling.top_p, model.vae.quantize.embedding.weight.detach(), noise, idx, probs, h,
         )
+
+    def probs_into(self, logits_2BlV, si: int, sampling: SamplingConfig, offset: int, probs) -> None:
+        """Only stage ``si``'s distribution ``p`` (``(B*l, V)``) from the ``l`` positions at ``offset`` of a chunk's
+        logits (a verify chunk): the kernel without its draw."""
+        model = self.model
+        self._kernel.stage_probs_into(logits_2BlV, offset, model.patch_nums[si] ** 2,
+                                      cfg_strength(sampling.cfg, si, model.num_stages), sampling.top_k, sampling.top_p,
+                                      probs)

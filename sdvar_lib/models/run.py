@@ -100,6 +100,18 @@ class ModelRun:
         f_hat = self.model.vae.quantize.f_hat_after(si, f_hats[si - 1] if si > 0 else None, sample.h_BChw)
         return sample, f_hat
 
+    def decode_stages(self, tokens: Sequence[torch.Tensor], f_hats: Sequence[torch.Tensor], stop: int,
+                      sampling: SamplingConfig, rng: torch.Generator | None,
+                      first_mask: torch.Tensor | None = None) -> StagesDecoded:
+        """:func:`decode_stages` on this run: one stage step per stage (a fast run may chain them in one program)."""
+        tokens, f_hats, passes = list(tokens), list(f_hats), 0
+        while len(tokens) < stop:
+            sample, f_hat = self.decode_stage(len(tokens), f_hats, sampling, rng, first_mask if passes == 0 else None)
+            tokens.append(sample.idx_Bl)
+            f_hats.append(f_hat)
+            passes += 1
+        return StagesDecoded(tokens=tuple(tokens), f_hats=tuple(f_hats), passes=passes)
+
 
 RunFactory = Callable[["VAR", torch.Tensor], ModelRun]
 """``(model, label_B) -> ModelRun``. A factory that prepares programs once (the fast path) may also expose
@@ -157,12 +169,7 @@ def decode_stages(
 
     The first step reads every input the run's cache is missing in one chunk (``first_mask`` may
     replace its block-causal mask: the hand-offs' experimental prefill masks); the later steps
-    read one stage each.
+    read one stage each. :meth:`ModelRun.decode_stages` runs it; a fast run chains the steps in
+    one program (:meth:`sdvar_lib.fast.run.FastRun.decode_stages`), with the same draws.
     """
-    tokens, f_hats, passes = list(tokens), list(f_hats), 0
-    while len(tokens) < stop:
-        sample, f_hat = run.decode_stage(len(tokens), f_hats, sampling, rng, first_mask if passes == 0 else None)
-        tokens.append(sample.idx_Bl)
-        f_hats.append(f_hat)
-        passes += 1
-    return StagesDecoded(tokens=tuple(tokens), f_hats=tuple(f_hats), passes=passes)
+    return run.decode_stages(tokens, f_hats, stop, sampling, rng, first_mask)

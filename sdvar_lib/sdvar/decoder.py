@@ -540,6 +540,9 @@ class SDVAR:
             else:
                 state = self._state(B, labels, sampling, rng, gamma_rule, policy_obj, verbose)
                 try:
+                    device_rounds = getattr(self.run_factory, "round_runner", lambda state: None)(state)
+                    if device_rounds is not None:  # the fast path: rounds as device programs (sdvar_lib.fast.round)
+                        state = device_rounds.run(state)
                     for record in self.iter_rounds(state):
                         state = record.state
                 finally:

@@ -8,7 +8,8 @@ embedded map. The draw is the one ``torch.multinomial`` makes for one sample per
 (:func:`sample_stage`) — so the random stream is the reference's. The guidance is computed with
 the reference's float32 operations (no fused multiply-add), so it is bit-exact; softmax and the
 top-p sum may round differently in the last bit, which can change a draw only where two
-candidates tie to that precision.
+candidates tie to that precision. :func:`stage_probs_into` runs the same kernel without the draw
+(only the distribution, of any stage of a chunk: a verify chunk's ``p``).
 
 It is the fused equivalent of the one stage step's distribution,
 :func:`~sdvar_lib.models.sampling.guided_logits` then :func:`~sdvar_lib.models.sampling.stage_probs`
@@ -24,14 +25,14 @@ import triton.language as tl
 
 from sdvar_lib.fast.kernels.block import rows_per_program
 
-__all__ = ["sample_stage", "sample_stage_into"]
+__all__ = ["sample_stage", "sample_stage_into", "stage_probs_into"]
 
 
 @triton.jit
 def _sample_kernel(
     LOGITS, NOISE, IDX, PROBS, H, CODEBOOK,
     B, l, chunk_l, offset, V, Cv, cfg_cond, cfg_uncond, top_k, top_p,
-    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, DRAW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_CV: tl.constexpr,
 ):
     n = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # token rows of the stage, b * l + j
@@ -62,14 +63,41 @@ def _sample_kernel(
     p = e / tl.where(row_ok, tl.sum(e, axis=1), 1.0)[:, None]
     row_offs = (n * V)[:, None] + cols[None, :]
     tl.store(PROBS + row_offs, p, mask=valid)
-    noise = tl.load(NOISE + row_offs, mask=valid, other=1.0)
-    ratio = tl.where(valid, tl.math.div_rn(p, noise), -1.0)
-    idx = tl.argmax(ratio, axis=1)
-    tl.store(IDX + n, idx.to(tl.int64), mask=row_ok)
-    ch = tl.arange(0, BLOCK_CV)[None, :]
-    ch_ok = row_ok[:, None] & (ch < Cv)
-    vec = tl.load(CODEBOOK + idx[:, None] * Cv + ch, mask=ch_ok, other=0.0)
-    tl.store(H + n[:, None] * Cv + ch, vec, mask=ch_ok)
+    if DRAW:
+        noise = tl.load(NOISE + row_offs, mask=valid, other=1.0)
+        ratio = tl.where(valid, tl.math.div_rn(p, noise), -1.0)
+        idx = tl.argmax(ratio, axis=1)
+        tl.store(IDX + n, idx.to(tl.int64), mask=row_ok)
+        ch = tl.arange(0, BLOCK_CV)[None, :]
+        ch_ok = row_ok[:, None] & (ch < Cv)
+        vec = tl.load(CODEBOOK + idx[:, None] * Cv + ch, mask=ch_ok, other=0.0)
+        tl.store(H + n[:, None] * Cv + ch, vec, mask=ch_ok)
+
+
+def _check_logits(logits_2BLV: torch.Tensor, offset: int, l: int) -> None:
+    chunk_l = logits_2BLV.shape[1]
+    if not logits_2BLV.is_contiguous() or logits_2BLV.dtype != torch.float32 or not (l >= 1 and 0 <= offset <= chunk_l - l):
+        raise ValueError("the sampling kernel needs a pass's contiguous float32 logits covering the stage")
+
+
+def _check_buffers(*checks: tuple[str, torch.Tensor, tuple[int, ...]]) -> None:
+    for name, t, shape in checks:
+        if tuple(t.shape) != shape or not t.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous {shape} tensor, got {tuple(t.shape)}")
+
+
+def _launch(logits_2BLV, offset, l, cfg_t, top_k, top_p, codebook_VC, noise, idx, probs, h, draw: bool) -> None:
+    rows, chunk_l, V = logits_2BLV.shape
+    B = rows // 2
+    block_v = triton.next_power_of_2(V)
+    block_m = rows_per_program(B * l, block_v, logits_2BLV.device) if logits_2BLV.device.type == "cpu" else 1
+    Cv = codebook_VC.shape[1]
+    _sample_kernel[(triton.cdiv(B * l, block_m),)](
+        logits_2BLV, noise, idx, probs, h, codebook_VC,
+        B, l, chunk_l, offset, V, Cv, 1 + cfg_t, cfg_t, top_k, top_p,
+        HAS_TOP_K=top_k > 0, HAS_TOP_P=top_p > 0, DRAW=draw, BLOCK_M=block_m, BLOCK_V=block_v,
+        BLOCK_CV=triton.next_power_of_2(Cv), num_warps=8 if block_v >= 2048 else 4, enable_fp_fusion=False,
+    )
 
 
 def sample_stage_into(logits_2BLV: torch.Tensor, l: int, cfg_t: float, top_k: int, top_p: float, codebook_VC: torch.Tensor,
@@ -78,21 +106,22 @@ def sample_stage_into(logits_2BLV: torch.Tensor, l: int, cfg_t: float, top_k: in
     ``(B*l, V)`` and ``h`` ``(B*l, Cv)`` out. No allocation and no random draw: a CUDA graph can hold it."""
     rows, chunk_l, V = logits_2BLV.shape
     B = rows // 2
-    if not logits_2BLV.is_contiguous() or logits_2BLV.dtype != torch.float32 or not 1 <= l <= chunk_l:
-        raise ValueError("sample_stage needs a pass's contiguous float32 logits covering the stage")
+    _check_logits(logits_2BLV, chunk_l - l, l)
     Cv = codebook_VC.shape[1]
-    for name, t, shape in (("noise", noise, (B * l, V)), ("idx", idx, (B * l,)), ("probs", probs, (B * l, V)),
-                           ("h", h, (B * l, Cv))):
-        if tuple(t.shape) != shape or not t.is_contiguous():
-            raise ValueError(f"{name} must be a contiguous {shape} tensor, got {tuple(t.shape)}")
-    block_v = triton.next_power_of_2(V)
-    block_m = rows_per_program(B * l, block_v, logits_2BLV.device) if logits_2BLV.device.type == "cpu" else 1
-    _sample_kernel[(triton.cdiv(B * l, block_m),)](
-        logits_2BLV, noise, idx, probs, h, codebook_VC,
-        B, l, chunk_l, chunk_l - l, V, Cv, 1 + cfg_t, cfg_t, top_k, top_p,
-        HAS_TOP_K=top_k > 0, HAS_TOP_P=top_p > 0, BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_CV=triton.next_power_of_2(Cv),
-        num_warps=8 if block_v >= 2048 else 4, enable_fp_fusion=False,
-    )
+    _check_buffers(("noise", noise, (B * l, V)), ("idx", idx, (B * l,)), ("probs", probs, (B * l, V)),
+                   ("h", h, (B * l, Cv)))
+    _launch(logits_2BLV, chunk_l - l, l, cfg_t, top_k, top_p, codebook_VC, noise, idx, probs, h, draw=True)
+
+
+def stage_probs_into(logits_2BLV: torch.Tensor, offset: int, l: int, cfg_t: float, top_k: int, top_p: float,
+                     probs: torch.Tensor) -> None:
+    """Only the sampling distribution ``(B*l, V)`` of the ``l`` positions at ``offset`` of a chunk (no draw): what a
+    verify chunk needs of each of its stages (``p``). No allocation: a CUDA graph can hold it."""
+    rows, _, V = logits_2BLV.shape
+    _check_logits(logits_2BLV, offset, l)
+    _check_buffers(("probs", probs, (rows // 2 * l, V)))
+    # without a draw, the noise, token, codebook and embedding pointers are never read: ``probs`` stands in
+    _launch(logits_2BLV, offset, l, cfg_t, top_k, top_p, probs, probs, probs, probs, probs, draw=False)
 
 
 def sample_stage(logits_2BLV: torch.Tensor, l: int, cfg_t: float, top_k: int, top_p: float, codebook_VC: torch.Tensor,

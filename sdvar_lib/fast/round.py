@@ -1,0 +1,434 @@
+"""SDVAR rounds as device programs: a whole call's rounds with one host read per round.
+
+:class:`DeviceRound` runs :meth:`SDVAR.generate_parallel <sdvar_lib.sdvar.decoder.SDVAR.generate_parallel>`'s
+rounds on a draft and a target :class:`~sdvar_lib.fast.run.FastRun` (the fast path's run factory hands
+it out, :meth:`FastRunFactory.round_runner <sdvar_lib.fast.factory.FastRunFactory.round_runner>`). A round
+from stage ``c`` with ``g`` proposals, the draft's cache holding stages ``< d``, is three programs (CUDA
+graphs) replayed back to back, with no host synchronisation between or inside them:
+
+1. **draft** (:meth:`FastRun.stage_program <sdvar_lib.fast.run.FastRun.stage_program>`, per ``(c, d, g)``):
+   the catch-up chunk with stage ``c``, then one pass per further proposal, each stage's draw (its ``q``
+   kept), its tokens and ``f_hat``;
+2. **verify** (per ``(c, g)``): the target's chunk of stages ``c .. c + g`` (the last only if there is
+   one) built from those ``f_hat`` maps, one pass, every stage's ``p``;
+3. **accept** (per ``(c, g, policy)``): the policy's verdict of every proposed stage
+   (:mod:`sdvar_lib.fast.acceptance`), ``r`` = the number of leading stages every sample accepted, the
+   committed tokens (proposals before ``r``, the corrected stage ``r``), the accepted-token counts and
+   ``f_hat`` of the corrected stage (computed for every proposed stage and selected by ``r`` on the
+   device).
+
+The host then reads ``r`` (the round's one synchronisation), and when every proposal was accepted and
+a stage is left it draws the bonus stage (a fourth small program: ``argmax(p / Exp(1))``, tokens and
+``f_hat``). Caches, pass records and statistics are host bookkeeping from ``r``. Stages the gamma rule
+leaves to the target (gamma 0) run as one target stage program per run of such steps.
+
+**Random numbers.** Before a round's programs run, the host draws every random number the eager round
+(:meth:`SDVAR.run_round <sdvar_lib.sdvar.decoder.SDVAR.run_round>`) draws, from the call's generator and
+in its order: the draft's ``Exp(1)`` noise of each proposed stage, then per stage the policy's draws
+(:attr:`DevicePolicy.draws <sdvar_lib.fast.acceptance.DevicePolicy.draws>`); the bonus stage's noise only
+once ``r`` says there is one, as the eager round does. So on the CPU (PyTorch's sampler, float32) a
+device round gives the eager round's tokens, statistics and ``f_hat`` bit for bit, for every policy
+and seed. On a GPU the draft draws and ``p`` come from the fused sampler kernel where the run uses it
+(:data:`~sdvar_lib.fast.config.FUSED_SAMPLER_MAX_ROWS`): the same random numbers, a softmax that may
+round differently in the last bit, so a token can differ from the eager round's only at such a tie.
+
+Every program only reads what the round's earlier programs or the host wrote and writes the same
+values when it runs twice (a program captured during a call is warmed up once on real data).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import torch
+
+from sdvar_lib.fast.acceptance import DevicePolicy, Draw, device_policy
+from sdvar_lib.fast.config import PassRecord
+from sdvar_lib.fast.run import FastRun, StageSlots, _Program, chunk_span
+from sdvar_lib.models.sampling import SamplingConfig, guided_logits, stage_probs
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, RoundContext, RoundHistory
+from sdvar_lib.sdvar.state import SDVARInferenceState, take_over
+from sdvar_lib.sdvar.stats import SDVARStats
+from sdvar_lib.util.checks import check_int
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DeviceRound", "RoundKey", "round_keys", "rule_gammas"]
+
+RoundKey = tuple[int, int, int]
+"""``(c, d, g)``: start stage, stages the draft's cache holds, proposals."""
+
+
+def round_keys(gammas, num_stages: int) -> list[RoundKey]:
+    """The ``(c, d, g)`` of rounds with ``gamma`` in ``gammas`` when the draft lags by at most one stage
+    (every round of a fixed gamma: after a bonus stage the draft holds ``c - 1`` stages)."""
+    keys = set()
+    for gamma in gammas:
+        for c in range(num_stages):
+            for d in {max(c - 1, 0), c}:
+                keys.add((c, d, min(gamma, num_stages - c)))
+    return sorted(keys)
+
+
+def rule_gammas(rule: GammaRule) -> tuple[int, ...]:
+    """The drafting gammas a rule may take (what to precapture): a fixed gamma, a schedule's non-zero values, an
+    adaptive rule's ``1 .. max_gamma``; ``()`` for a rule of another kind (its rounds are captured as they come)."""
+    if isinstance(rule, FixedGamma):
+        return (rule.gamma,)
+    if isinstance(rule, GammaSchedule):
+        return tuple(sorted({v for v in rule.values if v > 0}))
+    if isinstance(rule, AdaptiveGamma):
+        return tuple(range(1, rule.max_gamma + 1))
+    return ()
+
+
+class DeviceRound:
+    """The device rounds of one draft/target pair of fast runs (one batch size); see the module docstring."""
+
+    def __init__(self, draft: FastRun, target: FastRun) -> None:
+        if not isinstance(draft, FastRun) or not isinstance(target, FastRun):
+            raise TypeError("DeviceRound needs two FastRun objects (draft, target)")
+        if draft is target:
+            raise ValueError("the draft and the target need a run each (a model used as both gets two runs)")
+        if draft.batch_size != target.batch_size or draft.model.device != target.model.device:
+            raise ValueError("draft and target runs must have the same batch size and device")
+        self.draft, self.target = draft, target
+        model = target.model
+        self.batch_size, self.num_stages = target.batch_size, model.num_stages
+        B, V, S, device = self.batch_size, model.V, model.num_stages, model.device
+        self.slots = StageSlots.for_model(draft.model, B)
+        """The draft's proposals (tokens, ``q``, noise) and the call's ``f_hat`` after every stage."""
+        n = self.slots.row_begins[-1]
+        self.p = torch.zeros(n, V, dtype=torch.float32, device=device)
+        """The target's ``p`` of every verified stage."""
+        self.tokens = torch.zeros(n, dtype=torch.long, device=device)
+        """Committed tokens of every stage (the stage's verdict before ``r`` is known)."""
+        self.accepted = torch.zeros(n, dtype=torch.bool, device=device)
+        self.stage_ok = torch.zeros(S, B, dtype=torch.bool, device=device)
+        self.accepted_tokens = torch.zeros(S, dtype=torch.long, device=device)
+        """Accepted proposals per stage, counted in the round that commits the stage."""
+        self.leading = torch.zeros(1, dtype=torch.long, device=device)
+        """``r`` of the latest round: the number of leading proposed stages every sample accepted."""
+        self._draws: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self._contexts: dict[object, torch.Tensor] = {}
+        self._verify: dict[tuple, _Program] = {}
+        self._accept: dict[tuple, _Program] = {}
+        self._bonus: dict[tuple, _Program] = {}
+        self._target_version = target.buffers_version
+
+    # ---- what runs this way ----------------------------------------------------------------------
+    def unsupported(self, state: SDVARInferenceState) -> str | None:
+        """Why ``state``'s call cannot run as device rounds (``None``: it can)."""
+        if state.draft is not self.draft or state.target is not self.target:
+            raise ValueError("the state's runs are not this DeviceRound's")
+        for run in (self.draft, self.target):
+            if not run.config.device_rounds:
+                return "device rounds are off (FastConfig(device_rounds=False))"
+            if not run.stage_programs_apply(state.sampling):
+                return "stages run step by step here (first fast path, generic pass or more_smooth)"
+        if device_policy(state.policy) is None:
+            return f"the policy {state.policy.describe()} has no device form"
+        if state.c != 0 or self.draft.cache.length != 0 or self.target.cache.length != 0:
+            return "the state is not a fresh call's"
+        return None
+
+    # ---- one call --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, state: SDVARInferenceState) -> SDVARInferenceState:
+        """Every round of the fresh call ``state`` (as :meth:`SDVAR.iter_rounds` runs them); the state after them."""
+        state.check_current()
+        problem = self.unsupported(state)
+        if problem is not None:
+            raise ValueError(f"this call cannot run as device rounds: {problem}")
+        form = device_policy(state.policy)
+        self._check_target_buffers()
+        context = self._static_context(form, state.policy, state.policy_context)
+        self.accepted_tokens.zero_()
+        S, rule = self.num_stages, state.gamma_rule
+        stats, history, c, drafted = state.stats, state.history, 0, False
+        level = logging.INFO if state.verbose else logging.DEBUG
+        while c < S:
+            d = self.draft.cache.stages_held()
+            gamma = rule.next_gamma(RoundContext(c=c, num_stages=S, draft_stages_held=d, history=history))
+            if gamma == 0:  # target steps: as many as the rule takes in a row, one program
+                k = self._target_steps_ahead(rule, c, d, history)
+                self._target_steps(state, c, k)
+                stats = stats.after_target_steps(k)
+                for _ in range(k):
+                    history = history.add(0, 0)
+                log.log(level, "device rounds: target steps for stages %d..%d", c, c + k - 1)
+                c += k
+                continue
+            check_int(gamma, "gamma of a drafting round", 1)
+            g = min(gamma, S - c)
+            r, bonus = self._round(state, form, context, c, d, g)
+            committed = r + 1 if r < g else g + int(bonus)
+            flags = [i < r for i in range(min(r + 1, g))]
+            stats = _after_round(stats, g, committed, c, flags, self.slots)
+            history = history.add(g, sum(flags), [(c + i, ok) for i, ok in enumerate(flags)])
+            drafted = True
+            log.log(level, "device round: stages %d.. (draft cache %d), gamma %d, accepted %d, committed %d%s",
+                    c, d, g, sum(flags), committed, " (+bonus)" if bonus else "")
+            c += committed
+        tokens, f_hats = self._outputs()
+        if drafted:
+            stats = replace(stats, accepted_tokens_S=self.accepted_tokens.clone())
+        return replace(state, tokens=tokens, f_hats=f_hats, history=history, stats=stats,
+                       epochs=take_over(state.draft, state.target))
+
+    def _round(self, state: SDVARInferenceState, form: DevicePolicy, context: torch.Tensor | None, c: int, d: int,
+               g: int) -> tuple[int, bool]:
+        """One drafting round; returns ``r`` and whether a bonus stage was drawn. Books caches and passes."""
+        draft, target, slots, rng = self.draft, self.target, self.slots, state.rng
+        programs = (draft.stage_program(c, d, g, state.sampling, slots), self._verify_program(c, g, state.sampling),
+                    self._accept_program(c, g, form, context))
+        stages = range(c, c + g)
+        for si in stages:  # the eager round's draws, in its order: the draft's, then the policy's per stage
+            slots.noise[slots.rows(si)].exponential_(generator=rng)
+        for si in stages:
+            for draw in form.draws:
+                draw.fill_(self._draw_view(draw, si), rng)
+        for program in programs:
+            program.run()
+        draft._count(programs[0])
+        target._count(programs[1])
+        draft.record_stage_passes(c, d, g, programs[0].graphed)
+        last_verified = min(c + g, self.num_stages - 1)
+        target.pass_log.append(_pass_record(target, c, last_verified - c + 1, programs[1].graphed))
+        r = int(self.leading.item())  # the round's one read
+        bonus = r == g and c + g < self.num_stages
+        if bonus:
+            slots.noise[slots.rows(c + g)].exponential_(generator=rng)
+            self._bonus_program(c + g).run()
+        last = c + (r if r < g else g - 1 + int(bonus))
+        target.cache.set_length(target.model.begin_ends[last][1])
+        draft.cache.set_length(draft.model.begin_ends[min(last, c + g - 1)][1])
+        return r, bonus
+
+    def _target_steps_ahead(self, rule, c: int, d: int, history: RoundHistory) -> int:
+        """How many target steps the rule takes in a row from stage ``c`` (it sees what it would see step by step)."""
+        k = 1
+        while c + k < self.num_stages:
+            history = history.add(0, 0)
+            if rule.next_gamma(RoundContext(c=c + k, num_stages=self.num_stages, draft_stages_held=d,
+                                            history=history)) != 0:
+                break
+            k += 1
+        return k
+
+    def _target_steps(self, state: SDVARInferenceState, c: int, k: int) -> None:
+        """Stages ``c .. c + k - 1`` by the target alone: its stage program (the target-alone call's draws), then the
+        tokens and ``f_hat`` into the call's slots."""
+        target, own = self.target, self.target.slots
+        if target.cache.length != target.model.begin_ends[c][0]:
+            raise RuntimeError(f"the target cache holds {target.cache.length} positions, stage {c} starts elsewhere")
+        target._load_f_hats(own, self.slots.f_hats(), c, c)
+        for si in range(c, c + k):
+            own.noise[own.rows(si)].exponential_(generator=state.rng)
+        target._run_stages(c, c, k, state.sampling, own)
+        rows = slice(own.row_begins[c], own.row_begins[c + k])
+        self.tokens[rows].copy_(own.idx[rows])
+        self.slots.f_hat[c:c + k].copy_(own.f_hat[c:c + k])
+
+    def _outputs(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """The committed tokens and ``f_hat`` maps, copied out of the static buffers (two copies)."""
+        tokens, f_hats = self.tokens.clone(), self.slots.f_hat.clone()
+        B, begins = self.batch_size, self.slots.row_begins
+        return (tuple(tokens[begins[s]:begins[s + 1]].view(B, -1) for s in range(self.num_stages)),
+                tuple(f_hats.unbind(0)))
+
+    # ---- precapture ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def precapture(self, sampling: SamplingConfig, policy, keys) -> int:
+        """Build the programs of rounds ``keys`` (``(c, d, g)``) for ``sampling`` and ``policy`` ahead of a call;
+        returns how many were new. Leaves both caches empty (call it between calls)."""
+        form = device_policy(policy)
+        keys = sorted(keys)
+        if form is None or not keys or not all(r.config.device_rounds and r.stage_programs_apply(sampling)
+                                               for r in (self.draft, self.target)):
+            return 0
+        self._check_target_buffers()
+        context = self._static_context(form, policy, policy.prepare(self.target.model.vae.quantize.embedding.weight.detach()))
+        S, model = self.num_stages, self.target.model
+        # the longest chunks first: buffers grown later would drop the programs built before
+        self.target._ensure_capacity(max(chunk_span(model, c, min(c + g, S - 1) - c + 1)[1] for c, _, g in keys))
+        self.draft._ensure_capacity(max(chunk_span(model, d, c - d + 1)[1] for c, d, _ in keys))
+        self._check_target_buffers()
+        before = self._count_programs()
+        for c, d, g in keys:
+            self.draft.stage_program(c, d, g, sampling, self.slots)
+            self._verify_program(c, g, sampling)
+            self._accept_program(c, g, form, context)
+            if c + g < self.num_stages:
+                self._bonus_program(c + g)
+        self.draft.cache.reset()
+        self.target.cache.reset()
+        return self._count_programs() - before
+
+    def _count_programs(self) -> int:
+        return len(self.draft._stage_programs) + len(self._verify) + len(self._accept) + len(self._bonus)
+
+    # ---- buffers ---------------------------------------------------------------------------------
+    def _check_target_buffers(self) -> None:
+        """Drop the verify programs when the target's static buffers were reallocated (they read them)."""
+        if self.target.buffers_version != self._target_version:
+            self._verify.clear()
+            self._target_version = self.target.buffers_version
+
+    def _draw_view(self, draw: Draw, si: int) -> torch.Tensor:
+        return self._draw_buffer(draw)[1][si]
+
+    def _draw_buffer(self, draw: Draw) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model, B = self.target.model, self.batch_size
+        shapes = tuple(tuple(draw.shape(B, pn * pn, model.V)) for pn in model.patch_nums)
+        key = (draw.name, draw.kind, shapes)
+        if key not in self._draws:
+            sizes = [int(torch.Size(s).numel()) for s in shapes]
+            flat = torch.ones(sum(sizes), dtype=torch.float32, device=model.device)
+            views, offset = [], 0
+            for shape, size in zip(shapes, sizes):
+                views.append(flat[offset:offset + size].view(shape))
+                offset += size
+            self._draws[key] = (flat, views)
+        return self._draws[key]
+
+    def _static_context(self, form: DevicePolicy, policy, context) -> torch.Tensor | None:
+        """A static copy of the call's policy context that programs read (each call copies its own in), or ``None``."""
+        context = form.static_context(context)
+        if context is None:
+            return None
+        static = self._contexts.get(policy)
+        if static is None or static.shape != context.shape or static.dtype != context.dtype:
+            static = context.detach().clone()
+            self._contexts[policy] = static
+        else:
+            static.copy_(context)
+        return static
+
+    # ---- the programs ----------------------------------------------------------------------------
+    def _verify_program(self, c: int, g: int, sampling: SamplingConfig) -> _Program:
+        target, S = self.target, self.num_stages
+        stages = list(range(c, min(c + g, S - 1) + 1))
+        kernels = tuple(target._use_fused_sampler(s, sampling) for s in stages)
+        key = (c, g, sampling.cfg, sampling.top_k, sampling.top_p, kernels)
+        program = self._verify.get(key)
+        if program is None:
+            position, l = chunk_span(target.model, c, len(stages))
+            target._ensure_capacity(l)
+            self._check_target_buffers()
+            target._mask(position, l)  # built outside any graph: a constant the graph reads
+            program = target._build(self._verify_fn(stages, sampling, kernels), f"verify chunk {c}..{stages[-1]}", position)
+            self._verify[key] = program
+        return program
+
+    def _verify_fn(self, stages: list[int], sampling: SamplingConfig, kernels: tuple[bool, ...]):
+        target, slots, model = self.target, self.slots, self.target.model
+        position, l = chunk_span(model, stages[0], len(stages))
+        f_hats, S, V = slots.f_hats(), model.num_stages, model.V
+        parts, offset = [], 0
+        for si in stages:
+            parts.append((si, offset, model.patch_nums[si] ** 2, self.p[slots.rows(si)]))
+            offset += model.patch_nums[si] ** 2
+
+        def verify() -> None:
+            target._x_view(l).copy_(target.chunk_input(stages, f_hats))
+            target._step(position, l)
+            logits = target._out_view(l)
+            for (si, off, ls, p), use_kernel in zip(parts, kernels):
+                if use_kernel:  # the fused kernel's distribution, without its draw
+                    target._sampler.probs_into(logits, si, sampling, off, p)
+                else:  # what SDVAR.verify computes: split, guidance, stage_probs
+                    p.copy_(stage_probs(guided_logits(logits[:, off:off + ls], si, S, sampling.cfg), sampling).view(-1, V))
+            target.cache.set_length(position)
+
+        return verify
+
+    def _accept_program(self, c: int, g: int, form: DevicePolicy, context: torch.Tensor | None) -> _Program:
+        key = (c, g, form.policy)
+        program = self._accept.get(key)
+        if program is None:
+            for si in range(c, c + g):
+                form.check_stage(si)
+            program = self.target._build(self._accept_fn(c, g, form, context), f"acceptance of stages {c}..{c + g - 1}",
+                                         self.target.cache.length)
+            self._accept[key] = program
+        return program
+
+    def _accept_fn(self, c: int, g: int, form: DevicePolicy, context: torch.Tensor | None):
+        slots, model, B = self.slots, self.target.model, self.batch_size
+        quant, V = model.vae.quantize, model.V
+        f_hats = slots.f_hats()
+        stages = []
+        for si in range(c, c + g):
+            rows = slots.rows(si)
+            stages.append(dict(
+                si=si, x=slots.tokens(si), q=slots.probs[rows].view(B, -1, V), p=self.p[rows].view(B, -1, V),
+                draws={draw.name: self._draw_view(draw, si) for draw in form.draws},
+                accepted=self.accepted[rows].view(B, -1), tokens=self.tokens[rows].view(B, -1),
+            ))
+
+        def accept() -> None:
+            all_ok = []
+            for st in stages:
+                accepted, stage_ok, tokens = form.verdict(st["si"], st["x"], st["q"], st["p"], st["draws"], context)
+                st["accepted"].copy_(accepted)
+                st["tokens"].copy_(tokens)
+                self.stage_ok[st["si"]].copy_(stage_ok)
+                all_ok.append(stage_ok.all())
+            r = torch.stack(all_ok).long().cumprod(0).sum()  # leading stages every sample accepted
+            self.leading.copy_(r.view(1))
+            corrected = []
+            for i, st in enumerate(stages):
+                si = st["si"]
+                st["tokens"].copy_(torch.where(r > i, st["x"], st["tokens"]))  # proposals before r, stage r's verdict
+                self.accepted_tokens[si] = torch.where(r >= i, st["accepted"].sum(), 0)
+                base = f_hats[si - 1] if si > 0 else None
+                corrected.append(quant.f_hat_after(si, base, quant.idx_to_h(si, st["tokens"])))
+            j = r.clamp(max=g - 1).view(1)
+            chosen = torch.stack(corrected).index_select(0, j)
+            kept = slots.f_hat[c:c + g].index_select(0, j)
+            slots.f_hat.index_copy_(0, j + c, torch.where(r < g, chosen, kept))  # f_hat after the corrected stage
+
+        return accept
+
+    def _bonus_program(self, si: int) -> _Program:
+        program = self._bonus.get((si,))
+        if program is None:
+            program = self.target._build(self._bonus_fn(si), f"bonus stage {si}", self.target.cache.length)
+            self._bonus[(si,)] = program
+        return program
+
+    def _bonus_fn(self, si: int):
+        slots, quant, B = self.slots, self.target.model.vae.quantize, self.batch_size
+        rows, f_hats = slots.rows(si), slots.f_hats()
+        p, noise, tokens = self.p[rows], slots.noise[rows], self.tokens[rows]
+
+        def bonus() -> None:
+            torch.argmax(p / noise, dim=-1, out=tokens)  # the draw torch.multinomial(p, 1) makes with this noise
+            f_hats[si].copy_(quant.f_hat_after(si, f_hats[si - 1], quant.idx_to_h(si, tokens.view(B, -1))))
+
+        return bonus
+
+
+def _pass_record(run: FastRun, start: int, num_stages: int, graphed: bool) -> PassRecord:
+    return PassRecord(*chunk_span(run.model, start, num_stages), graphed=graphed)
+
+
+def _after_round(stats: SDVARStats, g: int, committed: int, c: int, flags: list[bool], slots: StageSlots) -> SDVARStats:
+    """:meth:`SDVARStats.after_round` from host numbers (the accepted-token counts stay on the device)."""
+    proposed_tokens = list(stats.proposed_tokens_per_stage)
+    proposed_stages = list(stats.proposed_stages_per_stage)
+    accepted_stages = list(stats.accepted_stages_per_stage)
+    for i, ok in enumerate(flags):
+        si = c + i
+        proposed_tokens[si] += slots.row_begins[si + 1] - slots.row_begins[si]
+        proposed_stages[si] += 1
+        accepted_stages[si] += int(ok)
+    return replace(
+        stats, target_passes=stats.target_passes + 1, draft_passes=stats.draft_passes + g, rounds=stats.rounds + 1,
+        gamma_per_round=stats.gamma_per_round + [g], stages_accepted_per_round=stats.stages_accepted_per_round + [sum(flags)],
+        stages_committed_per_round=stats.stages_committed_per_round + [committed],
+        proposed_tokens_per_stage=proposed_tokens, proposed_stages_per_stage=proposed_stages,
+        accepted_stages_per_stage=accepted_stages,
+    )
