@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sdvar_lib.models.checkpoints import MODEL_CHOICES, load_pair
+from sdvar_lib.models.checkpoints import MODEL_CHOICES, load_pair, pick_device
 from sdvar_lib.models.presets import OFFICIAL_DEPTHS, ModelPair
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.samples.distributed import DistContext, init_distributed
@@ -164,8 +164,7 @@ def _validate(parser: argparse.ArgumentParser, args) -> None:
         _sampling(args, None)
         SamplePlan(method=args.method, classes=args.class_ids or (0,), per_class=args.per_class,
                    batch_size=args.batch_size, seed=args.seed, label_order=args.label_order)
-        device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        check_run_device(device)
+        device = check_run_device(pick_device(args.device))
         engine, dtype = BatchSampler.resolve(args.engine, args.dtype, device)
         known = SampleIdentity(method=args.method, models=_models_label(args), classes=args.class_ids,
                                per_class=args.per_class, batch_size=args.batch_size, seed=args.seed,
