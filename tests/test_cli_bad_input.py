@@ -562,3 +562,16 @@ def test_bench_plot_draws_only_the_series_asked_for_and_replaces_only_on_request
     assert plot_main(["bench.json", "--replace"]) == 0  # the default output beside the report, asked to replace
     assert (ws / "latency.png").read_bytes().startswith(b"\x89PNG") and (ws / "plot.png").read_bytes() == first
     assert json.loads((ws / "bench.json").read_text())["rows"]
+
+
+def test_a_re_rendered_model_card_stays_the_runs_own_file(ws, capsys):
+    """``train_tiny --render-card`` rewrites a file of its own output: the folder stays replaceable by the next run."""
+    from sdvar_lib.tiny.bundle import OWNER, check_bundle_out
+
+    with atomic_folder(ws / "bundle", OWNER) as tmp:
+        for name in ("metrics.json", "config.json"):
+            shutil.copy(BUNDLED_DIR / name, tmp / name)
+        (tmp / "MODEL_CARD.md").write_text("an older card")
+    assert tiny_main(["--render-card", "--out", "bundle"]) == 0
+    assert (ws / "bundle" / "MODEL_CARD.md").read_text() != "an older card"
+    assert check_bundle_out(ws / "bundle") == ws / "bundle"
