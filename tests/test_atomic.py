@@ -211,6 +211,10 @@ def test_the_current_folder_and_a_folder_holding_an_input_are_refused(tmp_path, 
             check_output_folder(path)
     with pytest.raises(OutputRefusedError, match="holds .*bundle.*an input of this command"):
         check_output_folder(tmp_path / "new", inputs=[tmp_path / "new" / "bundle"])
+    out = owned(tmp_path / "out")
+    (tmp_path / "link").symlink_to(out)
+    with pytest.raises(OutputRefusedError, match="is a link"):
+        check_output_folder(tmp_path / "link")
 
 
 def test_record_output_files_keeps_a_rewritten_file_owned(tmp_path):

@@ -401,11 +401,14 @@ def check_output_folder(
 ) -> Path:
     """``path`` if :func:`atomic_folder` may write it, else :class:`OutputRefusedError` saying what is there.
 
-    It must be writable, neither the current folder nor one holding it, hold none of ``inputs``, and
+    It must be writable, not a link, neither the current folder nor one holding it, hold none of ``inputs``, and
     either not exist, be empty, or be an earlier run's output: its manifest (of ``owner``, when given)
     lists every file in it, unchanged. Nothing is created.
     """
     path = check_writable_dir(path, name)
+    if path.is_symlink():
+        raise OutputRefusedError(f"{name} {str(path)!r} is a link; a run replaces its output folder as a whole, so "
+                                 f"name the folder itself ({str(path.resolve())!r}) or a new one")
     resolved = path.resolve()
     try:
         cwd = Path.cwd().resolve()
