@@ -100,9 +100,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
-    except OSError:
+    except OSError:  # PermissionError: another user's process; anything else: assume it runs
         return True
     return True
 
@@ -120,7 +118,7 @@ def _remove(path: Path) -> None:
 
 
 def clean_leftovers(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporaries (and set-aside old folders) that killed runs left beside ``path``; returns them.
+    """Remove the temporaries (and set-aside old folders) that killed runs left beside ``path``; returns those removed.
 
     Only siblings named ``.<name>.tmp-*`` / ``.<name>.old-*`` by this module, by a process of this
     host that no longer runs, are touched. If ``path`` is missing and such an old folder exists (a
@@ -143,7 +141,7 @@ def clean_leftovers(path: str | os.PathLike) -> list[Path]:
         olds = sorted((p for p, kind, _ in mine if kind == "old" and p.is_dir()), key=lambda p: p.stat().st_mtime)
         if olds:
             os.replace(olds[-1], path)
-            log.warning("put back %s: a run (process %s) was killed while it replaced it", path, olds[-1].name)
+            log.warning("put back %s from %s: a run was killed while it replaced it", path, olds[-1].name)
             mine = [t for t in mine if t[0] != olds[-1]]
     removed = []
     for p, kind, pid in mine:
