@@ -447,6 +447,9 @@ def test_an_os_failure_is_one_line_with_exit_code_1_and_keeps_every_earlier_file
     monkeypatch.undo()
     assert rc == 1, line
     assert where in line and words in line, line
+    import matplotlib.pyplot as plt
+
+    assert plt.get_fignums() == []  # a failed write leaves no figure open in pyplot
     after = snapshot(ws)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing earlier changed or went missing
     added = sorted(set(after) - set(before))
