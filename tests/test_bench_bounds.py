@@ -409,7 +409,9 @@ def test_plot_from_report(tmp_path):
     assert (tmp_path / "lat.png").stat().st_size > 0
     bad = tmp_path / "bad.json"
     bad.write_text("[]")
-    assert main([str(bad)]) == 2
+    with pytest.raises(SystemExit) as exit_:  # a usage error (tests/test_cli_bad_input.py has the rest)
+        main([str(bad)])
+    assert exit_.value.code == 2
 
 
 def test_plot_reads_reports_with_the_old_names(tmp_path, monkeypatch):

@@ -241,7 +241,9 @@ def test_cli_writes_json_and_prints_the_table(tmp_path, capsys):
     assert out.rstrip().endswith(report.markdown_table(2).splitlines()[-1])
     assert (tmp_path / "evaluation.md").read_text().strip() == report.markdown()
     assert math.isclose(report.result("test3_e3").target_passes_per_call.mean, 4.0)
-    assert (tmp_path / ".sdvar-output").is_file()  # a folder this command wrote: a later run may replace it
+    manifest = json.loads((tmp_path / ".sdvar-output.json").read_text())  # what this run wrote: a later run may replace it
+    assert manifest["owner"] == "python -m sdvar_lib.evaluate"
+    assert sorted(manifest["files"]) == ["evaluation.json", "evaluation.md"]
 
 
 @pytest.mark.parametrize(

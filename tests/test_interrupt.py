@@ -5,7 +5,10 @@ A complete set is ``comparison.png``, ``stats.md`` and ``stats.json`` of one run
 
 - in-process, a ``KeyboardInterrupt`` (what SIGINT raises) injected at every file operation the
   writing of the set makes, one run per operation;
-- real SIGINTs sent to a ``python -m sdvar_lib`` process at several moments of its run.
+- real SIGINTs sent to a ``python -m sdvar_lib`` process at several moments of its run;
+- a process killed outright (SIGKILL) while it writes the set and between its two renames: the next
+  run takes the dead run's lock over, removes its temporaries and puts an old set that was moved
+  aside back before it replaces it.
 """
 
 from __future__ import annotations
@@ -129,3 +132,43 @@ def test_sigint_at_any_moment_keeps_the_old_or_the_new_set(tmp_path):
         previous = now
     assert kept_by_interrupted, "no run was interrupted before it committed: the delays are too long for this machine"
     assert not [p for p in tmp_path.iterdir() if p.name != "demo"]
+
+
+# ---- killed outright (SIGKILL): the next run cleans up after it --------------------------------
+KILL_AT = {
+    # SIGKILL while the figure is written into the temporary folder: a .demo.tmp-* folder and the lock file stay
+    "writing": "import matplotlib.figure\n"
+               "def savefig(self, *a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+               "matplotlib.figure.Figure.savefig = savefig\n",
+    # SIGKILL between the two renames: the old set sits aside as .demo.old-*, nothing at demo, the new one as .tmp-*
+    "between-renames": "real = os.replace\n"
+                       "def replace(src, dst):\n    real(src, dst)\n"
+                       "    if '.old-' in os.fspath(dst):\n        os.kill(os.getpid(), signal.SIGKILL)\n"
+                       "os.replace = replace\n",
+}
+
+
+@pytest.mark.parametrize("moment", KILL_AT, ids=KILL_AT)
+def test_the_next_run_cleans_up_after_a_killed_one(tmp_path, moment):
+    out = tmp_path / "demo"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "sdvar_lib", "--out", str(out), *ARGS]
+    assert subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, timeout=300).returncode == 0
+    first = run_id_of(out)
+    killed = ("import os, signal, sys\n" + KILL_AT[moment] +
+              f"from sdvar_lib.demo.cli import main\nmain({['--out', str(out), *ARGS]!r})\n")
+    done = subprocess.run([sys.executable, "-c", killed], env=env, cwd=tmp_path, capture_output=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert ".demo.lock" in left and any(".demo.tmp-" in n for n in left)
+    if moment == "between-renames":
+        assert "demo" not in left and any(".demo.old-" in n for n in left)
+    else:
+        assert run_id_of(out) == first
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "took over the lock" in done.stderr and "interrupted run" in done.stderr
+    if moment == "between-renames":
+        assert "put back" in done.stderr
+    assert run_id_of(out) not in (None, first)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no temporary, no old set, no lock

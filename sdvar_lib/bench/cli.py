@@ -7,7 +7,10 @@ stops with one line. ``bench.json`` / ``bench.md`` (and ``profile.*``) are rewri
 every row.
 
 ``python -m sdvar_lib.bench_plot`` (:func:`plot_main`): latency against batch size from a ``bench.json``
-(:mod:`sdvar_lib.viz.latency`).
+(:mod:`sdvar_lib.viz.latency`). It never writes over the report, nor over an existing image unless
+``--replace`` is given, and refuses a ``--series`` the report does not hold (naming those it holds).
+
+A failure of the disk or the permissions ends either command with one line (:func:`sdvar_lib.util.cli.command`).
 
 ``sdvar_lib/bench/__main__.py`` and ``sdvar_lib/bench_plot.py`` are the commands' shims.
 """
@@ -30,12 +33,14 @@ from sdvar_lib.bench.methods import BENCH_ONLY_ROWS, DEFAULT_METHODS
 from sdvar_lib.bench.profile import profile_decodes, profile_targets, write_profiles
 from sdvar_lib.bench.report import BenchReport, format_list, write_report
 from sdvar_lib.bench.scenarios import SCENARIOS
-from sdvar_lib.util.atomic import check_writable_dir
-from sdvar_lib.viz.latency import load_points, plot_latency_vs_batch
+from sdvar_lib.util.atomic import check_new_output, check_writable_dir, output_lock
+from sdvar_lib.util.cli import command, describe_os_error
+from sdvar_lib.viz.latency import canonical_method_name, load_points, plot_latency_vs_batch
 
 __all__ = ["build_parser", "config_from_args", "main", "plot_parser", "plot_main"]
 
 PROG = "python -m sdvar_lib.bench"
+PLOT_PROG = "python -m sdvar_lib.bench_plot"
 DESCRIPTION = ("GPU benchmark of the decoders at the official sizes (random bf16 weights): latency, memory and the "
                "physical lower bound of every row")
 
@@ -136,6 +141,7 @@ def _print_summary(report: BenchReport, table: str) -> None:
                   f"gamma/round {c.gamma_per_round}")
 
 
+@command(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -165,23 +171,59 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # ---- python -m sdvar_lib.bench_plot -------------------------------------------------------------
 def plot_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sdvar_lib.bench_plot",
+    p = argparse.ArgumentParser(prog=PLOT_PROG,
                                 description="Latency vs batch size per method from a ``python -m sdvar_lib.bench`` JSON report.")
     p.add_argument("report", help="bench.json written by python -m sdvar_lib.bench")
-    p.add_argument("--out", default=None, help="image file (default: latency.png beside the report)")
-    p.add_argument("--series", default=None, help="comma-separated series to draw (default all)")
+    p.add_argument("--out", default=None,
+                   help="image file, .png/.svg/.pdf (default: latency.png beside the report); never the report itself")
+    p.add_argument("--replace", action="store_true", help="overwrite --out if it exists (default: refuse)")
+    p.add_argument("--series", default=None,
+                   help="comma-separated series to draw, as the report names them (default all)")
     return p
 
 
+def _series_name(name: str) -> str:
+    """A series as the report's points name it (older method names allowed, see viz.latency)."""
+    method, sep, rest = name.partition(" [")
+    return canonical_method_name(method) + sep + rest
+
+
+@command(PLOT_PROG)
 def plot_main(argv: Sequence[str] | None = None) -> int:
     """``python -m sdvar_lib.bench_plot``."""
-    args = plot_parser().parse_args(argv)
+    parser = plot_parser()
+    args = parser.parse_args(argv)
     try:
         points = load_points(args.report)
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    out = args.out or str(Path(args.report).with_name("latency.png"))
-    series = [s.strip() for s in args.series.split(",")] if args.series else None
-    print(plot_latency_vs_batch(points, out, series))
+    except OSError as exc:
+        parser.error(f"report {describe_os_error(exc)}")
+    except ValueError as exc:  # not JSON, or no rows (load_points names the file)
+        text = str(exc).splitlines()[0]
+        parser.error(text if args.report in text else f"report {args.report!r} is not JSON ({text})")
+    except (KeyError, TypeError) as exc:
+        detail = f"a row has no {exc}" if isinstance(exc, KeyError) else f"a row is not as {PROG} writes it: {exc}"
+        parser.error(f"report {args.report!r} is not a bench JSON report ({detail})")
+    if not points:
+        parser.error(f"report {args.report!r} holds no timed rows: nothing to plot")
+    out = args.out if args.out is not None else str(Path(args.report).with_name("latency.png"))
+    series = None
+    if args.series is not None:
+        series = [s.strip() for s in args.series.split(",") if s.strip()]
+        known = list(dict.fromkeys(p.series for p in points))
+        unknown = [s for s in series if _series_name(s) not in known]
+        if not series or unknown:
+            what = f"names no series ({args.series!r})" if not series else f"{', '.join(map(repr, unknown))} not in the report"
+            parser.error(f"--series: {what}; the report holds {', '.join(known)}")
+    try:
+        check_new_output(out, "--out", inputs=[args.report], replace=args.replace)
+    except ValueError as exc:
+        parser.error(str(exc))
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(out).suffix[1:].lower()
+    if suffix and suffix not in kinds:
+        parser.error(f"--out {out!r}: matplotlib cannot write .{suffix} files; use one of .{', .'.join(sorted(kinds))}")
+    with output_lock(out, PLOT_PROG):
+        print(plot_latency_vs_batch(points, out, series))
     return 0

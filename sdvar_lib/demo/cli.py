@@ -3,8 +3,10 @@
     python -m sdvar_lib --out outputs/demo
 
 Every argument a user can get wrong is checked before any model is loaded; a mistake is one
-argparse-style line. The output folder is written as one set (:func:`sdvar_lib.util.atomic.atomic_folder`).
-``sdvar_lib/__main__.py`` is the command's shim.
+argparse-style line. The output folder is written as one set (:func:`sdvar_lib.util.atomic.atomic_folder`),
+replacing only an earlier output of this command that holds nothing else, and one run at a time
+(:func:`sdvar_lib.util.atomic.output_lock`); a failure of the disk or the permissions is one line
+(:func:`sdvar_lib.util.cli.command`). ``sdvar_lib/__main__.py`` is the command's shim.
 """
 
 from __future__ import annotations
@@ -38,11 +40,14 @@ from sdvar_lib.models.checkpoints import MODEL_CHOICES, load_pair, pick_device
 from sdvar_lib.models.presets import ModelPair, check_official_depth
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar.registry import Method
-from sdvar_lib.util.atomic import atomic_folder, check_output_folder
+from sdvar_lib.util.atomic import atomic_folder, check_output_folder, output_lock
 from sdvar_lib.util.checks import SEED_LIMIT, check_seed
+from sdvar_lib.util.cli import check_run_device, command
 from sdvar_lib.util.progress import show_progress
 
-__all__ = ["DESCRIPTION", "FIGURE", "parse_gamma", "build_parser", "main"]
+__all__ = ["PROG", "DESCRIPTION", "FIGURE", "parse_gamma", "build_parser", "main"]
+
+PROG = "python -m sdvar_lib"
 
 DESCRIPTION = "The workbench's main job: every decoder that matters on one pair, and what each one trades."
 FIGURE = "comparison.png"
@@ -58,8 +63,10 @@ def parse_gamma(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sdvar_lib", description=DESCRIPTION)
-    parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (replaced as a whole)")
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo"),
+                        help="output folder: new, empty or an earlier output of this command holding nothing else "
+                             "(replaced as a whole)")
     parser.add_argument("--models", choices=MODEL_CHOICES, default="bundled",
                         help="bundled (default, offline), official (d16 -> d30 from ./checkpoints or the hub), "
                              "random-official (official sizes, random weights: for timing) or tiny-random")
@@ -105,7 +112,7 @@ class _Args:
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _Args:
     try:
-        check_output_folder(args.out)
+        check_output_folder(args.out, owner=PROG)
         official_size = args.models in ("official", "random-official")
         if not official_size and (args.draft_depth is not None or args.target_depth is not None):
             raise ValueError("--draft-depth/--target-depth choose official sizes; they need --models official or "
@@ -121,7 +128,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _A
         check_seed(args.seed, "--seed", allow_none=False)
         if args.seed + max(len(args.labels or ()), 10) > SEED_LIMIT:
             raise ValueError(f"--seed must leave room for one seed per image below 2**63, got {args.seed}")
-        device = pick_device(args.device)
+        device = check_run_device(pick_device(args.device))
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be an int >= 1, got {args.threads}")
     except (TypeError, ValueError) as exc:
@@ -156,11 +163,17 @@ def _check_against_pair(parser: argparse.ArgumentParser, a: _Args, labels_arg, p
     return labels
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     a = _check_args(parser, ns)
+    with output_lock(a.out, PROG):  # one run at a time on this folder, from before the models load
+        return _run(parser, ns, a, argv)
+
+
+def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace, a: _Args, argv: list[str] | None) -> int:
     if a.device.type == "cpu":
         torch.set_num_threads(a.threads or 1)
     elif a.threads is not None:
@@ -196,10 +209,10 @@ def main(argv: list[str] | None = None) -> int:
              "(images of one call of all labels)")
     fig = demo_figure(rows, images, labels, run_id, title)
     table = format_table(rows)
-    command = "python -m sdvar_lib " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command_line = f"{PROG} " + shlex.join(sys.argv[1:] if argv is None else argv)
     quality_note = rows[0].quality.source
     stats = {
-        "run_id": run_id, "figure": FIGURE, "command": command, "setup": setup,
+        "run_id": run_id, "figure": FIGURE, "command": command_line, "setup": setup,
         "pair": {"description": pair.description, "fallback_reason": pair.fallback_reason,
                  "device": str(pair.target.device), "var_dtype": str(pair.target.pos_1LC.dtype).removeprefix("torch."),
                  "fast_path": uses_fast_path(sd), "num_stages": pair.target.num_stages},
@@ -211,13 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     markdown = (
         f"# SDVAR main job, run {run_id}\n\nModels: {pair.description}; {setup}.\n\n"
         + (f"FALLBACK: {pair.fallback_reason}\n\n" if pair.fallback_reason else "")
-        + f"Figure: `{FIGURE}` (same run id). Command: `{command}`. {len(labels)} labels {labels}, seed {a.seed}; "
+        + f"Figure: `{FIGURE}` (same run id). Command: `{command_line}`. {len(labels)} labels {labels}, seed {a.seed}; "
         f"batch 1 = one call per image (seed + i), batch {len(labels)} = one call of all labels. Times are steady "
         f"times: an untimed warm-up of every method at both batch sizes ({preparation_s:.1f} s) went first, and any "
         "one-off preparation left in a timed call is counted apart.\n\n"
         f"Quality: {quality_note}.\n\n{table}\n"
     )
-    with atomic_folder(a.out, "python -m sdvar_lib") as tmp:
+    with atomic_folder(a.out, PROG) as tmp:
         fig.savefig(tmp / FIGURE, dpi=100, metadata={"Description": f"sdvar_lib main job, run {run_id}"})
         (tmp / "stats.md").write_text(markdown)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")

@@ -65,8 +65,10 @@ from sdvar_lib.util.atomic import (
     atomic_write_with,
     check_output_folder,
     check_writable_dir,
+    output_lock,
 )
 from sdvar_lib.util.checks import SEED_LIMIT, check_int, check_int_sequence
+from sdvar_lib.util.cli import check_run_device, command
 from sdvar_lib.util.machine import MachineInfo
 
 __all__ = ["DEFAULT_EXTRA_METHODS", "evaluate_parser", "evaluate_main", "fid_parser", "fid_main", "quality_table",
@@ -74,6 +76,7 @@ __all__ = ["DEFAULT_EXTRA_METHODS", "evaluate_parser", "evaluate_main", "fid_par
 
 
 # ---- python -m sdvar_lib.evaluate ---------------------------------------------------------------
+EVALUATE_PROG = "python -m sdvar_lib.evaluate"
 DEFAULT_EXTRA_METHODS = ("target", "exact_g1", "exact_g2", "exact_g3", "exact_g4", "exact_adaptive")
 
 
@@ -86,11 +89,13 @@ def _names(text: str) -> list[str]:
 
 def evaluate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m sdvar_lib.evaluate",
+        prog=EVALUATE_PROG,
         description="Quality (class-consistency, Fréchet distance) against target passes for every decoder on the "
                     "bundled draft/target pair; writes evaluation.json and evaluation.md and prints the table.",
     )
-    p.add_argument("--out", default=None, help="output folder (evaluation.json, evaluation.md); required unless --list-methods")
+    p.add_argument("--out", default=None,
+                   help="output folder (evaluation.json, evaluation.md): new, empty or an earlier output of this command "
+                        "holding nothing else (replaced as a whole); required unless --list-methods")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default 0 1 2 3 4)")
     p.add_argument("--samples", type=int, default=100, help="samples per seed and method (default 100)")
     p.add_argument("--batch-size", type=int, default=1, help="images per call of the main table (default 1)")
@@ -112,6 +117,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command(EVALUATE_PROG)
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """``python -m sdvar_lib.evaluate``."""
     parser = evaluate_parser()
@@ -127,7 +133,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         if args.extra_samples is not None:
             check_int(args.extra_samples, "--extra-samples", 2)
         SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
-        device = pick_device(args.device)
+        device = check_run_device(pick_device(args.device))
         pair = load_bundled(device=device, folder=args.bundle_dir)
         all_methods = default_methods(pair.target.num_stages)
         methods = all_methods if args.methods is None else select_methods(all_methods, args.methods)
@@ -135,13 +141,18 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         if not args.list_methods:
             if args.out is None:
                 raise ValueError("--out is required (the output folder)")
-            check_output_folder(args.out)
+            check_output_folder(args.out, owner=EVALUATE_PROG, inputs=[args.bundle_dir] if args.bundle_dir else [])
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
     if args.list_methods:
         for m in all_methods:
             print(f"{m.name:<16} {m.describe()}")
         return 0
+    with output_lock(args.out, EVALUATE_PROG):  # one run at a time on this folder
+        return _evaluate(args, argv, device, pair, methods, extra)
+
+
+def _evaluate(args, argv: Sequence[str] | None, device: torch.device, pair, methods, extra) -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     classifier = load_bundled_classifier(device=device, folder=args.bundle_dir)
@@ -157,11 +168,11 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         pair_description=pair.description, num_stages=pair.target.num_stages, patch_nums=list(pair.target.patch_nums),
         cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, reference=reference,
         machine=MachineInfo.current(device), results=results,
-        command="python -m sdvar_lib.evaluate " + shlex.join(argv_list), wall_time_s=time.perf_counter() - t0,
+        command=f"{EVALUATE_PROG} " + shlex.join(argv_list), wall_time_s=time.perf_counter() - t0,
     )
     out = Path(args.out)
     table = report.markdown()
-    with atomic_folder(out, "python -m sdvar_lib.evaluate") as tmp:
+    with atomic_folder(out, EVALUATE_PROG, inputs=[args.bundle_dir] if args.bundle_dir else []) as tmp:
         report.save(tmp / "evaluation.json")
         (tmp / "evaluation.md").write_text(table + "\n")
     print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.md'} ({report.wall_time_s:.0f} s)")

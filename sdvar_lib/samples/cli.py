@@ -13,6 +13,7 @@ labels) is what the OpenAI guided-diffusion evaluator and ``python -m sdvar_lib.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sdvar_lib.models.checkpoints import MODEL_CHOICES, load_pair
+from sdvar_lib.models.checkpoints import MODEL_CHOICES, load_pair, pick_device
 from sdvar_lib.models.presets import OFFICIAL_DEPTHS, ModelPair
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.samples.distributed import DistContext, init_distributed
@@ -42,8 +43,12 @@ from sdvar_lib.samples.sampler import (
     run_job,
 )
 from sdvar_lib.sdvar.registry import get_method, method_names
+from sdvar_lib.util.atomic import output_lock
+from sdvar_lib.util.cli import RUNTIME, check_run_device, command
 
-__all__ = ["parse_classes", "build_parser", "main"]
+__all__ = ["PROG", "parse_classes", "build_parser", "main"]
+
+PROG = "python -m sdvar_lib.sample"
 
 
 def parse_classes(text: str) -> tuple[int, ...]:
@@ -65,7 +70,7 @@ def parse_classes(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m sdvar_lib.sample",
+        prog=PROG,
         description="Sample a set of images with any registered decoder (one process, or many under torchrun) into "
                     "DIR/samples.npz (arr_0: uint8 (N, H, W, 3), arr_1: labels) with DIR/stats.json; resumable.",
         epilog=f"Batch b uses g_seed = seed * {SEED_STRIDE} + b and the labels of images b*B .. b*B+B-1, so a given batch "
@@ -161,7 +166,7 @@ def _validate(parser: argparse.ArgumentParser, args) -> None:
         _sampling(args, None)
         SamplePlan(method=args.method, classes=args.class_ids or (0,), per_class=args.per_class,
                    batch_size=args.batch_size, seed=args.seed, label_order=args.label_order)
-        device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = check_run_device(pick_device(args.device))
         engine, dtype = BatchSampler.resolve(args.engine, args.dtype, device)
         known = SampleIdentity(method=args.method, models=_models_label(args), classes=args.class_ids,
                                per_class=args.per_class, batch_size=args.batch_size, seed=args.seed,
@@ -229,6 +234,7 @@ def _summary(stats: dict, out: str) -> list[str]:
     return lines
 
 
+@command(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -252,6 +258,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args, dist: DistContext, argv) -> int:
+    """Rank 0 holds the lock of ``--out`` (beside it) for the whole job, from before the models load."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if dist.is_main:
+            try:
+                stack.enter_context(output_lock(args.out, PROG))
+            except BaseException as exc:  # every rank must hear of it, or the others would wait for rank 0
+                error = exc
+        failed = dist.broadcast(error is not None)
+        if error is not None:
+            raise error
+        if failed:
+            return RUNTIME  # rank 0 says why
+        return _sample(parser, args, dist, argv)
+
+
+def _sample(parser: argparse.ArgumentParser, args, dist: DistContext, argv) -> int:
     say = print if dist.is_main else (lambda *a, **k: None)
     pair = _load(args, dist.device)
     if pair.fallback_reason:
@@ -268,7 +291,7 @@ def _run(parser: argparse.ArgumentParser, args, dist: DistContext, argv) -> int:
                           seed=args.seed, sampling=sampling, label_order=args.label_order)
         job = SampleJob(plan=plan, out=args.out, models=_models_label(args), engine=args.engine, dtype=args.dtype,
                         png=args.png, keep_shards=args.keep_shards,
-                        command="python -m sdvar_lib.sample " + shlex.join(argv_list))
+                        command=f"{PROG} " + shlex.join(argv_list))
         bad = [c for c in classes if c >= pair.target.num_classes]
         if bad:
             raise ValueError(f"--classes: {_few(bad)} do not exist, the pair has {pair.target.num_classes} classes "
@@ -284,7 +307,7 @@ def _run(parser: argparse.ArgumentParser, args, dist: DistContext, argv) -> int:
     try:
         result = run_job(job, pair, dist, on_progress=progress)
     except SampleFolderError as exc:
-        print(f"python -m sdvar_lib.sample: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     if dist.is_main:  # (run_job checked the folder against the full arguments on rank 0 and told every rank)
         if result.state == "complete":

@@ -7,7 +7,7 @@ The shipped models (:data:`BUNDLED_DIR`, inside the package's assets folder) are
 :func:`check_bundle_out` refuses any folder inside the assets folder unless ``replace_bundled`` is given,
 and then only the bundled folder itself. Replacing it keeps the files the training does not write
 (``evaluation.json``, written by ``python -m sdvar_lib.evaluate``) and its permissions, and it gets no
-:data:`~sdvar_lib.util.atomic.OUTPUT_MARKER`, so no other command's output ever replaces it.
+:data:`~sdvar_lib.util.atomic.OUTPUT_MANIFEST`, so no command's output ever replaces it.
 """
 
 from __future__ import annotations
@@ -91,11 +91,12 @@ def check_bundle_out(path: str | os.PathLike, replace_bundled: bool = False, nam
     """``path`` if a bundle may be written there (nothing is created), else ``ValueError``.
 
     Besides :func:`check_shipped`: it must be writable and, unless it is the bundled folder being
-    replaced, new, empty or an earlier run's output (:func:`sdvar_lib.util.atomic.check_output_folder`).
+    replaced, new, empty or an earlier output of this command holding nothing else
+    (:func:`sdvar_lib.util.atomic.check_output_folder`).
     """
     if check_shipped(path, replace_bundled, name, flag):
         return check_writable_dir(path, name)
-    return check_output_folder(path, name)
+    return check_output_folder(path, name, owner=OWNER)
 
 
 def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

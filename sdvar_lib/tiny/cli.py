@@ -1,8 +1,10 @@
 """``python -m sdvar_lib.train_tiny``: retrain the tiny digits pair from a seed and write a bundle.
 
 Every argument is checked before any training: a mistake is one argparse-style line (exit code 2).
-``--out`` is required and written as one set; the package's bundled models are replaced only with
-``--out sdvar_lib/assets/tiny_digits --replace-bundled`` (see :mod:`sdvar_lib.tiny.bundle`).
+``--out`` is required and written as one set, by one run at a time (a lock beside it); it must be
+new, empty or an earlier output of this command holding nothing else, and the package's bundled
+models are replaced only with ``--out sdvar_lib/assets/tiny_digits --replace-bundled`` (see
+:mod:`sdvar_lib.tiny.bundle`). A failure of the disk or the permissions is one line (exit code 1).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from pathlib import Path
 import torch
 
 from sdvar_lib.models.checkpoints import pick_device
-from sdvar_lib.tiny.bundle import check_bundle_out, check_shipped, save_bundle
-from sdvar_lib.tiny.card import rerender_model_card
+from sdvar_lib.tiny.bundle import OWNER, check_bundle_out, check_shipped, save_bundle
+from sdvar_lib.tiny.card import CARD_NAME, rerender_model_card
 from sdvar_lib.tiny.config import TinyTrainConfig, default_config, quick_config
 from sdvar_lib.tiny.train import train_all
+from sdvar_lib.util.atomic import output_lock, record_output_files
 from sdvar_lib.util.checks import check_int, check_seed
+from sdvar_lib.util.cli import check_run_device, command
 
 __all__ = ["build_parser", "check_args", "config_from_args", "main"]
 
@@ -67,7 +71,7 @@ def check_args(args: argparse.Namespace) -> None:
         if value is not None:
             check_int(value, flag, 1)
     try:
-        pick_device(args.device)
+        check_run_device(pick_device(args.device), "device")
     except ValueError as exc:
         raise ValueError(f"--device: {exc}") from None
     if args.replace_bundled and args.no_eval:
@@ -88,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> TinyTrainConfig:
     return cfg
 
 
+@command(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -96,14 +101,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    if args.render_card:
-        path = rerender_model_card(args.out)
-        print(f"[train_tiny] re-rendered {path}")
-        return 0
+    with output_lock(args.out, OWNER):  # one run at a time on this folder
+        if args.render_card:
+            path = rerender_model_card(args.out)
+            record_output_files(args.out, [CARD_NAME], OWNER)  # the card is still this command's own file
+            print(f"[train_tiny] re-rendered {path}")
+            return 0
+        return _train(args, argv)
+
+
+def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     config = config_from_args(args)
-    command = f"{PROG} " + " ".join(sys.argv[1:] if argv is None else list(argv))
+    command_line = f"{PROG} " + " ".join(sys.argv[1:] if argv is None else list(argv))
 
     def announce(name: str) -> None:
         print(f"[train_tiny] {name} ...", flush=True)
@@ -117,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.quick:
         description += " [--quick smoke run, not for use]"
-    report.command = command
+    report.command = command_line
     save_bundle(args.out, models, config, description, None if args.no_eval else report, args.replace_bundled)
     machine = report.machine
     print(f"[train_tiny] training took {report.train_seconds:.0f} s on {machine.device} ({machine.torch_threads} threads)")

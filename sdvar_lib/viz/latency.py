@@ -114,6 +114,8 @@ def plot_latency_vs_batch(points: Sequence[LatencyPoint], out: str | Path, serie
     fig.tight_layout()
     out = Path(out)
     fmt = out.suffix[1:].lower() or "png"
-    atomic_write_with(out, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt))
-    plt.close(fig)
+    try:
+        atomic_write_with(out, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt))
+    finally:  # also when the write fails (disk full): pyplot keeps no figure
+        plt.close(fig)
     return out
