@@ -249,7 +249,8 @@ PLANTS: list[Plant] = [
       "            tmp.unlink()\n        if isinstance(exc, OSError):", "            pass\n        if isinstance(exc, OSError):",
       "tests/test_atomic.py", "an interrupted write leaves its temporary beside the file"),
     P("atomic-replaces-user-folder", "sdvar_lib/util/atomic.py",
-      "    if foreign:\n        return (f\"{shown} holds files its run did not write", "    if False:\n        return (f\"{shown} holds files its run did not write",
+      "    if foreign:\n        return (f\"{shown} holds files its run did not write",
+      "    if False:\n        return (f\"{shown} holds files its run did not write",
       "tests/test_atomic.py", "a folder of user files is replaced"),
     # ---- the harness (test_framework/) --------------------------------------------------------------------------
     P("harness-float32-cache-10x", "test_framework/tolerances.py",

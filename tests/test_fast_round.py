@@ -80,7 +80,7 @@ GAMMAS = [1, 2, 3, (0, 2), (1, 0, 0, 3), "adaptive"]
 
 def _record(out, factory: FastRunFactory) -> dict:
     stats = out.stats.to_dict()
-    stats.pop("wall_time_s")
+    stats.pop("wall_time_s"), stats.pop("one_off_s")  # times, not results
     passes = [[(p.position, p.length) for p in run.pass_log] for run in factory.call_runs()]
     return dict(tokens=[t.tolist() for t in out.tokens_per_stage], stats=stats, passes=passes)
 

@@ -189,7 +189,7 @@ def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace, a: _Args, argv
     print(f"models: {pair.description}")
     print(setup)
 
-    show_progress(sys.stderr)  # one-off preparation (kernel compiles, graph captures) is said as it happens
+    show_progress(err=True)  # one-off preparation (kernel compiles, graph captures) is said as it happens
     fast = uses_fast_path(sd)
     if fast:
         print(f"preparing the fast path for {len(a.methods)} methods at batch 1 and {len(labels)}: compiling kernels and "

@@ -21,32 +21,36 @@ progress_log = logging.getLogger(PROGRESS_LOGGER)
 
 
 class _ProgressHandler(logging.Handler):
-    """Writes each message to ``stream``, or to the ``sys.stdout`` of the moment (Jupyter replaces it per cell)."""
+    """Writes each message to ``stream``, or to the ``sys.stdout`` (``sys.stderr`` with ``err``) of the moment:
+    Jupyter replaces them per cell, and a command's streams may be swapped while it runs."""
 
-    def __init__(self, stream: TextIO | None) -> None:
+    def __init__(self, stream: TextIO | None, err: bool = False) -> None:
         super().__init__()
-        self._stream = stream
+        self._stream, self._err = stream, err
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            stream = self._stream if self._stream is not None else sys.stdout
+            stream = self._stream if self._stream is not None else (sys.stderr if self._err else sys.stdout)
             stream.write(self.format(record) + "\n")
             stream.flush()
         except Exception:  # a broken stream must not break the computation that logged
             self.handleError(record)
 
 
-def show_progress(stream: TextIO | None = None) -> logging.Handler:
+def show_progress(stream: TextIO | None = None, err: bool = False) -> logging.Handler:
     """Print the ``sdvar_lib.progress`` messages (one-off preparation and how long it took) to ``stream``.
 
-    ``stream`` defaults to ``sys.stdout`` at the time of each message (so a notebook cell shows them in
-    its output). Calling it again replaces the earlier handler instead of printing twice.
+    ``stream`` defaults to ``sys.stdout`` (``sys.stderr`` with ``err=True``, what a command uses) at the
+    time of each message, so a notebook cell shows them in its output. Calling it again replaces the
+    earlier handler instead of printing twice.
     """
     if stream is not None and not callable(getattr(stream, "write", None)):
         raise TypeError(f"stream must be a text stream with a write method or None, got {type(stream).__name__}")
+    if not isinstance(err, bool):
+        raise TypeError(f"err must be True or False, got {err!r}")
     for old in [h for h in progress_log.handlers if isinstance(h, _ProgressHandler)]:
         progress_log.removeHandler(old)
-    handler = _ProgressHandler(stream)
+    handler = _ProgressHandler(stream, err)
     handler.setFormatter(logging.Formatter("%(message)s"))
     progress_log.addHandler(handler)
     progress_log.setLevel(logging.INFO)
