@@ -17,7 +17,6 @@ The pass tables also give every batch of the benchmark its draft/target single-s
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -391,10 +390,10 @@ def calibrate_scenario(ctx: PairContext, B: int, scenario: Scenario, config: Ben
 
 
 def declining(rule: AdaptiveGamma, num_stages: int) -> AdaptiveGamma:
-    """``rule`` made to decline every stage (no acceptance expected, a round priced at infinity): a call with it is the
-    target-alone call, the target's own stage program (:func:`~sdvar_lib.sdvar.gamma.plan_never_drafts`)."""
-    costs = replace(rule.costs, round_overhead=math.inf) if isinstance(rule.costs, TableCost) else rule.costs
-    never = replace(rule, prior_acceptance=0.0, costs=costs)
+    """``rule`` made to decline every stage (no acceptance expected: a draft pass can then only cost, since costs are
+    never negative): a call with it is the target-alone call, the target's own stage program
+    (:func:`~sdvar_lib.sdvar.gamma.plan_never_drafts`)."""
+    never = replace(rule, prior_acceptance=0.0)
     if not plan_never_drafts(never, num_stages):
         raise RuntimeError("a rule expecting no acceptance still drafts; its cost model prices drafting below zero")
     return never
