@@ -270,7 +270,7 @@ ROWS = [
     Row("evaluate", "method", evaluate("--methods", "nope"), 2, ("unknown method", "nope")),
     Row("evaluate", "method", evaluate("--methods", ""), 2, ("--methods", "comma-separated")),
     Row("evaluate", "method", evaluate("--extra-batch-size", "2", "--extra-methods", "exact_g9"), 2, ("exact_g9",)),
-    # python -m sdvar_lib.fid (its --out/--plot overwrite rules: the sets helper's rows)
+    # python -m sdvar_lib.fid
     Row("fid", "number", fid("--batch-size", "0"), 2, ("--batch-size", ">= 1")),
     Row("fid", "type", fid("--batch-size", "x"), 2, ("--batch-size", "invalid int")),
     Row("fid", "path-in", ("--samples", "missing.npz", "--reference", "set.npz"), 2, ("missing.npz", "does not exist")),
@@ -279,9 +279,20 @@ ROWS = [
     Row("fid", "path-in", ("--samples", "set.npz", "--reference", "user"), 2, ("user", "does not exist")),
     Row("fid", "path-in", fid("--extractor-weights", "none.pth"), 2, ("--extractor-weights", "does not exist")),
     Row("fid", "path-out", fid("--out", "afile/x.json"), 2, ("--out", "afile", "not a folder")),
+    Row("fid", "path-out", fid("--out", "afile"), 2, ("--out", "'afile'", "already exists", "--replace")),
+    Row("fid", "path-out", fid("--plot", "latency.png"), 2, ("--plot", "'latency.png'", "already exists", "--replace")),
+    Row("fid", "path-out", fid("--out", "set.npz", "--replace"), 2, ("--out", "'set.npz'", "an input of this command")),
+    Row("fid", "path-out", fid("--plot", "./user/../set.npz", "--replace"), 2, ("--plot", "an input of this command")),
+    Row("fid", "path-out", fid("--extractor-weights", "afile", "--out", "afile", "--replace"), 2,
+        ("--out", "'afile'", "an input of this command")),
+    Row("fid", "path-out", fid("--out", "x.json", "--plot", "./user/../x.json"), 2, ("--out and --plot", "same file")),
+    Row("fid", "path-out", fid("--out", "user"), 2, ("--out", "'user'", "is a folder")),
+    Row("fid", "path-out", fid("--plot", "."), 2, ("--plot", "is a folder")),
     Row("fid", "choice", fid("--metrics", "is"), 2, ("--metrics", "must include fid")),
     Row("fid", "choice", fid("--extractor", "nope"), 2, ("--extractor", "invalid choice")),
     Row("fid", "device", fid("--device", "tpu"), 2, ("device 'tpu'", "cpu")),
+    Row("fid", "device", fid("--device", "meta"), 2, ("--device", "meta")),
+    *([Row("fid", "device", fid(*NO_CUDA_DEVICE), 2, ("device 'cuda'", "CUDA is not available"))] if not CUDA else []),
     # python -m sdvar_lib.train_tiny
     Row("train_tiny", "number", tiny("--max-steps", "0"), 2, ("--max-steps", ">= 1")),
     Row("train_tiny", "number", tiny("--vae-epochs", "0"), 2, ("--vae-epochs", ">= 1")),
@@ -360,7 +371,7 @@ def test_every_command_has_rows_for_every_class_of_its_arguments():
 WORK = [  # the first piece of real work of each command: none may start before every argument is checked
     "sdvar_lib.demo.cli.prepare_methods", "sdvar_lib.demo.cli.run_methods",
     "sdvar_lib.samples.cli.run_job",
-    "sdvar_lib.eval.cli.evaluate_methods", "sdvar_lib.eval.cli.score_samples",
+    "sdvar_lib.eval.cli.evaluate_methods", "sdvar_lib.eval.cli.load_extractor", "sdvar_lib.eval.cli.score_samples",
     "sdvar_lib.tiny.cli.train_all", "sdvar_lib.tiny.cli.rerender_model_card",
     "sdvar_lib.bench.cli.run_bench", "sdvar_lib.bench.cli.plot_latency_vs_batch",
 ]
@@ -425,6 +436,7 @@ OS_CASES = {  # command -> (argv, what the line must name, files the command may
     "main": (("--out", "demo_out", "--methods", "target", "--labels", "1"), "demo_out"),
     "evaluate": (("--out", "eval_out", "--samples", "2", "--seeds", "0", "--methods", "target"), "eval_out"),
     "sample": (sample("--out", "set1"), "set1"),
+    "fid": (fid("--metrics", "fid", "--allow-few", "--out", "r.json"), "r.json"),
     "train_tiny": (("--render-card", "--out", "card"), "card"),
     "bench_plot": (("bench.json", "--out", "latency.png", "--replace"), "latency.png"),
 }
@@ -464,6 +476,7 @@ TWO_RUNS = {  # command -> (argv, output, the first piece of work, which must no
     "main": (demo("--out", "demo_out"), "demo_out", "sdvar_lib.demo.cli.load_pair"),
     "evaluate": (evaluate("--out", "eval_out"), "eval_out", "sdvar_lib.eval.cli.load_bundled_classifier"),
     "sample": (sample("--out", "set1"), "set1", "sdvar_lib.samples.cli.load_pair"),
+    "fid": (fid("--allow-few", "--out", "r.json", "--plot", "r.png"), "r.png", "sdvar_lib.eval.cli.load_extractor"),
     "train_tiny": (tiny("--out", "tiny_out"), "tiny_out", "sdvar_lib.tiny.cli.train_all"),
     "bench_plot": (("bench.json", "--out", "plot.png"), "plot.png", "sdvar_lib.bench.cli.plot_latency_vs_batch"),
 }

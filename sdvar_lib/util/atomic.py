@@ -10,8 +10,9 @@ Every command writes through these helpers, and they keep four promises:
   file the run wrote with its size and SHA-256 (and the command that wrote it);
   :func:`check_output_folder` refuses a folder with any file the manifest does not list, a listed
   file that changed since, or a manifest of another command. A file output
-  (:func:`check_new_output`) never replaces an input of the same command, nor any existing file
-  unless the user asked for it (a ``--replace`` flag).
+  (:func:`check_new_output`; :func:`check_new_outputs` for a command's several, never two the same
+  file) never replaces an input of the same command, nor any existing file unless the user asked
+  for it (a ``--replace`` flag).
 - **One run at a time.** :func:`output_lock` takes a lock file next to the output,
   ``.<name>.lock``, held with ``flock`` and recording the process; a second run on the same output
   is refused with :class:`OutputBusyError`, and a lock left by a process that died is taken over
@@ -41,7 +42,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 try:  # POSIX; elsewhere the lock falls back to an O_EXCL file with the pid recorded
@@ -63,6 +64,7 @@ __all__ = [
     "check_writable_dir",
     "check_output_folder",
     "check_new_output",
+    "check_new_outputs",
     "output_lock",
     "clean_leftovers",
     "record_output_files",
@@ -253,12 +255,33 @@ def check_new_output(
     check_writable_dir(path.parent, f"{name} {str(path)!r}: its folder")
     for source in inputs:
         if _same_file(path, Path(source)):
-            raise OutputRefusedError(f"{name} {str(path)!r} is the same file as the input {str(source)!r}, which it would "
-                                     "replace; write the output to another file")
+            raise OutputRefusedError(f"{name} {str(path)!r} is an input of this command (the same file as the input "
+                                     f"{str(source)!r}), which it would replace; write the output to another file")
     if (path.exists() or path.is_symlink()) and not replace:
         raise OutputRefusedError(f"{name} {str(path)!r} already exists; pass {replace_flag} to overwrite it, or choose "
                                  "another name")
     return path
+
+
+def check_new_outputs(
+    outputs: Mapping[str, str | os.PathLike | None],
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+    replace: bool = False,
+    replace_flag: str = "--replace",
+) -> dict[str, Path]:
+    """The file outputs of one command (``{argument name: path}``, ``None`` where not asked for), each checked by
+    :func:`check_new_output`, and no two of them the same file; else :class:`OutputRefusedError`. Creates nothing."""
+    inputs = list(inputs)
+    checked = {name: check_new_output(path, name, inputs=inputs, replace=replace, replace_flag=replace_flag)
+               for name, path in outputs.items() if path is not None}
+    names = list(checked)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if _same_file(checked[first], checked[second]):
+                raise OutputRefusedError(f"{first} and {second} name the same file {str(checked[first])!r}; give each "
+                                         "its own file")
+    return checked
 
 
 # ---- folders: the manifest ----------------------------------------------------------------------
