@@ -52,7 +52,8 @@ COMMANDS: dict[str, tuple[Callable[..., int], str]] = {
     "bench": (bench_main, "python -m sdvar_lib.bench"),
     "bench_plot": (plot_main, "python -m sdvar_lib.bench_plot"),
 }
-OWNERS = {"demo": "python -m sdvar_lib", "eval": "python -m sdvar_lib.evaluate", "tiny": "python -m sdvar_lib.train_tiny"}
+OWNERS = {"demo": "python -m sdvar_lib", "eval": "python -m sdvar_lib.evaluate", "tiny": "python -m sdvar_lib.train_tiny",
+          "bench": "python -m sdvar_lib.bench"}
 
 
 # ---- the workspace ------------------------------------------------------------------------------
@@ -78,6 +79,9 @@ def build_workspace(ws: Path) -> Path:
     (ws / "eval_notes" / "analysis" / "nb.ipynb").write_text("{}")
     _owned(ws / "tiny_notes", OWNERS["tiny"], **{"config.json": "{}"})
     (ws / "tiny_notes" / "notes.txt").write_text("written since")
+    _owned(ws / "bench_out", OWNERS["bench"], **{"bench.json": "{}", "bench.md": "run 1"})
+    _owned(ws / "bench_notes", OWNERS["bench"], **{"bench.json": "{}", "bench.md": "run 1"})
+    (ws / "bench_notes" / "latency.png").write_bytes(b"a plot of run 1")
     (ws / "legacy").mkdir()
     (ws / "legacy" / ".sdvar-output").write_text("written by python -m sdvar_lib\n")
     (ws / "legacy" / "comparison.png").write_text("an old figure")
@@ -314,7 +318,7 @@ ROWS = [
     Row("train_tiny", "model", tiny("--replace-bundled"), 2, ("--replace-bundled",)),
     Row("train_tiny", "device", tiny("--device", "meta"), 2, ("--device", "meta")),
     Row("train_tiny", "device", tiny("--device", "bogus"), 2, ("--device", "bogus")),
-    # python -m sdvar_lib.bench (argument checks come before the CUDA check)
+    # python -m sdvar_lib.bench (argument and --out checks come before the CUDA check)
     Row("bench", "number", bench("--batches", "0"), 2, ("batches", ">= 1")),
     Row("bench", "number", bench("--repeats", "0"), 2, ("repeats", ">= 1")),
     Row("bench", "number", bench("--cfg", "nan"), 2, ("cfg", "finite")),
@@ -324,6 +328,11 @@ ROWS = [
     Row("bench", "method", bench("--methods", "nope"), 2, ("unknown method 'nope'",)),
     Row("bench", "path-out", bench("--out", "afile"), 2, ("--out", "afile", "not a folder")),
     Row("bench", "path-out", bench("--out", "afile/sub"), 2, ("--out", "afile", "cannot be written")),
+    Row("bench", "path-out", bench("--out", "."), 2, ("--out", "current folder")),
+    Row("bench", "path-out", bench("--out", "user"), 2, ("--out", "no workbench run wrote", "notes.txt")),
+    Row("bench", "path-out", bench("--out", "bench_notes"), 2, ("--out", "did not write", "latency.png")),
+    Row("bench", "path-out", bench("--out", "demo_out"), 2, ("--out", "output of python -m sdvar_lib,")),
+    Row("bench", "path-out", bench("--out", "legacy"), 2, ("--out", "older version")),
     *([Row("bench", "device", bench(), 2, ("CUDA GPU",))] if not CUDA else []),
     # python -m sdvar_lib.bench_plot
     Row("bench_plot", "path-in", ("missing.json",), 2, ("report", "missing.json", "no such file")),
@@ -432,12 +441,43 @@ def _render_card_folder(ws: Path) -> Path:
     return folder
 
 
+# ---- the benchmark on a CPU: CUDA pretended, run_bench replaced (the writes of its --out folder are real) ----------
+BENCH_ARGV = ("--pairs", "16:30", "--batches", "1", "--methods", "target")
+
+
+def _pretend_cuda(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def _fake_bench(monkeypatch, between_rows: Callable[[], None] | None = None) -> None:
+    """CUDA pretended; ``run_bench`` reports its (empty) report after each of two rows, ``between_rows`` in between."""
+    from sdvar_lib.bench.bounds import Ceilings
+    from sdvar_lib.bench.report import BenchReport
+    from sdvar_lib.util.machine import MachineInfo
+
+    machine = MachineInfo(device="cuda", cpu="GPU", torch_threads=1, torch_version="2", python_version="3",
+                          platform="linux", cuda_version="12", driver="1")
+
+    def run_bench(config, command, on_progress=None):
+        report = BenchReport(machine=machine, command=command, ceilings=Ceilings(3e12, 7e14), decode=[], rows=[],
+                             config=config)
+        on_progress(report)
+        if between_rows is not None:
+            between_rows()
+        on_progress(report)
+        return report
+
+    _pretend_cuda(monkeypatch)
+    monkeypatch.setattr("sdvar_lib.bench.cli.run_bench", run_bench)
+
+
 OS_CASES = {  # command -> (argv, what the line must name, files the command may add to the workspace)
     "main": (("--out", "demo_out", "--methods", "target", "--labels", "1"), "demo_out"),
     "evaluate": (("--out", "eval_out", "--samples", "2", "--seeds", "0", "--methods", "target"), "eval_out"),
     "sample": (sample("--out", "set1"), "set1"),
     "fid": (fid("--metrics", "fid", "--allow-few", "--out", "r.json"), "r.json"),
     "train_tiny": (("--render-card", "--out", "card"), "card"),
+    "bench": ((*BENCH_ARGV, "--out", "bench_out"), "bench_out"),
     "bench_plot": (("bench.json", "--out", "latency.png", "--replace"), "latency.png"),
 }
 FAILURES = {"disk-full": (_write_fails, errno.ENOSPC, "no space left on the device"),
@@ -451,6 +491,8 @@ def test_an_os_failure_is_one_line_with_exit_code_1_and_keeps_every_earlier_file
     argv, where = OS_CASES[command]
     if command == "train_tiny":
         _render_card_folder(ws)
+    if command == "bench":
+        _fake_bench(monkeypatch)
     make, code, words = FAILURES[failure]
     before = snapshot(ws)
     for owner, name, fn in make(code):
@@ -478,6 +520,7 @@ TWO_RUNS = {  # command -> (argv, output, the first piece of work, which must no
     "sample": (sample("--out", "set1"), "set1", "sdvar_lib.samples.cli.load_pair"),
     "fid": (fid("--allow-few", "--out", "r.json", "--plot", "r.png"), "r.png", "sdvar_lib.eval.cli.load_extractor"),
     "train_tiny": (tiny("--out", "tiny_out"), "tiny_out", "sdvar_lib.tiny.cli.train_all"),
+    "bench": (bench("--out", "bench_out"), "bench_out", "sdvar_lib.bench.cli.run_bench"),
     "bench_plot": (("bench.json", "--out", "plot.png"), "plot.png", "sdvar_lib.bench.cli.plot_latency_vs_batch"),
 }
 
@@ -485,6 +528,8 @@ TWO_RUNS = {  # command -> (argv, output, the first piece of work, which must no
 @pytest.mark.parametrize("command", TWO_RUNS, ids=TWO_RUNS)
 def test_a_second_run_on_an_output_in_use_is_refused_before_any_work(command, ws, capsys, monkeypatch):
     argv, out, work = TWO_RUNS[command]
+    if command == "bench":
+        _pretend_cuda(monkeypatch)
 
     def no_work(*args, **kwargs):
         raise AssertionError(f"{work} started although another run holds {out}")
@@ -508,6 +553,36 @@ def test_a_second_run_on_an_output_in_use_is_refused_before_any_work(command, ws
     finally:
         release.set()
         thread.join()
+
+
+def test_the_bench_writes_a_folder_it_owns_and_stops_at_files_it_did_not_write(ws, capsys, monkeypatch):
+    from sdvar_lib.util.atomic import OUTPUT_MANIFEST, check_output_folder
+
+    _fake_bench(monkeypatch)
+    for out in ("bench_out", "runs/one"):  # an earlier output of the bench (replaced), a new folder
+        assert bench_main([*BENCH_ARGV, "--out", out]) == 0
+        manifest = json.loads((ws / out / OUTPUT_MANIFEST).read_text())
+        assert manifest["owner"] == OWNERS["bench"] and set(manifest["files"]) == {"bench.json", "bench.md"}
+        assert json.loads((ws / out / "bench.json").read_text())["command"].endswith(f"--out {out}")
+        assert check_output_folder(ws / out, owner=OWNERS["bench"]) == ws / out  # the next run may replace it
+    before = snapshot(ws)
+    # a plot of the partial report put into the folder while the bench runs: the next row's write refuses, it stays
+    _fake_bench(monkeypatch, between_rows=lambda: (ws / "bench_out" / "latency.png").write_bytes(b"a plot"))
+    code, line = run("bench", [*BENCH_ARGV, "--out", "bench_out"], capsys)
+    assert code == 2 and "'bench_out'" in line and "did not write: latency.png" in line, line
+    after = snapshot(ws)
+    assert after.pop("bench_out/latency.png") == ("file", b"a plot") and after == before  # no temporary, no lock left
+
+
+def test_the_bench_profiles_join_its_report(ws, capsys, monkeypatch):
+    from sdvar_lib.util.atomic import OUTPUT_MANIFEST
+
+    _fake_bench(monkeypatch)
+    monkeypatch.setattr("sdvar_lib.bench.cli.profile_decodes", lambda batches, device: [])
+    assert bench_main([*BENCH_ARGV, "--profile-decode", "--out", "bench_out"]) == 0
+    names = {"bench.json", "bench.md", "profile.md", "profile.json"}
+    assert set(json.loads((ws / "bench_out" / OUTPUT_MANIFEST).read_text())["files"]) == names
+    assert {p.name for p in (ws / "bench_out").iterdir()} == names | {OUTPUT_MANIFEST}
 
 
 # ---- real processes: the shims, and no traceback on stderr ----------------------------------------
