@@ -180,9 +180,10 @@ NO_CUDA_DEVICE = ("--device", "cuda")
 
 ROWS = [
     # python -m sdvar_lib
-    Row("main", "number", demo("--cfg", "nan"), 2, ("cfg", "finite")),
-    Row("main", "number", demo("--cfg", "inf"), 2, ("cfg", "finite")),
-    Row("main", "number", demo("--cfg", "-1"), 2, ("cfg", ">= 0")),
+    Row("main", "number", demo("--cfg", "nan"), 2, ("--cfg", "finite")),
+    Row("main", "number", demo("--cfg", "inf"), 2, ("--cfg", "finite")),
+    Row("main", "number", demo("--cfg", "-1"), 2, ("--cfg", ">= 0")),
+    Row("main", "number", demo("--cfg", "1e300"), 2, ("--cfg", "at most 1e+06", "1e+300")),
     Row("main", "number", demo("--top-p", "1.5"), 2, ("top_p", "[0, 1]")),
     Row("main", "number", demo("--top-p", "nan"), 2, ("top_p",)),
     Row("main", "number", demo("--top-k", "-1"), 2, ("top_k",)),
@@ -217,8 +218,9 @@ ROWS = [
     # python -m sdvar_lib.sample
     Row("sample", "number", sample("--per-class", "0"), 2, ("--per-class", ">= 1")),
     Row("sample", "number", sample("--batch-size", "0"), 2, ("--batch-size", ">= 1")),
-    Row("sample", "number", sample("--cfg", "nan"), 2, ("cfg", "finite")),
-    Row("sample", "number", sample("--cfg", "inf"), 2, ("cfg", "finite")),
+    Row("sample", "number", sample("--cfg", "nan"), 2, ("--cfg", "finite")),
+    Row("sample", "number", sample("--cfg", "inf"), 2, ("--cfg", "finite")),
+    Row("sample", "number", sample("--cfg", "1e300"), 2, ("--cfg", "at most 1e+06", "1e+300")),
     Row("sample", "number", sample("--top-p", "1.5"), 2, ("top_p", "[0, 1]")),
     Row("sample", "number", sample("--top-k", "-1"), 2, ("--top-k", ">= 0")),
     Row("sample", "number", sample("--top-k", "900"), 2, ("--top-k", "[0, 256]")),
@@ -250,8 +252,9 @@ ROWS = [
     Row("evaluate", "number", evaluate("--seeds", "-1"), 2, ("--seeds",)),
     Row("evaluate", "number", evaluate("--batch-size", "0"), 2, ("--batch-size", ">= 1")),
     Row("evaluate", "number", evaluate("--threads", "0"), 2, ("--threads", ">= 1")),
-    Row("evaluate", "number", evaluate("--cfg", "nan"), 2, ("cfg", "finite")),
-    Row("evaluate", "number", evaluate("--cfg", "inf"), 2, ("cfg", "finite")),
+    Row("evaluate", "number", evaluate("--cfg", "nan"), 2, ("--cfg", "finite")),
+    Row("evaluate", "number", evaluate("--cfg", "inf"), 2, ("--cfg", "finite")),
+    Row("evaluate", "number", evaluate("--cfg", "1e300"), 2, ("--cfg", "at most 1e+06", "1e+300")),
     Row("evaluate", "number", evaluate("--top-p", "2"), 2, ("top_p", "[0, 1]")),
     Row("evaluate", "number", evaluate("--extra-batch-size", "-1"), 2, ("--extra-batch-size", ">= 0")),
     Row("evaluate", "type", evaluate("--samples", "x"), 2, ("--samples", "invalid int")),
@@ -321,7 +324,8 @@ ROWS = [
     # python -m sdvar_lib.bench (argument and --out checks come before the CUDA check)
     Row("bench", "number", bench("--batches", "0"), 2, ("batches", ">= 1")),
     Row("bench", "number", bench("--repeats", "0"), 2, ("repeats", ">= 1")),
-    Row("bench", "number", bench("--cfg", "nan"), 2, ("cfg", "finite")),
+    Row("bench", "number", bench("--cfg", "nan"), 2, ("--cfg", "finite")),
+    Row("bench", "number", bench("--cfg", "1e300"), 2, ("--cfg", "at most 1e+06", "1e+300")),
     Row("bench", "type", bench("--batches", "x"), 2, ("--batches", "comma-separated ints")),
     Row("bench", "type", bench("--pairs", "16-30"), 2, ("--pairs", "draft:target")),
     Row("bench", "model", bench("--pairs", "16:31"), 2, ("target depth", "16, 20, 24, 30")),

@@ -36,6 +36,7 @@ from sdvar_lib.bench.methods import BENCH_ONLY_ROWS, DEFAULT_METHODS
 from sdvar_lib.bench.profile import profile_decodes, profile_targets, write_profiles
 from sdvar_lib.bench.report import BenchReport, format_list, write_report
 from sdvar_lib.bench.scenarios import SCENARIOS
+from sdvar_lib.models.sampling import check_cfg
 from sdvar_lib.util.atomic import atomic_folder, check_new_output, check_output_folder, output_lock
 from sdvar_lib.util.cli import command, describe_os_error
 from sdvar_lib.viz.latency import canonical_method_name, load_points, plot_latency_vs_batch
@@ -161,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_cfg(args.cfg, "--cfg")
         config = config_from_args(args)
         out = check_output_folder(config.out, "--out", owner=PROG)
     except (TypeError, ValueError) as exc:

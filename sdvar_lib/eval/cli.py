@@ -57,7 +57,7 @@ from sdvar_lib.eval.fid import (
 )
 from sdvar_lib.eval.metrics import load_bundled_classifier
 from sdvar_lib.models.checkpoints import CheckpointError, load_bundled, pick_device
-from sdvar_lib.models.sampling import SamplingConfig
+from sdvar_lib.models.sampling import SamplingConfig, check_cfg
 from sdvar_lib.samples.npz import npz_keys
 from sdvar_lib.util.atomic import (
     atomic_folder,
@@ -132,6 +132,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         check_int(args.extra_batch_size, "--extra-batch-size", 0)
         if args.extra_samples is not None:
             check_int(args.extra_samples, "--extra-samples", 2)
+        check_cfg(args.cfg, "--cfg")
         SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
         device = check_run_device(pick_device(args.device))
         pair = load_bundled(device=device, folder=args.bundle_dir)
