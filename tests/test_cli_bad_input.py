@@ -245,7 +245,8 @@ ROWS = [
     Row("sample", "method", sample("--method", "nope"), 2, ("--method", "unknown method 'nope'")),
     Row("sample", "method", sample("--method", "code_e8"), 2, ("entry_num 8", "7 stages")),
     Row("sample", "method", ("--out", "new"), 2, ("required", "--method")),
-    Row("sample", "choice", sample("--engine", "eager", "--dtype", "bfloat16"), 2, ("dtype bfloat16", "--engine fast")),
+    Row("sample", "choice", sample("--engine", "eager", "--dtype", "bfloat16"), 2, ("--dtype bfloat16", "--engine fast")),
+    *([Row("sample", "choice", sample("--dtype", "float16"), 2, ("--dtype float16", "--engine fast"))] if not CUDA else []),
     Row("sample", "choice", sample("--label-order", "random"), 2, ("--label-order", "invalid choice")),
     # python -m sdvar_lib.evaluate
     Row("evaluate", "number", evaluate("--samples", "1"), 2, ("--samples", ">= 2")),

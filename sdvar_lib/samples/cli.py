@@ -168,7 +168,7 @@ def _validate(parser: argparse.ArgumentParser, args) -> None:
         SamplePlan(method=args.method, classes=args.class_ids or (0,), per_class=args.per_class,
                    batch_size=args.batch_size, seed=args.seed, label_order=args.label_order)
         device = check_run_device(pick_device(args.device))
-        engine, dtype = BatchSampler.resolve(args.engine, args.dtype, device)
+        engine, dtype = BatchSampler.resolve(args.engine, args.dtype, device, names=("--engine", "--dtype"))
         known = SampleIdentity(method=args.method, models=_models_label(args), classes=args.class_ids,
                                per_class=args.per_class, batch_size=args.batch_size, seed=args.seed,
                                label_order=args.label_order, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
