@@ -25,6 +25,7 @@ from sdvar_lib import SDVAR, Method, ModelPair, SamplingConfig, get_method, load
 from sdvar_lib.compat import SDVAR as ForkSDVAR
 from sdvar_lib.models import CFG_LIMIT, VAR, VQVAE, build_tiny
 from sdvar_lib.models.presets import TINY_CONFIG
+from sdvar_lib.samples.sampler import BatchSampler
 from sdvar_lib.sdvar import (
     AcceptancePolicy,
     AcceptanceResult,
@@ -54,7 +55,6 @@ from sdvar_lib.sdvar import (
 from sdvar_lib.sdvar.gamma import CostModel
 from sdvar_lib.sdvar.handoff import decode_handoff
 from sdvar_lib.sdvar.registry import stage_chunks
-from sdvar_lib.samples.sampler import BatchSampler
 from sdvar_lib.viz import run_and_describe, run_comparison
 from test_framework import SDVARParallelV1Tester, greedy_agreement
 
