@@ -22,7 +22,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,8 @@ from sdvar_lib.eval.cli import evaluate_main, fid_main
 from sdvar_lib.models.checkpoints import BUNDLED_DIR
 from sdvar_lib.samples.cli import main as sample_main
 from sdvar_lib.tiny.cli import main as tiny_main
-from sdvar_lib.util.atomic import atomic_folder, output_lock
+from sdvar_lib.util.atomic import atomic_folder
+from tests.test_atomic import held_by_another_thread
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
@@ -540,24 +540,11 @@ def test_a_second_run_on_an_output_in_use_is_refused_before_any_work(command, ws
         raise AssertionError(f"{work} started although another run holds {out}")
 
     monkeypatch.setattr(work, no_work)
-    held, release = threading.Event(), threading.Event()
-
-    def first_run():
-        with output_lock(ws / out, "the first run"):
-            held.set()
-            release.wait(60)
-
-    thread = threading.Thread(target=first_run)
-    thread.start()
-    try:
-        assert held.wait(30)
+    with held_by_another_thread(ws / out, "the first run"):
         before = snapshot(ws)
         code, line = run(command, list(argv), capsys)
         assert code == 1 and out in line and "being written by another run" in line and "the first run" in line, line
         assert snapshot(ws) == before
-    finally:
-        release.set()
-        thread.join()
 
 
 def test_the_bench_writes_a_folder_it_owns_and_stops_at_files_it_did_not_write(ws, capsys, monkeypatch):

@@ -69,6 +69,7 @@ __all__ = [
     "clean_leftovers",
     "record_output_files",
     "named_os_error",
+    "file_size_and_sha256",
 ]
 
 OUTPUT_MANIFEST = ".sdvar-output.json"
@@ -285,12 +286,26 @@ def check_new_outputs(
 
 
 # ---- folders: the manifest ----------------------------------------------------------------------
-def _sha256(path: Path) -> str:
+def file_size_and_sha256(path: str | os.PathLike, chunk: int = 1 << 24) -> tuple[int, str]:
+    """``(bytes, SHA-256 hex digest)`` of the file at ``path``, read once in chunks (16 MiB: a file may be larger than
+    memory). The manifests of output folders and of sample sets record both."""
     h = hashlib.sha256()
+    size = 0
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    return file_size_and_sha256(path)[1]
+
+
+def _file_entry(path: Path) -> dict:
+    """A file as a manifest lists it."""
+    size, sha256 = file_size_and_sha256(path)
+    return dict(size=size, sha256=sha256)
 
 
 def _walk(folder: Path) -> tuple[dict[str, Path], set[str], list[str]]:
@@ -323,7 +338,7 @@ def _write_manifest(folder: Path, owner: str) -> None:
     if other:
         raise ValueError(f"an output folder may hold only files and folders, {folder} holds {_few(other)}")
     manifest = dict(format=MANIFEST_FORMAT, owner=owner, written=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    files={rel: dict(size=p.stat().st_size, sha256=_sha256(p)) for rel, p in sorted(files.items())},
+                    files={rel: _file_entry(p) for rel, p in sorted(files.items())},
                     dirs=sorted(dirs))
     (folder / OUTPUT_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
 
@@ -338,8 +353,7 @@ def record_output_files(folder: str | os.PathLike, names: Iterable[str], owner: 
     if not isinstance(manifest, dict) or manifest.get("owner") != owner:
         return False
     for rel in names:
-        p = folder / rel
-        manifest["files"][rel] = dict(size=p.stat().st_size, sha256=_sha256(p))
+        manifest["files"][rel] = _file_entry(folder / rel)
     atomic_write_text(folder / OUTPUT_MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return True
 
