@@ -172,8 +172,8 @@ class SDVAR(_WorkbenchSDVAR):
         return self._images(generate_test3(self, B, label_B, g_seed, sampling, entry_num, sd_mask))
 
     # ---- the fork's round steps: aliases of the workbench's (B is checked against the state's) --------
-    @staticmethod
-    def _same_B(state: SDVARInferenceState, B: int) -> None:
+    def _same_B(self, state: SDVARInferenceState, B: int) -> None:
+        self._check_state(state)  # (a TypeError naming state before state.B is read; the step checks it again)
         if B != state.B:
             raise ValueError(f"B={B} does not match the inference state's batch size {state.B}")
 

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from sdvar_lib import SDVAROutput
-from sdvar_lib.models import VAR
-from sdvar_lib.util import check_number
+from sdvar_lib.models import VAR, check_cfg
 from test_framework.reference import GreedyCheck, check_greedy, decode_drift, max_abs_diff
 from test_framework.tolerances import Tolerances
 
@@ -81,7 +80,7 @@ def greedy_agreement(
         raise TypeError(f"model must be an sdvar_lib.VAR, got {type(model).__name__}")
     _check_output(candidate, "candidate")
     _check_output(reference, "reference")
-    check_number(cfg, "cfg", 0.0)
+    check_cfg(cfg)
     if tolerances is not None and not isinstance(tolerances, Tolerances):
         raise TypeError(f"tolerances must be a Tolerances, got {type(tolerances).__name__}")
     tol = tolerances if tolerances is not None else Tolerances.for_model(model)

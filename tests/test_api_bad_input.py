@@ -22,8 +22,10 @@ import pytest
 import torch
 
 from sdvar_lib import SDVAR, Method, ModelPair, SamplingConfig, get_method, load_pair, make_pair_sdvar
-from sdvar_lib.models import VAR, VQVAE, build_tiny
+from sdvar_lib.compat import SDVAR as ForkSDVAR
+from sdvar_lib.models import CFG_LIMIT, VAR, VQVAE, build_tiny
 from sdvar_lib.models.presets import TINY_CONFIG
+from sdvar_lib.samples.sampler import BatchSampler
 from sdvar_lib.sdvar import (
     AcceptancePolicy,
     AcceptanceResult,
@@ -54,7 +56,7 @@ from sdvar_lib.sdvar.gamma import CostModel
 from sdvar_lib.sdvar.handoff import decode_handoff
 from sdvar_lib.sdvar.registry import stage_chunks
 from sdvar_lib.viz import run_and_describe, run_comparison
-from test_framework import SDVARParallelV1Tester
+from test_framework import SDVARParallelV1Tester, greedy_agreement
 
 INF, NAN = float("inf"), float("nan")
 
@@ -357,6 +359,12 @@ ROWS = [
     Row("SamplingConfig", "top_k -1", lambda e, c: SamplingConfig(top_k=-1), ValueError, ("top_k", ">= 0")),
     Row("SamplingConfig", "top_p 1.5", lambda e, c: SamplingConfig(top_p=1.5), ValueError, ("top_p", "[0, 1]")),
     Row("SamplingConfig", "more_smooth int", lambda e, c: SamplingConfig(more_smooth=1), TypeError, ("more_smooth",)),
+    Row("BatchSampler.resolve", "eager bfloat16",
+        lambda e, c: BatchSampler.resolve("eager", "bfloat16", torch.device("cpu")), ValueError,
+        ("dtype bfloat16", "engine fast")),
+    Row("BatchSampler.resolve", "flags named",
+        lambda e, c: BatchSampler.resolve("eager", "float16", torch.device("cpu"), names=("--engine", "--dtype")),
+        ValueError, ("--dtype float16", "--engine fast")),
     # ---- gamma rules and cost models ------------------------------------------------------------------
     Row("make_gamma_rule", "float", lambda e, c: make_gamma_rule(3.0), TypeError, ("gamma",)),
     Row("FixedGamma", "0", lambda e, c: FixedGamma(0), ValueError, ("gamma", ">= 1")),
@@ -417,6 +425,12 @@ ROWS = [
     Row("SDVARParallelV1Tester", "cfg 1e300", lambda e, c: SDVARParallelV1Tester(_sd(e), cfg=1e300), ValueError,
         ("cfg", "at most")),
     Row("SDVARParallelV1Tester", "cfg nan", lambda e, c: SDVARParallelV1Tester(_sd(e), cfg=NAN), ValueError, ("cfg",)),
+    Row("SDVARParallelV1Tester", "cfg 2 x CFG_LIMIT", lambda e, c: SDVARParallelV1Tester(_sd(e), cfg=2 * CFG_LIMIT),
+        ValueError, ("cfg", "at most 1e+06")),
+    Row("greedy_agreement", "cfg 2 x CFG_LIMIT", lambda e, c: greedy_agreement(e["target"], c, c, cfg=2 * CFG_LIMIT),
+        ValueError, ("cfg", "at most 1e+06"), setup=lambda e: _sd(e).generate_parallel(1, [1], 0)),
+    Row("greedy_agreement", "cfg nan", lambda e, c: greedy_agreement(e["target"], c, c, cfg=NAN), ValueError,
+        ("cfg", "finite"), setup=lambda e: _sd(e).generate_parallel(1, [1], 0)),
     Row("SDVARParallelV1Tester", "seed -1", lambda e, c: SDVARParallelV1Tester(_sd(e), seed=-1), ValueError, ("seed",)),
     Row("SDVARParallelV1Tester", "top_k > V", lambda e, c: SDVARParallelV1Tester(_sd(e), top_k=65), ValueError,
         ("top_k", "64")),
@@ -442,6 +456,25 @@ ROWS = [
         lambda e, c: SDVARParallelV1Tester(_sd(e)).test_sampled_distribution(alpha=1.0), ValueError, ("alpha",)),
     Row("tester.test_state_update", "gamma 0", lambda e, c: SDVARParallelV1Tester(_sd(e)).test_state_update(gamma=0),
         ValueError, ("gamma",)),
+    # ---- the research fork's round-step aliases (sdvar_lib.compat) ---------------------------------------
+    Row("compat.SDVAR.draft_generate_batch", "state str",
+        lambda e, c: ForkSDVAR(e["draft"], e["target"]).draft_generate_batch("state", 1), TypeError,
+        ("state", "SDVARInferenceState")),
+    Row("compat.SDVAR.draft_generate_batch", "state of another pair",
+        lambda e, c: ForkSDVAR(e["draft"], e["target"]).draft_generate_batch(c, 1), ValueError,
+        ("another SDVAR pair",), setup=lambda e: _state(e, sd_key="other_sd")),
+    Row("compat.SDVAR.draft_generate_batch", "B of another batch",
+        lambda e, c: ForkSDVAR(e["draft"], e["target"]).draft_generate_batch(c, 2), ValueError, ("B=2", "batch size 1"),
+        setup=lambda e: _state(e)),
+    Row("compat.SDVAR._build_combined_query", "state None",
+        lambda e, c: ForkSDVAR(e["draft"], e["target"])._build_combined_query(None, None, 1), TypeError,
+        ("state", "SDVARInferenceState")),
+    Row("compat.SDVAR.target_verify_batch", "state dict",
+        lambda e, c: ForkSDVAR(e["draft"], e["target"]).target_verify_batch(None, {"B": 1}, 1), TypeError,
+        ("state", "SDVARInferenceState")),
+    Row("compat.SDVAR._split_logits_by_stage", "state str",
+        lambda e, c: ForkSDVAR(e["draft"], e["target"])._split_logits_by_stage(None, None, 1, "state"), TypeError,
+        ("state", "SDVARInferenceState")),
     # ---- the widgets' callbacks -----------------------------------------------------------------------
     Row("run_and_describe", "sdvar str", lambda e, c: run_and_describe("sd"), TypeError, ("sdvar", "SDVAR")),
     Row("run_and_describe", "labels empty", lambda e, c: run_and_describe(_sd(e), labels=[]), ValueError,
@@ -518,6 +551,7 @@ def test_every_public_entry_point_has_rows():
         "target_step", "run_round", "iter_rounds", "baseline", "draft_alone", "generate_test3", "code_handoff",
         "get_method", "Method", "Method.run", "SamplingConfig", "AdaptiveGamma", "GammaSchedule", "UniformCost",
         "TableCost", "make_policy", "SDVARParallelV1Tester", "tester.run_all_tests", "run_and_describe",
-        "run_comparison",
+        "run_comparison", "greedy_agreement", "compat.SDVAR.draft_generate_batch", "compat.SDVAR.target_verify_batch",
+        "compat.SDVAR._build_combined_query", "compat.SDVAR._split_logits_by_stage",
     }
     assert wanted <= entries, sorted(wanted - entries)

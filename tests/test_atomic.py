@@ -6,6 +6,7 @@ in ``tests/test_cli_bad_input.py``; killed runs' leftovers end to end in ``tests
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -16,6 +17,7 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -306,33 +308,35 @@ def test_check_new_output(tmp_path, monkeypatch):
 
 
 # ---- one run at a time --------------------------------------------------------------------------
-def _hold_in_thread(path: Path):
+@contextlib.contextmanager
+def held_by_another_thread(path: Path, owner: str = "the other run") -> Iterator[None]:
+    """``output_lock(path, owner)`` held by another thread (another run) while the block runs."""
     held, release = threading.Event(), threading.Event()
 
     def hold():
-        with output_lock(path, "the other run"):
+        with output_lock(path, owner):
             held.set()
-            release.wait(30)
+            release.wait(60)
 
     thread = threading.Thread(target=hold)
     thread.start()
-    assert held.wait(30)
-    return thread, release
+    try:
+        assert held.wait(30)
+        yield
+    finally:
+        release.set()
+        thread.join()
 
 
 def test_a_second_run_on_one_output_is_refused_until_the_first_ends(tmp_path):
     out = tmp_path / "out"
-    thread, release = _hold_in_thread(out)
-    try:
+    with held_by_another_thread(out):
         with pytest.raises(OutputBusyError, match=rf"being written by another run: process {os.getpid()} .*the other run"):
             with output_lock(out, "me"):
                 pass
         with pytest.raises(OutputBusyError), atomic_folder(out, "test") as tmp:
             (tmp / "a.txt").write_text("x")
         assert not out.exists()
-    finally:
-        release.set()
-        thread.join()
     owned(out)  # free again
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the lock file went with its run
 
@@ -378,14 +382,9 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_log_line(tmp_path, c
 def test_the_pid_file_lock_where_flock_is_missing(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(atomic, "fcntl", None)
     out = tmp_path / "out"
-    thread, release = _hold_in_thread(out)
-    try:
-        with pytest.raises(OutputBusyError, match="the other run"):
-            with output_lock(out, "me"):
-                pass
-    finally:
-        release.set()
-        thread.join()
+    with held_by_another_thread(out), pytest.raises(OutputBusyError, match="the other run"):
+        with output_lock(out, "me"):
+            pass
     (tmp_path / ".out.lock").write_text(json.dumps(dict(pid=dead_pid(), host="h", host_id=HOST, owner="killed",
                                                         since="earlier")))
     with caplog.at_level(logging.WARNING, logger="sdvar_lib.util.atomic"), output_lock(out, "me"):

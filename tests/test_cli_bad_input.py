@@ -22,7 +22,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,8 @@ from sdvar_lib.eval.cli import evaluate_main, fid_main
 from sdvar_lib.models.checkpoints import BUNDLED_DIR
 from sdvar_lib.samples.cli import main as sample_main
 from sdvar_lib.tiny.cli import main as tiny_main
-from sdvar_lib.util.atomic import atomic_folder, output_lock
+from sdvar_lib.util.atomic import atomic_folder
+from tests.test_atomic import held_by_another_thread
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
@@ -52,7 +52,8 @@ COMMANDS: dict[str, tuple[Callable[..., int], str]] = {
     "bench": (bench_main, "python -m sdvar_lib.bench"),
     "bench_plot": (plot_main, "python -m sdvar_lib.bench_plot"),
 }
-OWNERS = {"demo": "python -m sdvar_lib", "eval": "python -m sdvar_lib.evaluate", "tiny": "python -m sdvar_lib.train_tiny"}
+OWNERS = {"demo": "python -m sdvar_lib", "eval": "python -m sdvar_lib.evaluate", "tiny": "python -m sdvar_lib.train_tiny",
+          "bench": "python -m sdvar_lib.bench"}
 
 
 # ---- the workspace ------------------------------------------------------------------------------
@@ -78,6 +79,9 @@ def build_workspace(ws: Path) -> Path:
     (ws / "eval_notes" / "analysis" / "nb.ipynb").write_text("{}")
     _owned(ws / "tiny_notes", OWNERS["tiny"], **{"config.json": "{}"})
     (ws / "tiny_notes" / "notes.txt").write_text("written since")
+    _owned(ws / "bench_out", OWNERS["bench"], **{"bench.json": "{}", "bench.md": "run 1"})
+    _owned(ws / "bench_notes", OWNERS["bench"], **{"bench.json": "{}", "bench.md": "run 1"})
+    (ws / "bench_notes" / "latency.png").write_bytes(b"a plot of run 1")
     (ws / "legacy").mkdir()
     (ws / "legacy" / ".sdvar-output").write_text("written by python -m sdvar_lib\n")
     (ws / "legacy" / "comparison.png").write_text("an old figure")
@@ -176,9 +180,10 @@ NO_CUDA_DEVICE = ("--device", "cuda")
 
 ROWS = [
     # python -m sdvar_lib
-    Row("main", "number", demo("--cfg", "nan"), 2, ("cfg", "finite")),
-    Row("main", "number", demo("--cfg", "inf"), 2, ("cfg", "finite")),
-    Row("main", "number", demo("--cfg", "-1"), 2, ("cfg", ">= 0")),
+    Row("main", "number", demo("--cfg", "nan"), 2, ("--cfg", "finite")),
+    Row("main", "number", demo("--cfg", "inf"), 2, ("--cfg", "finite")),
+    Row("main", "number", demo("--cfg", "-1"), 2, ("--cfg", ">= 0")),
+    Row("main", "number", demo("--cfg", "1e300"), 2, ("--cfg", "at most 1e+06", "1e+300")),
     Row("main", "number", demo("--top-p", "1.5"), 2, ("top_p", "[0, 1]")),
     Row("main", "number", demo("--top-p", "nan"), 2, ("top_p",)),
     Row("main", "number", demo("--top-k", "-1"), 2, ("top_k",)),
@@ -213,8 +218,9 @@ ROWS = [
     # python -m sdvar_lib.sample
     Row("sample", "number", sample("--per-class", "0"), 2, ("--per-class", ">= 1")),
     Row("sample", "number", sample("--batch-size", "0"), 2, ("--batch-size", ">= 1")),
-    Row("sample", "number", sample("--cfg", "nan"), 2, ("cfg", "finite")),
-    Row("sample", "number", sample("--cfg", "inf"), 2, ("cfg", "finite")),
+    Row("sample", "number", sample("--cfg", "nan"), 2, ("--cfg", "finite")),
+    Row("sample", "number", sample("--cfg", "inf"), 2, ("--cfg", "finite")),
+    Row("sample", "number", sample("--cfg", "1e300"), 2, ("--cfg", "at most 1e+06", "1e+300")),
     Row("sample", "number", sample("--top-p", "1.5"), 2, ("top_p", "[0, 1]")),
     Row("sample", "number", sample("--top-k", "-1"), 2, ("--top-k", ">= 0")),
     Row("sample", "number", sample("--top-k", "900"), 2, ("--top-k", "[0, 256]")),
@@ -239,15 +245,17 @@ ROWS = [
     Row("sample", "method", sample("--method", "nope"), 2, ("--method", "unknown method 'nope'")),
     Row("sample", "method", sample("--method", "code_e8"), 2, ("entry_num 8", "7 stages")),
     Row("sample", "method", ("--out", "new"), 2, ("required", "--method")),
-    Row("sample", "choice", sample("--engine", "eager", "--dtype", "bfloat16"), 2, ("dtype bfloat16", "--engine fast")),
+    Row("sample", "choice", sample("--engine", "eager", "--dtype", "bfloat16"), 2, ("--dtype bfloat16", "--engine fast")),
+    *([Row("sample", "choice", sample("--dtype", "float16"), 2, ("--dtype float16", "--engine fast"))] if not CUDA else []),
     Row("sample", "choice", sample("--label-order", "random"), 2, ("--label-order", "invalid choice")),
     # python -m sdvar_lib.evaluate
     Row("evaluate", "number", evaluate("--samples", "1"), 2, ("--samples", ">= 2")),
     Row("evaluate", "number", evaluate("--seeds", "-1"), 2, ("--seeds",)),
     Row("evaluate", "number", evaluate("--batch-size", "0"), 2, ("--batch-size", ">= 1")),
     Row("evaluate", "number", evaluate("--threads", "0"), 2, ("--threads", ">= 1")),
-    Row("evaluate", "number", evaluate("--cfg", "nan"), 2, ("cfg", "finite")),
-    Row("evaluate", "number", evaluate("--cfg", "inf"), 2, ("cfg", "finite")),
+    Row("evaluate", "number", evaluate("--cfg", "nan"), 2, ("--cfg", "finite")),
+    Row("evaluate", "number", evaluate("--cfg", "inf"), 2, ("--cfg", "finite")),
+    Row("evaluate", "number", evaluate("--cfg", "1e300"), 2, ("--cfg", "at most 1e+06", "1e+300")),
     Row("evaluate", "number", evaluate("--top-p", "2"), 2, ("top_p", "[0, 1]")),
     Row("evaluate", "number", evaluate("--extra-batch-size", "-1"), 2, ("--extra-batch-size", ">= 0")),
     Row("evaluate", "type", evaluate("--samples", "x"), 2, ("--samples", "invalid int")),
@@ -270,7 +278,7 @@ ROWS = [
     Row("evaluate", "method", evaluate("--methods", "nope"), 2, ("unknown method", "nope")),
     Row("evaluate", "method", evaluate("--methods", ""), 2, ("--methods", "comma-separated")),
     Row("evaluate", "method", evaluate("--extra-batch-size", "2", "--extra-methods", "exact_g9"), 2, ("exact_g9",)),
-    # python -m sdvar_lib.fid (its --out/--plot overwrite rules: the sets helper's rows)
+    # python -m sdvar_lib.fid
     Row("fid", "number", fid("--batch-size", "0"), 2, ("--batch-size", ">= 1")),
     Row("fid", "type", fid("--batch-size", "x"), 2, ("--batch-size", "invalid int")),
     Row("fid", "path-in", ("--samples", "missing.npz", "--reference", "set.npz"), 2, ("missing.npz", "does not exist")),
@@ -279,9 +287,20 @@ ROWS = [
     Row("fid", "path-in", ("--samples", "set.npz", "--reference", "user"), 2, ("user", "does not exist")),
     Row("fid", "path-in", fid("--extractor-weights", "none.pth"), 2, ("--extractor-weights", "does not exist")),
     Row("fid", "path-out", fid("--out", "afile/x.json"), 2, ("--out", "afile", "not a folder")),
+    Row("fid", "path-out", fid("--out", "afile"), 2, ("--out", "'afile'", "already exists", "--replace")),
+    Row("fid", "path-out", fid("--plot", "latency.png"), 2, ("--plot", "'latency.png'", "already exists", "--replace")),
+    Row("fid", "path-out", fid("--out", "set.npz", "--replace"), 2, ("--out", "'set.npz'", "an input of this command")),
+    Row("fid", "path-out", fid("--plot", "./user/../set.npz", "--replace"), 2, ("--plot", "an input of this command")),
+    Row("fid", "path-out", fid("--extractor-weights", "afile", "--out", "afile", "--replace"), 2,
+        ("--out", "'afile'", "an input of this command")),
+    Row("fid", "path-out", fid("--out", "x.json", "--plot", "./user/../x.json"), 2, ("--out and --plot", "same file")),
+    Row("fid", "path-out", fid("--out", "user"), 2, ("--out", "'user'", "is a folder")),
+    Row("fid", "path-out", fid("--plot", "."), 2, ("--plot", "is a folder")),
     Row("fid", "choice", fid("--metrics", "is"), 2, ("--metrics", "must include fid")),
     Row("fid", "choice", fid("--extractor", "nope"), 2, ("--extractor", "invalid choice")),
     Row("fid", "device", fid("--device", "tpu"), 2, ("device 'tpu'", "cpu")),
+    Row("fid", "device", fid("--device", "meta"), 2, ("--device", "meta")),
+    *([Row("fid", "device", fid(*NO_CUDA_DEVICE), 2, ("device 'cuda'", "CUDA is not available"))] if not CUDA else []),
     # python -m sdvar_lib.train_tiny
     Row("train_tiny", "number", tiny("--max-steps", "0"), 2, ("--max-steps", ">= 1")),
     Row("train_tiny", "number", tiny("--vae-epochs", "0"), 2, ("--vae-epochs", ">= 1")),
@@ -303,16 +322,22 @@ ROWS = [
     Row("train_tiny", "model", tiny("--replace-bundled"), 2, ("--replace-bundled",)),
     Row("train_tiny", "device", tiny("--device", "meta"), 2, ("--device", "meta")),
     Row("train_tiny", "device", tiny("--device", "bogus"), 2, ("--device", "bogus")),
-    # python -m sdvar_lib.bench (argument checks come before the CUDA check)
+    # python -m sdvar_lib.bench (argument and --out checks come before the CUDA check)
     Row("bench", "number", bench("--batches", "0"), 2, ("batches", ">= 1")),
     Row("bench", "number", bench("--repeats", "0"), 2, ("repeats", ">= 1")),
-    Row("bench", "number", bench("--cfg", "nan"), 2, ("cfg", "finite")),
+    Row("bench", "number", bench("--cfg", "nan"), 2, ("--cfg", "finite")),
+    Row("bench", "number", bench("--cfg", "1e300"), 2, ("--cfg", "at most 1e+06", "1e+300")),
     Row("bench", "type", bench("--batches", "x"), 2, ("--batches", "comma-separated ints")),
     Row("bench", "type", bench("--pairs", "16-30"), 2, ("--pairs", "draft:target")),
     Row("bench", "model", bench("--pairs", "16:31"), 2, ("target depth", "16, 20, 24, 30")),
     Row("bench", "method", bench("--methods", "nope"), 2, ("unknown method 'nope'",)),
     Row("bench", "path-out", bench("--out", "afile"), 2, ("--out", "afile", "not a folder")),
     Row("bench", "path-out", bench("--out", "afile/sub"), 2, ("--out", "afile", "cannot be written")),
+    Row("bench", "path-out", bench("--out", "."), 2, ("--out", "current folder")),
+    Row("bench", "path-out", bench("--out", "user"), 2, ("--out", "no workbench run wrote", "notes.txt")),
+    Row("bench", "path-out", bench("--out", "bench_notes"), 2, ("--out", "did not write", "latency.png")),
+    Row("bench", "path-out", bench("--out", "demo_out"), 2, ("--out", "output of python -m sdvar_lib,")),
+    Row("bench", "path-out", bench("--out", "legacy"), 2, ("--out", "older version")),
     *([Row("bench", "device", bench(), 2, ("CUDA GPU",))] if not CUDA else []),
     # python -m sdvar_lib.bench_plot
     Row("bench_plot", "path-in", ("missing.json",), 2, ("report", "missing.json", "no such file")),
@@ -360,7 +385,7 @@ def test_every_command_has_rows_for_every_class_of_its_arguments():
 WORK = [  # the first piece of real work of each command: none may start before every argument is checked
     "sdvar_lib.demo.cli.prepare_methods", "sdvar_lib.demo.cli.run_methods",
     "sdvar_lib.samples.cli.run_job",
-    "sdvar_lib.eval.cli.evaluate_methods", "sdvar_lib.eval.cli.score_samples",
+    "sdvar_lib.eval.cli.evaluate_methods", "sdvar_lib.eval.cli.load_extractor", "sdvar_lib.eval.cli.score_samples",
     "sdvar_lib.tiny.cli.train_all", "sdvar_lib.tiny.cli.rerender_model_card",
     "sdvar_lib.bench.cli.run_bench", "sdvar_lib.bench.cli.plot_latency_vs_batch",
 ]
@@ -421,11 +446,43 @@ def _render_card_folder(ws: Path) -> Path:
     return folder
 
 
+# ---- the benchmark on a CPU: CUDA pretended, run_bench replaced (the writes of its --out folder are real) ----------
+BENCH_ARGV = ("--pairs", "16:30", "--batches", "1", "--methods", "target")
+
+
+def _pretend_cuda(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def _fake_bench(monkeypatch, between_rows: Callable[[], None] | None = None) -> None:
+    """CUDA pretended; ``run_bench`` reports its (empty) report after each of two rows, ``between_rows`` in between."""
+    from sdvar_lib.bench.bounds import Ceilings
+    from sdvar_lib.bench.report import BenchReport
+    from sdvar_lib.util.machine import MachineInfo
+
+    machine = MachineInfo(device="cuda", cpu="GPU", torch_threads=1, torch_version="2", python_version="3",
+                          platform="linux", cuda_version="12", driver="1")
+
+    def run_bench(config, command, on_progress=None):
+        report = BenchReport(machine=machine, command=command, ceilings=Ceilings(3e12, 7e14), decode=[], rows=[],
+                             config=config)
+        on_progress(report)
+        if between_rows is not None:
+            between_rows()
+        on_progress(report)
+        return report
+
+    _pretend_cuda(monkeypatch)
+    monkeypatch.setattr("sdvar_lib.bench.cli.run_bench", run_bench)
+
+
 OS_CASES = {  # command -> (argv, what the line must name, files the command may add to the workspace)
     "main": (("--out", "demo_out", "--methods", "target", "--labels", "1"), "demo_out"),
     "evaluate": (("--out", "eval_out", "--samples", "2", "--seeds", "0", "--methods", "target"), "eval_out"),
     "sample": (sample("--out", "set1"), "set1"),
+    "fid": (fid("--metrics", "fid", "--allow-few", "--out", "r.json"), "r.json"),
     "train_tiny": (("--render-card", "--out", "card"), "card"),
+    "bench": ((*BENCH_ARGV, "--out", "bench_out"), "bench_out"),
     "bench_plot": (("bench.json", "--out", "latency.png", "--replace"), "latency.png"),
 }
 FAILURES = {"disk-full": (_write_fails, errno.ENOSPC, "no space left on the device"),
@@ -439,6 +496,8 @@ def test_an_os_failure_is_one_line_with_exit_code_1_and_keeps_every_earlier_file
     argv, where = OS_CASES[command]
     if command == "train_tiny":
         _render_card_folder(ws)
+    if command == "bench":
+        _fake_bench(monkeypatch)
     make, code, words = FAILURES[failure]
     before = snapshot(ws)
     for owner, name, fn in make(code):
@@ -464,7 +523,9 @@ TWO_RUNS = {  # command -> (argv, output, the first piece of work, which must no
     "main": (demo("--out", "demo_out"), "demo_out", "sdvar_lib.demo.cli.load_pair"),
     "evaluate": (evaluate("--out", "eval_out"), "eval_out", "sdvar_lib.eval.cli.load_bundled_classifier"),
     "sample": (sample("--out", "set1"), "set1", "sdvar_lib.samples.cli.load_pair"),
+    "fid": (fid("--allow-few", "--out", "r.json", "--plot", "r.png"), "r.png", "sdvar_lib.eval.cli.load_extractor"),
     "train_tiny": (tiny("--out", "tiny_out"), "tiny_out", "sdvar_lib.tiny.cli.train_all"),
+    "bench": (bench("--out", "bench_out"), "bench_out", "sdvar_lib.bench.cli.run_bench"),
     "bench_plot": (("bench.json", "--out", "plot.png"), "plot.png", "sdvar_lib.bench.cli.plot_latency_vs_batch"),
 }
 
@@ -472,29 +533,48 @@ TWO_RUNS = {  # command -> (argv, output, the first piece of work, which must no
 @pytest.mark.parametrize("command", TWO_RUNS, ids=TWO_RUNS)
 def test_a_second_run_on_an_output_in_use_is_refused_before_any_work(command, ws, capsys, monkeypatch):
     argv, out, work = TWO_RUNS[command]
+    if command == "bench":
+        _pretend_cuda(monkeypatch)
 
     def no_work(*args, **kwargs):
         raise AssertionError(f"{work} started although another run holds {out}")
 
     monkeypatch.setattr(work, no_work)
-    held, release = threading.Event(), threading.Event()
-
-    def first_run():
-        with output_lock(ws / out, "the first run"):
-            held.set()
-            release.wait(60)
-
-    thread = threading.Thread(target=first_run)
-    thread.start()
-    try:
-        assert held.wait(30)
+    with held_by_another_thread(ws / out, "the first run"):
         before = snapshot(ws)
         code, line = run(command, list(argv), capsys)
         assert code == 1 and out in line and "being written by another run" in line and "the first run" in line, line
         assert snapshot(ws) == before
-    finally:
-        release.set()
-        thread.join()
+
+
+def test_the_bench_writes_a_folder_it_owns_and_stops_at_files_it_did_not_write(ws, capsys, monkeypatch):
+    from sdvar_lib.util.atomic import OUTPUT_MANIFEST, check_output_folder
+
+    _fake_bench(monkeypatch)
+    for out in ("bench_out", "runs/one"):  # an earlier output of the bench (replaced), a new folder
+        assert bench_main([*BENCH_ARGV, "--out", out]) == 0
+        manifest = json.loads((ws / out / OUTPUT_MANIFEST).read_text())
+        assert manifest["owner"] == OWNERS["bench"] and set(manifest["files"]) == {"bench.json", "bench.md"}
+        assert json.loads((ws / out / "bench.json").read_text())["command"].endswith(f"--out {out}")
+        assert check_output_folder(ws / out, owner=OWNERS["bench"]) == ws / out  # the next run may replace it
+    before = snapshot(ws)
+    # a plot of the partial report put into the folder while the bench runs: the next row's write refuses, it stays
+    _fake_bench(monkeypatch, between_rows=lambda: (ws / "bench_out" / "latency.png").write_bytes(b"a plot"))
+    code, line = run("bench", [*BENCH_ARGV, "--out", "bench_out"], capsys)
+    assert code == 2 and "'bench_out'" in line and "did not write: latency.png" in line, line
+    after = snapshot(ws)
+    assert after.pop("bench_out/latency.png") == ("file", b"a plot") and after == before  # no temporary, no lock left
+
+
+def test_the_bench_profiles_join_its_report(ws, capsys, monkeypatch):
+    from sdvar_lib.util.atomic import OUTPUT_MANIFEST
+
+    _fake_bench(monkeypatch)
+    monkeypatch.setattr("sdvar_lib.bench.cli.profile_decodes", lambda batches, device: [])
+    assert bench_main([*BENCH_ARGV, "--profile-decode", "--out", "bench_out"]) == 0
+    names = {"bench.json", "bench.md", "profile.md", "profile.json"}
+    assert set(json.loads((ws / "bench_out" / OUTPUT_MANIFEST).read_text())["files"]) == names
+    assert {p.name for p in (ws / "bench_out").iterdir()} == names | {OUTPUT_MANIFEST}
 
 
 # ---- real processes: the shims, and no traceback on stderr ----------------------------------------

@@ -2,9 +2,12 @@
 
 ``python -m sdvar_lib.bench`` (:func:`main`): GPU benchmark of the decoders at the official sizes, with
 physical bounds. Every argument is checked (:class:`~sdvar_lib.bench.config.BenchConfig`, the ``--out``
-folder) before the first model call; a mistake is one argparse-style line. Without CUDA the command
-stops with one line. ``bench.json`` / ``bench.md`` (and ``profile.*``) are rewritten atomically after
-every row.
+folder) before the first model call, and before the check for CUDA; a mistake is one argparse-style
+line. Without CUDA the command stops with one line. ``--out`` is a folder this command owns
+(:func:`~sdvar_lib.util.atomic.check_output_folder`: new, empty, or an earlier output of this command
+holding nothing else); after every row it is replaced as a whole (:func:`~sdvar_lib.util.atomic.atomic_folder`)
+by ``bench.json`` / ``bench.md`` so far (and ``profile.*`` at the end), and the run holds its lock
+throughout: a second run on the same folder is refused.
 
 ``python -m sdvar_lib.bench_plot`` (:func:`plot_main`): latency against batch size from a ``bench.json``
 (:mod:`sdvar_lib.viz.latency`). It never writes over the report, nor over an existing image unless
@@ -21,7 +24,7 @@ import argparse
 import logging
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -33,7 +36,8 @@ from sdvar_lib.bench.methods import BENCH_ONLY_ROWS, DEFAULT_METHODS
 from sdvar_lib.bench.profile import profile_decodes, profile_targets, write_profiles
 from sdvar_lib.bench.report import BenchReport, format_list, write_report
 from sdvar_lib.bench.scenarios import SCENARIOS
-from sdvar_lib.util.atomic import check_new_output, check_writable_dir, output_lock
+from sdvar_lib.models.sampling import check_cfg
+from sdvar_lib.util.atomic import atomic_folder, check_new_output, check_output_folder, output_lock
 from sdvar_lib.util.cli import command, describe_os_error
 from sdvar_lib.viz.latency import canonical_method_name, load_points, plot_latency_vs_batch
 
@@ -41,6 +45,8 @@ __all__ = ["build_parser", "config_from_args", "main", "plot_parser", "plot_main
 
 PROG = "python -m sdvar_lib.bench"
 PLOT_PROG = "python -m sdvar_lib.bench_plot"
+REPORT_FILES = ("bench.json", "bench.md")
+"""The report in ``--out``, rewritten after every row; ``profile.md``/``profile.json`` join it at the end."""
 DESCRIPTION = ("GPU benchmark of the decoders at the official sizes (random bf16 weights): latency, memory and the "
                "physical lower bound of every row")
 
@@ -101,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--autocast-decode", action="store_true",
                    help="fast-path rows decode with the reference decode under bf16 autocast instead of the fast decode")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="leave torch.backends.cudnn.benchmark off")
-    p.add_argument("--out", default="bench_out", help="folder for bench.json and bench.md")
+    p.add_argument("--out", default="bench_out",
+                   help="output folder (bench.json, bench.md, profile.*; default bench_out): new, empty or an earlier "
+                        "output of this command holding nothing else (replaced as a whole)")
     p.add_argument("--profile-stages", type=_int_list, default=(),
                    help="after the bench, profile the single-stage passes of these stages of each pair's target "
                         "(graph replay time and kernel breakdown) at every batch size; written to profile.md")
@@ -141,14 +149,22 @@ def _print_summary(report: BenchReport, table: str) -> None:
                   f"gamma/round {c.gamma_per_round}")
 
 
+def _write_out(out: Path, write: Callable[[Path], str], keep: Sequence[str] = ()) -> str:
+    """Replace the whole ``--out`` folder (an earlier output of this command, or new) by what ``write`` puts in it."""
+    with atomic_folder(out, PROG, keep=keep) as tmp:
+        text = write(tmp)
+    return text
+
+
 @command(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_cfg(args.cfg, "--cfg")
         config = config_from_args(args)
-        out = check_writable_dir(config.out, "--out")
+        out = check_output_folder(config.out, "--out", owner=PROG)
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
     if not torch.cuda.is_available():
@@ -156,15 +172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "the official-size models cannot be timed on the CPU\n")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     command = f"{PROG} {shlex.join(argv)}".rstrip()
-    Path(out).mkdir(parents=True, exist_ok=True)
-    report = run_bench(config, command, on_progress=lambda partial: write_report(partial, out))
-    table = write_report(report, out)
-    if config.profile_stages or config.profile_decode:
-        device = torch.device("cuda")
-        profiles = profile_targets([t for _, t in config.pairs], config.batches, config.profile_stages, report.ceilings,
-                                   device) if config.profile_stages else []
-        decodes = profile_decodes(config.batches, device) if config.profile_decode else []
-        print(write_profiles(profiles, out, decodes))
+    with output_lock(out, PROG):  # one run at a time on this folder, from before the first model call
+        report = run_bench(config, command, on_progress=lambda partial: _write_out(out, lambda tmp: write_report(partial, tmp)))
+        table = _write_out(out, lambda tmp: write_report(report, tmp))
+        if config.profile_stages or config.profile_decode:
+            device = torch.device("cuda")
+            profiles = profile_targets([t for _, t in config.pairs], config.batches, config.profile_stages,
+                                       report.ceilings, device) if config.profile_stages else []
+            decodes = profile_decodes(config.batches, device) if config.profile_decode else []
+            print(_write_out(out, lambda tmp: write_profiles(profiles, tmp, decodes), keep=REPORT_FILES))
     _print_summary(report, table)
     return 0
 

@@ -38,7 +38,7 @@ from sdvar_lib.demo.job import (
 from sdvar_lib.fast.setup import describe_setup, make_pair_sdvar, uses_fast_path
 from sdvar_lib.models.checkpoints import MODEL_CHOICES, load_pair, pick_device
 from sdvar_lib.models.presets import ModelPair, check_official_depth
-from sdvar_lib.models.sampling import SamplingConfig
+from sdvar_lib.models.sampling import SamplingConfig, check_cfg
 from sdvar_lib.sdvar.registry import Method
 from sdvar_lib.util.atomic import atomic_folder, check_output_folder, output_lock
 from sdvar_lib.util.checks import SEED_LIMIT, check_seed
@@ -124,6 +124,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _A
             check_official_depth(target_depth, "--target-depth")
         gamma = None if args.gamma is None else parse_gamma(args.gamma)
         methods = resolve_methods(args.methods, gamma)
+        check_cfg(args.cfg, "--cfg")
         sampling = SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
         check_seed(args.seed, "--seed", allow_none=False)
         if args.seed + max(len(args.labels or ()), 10) > SEED_LIMIT:

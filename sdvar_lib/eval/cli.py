@@ -28,9 +28,9 @@ Every argument is checked before the first model call; a mistake is one argparse
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import os
 import shlex
 import sys
 import time
@@ -57,14 +57,14 @@ from sdvar_lib.eval.fid import (
 )
 from sdvar_lib.eval.metrics import load_bundled_classifier
 from sdvar_lib.models.checkpoints import CheckpointError, load_bundled, pick_device
-from sdvar_lib.models.sampling import SamplingConfig
+from sdvar_lib.models.sampling import SamplingConfig, check_cfg
 from sdvar_lib.samples.npz import npz_keys
 from sdvar_lib.util.atomic import (
     atomic_folder,
     atomic_write_text,
     atomic_write_with,
+    check_new_outputs,
     check_output_folder,
-    check_writable_dir,
     output_lock,
 )
 from sdvar_lib.util.checks import SEED_LIMIT, check_int, check_int_sequence
@@ -132,6 +132,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         check_int(args.extra_batch_size, "--extra-batch-size", 0)
         if args.extra_samples is not None:
             check_int(args.extra_samples, "--extra-samples", 2)
+        check_cfg(args.cfg, "--cfg")
         SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
         device = check_run_device(pick_device(args.device))
         pair = load_bundled(device=device, folder=args.bundle_dir)
@@ -181,9 +182,12 @@ def _evaluate(args, argv: Sequence[str] | None, device: torch.device, pair, meth
 
 
 # ---- python -m sdvar_lib.fid --------------------------------------------------------------------
+FID_PROG = "python -m sdvar_lib.fid"
+
+
 def fid_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m sdvar_lib.fid",
+        prog=FID_PROG,
         description="FID, Inception Score and precision/recall (k=3) of sample sets (.npz, arr_0 uint8 (N, H, W, 3)) "
                     "against a reference batch (e.g. VIRTUAL_imagenet256_labeled.npz) or another sample set.",
         epilog="Numbers comparable with papers need --extractor inception (torch-fidelity's FID InceptionV3, the port of "
@@ -213,31 +217,6 @@ def fid_parser() -> argparse.ArgumentParser:
                         "mostly measures the sample size); the notes still say so")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)  # hard links
-    except OSError:
-        return False
-
-
-def _check_new_output(path: str | os.PathLike, name: str, inputs: Sequence[str | os.PathLike] = (),
-                     replace: bool = False) -> Path:
-    """``ValueError`` unless a command may write ``path``: never one of its ``inputs`` (whatever ``replace`` says),
-    never a folder, an existing file only with ``replace``, and in a writable folder. Nothing is created."""
-    path = Path(path)
-    for given in inputs:
-        if _same_file(path, Path(given)):
-            raise ValueError(f"{name} {str(path)!r} is an input of this command ({given}); choose another file")
-    if path.is_dir():
-        raise ValueError(f"{name} {str(path)!r} is a folder; name a file")
-    if path.exists() and not replace:
-        raise ValueError(f"{name} {str(path)!r} already exists; choose a new file, or pass --replace to write over it")
-    check_writable_dir(path.parent, f"{name}'s folder")
-    return path
 
 
 def quality_table(rows: Sequence[dict]) -> str:
@@ -295,16 +274,13 @@ def quality_figure(rows: Sequence[dict]):
     return fig
 
 
-def _fid_outputs(args) -> None:
-    """Check ``--out`` and ``--plot`` (ValueError): new files, or ``--replace``; never an input, never each other."""
+def _fid_outputs(args) -> dict[str, Path]:
+    """``--out`` and ``--plot`` (``OutputRefusedError``): new files, or ``--replace``; never an input, never each other."""
     inputs = [*args.samples, args.reference, *([args.extractor_weights] if args.extractor_weights else [])]
-    given = [(n, v) for n, v in (("--out", args.out), ("--plot", args.plot)) if v is not None]
-    for name, value in given:
-        _check_new_output(value, name, inputs, args.replace)
-    if len(given) == 2 and _same_file(Path(args.out), Path(args.plot)):
-        raise ValueError(f"--out and --plot name the same file {args.out!r}")
+    return check_new_outputs({"--out": args.out, "--plot": args.plot}, inputs=inputs, replace=args.replace)
 
 
+@command(FID_PROG)
 def fid_main(argv: Sequence[str] | None = None) -> int:
     """``python -m sdvar_lib.fid``."""
     parser = fid_parser()
@@ -327,11 +303,18 @@ def fid_main(argv: Sequence[str] | None = None) -> int:
     if args.extractor_weights is not None and not Path(args.extractor_weights).is_file():
         parser.error(f"--extractor-weights {args.extractor_weights} does not exist")
     try:
-        _fid_outputs(args)
+        outputs = _fid_outputs(args)
+        device = check_run_device(pick_device(args.device))
     except ValueError as exc:
         parser.error(str(exc))
+    with contextlib.ExitStack() as locks:  # one run at a time on each output, from before the extractor loads
+        for path in outputs.values():
+            locks.enter_context(output_lock(path, FID_PROG))
+        return _fid(parser, args, metrics, device)
+
+
+def _fid(parser: argparse.ArgumentParser, args, metrics: list[str], device: torch.device) -> int:
     try:
-        device = pick_device(args.device)
         extractor = load_extractor(args.extractor, args.extractor_weights, device)
     except ImportError:
         parser.error(TORCH_FIDELITY_MISSING)

@@ -25,7 +25,7 @@ import torch
 
 from sdvar_lib.models.checkpoints import MODEL_CHOICES, load_pair, pick_device
 from sdvar_lib.models.presets import OFFICIAL_DEPTHS, ModelPair
-from sdvar_lib.models.sampling import SamplingConfig
+from sdvar_lib.models.sampling import SamplingConfig, check_cfg
 from sdvar_lib.samples.distributed import DistContext, init_distributed
 from sdvar_lib.samples.sampler import (
     DTYPES,
@@ -163,11 +163,12 @@ def _validate(parser: argparse.ArgumentParser, args) -> None:
     if args.top_k is not None and args.top_k < 0:
         parser.error(f"--top-k must be >= 0, got {args.top_k}")
     try:
+        check_cfg(args.cfg, "--cfg")
         _sampling(args, None)
         SamplePlan(method=args.method, classes=args.class_ids or (0,), per_class=args.per_class,
                    batch_size=args.batch_size, seed=args.seed, label_order=args.label_order)
         device = check_run_device(pick_device(args.device))
-        engine, dtype = BatchSampler.resolve(args.engine, args.dtype, device)
+        engine, dtype = BatchSampler.resolve(args.engine, args.dtype, device, names=("--engine", "--dtype"))
         known = SampleIdentity(method=args.method, models=_models_label(args), classes=args.class_ids,
                                per_class=args.per_class, batch_size=args.batch_size, seed=args.seed,
                                label_order=args.label_order, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,

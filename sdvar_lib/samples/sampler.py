@@ -119,17 +119,21 @@ class BatchSampler:
         self.engine, self.dtype, self.sd, self.factory, self.decode = engine, dtype, sd, factory, decode
 
     @staticmethod
-    def resolve(engine: str, dtype: str | None, device: torch.device) -> tuple[str, str]:
+    def resolve(engine: str, dtype: str | None, device: torch.device,
+                names: tuple[str, str] = ("engine", "dtype")) -> tuple[str, str]:
         """``(engine, dtype)`` with ``auto``/``None`` resolved: the fast path on CUDA (bf16 where the GPU has it,
-        else fp16: :func:`~sdvar_lib.fast.setup.fast_dtype`), eager float32 on the CPU."""
-        check_choice(engine, "engine", ENGINES)
+        else fp16: :func:`~sdvar_lib.fast.setup.fast_dtype`), eager float32 on the CPU. A message names the two
+        arguments as ``names`` says (a command passes its flags)."""
+        engine_name, dtype_name = names
+        check_choice(engine, engine_name, ENGINES)
         if engine == "auto":
             engine = "fast" if device.type == "cuda" else "eager"
         if dtype is None:
             dtype = str(fast_dtype(device)).removeprefix("torch.") if engine == "fast" else "float32"
-        check_choice(dtype, "dtype", DTYPES)
+        check_choice(dtype, dtype_name, DTYPES)
         if engine == "eager" and dtype != "float32":
-            raise ValueError(f"dtype {dtype} needs the fast engine (--engine fast); the eager path runs float32")
+            raise ValueError(f"{dtype_name} {dtype} needs the fast engine ({engine_name} fast); the eager path runs "
+                             "float32")
         return engine, dtype
 
     @classmethod

@@ -31,7 +31,13 @@ import numpy as np
 
 from sdvar_lib.samples.npz import NpzArrayReader
 from sdvar_lib.samples.plan import SEED_STRIDE, BatchSpec, SamplePlan
-from sdvar_lib.util.atomic import OUTPUT_MARKER, atomic_write_text, atomic_write_with, check_writable_dir
+from sdvar_lib.util.atomic import (
+    OUTPUT_MARKER,
+    atomic_write_text,
+    atomic_write_with,
+    check_writable_dir,
+    file_size_and_sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +67,8 @@ class FileRecord:
     @classmethod
     def of(cls, path: str | os.PathLike, chunk: int = 1 << 24) -> FileRecord:
         """Read ``path`` once (in chunks of 16 MiB: ``samples.npz`` may be larger than memory)."""
-        h = hashlib.sha256()
-        size = 0
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-                size += len(block)
-        return cls(bytes=size, sha256=h.hexdigest())
+        size, sha256 = file_size_and_sha256(path, chunk)
+        return cls(bytes=size, sha256=sha256)
 
     @classmethod
     def from_dict(cls, d: object) -> FileRecord | None:

@@ -10,8 +10,9 @@ Every command writes through these helpers, and they keep four promises:
   file the run wrote with its size and SHA-256 (and the command that wrote it);
   :func:`check_output_folder` refuses a folder with any file the manifest does not list, a listed
   file that changed since, or a manifest of another command. A file output
-  (:func:`check_new_output`) never replaces an input of the same command, nor any existing file
-  unless the user asked for it (a ``--replace`` flag).
+  (:func:`check_new_output`; :func:`check_new_outputs` for a command's several, never two the same
+  file) never replaces an input of the same command, nor any existing file unless the user asked
+  for it (a ``--replace`` flag).
 - **One run at a time.** :func:`output_lock` takes a lock file next to the output,
   ``.<name>.lock``, held with ``flock`` and recording the process; a second run on the same output
   is refused with :class:`OutputBusyError`, and a lock left by a process that died is taken over
@@ -41,7 +42,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 try:  # POSIX; elsewhere the lock falls back to an O_EXCL file with the pid recorded
@@ -63,10 +64,12 @@ __all__ = [
     "check_writable_dir",
     "check_output_folder",
     "check_new_output",
+    "check_new_outputs",
     "output_lock",
     "clean_leftovers",
     "record_output_files",
     "named_os_error",
+    "file_size_and_sha256",
 ]
 
 OUTPUT_MANIFEST = ".sdvar-output.json"
@@ -253,21 +256,56 @@ def check_new_output(
     check_writable_dir(path.parent, f"{name} {str(path)!r}: its folder")
     for source in inputs:
         if _same_file(path, Path(source)):
-            raise OutputRefusedError(f"{name} {str(path)!r} is the same file as the input {str(source)!r}, which it would "
-                                     "replace; write the output to another file")
+            raise OutputRefusedError(f"{name} {str(path)!r} is an input of this command (the same file as the input "
+                                     f"{str(source)!r}), which it would replace; write the output to another file")
     if (path.exists() or path.is_symlink()) and not replace:
         raise OutputRefusedError(f"{name} {str(path)!r} already exists; pass {replace_flag} to overwrite it, or choose "
                                  "another name")
     return path
 
 
+def check_new_outputs(
+    outputs: Mapping[str, str | os.PathLike | None],
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+    replace: bool = False,
+    replace_flag: str = "--replace",
+) -> dict[str, Path]:
+    """The file outputs of one command (``{argument name: path}``, ``None`` where not asked for), each checked by
+    :func:`check_new_output`, and no two of them the same file; else :class:`OutputRefusedError`. Creates nothing."""
+    inputs = list(inputs)
+    checked = {name: check_new_output(path, name, inputs=inputs, replace=replace, replace_flag=replace_flag)
+               for name, path in outputs.items() if path is not None}
+    names = list(checked)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if _same_file(checked[first], checked[second]):
+                raise OutputRefusedError(f"{first} and {second} name the same file {str(checked[first])!r}; give each "
+                                         "its own file")
+    return checked
+
+
 # ---- folders: the manifest ----------------------------------------------------------------------
-def _sha256(path: Path) -> str:
+def file_size_and_sha256(path: str | os.PathLike, chunk: int = 1 << 24) -> tuple[int, str]:
+    """``(bytes, SHA-256 hex digest)`` of the file at ``path``, read once in chunks (16 MiB: a file may be larger than
+    memory). The manifests of output folders and of sample sets record both."""
     h = hashlib.sha256()
+    size = 0
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    return file_size_and_sha256(path)[1]
+
+
+def _file_entry(path: Path) -> dict:
+    """A file as a manifest lists it."""
+    size, sha256 = file_size_and_sha256(path)
+    return dict(size=size, sha256=sha256)
 
 
 def _walk(folder: Path) -> tuple[dict[str, Path], set[str], list[str]]:
@@ -300,7 +338,7 @@ def _write_manifest(folder: Path, owner: str) -> None:
     if other:
         raise ValueError(f"an output folder may hold only files and folders, {folder} holds {_few(other)}")
     manifest = dict(format=MANIFEST_FORMAT, owner=owner, written=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    files={rel: dict(size=p.stat().st_size, sha256=_sha256(p)) for rel, p in sorted(files.items())},
+                    files={rel: _file_entry(p) for rel, p in sorted(files.items())},
                     dirs=sorted(dirs))
     (folder / OUTPUT_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
 
@@ -315,8 +353,7 @@ def record_output_files(folder: str | os.PathLike, names: Iterable[str], owner: 
     if not isinstance(manifest, dict) or manifest.get("owner") != owner:
         return False
     for rel in names:
-        p = folder / rel
-        manifest["files"][rel] = dict(size=p.stat().st_size, sha256=_sha256(p))
+        manifest["files"][rel] = _file_entry(folder / rel)
     atomic_write_text(folder / OUTPUT_MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return True
 

@@ -103,5 +103,5 @@ def command(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
 def check_run_device(device: torch.device, name: str = "--device") -> torch.device:
     """``device`` unless no command can run on it (``meta`` holds no data): ``ValueError`` naming ``name``."""
     if device.type == "meta":
-        raise ValueError(f"{name} 'meta' holds shapes but no data, so nothing can be generated on it; use cpu or cuda")
+        raise ValueError(f"{name} 'meta' holds shapes but no data, so no command can run on it; use cpu or cuda")
     return device
