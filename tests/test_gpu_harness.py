@@ -18,6 +18,8 @@ from dataclasses import replace
 import pytest
 import torch
 
+import sdvar_lib.fast.acceptance as fast_acceptance
+import sdvar_lib.fast.round as fast_round
 from sdvar_lib.fast import FastRun, make_fast_sdvar
 from sdvar_lib.models import build_official_pair
 from sdvar_lib.sdvar import SDVAR
@@ -75,14 +77,51 @@ def _fast_cache_stores_perturbed_values(mp):
     mp.setattr(FastRun, "forward", perturbed)
 
 
+def _fast_stats_count_an_extra_pass(mp):
+    """The device round's statistics (``fast.round._after_round``) count one target pass too many."""
+    teeth._stats_count_an_extra_pass(mp)
+    after_round = fast_round._after_round
+    mp.setattr(fast_round, "_after_round",
+               lambda *args: replace(stats := after_round(*args), target_passes=stats.target_passes + 1))
+
+
+def _fast_corrections_from_the_draft(mp):
+    """The device verdict's corrections drawn from ``q`` (its own import of ``residual_distribution``)."""
+    teeth._corrections_from_the_draft(mp)
+    mp.setattr(fast_acceptance, "residual_distribution", lambda p, q: q)
+
+
+def _fast_acceptance_to_the_power(exponent: float):
+    """The device verdict accepts with probability ``min(1, p(x) / q(x)) ** exponent``."""
+
+    def plant(mp):
+        teeth._acceptance_to_the_power(exponent)(mp)
+
+        def verdict(target_mass_Bl, p_BlV, q_BlV, x_Bl, u_Bl, e_nV):
+            q_x = q_BlV.gather(-1, x_Bl.unsqueeze(-1)).squeeze(-1)
+            ratio = torch.where(q_x > 0, target_mass_Bl / q_x.clamp_min(1e-30), torch.zeros_like(q_x)).clamp(max=1)
+            accepted = u_Bl < ratio**exponent
+            corrections = fast_acceptance.draw_from(fast_acceptance.residual_distribution(p_BlV, q_BlV), e_nV)
+            return accepted, accepted.all(dim=1), torch.where(accepted, x_Bl, corrections)
+
+        mp.setattr(fast_acceptance, "speculative_verdict", verdict)
+
+    return plant
+
+
 FAST_PLANTS = {  # row id of tests/test_harness_teeth.py -> the plant on the fast path
     "input reads the wrong f_hat": _fast_input_reads_the_wrong_f_hat,
     "q reported before top-k": _fast_q_reported_flattened,
     "top-p keeps two tokens (draft)": _fast_draft_filter_keeps_two,
     "cache stores perturbed values": _fast_cache_stores_perturbed_values,
+    # the device rounds (FastConfig.device_rounds) have their own statistics and verdict code: planted in both
+    "statistics count an extra pass": _fast_stats_count_an_extra_pass,
+    "corrections drawn from the draft": _fast_corrections_from_the_draft,
+    "acceptance min(1, p/q) ** 0.8": _fast_acceptance_to_the_power(0.8),
 }
 RECAPTURE = {"input reads the wrong f_hat", "q reported before top-k", "top-p keeps two tokens (draft)",
-             "f_hat upsampled bilinearly (draft)", "f_hat upsampled bilinearly (commit)"}
+             "f_hat upsampled bilinearly (draft)", "f_hat upsampled bilinearly (commit)",
+             "corrections drawn from the draft", "acceptance min(1, p/q) ** 0.8"}
 """Plants of code that runs inside captured programs (stage inputs, the draw, the f_hat update)."""
 OPTIONS = {name: {"top_k": 1} for name in ("top-p keeps two tokens (draft)", "top-p keeps two tokens (target)")}
 """With the CPU rows' top-k 8 / top-p 0.6 a flat official-size distribution keeps several tokens, and a filter that
