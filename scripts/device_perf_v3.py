@@ -67,6 +67,7 @@ from sdvar_lib.bench import (  # noqa: E402
     ScenarioPolicy,
     bench_row,
     build_pair_bf16,
+    compiled_kernels,
     format_decisions,
     format_pass_ratios,
     format_sweep,
@@ -264,7 +265,8 @@ def oneoff_section(res: Results, setting: Setting, args) -> None:
                 wall = time.perf_counter() - t0
                 if done.returncode != 0 or not report.exists():
                     raise RuntimeError(f"the {label} child failed ({done.returncode}): {done.stderr[-2000:]}")
-                runs[label] = json.loads(report.read_text()) | {"process_wall_s": round(wall, 2)}
+                runs[label] = json.loads(report.read_text()) | {"process_wall_s": round(wall, 2),
+                                                                 "compiled_kernels": compiled_kernels(cache)}
             res.save()
     lines = ["First calls in a fresh process (seconds; TRITON_CACHE_DIR a new folder: cold = empty, warm = "
              "filled by the cold process); `preparation` = first call - second call:", "",
@@ -275,6 +277,10 @@ def oneoff_section(res: Results, setting: Setting, args) -> None:
             lines.append(f"| {label} | {r['import_s']:.1f} | {r['build_s']:.1f} | {c['method']} B={c['batch']} | "
                          f"{c['first_s']:.2f} | {c['second_s']:.3f} | {c['first_s'] - c['second_s']:.2f} | "
                          f"{c['one_off_s']:.2f} | {c['captures']} | {r['process_wall_s']:.1f} |")
+    cold = runs["cold"]["compiled_kernels"]
+    lines += ["", f"Triton specialisations in the cache after the cold process: {sum(cold.values())} of {len(cold)} kernels"
+              + (": " + ", ".join(f"`{name}` {n}" for name, n in cold.items()) if cold else
+                 " (none: the interpreter or a CPU compiles nothing)")]
     res.markdown["oneoff"] = "\n".join(lines)
 
 

@@ -171,6 +171,25 @@ def test_first_calls_and_program_ratio(ctx):
     assert draft.cache.length == target.cache.length == 0
 
 
+
+def test_compiled_kernels_counts_what_triton_s_cache_manager_wrote(tmp_path, monkeypatch):
+    """The cache folder as Triton's own ``FileCacheManager`` lays it out (one hashed folder per compilation, the
+    metadata group ``__grp__<kernel>.json`` in it): specialisations per kernel, most first."""
+    from triton.runtime.cache import FileCacheManager
+
+    from sdvar_lib.bench import compiled_kernels
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    for key, name in (("k1", "_add_ln_modulate_kernel"), ("k2", "_add_ln_modulate_kernel"), ("k3", "_qk_norm_cache_kernel")):
+        manager = FileCacheManager(key)
+        metadata = manager.put("{}", f"{name}.json", binary=False)
+        manager.put(b"\0", f"{name}.cubin")
+        manager.put_group(f"{name}.json", {f"{name}.json": metadata})
+    assert (tmp_path / "cache" / "k1").is_dir(), "Triton did not write where TRITON_CACHE_DIR points"
+    assert compiled_kernels(tmp_path / "cache") == {"_add_ln_modulate_kernel": 2, "_qk_norm_cache_kernel": 1}
+    assert compiled_kernels(tmp_path / "absent") == {}
+
+
 @pytest.mark.no_cuda
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_device_script_v3_refuses_without_cuda(tmp_path):
@@ -201,6 +220,7 @@ def test_device_script_v3_smoke_run_writes_every_section(tmp_path):
     assert {c["gamma"] for c in part1["rows"]["cells"]} == {2, 4} and part1["rows"]["pass_ratios"]
     assert set(part1["oneoff"]) == {"cold", "warm"}
     assert [c["method"] for c in part1["oneoff"]["warm"]["calls"]] == ["exact_g2", "target"]
+    assert part1["oneoff"]["cold"]["compiled_kernels"] == {}  # the interpreter compiles nothing
     part2 = json.loads((tmp_path / "v3_part2.json").read_text())["sections"]
     assert len(part2["measured_profile"]["profile"]) == 10
     assert {r["method"] for r in part2["decisions"]} == {"exact_calibrated", "exact_adaptive"}

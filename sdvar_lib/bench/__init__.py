@@ -89,7 +89,7 @@ from sdvar_lib.bench.methods import (
     prepare_runs,
     run_order,
 )
-from sdvar_lib.bench.oneoff import FirstCall, ProgramRatio, measure_program_ratio, time_first_calls
+from sdvar_lib.bench.oneoff import FirstCall, ProgramRatio, compiled_kernels, measure_program_ratio, time_first_calls
 from sdvar_lib.bench.profile import (
     DecodeProfile,
     KernelTime,
@@ -180,7 +180,8 @@ __all__ = [
     # when SDVAR pays, decision rules, first calls
     "ISSUE_PROFILE", "AcceptanceProfile", "sweep_profiles", "PairedTiming", "time_paired", "whole_bound_ms", "SweepCell",
     "sweep_when_sdvar_pays", "DecisionRow", "time_decision_rules", "measure_stage_acceptance", "format_sweep",
-    "format_decisions", "FirstCall", "time_first_calls", "ProgramRatio", "measure_program_ratio",
+    "format_decisions", "FirstCall", "time_first_calls",
+    "compiled_kernels", "ProgramRatio", "measure_program_ratio",
     # running
     "bench_method", "run_bench", "one_off_s", "beyond_passes_bound", "build_parser", "config_from_args", "main", "plot_main",
 ]

@@ -7,7 +7,8 @@ kernels and captures its CUDA graphs (:attr:`FastRunFactory.one_off_s
 (a reopened notebook) only loads them; graph captures are redone in every process.
 :func:`time_first_calls` times the first and the second call of each method in the process it runs in;
 the device script (``scripts/device_perf_v3.py``) runs it in two child processes sharing one new cache
-folder, ``cold`` (empty) then ``warm`` (filled by the first).
+folder, ``cold`` (empty) then ``warm`` (filled by the first), and :func:`compiled_kernels` counts the Triton
+specialisations the cold process left in that folder, per kernel (what its preparation compiled).
 
 **Stage programs.** :func:`measure_program_ratio` replays the draft's and the target's stage programs
 (:meth:`FastRun.stage_program <sdvar_lib.fast.run.FastRun.stage_program>`: passes, draws and ``f_hat``
@@ -18,8 +19,10 @@ gives their ratio, beside the single-stage passes' ratio of :mod:`sdvar_lib.benc
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -31,7 +34,7 @@ from sdvar_lib.sdvar.decoder import SDVAR
 from sdvar_lib.sdvar.registry import get_method
 from sdvar_lib.util.checks import check_int
 
-__all__ = ["FirstCall", "time_first_calls", "ProgramRatio", "measure_program_ratio"]
+__all__ = ["FirstCall", "time_first_calls", "compiled_kernels", "ProgramRatio", "measure_program_ratio"]
 
 
 @dataclass
@@ -81,6 +84,24 @@ def time_first_calls(sd: SDVAR, methods: Sequence[str], batch: int, sampling: Sa
         out.append(FirstCall(method=name, batch=batch, first_s=times[0], second_s=times[1], one_off_s=one_off,
                              captures=captures))
     return out
+
+
+GROUP_PREFIX, GROUP_SUFFIX = "__grp__", ".json"
+
+
+def compiled_kernels(cache_dir: str | Path) -> dict[str, int]:
+    """How many specialisations of each Triton kernel a cache folder holds (kernel name -> count, most first).
+
+    Triton compiles a kernel once per specialisation (argument dtypes, divisibility of sizes and pointers,
+    constexpr values, launch options) and keeps each in its own folder of ``TRITON_CACHE_DIR``, named by a hash,
+    with a group file ``__grp__<kernel>.json`` that lists that compilation's files. Counting those after a cold
+    process says which kernels its preparation compiled, and how often. A folder that does not exist holds none.
+    """
+    root = Path(cache_dir)
+    if not root.is_dir():
+        return {}
+    names = Counter(f.name[len(GROUP_PREFIX): -len(GROUP_SUFFIX)] for f in root.glob(f"*/{GROUP_PREFIX}*{GROUP_SUFFIX}"))
+    return dict(sorted(names.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 @dataclass(frozen=True)
