@@ -71,6 +71,7 @@ from sdvar_lib.bench import (  # noqa: E402
     format_decisions,
     format_pass_ratios,
     format_sweep,
+    host_call_ms,
     host_profile,
     in_call_context,
     measure_ceilings,
@@ -78,6 +79,7 @@ from sdvar_lib.bench import (  # noqa: E402
     measure_pass_ratio,
     measure_program_ratio,
     measure_stage_acceptance,
+    median_host_ms,
     method_call,
     prepare_rounds,
     prepare_runs,
@@ -99,23 +101,6 @@ SMOKE_CEILINGS = Ceilings(1e12, 1e14)
 
 
 # ---- timers and pairs: the GPU's, or host stand-ins for --smoke -----------------------------------------
-def host_call_ms(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, (time.perf_counter() - t0) * 1e3
-
-
-def host_replay_ms(fn, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
-
-
 class Setting:
     """What differs between the GPU run and the CPU smoke run: the pair, batches, timers, repetitions."""
 
@@ -132,7 +117,7 @@ class Setting:
                                   top_k=0 if smoke else 900, top_p=0.0 if smoke else 0.96, out="unused")
         self.sampling = self.config.sampling
         if smoke:
-            self.call_timer, self.replay_timer = host_call_ms, host_replay_ms
+            self.call_timer, self.replay_timer = host_call_ms, median_host_ms
         else:
             from sdvar_lib.bench.timing import cuda_event_ms, median_event_ms
 

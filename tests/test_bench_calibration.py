@@ -8,7 +8,6 @@ standing in for CUDA-graph replays and CUDA events.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict
 
 import pytest
@@ -35,8 +34,10 @@ from sdvar_lib.bench import (
     estimate_overheads,
     fill_missing_stages,
     format_calibrations,
+    host_call_ms,
     map_profile_to_stages,
     measure_pass_times,
+    median_host_ms,
     method_call,
     scenario_stage_acceptance,
 )
@@ -181,21 +182,8 @@ def test_calibrated_row_captures_every_chunk_it_may_price():
 
 
 # ---- end to end on the tiny pair ----------------------------------------------------------------
-def _host_replay_timer(fn, repeats, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
 
 
-def _host_call_timer(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, (time.perf_counter() - t0) * 1e3
 
 
 def test_pass_ratio_times_both_models_single_stage_passes(tiny_pair):
@@ -238,8 +226,8 @@ def test_calibration_end_to_end_on_the_tiny_pair(tiny_pair):
         sd=SDVAR(draft, target, run_factory=factory), factory=factory, specs={},
     )
     config = BenchConfig(calibration_calls=2, calibration_replays=1, top_k=0, top_p=0.0)
-    batch_cal = calibrate_batch(ctx, B, config, decode_ms=0.5, replay_timer=_host_replay_timer,
-                                call_timer=_host_call_timer)
+    batch_cal = calibrate_batch(ctx, B, config, decode_ms=0.5, replay_timer=median_host_ms,
+                                call_timer=host_call_ms)
     assert set(batch_cal.draft_pass_ms) == set(stage_chunks(S, S))
     assert set(batch_cal.target_pass_ms) == set(stage_chunks(S, 5))
     assert len(batch_cal.target_calls) == 2
@@ -247,7 +235,7 @@ def test_calibration_end_to_end_on_the_tiny_pair(tiny_pair):
 
     cals = []
     for scenario in (Scenario("exact"), Scenario("all", ScenarioPolicy.all_accepted(S))):
-        cal, rule = calibrate_scenario(ctx, B, scenario, config, batch_cal, call_timer=_host_call_timer)
+        cal, rule = calibrate_scenario(ctx, B, scenario, config, batch_cal, call_timer=host_call_ms)
         assert isinstance(rule, AdaptiveGamma) and len(rule.prior_acceptance) == S
         assert all(0.0 <= p <= 1.0 for p in cal.priors) and cal.round_overhead_ms >= 0
         assert len(cal.target_pass_ms) == len(batch_cal.target_pass_ms) and len(cal.sdvar_call_ms) == 2
@@ -360,13 +348,13 @@ def test_run_bench_end_to_end_on_the_tiny_pair(tiny_pair, monkeypatch, tmp_path)
     monkeypatch.setattr(core_module, "measure_ceilings", lambda device: Ceilings(1e12, 1e14))
     monkeypatch.setattr(core_module, "measure_decode", lambda model, B, graphed=None: DecodeTiming(B, 0.5, 0.25))
     monkeypatch.setattr(core_module, "build_pair_bf16", lambda d, t, device: ModelPair(vae, draft, target, "tiny"))
-    monkeypatch.setattr(core_module, "cuda_event_ms", _host_call_timer)
+    monkeypatch.setattr(core_module, "cuda_event_ms", host_call_ms)
     monkeypatch.setattr(core_module, "calibrate_batch", functools.partial(
-        core_module.calibrate_batch, replay_timer=_host_replay_timer, call_timer=_host_call_timer))
+        core_module.calibrate_batch, replay_timer=median_host_ms, call_timer=host_call_ms))
     monkeypatch.setattr(core_module, "calibrate_scenario", functools.partial(
-        core_module.calibrate_scenario, call_timer=_host_call_timer))
+        core_module.calibrate_scenario, call_timer=host_call_ms))
     monkeypatch.setattr(core_module, "measure_pass_ratio", functools.partial(
-        core_module.measure_pass_ratio, replay_timer=_host_replay_timer))
+        core_module.measure_pass_ratio, replay_timer=median_host_ms))
     config = BenchConfig(pairs=((16, 30),), batches=(2,), methods=("eager_target", "target", "sdvar_g2", CALIBRATED),
                          scenarios=("exact", "all"), repeats=2, warmup=0, calibration_calls=2, calibration_replays=1,
                          top_k=0, top_p=0.0, use_cuda_graphs=False, graph_decode=False, out=str(tmp_path))

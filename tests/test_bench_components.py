@@ -8,7 +8,6 @@ import functools
 import json
 import re
 import shlex
-import time
 from pathlib import Path
 
 import pytest
@@ -34,8 +33,10 @@ from sdvar_lib.bench import (
     decode_cost,
     format_components,
     format_profiles,
+    host_call_ms,
     host_profile,
     measure_components,
+    median_host_ms,
     run_bench,
     run_order,
     time_sampling,
@@ -51,21 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CEIL = Ceilings(1e12, 1e14)
 
 
-def _host_replay_timer(fn, repeats, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
 
 
-def _host_call_timer(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, (time.perf_counter() - t0) * 1e3
 
 
 @pytest.fixture
@@ -86,7 +74,7 @@ def test_target_v1_is_the_target_on_the_first_fast_path():
 
 # ---- the components --------------------------------------------------------------------------------
 def test_decode_comparison(pair):
-    got = compare_decodes(pair, 2, CEIL, repeats=1, replay_timer=_host_replay_timer)
+    got = compare_decodes(pair, 2, CEIL, repeats=1, replay_timer=median_host_ms)
     cost = decode_cost(pair.vae, 2)
     assert got.reference_ms > 0 and got.fast_ms > 0
     assert got.bound_ms == pytest.approx(1e3 * (cost.bytes / 1e12 + cost.flops / 1e14))
@@ -97,11 +85,11 @@ def test_decode_comparison(pair):
 
 def test_sampling_timing_on_the_cpu(pair):
     sampling = SamplingConfig(cfg=1.5, top_k=10, top_p=0.9)
-    got = time_sampling(pair, 2, sampling, repeats=1, replay_timer=_host_replay_timer)
+    got = time_sampling(pair, 2, sampling, repeats=1, replay_timer=median_host_ms)
     last = pair.target.num_stages - 1
     assert (got.stage, got.tokens_per_image) == (last, pair.target.patch_nums[last] ** 2)
     assert got.torch_ms > 0 and got.fused_ms is None and got.same_tokens is None  # no fused sampler on the CPU
-    assert time_sampling(pair, 1, sampling, 1, _host_replay_timer, stage=0).tokens_per_image == 1
+    assert time_sampling(pair, 1, sampling, 1, median_host_ms, stage=0).tokens_per_image == 1
 
 
 def test_host_profile_lists_the_operators_of_one_call():
@@ -115,7 +103,7 @@ def test_host_profile_lists_the_operators_of_one_call():
 def test_measure_components_of_a_pair(pair):
     ctx = PairContext.for_pair("tiny", pair, FastRunFactory(FastConfig(use_cuda_graphs=False)))
     sampling = SamplingConfig(cfg=1.5, top_k=0, top_p=0.0)
-    got = measure_components(ctx, 2, ("sampling", "host"), sampling, CEIL, 1, replay_timer=_host_replay_timer)
+    got = measure_components(ctx, 2, ("sampling", "host"), sampling, CEIL, 1, replay_timer=median_host_ms)
     assert (got.pair, got.batch, got.decode) == ("tiny", 2, None)
     assert got.sampling.torch_ms > 0 and got.host and got.host_method == "target"
     assert [run.model for run in ctx.factory.call_runs()] == [pair.target]  # the host profile ran the target row
@@ -183,11 +171,11 @@ def test_run_bench_with_the_first_fast_path_and_components(tiny_pair, monkeypatc
     monkeypatch.setattr(core_module, "measure_ceilings", lambda device: CEIL)
     monkeypatch.setattr(core_module, "measure_decode", lambda model, B, graphed=None: DecodeTiming(B, 0.5, 0.25))
     monkeypatch.setattr(core_module, "build_pair_bf16", lambda d, t, device: ModelPair(vae, draft, target, "tiny"))
-    monkeypatch.setattr(core_module, "cuda_event_ms", _host_call_timer)
+    monkeypatch.setattr(core_module, "cuda_event_ms", host_call_ms)
     monkeypatch.setattr(core_module, "measure_pass_ratio", functools.partial(
-        core_module.measure_pass_ratio, replay_timer=_host_replay_timer))
+        core_module.measure_pass_ratio, replay_timer=median_host_ms))
     monkeypatch.setattr(core_module, "measure_components", functools.partial(
-        core_module.measure_components, replay_timer=_host_replay_timer))
+        core_module.measure_components, replay_timer=median_host_ms))
     seen = []
     real_bench_method = core_module.bench_method
 

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,10 @@ from sdvar_lib.bench import (
     Scenario,
     format_decisions,
     format_sweep,
+    host_call_ms,
     map_profile_to_stages,
     measure_program_ratio,
+    median_host_ms,
     sweep_profiles,
     sweep_when_sdvar_pays,
     time_decision_rules,
@@ -45,21 +46,6 @@ CEIL = Ceilings(1e12, 1e14)
 SAMPLING = SamplingConfig(cfg=1.5, top_k=0)
 
 
-def host_call_ms(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, (time.perf_counter() - t0) * 1e3 + 1e-6
-
-
-def host_replay_ms(fn, repeats, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3 + 1e-6)
-    return sorted(times)[len(times) // 2]
 
 
 @pytest.fixture
@@ -121,7 +107,7 @@ def test_the_decision_rules_against_the_target(ctx):
     S = ctx.pair.target.num_stages
     config = BenchConfig(repeats=2, warmup=1, top_k=0, top_p=0.0, calibration_calls=2, calibration_replays=1)
     scenarios = [Scenario("exact"), sweep_profiles(S)[0].scenario()]
-    rows = time_decision_rules(ctx, 2, scenarios, config, 0.1, host_call_ms, host_replay_ms)
+    rows = time_decision_rules(ctx, 2, scenarios, config, 0.1, host_call_ms, median_host_ms)
     assert [(r.method, r.scenario) for r in rows] == [
         ("exact_calibrated", "exact (random weights)"), ("exact_adaptive", "exact (random weights)"),
         ("exact_calibrated", "all"), ("exact_adaptive", "all")]
@@ -166,7 +152,7 @@ def test_first_calls_and_program_ratio(ctx):
     with pytest.raises(ValueError, match="FastRunFactory"):
         time_first_calls(SDVAR(ctx.pair.draft, ctx.pair.target), ("target",), 1, SAMPLING)
     draft, target = (ctx.factory.run_for(m, 2) for m in (ctx.pair.draft, ctx.pair.target))
-    ratio = measure_program_ratio("tiny", draft, target, SAMPLING, 2, host_replay_ms)
+    ratio = measure_program_ratio("tiny", draft, target, SAMPLING, 2, median_host_ms)
     assert ratio.draft_ms > 0 and ratio.target_ms > 0 and ratio.ratio == pytest.approx(ratio.draft_ms / ratio.target_ms)
     assert draft.cache.length == target.cache.length == 0
 

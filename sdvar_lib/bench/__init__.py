@@ -142,9 +142,11 @@ from sdvar_lib.bench.timing import (
     DecodeTiming,
     ReplayTimer,
     cuda_event_ms,
+    host_call_ms,
     measure_ceilings,
     measure_decode,
     median_event_ms,
+    median_host_ms,
     percentile,
 )
 
@@ -157,7 +159,8 @@ __all__ = [
     "SCENARIOS", "ScenarioPolicy", "Scenario", "make_scenarios", "fill_missing_stages", "scenario_stage_acceptance",
     "map_profile_to_stages",
     # timing
-    "ReplayTimer", "CallTimer", "cuda_event_ms", "median_event_ms", "percentile", "measure_ceilings", "DecodeTiming",
+    "ReplayTimer", "CallTimer", "cuda_event_ms", "median_event_ms", "host_call_ms",
+    "median_host_ms", "percentile", "measure_ceilings", "DecodeTiming",
     "measure_decode",
     # rows
     "EAGER_TARGET", "TARGET_V1", "CALIBRATED", "BenchMethod", "BENCH_ONLY_ROWS", "DEFAULT_METHODS", "bench_row", "run_order",

@@ -2,13 +2,15 @@
 
 :func:`cuda_event_ms` is the one place a run is timed (CUDA events around it, then a sync on the
 end event); :func:`median_event_ms` repeats it. The calibration takes its timers as arguments
-(:data:`ReplayTimer`, :data:`CallTimer`), so that its CPU tests can pass host timers instead.
+(:data:`ReplayTimer`, :data:`CallTimer`), so that its CPU tests and the device scripts' CPU smoke runs
+can pass the host-clock stand-ins :func:`host_call_ms` and :func:`median_host_ms` instead.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +25,8 @@ __all__ = [
     "CallTimer",
     "cuda_event_ms",
     "median_event_ms",
+    "host_call_ms",
+    "median_host_ms",
     "percentile",
     "measure_ceilings",
     "DecodeTiming",
@@ -51,6 +55,21 @@ def median_event_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> 
         fn()
     torch.cuda.synchronize()
     return statistics.median(cuda_event_ms(fn)[1] for _ in range(repeats))
+
+
+def host_call_ms(fn: Callable[[], object]) -> tuple[object, float]:
+    """One run of ``fn`` on the host clock: ``(its result, elapsed ms)`` (a :data:`CallTimer` without CUDA)."""
+    t0 = time.perf_counter()
+    out = fn()
+    return out, (time.perf_counter() - t0) * 1e3
+
+
+def median_host_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """The middle (upper middle of an even count) of ``repeats`` :func:`host_call_ms` runs of ``fn`` after
+    ``warmup`` untimed runs (a :data:`ReplayTimer` without CUDA)."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median_high(host_call_ms(fn)[1] for _ in range(repeats))
 
 
 def percentile(values: Sequence[float], q: float) -> float:
