@@ -21,9 +21,7 @@ import torch
 from PIL import Image
 
 from sdvar_lib.models.checkpoints import load_bundled
-from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.samples import sampler as sampler_module
-from sdvar_lib.samples.cli import main
 from sdvar_lib.samples.distributed import init_distributed
 from sdvar_lib.samples.npz import NpzMember, write_npz_stream
 from sdvar_lib.samples.sampler import (
@@ -37,15 +35,9 @@ from sdvar_lib.samples.sampler import (
 )
 from sdvar_lib.samples.shards import FileRecord, Shard, png_names
 from sdvar_lib.util.atomic import OUTPUT_MARKER
+from tests.test_sample import BUNDLED_SAMPLING, sample  # the small set of tests/test_sample.py: 5 images, 3 calls
 
-# 5 images of classes 0-4 in batches of 2: 3 calls (as tests/test_sample.py)
-SMALL = ["--per-class", "1", "--classes", "0-4", "--batch-size", "2", "--threads", "1", "--no-progress"]
-BUNDLED_SAMPLING = SamplingConfig(cfg=1.5, top_k=256, top_p=0.96)
 PLAN = SamplePlan("exact_g2", tuple(range(5)), 1, 2, seed=0, sampling=BUNDLED_SAMPLING)
-
-
-def sample(out, *extra):
-    return main(["--method", "exact_g2", "--out", str(out), *SMALL, *extra])
 
 
 def _error(capsys) -> str:
