@@ -171,7 +171,8 @@ PLANTS: list[Plant] = [
       "tests/test_gpu_decode.py", "issue 20 survivor (e): the graphed decode's images are off by 1e-3", gpu=True),
     # ---- statistics (sdvar/stats.py) -------------------------------------------------------------------------
     P("stats-tokens-per-sample", "sdvar_lib/sdvar/stats.py",
-      "proposed_tokens[si] += accepted_Bl.numel()", "proposed_tokens[si] += accepted_Bl.shape[-1]",
+      "(si, accepted_Bl.numel(), ok) for si, accepted_Bl, ok in judged",
+      "(si, accepted_Bl.shape[-1], ok) for si, accepted_Bl, ok in judged",
       "tests/test_sdvar.py tests/test_stats_counts.py", "proposed tokens counted for one sample of the batch"),
     P("pooled-drops-draft-passes", "sdvar_lib/sdvar/stats.py",
       "draft_passes=self.draft_passes + other.draft_passes,", "draft_passes=self.draft_passes,",

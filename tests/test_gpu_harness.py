@@ -19,7 +19,6 @@ import pytest
 import torch
 
 import sdvar_lib.fast.acceptance as fast_acceptance
-import sdvar_lib.fast.round as fast_round
 from sdvar_lib.fast import FastRun, make_fast_sdvar
 from sdvar_lib.models import build_official_pair
 from sdvar_lib.sdvar import SDVAR
@@ -77,14 +76,6 @@ def _fast_cache_stores_perturbed_values(mp):
     mp.setattr(FastRun, "forward", perturbed)
 
 
-def _fast_stats_count_an_extra_pass(mp):
-    """The device round's statistics (``fast.round._after_round``) count one target pass too many."""
-    teeth._stats_count_an_extra_pass(mp)
-    after_round = fast_round._after_round
-    mp.setattr(fast_round, "_after_round",
-               lambda *args: replace(stats := after_round(*args), target_passes=stats.target_passes + 1))
-
-
 def _fast_corrections_from_the_draft(mp):
     """The device verdict's corrections drawn from ``q`` (its own import of ``residual_distribution``)."""
     teeth._corrections_from_the_draft(mp)
@@ -114,8 +105,7 @@ FAST_PLANTS = {  # row id of tests/test_harness_teeth.py -> the plant on the fas
     "q reported before top-k": _fast_q_reported_flattened,
     "top-p keeps two tokens (draft)": _fast_draft_filter_keeps_two,
     "cache stores perturbed values": _fast_cache_stores_perturbed_values,
-    # the device rounds (FastConfig.device_rounds) have their own statistics and verdict code: planted in both
-    "statistics count an extra pass": _fast_stats_count_an_extra_pass,
+    # the device rounds (FastConfig.device_rounds) have their own verdict code: planted in both
     "corrections drawn from the draft": _fast_corrections_from_the_draft,
     "acceptance min(1, p/q) ** 0.8": _fast_acceptance_to_the_power(0.8),
 }

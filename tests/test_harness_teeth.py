@@ -133,8 +133,8 @@ def _images_skip_post_quant_conv(mp):
 
 
 def _stats_count_an_extra_pass(mp):
-    orig = SDVARStats.after_round
-    mp.setattr(SDVARStats, "after_round",
+    orig = SDVARStats.after_round_counted  # what every round's statistics go through, eager and device rounds
+    mp.setattr(SDVARStats, "after_round_counted",
                lambda self, target_passes, *args, **kw: orig(self, target_passes + 1, *args, **kw))
 
 

@@ -49,7 +49,6 @@ from sdvar_lib.fast.run import FastRun, StageSlots, _Program, chunk_span
 from sdvar_lib.models.sampling import SamplingConfig, guided_logits, stage_probs
 from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, RoundContext, RoundHistory
 from sdvar_lib.sdvar.state import SDVARInferenceState, take_over
-from sdvar_lib.sdvar.stats import SDVARStats
 from sdvar_lib.util.checks import check_int
 
 log = logging.getLogger(__name__)
@@ -165,7 +164,9 @@ class DeviceRound:
             r, bonus = self._round(state, form, context, c, d, g)
             committed = r + 1 if r < g else g + int(bonus)
             flags = [i < r for i in range(min(r + 1, g))]
-            stats = _after_round(stats, g, committed, c, flags, self.slots)
+            rows = self.slots.row_begins
+            judged = [(c + i, rows[c + i + 1] - rows[c + i], ok) for i, ok in enumerate(flags)]
+            stats = stats.after_round_counted(1, g, g, committed, judged)  # accepted tokens: counted on the device
             history = history.add(g, sum(flags), [(c + i, ok) for i, ok in enumerate(flags)])
             drafted = True
             log.log(level, "device round: stages %d.. (draft cache %d), gamma %d, accepted %d, committed %d%s",
@@ -413,22 +414,3 @@ class DeviceRound:
 
 def _pass_record(run: FastRun, start: int, num_stages: int, graphed: bool) -> PassRecord:
     return PassRecord(*chunk_span(run.model, start, num_stages), graphed=graphed)
-
-
-def _after_round(stats: SDVARStats, g: int, committed: int, c: int, flags: list[bool], slots: StageSlots) -> SDVARStats:
-    """:meth:`SDVARStats.after_round` from host numbers (the accepted-token counts stay on the device)."""
-    proposed_tokens = list(stats.proposed_tokens_per_stage)
-    proposed_stages = list(stats.proposed_stages_per_stage)
-    accepted_stages = list(stats.accepted_stages_per_stage)
-    for i, ok in enumerate(flags):
-        si = c + i
-        proposed_tokens[si] += slots.row_begins[si + 1] - slots.row_begins[si]
-        proposed_stages[si] += 1
-        accepted_stages[si] += int(ok)
-    return replace(
-        stats, target_passes=stats.target_passes + 1, draft_passes=stats.draft_passes + g, rounds=stats.rounds + 1,
-        gamma_per_round=stats.gamma_per_round + [g], stages_accepted_per_round=stats.stages_accepted_per_round + [sum(flags)],
-        stages_committed_per_round=stats.stages_committed_per_round + [committed],
-        proposed_tokens_per_stage=proposed_tokens, proposed_stages_per_stage=proposed_stages,
-        accepted_stages_per_stage=accepted_stages,
-    )

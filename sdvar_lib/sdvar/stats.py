@@ -73,27 +73,41 @@ class SDVARStats:
     ) -> SDVARStats:
         """One drafting round: its passes, ``gamma``, committed stages and every judged stage as
         ``(stage, accepted_Bl, accepted by every sample)``."""
-        proposed_tokens = list(self.proposed_tokens_per_stage)
-        proposed_stages = list(self.proposed_stages_per_stage)
-        accepted_stages = list(self.accepted_stages_per_stage)
+        counted = self.after_round_counted(target_passes, draft_passes, gamma, committed,
+                                           [(si, accepted_Bl.numel(), ok) for si, accepted_Bl, ok in judged])
         accepted_S = None
-        for si, accepted_Bl, ok in judged:
-            proposed_tokens[si] += accepted_Bl.numel()
-            proposed_stages[si] += 1
-            accepted_stages[si] += int(ok)
+        for si, accepted_Bl, _ in judged:
             if accepted_S is None:  # a new tensor: the statistics of the state before stay as they were
                 accepted_S = (self.accepted_tokens_S.clone() if self.accepted_tokens_S is not None
                               else torch.zeros(self.num_stages, dtype=torch.long, device=accepted_Bl.device))
             accepted_S[si] += accepted_Bl.sum()
-        if accepted_S is None:
-            accepted_S = self.accepted_tokens_S
+        return counted if accepted_S is None else replace(counted, accepted_tokens_S=accepted_S)
+
+    def after_round_counted(
+        self,
+        target_passes: int,
+        draft_passes: int,
+        gamma: int,
+        committed: int,
+        judged: Sequence[tuple[int, int, bool]],
+    ) -> SDVARStats:
+        """:meth:`after_round` from host numbers, every judged stage as ``(stage, tokens judged, accepted by every
+        sample)``; ``accepted_tokens_S`` stays as it is (a round that counts accepted tokens on the device, as the
+        fast path's device rounds do, sets it itself)."""
+        proposed_tokens = list(self.proposed_tokens_per_stage)
+        proposed_stages = list(self.proposed_stages_per_stage)
+        accepted_stages = list(self.accepted_stages_per_stage)
+        for si, tokens, ok in judged:
+            proposed_tokens[si] += tokens
+            proposed_stages[si] += 1
+            accepted_stages[si] += int(ok)
         return replace(
             self, target_passes=self.target_passes + target_passes, draft_passes=self.draft_passes + draft_passes,
             rounds=self.rounds + 1, gamma_per_round=self.gamma_per_round + [gamma],
             stages_accepted_per_round=self.stages_accepted_per_round + [sum(ok for _, _, ok in judged)],
             stages_committed_per_round=self.stages_committed_per_round + [committed],
             proposed_tokens_per_stage=proposed_tokens, proposed_stages_per_stage=proposed_stages,
-            accepted_stages_per_stage=accepted_stages, accepted_tokens_S=accepted_S,
+            accepted_stages_per_stage=accepted_stages,
         )
 
     def with_wall_time(self, seconds: float, one_off_s: float = 0.0) -> SDVARStats:
