@@ -93,6 +93,8 @@ from sdvar_lib.fast.config import FastConfig  # noqa: E402
 from sdvar_lib.fast.factory import FastRunFactory, make_fast_sdvar  # noqa: E402
 from sdvar_lib.fast.graphs import GraphedDecode  # noqa: E402
 from sdvar_lib.models.presets import ModelPair, build_tiny  # noqa: E402
+from sdvar_lib.sdvar.acceptance import ExactPolicy  # noqa: E402
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, RoundContext, RoundHistory, plan_never_drafts  # noqa: E402
 from sdvar_lib.util.atomic import atomic_write_text  # noqa: E402
 
 log = logging.getLogger("device_perf_v3")
@@ -330,8 +332,9 @@ def measured_profile_section(res: Results, setting: Setting) -> tuple[float, ...
 
 
 def decisions_section(res: Results, setting: Setting, ctx: PairContext, measured) -> None:
-    rows = []
+    rows, prices = [], []
     res.data["sections"]["decisions"] = rows
+    res.data["sections"]["adaptive_prices"] = prices
     S = ctx.pair.target.num_stages
     profiles = {p.name: p for p in sweep_profiles(S, measured if measured is not None and len(measured) == S else None)}
     scenarios = [Scenario("exact") if n == "exact" else profiles[n].scenario() for n in setting.decision_scenarios
@@ -345,10 +348,43 @@ def decisions_section(res: Results, setting: Setting, ctx: PairContext, measured
         found = time_decision_rules(ctx, B, scenarios, setting.config, decode_ms, setting.call_timer,
                                     setting.replay_timer, with_adaptive=True)
         rows += [asdict(r) for r in found]
+        prices.append(_adaptive_prices(ctx, B, setting))
         _release(ctx)
         ctx.decoder = None
         res.markdown["decisions"] = format_decisions([_Row(**r) for r in rows])
+        res.markdown["adaptive_prices"] = _format_prices(prices)
         res.save()
+
+
+def _adaptive_prices(ctx: PairContext, B: int, setting: Setting) -> dict:
+    """What exact_adaptive decided with at batch ``B`` (the exact policy's prices, as the fast path measured them):
+    the target steps, the rounds from stage 0, and the expected saving of each gamma there at acceptance 1 and at
+    the rule's prior."""
+    S = ctx.pair.target.num_stages
+    costs = ctx.factory.program_costs(ctx.pair.draft, ctx.pair.target, B, setting.sampling, ExactPolicy(), 4)
+    if costs is None:
+        return {"batch": B, "priced": False}
+    rule = AdaptiveGamma(costs=costs)
+    start = RoundContext(c=0, num_stages=S, draft_stages_held=0, history=RoundHistory())
+    return {"batch": B, "priced": True, "step_ms": list(costs.step_times),
+            "round_ms_from_0": [costs.round(0, 0, g, S) for g in range(1, 5)],
+            "saving_ms_all_accepted": [rule.expected_saving(g, start, [1.0] * S) for g in range(1, 5)],
+            "saving_ms_at_prior": [rule.expected_saving(g, start, [rule.prior(s) for s in range(S)]) for g in range(1, 5)],
+            "never_drafts": plan_never_drafts(rule, S)}
+
+
+def _format_prices(prices: list[dict]) -> str:
+    lines = ["| batch | target steps (sum, ms) | rounds from stage 0, g1..g4 (ms) | saving if all accepted, g1..g4 (ms) "
+             "| saving at prior 0.8 | plan |", "|---|---|---|---|---|---|"]
+    for p in prices:
+        if not p.get("priced"):
+            lines.append(f"| {p['batch']} | not priced (no device rounds) | | | | |")
+            continue
+        fmt = lambda xs: " / ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+        lines.append(f"| {p['batch']} | {sum(p['step_ms']):.2f} | {fmt(p['round_ms_from_0'])} | "
+                     f"{fmt(p['saving_ms_all_accepted'])} | {fmt(p['saving_ms_at_prior'])} | "
+                     f"{'never drafts' if p['never_drafts'] else 'drafts'} |")
+    return "\n".join(lines)
 
 
 class _Row:

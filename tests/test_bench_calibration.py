@@ -49,7 +49,7 @@ from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar import baseline, pooled_stage_acceptance
 from sdvar_lib.sdvar.acceptance import make_policy
 from sdvar_lib.sdvar.decoder import SDVAR
-from sdvar_lib.sdvar.gamma import AdaptiveGamma, RoundContext, RoundHistory, plan_never_drafts
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, RoundContext, RoundHistory, UniformCost, plan_never_drafts
 from sdvar_lib.sdvar.registry import stage_chunks
 from sdvar_lib.sdvar.stats import SDVARStats
 
@@ -286,7 +286,8 @@ def test_calibrated_row_needs_its_rule_and_runs_the_target_alone_when_it_never_d
     ref = baseline(ctx.sd, 2, None, g_seed=0, sampling=SamplingConfig(top_k=0))
     assert out.stats.draft_passes == 0 and out.stats.gamma_per_round == [0] * S and out.stats.target_passes == S
     assert all(torch.equal(a, b) for a, b in zip(out.tokens_per_stage, ref.tokens_per_stage))
-    out = method_call(ctx, row, scenario, 2, sampling, rule=AdaptiveGamma(prior_acceptance=1.0))(0)
+    eager_prices = AdaptiveGamma(prior_acceptance=1.0, costs=UniformCost())  # (RunCost: the fast path's own prices)
+    out = method_call(ctx, row, scenario, 2, sampling, rule=eager_prices)(0)
     assert any(out.stats.gamma_per_round) and out.stats.draft_passes > 0
     with pytest.raises(ValueError, match="own gamma"):
         method_call(ctx, bench_row("exact_g2"), scenario, 2, sampling, rule=never)

@@ -20,10 +20,12 @@ from sdvar_lib.models.presets import TINY_CONFIG, build_tiny
 from sdvar_lib.models.run import ModelRun, eager_run
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.acceptance import ExactPolicy
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, UniformCost
 from sdvar_lib.sdvar.handoff import baseline, code_handoff, draft_alone, generate_test3
 from sdvar_lib.sdvar.registry import stage_chunks
 
 B = 2
+UNIFORM_ADAPTIVE = AdaptiveGamma(costs=UniformCost())
 NO_GRAPHS = FastConfig(use_cuda_graphs=False)
 
 
@@ -39,7 +41,8 @@ def _decoders(gamma_values=(1, 2, 3)):
              ("draft_alone", lambda sd, lb, k, seed: draft_alone(sd, B, lb, seed, s(k))),
              ("test3", lambda sd, lb, k, seed: generate_test3(sd, B, lb, seed, s(k), entry_num=2)),
              ("code", lambda sd, lb, k, seed: code_handoff(sd, B, lb, seed, s(k), entry_num=2)),
-             ("adaptive", lambda sd, lb, k, seed: sd.generate_parallel(B, lb, seed, s(k), gamma="adaptive"))]
+             # the eager loop's prices on both paths (the fast path would price "adaptive" with its own timed programs)
+             ("adaptive", lambda sd, lb, k, seed: sd.generate_parallel(B, lb, seed, s(k), gamma=UNIFORM_ADAPTIVE))]
     for g in gamma_values:
         cases.append((f"parallel_g{g}", lambda sd, lb, k, seed, g=g: sd.generate_parallel(B, lb, seed, s(k), gamma=g)))
     return cases

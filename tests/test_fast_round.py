@@ -41,6 +41,7 @@ from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.round import DeviceRound, round_keys
 from sdvar_lib.fast.run import FastRun, _EagerProgram
 from sdvar_lib.sdvar.acceptance import ExactPolicy, RelaxedPolicy, Top1MatchPolicy
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, UniformCost
 from sdvar_lib.sdvar.handoff import baseline, code_handoff, generate_test3
 from tests.stat_checks import binomial_z, chi_square, z_bound
 from tests.test_exactness import CASES, reference_acceptance, reference_residual
@@ -75,7 +76,9 @@ POLICIES = {
     "profile": ScenarioPolicy(stage_probabilities=(1.0, 0.6, 0.3, 0.0)),
     "profile_per_sample": ScenarioPolicy(stage_probabilities=(0.9, 0.7, 0.5, 0.2), per_sample=True),
 }
-GAMMAS = [1, 2, 3, (0, 2), (1, 0, 0, 3), "adaptive"]
+GAMMAS = [1, 2, 3, (0, 2), (1, 0, 0, 3), AdaptiveGamma(costs=UniformCost())]
+"""The adaptive rule with the eager loop's prices on both factories (the default ``RunCost`` lets the device-round
+factory price it with its timed programs and the other one not: ``tests/test_fast_pricing.py``)."""
 
 
 def _record(out, factory: FastRunFactory) -> dict:

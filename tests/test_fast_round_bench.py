@@ -113,7 +113,8 @@ def test_the_decision_rules_against_the_target(ctx):
         ("exact_calibrated", "all"), ("exact_adaptive", "all")]
     for r in rows:
         assert r.speedup == pytest.approx(r.target_ms / r.median_ms) and r.gamma_per_round
-        assert (r.dispatch in ("sdvar", "target alone")) == (r.method == "exact_calibrated")
+        assert r.dispatch in ("sdvar", "target alone")  # exact_adaptive: as the fast path priced it
+        assert (r.dispatch == "target alone") == (r.draft_passes == 0) or r.method == "exact_calibrated"
         if r.dispatch == "target alone":
             assert r.gamma_per_round == [0] * S and (r.target_passes, r.draft_passes) == (S, 0)
     assert "| tiny | 2 | exact_calibrated | all |" in format_decisions(rows)
@@ -193,7 +194,7 @@ def test_device_script_v3_refuses_without_cuda(tmp_path):
 def test_device_script_v3_smoke_run_writes_every_section(tmp_path):
     """Both parts with the tiny pair on the CPU: every section ends without error, JSON and markdown as they are read."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for part, sections in ((1, ["rows", "oneoff", "profiles"]), (2, ["measured_profile", "decisions", "sweep"])):
+    for part, sections in ((1, ["rows", "oneoff", "profiles"]), (2, ["measured_profile", "decisions", "adaptive_prices", "sweep"])):
         done = subprocess.run([sys.executable, str(ROOT / "scripts" / "device_perf_v3.py"), "--smoke", "--part", str(part),
                                "--out", str(tmp_path), "--budget-s", "900"], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=900)
@@ -210,6 +211,10 @@ def test_device_script_v3_smoke_run_writes_every_section(tmp_path):
     part2 = json.loads((tmp_path / "v3_part2.json").read_text())["sections"]
     assert len(part2["measured_profile"]["profile"]) == 10
     assert {r["method"] for r in part2["decisions"]} == {"exact_calibrated", "exact_adaptive"}
+    (prices,) = part2["adaptive_prices"]
+    assert prices["batch"] == 1 and prices["priced"] and len(prices["step_ms"]) == 4 and len(prices["round_ms_from_0"]) == 4
+    adaptive = [r for r in part2["decisions"] if r["method"] == "exact_adaptive"]
+    assert all(r["dispatch"] == ("target alone" if prices["never_drafts"] else "sdvar") for r in adaptive if "exact" in r["scenario"])
     assert {(c["profile"], c["gamma"]) for c in part2["sweep"]} == {(p, g) for p in ("all", "issue", "none") for g in (1, 3)}
     assert sorted(os.listdir(tmp_path)) == ["v3_part1.json", "v3_part1.md", "v3_part2.json", "v3_part2.md"]
 

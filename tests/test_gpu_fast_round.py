@@ -19,6 +19,7 @@ from sdvar_lib import SDVAR, SamplingConfig
 from sdvar_lib.fast.config import FastConfig
 from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.models.presets import build_tiny
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, UniformCost
 from tests.test_lossless import micro, run_calls  # noqa: F401  (micro is a fixture)
 
 pytestmark = pytest.mark.gpu
@@ -54,6 +55,11 @@ def test_gpu_device_rounds_draw_the_target_law(cuda, micro, gamma, B, calls):  #
     assert outcome.bonus_per_call >= (0.5 if B == 1 else 0.1), outcome.describe()
 
 
+UNIFORM_ADAPTIVE = AdaptiveGamma(costs=UniformCost())
+"""The adaptive rule with fixed prices on both sides (``"adaptive"`` is priced by each factory with its own timed
+programs, so two factories may decide differently: :func:`test_gpu_the_fast_path_prices_the_adaptive_rule`)."""
+
+
 def _tokens(out) -> list:
     return [t.tolist() for t in out.tokens_per_stage]
 
@@ -68,7 +74,7 @@ def test_gpu_captured_during_a_call_equals_replayed_and_graph_less(cuda):
     for d in (draft, close):
         graphed = SDVAR(d, target, run_factory=FastRunFactory())
         plain = SDVAR(d, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=False)))
-        for gamma in (1, 2, 3, "adaptive"):
+        for gamma in (1, 2, 3, UNIFORM_ADAPTIVE):
             for seed in range(3):
                 s = SamplingConfig(top_k=0)
                 first = graphed.generate_parallel(3, None, seed, s, gamma=gamma)
@@ -109,10 +115,33 @@ def test_gpu_device_rounds_equal_eager_rounds_on_the_torch_sampler(cuda, size):
         sampling, B = SamplingConfig(top_k=900, top_p=0.96), 2
     device = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(sampler="torch")))
     eager = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(sampler="torch", device_rounds=False)))
-    for gamma in (1, 3, "adaptive"):
+    for gamma in (1, 3, UNIFORM_ADAPTIVE):
         for seed in range(2):
             got = device.generate_parallel(B, None, seed, sampling, gamma=gamma)
             want = eager.generate_parallel(B, None, seed, sampling, gamma=gamma)
             assert _tokens(got) == _tokens(want), (size, gamma, seed)
             assert got.stats.to_dict()["accepted_tokens_per_stage"] == want.stats.to_dict()["accepted_tokens_per_stage"]
     assert any(r._accept for r in device.run_factory._rounds.values())
+
+
+def test_gpu_the_fast_path_prices_the_adaptive_rule(cuda):
+    """``gamma="adaptive"`` on the graphed fast path decides with the CUDA-event times of its own programs, measured
+    once and kept: its calls equal graph-less calls with that priced rule given explicitly."""
+    from sdvar_lib.sdvar.acceptance import ExactPolicy
+    from sdvar_lib.sdvar.gamma import ProgramCost
+
+    vae, target = build_tiny(seed=0, device=cuda)
+    _, draft = build_tiny(seed=1, depth=1, vae=vae, device=cuda)
+    sd = SDVAR(draft, target, run_factory=FastRunFactory())
+    s = SamplingConfig(top_k=0)
+    priced = sd.run_factory.price_rule(AdaptiveGamma(), draft, target, 3, s, ExactPolicy())
+    assert isinstance(priced.costs, ProgramCost)
+    priced.check_for(target.num_stages)
+    assert all(t > 0 for t in priced.costs.step_times + tuple(priced.costs.round_times.values()))
+    plain = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=False)))
+    for seed in range(3):
+        got = sd.generate_parallel(3, None, seed, s, gamma="adaptive")
+        ref = plain.generate_parallel(3, None, seed, s, gamma=priced)
+        assert _tokens(got) == _tokens(ref), seed
+        assert got.stats.gamma_per_round == ref.stats.gamma_per_round
+    assert sd.run_factory.price_rule(AdaptiveGamma(), draft, target, 3, s, ExactPolicy()).costs is priced.costs

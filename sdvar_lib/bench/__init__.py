@@ -85,6 +85,7 @@ from sdvar_lib.bench.methods import (
     call_passes,
     in_call_context,
     method_call,
+    prepare_pricing,
     prepare_rounds,
     prepare_runs,
     run_order,
@@ -164,7 +165,8 @@ __all__ = [
     "measure_decode",
     # rows
     "EAGER_TARGET", "TARGET_V1", "CALIBRATED", "BenchMethod", "BENCH_ONLY_ROWS", "DEFAULT_METHODS", "bench_row", "run_order",
-    "PairContext", "build_pair_bf16", "method_call", "in_call_context", "prepare_runs", "prepare_rounds", "call_passes",
+    "PairContext", "build_pair_bf16", "method_call", "in_call_context", "prepare_runs", "prepare_rounds", "prepare_pricing",
+    "call_passes",
     # configuration
     "BenchConfig",
     # calibration

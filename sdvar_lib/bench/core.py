@@ -42,6 +42,7 @@ from sdvar_lib.bench.methods import (
     call_passes,
     in_call_context,
     method_call,
+    prepare_pricing,
     prepare_rounds,
     prepare_runs,
 )
@@ -83,6 +84,8 @@ def bench_method(ctx: PairContext, row: BenchMethod, scenario: Scenario | None, 
     prepare_runs(ctx, row, B)
     if row.sdvar and not row.adaptive:  # an adaptive rule's rounds (any gamma) are captured as they come
         prepare_rounds(ctx, row.for_call(scenario, rule), B, config.sampling)
+    elif row.sdvar:  # or when the fast path prices it (exact_adaptive: every round program built and timed)
+        prepare_pricing(ctx, row.for_call(scenario, rule), B, config.sampling)
     call = method_call(ctx, row, scenario, B, config.sampling, rule)
     graphed_decode = ctx.decoder is not None and not row.eager
 

@@ -61,6 +61,7 @@ __all__ = [
     "in_call_context",
     "prepare_runs",
     "prepare_rounds",
+    "prepare_pricing",
     "call_passes",
 ]
 
@@ -258,6 +259,17 @@ def prepare_rounds(ctx: PairContext, method: Method, B: int, sampling: SamplingC
     new = device_round.precapture(sampling, method.policy, round_keys(rule_gammas(method.gamma), S))
     log.debug("precaptured %d round programs of %s in %.2f s", new, method.name, time.perf_counter() - t0)
     return new
+
+
+def prepare_pricing(ctx: PairContext, method: Method, B: int, sampling: SamplingConfig) -> GammaRule:
+    """Let the fast path price ``method``'s gamma rule at batch ``B`` before its calls are timed (the first call of an
+    adaptive rule with :class:`~sdvar_lib.sdvar.gamma.RunCost` would otherwise time its programs inside a timed call:
+    :meth:`FastRunFactory.price_rule <sdvar_lib.fast.factory.FastRunFactory.price_rule>`). Returns the priced rule
+    (the rule itself for any other rule, decoder or run factory)."""
+    rule = method.gamma
+    if method.decoder != "sdvar" or ctx.pair.draft is ctx.pair.target or not isinstance(rule, GammaRule):
+        return rule
+    return ctx.factory.price_rule(rule, ctx.pair.draft, ctx.pair.target, B, sampling, method.policy)
 
 
 def call_passes(ctx: PairContext, row: BenchMethod) -> list[tuple[VarSpec, list[PassRecord]]]:

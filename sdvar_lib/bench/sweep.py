@@ -38,6 +38,7 @@ from sdvar_lib.bench.methods import (
     call_passes,
     in_call_context,
     method_call,
+    prepare_pricing,
     prepare_rounds,
     prepare_runs,
 )
@@ -45,6 +46,7 @@ from sdvar_lib.bench.scenarios import Scenario, ScenarioPolicy, fill_missing_sta
 from sdvar_lib.bench.timing import CallTimer, ReplayTimer, cuda_event_ms, median_event_ms
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib.sdvar.gamma import GammaRule, plan_never_drafts
 from sdvar_lib.sdvar.registry import Method
 from sdvar_lib.sdvar.stats import SDVAROutput, pooled_stage_acceptance
 from sdvar_lib.util.checks import check_int
@@ -248,7 +250,8 @@ class DecisionRow:
     target_ms: float
     speedup: float
     dispatch: str
-    """``"target alone"`` when the rule's plan never drafts, else ``"sdvar"`` (the calibrated rule); ``"-"`` otherwise."""
+    """``"target alone"`` when the rule's plan never drafts (the calibrated rule; ``exact_adaptive`` as the fast path
+    priced it), else ``"sdvar"``; ``"-"`` where neither applies."""
     gamma_per_round: list[int]
     target_passes: float
     draft_passes: float
@@ -277,6 +280,9 @@ def time_decision_rules(ctx: PairContext, B: int, scenarios: Sequence[Scenario],
         if with_adaptive:
             entries.append(("exact_adaptive", bench_row("exact_adaptive"), None, "-"))
         for name, row, row_rule, dispatch in entries:
+            priced = prepare_pricing(ctx, row.for_call(scenario, row_rule), B, sampling)  # exact_adaptive: priced first
+            if dispatch == "-" and isinstance(priced, GammaRule):
+                dispatch = "target alone" if plan_never_drafts(priced, ctx.pair.target.num_stages) else "sdvar"
             timing = time_paired(ctx, method_call(ctx, row, scenario, B, sampling, rule=row_rule), target_call,
                                  config.repeats, config.warmup, call_timer, method_row=row)
             stats = [o.stats for o in timing.outputs if isinstance(o, SDVAROutput)]

@@ -1,16 +1,15 @@
 """Timing on the GPU: one CUDA-event helper for every measurement, percentiles, device ceilings, decode time.
 
 :func:`cuda_event_ms` is the one place a run is timed (CUDA events around it, then a sync on the
-end event); :func:`median_event_ms` repeats it. The calibration takes its timers as arguments
-(:data:`ReplayTimer`, :data:`CallTimer`), so that its CPU tests and the device scripts' CPU smoke runs
-can pass the host-clock stand-ins :func:`host_call_ms` and :func:`median_host_ms` instead.
+end event); :func:`median_event_ms` repeats it (these four timers live in :mod:`sdvar_lib.util.timing`,
+re-exported here). The calibration takes its timers as arguments (:data:`ReplayTimer`, :data:`CallTimer`),
+so that its CPU tests and the device scripts' CPU smoke runs can pass the host-clock stand-ins
+:func:`host_call_ms` and :func:`median_host_ms` instead.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import torch
 from sdvar_lib.bench.bounds import Ceilings
 from sdvar_lib.fast.graphs import GraphedDecode
 from sdvar_lib.models.var import VAR
+from sdvar_lib.util.timing import cuda_event_ms, host_call_ms, median_event_ms, median_host_ms
 
 __all__ = [
     "ReplayTimer",
@@ -37,39 +37,6 @@ ReplayTimer = Callable[[Callable[[], object], int, int], float]
 """``(fn, repeats, warmup) -> median ms`` of ``fn`` (on the GPU: :func:`median_event_ms`)."""
 CallTimer = Callable[[Callable[[], object]], tuple[object, float]]
 """``fn -> (result, ms)`` of one run of ``fn`` (on the GPU: :func:`cuda_event_ms`)."""
-
-
-def cuda_event_ms(fn: Callable[[], object]) -> tuple[object, float]:
-    """One run of ``fn`` between two CUDA events: ``(its result, elapsed ms)``."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    out = fn()
-    end.record()
-    end.synchronize()
-    return out, start.elapsed_time(end)
-
-
-def median_event_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median of ``repeats`` :func:`cuda_event_ms` runs of ``fn`` after ``warmup`` untimed runs."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    return statistics.median(cuda_event_ms(fn)[1] for _ in range(repeats))
-
-
-def host_call_ms(fn: Callable[[], object]) -> tuple[object, float]:
-    """One run of ``fn`` on the host clock: ``(its result, elapsed ms)`` (a :data:`CallTimer` without CUDA)."""
-    t0 = time.perf_counter()
-    out = fn()
-    return out, (time.perf_counter() - t0) * 1e3
-
-
-def median_host_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """The middle (upper middle of an even count) of ``repeats`` :func:`host_call_ms` runs of ``fn`` after
-    ``warmup`` untimed runs (a :data:`ReplayTimer` without CUDA)."""
-    for _ in range(warmup):
-        fn()
-    return statistics.median_high(host_call_ms(fn)[1] for _ in range(repeats))
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 
 from sdvar_lib.fast.config import FastConfig
 from sdvar_lib.fast.round import DeviceRound
 from sdvar_lib.fast.run import FastRun
+from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.models.var import VAR
+from sdvar_lib.sdvar.acceptance import AcceptancePolicy
 from sdvar_lib.sdvar.decoder import SDVAR
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, GammaRule, ProgramCost, RunCost
 from sdvar_lib.sdvar.state import SDVARInferenceState
 from sdvar_lib.util.progress import progress_log
 
@@ -50,6 +55,8 @@ class FastRunFactory:
         self._claimed: list[FastRun] = []
         self._released_one_off_s = 0.0
         self._rounds: dict[tuple[int, int], DeviceRound] = {}
+        self._prices: dict[tuple, tuple[DeviceRound, ProgramCost | None]] = {}
+        self._pricing_s = 0.0
 
     def __call__(self, model: VAR, label_B: torch.Tensor) -> FastRun:
         if not isinstance(model, VAR):
@@ -111,13 +118,54 @@ class FastRunFactory:
             return None
         return device_round
 
+    def price_rule(self, rule: GammaRule, draft: VAR, target: VAR, batch_size: int, sampling: SamplingConfig,
+                   policy: AcceptancePolicy) -> GammaRule:
+        """``rule`` priced for this machine: an :class:`~sdvar_lib.sdvar.gamma.AdaptiveGamma` whose costs are
+        :class:`~sdvar_lib.sdvar.gamma.RunCost` gets the measured times of the fast path's own programs
+        (:meth:`DeviceRound.price <sdvar_lib.fast.round.DeviceRound.price>`); any other rule, and a call that
+        does not run as device rounds, is returned as it is.
+
+        :class:`~sdvar_lib.sdvar.decoder.SDVAR` asks before every call. The times are measured on the first call
+        per (pair, batch size, sampling, policy) - a one-off, counted in :attr:`one_off_s` - and kept: later
+        calls decide with the same table (:meth:`program_costs`), so they draft the same way for the same seed.
+        """
+        if not isinstance(rule, AdaptiveGamma) or not isinstance(rule.costs, RunCost) or draft is target:
+            return rule
+        costs = self.program_costs(draft, target, batch_size, sampling, policy, rule.max_gamma)
+        return rule if costs is None else replace(rule, costs=costs)
+
+    def program_costs(self, draft: VAR, target: VAR, batch_size: int, sampling: SamplingConfig,
+                      policy: AcceptancePolicy, max_gamma: int) -> ProgramCost | None:
+        """The measured program times :meth:`price_rule` prices with (measured on first use, then kept), or
+        ``None`` where such calls do not run as device rounds."""
+        draft_run, target_run = self.run_for(draft, batch_size), self.run_for(target, batch_size)
+        device_round = self.device_round(draft_run, target_run)
+        key = (id(draft_run), id(target_run), sampling.cfg, sampling.top_k, sampling.top_p, sampling.more_smooth,
+               policy.describe(), max_gamma)
+        kept = self._prices.get(key)
+        if kept is not None and kept[0] is device_round:
+            return kept[1]
+        t0 = time.perf_counter()
+        labels = torch.zeros(batch_size, dtype=torch.long, device=target.device)
+        draft_run.begin(labels)
+        target_run.begin(labels)
+        costs = device_round.price(sampling, policy, max_gamma)
+        self._pricing_s += time.perf_counter() - t0
+        self._prices[key] = (device_round, costs)
+        if costs is not None:
+            progress_log.info("fast path, batch %d: priced the adaptive rule's programs in %.1f s (target steps %.2f ms in all; "
+                     "round from stage 0, gamma 1: %.2f ms)", batch_size, time.perf_counter() - t0,
+                     sum(costs.step_times), costs.round(0, 0, 1, target.num_stages))
+        return costs
+
     def device_round(self, draft: FastRun, target: FastRun) -> DeviceRound:
         """The :class:`~sdvar_lib.fast.round.DeviceRound` of two runs (kept as long as both runs are)."""
         key = (id(draft), id(target))
         device_round = self._rounds.get(key)
         if device_round is None or device_round.draft is not draft or device_round.target is not target:
-            kept = {id(r) for r in self.runs()}  # rounds of dropped runs go with them
+            kept = {id(r) for r in self.runs()}  # rounds (and their prices) of dropped runs go with them
             self._rounds = {k: v for k, v in self._rounds.items() if k[0] in kept and k[1] in kept}
+            self._prices = {k: v for k, v in self._prices.items() if k[0] in kept and k[1] in kept}
             device_round = DeviceRound(draft, target)
             self._rounds[key] = device_round
         return device_round
@@ -131,8 +179,9 @@ class FastRunFactory:
 
     @property
     def one_off_s(self) -> float:
-        """Seconds every run built so far spent on one-off work (kernel checks and compiles, graph captures)."""
-        return self._released_one_off_s + one_off_seconds(self.runs())
+        """Seconds every run built so far spent on one-off work (kernel checks and compiles, graph captures), and the
+        timing of programs for adaptive rules (:meth:`price_rule`)."""
+        return self._released_one_off_s + self._pricing_s + one_off_seconds(self.runs())
 
     def release(self, model: VAR | None = None) -> None:
         """Drop the runs (caches, buffers, graphs) of ``model``, or of every model."""
@@ -141,6 +190,7 @@ class FastRunFactory:
                 self._released_one_off_s += one_off_seconds(self._runs.pop(key))
         kept = {id(r) for r in self.runs()}
         self._rounds = {k: v for k, v in self._rounds.items() if k[0] in kept and k[1] in kept}
+        self._prices = {k: v for k, v in self._prices.items() if k[0] in kept and k[1] in kept}
         self._claimed = [r for r in self._claimed if model is not None and r.model is not model]
         if model is None:
             self._call_labels = None

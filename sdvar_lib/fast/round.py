@@ -47,9 +47,10 @@ from sdvar_lib.fast.acceptance import DevicePolicy, Draw, device_policy
 from sdvar_lib.fast.config import PassRecord
 from sdvar_lib.fast.run import FastRun, StageSlots, _Program, chunk_span
 from sdvar_lib.models.sampling import SamplingConfig, guided_logits, stage_probs
-from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, RoundContext, RoundHistory
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, ProgramCost, RoundContext, RoundHistory
 from sdvar_lib.sdvar.state import SDVARInferenceState, take_over
 from sdvar_lib.util.checks import check_int
+from sdvar_lib.util.timing import median_ms
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +267,49 @@ class DeviceRound:
         self.draft.cache.reset()
         self.target.cache.reset()
         return self._count_programs() - before
+
+    @torch.no_grad()
+    def price(self, sampling: SamplingConfig, policy, max_gamma: int, repeats: int = 3) -> ProgramCost | None:
+        """The measured cost of every program an adaptive rule with ``max_gamma`` chooses between, for ``sampling``
+        and ``policy`` (``None`` where such calls do not run as device rounds).
+
+        Each program is built (:meth:`precapture`), then replayed ``1 + repeats`` times on whatever its buffers
+        hold (a program's work does not depend on the values) and timed (:func:`~sdvar_lib.util.timing.median_ms`:
+        CUDA events on a GPU, the host clock elsewhere): a target step of every stage (the stage program target
+        steps run), the draft's program of every round ``(c, d, g)`` that :func:`round_keys` lists, the verify
+        and acceptance programs of every ``(c, g)`` with the host's read of ``r`` (the round's synchronisation),
+        and the bonus stage's program. A round costs its draft program, its verify-and-accept and, where a stage is
+        left after it, the bonus program (drawn only when every proposal is accepted; priced always). A draft
+        step of stage ``s`` is the draft program ``(s, s, 1)``. Leaves both caches empty (call it between calls).
+        """
+        form = device_policy(policy)
+        if form is None or not all(r.config.device_rounds and r.stage_programs_apply(sampling)
+                                   for r in (self.draft, self.target)):
+            return None
+        S = self.num_stages
+        keys = round_keys(range(1, max_gamma + 1), S)
+        self.precapture(sampling, policy, keys)
+        context = self._static_context(form, policy, policy.prepare(self.target.model.vae.quantize.embedding.weight.detach()))
+        device, own = self.target.model.device, self.target.slots
+
+        def ms(fn) -> float:
+            return float(median_ms(fn, device, repeats, warmup=0))  # built just now: captures warm up
+
+        def verify_and_accept(c: int, g: int) -> None:
+            self._verify_program(c, g, sampling).run()
+            self._accept_program(c, g, form, context).run()
+            int(self.leading.item())
+
+        steps = tuple(ms(self.target.stage_program(s, s, 1, sampling, own).run) for s in range(S))
+        drafts = {(c, d, g): ms(self.draft.stage_program(c, d, g, sampling, self.slots).run) for c, d, g in keys}
+        checks = {(c, g): ms(lambda c=c, g=g: verify_and_accept(c, g)) for c, g in sorted({(c, g) for c, _, g in keys})}
+        bonus = {si: ms(self._bonus_program(si).run) for si in range(1, S)}
+        rounds = {(c, d, g): drafts[(c, d, g)] + checks[(c, g)] + (bonus[c + g] if c + g < S else 0.0)
+                  for c, d, g in keys}
+        self.draft.cache.reset()
+        self.target.cache.reset()
+        return ProgramCost(step_times=steps, round_times=rounds,
+                           catch_up_times=tuple(drafts[(s, s, 1)] for s in range(S)))
 
     def _count_programs(self) -> int:
         return len(self.draft._stage_programs) + len(self._verify) + len(self._accept) + len(self._bonus)

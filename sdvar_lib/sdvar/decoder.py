@@ -44,7 +44,7 @@ from sdvar_lib.models.run import ModelRun, RunFactory, decode_stages, eager_run,
 from sdvar_lib.models.sampling import SamplingConfig, check_batch_size, guided_logits, sample_from_probs, stage_probs
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.acceptance import AcceptancePolicy, make_policy
-from sdvar_lib.sdvar.gamma import GammaRule, make_gamma_rule, plan_never_drafts
+from sdvar_lib.sdvar.gamma import GammaRule, check_gamma_rule, make_gamma_rule, plan_never_drafts
 from sdvar_lib.sdvar.state import (
     AcceptanceResult,
     CombinedQuery,
@@ -114,10 +114,22 @@ class SDVAR:
         """
         sampling = SamplingConfig() if sampling is None else sampling
         check_batch_size(B)
-        for model in models:
-            model.check_batch_fits(B, dtype=model.pos_1LC.dtype if self.run_factory is not None else torch.float32)
+        self.check_fits(models, B)
         labels, rng = prepare_call(self.target_model, B, label_B, g_seed, sampling)
         return sampling, labels, rng
+
+    def check_fits(self, models: Sequence[VAR], B: int) -> None:
+        """Raise unless the caches of ``models`` for batch ``B`` fit in the device's memory (in the runs' dtype)."""
+        for model in models:
+            model.check_batch_fits(B, dtype=model.pos_1LC.dtype if self.run_factory is not None else torch.float32)
+
+    def _priced(self, rule: GammaRule, B: int, sampling: SamplingConfig, policy: AcceptancePolicy) -> GammaRule:
+        """``rule`` as the run factory prices it for this call (its ``price_rule``; the fast path times its programs
+        for an adaptive rule with :class:`~sdvar_lib.sdvar.gamma.RunCost`), or as it is."""
+        price = getattr(self.run_factory, "price_rule", None)
+        if price is None:
+            return rule
+        return check_gamma_rule(price(rule, self.draft_model, self.target_model, B, sampling, policy))
 
     def one_off_seconds(self) -> float:
         """Seconds the run factory has spent on one-off preparation so far (its ``one_off_s``; 0 for eager runs)."""
@@ -520,13 +532,20 @@ class SDVAR:
         ``gamma`` what :func:`~sdvar_lib.sdvar.gamma.make_gamma_rule` accepts; ``policy`` a name with
         its options (``policy_kwargs``) or an :class:`~sdvar_lib.sdvar.acceptance.AcceptancePolicy`.
         A gamma rule that would never draft decodes in the target-alone loop (no round bookkeeping,
-        no draft run), so such a call costs what the target alone costs.
+        no draft run), so such a call costs what the target alone costs. The run factory may price the
+        rule first (the fast path times its own programs for an adaptive rule whose costs are
+        :class:`~sdvar_lib.sdvar.gamma.RunCost`, the default: ``FastRunFactory.price_rule``).
         """
         t0, one_off0 = time.perf_counter(), self.one_off_seconds()
         gamma_rule, policy_obj = self._check_round_arguments(B, gamma, sampling, policy, verbose, policy_kwargs)
         never = plan_never_drafts(gamma_rule, self.num_stages)
         models = (self.target_model,) if never else (self.draft_model, self.target_model)
         sampling, labels, rng = self.start_call(B, label_B, g_seed, sampling, models)
+        gamma_rule = self._priced(gamma_rule, B, sampling, policy_obj)
+        priced_never = plan_never_drafts(gamma_rule, self.num_stages)
+        if never and not priced_never:  # the measured prices make it draft
+            self.check_fits((self.draft_model,), B)
+        never = priced_never
         with eval_mode(self.draft_model, self.target_model, self.vae):
             if never:
                 log.debug("gamma rule %s never drafts: decoded with the target alone", gamma_rule.describe())

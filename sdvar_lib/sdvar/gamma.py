@@ -21,6 +21,8 @@ __all__ = [
     "CostModel",
     "UniformCost",
     "TableCost",
+    "ProgramCost",
+    "RunCost",
     "AdaptiveGamma",
     "make_gamma_rule",
     "check_gamma_rule",
@@ -107,7 +109,12 @@ class GammaSchedule(GammaRule):
 
 # ---- costs --------------------------------------------------------------------------------------
 class CostModel:
-    """Time of a pass over the inputs of stages ``start .. start + n - 1`` (any unit, same for both models)."""
+    """Time of a pass over the inputs of stages ``start .. start + n - 1`` (any unit, same for both models).
+
+    :class:`AdaptiveGamma` prices a target step with :meth:`step` and a drafting round with :meth:`round`;
+    a model of passes (``target``/``draft``) gets both from its pass times, a model of measured programs
+    (:class:`ProgramCost`) overrides them.
+    """
 
     round_overhead: float = 0.0
     """Extra time of an SDVAR round over a target step (verification, acceptance), same unit."""
@@ -117,6 +124,18 @@ class CostModel:
 
     def draft(self, start: int, n: int) -> float:
         raise NotImplementedError
+
+    def step(self, stage: int) -> float:
+        """A target step of ``stage`` (what a committed stage saves)."""
+        return self.target(stage, 1)
+
+    def round(self, c: int, d: int, g: int, num_stages: int) -> float:
+        """A drafting round from stage ``c`` with ``g`` proposals, the draft's cache holding stages ``< d``: the
+        draft's catch-up chunk ``d .. c``, one draft pass per further proposal, the target's verify chunk
+        ``c .. min(c + g, S - 1)`` and :attr:`round_overhead`."""
+        last = min(c + g, num_stages - 1)
+        spend = self.draft(d, c - d + 1) + sum(self.draft(c + i, 1) for i in range(1, g))
+        return spend + self.target(c, last - c + 1) + self.round_overhead
 
 
 @dataclass(frozen=True)
@@ -170,6 +189,108 @@ class TableCost(CostModel):
         return self._get(self.draft_times, "draft", start, n)
 
 
+@dataclass(frozen=True)
+class ProgramCost(CostModel):
+    """Measured times of the programs a call runs (the fast path's stage and round programs, timed on its GPU).
+
+    ``step_times[s]``: a target step of stage ``s``; ``round_times[(c, d, g)]``: a whole drafting round
+    from stage ``c`` with ``g`` proposals on a draft cache of ``d`` stages (the draft's program, the
+    target's verify chunk, the acceptance, the host's read of the result and the bonus stage's draw);
+    ``catch_up_times[s]``: a draft step of stage ``s``. A round whose draft lags further than the table
+    (``(c, d, g)`` absent, ``d < c``) is priced as the round ``(c, d', g)`` with the nearest timed
+    ``d' > d`` plus the draft steps of stages ``d .. d' - 1`` (an upper bound: a chunk costs at most
+    its stages one by one).
+    """
+
+    step_times: tuple[float, ...]
+    round_times: Mapping[tuple[int, int, int], float]
+    catch_up_times: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("step_times", "catch_up_times"):
+            values = check_sequence(getattr(self, name), name, _check_time, "times per stage (numbers >= 0)")
+            object.__setattr__(self, name, tuple(values))
+        table = check_mapping(self.round_times, "round_times", _check_round_key, _check_time,
+                              "(start stage, draft stages held, gamma) -> time")
+        object.__setattr__(self, "round_times", table)
+
+    def _stage(self, values: tuple[float, ...], which: str, stage: int) -> float:
+        if not 0 <= stage < len(values):
+            raise ValueError(f"no measured {which} time for stage {stage} (the table has {len(values)} stages)")
+        return values[stage]
+
+    def target(self, start: int, n: int) -> float:
+        if n != 1:
+            raise ValueError("ProgramCost prices target steps and whole rounds, not target chunks of several stages")
+        return self._stage(self.step_times, "target step", start)
+
+    def draft(self, start: int, n: int) -> float:
+        if n != 1:
+            raise ValueError("ProgramCost prices draft steps and whole rounds, not draft chunks of several stages")
+        return self._stage(self.catch_up_times, "draft step", start)
+
+    def round(self, c: int, d: int, g: int, num_stages: int) -> float:
+        if (c, d, g) in self.round_times:
+            return self.round_times[(c, d, g)]
+        timed = sorted(h for (cc, h, gg) in self.round_times if cc == c and gg == g and h > d)
+        if not timed:
+            raise ValueError(f"no measured round from stage {c} with gamma {g} (draft cache {d} stages)")
+        nearest = timed[0]
+        return self.round_times[(c, nearest, g)] + sum(self.draft(s, 1) for s in range(d, nearest))
+
+    def missing(self, num_stages: int, max_gamma: int) -> list[str]:
+        """What a rule with ``max_gamma`` on ``num_stages`` stages may price and the tables lack."""
+        out = [f"target step {s}" for s in range(len(self.step_times), num_stages)]
+        out += [f"draft step {s}" for s in range(len(self.catch_up_times), num_stages)]
+        for c in range(num_stages):
+            for g in range(1, min(max_gamma, num_stages - c) + 1):
+                if (c, c, g) not in self.round_times:
+                    out.append(f"round {(c, c, g)}")
+        return out
+
+
+@dataclass(frozen=True)
+class RunCost(CostModel):
+    """The costs of whatever decodes the call: a run factory that times its own programs replaces this model by
+    their times before the call (the fast path: :meth:`FastRunFactory.price_rule
+    <sdvar_lib.fast.factory.FastRunFactory.price_rule>`, a :class:`ProgramCost`); elsewhere (the eager loop)
+    ``fallback`` prices the rounds."""
+
+    fallback: CostModel = UniformCost()
+
+    def __post_init__(self) -> None:
+        _check_costs(self.fallback)
+        if isinstance(self.fallback, RunCost):
+            raise TypeError("RunCost's fallback must be a cost model of its own (UniformCost, TableCost, ...)")
+
+    @property
+    def round_overhead(self) -> float:  # type: ignore[override]
+        return self.fallback.round_overhead
+
+    def target(self, start: int, n: int) -> float:
+        return self.fallback.target(start, n)
+
+    def draft(self, start: int, n: int) -> float:
+        return self.fallback.draft(start, n)
+
+    def step(self, stage: int) -> float:
+        return self.fallback.step(stage)
+
+    def round(self, c: int, d: int, g: int, num_stages: int) -> float:
+        return self.fallback.round(c, d, g, num_stages)
+
+
+def _check_round_key(key, label: str) -> tuple[int, int, int]:
+    if not isinstance(key, tuple) or len(key) != 3:
+        raise TypeError(f"{label} must be a (start stage, draft stages held, gamma) tuple of three ints, got {key!r}")
+    c = check_int(key[0], f"{label} (start stage)", 0)
+    d = check_int(key[1], f"{label} (draft stages held)", 0)
+    g = check_int(key[2], f"{label} (gamma)", 1)
+    if d > c:
+        raise ValueError(f"{label}: the draft cannot hold more stages ({d}) than the round starts at ({c})")
+    return c, d, g
+
+
 def _check_chunk_key(key, label: str) -> tuple[int, int]:
     if not isinstance(key, tuple) or len(key) != 2:
         raise TypeError(f"{label} must be a (start stage, number of stages) tuple of two ints, got {key!r}")
@@ -203,7 +324,8 @@ class AdaptiveGamma(GammaRule):
     ``prod_{j < i} a_{c+j}`` (``i <= g``; ``i = g`` is the bonus stage), and each committed stage
     saves the target step it would have cost. The round costs the draft's passes (its catch-up
     chunk from the stage its cache holds, then one pass per further proposal), the target's verify
-    chunk and ``costs.round_overhead``. The rule proposes the ``g`` with the largest expected
+    chunk and ``costs.round_overhead`` (:meth:`CostModel.round`; a :class:`ProgramCost` holds measured
+    rounds and steps instead). The rule proposes the ``g`` with the largest expected
     saving, and falls back to a target step (``g = 0``) when no ``g >= 1`` saves anything, so with
     calibrated costs and priors it does not make decoding slower than the target alone.
     """
@@ -211,7 +333,9 @@ class AdaptiveGamma(GammaRule):
     max_gamma: int = 4
     prior_acceptance: float | tuple[float, ...] = 0.8
     prior_weight: float = 2.0
-    costs: CostModel = UniformCost()
+    costs: CostModel = RunCost()
+    """The default :class:`RunCost` lets the fast path price the rounds with its own timed programs (the eager
+    loop with :class:`UniformCost`)."""
 
     def __post_init__(self) -> None:
         check_int(self.max_gamma, "max_gamma", 1)
@@ -229,8 +353,14 @@ class AdaptiveGamma(GammaRule):
         if isinstance(self.prior_acceptance, tuple) and len(self.prior_acceptance) < num_stages:
             raise ValueError(f"prior_acceptance has {len(self.prior_acceptance)} values, the pair has {num_stages} stages; "
                              "give one per stage (or one float for all)")
-        if isinstance(self.costs, TableCost):
-            missing = self.costs.missing(*self.chunks_priced(num_stages))
+        if isinstance(self.costs, ProgramCost):
+            missing = self.costs.missing(num_stages, self.max_gamma)
+            if missing:
+                raise ValueError(f"the program cost tables lack {len(missing)} entries this rule may price on {num_stages} "
+                                 f"stages, e.g. {', '.join(missing[:4])}; time them (FastRunFactory.price_rule)")
+        costs = self.costs.fallback if isinstance(self.costs, RunCost) else self.costs
+        if isinstance(costs, TableCost):
+            missing = costs.missing(*self.chunks_priced(num_stages))
             if missing:
                 raise ValueError(f"the cost table has no measured time for {len(missing)} chunk(s) this rule may price "
                                  f"on {num_stages} stages, e.g. {', '.join(missing[:4])}; measure them (python -m "
@@ -265,16 +395,13 @@ class AdaptiveGamma(GammaRule):
 
     def expected_saving(self, g: int, ctx: RoundContext, a: Sequence[float]) -> float:
         """Expected target-step time saved by proposing ``g`` stages from ``ctx.c`` (minus the round's cost)."""
-        c, S, d = ctx.c, ctx.num_stages, ctx.draft_stages_held
-        costs = self.costs
+        c, S, costs = ctx.c, ctx.num_stages, self.costs
         last = min(c + g, S - 1)
-        spend = costs.draft(d, c - d + 1) + sum(costs.draft(c + i, 1) for i in range(1, g))
-        spend += costs.target(c, last - c + 1) + costs.round_overhead
         saved, p_committed = 0.0, 1.0
         for i in range(last - c + 1):
-            saved += p_committed * costs.target(c + i, 1)
+            saved += p_committed * costs.step(c + i)
             p_committed *= a[c + i]
-        return saved - spend
+        return saved - costs.round(c, ctx.draft_stages_held, g, S)
 
     def next_gamma(self, ctx: RoundContext) -> int:
         a = self.acceptance_estimates(ctx)
@@ -286,7 +413,13 @@ class AdaptiveGamma(GammaRule):
         return best_g
 
     def describe(self) -> str:
-        return f"adaptive(max={self.max_gamma}, costs={type(self.costs).__name__})"
+        return f"adaptive(max={self.max_gamma}, costs={_describe_costs(self.costs)})"
+
+
+def _describe_costs(costs: CostModel) -> str:
+    if isinstance(costs, RunCost):
+        return f"{type(costs.fallback).__name__} or the fast path's timed programs"
+    return type(costs).__name__
 
 
 def _check_prior(value, label: str) -> float:
