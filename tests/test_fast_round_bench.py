@@ -194,7 +194,8 @@ def test_device_script_v3_refuses_without_cuda(tmp_path):
 def test_device_script_v3_smoke_run_writes_every_section(tmp_path):
     """Both parts with the tiny pair on the CPU: every section ends without error, JSON and markdown as they are read."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for part, sections in ((1, ["rows", "oneoff", "profiles"]), (2, ["measured_profile", "decisions", "adaptive_prices", "sweep"])):
+    part2_sections = ["measured_profile", "decisions", "adaptive_prices", "sweep"]
+    for part, sections in ((1, ["rows", "oneoff", "profiles"]), (2, part2_sections)):
         done = subprocess.run([sys.executable, str(ROOT / "scripts" / "device_perf_v3.py"), "--smoke", "--part", str(part),
                                "--out", str(tmp_path), "--budget-s", "900"], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=900)
@@ -214,7 +215,8 @@ def test_device_script_v3_smoke_run_writes_every_section(tmp_path):
     (prices,) = part2["adaptive_prices"]
     assert prices["batch"] == 1 and prices["priced"] and len(prices["step_ms"]) == 4 and len(prices["round_ms_from_0"]) == 4
     adaptive = [r for r in part2["decisions"] if r["method"] == "exact_adaptive"]
-    assert all(r["dispatch"] == ("target alone" if prices["never_drafts"] else "sdvar") for r in adaptive if "exact" in r["scenario"])
+    expected = "target alone" if prices["never_drafts"] else "sdvar"
+    assert all(r["dispatch"] == expected for r in adaptive if "exact" in r["scenario"])
     assert {(c["profile"], c["gamma"]) for c in part2["sweep"]} == {(p, g) for p in ("all", "issue", "none") for g in (1, 3)}
     assert sorted(os.listdir(tmp_path)) == ["v3_part1.json", "v3_part1.md", "v3_part2.json", "v3_part2.md"]
 
