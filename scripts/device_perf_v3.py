@@ -152,8 +152,8 @@ class Setting:
 
 # ---- results, written as they come ------------------------------------------------------------------
 class Results:
-    def __init__(self, out: Path, part: int, budget_s: float) -> None:
-        self.out, self.part = out, part
+    def __init__(self, out: Path, part: int, budget_s: float, sections: tuple[str, ...] | None = None) -> None:
+        self.out, self.part, self.sections = out, part, sections
         self.deadline = time.perf_counter() + budget_s
         self.data: dict = {"part": part, "sections": {}, "errors": {}, "skipped": {}, "notes": []}
         self.markdown: dict[str, str] = {}
@@ -176,7 +176,11 @@ class Results:
         atomic_write_text(self.out / f"v3_part{self.part}.md", "\n".join(text) + "\n")
 
     def section(self, name: str, needs_s: float, fn) -> None:
-        """Run ``fn()`` if ``needs_s`` seconds are left; record its result, or its failure, and save."""
+        """Run ``fn()`` if it was asked for and ``needs_s`` seconds are left; record its result, or its failure, and save."""
+        if self.sections is not None and name not in self.sections:
+            self.data["skipped"][name] = "not asked for (--sections)"
+            self.save()
+            return
         if self.left_s() < needs_s:
             self.data["skipped"][name] = f"{self.left_s():.0f} s left, the section needs about {needs_s:.0f} s"
             log.warning("skipped %s: %s", name, self.data["skipped"][name])
@@ -364,10 +368,12 @@ def _adaptive_prices(ctx: PairContext, B: int, setting: Setting) -> dict:
     costs = ctx.factory.program_costs(ctx.pair.draft, ctx.pair.target, B, setting.sampling, ExactPolicy(), 4)
     if costs is None:
         return {"batch": B, "priced": False}
-    rule = AdaptiveGamma(costs=costs)
+    rule = ctx.factory.price_rule(AdaptiveGamma(), ctx.pair.draft, ctx.pair.target, B, setting.sampling, ExactPolicy())
     start = RoundContext(c=0, num_stages=S, draft_stages_held=0, history=RoundHistory())
     return {"batch": B, "priced": True, "step_ms": list(costs.step_times),
             "round_ms_from_0": [costs.round(0, 0, g, S) for g in range(1, 5)],
+            "rejected_loss_ms_from_0": [costs.round(0, 0, g, S) - costs.step(0) for g in range(1, 5)],
+            "max_loss": rule.max_loss, "loss_budget_ms": rule.loss_budget(start),
             "saving_ms_all_accepted": [rule.expected_saving(g, start, [1.0] * S) for g in range(1, 5)],
             "saving_ms_at_prior": [rule.expected_saving(g, start, [rule.prior(s) for s in range(S)]) for g in range(1, 5)],
             "never_drafts": plan_never_drafts(rule, S)}
@@ -375,14 +381,16 @@ def _adaptive_prices(ctx: PairContext, B: int, setting: Setting) -> dict:
 
 def _format_prices(prices: list[dict]) -> str:
     lines = ["| batch | target steps (sum, ms) | rounds from stage 0, g1..g4 (ms) | saving if all accepted, g1..g4 (ms) "
-             "| saving at prior 0.8 | plan |", "|---|---|---|---|---|---|"]
+             "| saving at prior 0.8 | loss if stage 0 is rejected, g1..g4 (ms) | loss budget (ms) | plan |",
+             "|---|---|---|---|---|---|---|---|"]
     for p in prices:
         if not p.get("priced"):
-            lines.append(f"| {p['batch']} | not priced (no device rounds) | | | | |")
+            lines.append(f"| {p['batch']} | not priced (no device rounds) | | | | | | |")
             continue
         fmt = lambda xs: " / ".join(f"{x:.2f}" for x in xs)  # noqa: E731
         lines.append(f"| {p['batch']} | {sum(p['step_ms']):.2f} | {fmt(p['round_ms_from_0'])} | "
                      f"{fmt(p['saving_ms_all_accepted'])} | {fmt(p['saving_ms_at_prior'])} | "
+                     f"{fmt(p['rejected_loss_ms_from_0'])} | {p['loss_budget_ms']:.2f} ({p['max_loss']:g} of the steps) | "
                      f"{'never drafts' if p['never_drafts'] else 'drafts'} |")
     return "\n".join(lines)
 
@@ -422,6 +430,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder for v3_part{N}.json / .md")
     p.add_argument("--budget-s", type=float, default=500.0, help="stop starting sections after this many seconds")
     p.add_argument("--smoke", action="store_true", help="the same plumbing on the CPU with the tiny pair")
+    p.add_argument("--sections", default=None,
+                   help="comma-separated sections of the part to run (default: all; the others are recorded as skipped)")
     p.add_argument("--oneoff-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -433,7 +443,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     setting = Setting(args.smoke)
-    res = Results(out, args.part, args.budget_s)
+    known = {1: ("rows", "oneoff", "profiles"), 2: ("measured_profile", "decisions", "sweep")}[args.part]
+    chosen = known if args.sections is None else tuple(x.strip() for x in args.sections.split(",") if x.strip())
+    unknown = [x for x in chosen if x not in known]
+    if unknown or not chosen:
+        p.error(f"--sections: part {args.part} has the sections {', '.join(known)}; got {args.sections!r}")
+    res = Results(out, args.part, args.budget_s, chosen)
     if not setting.smoke:
         torch.backends.cudnn.benchmark = True
     res.data["machine"] = _machine(setting)

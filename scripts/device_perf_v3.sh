@@ -4,6 +4,7 @@
 #   PART=1 OUT=$OUT bash scripts/device_perf_v3.sh   # fast-path GPU tests, then scripts/device_perf_v3.py --part 1
 #   PART=2 OUT=$OUT bash scripts/device_perf_v3.sh   # scripts/device_perf_v3.py --part 2
 #   SMOKE=1 OUT=/tmp/x bash scripts/device_perf_v3.sh  # on a CPU: both parts' plumbing with the tiny pair
+#   SECTIONS=decisions PART=2 OUT=$OUT bash scripts/device_perf_v3.sh  # only the sections named (comma-separated)
 #
 # Part 1 (about 6 minutes): the GPU tests of the fast path and its device rounds (at most 150 s), then SDVAR exact
 # g2/g4 with every proposal accepted against the target alone at batch 1/8/32, the draft/target ratios, the
@@ -43,6 +44,7 @@ if [ "$PART" = "1" ]; then
         tests/test_gpu_fast.py tests/test_fast.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -8 || status=1
 fi
 left=$(( LIMIT_S - ($(date +%s) - start) - 40 ))
-timeout $(( left + 30 )) $PY scripts/device_perf_v3.py --part "$PART" --out "$OUT" --budget-s "$left" 2>&1 \
+timeout $(( left + 30 )) $PY scripts/device_perf_v3.py --part "$PART" --out "$OUT" --budget-s "$left" \
+    ${SECTIONS:+--sections "$SECTIONS"} 2>&1 \
     | grep -v '^USDT' | tee "$OUT/part$PART.log" | tail -150 || status=1
 exit $status

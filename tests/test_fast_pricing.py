@@ -78,22 +78,29 @@ def _costs(S: int, round_ms: float) -> ProgramCost:
     return ProgramCost(step_times=(1.0,) * S, round_times=rounds, catch_up_times=(0.1,) * S)
 
 
-@pytest.mark.parametrize("round_ms", [0.5, 2.9, 3.0, 5.0])
-def test_the_call_decides_with_the_priced_rule(pair, monkeypatch, round_ms):
-    """A fast call with ``gamma="adaptive"`` makes the rounds the priced rule plans: the eager loop with that rule
-    (its ProgramCost given) makes the same call, draw for draw."""
+@pytest.mark.parametrize("round_ms", [0.5, 1.05, 1.1, 2.9, 3.0, 5.0])
+@pytest.mark.parametrize("max_loss", [None, 10.0])
+def test_the_call_decides_with_the_priced_rule(pair, monkeypatch, round_ms, max_loss):
+    """A fast call with an adaptive rule makes the rounds the priced rule plans - the measured prices and, unless the
+    rule has its own, RunCost's loss bound: the eager loop with that priced rule given makes the same call, draw for
+    draw."""
     S = pair[1].num_stages
     costs = _costs(S, round_ms)
     monkeypatch.setattr(DeviceRound, "price", _priced_by(costs))
     fast = _fast(pair)
+    rule = AdaptiveGamma(max_loss=max_loss)
+    priced = fast.run_factory.price_rule(rule, *pair, 2, SAMPLING, ExactPolicy())
+    assert priced.costs is costs and priced.max_loss == (RunCost().max_loss if max_loss is None else max_loss)
     eager = SDVAR(*pair)
     for seed in (0, 1):
-        got = fast.generate_parallel(2, None, seed, SAMPLING, gamma="adaptive")
-        want = eager.generate_parallel(2, None, seed, SAMPLING, gamma=AdaptiveGamma(costs=costs))
+        got = fast.generate_parallel(2, None, seed, SAMPLING, gamma=rule)
+        want = eager.generate_parallel(2, None, seed, SAMPLING, gamma=priced)
         assert _record(got) == _record(want), (round_ms, seed)
-    # the best round from stage 0 (gamma 3 on 4 stages, prior 0.8) saves 1 + 0.8 + 0.64 + 0.512 = 2.952 steps
+    # the best round from stage 0 (gamma 3 on 4 stages, prior 0.8) saves 1 + 0.8 + 0.64 + 0.512 = 2.952 steps; a
+    # rejected one costs round_ms - 1 more than step 0, within the bound only if <= max_loss * 4 steps
+    bound = priced.max_loss * S
     drafted = got.stats.draft_passes > 0
-    assert drafted == (round_ms < 2.952), f"rounds at {round_ms} ms against 1 ms steps: drafted {drafted}"
+    assert drafted == (round_ms < 2.952 and round_ms - 1.0 <= bound), f"rounds at {round_ms} ms: drafted {drafted}"
 
 
 def test_a_priced_rule_that_never_drafts_runs_the_target_alone(pair, monkeypatch):

@@ -117,3 +117,42 @@ def test_run_cost_refuses_a_run_cost_fallback_and_a_non_model():
     with pytest.raises(TypeError, match="CostModel"):
         RunCost("uniform")
     RunCost(TableCost({(0, 1): 1.0}, {(0, 1): 0.5}))
+
+
+def test_the_loss_bound_keeps_rounds_whose_rejection_costs_more_out():
+    """A rejected round from stage 0 costs round - step(0) = 1.9 - 1 = 0.9 beyond the target: with 4 steps of 1, a
+    bound of 0.25 (1.0 in all) allows it, 0.2 (0.8) does not, and no bound allows whatever saves on average."""
+    costs = _table(round_of=lambda c, d, g: 1.9)
+    rule = AdaptiveGamma(max_gamma=1, prior_acceptance=1.0, costs=costs)
+    assert rule.next_gamma(_ctx()) == 1
+    assert AdaptiveGamma(max_gamma=1, prior_acceptance=1.0, costs=costs, max_loss=0.25).next_gamma(_ctx()) == 1
+    assert AdaptiveGamma(max_gamma=1, prior_acceptance=1.0, costs=costs, max_loss=0.2).next_gamma(_ctx()) == 0
+    assert plan_never_drafts(AdaptiveGamma(max_gamma=1, prior_acceptance=1.0, costs=costs, max_loss=0.2), S)
+
+
+def test_the_loss_bound_counts_what_the_call_lost_and_gained_so_far():
+    """Rounds so far: a rejected round from stage 0 (commits stage 0: lost 1.9 - 1 = 0.9); then from stage 1 the
+    budget 0.25 * 4 - 0.9 = 0.1 allows no rejection costing 0.9. After an accepted round (gamma 1 from stage 0 with
+    its bonus: stages 0 and 1 for 1.9, a gain of 0.1) the budget is 1.1 and the round is taken."""
+    costs = _table(round_of=lambda c, d, g: 1.9)
+    rule = AdaptiveGamma(max_gamma=1, prior_acceptance=1.0, costs=costs, max_loss=0.25)
+    rejected = RoundHistory().add(1, 0, [(0, False)])
+    accepted = RoundHistory().add(1, 1, [(0, True)])
+    assert rule.priced_loss(RoundContext(1, S, 1, rejected)) == pytest.approx(0.9)
+    assert rule.priced_loss(RoundContext(2, S, 1, accepted)) == pytest.approx(-0.1)
+    assert rule.loss_budget(RoundContext(1, S, 1, rejected)) == pytest.approx(0.1)
+    assert rule.next_gamma(RoundContext(1, S, 1, rejected)) == 0
+    assert rule.next_gamma(RoundContext(2, S, 1, accepted)) == 1
+    steps = RoundHistory().add(0, 0).add(0, 0)
+    assert rule.priced_loss(RoundContext(2, S, 0, steps)) == 0.0  # target steps cost nothing extra
+
+
+def test_max_loss_is_checked_and_described():
+    with pytest.raises(ValueError, match="max_loss"):
+        AdaptiveGamma(max_loss=-0.1)
+    with pytest.raises(TypeError, match="max_loss"):
+        AdaptiveGamma(max_loss="1%")
+    with pytest.raises(ValueError, match="max_loss"):
+        RunCost(max_loss=-1.0)
+    assert "max_loss=0.015" in AdaptiveGamma(max_loss=0.015).describe()
+    assert "max_loss" not in AdaptiveGamma().describe()

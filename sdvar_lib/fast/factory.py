@@ -122,8 +122,9 @@ class FastRunFactory:
                    policy: AcceptancePolicy) -> GammaRule:
         """``rule`` priced for this machine: an :class:`~sdvar_lib.sdvar.gamma.AdaptiveGamma` whose costs are
         :class:`~sdvar_lib.sdvar.gamma.RunCost` gets the measured times of the fast path's own programs
-        (:meth:`DeviceRound.price <sdvar_lib.fast.round.DeviceRound.price>`); any other rule, and a call that
-        does not run as device rounds, is returned as it is.
+        (:meth:`DeviceRound.price <sdvar_lib.fast.round.DeviceRound.price>`) and, unless it has its own, the loss
+        bound of its ``RunCost`` (``max_loss``, 1.5 % of the call's target steps by default); any other rule, and a
+        call that does not run as device rounds, is returned as it is.
 
         :class:`~sdvar_lib.sdvar.decoder.SDVAR` asks before every call. The times are measured on the first call
         per (pair, batch size, sampling, policy) - a one-off, counted in :attr:`one_off_s` - and kept: later
@@ -132,7 +133,9 @@ class FastRunFactory:
         if not isinstance(rule, AdaptiveGamma) or not isinstance(rule.costs, RunCost) or draft is target:
             return rule
         costs = self.program_costs(draft, target, batch_size, sampling, policy, rule.max_gamma)
-        return rule if costs is None else replace(rule, costs=costs)
+        if costs is None:
+            return rule
+        return replace(rule, costs=costs, max_loss=rule.costs.max_loss if rule.max_loss is None else rule.max_loss)
 
     def program_costs(self, draft: VAR, target: VAR, batch_size: int, sampling: SamplingConfig,
                       policy: AcceptancePolicy, max_gamma: int) -> ProgramCost | None:
