@@ -232,10 +232,9 @@ class ProgramCost(CostModel):
     def round(self, c: int, d: int, g: int, num_stages: int) -> float:
         if (c, d, g) in self.round_times:
             return self.round_times[(c, d, g)]
-        timed = sorted(h for (cc, h, gg) in self.round_times if cc == c and gg == g and h > d)
-        if not timed:
+        nearest = next((h for h in range(d + 1, c + 1) if (c, h, g) in self.round_times), None)
+        if nearest is None:
             raise ValueError(f"no measured round from stage {c} with gamma {g} (draft cache {d} stages)")
-        nearest = timed[0]
         return self.round_times[(c, nearest, g)] + sum(self.draft(s, 1) for s in range(d, nearest))
 
     def missing(self, num_stages: int, max_gamma: int) -> list[str]:
@@ -448,13 +447,17 @@ class AdaptiveGamma(GammaRule):
         return self.max_loss * total - self.priced_loss(ctx)
 
     def next_gamma(self, ctx: RoundContext) -> int:
-        a = self.acceptance_estimates(ctx)
+        gammas = range(1, min(self.max_gamma, ctx.num_stages - ctx.c) + 1)
         budget = self.loss_budget(ctx)
+        if budget is not None:  # rejected at stage c, a round may not cost more than the call may still lose
+            step = self.costs.step(ctx.c)
+            gammas = [g for g in gammas
+                      if self.costs.round(ctx.c, ctx.draft_stages_held, g, ctx.num_stages) - step <= budget]
+            if not gammas:
+                return 0
+        a = self.acceptance_estimates(ctx)
         best_g, best = 0, 0.0
-        for g in range(1, min(self.max_gamma, ctx.num_stages - ctx.c) + 1):
-            if budget is not None and (self.costs.round(ctx.c, ctx.draft_stages_held, g, ctx.num_stages)
-                                       - self.costs.step(ctx.c)) > budget:
-                continue  # rejected at stage c, this round would cost more than the call may still lose
+        for g in gammas:
             saving = self.expected_saving(g, ctx, a)
             if saving > best + 1e-12:
                 best_g, best = g, saving
