@@ -48,7 +48,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import traceback  # noqa: E402
-from dataclasses import asdict  # noqa: E402
+from dataclasses import asdict, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +100,8 @@ from sdvar_lib.util.atomic import atomic_write_text  # noqa: E402
 log = logging.getLogger("device_perf_v3")
 
 SMOKE_CEILINGS = Ceilings(1e12, 1e14)
+DECISION_REPEATS_B1 = 20
+"""Paired calls per decision-rule cell at batch 1 (6 elsewhere): a 30 ms call's paired median moved by up to 7 % with 6."""
 
 
 # ---- timers and pairs: the GPU's, or host stand-ins for --smoke -----------------------------------------
@@ -349,7 +351,10 @@ def decisions_section(res: Results, setting: Setting, ctx: PairContext, measured
             continue
         ctx.decoder = setting.decoder(ctx.pair)
         decode_ms = setting.decode_ms(ctx.pair, B, ctx.decoder)
-        found = time_decision_rules(ctx, B, scenarios, setting.config, decode_ms, setting.call_timer,
+        config = setting.config
+        if B == 1 and not setting.smoke:  # a batch-1 call is short and noisy: more pairs for its median
+            config = replace(config, repeats=DECISION_REPEATS_B1)
+        found = time_decision_rules(ctx, B, scenarios, config, decode_ms, setting.call_timer,
                                     setting.replay_timer, with_adaptive=True)
         rows += [asdict(r) for r in found]
         prices.append(_adaptive_prices(ctx, B, setting))
@@ -430,6 +435,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder for v3_part{N}.json / .md")
     p.add_argument("--budget-s", type=float, default=500.0, help="stop starting sections after this many seconds")
     p.add_argument("--smoke", action="store_true", help="the same plumbing on the CPU with the tiny pair")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,32; the smoke run 1)")
     p.add_argument("--sections", default=None,
                    help="comma-separated sections of the part to run (default: all; the others are recorded as skipped)")
     p.add_argument("--oneoff-child", default=None, help=argparse.SUPPRESS)
@@ -443,6 +449,13 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     setting = Setting(args.smoke)
+    if args.batches is not None:
+        try:
+            setting.batches = tuple(int(x) for x in args.batches.split(",") if x.strip())
+        except ValueError:
+            setting.batches = ()
+        if not setting.batches or min(setting.batches) < 1:
+            p.error(f"--batches: comma-separated batch sizes >= 1, got {args.batches!r}")
     known = {1: ("rows", "oneoff", "profiles"), 2: ("measured_profile", "decisions", "sweep")}[args.part]
     chosen = known if args.sections is None else tuple(x.strip() for x in args.sections.split(",") if x.strip())
     unknown = [x for x in chosen if x not in known]

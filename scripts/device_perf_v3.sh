@@ -5,6 +5,7 @@
 #   PART=2 OUT=$OUT bash scripts/device_perf_v3.sh   # scripts/device_perf_v3.py --part 2
 #   SMOKE=1 OUT=/tmp/x bash scripts/device_perf_v3.sh  # on a CPU: both parts' plumbing with the tiny pair
 #   SECTIONS=decisions PART=2 OUT=$OUT bash scripts/device_perf_v3.sh  # only the sections named (comma-separated)
+#   BATCHES=1,8 ...                                     # only these batch sizes (default 1,8,32)
 #
 # Part 1 (about 6 minutes): the GPU tests of the fast path and its device rounds (at most 150 s), then SDVAR exact
 # g2/g4 with every proposal accepted against the target alone at batch 1/8/32, the draft/target ratios, the
@@ -45,6 +46,6 @@ if [ "$PART" = "1" ]; then
 fi
 left=$(( LIMIT_S - ($(date +%s) - start) - 40 ))
 timeout $(( left + 30 )) $PY scripts/device_perf_v3.py --part "$PART" --out "$OUT" --budget-s "$left" \
-    ${SECTIONS:+--sections "$SECTIONS"} 2>&1 \
+    ${SECTIONS:+--sections "$SECTIONS"} ${BATCHES:+--batches "$BATCHES"} 2>&1 \
     | grep -v '^USDT' | tee "$OUT/part$PART.log" | tail -150 || status=1
 exit $status
