@@ -23,8 +23,10 @@ from sdvar_lib.sdvar.gamma import (
     FixedGamma,
     GammaRule,
     GammaSchedule,
+    ProgramCost,
     RoundContext,
     RoundHistory,
+    RunCost,
     TableCost,
     UniformCost,
     make_gamma_rule,
@@ -63,7 +65,7 @@ __all__ = [
     # policies and gamma rules
     "AcceptancePolicy", "ExactPolicy", "Top1MatchPolicy", "RelaxedPolicy", "StageVerdict", "POLICY_NAMES",
     "make_policy", "residual_distribution", "GammaRule", "FixedGamma", "GammaSchedule", "AdaptiveGamma",
-    "CostModel", "UniformCost", "TableCost", "RoundContext", "RoundHistory", "make_gamma_rule",
+    "CostModel", "UniformCost", "TableCost", "ProgramCost", "RunCost", "RoundContext", "RoundHistory", "make_gamma_rule",
     # the registry
     "Method", "DecoderKind", "DECODERS", "METHODS", "EVALUATION_METHODS", "get_method", "method_names",
     "methods_for", "register",
