@@ -10,6 +10,8 @@ and which rules and calls keep their own prices.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -19,7 +21,7 @@ from sdvar_lib.fast.config import FastConfig
 from sdvar_lib.fast.factory import FastRunFactory
 from sdvar_lib.fast.round import DeviceRound
 from sdvar_lib.sdvar.acceptance import ExactPolicy
-from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, ProgramCost, RunCost, UniformCost
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, ProgramCost, RunCost, UniformCost, plan_never_drafts
 from sdvar_lib.sdvar.handoff import baseline
 
 NO_GRAPHS = FastConfig(use_cuda_graphs=False)
@@ -42,9 +44,8 @@ def _record(out) -> dict:
     return dict(tokens=[t.tolist() for t in out.tokens_per_stage], stats=stats)
 
 
-def test_a_round_costs_its_draft_program_its_verify_and_acceptance_and_the_bonus_stage(pair, monkeypatch):
-    """Every timed program 'takes' 1 ms: a step costs 1, a round 2 (draft program; verify and acceptance with the
-    read of r) plus 1 where a bonus stage can follow it."""
+def _one_ms_each(monkeypatch) -> list:
+    """Every timed program 'takes' 1 ms; returns the list of programs timed."""
     timed = []
 
     def one_ms(fn, device, repeats, warmup=1):
@@ -53,11 +54,19 @@ def test_a_round_costs_its_draft_program_its_verify_and_acceptance_and_the_bonus
         return 1.0
 
     monkeypatch.setattr(fast_round, "median_ms", one_ms)
+    return timed
+
+
+def test_a_round_costs_its_draft_program_its_verify_and_acceptance_and_the_bonus_stage(pair, monkeypatch):
+    """Every program takes 1 ms: a step costs 1, a round 2 (draft program; verify and acceptance with the read of r)
+    plus 1 where a bonus stage can follow it. With a loss bound these rounds fit (10 of the call's steps), every
+    round of the rule is timed, each program once."""
+    timed = _one_ms_each(monkeypatch)
     sd = _fast(pair)
     S = sd.num_stages
-    rule = sd.run_factory.price_rule(AdaptiveGamma(max_gamma=3), *pair, 2, SAMPLING, ExactPolicy())
+    rule = sd.run_factory.price_rule(AdaptiveGamma(max_gamma=3, max_loss=10.0), *pair, 2, SAMPLING, ExactPolicy())
     costs = rule.costs
-    assert isinstance(costs, ProgramCost)
+    assert isinstance(costs, ProgramCost) and costs.covers_max_loss is None
     rule.check_for(S)  # every round the rule may take is priced
     assert costs.step_times == (1.0,) * S and costs.catch_up_times == (1.0,) * S
     assert set(costs.round_times) == {(c, d, g) for c in range(S) for d in {max(c - 1, 0), c}
@@ -67,8 +76,30 @@ def test_a_round_costs_its_draft_program_its_verify_and_acceptance_and_the_bonus
     assert len(timed) == S + len(costs.round_times) + len({(c, g) for c, _, g in costs.round_times}) + (S - 1)
 
 
+def test_pricing_stops_at_gamma_1_when_no_round_fits_the_loss_bound(pair, monkeypatch):
+    """Rejected, a gamma-1 round costs 1-2 ms more than its step, more than 1.5 x the budget (0.015 of 4 steps):
+    no round can be taken, so only the steps and the gamma-1 rounds are timed, and the table says whom it serves.
+    The rule decides as it would with every round timed (it never drafts)."""
+    timed = _one_ms_each(monkeypatch)
+    sd = _fast(pair)
+    S = sd.num_stages
+    rule = sd.run_factory.price_rule(AdaptiveGamma(), *pair, 2, SAMPLING, ExactPolicy())
+    costs = rule.costs
+    assert rule.max_loss == RunCost().max_loss == costs.covers_max_loss
+    assert set(costs.round_times) == {(c, c, 1) for c in range(S)}
+    assert len(timed) == S + S + S + (S - 1)  # steps; per gamma-1 round its draft, verify-and-accept, bonus
+    rule.check_for(S)
+    assert costs.round(0, 0, 3, S) == costs.round(0, 0, 1, S)  # the lower bound of every round from stage 0
+    assert plan_never_drafts(rule, S)
+    for max_loss in (None, 0.02):
+        with pytest.raises(ValueError, match="only the gamma-1 rounds"):
+            replace(rule, max_loss=max_loss).check_for(S)
+    full = sd.run_factory.price_rule(AdaptiveGamma(costs=RunCost(max_loss=None)), *pair, 2, SAMPLING, ExactPolicy())
+    assert full.costs.covers_max_loss is None and len(full.costs.round_times) > S
+
+
 def _priced_by(costs: ProgramCost):
-    def price(self, sampling, policy, max_gamma, repeats=3):
+    def price(self, sampling, policy, max_gamma, max_loss=None, repeats=3):
         return costs
     return price
 
@@ -120,9 +151,9 @@ def test_prices_are_measured_once_per_pair_batch_and_sampling_then_kept(pair, mo
     calls = []
     real = DeviceRound.price
 
-    def counting(self, sampling, policy, max_gamma, repeats=3):
+    def counting(self, sampling, policy, max_gamma, max_loss=None, repeats=3):
         calls.append((self.batch_size, sampling.top_k))
-        return real(self, sampling, policy, max_gamma, repeats)
+        return real(self, sampling, policy, max_gamma, max_loss, repeats)
 
     monkeypatch.setattr(DeviceRound, "price", counting)
     sd = _fast(pair)

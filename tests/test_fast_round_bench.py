@@ -207,7 +207,7 @@ def test_device_script_v3_smoke_run_writes_every_section(tmp_path):
     part1 = json.loads((tmp_path / "v3_part1.json").read_text())["sections"]
     assert {c["gamma"] for c in part1["rows"]["cells"]} == {2, 4} and part1["rows"]["pass_ratios"]
     assert set(part1["oneoff"]) == {"cold", "warm"}
-    assert [c["method"] for c in part1["oneoff"]["warm"]["calls"]] == ["exact_g2", "target"]
+    assert [c["method"] for c in part1["oneoff"]["warm"]["calls"]] == ["exact_g2", "target", "exact_adaptive"]
     assert part1["oneoff"]["cold"]["compiled_kernels"] == {}  # the interpreter compiles nothing
     part2 = json.loads((tmp_path / "v3_part2.json").read_text())["sections"]
     assert len(part2["measured_profile"]["profile"]) == 10

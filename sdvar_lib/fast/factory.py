@@ -132,19 +132,22 @@ class FastRunFactory:
         """
         if not isinstance(rule, AdaptiveGamma) or not isinstance(rule.costs, RunCost) or draft is target:
             return rule
-        costs = self.program_costs(draft, target, batch_size, sampling, policy, rule.max_gamma)
+        max_loss = rule.costs.max_loss if rule.max_loss is None else rule.max_loss
+        costs = self.program_costs(draft, target, batch_size, sampling, policy, rule.max_gamma, max_loss)
         if costs is None:
             return rule
-        return replace(rule, costs=costs, max_loss=rule.costs.max_loss if rule.max_loss is None else rule.max_loss)
+        return replace(rule, costs=costs, max_loss=max_loss)
 
     def program_costs(self, draft: VAR, target: VAR, batch_size: int, sampling: SamplingConfig,
-                      policy: AcceptancePolicy, max_gamma: int) -> ProgramCost | None:
+                      policy: AcceptancePolicy, max_gamma: int, max_loss: float | None = None) -> ProgramCost | None:
         """The measured program times :meth:`price_rule` prices with (measured on first use, then kept), or
-        ``None`` where such calls do not run as device rounds."""
+        ``None`` where such calls do not run as device rounds. With ``max_loss`` the table may stop at the
+        gamma-1 rounds when no round can be within that loss bound (:meth:`DeviceRound.price
+        <sdvar_lib.fast.round.DeviceRound.price>`)."""
         draft_run, target_run = self.run_for(draft, batch_size), self.run_for(target, batch_size)
         device_round = self.device_round(draft_run, target_run)
         key = (id(draft_run), id(target_run), sampling.cfg, sampling.top_k, sampling.top_p, sampling.more_smooth,
-               policy.describe(), max_gamma)
+               policy.describe(), max_gamma, max_loss)
         kept = self._prices.get(key)
         if kept is not None and kept[0] is device_round:
             return kept[1]
@@ -152,7 +155,7 @@ class FastRunFactory:
         labels = torch.zeros(batch_size, dtype=torch.long, device=target.device)
         draft_run.begin(labels)
         target_run.begin(labels)
-        costs = device_round.price(sampling, policy, max_gamma)
+        costs = device_round.price(sampling, policy, max_gamma, max_loss)
         self._pricing_s += time.perf_counter() - t0
         self._prices[key] = (device_round, costs)
         if costs is not None:

@@ -54,10 +54,14 @@ from sdvar_lib.util.timing import median_ms
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeviceRound", "RoundKey", "round_keys", "rule_gammas"]
+__all__ = ["DeviceRound", "RoundKey", "STOP_MARGIN", "round_keys", "rule_gammas"]
 
 RoundKey = tuple[int, int, int]
 """``(c, d, g)``: start stage, stages the draft's cache holds, proposals."""
+
+STOP_MARGIN = 1.5
+""":meth:`DeviceRound.price` stops after the gamma-1 rounds when each, rejected, costs more than this many times the
+loss budget: the margin keeps a timing's noise from deciding whether the rounds it did not time are out of reach."""
 
 
 def round_keys(gammas, num_stages: int) -> list[RoundKey]:
@@ -269,28 +273,36 @@ class DeviceRound:
         return self._count_programs() - before
 
     @torch.no_grad()
-    def price(self, sampling: SamplingConfig, policy, max_gamma: int, repeats: int = 3) -> ProgramCost | None:
-        """The measured cost of every program an adaptive rule with ``max_gamma`` chooses between, for ``sampling``
-        and ``policy`` (``None`` where such calls do not run as device rounds).
+    def price(self, sampling: SamplingConfig, policy, max_gamma: int, max_loss: float | None = None,
+              repeats: int = 3) -> ProgramCost | None:
+        """The measured cost of every program an adaptive rule with ``max_gamma`` (and loss bound ``max_loss``)
+        chooses between, for ``sampling`` and ``policy`` (``None`` where such calls do not run as device rounds).
 
-        Each program is built (:meth:`precapture`), then replayed ``1 + repeats`` times on whatever its buffers
-        hold (a program's work does not depend on the values) and timed (:func:`~sdvar_lib.util.timing.median_ms`:
+        Each program is built (:meth:`precapture`), then replayed ``repeats`` times on whatever its buffers hold
+        (a program's work does not depend on the values) and timed (:func:`~sdvar_lib.util.timing.median_ms`:
         CUDA events on a GPU, the host clock elsewhere): a target step of every stage (the stage program target
-        steps run), the draft's program of every round ``(c, d, g)`` that :func:`round_keys` lists, the verify
-        and acceptance programs of every ``(c, g)`` with the host's read of ``r`` (the round's synchronisation),
-        and the bonus stage's program. A round costs its draft program, its verify-and-accept and, where a stage is
-        left after it, the bonus program (drawn only when every proposal is accepted; priced always). A draft
-        step of stage ``s`` is the draft program ``(s, s, 1)``. Leaves both caches empty (call it between calls).
+        steps run), the draft's program of a round ``(c, d, g)``, its verify and acceptance programs with the
+        host's read of ``r`` (the round's synchronisation), and the bonus stage's program. A round costs its
+        draft program, its verify-and-accept and, where a stage is left after it, the bonus program (drawn only
+        when every proposal is accepted; priced always). A draft step of stage ``s`` is the draft program
+        ``(s, s, 1)``.
+
+        In two steps: the rounds of gamma 1 first. If each of them, rejected, costs more than
+        :data:`STOP_MARGIN` times the loss budget (``max_loss`` of the target steps), no round of the rule can
+        ever be taken (a round of more proposals, or from a lagging draft, costs at least as much) and the
+        table stops there (:attr:`ProgramCost.covers_max_loss`); otherwise every round of :func:`round_keys`
+        is built and timed. Leaves both caches empty (call it between calls).
         """
         form = device_policy(policy)
         if form is None or not all(r.config.device_rounds and r.stage_programs_apply(sampling)
                                    for r in (self.draft, self.target)):
             return None
         S = self.num_stages
-        keys = round_keys(range(1, max_gamma + 1), S)
-        self.precapture(sampling, policy, keys)
         context = self._static_context(form, policy, policy.prepare(self.target.model.vae.quantize.embedding.weight.detach()))
         device, own = self.target.model.device, self.target.slots
+        drafts: dict[RoundKey, float] = {}
+        checks: dict[tuple[int, int], float] = {}
+        bonus: dict[int, float] = {}
 
         def ms(fn) -> float:
             return float(median_ms(fn, device, repeats, warmup=0))  # built just now: captures warm up
@@ -300,16 +312,31 @@ class DeviceRound:
             self._accept_program(c, g, form, context).run()
             int(self.leading.item())
 
-        steps = tuple(ms(self.target.stage_program(s, s, 1, sampling, own).run) for s in range(S))
-        drafts = {(c, d, g): ms(self.draft.stage_program(c, d, g, sampling, self.slots).run) for c, d, g in keys}
-        checks = {(c, g): ms(lambda c=c, g=g: verify_and_accept(c, g)) for c, g in sorted({(c, g) for c, _, g in keys})}
-        bonus = {si: ms(self._bonus_program(si).run) for si in range(1, S)}
-        rounds = {(c, d, g): drafts[(c, d, g)] + checks[(c, g)] + (bonus[c + g] if c + g < S else 0.0)
-                  for c, d, g in keys}
-        self.draft.cache.reset()
-        self.target.cache.reset()
-        return ProgramCost(step_times=steps, round_times=rounds,
-                           catch_up_times=tuple(drafts[(s, s, 1)] for s in range(S)))
+        def timed_rounds(keys: list[RoundKey]) -> dict[RoundKey, float]:
+            self.precapture(sampling, policy, keys)
+            for c, d, g in keys:
+                if (c, d, g) not in drafts:
+                    drafts[(c, d, g)] = ms(self.draft.stage_program(c, d, g, sampling, self.slots).run)
+                if (c, g) not in checks:
+                    checks[(c, g)] = ms(lambda c=c, g=g: verify_and_accept(c, g))
+                if c + g < S and c + g not in bonus:
+                    bonus[c + g] = ms(self._bonus_program(c + g).run)
+            return {(c, d, g): drafts[(c, d, g)] + checks[(c, g)] + (bonus[c + g] if c + g < S else 0.0)
+                    for c, d, g in keys}
+
+        try:
+            steps = tuple(ms(self.target.stage_program(s, s, 1, sampling, own).run) for s in range(S))
+            rounds = timed_rounds([(c, c, 1) for c in range(S)])
+            catch_up = tuple(drafts[(s, s, 1)] for s in range(S))
+            if max_loss is not None and all(rounds[(c, c, 1)] - steps[c] > STOP_MARGIN * max_loss * sum(steps)
+                                            for c in range(S)):
+                return ProgramCost(step_times=steps, round_times=rounds, catch_up_times=catch_up,
+                                   covers_max_loss=max_loss)
+            rounds = timed_rounds(round_keys(range(1, max_gamma + 1), S))
+            return ProgramCost(step_times=steps, round_times=rounds, catch_up_times=catch_up)
+        finally:
+            self.draft.cache.reset()
+            self.target.cache.reset()
 
     def _count_programs(self) -> int:
         return len(self.draft._stage_programs) + len(self._verify) + len(self._accept) + len(self._bonus)

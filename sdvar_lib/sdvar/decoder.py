@@ -129,7 +129,9 @@ class SDVAR:
         price = getattr(self.run_factory, "price_rule", None)
         if price is None:
             return rule
-        return check_gamma_rule(price(rule, self.draft_model, self.target_model, B, sampling, policy))
+        priced = check_gamma_rule(price(rule, self.draft_model, self.target_model, B, sampling, policy))
+        priced.check_for(self.num_stages)
+        return priced
 
     def one_off_seconds(self) -> float:
         """Seconds the run factory has spent on one-off preparation so far (its ``one_off_s``; 0 for eager runs)."""

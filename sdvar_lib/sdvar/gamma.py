@@ -200,11 +200,19 @@ class ProgramCost(CostModel):
     (``(c, d, g)`` absent, ``d < c``) is priced as the round ``(c, d', g)`` with the nearest timed
     ``d' > d`` plus the draft steps of stages ``d .. d' - 1`` (an upper bound: a chunk costs at most
     its stages one by one).
+
+    ``covers_max_loss``: ``None`` when every round a rule may take was timed. A number ``m`` when only the
+    rounds of gamma 1 were, because each of them, rejected, already costs more than ``m`` of the call's
+    target steps (:meth:`sdvar_lib.fast.round.DeviceRound.price` stops there): a round of more proposals
+    is then priced at the gamma-1 round from its stage, a lower bound (it does that round's work and more).
+    Such a table decides right only for a rule whose loss bound is at most ``m`` - every round is outside
+    its budget either way - and :meth:`AdaptiveGamma.check_for` refuses it to any other.
     """
 
     step_times: tuple[float, ...]
     round_times: Mapping[tuple[int, int, int], float]
     catch_up_times: tuple[float, ...]
+    covers_max_loss: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("step_times", "catch_up_times"):
@@ -213,6 +221,8 @@ class ProgramCost(CostModel):
         table = check_mapping(self.round_times, "round_times", _check_round_key, _check_time,
                               "(start stage, draft stages held, gamma) -> time")
         object.__setattr__(self, "round_times", table)
+        if self.covers_max_loss is not None:
+            check_number(self.covers_max_loss, "covers_max_loss (a fraction of the call's target steps, or None)", 0.0)
 
     def _stage(self, values: tuple[float, ...], which: str, stage: int) -> float:
         if not 0 <= stage < len(values):
@@ -230,6 +240,8 @@ class ProgramCost(CostModel):
         return self._stage(self.catch_up_times, "draft step", start)
 
     def round(self, c: int, d: int, g: int, num_stages: int) -> float:
+        if self.covers_max_loss is not None and g > 1 and (c, c, g) not in self.round_times:
+            g = 1  # only gamma 1 was timed: its round is the lower bound of every round from stage c
         if (c, d, g) in self.round_times:
             return self.round_times[(c, d, g)]
         nearest = next((h for h in range(d + 1, c + 1) if (c, h, g) in self.round_times), None)
@@ -241,8 +253,9 @@ class ProgramCost(CostModel):
         """What a rule with ``max_gamma`` on ``num_stages`` stages may price and the tables lack."""
         out = [f"target step {s}" for s in range(len(self.step_times), num_stages)]
         out += [f"draft step {s}" for s in range(len(self.catch_up_times), num_stages)]
+        top = 1 if self.covers_max_loss is not None else max_gamma
         for c in range(num_stages):
-            for g in range(1, min(max_gamma, num_stages - c) + 1):
+            for g in range(1, min(top, num_stages - c) + 1):
                 if (c, c, g) not in self.round_times:
                     out.append(f"round {(c, c, g)}")
         return out
@@ -374,6 +387,11 @@ class AdaptiveGamma(GammaRule):
             raise ValueError(f"prior_acceptance has {len(self.prior_acceptance)} values, the pair has {num_stages} stages; "
                              "give one per stage (or one float for all)")
         if isinstance(self.costs, ProgramCost):
+            covers = self.costs.covers_max_loss
+            if covers is not None and (self.max_loss is None or self.max_loss > covers):
+                raise ValueError(f"these program costs timed only the gamma-1 rounds (every one, rejected, costs more "
+                                 f"than {covers:g} of the call's target steps); they price a rule with max_loss at most "
+                                 f"{covers:g}, this rule has max_loss={self.max_loss}")
             missing = self.costs.missing(num_stages, self.max_gamma)
             if missing:
                 raise ValueError(f"the program cost tables lack {len(missing)} entries this rule may price on {num_stages} "
