@@ -8,7 +8,7 @@ standing in for CUDA-graph replays and CUDA events.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -30,6 +30,7 @@ from sdvar_lib.bench import (
     calibrated_costs,
     chunk_of_pass,
     config_from_args,
+    declining,
     decode_cost,
     estimate_overheads,
     fill_missing_stages,
@@ -49,7 +50,7 @@ from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.sdvar import baseline, pooled_stage_acceptance
 from sdvar_lib.sdvar.acceptance import make_policy
 from sdvar_lib.sdvar.decoder import SDVAR
-from sdvar_lib.sdvar.gamma import AdaptiveGamma, RoundContext, RoundHistory, UniformCost, plan_never_drafts
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, RoundContext, RoundHistory, TableCost, UniformCost, plan_never_drafts
 from sdvar_lib.sdvar.registry import stage_chunks
 from sdvar_lib.sdvar.stats import SDVARStats
 
@@ -394,3 +395,13 @@ def test_run_bench_end_to_end_on_the_tiny_pair(tiny_pair, monkeypatch, tmp_path)
     assert line in (tmp_path / "bench.md").read_text()
     assert len(stored["pass_ratios"]) == 1 and stored["rows"][0]["whole_bound_ms"] > 0
     assert S == len(report.calibrations[1].priors)
+
+
+def test_declining_never_drafts_whatever_the_prices():
+    """A calibrated rule that lost its check runs the target's steps, even when its measured prices (host timings on
+    a busy CPU) make a round look cheaper than the step it replaces."""
+    S = 4
+    times = {(s, n): (1.0 if n == 1 else 0.5) for s in range(S) for n in range(1, S + 1)}  # chunks "cheaper" than steps
+    noisy = AdaptiveGamma(prior_acceptance=0.9, costs=TableCost(times, {k: 0.01 for k in times}))
+    assert not plan_never_drafts(replace(noisy, prior_acceptance=0.0), S), "the prices do make drafting look free"
+    assert plan_never_drafts(declining(noisy, S), S)

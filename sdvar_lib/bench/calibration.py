@@ -31,7 +31,7 @@ from sdvar_lib.bench.timing import CallTimer, ReplayTimer, cuda_event_ms, median
 from sdvar_lib.fast.config import PassRecord
 from sdvar_lib.fast.run import FastRun, chunk_span
 from sdvar_lib.models.var import VAR
-from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, TableCost, plan_never_drafts
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, FixedGamma, GammaRule, GammaSchedule, TableCost, UniformCost, plan_never_drafts
 from sdvar_lib.sdvar.stats import pooled_stage_acceptance
 
 log = logging.getLogger(__name__)
@@ -390,12 +390,13 @@ def calibrate_scenario(ctx: PairContext, B: int, scenario: Scenario, config: Ben
 
 
 def declining(rule: AdaptiveGamma, num_stages: int) -> AdaptiveGamma:
-    """``rule`` made to decline every stage (no acceptance expected: a draft pass can then only cost, since costs are
-    never negative): a call with it is the target-alone call, the target's own stage program
-    (:func:`~sdvar_lib.sdvar.gamma.plan_never_drafts`)."""
-    never = replace(rule, prior_acceptance=0.0)
+    """``rule`` made to decline every stage: no acceptance expected, and priced with unit costs (``UniformCost``:
+    a round costs a target pass and more, a committed stage saves one), not with the measured ones, which host
+    timings on a busy CPU can make price a round below the step it replaces. A call with it is the target-alone
+    call, the target's own stage program (:func:`~sdvar_lib.sdvar.gamma.plan_never_drafts`)."""
+    never = replace(rule, prior_acceptance=0.0, costs=UniformCost(), max_loss=None)
     if not plan_never_drafts(never, num_stages):
-        raise RuntimeError("a rule expecting no acceptance still drafts; its cost model prices drafting below zero")
+        raise RuntimeError("a rule expecting no acceptance drafts at unit costs")  # a broken rule, not a measurement
     return never
 
 
