@@ -239,3 +239,21 @@ def test_the_bench_prices_exact_adaptive_before_it_times_it(tiny_pair, monkeypat
     adaptive = next(r for r in rows if r.method == "exact_adaptive")
     assert adaptive.dispatch in ("target alone", "sdvar")
     assert (adaptive.dispatch == "target alone") == (adaptive.draft_passes == 0)
+
+
+def test_pricing_is_one_off_time_counted_once(pair, monkeypatch):
+    """The seconds a first call spends pricing count as one-off time, once: the captures made while pricing are the
+    runs' one-off seconds already, only the rest (timing the programs) is added."""
+    import time
+
+    def price(self, sampling, policy, max_gamma, max_loss=None, repeats=3):
+        time.sleep(0.2)  # 'capturing' for 0.2 s ...
+        self.target.counters.capture_time_s += 0.2  # ... which the run counts, as a capture does
+        return _costs(self.num_stages, 50.0)
+
+    monkeypatch.setattr(DeviceRound, "price", price)
+    factory = _fast(pair).run_factory
+    factory.run_for(pair[0], 2), factory.run_for(pair[1], 2)
+    before = factory.one_off_s
+    factory.price_rule(AdaptiveGamma(), *pair, 2, SAMPLING, ExactPolicy())
+    assert 0.2 <= factory.one_off_s - before < 0.3
