@@ -57,6 +57,7 @@ class FastRunFactory:
         self._rounds: dict[tuple[int, int], DeviceRound] = {}
         self._prices: dict[tuple, tuple[DeviceRound, ProgramCost | None]] = {}
         self._pricing_s = 0.0
+        self._priced_rules: dict[tuple, AdaptiveGamma] = {}
 
     def __call__(self, model: VAR, label_B: torch.Tensor) -> FastRun:
         if not isinstance(model, VAR):
@@ -136,7 +137,12 @@ class FastRunFactory:
         costs = self.program_costs(draft, target, batch_size, sampling, policy, rule.max_gamma, max_loss)
         if costs is None:
             return rule
-        return replace(rule, costs=costs, max_loss=max_loss)
+        key = (id(costs), rule.max_gamma, rule.prior_acceptance, rule.prior_weight, max_loss)
+        kept = self._priced_rules.get(key)
+        if kept is None or kept.costs is not costs:  # one priced rule per rule and prices: its plan is kept too
+            kept = replace(rule, costs=costs, max_loss=max_loss)
+            self._priced_rules[key] = kept
+        return kept
 
     def program_costs(self, draft: VAR, target: VAR, batch_size: int, sampling: SamplingConfig,
                       policy: AcceptancePolicy, max_gamma: int, max_loss: float | None = None) -> ProgramCost | None:
@@ -173,6 +179,7 @@ class FastRunFactory:
             kept = {id(r) for r in self.runs()}  # rounds (and their prices) of dropped runs go with them
             self._rounds = {k: v for k, v in self._rounds.items() if k[0] in kept and k[1] in kept}
             self._prices = {k: v for k, v in self._prices.items() if k[0] in kept and k[1] in kept}
+            self._priced_rules = {}
             device_round = DeviceRound(draft, target)
             self._rounds[key] = device_round
         return device_round
@@ -198,6 +205,7 @@ class FastRunFactory:
         kept = {id(r) for r in self.runs()}
         self._rounds = {k: v for k, v in self._rounds.items() if k[0] in kept and k[1] in kept}
         self._prices = {k: v for k, v in self._prices.items() if k[0] in kept and k[1] in kept}
+        self._priced_rules = {}
         self._claimed = [r for r in self._claimed if model is not None and r.model is not model]
         if model is None:
             self._call_labels = None

@@ -80,6 +80,9 @@ class SDVAR:
         self.draft_model = draft_model
         self.target_model = target_model
         self.run_factory = run_factory
+        self._plans: dict[int, tuple[GammaRule, bool]] = {}
+        """``plan_never_drafts`` of the priced rules seen lately, by identity (a run factory hands out one priced rule
+        object per rule and prices; planning one at every call cost about 0.2-0.4 ms of host time)."""
 
     # ---- properties ------------------------------------------------------------------------------
     @property
@@ -129,9 +132,22 @@ class SDVAR:
         price = getattr(self.run_factory, "price_rule", None)
         if price is None:
             return rule
-        priced = check_gamma_rule(price(rule, self.draft_model, self.target_model, B, sampling, policy))
-        priced.check_for(self.num_stages)
+        priced = price(rule, self.draft_model, self.target_model, B, sampling, policy)
+        if priced is not rule and id(priced) not in self._plans:
+            check_gamma_rule(priced).check_for(self.num_stages)
         return priced
+
+    def _never_drafts(self, rule: GammaRule) -> bool:
+        """:func:`plan_never_drafts` of ``rule``, kept for the priced rules a run factory hands out again."""
+        kept = self._plans.get(id(rule))
+        if kept is not None and kept[0] is rule:
+            return kept[1]
+        never = plan_never_drafts(rule, self.num_stages)
+        if getattr(self.run_factory, "price_rule", None) is not None:
+            if len(self._plans) >= 16:
+                self._plans.clear()
+            self._plans[id(rule)] = (rule, never)
+        return never
 
     def one_off_seconds(self) -> float:
         """Seconds the run factory has spent on one-off preparation so far (its ``one_off_s``; 0 for eager runs)."""
@@ -543,8 +559,9 @@ class SDVAR:
         never = plan_never_drafts(gamma_rule, self.num_stages)
         models = (self.target_model,) if never else (self.draft_model, self.target_model)
         sampling, labels, rng = self.start_call(B, label_B, g_seed, sampling, models)
-        gamma_rule = self._priced(gamma_rule, B, sampling, policy_obj)
-        priced_never = plan_never_drafts(gamma_rule, self.num_stages)
+        priced = self._priced(gamma_rule, B, sampling, policy_obj)
+        priced_never = never if priced is gamma_rule else self._never_drafts(priced)
+        gamma_rule = priced
         if never and not priced_never:  # the measured prices make it draft
             self.check_fits((self.draft_model,), B)
         never = priced_never
