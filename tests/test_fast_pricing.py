@@ -279,3 +279,23 @@ def test_a_priced_rule_is_handed_out_and_planned_once(pair, monkeypatch):
     for seed in range(3):
         sd.generate_parallel(2, None, seed, SAMPLING, gamma="adaptive")
     assert planned.count(True) == 1, planned
+
+
+def test_pricing_reserves_the_whole_tables_buffers_first(pair, monkeypatch):
+    """The full table is built in two steps (gamma-1 rounds, then the rest): the buffers of the whole table are
+    reserved before the first program, so the second step grows nothing (growing would drop the programs built and
+    timed in the first)."""
+    versions = []
+    real = DeviceRound.precapture
+
+    def recording(self, sampling, policy, keys):
+        versions.append((self.target.buffers_version, self.draft.buffers_version))
+        out = real(self, sampling, policy, keys)
+        versions.append((self.target.buffers_version, self.draft.buffers_version))
+        return out
+
+    monkeypatch.setattr(DeviceRound, "precapture", recording)
+    factory = _fast(pair).run_factory
+    rule = factory.price_rule(AdaptiveGamma(costs=RunCost(max_loss=None)), *pair, 2, SAMPLING, ExactPolicy())
+    assert rule.costs.covers_max_loss is None and len(versions) == 4  # two steps
+    assert len(set(versions)) == 1, versions

@@ -256,11 +256,7 @@ class DeviceRound:
             return 0
         self._check_target_buffers()
         context = self._static_context(form, policy, policy.prepare(self.target.model.vae.quantize.embedding.weight.detach()))
-        S, model = self.num_stages, self.target.model
-        # the longest chunks first: buffers grown later would drop the programs built before
-        self.target._ensure_capacity(max(chunk_span(model, c, min(c + g, S - 1) - c + 1)[1] for c, _, g in keys))
-        self.draft._ensure_capacity(max(chunk_span(model, d, c - d + 1)[1] for c, d, _ in keys))
-        self._check_target_buffers()
+        self._reserve(keys)
         before = self._count_programs()
         for c, d, g in keys:
             self.draft.stage_program(c, d, g, sampling, self.slots)
@@ -324,6 +320,7 @@ class DeviceRound:
             return {(c, d, g): drafts[(c, d, g)] + checks[(c, g)] + (bonus[c + g] if c + g < S else 0.0)
                     for c, d, g in keys}
 
+        self._reserve(round_keys(range(1, max_gamma + 1), S))  # the buffers of the whole table, before any program
         try:
             steps = tuple(ms(self.target.stage_program(s, s, 1, sampling, own).run) for s in range(S))
             rounds = timed_rounds([(c, c, 1) for c in range(S)])
@@ -337,6 +334,14 @@ class DeviceRound:
         finally:
             self.draft.cache.reset()
             self.target.cache.reset()
+
+    def _reserve(self, keys) -> None:
+        """Grow both runs' buffers for the longest chunks of rounds ``keys`` first: buffers grown later would drop
+        the programs built before."""
+        S, model = self.num_stages, self.target.model
+        self.target._ensure_capacity(max(chunk_span(model, c, min(c + g, S - 1) - c + 1)[1] for c, _, g in keys))
+        self.draft._ensure_capacity(max(chunk_span(model, d, c - d + 1)[1] for c, d, _ in keys))
+        self._check_target_buffers()
 
     def _count_programs(self) -> int:
         return len(self.draft._stage_programs) + len(self._verify) + len(self._accept) + len(self._bonus)
