@@ -94,7 +94,7 @@ from sdvar_lib.fast.factory import FastRunFactory, make_fast_sdvar  # noqa: E402
 from sdvar_lib.fast.graphs import GraphedDecode  # noqa: E402
 from sdvar_lib.models.presets import ModelPair, build_tiny  # noqa: E402
 from sdvar_lib.sdvar.acceptance import ExactPolicy  # noqa: E402
-from sdvar_lib.sdvar.gamma import AdaptiveGamma, RoundContext, RoundHistory, plan_never_drafts  # noqa: E402
+from sdvar_lib.sdvar.gamma import AdaptiveGamma, ProgramCost, RoundContext, RoundHistory, plan_never_drafts  # noqa: E402
 from sdvar_lib.util.atomic import atomic_write_text  # noqa: E402
 
 log = logging.getLogger("device_perf_v3")
@@ -371,10 +371,10 @@ def _adaptive_prices(ctx: PairContext, B: int, setting: Setting) -> dict:
     the target steps, the rounds from stage 0, and the expected saving of each gamma there at acceptance 1 and at
     the rule's prior."""
     S = ctx.pair.target.num_stages
-    costs = ctx.factory.program_costs(ctx.pair.draft, ctx.pair.target, B, setting.sampling, ExactPolicy(), 4)
-    if costs is None:
-        return {"batch": B, "priced": False}
     rule = ctx.factory.price_rule(AdaptiveGamma(), ctx.pair.draft, ctx.pair.target, B, setting.sampling, ExactPolicy())
+    costs = rule.costs  # the prices the bench's exact_adaptive row decided with (kept by the factory)
+    if not isinstance(costs, ProgramCost):
+        return {"batch": B, "priced": False}
     start = RoundContext(c=0, num_stages=S, draft_stages_held=0, history=RoundHistory())
     return {"batch": B, "priced": True, "step_ms": list(costs.step_times),
             "round_ms_from_0": [costs.round(0, 0, g, S) for g in range(1, 5)],

@@ -166,9 +166,9 @@ class FastRunFactory:
         self._pricing_s += max(time.perf_counter() - t0 - built, 0.0)
         self._prices[key] = (device_round, costs)
         if costs is not None:
-            progress_log.info("fast path, batch %d: priced the adaptive rule's programs in %.1f s (target steps %.2f ms in all; "
-                     "round from stage 0, gamma 1: %.2f ms)", batch_size, time.perf_counter() - t0,
-                     sum(costs.step_times), costs.round(0, 0, 1, target.num_stages))
+            progress_log.info("fast path, batch %d: priced the adaptive rule's programs in %.1f s (target steps %.2f ms "
+                              "in all; round from stage 0, gamma 1: %.2f ms)", batch_size, time.perf_counter() - t0,
+                              sum(costs.step_times), costs.round(0, 0, 1, target.num_stages))
         return costs
 
     def device_round(self, draft: FastRun, target: FastRun) -> DeviceRound:

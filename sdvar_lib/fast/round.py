@@ -126,16 +126,26 @@ class DeviceRound:
         """Why ``state``'s call cannot run as device rounds (``None``: it can)."""
         if state.draft is not self.draft or state.target is not self.target:
             raise ValueError("the state's runs are not this DeviceRound's")
+        problem = self._why_not(state.sampling, state.policy)
+        if problem is None and (state.c != 0 or self.draft.cache.length != 0 or self.target.cache.length != 0):
+            return "the state is not a fresh call's"
+        return problem
+
+    def _why_not(self, sampling: SamplingConfig, policy) -> str | None:
+        """Why calls with ``sampling`` and ``policy`` cannot run as device rounds on these runs (``None``: they can)."""
         for run in (self.draft, self.target):
             if not run.config.device_rounds:
                 return "device rounds are off (FastConfig(device_rounds=False))"
-            if not run.stage_programs_apply(state.sampling):
+            if not run.stage_programs_apply(sampling):
                 return "stages run step by step here (first fast path, generic pass or more_smooth)"
-        if device_policy(state.policy) is None:
-            return f"the policy {state.policy.describe()} has no device form"
-        if state.c != 0 or self.draft.cache.length != 0 or self.target.cache.length != 0:
-            return "the state is not a fresh call's"
+        if device_policy(policy) is None:
+            return f"the policy {policy.describe()} has no device form"
         return None
+
+    def _prepared_context(self, form: DevicePolicy, policy) -> torch.Tensor | None:
+        """The static copy of ``policy``'s context (:meth:`_static_context`) prepared from the codebook, for programs
+        built outside a call."""
+        return self._static_context(form, policy, policy.prepare(self.target.model.vae.quantize.embedding.weight.detach()))
 
     # ---- one call --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -249,13 +259,12 @@ class DeviceRound:
     def precapture(self, sampling: SamplingConfig, policy, keys) -> int:
         """Build the programs of rounds ``keys`` (``(c, d, g)``) for ``sampling`` and ``policy`` ahead of a call;
         returns how many were new. Leaves both caches empty (call it between calls)."""
-        form = device_policy(policy)
         keys = sorted(keys)
-        if form is None or not keys or not all(r.config.device_rounds and r.stage_programs_apply(sampling)
-                                               for r in (self.draft, self.target)):
+        if not keys or self._why_not(sampling, policy) is not None:
             return 0
         self._check_target_buffers()
-        context = self._static_context(form, policy, policy.prepare(self.target.model.vae.quantize.embedding.weight.detach()))
+        form = device_policy(policy)
+        context = self._prepared_context(form, policy)
         self._reserve(keys)
         before = self._count_programs()
         for c, d, g in keys:
@@ -289,12 +298,11 @@ class DeviceRound:
         table stops there (:attr:`ProgramCost.covers_max_loss`); otherwise every round of :func:`round_keys`
         is built and timed. Leaves both caches empty (call it between calls).
         """
-        form = device_policy(policy)
-        if form is None or not all(r.config.device_rounds and r.stage_programs_apply(sampling)
-                                   for r in (self.draft, self.target)):
+        if self._why_not(sampling, policy) is not None:
             return None
         S = self.num_stages
-        context = self._static_context(form, policy, policy.prepare(self.target.model.vae.quantize.embedding.weight.detach()))
+        form = device_policy(policy)
+        context = self._prepared_context(form, policy)
         device, own = self.target.model.device, self.target.slots
         drafts: dict[RoundKey, float] = {}
         checks: dict[tuple[int, int], float] = {}

@@ -133,20 +133,19 @@ class SDVAR:
         if price is None:
             return rule
         priced = price(rule, self.draft_model, self.target_model, B, sampling, policy)
-        if priced is not rule and id(priced) not in self._plans:
+        if priced is not rule:
             check_gamma_rule(priced).check_for(self.num_stages)
         return priced
 
     def _never_drafts(self, rule: GammaRule) -> bool:
-        """:func:`plan_never_drafts` of ``rule``, kept for the priced rules a run factory hands out again."""
+        """:func:`plan_never_drafts` of a priced ``rule``, kept: a run factory hands the same priced rule out again."""
         kept = self._plans.get(id(rule))
         if kept is not None and kept[0] is rule:
             return kept[1]
         never = plan_never_drafts(rule, self.num_stages)
-        if getattr(self.run_factory, "price_rule", None) is not None:
-            if len(self._plans) >= 16:
-                self._plans.clear()
-            self._plans[id(rule)] = (rule, never)
+        if len(self._plans) >= 16:
+            self._plans.clear()
+        self._plans[id(rule)] = (rule, never)
         return never
 
     def one_off_seconds(self) -> float:
