@@ -21,8 +21,15 @@ import triton.language as tl
 
 __all__ = ["add_ln_modulate", "qk_norm_into_cache"]
 
+# Sizes that change from chunk to chunk (rows, tokens, cache position, strides) are plain runtime arguments: left to
+# Triton, each value that is 1 or a multiple of 16 would compile a kernel of its own. A cold process compiled 26
+# versions of the first kernel and 13 of the second for one d16 -> d30 call (H200, 2026-12-02); the work per program
+# does not depend on them (loads are laid out by the model width, a constexpr).
+SIZES_ADD_LN = ["M", "l", "stride_mod", "stride_gate"]
+SIZES_QK_NORM = ["M", "l", "pos", "stride_b", "stride_h", "stride_t"]
 
-@triton.jit
+
+@triton.jit(do_not_specialize=SIZES_ADD_LN)
 def _add_ln_modulate_kernel(
     X, O, G, S, SH, XOUT, HOUT,
     M, l, C, stride_mod, stride_gate, eps,
@@ -100,7 +107,7 @@ def add_ln_modulate(
     return x_out, h
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES_QK_NORM)
 def _qk_norm_cache_kernel(
     QKV, Q, K, V, F,
     M, l, pos, H, D, stride_b, stride_h, stride_t, eps,

@@ -27,8 +27,12 @@ from sdvar_lib.fast.kernels.block import rows_per_program
 
 __all__ = ["sample_stage", "sample_stage_into", "stage_probs_into"]
 
+SIZES_SAMPLE = ["B", "l", "chunk_l", "offset", "top_k"]
+"""Runtime sizes the sampler kernel is not specialised on (10 versions in a cold d16 -> d30 process otherwise; see
+``sdvar_lib.fast.kernels.block``)."""
 
-@triton.jit
+
+@triton.jit(do_not_specialize=SIZES_SAMPLE)
 def _sample_kernel(
     LOGITS, NOISE, IDX, PROBS, H, CODEBOOK,
     B, l, chunk_l, offset, V, Cv, cfg_cond, cfg_uncond, top_k, top_p,
