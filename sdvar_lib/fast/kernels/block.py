@@ -21,12 +21,13 @@ import triton.language as tl
 
 __all__ = ["add_ln_modulate", "qk_norm_into_cache"]
 
-# Sizes that change from chunk to chunk (rows, tokens, cache position, strides) are plain runtime arguments: left to
-# Triton, each value that is 1 or a multiple of 16 would compile a kernel of its own. A cold process compiled 26
-# versions of the first kernel and 13 of the second for one d16 -> d30 call (H200, 2026-12-02); the work per program
-# does not depend on them (loads are laid out by the model width, a constexpr).
-SIZES_ADD_LN = ["M", "l", "stride_mod", "stride_gate"]
-SIZES_QK_NORM = ["M", "l", "pos", "stride_b", "stride_h", "stride_t"]
+# Sizes that change from chunk to chunk (rows, tokens, cache position) are plain runtime arguments: left to Triton,
+# each value that is 1 or a multiple of 16 would compile a kernel of its own. A cold process compiled 26 versions of
+# the first kernel and 13 of the second for one d16 -> d30 call (H200, 2026-12-02; 8 and 2 with these sizes unspecialised). Strides stay
+# specialised: they are fixed per model (multiples of the width, always divisible by 16), so they add no version and
+# let Triton vectorise the loads of the modulation rows and the cache writes.
+SIZES_ADD_LN = ["M", "l"]
+SIZES_QK_NORM = ["M", "l", "pos"]
 
 
 @triton.jit(do_not_specialize=SIZES_ADD_LN)
