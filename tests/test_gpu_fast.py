@@ -180,3 +180,39 @@ def test_gpu_whole_stage_graphs_equal_the_step_by_step_stage(d16, sampler):
         assert torch.equal(a, b)
     assert torch.equal(outs[0][1][-1], outs[1][1][-1])
     assert run.counters.replays > 0 and run.counters.capture_failures == 0
+
+
+def _compiled_versions(kernel) -> int:
+    """Compiled versions of a Triton kernel in this process (``device_caches`` in Triton 3.x, ``cache`` before)."""
+    caches = getattr(kernel, "device_caches", None)
+    if caches is not None:
+        return sum(len(entry[0]) for entry in caches.values())
+    return sum(len(cache) for cache in kernel.cache.values())
+
+
+def test_gpu_block_kernels_compile_one_version_for_every_chunk(cuda_device_module):
+    """The chunk sizes (rows, tokens, cache position) are not specialised: chunks of 1, 8, 9, 16 and 50 tokens
+    at positions 0, 1, 16 and 30 reuse one compiled version per kernel (unspecialised, a chunk of 1 token or of
+    a multiple of 16 would compile its own: 49 versions in a cold d16 -> d30 process, H200 12-02)."""
+    from sdvar_lib.fast.kernels import block
+
+    device, C, H, D, rows = cuda_device_module, 1024, 16, 64, 2
+    scale = torch.ones(rows, 6, C, dtype=torch.bfloat16, device=device)
+    k_cache = torch.zeros(rows, H, 128, D, dtype=torch.bfloat16, device=device)
+    v_cache = torch.zeros_like(k_cache)
+    factor = torch.ones(H, dtype=torch.float32, device=device)
+    chunks = [(0, 1), (1, 8), (16, 9), (30, 16), (50, 50)]
+    for position, l in chunks[:1]:  # compile once
+        x = torch.randn(rows, l, C, dtype=torch.bfloat16, device=device)
+        block.add_ln_modulate(x, scale[:, 2], scale[:, 4], 1e-6, o=x, gate=scale[:, 0])
+        block.qk_norm_into_cache(torch.randn(rows, l, 3 * C, dtype=torch.bfloat16, device=device), k_cache, v_cache,
+                                 position, factor)
+    before = (_compiled_versions(block._add_ln_modulate_kernel), _compiled_versions(block._qk_norm_cache_kernel))
+    for position, l in chunks[1:]:
+        x = torch.randn(rows, l, C, dtype=torch.bfloat16, device=device)
+        block.add_ln_modulate(x, scale[:, 2], scale[:, 4], 1e-6, o=x, gate=scale[:, 0])
+        block.qk_norm_into_cache(torch.randn(rows, l, 3 * C, dtype=torch.bfloat16, device=device), k_cache, v_cache,
+                                 position, factor)
+    torch.cuda.synchronize()
+    after = (_compiled_versions(block._add_ln_modulate_kernel), _compiled_versions(block._qk_norm_cache_kernel))
+    assert after == before, f"compiled versions (add_ln_modulate, qk_norm_into_cache) {before} -> {after}"
