@@ -22,10 +22,10 @@ import triton.language as tl
 __all__ = ["add_ln_modulate", "qk_norm_into_cache"]
 
 # Sizes that change from chunk to chunk (rows, tokens, cache position) are plain runtime arguments: left to Triton,
-# each value that is 1 or a multiple of 16 would compile a kernel of its own. A cold process compiled 26 versions of
-# the first kernel and 13 of the second for one d16 -> d30 call (H200, 2026-12-02; 8 and 2 with these sizes unspecialised). Strides stay
-# specialised: they are fixed per model (multiples of the width, always divisible by 16), so they add no version and
-# let Triton vectorise the loads of the modulation rows and the cache writes.
+# each value that is 1 or a multiple of 16 would compile a kernel of its own. A cold process compiled 26 versions
+# of the first kernel and 13 of the second for one d16 -> d30 call (H200, 2026-12-02; 8 and 2 with these sizes
+# unspecialised). Strides stay specialised: they are fixed per model (multiples of the width, always divisible by
+# 16), so they add no version and let Triton vectorise the loads of the modulation rows and the cache writes.
 SIZES_ADD_LN = ["M", "l"]
 SIZES_QK_NORM = ["M", "l", "pos"]
 
