@@ -37,7 +37,7 @@ timeout 180 $PY -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/ 2>&
     || status=1
 timeout 240 $PY -m sdvar_lib.bench --pairs 16:30 --batches 1,8,32 \
     --methods eager_target,target_v1,target,exact_g2,exact_g3,exact_g4 --scenarios all \
-    --components decode,sampling,host --profile-stages 0,9 --profile-decode \
+    --components decode,sampling,host,timeline --profile-stages 0,9 --profile-decode \
     --repeats 8 --warmup 1 --passes-only-repeats 2 --out "$OUT/perf" 2>&1 | grep -v '^USDT' \
     | tee "$OUT/perf.log" | tail -90 || status=1
 timeout 150 $PY -m sdvar_lib.bench --pairs 16:30 --batches 1,8,32 --methods eager_target,target,exact_g2,exact_calibrated \

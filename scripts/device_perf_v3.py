@@ -17,8 +17,10 @@ Part 1:
      stage programs that decode every stage (passes, draws and f_hat in one graph each);
   2. ``oneoff``: the first two calls of exact_g2, the target and exact_adaptive (its pricing) at batch 2 in a fresh
      process with an empty Triton cache (cold), then in a second process with the cache the first filled (warm);
-  3. ``profiles``: kernel breakdowns of the d16 and d30 single-stage passes at batch 1 (stages 0 and 9)
-     and the host's time by operator in one exact_g4 all-accepted call at batch 1.
+  3. ``profiles``: kernel breakdowns of the d16 and d30 single-stage passes at batch 1 (stages 0 and 9),
+     the host's time by operator in one exact_g4 all-accepted call at batch 1, and that call and one of the
+     target alone on the GPU's clock (``call_timeline``: GPU busy time, time before its first and after its
+     last activity, idle gaps).
 Part 2:
   1. ``measured_profile``: the stage acceptance of exact SDVAR on the bundled trained pair (GPU),
      mapped to the 10 official stages;
@@ -67,6 +69,7 @@ from sdvar_lib.bench import (  # noqa: E402
     ScenarioPolicy,
     bench_row,
     build_pair_bf16,
+    call_timeline,
     compiled_kernels,
     format_decisions,
     format_pass_ratios,
@@ -315,6 +318,20 @@ def profiles_section(res: Results, setting: Setting, ctx: PairContext, ceilings:
     out["host"] = [asdict(o) for o in ops]
     lines += ["", "Host time by operator, one exact_g4 all-accepted call at batch 1:", "", "| operator | self CPU ms | calls |",
               "|---|---|---|"] + [f"| `{o.name}` | {o.self_cpu_ms:.2f} | {o.count} |" for o in ops]
+    out["timelines"] = []
+    lines += ["", "One call at batch 1 on the GPU's clock (`call_timeline`): is the time outside the passes GPU work or "
+              "a GPU waiting for the host?", "",
+              "| call | wall ms | GPU busy ms | activities | before first ms | after last ms | idle between ms | "
+              "largest gaps (ms at ms) |", "|---|---|---|---|---|---|---|---|"]
+    target_row = bench_row("target")
+    prepare_runs(ctx, target_row, 1, capture_chunks=False)
+    target_call = method_call(ctx, target_row, None, 1, setting.sampling)
+    for name, fn in (("target alone", target_call), ("exact_g4, all accepted", call)):
+        t = call_timeline(lambda fn=fn: in_call_context(ctx, True, lambda: fn(3)))
+        out["timelines"].append(asdict(t) | {"call": name})
+        gaps = ", ".join(f"{length:.2f} at {start:.2f}" for start, length in t.gaps) or "-"
+        lines.append(f"| {name} | {t.wall_ms:.2f} | {t.gpu_busy_ms:.2f} | {t.gpu_activities} | {t.lead_ms:.2f} | "
+                     f"{t.tail_ms:.2f} | {t.idle_ms:.2f} | {gaps} |")
     _release(ctx)
     ctx.decoder = None
     res.markdown["profiles"] = "\n".join(lines)

@@ -9,7 +9,7 @@
 #
 # Part 1 (about 6 minutes): the GPU tests of the fast path and its device rounds (at most 150 s), then SDVAR exact
 # g2/g4 with every proposal accepted against the target alone at batch 1/8/32, the draft/target ratios, the
-# first calls of a fresh process with a cold and a warm Triton cache, kernel and host profiles.
+# first calls of a fresh process with a cold and a warm Triton cache, kernel and host profiles, call timelines.
 # Part 2 (about 6-8 minutes): the measured acceptance profile of the bundled pair, the decision rules per scenario
 # (exact_calibrated, exact_adaptive) and the when-SDVAR-pays sweep. See the docstring of scripts/device_perf_v3.py.
 # Files in $OUT (at most 5 per part): gpu_tests.log (part 1), part{N}.log, v3_part{N}.json, v3_part{N}.md, written

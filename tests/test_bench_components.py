@@ -18,6 +18,7 @@ from sdvar_lib.bench import (
     TARGET_V1,
     BatchComponents,
     BenchConfig,
+    CallTimeline,
     Ceilings,
     DecodeComparison,
     DecodeProfile,
@@ -28,6 +29,7 @@ from sdvar_lib.bench import (
     SamplingTiming,
     bench_row,
     build_parser,
+    call_timeline,
     compare_decodes,
     config_from_args,
     decode_cost,
@@ -40,6 +42,7 @@ from sdvar_lib.bench import (
     run_bench,
     run_order,
     time_sampling,
+    timeline_from_intervals,
     write_report,
 )
 from sdvar_lib.bench import core as core_module
@@ -100,20 +103,46 @@ def test_host_profile_lists_the_operators_of_one_call():
     assert ops == sorted(ops, key=lambda op: -op.self_cpu_ms)
 
 
+def test_timeline_from_intervals_merges_clips_and_finds_the_gaps():
+    # a call from 1000 to 11000 us; activities overlap (2000-3000 and 2500-3500), one starts before the call and
+    # one ends after it (clipped), one lies outside it (dropped)
+    intervals = [(2500, 3500), (2000, 3000), (900, 1200), (6000, 6500), (10500, 11500), (12000, 13000)]
+    t = timeline_from_intervals(1000, 11000, intervals, top=2)
+    assert t == CallTimeline(wall_ms=10.0, gpu_busy_ms=0.2 + 1.5 + 0.5 + 0.5, gpu_activities=5, lead_ms=0.0,
+                             tail_ms=0.0, idle_ms=0.8 + 2.5 + 4.0, gaps=((5.5, 4.0), (2.5, 2.5)))
+    late = timeline_from_intervals(0, 10000, [(3000, 4000), (5000, 9000)])
+    assert (late.lead_ms, late.tail_ms, late.idle_ms, late.gaps) == (3.0, 1.0, 1.0, ((4.0, 1.0),))
+    assert timeline_from_intervals(0, 5000, []) == CallTimeline(5.0, 0.0, 0, 5.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="ends after it starts"):
+        timeline_from_intervals(10, 5, [])
+
+
+def test_call_timeline_of_a_cpu_call():
+    x = torch.randn(128, 128)
+    t = call_timeline(lambda: [(x @ x).relu() for _ in range(20)])
+    assert t.wall_ms > 0 and t.lead_ms == t.wall_ms  # no GPU here: nothing runs on it
+    assert (t.gpu_busy_ms, t.gpu_activities, t.gaps) == (0.0, 0, ())
+
+
 def test_measure_components_of_a_pair(pair):
     ctx = PairContext.for_pair("tiny", pair, FastRunFactory(FastConfig(use_cuda_graphs=False)))
     sampling = SamplingConfig(cfg=1.5, top_k=0, top_p=0.0)
-    got = measure_components(ctx, 2, ("sampling", "host"), sampling, CEIL, 1, replay_timer=median_host_ms)
+    got = measure_components(ctx, 2, ("sampling", "host", "timeline"), sampling, CEIL, 1, replay_timer=median_host_ms)
     assert (got.pair, got.batch, got.decode) == ("tiny", 2, None)
     assert got.sampling.torch_ms > 0 and got.host and got.host_method == "target"
+    assert got.timeline.wall_ms > 0 and got.timeline.gpu_activities == 0
     assert [run.model for run in ctx.factory.call_runs()] == [pair.target]  # the host profile ran the target row
 
 
 def test_format_components():
     comps = [BatchComponents("d16->d30", 1, decode=DecodeComparison(6.7, 2.64, 0.64, 394.0, 0.62, 1.2e-2),
                              sampling=SamplingTiming(9, 256, 0.887, 0.227, 1.0),
-                             host=[HostOp("cudaGraphLaunch", 2.5, 10)])]
+                             host=[HostOp("cudaGraphLaunch", 2.5, 10)],
+                             timeline=CallTimeline(31.0, 24.5, 40, 3.2, 0.4, 2.9, ((12.0, 1.5), (20.1, 0.7))))]
     text = format_components(comps)
+    assert ("One `target` call at batch 1 on the GPU's clock: 31.00 ms, the GPU busy 24.50 ms (40 activities), "
+            "3.20 ms before its first activity, 0.40 ms after its last, 2.90 ms idle in between; largest gaps: "
+            "1.50 ms at 12.00, 0.70 ms at 20.10.") in text
     assert "| 1 | 6.70 | 2.64 | 0.64 | 394 | 0.62 | 1.2e-02 |" in text
     assert "Sampling stage 9 (256 tokens per image)" in text and "| 1 | 0.887 | 0.227 | 1.0000 |" in text
     assert "Host time of one `target` call at batch 1" in text and "| `cudaGraphLaunch` | 2.50 | 10 |" in text
@@ -128,12 +157,15 @@ def test_format_decode_profiles():
 
 # ---- the command line ------------------------------------------------------------------------------
 def test_cli_options_of_the_former_perf_script():
-    args = build_parser().parse_args(["--methods", "eager_target,target_v1,target", "--components", "decode,sampling,host",
+    args = build_parser().parse_args(["--methods", "eager_target,target_v1,target", "--components",
+                                      "decode,sampling,host,timeline",
                                       "--profile-decode", "--profile-stages", "0,9"])
     config = config_from_args(args)
-    assert config.components == COMPONENTS and config.profile_decode and config.profile_stages == (0, 9)
+    assert config.components == COMPONENTS and config.profile_decode
+    assert config.profile_stages == (0, 9)
     assert config.methods == ("eager_target", "target_v1", "target")
-    with pytest.raises(ValueError, match="every component must be one of 'decode', 'sampling', 'host', got 'kernels'"):
+    one_of = "every component must be one of 'decode', 'sampling', 'host', 'timeline', got 'kernels'"
+    with pytest.raises(ValueError, match=one_of):
         config_from_args(build_parser().parse_args(["--components", "decode,kernels"]))
     with pytest.raises(ValueError, match="components must not repeat"):
         BenchConfig(components=("host", "host"))

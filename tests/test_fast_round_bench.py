@@ -209,6 +209,8 @@ def test_device_script_v3_smoke_run_writes_every_section(tmp_path):
     assert set(part1["oneoff"]) == {"cold", "warm"}
     assert [c["method"] for c in part1["oneoff"]["warm"]["calls"]] == ["exact_g2", "target", "exact_adaptive"]
     assert part1["oneoff"]["cold"]["compiled_kernels"] == {}  # the interpreter compiles nothing
+    assert [t["call"] for t in part1["profiles"]["timelines"]] == ["target alone", "exact_g4, all accepted"]
+    assert all(t["wall_ms"] > 0 and t["gpu_activities"] == 0 for t in part1["profiles"]["timelines"])  # no GPU here
     part2 = json.loads((tmp_path / "v3_part2.json").read_text())["sections"]
     assert len(part2["measured_profile"]["profile"]) == 10
     assert {r["method"] for r in part2["decisions"]} == {"exact_calibrated", "exact_adaptive"}

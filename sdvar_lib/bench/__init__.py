@@ -62,13 +62,16 @@ from sdvar_lib.bench.cli import build_parser, config_from_args, main, plot_main
 from sdvar_lib.bench.components import (
     COMPONENTS,
     BatchComponents,
+    CallTimeline,
     DecodeComparison,
     HostOp,
     SamplingTiming,
+    call_timeline,
     compare_decodes,
     host_profile,
     measure_components,
     time_sampling,
+    timeline_from_intervals,
 )
 from sdvar_lib.bench.config import BenchConfig
 from sdvar_lib.bench.core import bench_method, beyond_passes_bound, one_off_s, run_bench
@@ -175,7 +178,7 @@ __all__ = [
     "estimate_overheads", "calibrated_costs", "calibrate_batch", "calibrate_scenario", "declining",
     # components
     "COMPONENTS", "DecodeComparison", "SamplingTiming", "HostOp", "BatchComponents", "compare_decodes", "time_sampling",
-    "host_profile", "measure_components",
+    "host_profile", "CallTimeline", "call_timeline", "timeline_from_intervals", "measure_components",
     # report
     "BenchRow", "BenchReport", "add_speedups", "format_markdown", "format_calibrations", "format_components", "format_list",
     "format_pass_ratios", "report_to_json", "write_report",

@@ -1,4 +1,4 @@
-"""Pieces of a call timed alone (``python -m sdvar_lib.bench --components decode,sampling,host``).
+"""Pieces of a call timed alone (``python -m sdvar_lib.bench --components decode,sampling,host,timeline``).
 
 Per pair and batch, after that batch's rows:
 
@@ -9,7 +9,10 @@ Per pair and batch, after that batch's rows:
 - ``sampling``: the draw of the last stage from random logits with PyTorch's kernels and with the fused
   sampler (:mod:`sdvar_lib.fast.sampling`), and the share of tokens they agree on (same generator seed);
 - ``host``: the host's time by operator (self CPU time, :mod:`torch.profiler`) in one call of the
-  ``target`` row: what the host spends between graph replays.
+  ``target`` row: what the host spends between graph replays;
+- ``timeline``: one call of the ``target`` row on the GPU's clock (:func:`call_timeline`): how much of its wall
+  time the GPU is busy, how long before its first and after its last activity, and its largest idle gaps --
+  whether the time outside the passes is GPU work or a GPU waiting for the host.
 
 Timers are arguments (:data:`~sdvar_lib.bench.timing.ReplayTimer`), so the CPU tests run all of it with
 host timers on the tiny pair.
@@ -41,10 +44,13 @@ __all__ = [
     "compare_decodes",
     "time_sampling",
     "host_profile",
+    "CallTimeline",
+    "call_timeline",
+    "timeline_from_intervals",
     "measure_components",
 ]
 
-COMPONENTS = ("decode", "sampling", "host")
+COMPONENTS = ("decode", "sampling", "host", "timeline")
 
 
 @dataclass
@@ -80,6 +86,25 @@ class HostOp:
     count: int
 
 
+@dataclass(frozen=True)
+class CallTimeline:
+    """One call on the GPU's clock (:func:`call_timeline`); times in ms from the call's start."""
+
+    wall_ms: float
+    """The call, from its start until the GPU finished its work."""
+    gpu_busy_ms: float
+    """The union of the GPU's activities (kernels, copies, memsets) inside the call."""
+    gpu_activities: int
+    lead_ms: float
+    """From the call's start to the GPU's first activity (the host's set-up, exposed)."""
+    tail_ms: float
+    """From the GPU's last activity to the call's end."""
+    idle_ms: float
+    """GPU idle time between its first and last activities."""
+    gaps: tuple[tuple[float, float], ...] = ()
+    """The largest idle gaps between activities, ``(start, length)``, longest first."""
+
+
 @dataclass
 class BatchComponents:
     """What ``--components`` measured for one pair and batch (``None``: not asked for)."""
@@ -90,6 +115,7 @@ class BatchComponents:
     sampling: SamplingTiming | None = None
     host: list[HostOp] | None = None
     host_method: str = "target"
+    timeline: CallTimeline | None = None
 
 
 def _autocast(device: torch.device):
@@ -152,6 +178,54 @@ def host_profile(call: Callable[[], object], top: int = 15) -> list[HostOp]:
     return [HostOp(name=e.key[:80], self_cpu_ms=e.self_cpu_time_total / 1e3, count=e.count) for e in events]
 
 
+def timeline_from_intervals(start_us: float, end_us: float, intervals: Sequence[tuple[float, float]],
+                            top: int = 5) -> CallTimeline:
+    """A :class:`CallTimeline` of a call from ``start_us`` to ``end_us`` whose GPU activities ran over ``intervals``
+    (``(start, end)`` in µs on the same clock; overlapping ones are merged, those outside the call clipped)."""
+    if end_us < start_us:
+        raise ValueError(f"a call ends after it starts; got start {start_us} us, end {end_us} us")
+    clipped = sorted((max(a, start_us), min(b, end_us)) for a, b in intervals if b > start_us and a < end_us and b >= a)
+    merged: list[list[float]] = []
+    for a, b in clipped:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    wall = (end_us - start_us) / 1e3
+    if not merged:
+        return CallTimeline(wall_ms=wall, gpu_busy_ms=0.0, gpu_activities=0, lead_ms=wall, tail_ms=0.0, idle_ms=0.0)
+    gaps = sorted((((b0 - start_us) / 1e3, (a1 - b0) / 1e3) for (_, b0), (a1, _) in zip(merged, merged[1:])),
+                  key=lambda gap: -gap[1])
+    return CallTimeline(
+        wall_ms=wall, gpu_busy_ms=sum(b - a for a, b in merged) / 1e3, gpu_activities=len(clipped),
+        lead_ms=(merged[0][0] - start_us) / 1e3, tail_ms=(end_us - merged[-1][1]) / 1e3,
+        idle_ms=sum(g[1] for g in gaps), gaps=tuple(gaps[:top]),
+    )
+
+
+def call_timeline(call: Callable[[], object], top: int = 5) -> CallTimeline:
+    """One run of ``call`` (after one untimed run) under :mod:`torch.profiler`, on the GPU's clock: its wall time
+    up to the GPU's last activity, the GPU's busy time and its idle gaps (:func:`timeline_from_intervals`).
+
+    The GPU's activities inside CUDA graphs are listed where the profiler traces graph kernels (CUPTI does on
+    recent CUDA); without a GPU there are none, and the whole call counts as lead time."""
+    cuda = torch.cuda.is_available()
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    call()
+    if cuda:
+        torch.cuda.synchronize()
+    with torch.profiler.profile(activities=activities) as prof:
+        with torch.profiler.record_function("call_timeline"):
+            call()
+            if cuda:
+                torch.cuda.synchronize()
+    events = prof.events()
+    root = next(e for e in events if e.name == "call_timeline" and e.device_type == torch.autograd.DeviceType.CPU)
+    gpu = [(e.time_range.start, e.time_range.end) for e in events
+           if e.device_type == torch.autograd.DeviceType.CUDA and e.name != "call_timeline"]
+    return timeline_from_intervals(root.time_range.start, root.time_range.end, gpu, top)
+
+
 def measure_components(ctx: PairContext, batch: int, components: Sequence[str], sampling: SamplingConfig,
                        ceilings: Ceilings, repeats: int, replay_timer: ReplayTimer = median_event_ms) -> BatchComponents:
     """Every component of ``components`` (:data:`COMPONENTS`) for the pair of ``ctx`` at ``batch``."""
@@ -165,4 +239,9 @@ def measure_components(ctx: PairContext, batch: int, components: Sequence[str], 
         prepare_runs(ctx, row, batch)
         call = method_call(ctx, row, None, batch, sampling)
         out.host = host_profile(lambda: in_call_context(ctx, True, lambda: call(5)))
+    if "timeline" in components:
+        row = bench_row(out.host_method)
+        prepare_runs(ctx, row, batch)
+        call = method_call(ctx, row, None, batch, sampling)
+        out.timeline = call_timeline(lambda: in_call_context(ctx, True, lambda: call(5)))
     return out

@@ -193,6 +193,13 @@ def format_components(components: Sequence[BatchComponents]) -> str:
                   "| operator | self CPU ms | calls |", "|---|---|---|"]
         lines += [f"| `{op.name}` | {op.self_cpu_ms:.2f} | {op.count} |" for op in c.host]
         lines.append("")
+    for c in (c for c in components if c.timeline is not None):
+        t = c.timeline
+        gaps = ", ".join(f"{length:.2f} ms at {start:.2f}" for start, length in t.gaps) or "none"
+        lines += [f"One `{c.host_method}` call at batch {c.batch} on the GPU's clock: {t.wall_ms:.2f} ms, the GPU busy "
+                  f"{t.gpu_busy_ms:.2f} ms ({t.gpu_activities} activities), {t.lead_ms:.2f} ms before its first "
+                  f"activity, {t.tail_ms:.2f} ms after its last, {t.idle_ms:.2f} ms idle in between; largest gaps: "
+                  f"{gaps}.", ""]
     return "\n".join(lines).rstrip()
 
 
