@@ -117,7 +117,10 @@ def test_sigint_at_any_moment_keeps_the_old_or_the_new_set(tmp_path):
     previous = run_id_of(out)
     kept_by_interrupted = 0
     for delay_s in (0.5, 2.0, 3.5, 5.0, 6.5, 8.0, 10.0):
-        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # SIGINT at its default in the child: a suite started in the background (`cmd &` without job control) runs
+        # with SIGINT ignored, which children inherit, and Python then never raises KeyboardInterrupt
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay_s)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=300)
