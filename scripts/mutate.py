@@ -290,6 +290,13 @@ PLANTS: list[Plant] = [
     P("harness-float32-cache-10x", "test_framework/tolerances.py",
       "embeddings=Bound(1e-5, 1e-6), cache=Bound(1e-5, 1e-6),", "embeddings=Bound(1e-5, 1e-6), cache=Bound(1e-4, 1e-5),",
       "tests/test_harness_float32_bounds.py", "issue 20 survivor (d): the float32 cache tolerance loosened 10x"),
+    P("eval-mode-restores-every-module-to-training", "sdvar_lib/util/modes.py",
+      "        for m in switched:\n            m.training = True",
+      "        for m in _all_modules(modules):\n            m.training = True",
+      "tests/test_modes.py", "a submodule the caller left in eval mode comes back in training mode"),
+    P("eval-mode-switches-nothing", "sdvar_lib/util/modes.py",
+      "switched = [m for m in _all_modules(modules) if m.training]", "switched = []",
+      "tests/test_modes.py tests/test_reliability.py", "models left in training mode generate with dropout on"),
     # ---- controls: harmless on purpose, must survive --------------------------------------------------------------
     P("control-docstring", "sdvar_lib/models/sampling.py",
       '"""Guidance at stage ``si``: ``cfg * si / (S - 1)``."""',
