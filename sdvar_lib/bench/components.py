@@ -165,15 +165,18 @@ def time_sampling(pair: ModelPair, batch: int, sampling: SamplingConfig, repeats
     return result
 
 
-def host_profile(call: Callable[[], object], top: int = 15) -> list[HostOp]:
-    """Self CPU time of the operators of one run of ``call`` (after one untimed run), the ``top`` largest."""
+def _run_to_the_end(call: Callable[[], object]) -> None:
+    """One run of ``call``, then (on a GPU) a wait until the GPU has finished its work."""
     call()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def host_profile(call: Callable[[], object], top: int = 15) -> list[HostOp]:
+    """Self CPU time of the operators of one run of ``call`` (after one untimed run), the ``top`` largest."""
+    _run_to_the_end(call)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        call()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        _run_to_the_end(call)
     events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
     return [HostOp(name=e.key[:80], self_cpu_ms=e.self_cpu_time_total / 1e3, count=e.count) for e in events]
 
@@ -211,14 +214,10 @@ def call_timeline(call: Callable[[], object], top: int = 5) -> CallTimeline:
     recent CUDA); without a GPU there are none, and the whole call counts as lead time."""
     cuda = torch.cuda.is_available()
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-    call()
-    if cuda:
-        torch.cuda.synchronize()
+    _run_to_the_end(call)
     with torch.profiler.profile(activities=activities) as prof:
         with torch.profiler.record_function("call_timeline"):
-            call()
-            if cuda:
-                torch.cuda.synchronize()
+            _run_to_the_end(call)
     events = prof.events()
     root = next(e for e in events if e.name == "call_timeline" and e.device_type == torch.autograd.DeviceType.CPU)
     gpu = [(e.time_range.start, e.time_range.end) for e in events
@@ -234,14 +233,16 @@ def measure_components(ctx: PairContext, batch: int, components: Sequence[str], 
         out.decode = compare_decodes(ctx.pair, batch, ceilings, repeats, replay_timer)
     if "sampling" in components:
         out.sampling = time_sampling(ctx.pair, batch, sampling, repeats, replay_timer)
-    if "host" in components:
+    if "host" in components or "timeline" in components:  # both look at one call of the same row
         row = bench_row(out.host_method)
         prepare_runs(ctx, row, batch)
         call = method_call(ctx, row, None, batch, sampling)
-        out.host = host_profile(lambda: in_call_context(ctx, True, lambda: call(5)))
-    if "timeline" in components:
-        row = bench_row(out.host_method)
-        prepare_runs(ctx, row, batch)
-        call = method_call(ctx, row, None, batch, sampling)
-        out.timeline = call_timeline(lambda: in_call_context(ctx, True, lambda: call(5)))
+
+        def one_call() -> object:
+            return in_call_context(ctx, True, lambda: call(5))
+
+        if "host" in components:
+            out.host = host_profile(one_call)
+        if "timeline" in components:
+            out.timeline = call_timeline(one_call)
     return out

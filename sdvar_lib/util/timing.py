@@ -4,7 +4,7 @@
 the end event), :func:`host_call_ms` its host-clock stand-in; :func:`median_event_ms` and
 :func:`median_host_ms` repeat them, and :func:`median_ms` picks the one that fits a device. The
 benchmark (:mod:`sdvar_lib.bench.timing`) and the fast path's pricing of its programs
-(:mod:`sdvar_lib.fast.pricing`) time with these.
+(:meth:`sdvar_lib.fast.round.DeviceRound.price`) time with these.
 """
 
 from __future__ import annotations
