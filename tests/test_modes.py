@@ -38,3 +38,37 @@ def test_eval_mode_restores_on_an_exception_and_leaves_eval_models_alone():
     with eval_mode(frozen):
         pass
     assert _flags(frozen) == [False, False]
+
+
+def test_eval_mode_sees_modules_added_between_calls_in_every_way():
+    """The walk of a tree is kept between calls: every way of changing the tree is seen by the next call."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.ModuleList([nn.Linear(2, 2)])).eval()
+    with eval_mode(model):
+        pass
+    changes = [
+        lambda: setattr(model, "extra", nn.Dropout()),                    # setattr (registration hook)
+        lambda: model[1].append(nn.Dropout()),                             # add_module
+        lambda: model[1].insert(0, nn.Dropout()),                          # ModuleList.insert: no hook
+        lambda: model[1].__setitem__(0, nn.Sequential(nn.Dropout())),     # replace a child
+        lambda: model.add_module("later", nn.ModuleDict({"d": nn.Dropout()})),
+    ]
+    for change in changes:
+        change()
+        model.train()  # everything in training mode: each must be switched, new ones too
+        with eval_mode(model):
+            assert not any(_flags(model)), "a module added since the last call ran in training mode"
+        assert all(_flags(model))
+        model.eval()
+
+
+def test_eval_mode_sees_a_module_inserted_without_any_registration():
+    """``ModuleList.insert`` writes ``_modules`` directly (no registration hook): the child count gives it away."""
+    inner = nn.ModuleList([nn.Linear(2, 2)])
+    model = nn.Sequential(inner).eval()
+    with eval_mode(model):
+        pass
+    new = nn.Dropout().train()
+    inner.insert(0, new)
+    with eval_mode(model):
+        assert not new.training
+    assert new.training
