@@ -7,15 +7,17 @@ between calls, one per ``(model, batch size)``:
 
 - the KV cache (:class:`StaticKVCache`, in the model's dtype) is allocated once and reset at the
   start of every call; passes write at ``[length, length + l)`` and rollbacks move the length;
-- the CFG-doubled class condition is copied into a static buffer at call start, and every chunk
-  input into a static input buffer before its pass;
+- at call start the labels are copied into a static buffer and a per-call *prologue* (one program: a
+  graph where graphs are captured) computes the CFG-doubled class condition, the level/position
+  embeddings and the fused pass's per-call constants into static buffers; every chunk input is copied
+  into a static input buffer before its pass;
 - every chunk shape a decoder uses (per-stage passes, the draft's catch-up chunks, the target's
   verify chunks, the hand-off prefills) is one key ``(position, length)``. On first use the pass
   is captured into a CUDA graph (after an eager warm-up on a side stream) and replayed on every
   later use; its float32 logits land in a static output buffer;
 - the pass itself (:class:`sdvar_lib.fast.fused.FusedPass`) computes every block's AdaLN
-  modulations once per call (they depend only on the class condition) in a per-call prologue (a
-  graph too), and runs each block with 8 kernels (Triton kernels for the work around the GEMMs;
+  modulations once per call (they depend only on the class condition) in the prologue, and runs
+  each block with 8 kernels (Triton kernels for the work around the GEMMs;
   PyTorch's, 18 per block, on the CPU or where Triton does not run); ``FastConfig(fused=False)``
   runs :meth:`sdvar_lib.models.var.VAR.forward_cached` instead;
 - the stages a model decodes in a row run as one *stage program* (:meth:`FastRun.stage_program`, per
@@ -68,7 +70,7 @@ from sdvar_lib.fast.kernels import resolve_backend
 from sdvar_lib.fast.sampling import FusedSampler, resolve_sampler
 from sdvar_lib.models.kv_cache import KVCache
 from sdvar_lib.models.run import ModelRun, StagesDecoded
-from sdvar_lib.models.sampling import SamplingConfig, StageSample, cfg_labels, guided_logits, stage_probs
+from sdvar_lib.models.sampling import SamplingConfig, StageSample, guided_logits, stage_probs
 from sdvar_lib.models.var import VAR
 from sdvar_lib.util.checks import check_int
 
@@ -204,6 +206,8 @@ class FastRun(ModelRun):
             cache=cache,
         )
         self.cache: StaticKVCache = cache
+        self._labels_2B = torch.full((rows,), model.num_classes, dtype=torch.long, device=device)
+        """The call's CFG-doubled labels: its labels (copied in by :meth:`begin`), then "no class" (never changes)."""
         self.batch_size = batch_size
         self.dtype = dtype
         self.config = config
@@ -276,14 +280,12 @@ class FastRun(ModelRun):
     # -- per call --
     @torch.no_grad()
     def begin(self, label_B: torch.Tensor) -> None:
-        """Start a call: copy the CFG-doubled class condition into the static buffer, reset the cache."""
+        """Start a call: the labels into their static buffer, then the per-call prologue (one program: the CFG-doubled
+        class condition, the level/position embeddings, the fused pass's constants), and an empty cache."""
         if label_B.ndim != 1 or label_B.numel() != self.batch_size:
             raise ValueError(f"this run holds batch {self.batch_size}; got labels of shape {tuple(label_B.shape)}")
-        cond = self.model.class_condition(cfg_labels(label_B.to(self.cond_2BD.device), self.model.num_classes))
-        self.cond_2BD.copy_(cond)
-        self.lvl_pos_1LC.copy_(self.model.lvl_pos())  # a static buffer (programs read it); follows weight updates
-        if self.fused:
-            self._run_prologue()
+        self._labels_2B[: self.batch_size].copy_(label_B)
+        self._run_prologue()
         self.cache.reset()
         self.pass_log.clear()
         self.epoch += 1  # a new call: states of earlier calls on this run are stale
@@ -578,8 +580,14 @@ class FastRun(ModelRun):
         self.cache.set_length(position)
 
     def _prologue(self) -> None:
+        """What a call's passes read and only its labels and the weights decide, into static buffers: the condition
+        (the labels, then "no class" for the unconditional half), the level/position embeddings (recomputed every
+        call: they follow in-place weight updates), and the fused pass's per-call constants."""
         with _autocast_off(self.cond_2BD.device.type):
-            self._fused.prologue(self.cond_2BD)
+            self.cond_2BD.copy_(self.model.class_condition(self._labels_2B))
+            self.lvl_pos_1LC.copy_(self.model.lvl_pos())
+            if self._fused is not None:
+                self._fused.prologue(self.cond_2BD)
 
     def _run_prologue(self) -> None:
         if self._prologue_program is None:
