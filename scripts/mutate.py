@@ -202,6 +202,14 @@ PLANTS: list[Plant] = [
     P("graphed-decode-shift", "sdvar_lib/fast/graphs.py",
       "return entry.img_B3HW.clone()", "return entry.img_B3HW.clone() + 1e-3",
       "tests/test_gpu_decode.py", "issue 20 survivor (e): the graphed decode's images are off by 1e-3", gpu=True),
+    # ---- the fast path's per-call start (fast/run.py) --------------------------------------------------------
+    P("fast-prologue-only-once", "sdvar_lib/fast/run.py",
+      "            self._prologue_program = program\n        self._prologue_program.run()",
+      "            self._prologue_program = program\n            self._prologue_program.run()",
+      "tests/test_fast.py", "later calls decode with the first call's class condition"),
+    P("fast-labels-not-copied", "sdvar_lib/fast/run.py",
+      "        self._labels_2B[: self.batch_size].copy_(label_B)", "        pass",
+      "tests/test_fast.py", "every call decodes unconditionally (the labels never reach the condition)"),
     # ---- statistics (sdvar/stats.py) -------------------------------------------------------------------------
     P("stats-tokens-per-sample", "sdvar_lib/sdvar/stats.py",
       "(si, accepted_Bl.numel(), ok) for si, accepted_Bl, ok in judged",
