@@ -20,7 +20,7 @@ Part 1:
   3. ``profiles``: kernel breakdowns of the d16 and d30 single-stage passes at batch 1 (stages 0 and 9),
      the host's time by operator in one exact_g4 all-accepted call at batch 1, and that call and one of the
      target alone on the GPU's clock (``call_timeline``: GPU busy time, time before its first and after its
-     last activity, idle gaps).
+     last activity, idle gaps) and traced function by function (``host_trace``).
 Part 2:
   1. ``measured_profile``: the stage acceptance of exact SDVAR on the bundled trained pair (GPU),
      mapped to the 10 official stages;
@@ -72,10 +72,12 @@ from sdvar_lib.bench import (  # noqa: E402
     call_timeline,
     compiled_kernels,
     format_decisions,
+    format_host_trace,
     format_pass_ratios,
     format_sweep,
     host_call_ms,
     host_profile,
+    host_trace,
     in_call_context,
     measure_ceilings,
     measure_decode,
@@ -332,6 +334,12 @@ def profiles_section(res: Results, setting: Setting, ctx: PairContext, ceilings:
         gaps = ", ".join(f"{length:.2f} at {start:.2f}" for start, length in t.gaps) or "-"
         lines.append(f"| {name} | {t.wall_ms:.2f} | {t.gpu_busy_ms:.2f} | {t.gpu_activities} | {t.lead_ms:.2f} | "
                      f"{t.tail_ms:.2f} | {t.idle_ms:.2f} | {gaps} |")
+    out["host_traces"] = {}
+    for name, fn in (("target alone", target_call), ("exact_g4, all accepted", call)):
+        marks = host_trace(lambda fn=fn: in_call_context(ctx, True, lambda: fn(3)))
+        out["host_traces"][name] = [asdict(m) for m in marks]
+        lines += ["", f"Host trace of one {name} call at batch 1 (`host_trace`: where the GPU's time equals the host's, "
+                  "the GPU waited for the host):", "", "```", format_host_trace(marks), "```"]
     _release(ctx)
     ctx.decoder = None
     res.markdown["profiles"] = "\n".join(lines)

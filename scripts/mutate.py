@@ -210,6 +210,13 @@ PLANTS: list[Plant] = [
     P("fast-labels-not-copied", "sdvar_lib/fast/run.py",
       "        self._labels_2B[: self.batch_size].copy_(label_B)", "        pass",
       "tests/test_fast.py", "every call decodes unconditionally (the labels never reach the condition)"),
+    # ---- the host trace (bench/trace.py) ----------------------------------------------------------------------
+    P("host-trace-never-restores", "sdvar_lib/bench/trace.py",
+      "        for owner, attr, own in reversed(undo):\n", "        for owner, attr, own in reversed(undo[:0]):\n",
+      "tests/test_bench_trace.py", "the library's functions stay wrapped after a trace"),
+    P("host-trace-depth-never-closes", "sdvar_lib/bench/trace.py",
+      "            recorder.depth -= 1\n", "            pass\n",
+      "tests/test_bench_trace.py", "the marks' nesting grows with every call"),
     # ---- statistics (sdvar/stats.py) -------------------------------------------------------------------------
     P("stats-tokens-per-sample", "sdvar_lib/sdvar/stats.py",
       "(si, accepted_Bl.numel(), ok) for si, accepted_Bl, ok in judged",

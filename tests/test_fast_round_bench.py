@@ -211,6 +211,10 @@ def test_device_script_v3_smoke_run_writes_every_section(tmp_path):
     assert part1["oneoff"]["cold"]["compiled_kernels"] == {}  # the interpreter compiles nothing
     assert [t["call"] for t in part1["profiles"]["timelines"]] == ["target alone", "exact_g4, all accepted"]
     assert all(t["wall_ms"] > 0 and t["gpu_activities"] == 0 for t in part1["profiles"]["timelines"])  # no GPU here
+    traces = part1["profiles"]["host_traces"]
+    assert list(traces) == ["target alone", "exact_g4, all accepted"]
+    assert all(t[0]["name"] == "Method.run" and t[-1]["name"] == "Method.run" for t in traces.values())
+    assert any(m["name"] == "DeviceRound._round" for m in traces["exact_g4, all accepted"])
     part2 = json.loads((tmp_path / "v3_part2.json").read_text())["sections"]
     assert len(part2["measured_profile"]["profile"]) == 10
     assert {r["method"] for r in part2["decisions"]} == {"exact_calibrated", "exact_adaptive"}

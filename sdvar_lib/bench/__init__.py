@@ -153,6 +153,7 @@ from sdvar_lib.bench.timing import (
     median_host_ms,
     percentile,
 )
+from sdvar_lib.bench.trace import TRACED, TraceMark, format_host_trace, host_trace
 
 __all__ = [
     # bounds
@@ -179,6 +180,8 @@ __all__ = [
     # components
     "COMPONENTS", "DecodeComparison", "SamplingTiming", "HostOp", "BatchComponents", "compare_decodes", "time_sampling",
     "host_profile", "CallTimeline", "call_timeline", "timeline_from_intervals", "measure_components",
+    # host trace
+    "TRACED", "TraceMark", "host_trace", "format_host_trace",
     # report
     "BenchRow", "BenchReport", "add_speedups", "format_markdown", "format_calibrations", "format_components", "format_list",
     "format_pass_ratios", "report_to_json", "write_report",
