@@ -208,7 +208,7 @@ PLANTS: list[Plant] = [
       "            self._prologue_program = program\n            self._prologue_program.run()",
       "tests/test_fast.py", "later calls decode with the first call's class condition"),
     P("fast-labels-not-copied", "sdvar_lib/fast/run.py",
-      "        self._labels_2B[: self.batch_size].copy_(label_B)", "        pass",
+      "        self._labels_B.copy_(label_B)", "        pass",
       "tests/test_fast.py", "every call decodes unconditionally (the labels never reach the condition)"),
     # ---- the host trace (bench/trace.py) ----------------------------------------------------------------------
     P("host-trace-never-restores", "sdvar_lib/bench/trace.py",
@@ -316,7 +316,7 @@ PLANTS: list[Plant] = [
       "        return (self.registrations == _registrations\n", "        return (True\n",
       "tests/test_modes.py", "a child replaced since the last call (same count) runs in training mode"),
     P("eval-mode-kept-walk-ignores-child-counts", "sdvar_lib/util/modes.py",
-      "                and tuple(len(m._modules) for m in self.modules) == self.children)",
+      "                and _child_counts(self.modules) == self.children)",
       "                and True)",
       "tests/test_modes.py", "a module ModuleList.insert added since the last call runs in training mode"),
     # ---- controls: harmless on purpose, must survive --------------------------------------------------------------

@@ -83,9 +83,6 @@ class _Child(_Base):
 
 
 def test_inherited_and_static_functions_are_traced_and_restored_after_an_exception():
-    import sys
-
-    module = sys.modules[__name__]
     specs = (f"{__name__}:_Child.hello", f"{__name__}:_Base.twice")
     seen = []
 
@@ -98,7 +95,7 @@ def test_inherited_and_static_functions_are_traced_and_restored_after_an_excepti
         host_trace(call, specs)
     assert seen == [("base", 6, 8)] * 2
     assert "hello" not in vars(_Child) and isinstance(vars(_Base)["twice"], staticmethod)
-    assert module._Child().hello() == "base"
+    assert _Child().hello() == "base"
 
 
 def test_names_that_do_not_resolve_are_refused_before_anything_is_wrapped():

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sdvar_lib.bench.components import _run_to_the_end
+
 __all__ = ["TRACED", "TraceMark", "host_trace", "format_host_trace"]
 
 TRACED: tuple[str, ...] = (
@@ -144,9 +146,7 @@ def _wrapped(specs: Sequence[str], recorder: _Recorder) -> Iterator[None]:
 def host_trace(call: Callable[[], object], functions: Sequence[str] = TRACED) -> list[TraceMark]:
     """The marks of one run of ``call`` (after one untraced run) with ``functions`` traced (module docstring)."""
     cuda = torch.cuda.is_available()
-    call()
-    if cuda:
-        torch.cuda.synchronize()
+    _run_to_the_end(call)
     recorder = _Recorder(cuda=cuda)
     start = None
     with _wrapped(tuple(functions), recorder):
@@ -154,9 +154,7 @@ def host_trace(call: Callable[[], object], functions: Sequence[str] = TRACED) ->
             start = torch.cuda.Event(enable_timing=True)
             start.record()
         t0 = time.perf_counter()
-        call()
-    if cuda:
-        torch.cuda.synchronize()
+        _run_to_the_end(call)
     return [TraceMark(name=name, entering=entering, depth=depth, host_ms=(t - t0) * 1e3,
                       gpu_ms=start.elapsed_time(event) if event is not None else None)
             for name, entering, depth, t, event in recorder.raw]

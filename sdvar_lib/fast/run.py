@@ -70,7 +70,7 @@ from sdvar_lib.fast.kernels import resolve_backend
 from sdvar_lib.fast.sampling import FusedSampler, resolve_sampler
 from sdvar_lib.models.kv_cache import KVCache
 from sdvar_lib.models.run import ModelRun, StagesDecoded
-from sdvar_lib.models.sampling import SamplingConfig, StageSample, guided_logits, stage_probs
+from sdvar_lib.models.sampling import SamplingConfig, StageSample, cfg_labels, guided_logits, stage_probs
 from sdvar_lib.models.var import VAR
 from sdvar_lib.util.checks import check_int
 
@@ -206,8 +206,8 @@ class FastRun(ModelRun):
             cache=cache,
         )
         self.cache: StaticKVCache = cache
-        self._labels_2B = torch.full((rows,), model.num_classes, dtype=torch.long, device=device)
-        """The call's CFG-doubled labels: its labels (copied in by :meth:`begin`), then "no class" (never changes)."""
+        self._labels_B = torch.zeros(batch_size, dtype=torch.long, device=device)
+        """The call's labels (copied in by :meth:`begin`; the prologue reads them)."""
         self.batch_size = batch_size
         self.dtype = dtype
         self.config = config
@@ -284,7 +284,7 @@ class FastRun(ModelRun):
         class condition, the level/position embeddings, the fused pass's constants), and an empty cache."""
         if label_B.ndim != 1 or label_B.numel() != self.batch_size:
             raise ValueError(f"this run holds batch {self.batch_size}; got labels of shape {tuple(label_B.shape)}")
-        self._labels_2B[: self.batch_size].copy_(label_B)
+        self._labels_B.copy_(label_B)
         self._run_prologue()
         self.cache.reset()
         self.pass_log.clear()
@@ -584,7 +584,7 @@ class FastRun(ModelRun):
         (the labels, then "no class" for the unconditional half), the level/position embeddings (recomputed every
         call: they follow in-place weight updates), and the fused pass's per-call constants."""
         with _autocast_off(self.cond_2BD.device.type):
-            self.cond_2BD.copy_(self.model.class_condition(self._labels_2B))
+            self.cond_2BD.copy_(self.model.class_condition(cfg_labels(self._labels_B, self.model.num_classes)))
             self.lvl_pos_1LC.copy_(self.model.lvl_pos())
             if self._fused is not None:
                 self._fused.prologue(self.cond_2BD)
