@@ -72,3 +72,14 @@ def test_eval_mode_sees_a_module_inserted_without_any_registration():
     with eval_mode(model):
         assert not new.training
     assert new.training
+
+
+def test_eval_mode_reads_every_flag_at_every_call():
+    """The kept walk keeps modules, not their flags: a submodule put in training mode between calls is switched."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Dropout(), nn.Linear(2, 2))).eval()
+    with eval_mode(model):
+        pass
+    model[1][0].train()
+    with eval_mode(model):
+        assert not any(_flags(model)), "a submodule put in training mode since the last call ran in training mode"
+    assert _flags(model) == [False, False, False, True, False]
