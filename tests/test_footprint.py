@@ -103,3 +103,26 @@ def test_the_memory_available_now(tmp_path):
     (tmp_path / "memory.max").write_text("1000\n")
     (tmp_path / "memory.current").write_text("400\n")
     assert memory._cgroup_remaining(tmp_path) == 600
+
+
+def test_a_cuda_total_is_asked_for_once_per_device(monkeypatch):
+    """``available_bytes`` keeps each CUDA device's total (``cudaMemGetInfo`` costs host time before every call's
+    first kernel), per device index: two devices keep two totals, the current device answers for ``"cuda"``."""
+    asked: list[int] = []
+    totals = {0: 80 * 2**30, 1: 16 * 2**30}
+
+    def mem_get_info(index):
+        asked.append(index)
+        return 1, totals[index]
+
+    monkeypatch.setattr(memory, "_cuda_totals", {})
+    monkeypatch.setattr(memory.torch.cuda, "mem_get_info", mem_get_info)
+    monkeypatch.setattr(memory.torch.cuda, "current_device", lambda: 1)
+    for _ in range(3):
+        assert memory.available_bytes("cuda:0") == totals[0]
+        assert memory.available_bytes("cuda:1") == totals[1]
+        assert memory.available_bytes("cuda") == totals[1]
+    assert asked == [0, 1]
+    with pytest.raises(ValueError, match="16.0 GiB of cuda:1"):
+        memory.check_fits(17 * 2**30, "cuda:1", "B=64")
+    memory.check_fits(17 * 2**30, "cuda:0", "B=64")

@@ -14,16 +14,25 @@ class InsufficientMemoryError(ValueError):
     """What was asked for cannot fit in the memory the device has free (raised before allocating it)."""
 
 
+_cuda_totals: dict[int, int] = {}
+"""Total memory per CUDA device index, read once: it does not change while a process runs."""
+
+
 def available_bytes(device: torch.device | str) -> int | None:
     """Total memory of a CUDA device, or the machine's physical memory for the CPU (``None``: unknown).
 
     The total, not what is free now: a check against it never refuses work that could fit once
-    other tensors are released, and still catches a batch that cannot fit at all.
+    other tensors are released, and still catches a batch that cannot fit at all. A CUDA device's total
+    is asked for once per process (``cudaMemGetInfo`` costs tens of microseconds of host time, and a
+    batch-1 call checked its caches twice before its first kernel).
     """
     device = torch.device(device)
     if device.type == "cuda":
-        _, total = torch.cuda.mem_get_info(device)
-        return int(total)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        total = _cuda_totals.get(index)
+        if total is None:
+            total = _cuda_totals[index] = int(torch.cuda.mem_get_info(index)[1])
+        return total
     if device.type == "cpu":
         try:
             return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
