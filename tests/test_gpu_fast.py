@@ -216,3 +216,18 @@ def test_gpu_block_kernels_compile_one_version_for_every_chunk(cuda_device_modul
     torch.cuda.synchronize()
     after = (_compiled_versions(block._add_ln_modulate_kernel), _compiled_versions(block._qk_norm_cache_kernel))
     assert after == before, f"compiled versions (add_ln_modulate, qk_norm_into_cache) {before} -> {after}"
+
+
+def test_gpu_drawn_labels_are_the_references_multinomial_draw(cuda_device_module):
+    """On CUDA too, batch-1 labels (multinomial's one-sample draw without its checks) are ``torch.multinomial``'s,
+    and the generator moves as far."""
+    from sdvar_lib.models.sampling import prepare_labels
+
+    device = cuda_device_module
+    uniform = torch.full((1, 1000), 1e-3, device=device)
+    for seed in range(200):
+        ours = torch.Generator(device=device).manual_seed(seed)
+        ref = torch.Generator(device=device).manual_seed(seed)
+        labels = prepare_labels(1, None, 1000, ours, device)
+        assert torch.equal(labels, torch.multinomial(uniform, 1, replacement=True, generator=ref).reshape(1)), seed
+        assert torch.equal(torch.rand(4, device=device, generator=ours), torch.rand(4, device=device, generator=ref))

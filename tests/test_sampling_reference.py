@@ -258,3 +258,19 @@ def test_sample_stage_matches_the_reference(tiny_pair, top_k, top_p, more_smooth
         assert torch.allclose(got.probs_BlV, probs, atol=1e-6), si
         assert torch.allclose(got.h_BChw, h, atol=1e-5), (si, float((got.h_BChw - h).abs().max()))
         assert torch.equal(gen.get_state(), twin.get_state()), f"stage {si}: a different number of random draws"
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_drawn_labels_are_the_references_multinomial_draw(B):
+    """``prepare_labels(B, None, ...)`` draws what the reference's ``torch.multinomial`` call draws and leaves the
+    generator where it leaves it (batch 1 takes multinomial's own one-sample way without its checks)."""
+    from sdvar_lib.models.sampling import prepare_labels
+
+    uniform = torch.full((1, 1000), 1e-3)
+    for seed in range(300):
+        ours, ref = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        labels = prepare_labels(B, None, 1000, ours, "cpu")
+        want = torch.multinomial(uniform, num_samples=B, replacement=True, generator=ref).reshape(B)
+        assert labels.shape == (B,) and labels.dtype == torch.long
+        assert torch.equal(labels, want), f"seed {seed}"
+        assert torch.equal(torch.rand(4, generator=ours), torch.rand(4, generator=ref)), f"seed {seed}: stream moved"
