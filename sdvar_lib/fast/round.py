@@ -197,15 +197,18 @@ class DeviceRound:
                g: int) -> tuple[int, bool]:
         """One drafting round; returns ``r`` and whether a bonus stage was drawn. Books caches and passes."""
         draft, target, slots, rng = self.draft, self.target, self.slots, state.rng
-        programs = (draft.stage_program(c, d, g, state.sampling, slots), self._verify_program(c, g, state.sampling),
-                    self._accept_program(c, g, form, context))
+        drafting = draft.stage_program(c, d, g, state.sampling, slots)
         stages = range(c, c + g)
-        for si in stages:  # the eager round's draws, in its order: the draft's, then the policy's per stage
+        # The eager round's draws, in its order: the draft's, then the policy's per stage. The draft's program needs
+        # only the first, so it starts before the host queues the policy's draws and looks the other programs up.
+        for si in stages:
             slots.noise[slots.rows(si)].exponential_(generator=rng)
+        drafting.run()
         for si in stages:
             for draw in form.draws:
                 draw.fill_(self._draw_view(draw, si), rng)
-        for program in programs:
+        programs = (drafting, self._verify_program(c, g, state.sampling), self._accept_program(c, g, form, context))
+        for program in programs[1:]:
             program.run()
         draft._count(programs[0])
         target._count(programs[1])
