@@ -331,6 +331,13 @@ PLANTS: list[Plant] = [
       "            noise = torch.empty_like(uniform).exponential_(generator=rng)",
       "            noise = torch.empty_like(uniform).exponential_()",
       "tests/test_sampling_reference.py", "batch-1 labels from the global RNG: a seeded call draws another class"),
+    P("run-drawing-leaves-the-calls-generator-behind", "sdvar_lib/fast/run.py",
+      "        program.run()\n        source.set_state(self.noise_rng.get_state())",
+      "        program.run()",
+      "tests/test_fast_round.py", "the call's generator does not move on by a program's draws: later draws repeat them"),
+    P("run-drawing-ignores-the-calls-generator", "sdvar_lib/fast/run.py",
+      "        self.noise_rng.set_state(source.get_state())\n", "",
+      "tests/test_fast.py tests/test_fast_round.py", "stage programs draw from the run's own stream, not the call's seed"),
     # ---- controls: harmless on purpose, must survive --------------------------------------------------------------
     P("control-docstring", "sdvar_lib/models/sampling.py",
       '"""Guidance at stage ``si``: ``cfg * si / (S - 1)``."""',

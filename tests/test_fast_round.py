@@ -124,15 +124,23 @@ def test_device_rounds_equal_the_eager_rounds_draw_for_draw(drafts, policy_name,
 
 
 class _TwiceProgram(_EagerProgram):
-    """Runs its work twice each time (a program that is right only once would show)."""
+    """Runs its work twice each time on the same random numbers (a program that is right only once would show; a
+    program that draws, draws the same twice, as a replayed graph draws from the state it is launched with)."""
+
+    def __init__(self, step, rng: torch.Generator) -> None:
+        super().__init__(step)
+        self._rng = rng
 
     def run(self) -> None:
+        state = self._rng.get_state()
         self._step()
+        self._rng.set_state(state)
         self._step()
 
 
-def _warmed_up(self, fn, what, position):
-    """What a capture does: one warm-up run on whatever the buffers hold when the program is built, then a program."""
+def _warmed_up(self, fn, what, position, draws=False):
+    """What a capture does: one warm-up run on whatever the buffers hold when the program is built (drawing from the
+    run's noise generator as it is then), then a program."""
     fn()
     return _EagerProgram(fn)
 
@@ -143,7 +151,7 @@ def test_programs_built_during_a_call_or_run_twice_give_the_same_result(drafts, 
     proposals): the call must come out the same; and every program must write the same when it runs twice."""
     target, by_name = drafts
     monkeypatch.setattr(FastRun, "_build", _warmed_up if build == "warm-up at build"
-                        else (lambda self, fn, what, position: _TwiceProgram(fn)))
+                        else (lambda self, fn, what, position, draws=False: _TwiceProgram(fn, self.noise_rng)))
     for draft_name in ("far", "close"):
         device, eager = _pair_of_sds(by_name[draft_name], target)
         for policy_name in ("exact", "top1_match", "profile"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +38,14 @@ class CapturedGraph:
         self.graph.replay()
 
 
-def capture_graph(fn: Callable[[], object], device: torch.device, warmup: int = 1, pool=None) -> CapturedGraph:
-    """Warm ``fn`` up ``warmup`` times on a side stream, then capture it (the capture does not compute)."""
+def capture_graph(fn: Callable[[], object], device: torch.device, warmup: int = 1, pool=None,
+                  generators: Sequence[torch.Generator] = ()) -> CapturedGraph:
+    """Warm ``fn`` up ``warmup`` times on a side stream, then capture it (the capture does not compute).
+
+    ``fn`` may draw random numbers from ``generators`` (CUDA generators): they are registered with the graph,
+    so that every replay draws from each generator's state at that moment and moves it on by what the
+    captured draws used, as eager draws would (PyTorch's graph-safe random states).
+    """
     check_int(warmup, "warmup", 0)
     t0 = time.perf_counter()
     current = torch.cuda.current_stream(device)
@@ -50,6 +56,8 @@ def capture_graph(fn: Callable[[], object], device: torch.device, warmup: int = 
             fn()
     current.wait_stream(side)
     graph = torch.cuda.CUDAGraph()
+    for generator in generators:
+        graph.register_generator_state(generator)
     with torch.cuda.graph(graph, pool=pool):
         fn()
     return CapturedGraph(graph=graph, capture_s=time.perf_counter() - t0)

@@ -22,11 +22,13 @@ a stage is left it draws the bonus stage (a fourth small program: ``argmax(p / E
 ``f_hat``). Caches, pass records and statistics are host bookkeeping from ``r``. Stages the gamma rule
 leaves to the target (gamma 0) run as one target stage program per run of such steps.
 
-**Random numbers.** Before a round's programs run, the host draws every random number the eager round
+**Random numbers.** A round draws every random number the eager round
 (:meth:`SDVAR.run_round <sdvar_lib.sdvar.decoder.SDVAR.run_round>`) draws, from the call's generator and
-in its order: the draft's ``Exp(1)`` noise of each proposed stage, then per stage the policy's draws
-(:attr:`DevicePolicy.draws <sdvar_lib.fast.acceptance.DevicePolicy.draws>`); the bonus stage's noise only
-once ``r`` says there is one, as the eager round does. So on the CPU (PyTorch's sampler, float32) a
+in its order: the draft's ``Exp(1)`` noise of each proposed stage (inside the draft's program, which the
+call's generator drives: :meth:`FastRun.run_drawing <sdvar_lib.fast.run.FastRun.run_drawing>`), then per
+stage the policy's draws (:attr:`DevicePolicy.draws <sdvar_lib.fast.acceptance.DevicePolicy.draws>`, by the
+host while the draft's program runs); the bonus stage's noise only once ``r`` says there is one, as the
+eager round does (inside the bonus program). So on the CPU (PyTorch's sampler, float32) a
 device round gives the eager round's tokens, statistics and ``f_hat`` bit for bit, for every policy
 and seed. On a GPU the draft draws and ``p`` come from the fused sampler kernel where the run uses it
 (:data:`~sdvar_lib.fast.config.FUSED_SAMPLER_MAX_ROWS`): the same random numbers, a softmax that may
@@ -199,11 +201,9 @@ class DeviceRound:
         draft, target, slots, rng = self.draft, self.target, self.slots, state.rng
         drafting = draft.stage_program(c, d, g, state.sampling, slots)
         stages = range(c, c + g)
-        # The eager round's draws, in its order: the draft's, then the policy's per stage. The draft's program needs
-        # only the first, so it starts before the host queues the policy's draws and looks the other programs up.
-        for si in stages:
-            slots.noise[slots.rows(si)].exponential_(generator=rng)
-        drafting.run()
+        # The eager round's draws, in its order: the draft's (inside its program), then the policy's per stage. The
+        # draft's program starts before the host queues the policy's draws and looks the other programs up.
+        draft.run_drawing(drafting, rng)
         for si in stages:
             for draw in form.draws:
                 draw.fill_(self._draw_view(draw, si), rng)
@@ -218,8 +218,7 @@ class DeviceRound:
         r = int(self.leading.item())  # the round's one read
         bonus = r == g and c + g < self.num_stages
         if bonus:
-            slots.noise[slots.rows(c + g)].exponential_(generator=rng)
-            self._bonus_program(c + g).run()
+            target.run_drawing(self._bonus_program(c + g), rng)
         last = c + (r if r < g else g - 1 + int(bonus))
         target.cache.set_length(target.model.begin_ends[last][1])
         draft.cache.set_length(draft.model.begin_ends[min(last, c + g - 1)][1])
@@ -243,9 +242,7 @@ class DeviceRound:
         if target.cache.length != target.model.begin_ends[c][0]:
             raise RuntimeError(f"the target cache holds {target.cache.length} positions, stage {c} starts elsewhere")
         target._load_f_hats(own, self.slots.f_hats(), c, c)
-        for si in range(c, c + k):
-            own.noise[own.rows(si)].exponential_(generator=state.rng)
-        target._run_stages(c, c, k, state.sampling, own)
+        target._run_stages(c, c, k, state.sampling, own, state.rng)
         rows = slice(own.row_begins[c], own.row_begins[c + k])
         self.tokens[rows].copy_(own.idx[rows])
         self.slots.f_hat[c:c + k].copy_(own.f_hat[c:c + k])
@@ -483,16 +480,17 @@ class DeviceRound:
     def _bonus_program(self, si: int) -> _Program:
         program = self._bonus.get((si,))
         if program is None:
-            program = self.target._build(self._bonus_fn(si), f"bonus stage {si}", self.target.cache.length)
+            program = self.target._build(self._bonus_fn(si), f"bonus stage {si}", self.target.cache.length, draws=True)
             self._bonus[(si,)] = program
         return program
 
     def _bonus_fn(self, si: int):
         slots, quant, B = self.slots, self.target.model.vae.quantize, self.batch_size
         rows, f_hats = slots.rows(si), slots.f_hats()
-        p, noise, tokens = self.p[rows], slots.noise[rows], self.tokens[rows]
+        p, noise, tokens, rng = self.p[rows], slots.noise[rows], self.tokens[rows], self.target.noise_rng
 
-        def bonus() -> None:
+        def bonus() -> None:  # run with target.run_drawing
+            noise.exponential_(generator=rng)
             torch.argmax(p / noise, dim=-1, out=tokens)  # the draw torch.multinomial(p, 1) makes with this noise
             f_hats[si].copy_(quant.f_hat_after(si, f_hats[si - 1], quant.idx_to_h(si, tokens.view(B, -1))))
 

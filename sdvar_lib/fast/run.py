@@ -28,9 +28,11 @@ between calls, one per ``(model, batch size)``:
   (:meth:`~sdvar_lib.models.quant.MultiScaleQuantizer.f_hat_after`), on static per-stage buffers
   (:class:`StageSlots`). :meth:`FastRun.decode_stage` (one stage, the stage step of
   :meth:`sdvar_lib.models.run.ModelRun.decode_stage`) and :meth:`FastRun.decode_stages` (every stage of
-  the target alone, of a hand-off's part: one program per call and model) run them; the host only
-  draws the ``Exp(1)`` noise ``torch.multinomial`` would draw, stage by stage (same generator: the
-  same random stream), and copies the results out. :meth:`FastRun.sample_stage` fuses the draw of
+  the target alone, of a hand-off's part: one program per call and model) run them. A stage program
+  draws its stages' ``Exp(1)`` noise itself, the draws ``torch.multinomial`` would make stage by stage,
+  from the run's :attr:`FastRun.noise_rng`, which the call's generator stands in for while the program
+  runs (:meth:`FastRun.run_drawing`: same random stream as the eager draws); the host copies the
+  results out. :meth:`FastRun.sample_stage` fuses the draw of
   the other passes. SDVAR's rounds chain a draft stage program with the target's verify and the
   acceptance test (:mod:`sdvar_lib.fast.round`).
 
@@ -83,8 +85,8 @@ __all__ = ["StaticKVCache", "StageSlots", "FastRun", "chunk_span"]
 class StageSlots:
     """Static per-stage buffers of the stage programs: stage ``s`` owns the rows ``[B * begin_s, B * end_s)``.
 
-    ``noise``: the ``Exp(1)`` draws ``torch.multinomial`` would make for the stage's tokens (made by the
-    host before a program runs, from the call's generator); ``probs``: the distribution its tokens were
+    ``noise``: the ``Exp(1)`` draws ``torch.multinomial`` would make for the stage's tokens (drawn by the
+    stage program that decodes the stage, from the call's random stream); ``probs``: the distribution its tokens were
     drawn from (the draft's ``q`` in an SDVAR round); ``idx``: the tokens; ``h``: their codebook vectors;
     ``f_hat[s]``: ``f_hat`` after stage ``s``. A stage program reads ``f_hat`` of the stages before its
     first and writes every slot of the stages it decodes.
@@ -158,6 +160,13 @@ def _autocast_off(device_type: str) -> Iterator[None]:
         yield
 
 
+def _default_generator(device: torch.device) -> torch.Generator:
+    """The generator draws without one use on ``device`` (PyTorch's global random state there)."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.default_generator
+
+
 def _fingerprint(model: VAR) -> tuple:
     """Identity of the storage a captured graph reads (``model.to(...)`` changes it)."""
     probes = (model.pos_1LC, model.head.weight, model.blocks[0].attn.mat_qkv.weight, model.blocks[-1].ffn.fc2.weight)
@@ -208,6 +217,9 @@ class FastRun(ModelRun):
         self.cache: StaticKVCache = cache
         self._labels_B = torch.zeros(batch_size, dtype=torch.long, device=device)
         """The call's labels (copied in by :meth:`begin`; the prologue reads them)."""
+        self.noise_rng = torch.Generator(device=device)
+        """What the programs that draw (stage programs, SDVAR's bonus stage) draw from; a call's generator stands in
+        for it while such a program runs (:meth:`run_drawing`). Registered with every graph that draws."""
         self.batch_size = batch_size
         self.dtype = dtype
         self.config = config
@@ -330,9 +342,9 @@ class FastRun(ModelRun):
                      rng: torch.Generator | None, attn_mask: torch.Tensor | None = None) -> tuple[StageSample, torch.Tensor]:
         """One stage as one program (CUDA graph): input, fused pass, the draw, the codebook lookup and ``f_hat``.
 
-        Per stage the host copies ``f_hat`` in, draws the ``Exp(1)`` noise ``torch.multinomial`` would
-        draw (same generator, so the same random stream), replays the program and copies the results
-        out — instead of launching some forty kernels. The draw is ``argmax(p / noise)``, which is
+        Per stage the host copies ``f_hat`` in, replays the program (which draws the ``Exp(1)`` noise
+        ``torch.multinomial`` would draw, from the same random stream: :meth:`run_drawing`) and copies the
+        results out — instead of launching some forty kernels. The draw is ``argmax(p / noise)``, which is
         what ``torch.multinomial`` computes for one sample per row; ``p`` comes from the fused sampler
         kernel or from :func:`~sdvar_lib.models.sampling.stage_probs` (:data:`FUSED_SAMPLER_MAX_ROWS`).
         A cache that holds fewer stages than ``si`` reads the missing inputs in the same program (the
@@ -344,8 +356,7 @@ class FastRun(ModelRun):
             return super().decode_stage(si, f_hats, sampling, rng, attn_mask)
         slots = self.slots
         self._load_f_hats(slots, f_hats, d, si)
-        slots.noise[slots.rows(si)].exponential_(generator=rng)
-        self._run_stages(si, d, 1, sampling, slots)
+        self._run_stages(si, d, 1, sampling, slots, rng)
         B, Cv, pn = self.batch_size, self.model.Cvae, self.model.patch_nums[si]
         rows = slots.rows(si)
         h_BlC = slots.h[rows].view(B, -1, Cv).clone()
@@ -360,8 +371,8 @@ class FastRun(ModelRun):
         """Stages ``len(tokens) .. stop - 1`` as ONE program: the catch-up chunk, then one pass per stage, each
         stage's draw and ``f_hat`` — the stage steps of :meth:`decode_stage` chained without the host.
 
-        The host draws every stage's ``Exp(1)`` noise first, in stage order (the draws the stage steps
-        make one by one: the same random stream), replays the program once and copies the tokens and
+        The program draws every stage's ``Exp(1)`` noise first, in stage order (the draws the stage steps
+        make one by one, from the same random stream); the host replays it once and copies the tokens and
         ``f_hat`` maps out. Where :meth:`decode_stage` would go step by step, so does this.
         """
         c = len(tokens)
@@ -370,9 +381,7 @@ class FastRun(ModelRun):
             return super().decode_stages(tokens, f_hats, stop, sampling, rng, first_mask)
         slots = self.slots
         self._load_f_hats(slots, f_hats, d, c)
-        for si in range(c, stop):
-            slots.noise[slots.rows(si)].exponential_(generator=rng)
-        self._run_stages(c, d, stop - c, sampling, slots)
+        self._run_stages(c, d, stop - c, sampling, slots, rng)
         new_tokens = slots.idx[slots.row_begins[c]:slots.row_begins[stop]].clone()
         new_f_hats = slots.f_hat[c:stop].clone()
         out_tokens, offset = list(tokens), 0
@@ -414,9 +423,10 @@ class FastRun(ModelRun):
     def stage_program(self, c: int, d: int, g: int, sampling: SamplingConfig, slots: StageSlots) -> _Program:
         """The program of stages ``c .. c + g - 1`` on a cache holding stages ``< d`` (``d <= c``), on ``slots``.
 
-        It reads ``slots.f_hat`` of stages ``d - 1 .. c - 1`` and the noise of stages ``c .. c + g - 1``, and
-        writes their ``probs``, ``idx``, ``h`` and ``f_hat``; it writes the cache at the chunk's positions and
-        leaves the cache's length to the caller. Built (captured) on first use.
+        It reads ``slots.f_hat`` of stages ``d - 1 .. c - 1``, draws the noise of stages ``c .. c + g - 1`` from
+        :attr:`noise_rng` (run it with :meth:`run_drawing`), and writes their ``probs``, ``idx``, ``h`` and
+        ``f_hat``; it writes the cache at the chunk's positions and leaves the cache's length to the caller.
+        Built (captured) on first use.
         """
         S = self.model.num_stages
         if not (0 <= d <= c and 1 <= g <= S - c):
@@ -430,16 +440,29 @@ class FastRun(ModelRun):
                                                                                   for s in range(c, c + g))))
             self._mask(*chunk_span(self.model, d, c - d + 1))  # built outside any graph: a constant the graph reads
             what = f"stage {c}" if g == 1 and d == c else f"stages {c}..{c + g - 1} (cache at stage {d})"
-            program = self._build(self._stages_fn(c, d, g, sampling, kernels, slots), what, chunk_span(self.model, d, 1)[0])
+            program = self._build(self._stages_fn(c, d, g, sampling, kernels, slots), what, chunk_span(self.model, d, 1)[0],
+                                  draws=True)
             self._stage_programs[key] = program
         return program
 
-    def _run_stages(self, c: int, d: int, g: int, sampling: SamplingConfig, slots: StageSlots) -> None:
-        """Run :meth:`stage_program` and record what it did: the cache holds stages ``< c + g``, one pass per stage."""
+    def _run_stages(self, c: int, d: int, g: int, sampling: SamplingConfig, slots: StageSlots,
+                    rng: torch.Generator | None) -> None:
+        """Run :meth:`stage_program` drawing from ``rng`` and record what it did: the cache holds stages ``< c + g``,
+        one pass per stage."""
         program = self.stage_program(c, d, g, sampling, slots)
-        program.run()
+        self.run_drawing(program, rng)
         self._count(program)
         self.record_stage_passes(c, d, g, program.graphed)
+
+    def run_drawing(self, program: _Program, rng: torch.Generator | None) -> None:
+        """Run a program that draws from :attr:`noise_rng` as if it drew from ``rng`` (``None``: the device's default
+        generator): ``rng``'s state goes into :attr:`noise_rng` before, and back out after, so that ``rng`` moves on
+        by what the program drew and its draws are the ones eager draws from ``rng`` would make (a replayed graph
+        reads the registered generator's state at launch, :func:`~sdvar_lib.fast.graphs.capture_graph`)."""
+        source = rng if rng is not None else _default_generator(self.model.device)
+        self.noise_rng.set_state(source.get_state())
+        program.run()
+        source.set_state(self.noise_rng.get_state())
 
     def record_stage_passes(self, c: int, d: int, g: int, graphed: bool) -> None:
         """Book a stage program's passes (the catch-up chunk with stage ``c``, then one per stage) and cache length."""
@@ -473,7 +496,11 @@ class FastRun(ModelRun):
             first = d if i == 0 else si
             steps.append((si, list(range(first, si + 1)), *chunk_span(model, first, si - first + 1)))
 
+        noise, rng = [slots.noise[slots.rows(c + i)] for i in range(g)], self.noise_rng
+
         def stages() -> None:
+            for stage_noise in noise:  # the draws the stage steps make one by one, in their order
+                stage_noise.exponential_(generator=rng)
             for (si, read, position, l), use_kernel in zip(steps, kernels):
                 self._x_view(l).copy_(self.chunk_input(read, f_hats))
                 self._step(position, l)
@@ -644,14 +671,15 @@ class FastRun(ModelRun):
         self._programs[key] = program
         return program
 
-    def _build(self, fn: Callable[[], None], what: str, position: int) -> _Program:
-        """``fn`` as a captured CUDA graph (graphs on) or as itself; a failed capture falls back to eager."""
+    def _build(self, fn: Callable[[], None], what: str, position: int, draws: bool = False) -> _Program:
+        """``fn`` as a captured CUDA graph (graphs on) or as itself; a failed capture falls back to eager.
+        ``draws``: ``fn`` draws from :attr:`noise_rng` (run the program with :meth:`run_drawing`)."""
         if not self.use_cuda_graphs:
             return _EagerProgram(fn)
         try:
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-            program = self._capture(fn, pool=self._pool)
+            program = self._capture(fn, pool=self._pool, generators=(self.noise_rng,) if draws else ())
             log.debug("captured VAR d%d batch %d: %s at %d", self.model.depth, self.batch_size, what, position)
             return program
         except Exception as exc:  # a capture that fails must not take the whole call down
@@ -663,8 +691,8 @@ class FastRun(ModelRun):
                         position, self.model.depth, type(exc).__name__, exc)
             return _EagerProgram(fn)
 
-    def _capture(self, fn: Callable[[], None], pool) -> CapturedGraph:
-        captured = capture_graph(fn, self.model.device, self.config.capture_warmup, pool=pool)
+    def _capture(self, fn: Callable[[], None], pool, generators: Sequence[torch.Generator] = ()) -> CapturedGraph:
+        captured = capture_graph(fn, self.model.device, self.config.capture_warmup, pool=pool, generators=generators)
         self.counters.captures += 1
         self.counters.capture_time_s += captured.capture_s
         return captured
