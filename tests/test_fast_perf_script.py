@@ -26,3 +26,43 @@ def test_device_script_refuses_without_cuda(tmp_path):
     assert done.returncode == 2
     assert "no CUDA GPU" in done.stderr and "SMOKE=1" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.no_cuda
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_pdl_probe_refuses_without_cuda_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "device_pdl_probe.py"), "--out", str(tmp_path / "o")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+_PROBE_KERNELS = """
+import sys, torch, torch.nn.functional as F
+sys.path.insert(0, "scripts")
+from device_pdl_probe import _kernels
+triton, norm_kernel, gemv_kernel = _kernels()
+torch.manual_seed(0)
+for rows, k, n, gelu in ((2, 64, 48, False), (3, 32, 80, True)):
+    x, w, b = torch.randn(rows, k), torch.randn(n, k), torch.randn(n)
+    y = torch.empty(rows, n)
+    gemv_kernel[(triton.cdiv(n, 16),)](x, w, b, y, rows, n, K=k, GELU=gelu, USE_GDC=False, BLOCK_M=4, BLOCK_N=16)
+    want = F.gelu(F.linear(x, w, b), approximate="tanh") if gelu else F.linear(x, w, b)
+    assert (y - want).abs().max() < 1e-4, (rows, k, n, gelu)
+x = torch.randn(3, 96)
+y = torch.empty(3, 40)
+norm_kernel[(1,)](x, y, 3, 40, x.stride(0), USE_GDC=False, BLOCK_M=4, BLOCK_N=64)
+assert (y - F.layer_norm(x[:, :40], (40,), eps=1e-6)).abs().max() < 1e-4
+print("ok")
+"""
+
+
+def test_pdl_probe_kernels_compute_what_they_stand_for():
+    """The probe's Triton kernels (in Triton's CPU interpreter, without PDL): the matrix-vector kernel is the linear
+    layer (with the tanh GELU), the norm kernel a LayerNorm of a strided slice."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", _PROBE_KERNELS], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
