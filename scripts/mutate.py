@@ -338,6 +338,9 @@ PLANTS: list[Plant] = [
     P("run-drawing-ignores-the-calls-generator", "sdvar_lib/fast/run.py",
       "        self.noise_rng.set_state(source.get_state())\n", "",
       "tests/test_fast.py tests/test_fast_round.py", "stage programs draw from the run's own stream, not the call's seed"),
+    P("device-rounds-decode-the-wrong-f-hat", "sdvar_lib/fast/round.py",
+      "            after_last(self.slots.f_hat[S - 1])", "            after_last(self.slots.f_hat[S - 2])",
+      "tests/test_fast_round.py", "the decode queued behind the last round reads the f_hat before the last stage"),
     # ---- controls: harmless on purpose, must survive --------------------------------------------------------------
     P("control-docstring", "sdvar_lib/models/sampling.py",
       '"""Guidance at stage ``si``: ``cfg * si / (S - 1)``."""',

@@ -42,6 +42,7 @@ TRACED: tuple[str, ...] = (
     "sdvar_lib.sdvar.decoder:SDVAR._state",
     "sdvar_lib.sdvar.decoder:SDVAR.new_run",
     "sdvar_lib.sdvar.decoder:SDVAR.finish_call",
+    "sdvar_lib.sdvar.decoder:SDVAR.decode",
     "sdvar_lib.util.modes:_modules_of",
     "sdvar_lib.fast.factory:FastRunFactory.__call__",
     "sdvar_lib.fast.factory:FastRunFactory.round_runner",

@@ -41,6 +41,7 @@ values when it runs twice (a program captured during a call is warmed up once on
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -151,8 +152,14 @@ class DeviceRound:
 
     # ---- one call --------------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, state: SDVARInferenceState) -> SDVARInferenceState:
-        """Every round of the fresh call ``state`` (as :meth:`SDVAR.iter_rounds` runs them); the state after them."""
+    def run(self, state: SDVARInferenceState,
+            after_last: Callable[[torch.Tensor], None] | None = None) -> SDVARInferenceState:
+        """Every round of the fresh call ``state`` (as :meth:`SDVAR.iter_rounds` runs them); the state after them.
+
+        ``after_last`` is called with the call's last ``f_hat`` (a view of a static buffer, valid until this
+        runner's next call) as soon as the last program is queued, before the host builds the outputs: the
+        decoder queues the VQVAE decode there, so that the GPU decodes while the host does the bookkeeping.
+        """
         state.check_current()
         problem = self.unsupported(state)
         if problem is not None:
@@ -189,6 +196,8 @@ class DeviceRound:
             log.log(level, "device round: stages %d.. (draft cache %d), gamma %d, accepted %d, committed %d%s",
                     c, d, g, sum(flags), committed, " (+bonus)" if bonus else "")
             c += committed
+        if after_last is not None:
+            after_last(self.slots.f_hat[S - 1])
         tokens, f_hats = self._outputs()
         if drafted:
             stats = replace(stats, accepted_tokens_S=self.accepted_tokens.clone())

@@ -152,11 +152,17 @@ class SDVAR:
         """Seconds the run factory has spent on one-off preparation so far (its ``one_off_s``; 0 for eager runs)."""
         return float(getattr(self.run_factory, "one_off_s", 0.0))
 
+    def decode(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+        """Images in ``[0, 1]`` from a last ``f_hat`` (the VQVAE decode, queued on a GPU)."""
+        return self.target_model.images_from_f_hat(f_hat_BChw)
+
     def finish_call(self, tokens: Sequence[torch.Tensor], f_hats: Sequence[torch.Tensor], labels: torch.Tensor,
-                    stats: SDVARStats, t0: float, one_off_at_start: float = 0.0) -> SDVAROutput:
-        """Decode the last ``f_hat`` to images and time the call (``t0``: its ``time.perf_counter()`` start;
-        ``one_off_at_start``: :meth:`one_off_seconds` then, so that the call's one-off part is counted apart)."""
-        images = self.target_model.images_from_f_hat(f_hats[-1])
+                    stats: SDVARStats, t0: float, one_off_at_start: float = 0.0,
+                    images: torch.Tensor | None = None) -> SDVAROutput:
+        """Decode the last ``f_hat`` to images (unless ``images``, decoded from it already, are given) and time the
+        call (``t0``: its ``time.perf_counter()`` start; ``one_off_at_start``: :meth:`one_off_seconds` then, so that
+        the call's one-off part is counted apart)."""
+        images = self.decode(f_hats[-1]) if images is None else images
         if images.is_cuda:
             torch.cuda.synchronize(images.device)
         wall = time.perf_counter() - t0
@@ -576,16 +582,18 @@ class SDVAR:
                 out = self.finish_call(part.tokens, part.f_hats, labels, stats, t0, one_off0)
             else:
                 state = self._state(B, labels, sampling, rng, gamma_rule, policy_obj, verbose)
+                queued: list[torch.Tensor] = []  # images of a decode queued behind the device rounds' last program
                 try:
                     device_rounds = getattr(self.run_factory, "round_runner", lambda state: None)(state)
                     if device_rounds is not None:  # the fast path: rounds as device programs (sdvar_lib.fast.round)
-                        state = device_rounds.run(state)
+                        state = device_rounds.run(state, after_last=lambda f_hat: queued.append(self.decode(f_hat)))
                     for record in self.iter_rounds(state):
                         state = record.state
                 finally:
                     state.target.cache.reset()
                     state.draft.cache.reset()
-                out = self.finish_call(state.tokens, state.f_hats, labels, state.stats, t0, one_off0)
+                out = self.finish_call(state.tokens, state.f_hats, labels, state.stats, t0, one_off0,
+                                       images=queued[0] if queued else None)
         if verbose:
             log.info("parallel_v1 (%s, gamma %s): %s", policy_obj.describe(), gamma_rule.describe(), out.stats.summary())
         return out
