@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         return y
 
     def chain_of(rows: int, variant: str):
-        x0 = rand(rows, C, scale=1.0)
+        x0 = torch.randn(rows, C, device=dev, generator=torch.Generator(device=dev).manual_seed(rows)).to(torch.bfloat16)
         bufs = {name: torch.empty(rows, width, device=dev, dtype=torch.bfloat16)
                 for name, width in (("h", C), ("qkv", 3 * C), ("a", C), ("o", C), ("f", 4 * C), ("x", C))}
         pdl_norm, pdl_gemv = variant in ("cublas_pdl", "gemv_pdl"), variant == "gemv_pdl"
