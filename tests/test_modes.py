@@ -83,3 +83,25 @@ def test_eval_mode_reads_every_flag_at_every_call():
     with eval_mode(model):
         assert not any(_flags(model)), "a submodule put in training mode since the last call ran in training mode"
     assert _flags(model) == [False, False, False, True, False]
+
+
+def test_eval_mode_switches_a_module_whose_flag_is_not_in_its_dict():
+    """A module class may keep ``training`` elsewhere than its attribute dict (TorchScript's is a property): its flag
+    is read and switched by attribute like any other."""
+
+    class FlagElsewhere(nn.Linear):
+        @property
+        def training(self):
+            return self.__dict__["_flag"]
+
+        @training.setter
+        def training(self, value):
+            self.__dict__["_flag"] = value
+
+    odd = FlagElsewhere(2, 2)
+    model = nn.Sequential(nn.Linear(2, 2), odd).train()
+    assert "training" not in vars(odd) and odd.training
+    for _ in range(2):  # a new walk, then the kept one
+        with eval_mode(model):
+            assert not any(_flags(model))
+        assert all(_flags(model))

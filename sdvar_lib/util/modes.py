@@ -50,16 +50,21 @@ class _Walk:
 
     registrations: int
     modules: tuple[nn.Module, ...]
+    """The modules that keep their training flag in their attribute dict (every ``nn.Module`` built in Python)."""
     attributes: tuple[dict, ...]
     children: tuple[dict, ...]
     counts: tuple[int, ...]
+    others: tuple[nn.Module, ...] = ()
+    """Modules whose flag lives elsewhere (a TorchScript module's is a property): read by attribute."""
 
     @classmethod
     def of(cls, root: nn.Module) -> _Walk:
         registrations = _registrations
-        modules = _walk(root)
-        children = tuple(m._modules for m in modules)
-        return cls(registrations, modules, tuple(vars(m) for m in modules), children, tuple(map(len, children)))
+        walked = _walk(root)
+        children = tuple(m._modules for m in walked)
+        modules = tuple(m for m in walked if "training" in vars(m))
+        others = tuple(m for m in walked if "training" not in vars(m))
+        return cls(registrations, modules, tuple(vars(m) for m in modules), children, tuple(map(len, children)), others)
 
     def current(self) -> bool:
         return (self.registrations == _registrations
@@ -67,7 +72,8 @@ class _Walk:
 
     def in_training(self) -> list[nn.Module]:
         """The modules whose training flag is set."""
-        return list(compress(self.modules, map(_training, self.attributes)))
+        found = list(compress(self.modules, map(_training, self.attributes)))
+        return found + [m for m in self.others if m.training] if self.others else found
 
 
 _walks: weakref.WeakKeyDictionary[nn.Module, _Walk] = weakref.WeakKeyDictionary()
