@@ -430,3 +430,23 @@ def test_gpu_graphed_decode_equals_eager(cuda_device):
         assert torch.allclose(got, ref, atol=1e-5), f"batch {batch}"
         assert torch.allclose(got16, ref16, atol=1e-2)
     assert len(decoder._graphs) == 4
+
+
+def test_a_call_without_a_seed_draws_from_the_global_stream():
+    """``g_seed=None``: the stage programs (which draw inside) take the global generator's stream, as the eager
+    loop does, and move it on as far; a device whose global generator is unknown is refused with a way out."""
+    from sdvar_lib.fast.run import _default_generator
+
+    vae, model = build_tiny(seed=0)
+    fast = FastRun(model, 2, FastConfig(use_cuda_graphs=False))
+    want_labels = torch.tensor([1, 3])
+    outs = []
+    for run in (fast, eager_run(model, want_labels)):
+        run.begin(want_labels) if run is fast else None
+        torch.manual_seed(11)
+        decoded = run.decode_stages((), (), model.num_stages, SamplingConfig(top_k=0), None)
+        outs.append(([t.tolist() for t in decoded.tokens], torch.rand(3)))
+    assert outs[0][0] == outs[1][0] and torch.equal(outs[0][1], outs[1][1])
+    assert _default_generator(torch.device("cpu")) is torch.default_generator
+    with pytest.raises(ValueError, match="g_seed"):
+        _default_generator(torch.device("meta"))

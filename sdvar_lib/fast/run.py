@@ -164,7 +164,12 @@ def _default_generator(device: torch.device) -> torch.Generator:
     """The generator draws without one use on ``device`` (PyTorch's global random state there)."""
     if device.type == "cuda":
         return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
-    return torch.default_generator
+    if device.type == "cpu":
+        return torch.default_generator
+    if device.type == "mps":
+        return torch.mps._get_default_mps_generator()
+    raise ValueError(f"the fast path does not know the global random generator of {device.type} devices; "
+                     "give the call a g_seed (its own generator)")
 
 
 def _fingerprint(model: VAR) -> tuple:
