@@ -231,3 +231,30 @@ def test_gpu_drawn_labels_are_the_references_multinomial_draw(cuda_device_module
         labels = prepare_labels(1, None, 1000, ours, device)
         assert torch.equal(labels, torch.multinomial(uniform, 1, replacement=True, generator=ref).reshape(1)), seed
         assert torch.equal(torch.rand(4, device=device, generator=ours), torch.rand(4, device=device, generator=ref))
+
+
+def test_gpu_graphed_stage_programs_without_a_seed_take_the_global_stream(cuda_device_module):
+    """``g_seed=None`` on a GPU: the graphed stage programs draw from the global CUDA generator's stream (what the
+    eager step-by-step loop draws after the same ``torch.manual_seed``) and move it on as far."""
+    from sdvar_lib.models.run import ModelRun
+
+    device = cuda_device_module
+    _, model = build_tiny(seed=0, device=device)
+    run = FastRun(model, 2, FastConfig(use_cuda_graphs=True))
+    labels = torch.tensor([1, 3], device=device)
+    outs = []
+    for graphed in (True, False, True):  # the first graphed call captures, the second replays
+        run.begin(labels)
+        torch.manual_seed(11)
+        if graphed:
+            decoded = run.decode_stages((), (), model.num_stages, SamplingConfig(top_k=0), None)
+            tokens = decoded.tokens
+        else:
+            tokens, f_hats = [], []
+            for si in range(model.num_stages):
+                sample, f_hat = ModelRun.decode_stage(run, si, f_hats, SamplingConfig(top_k=0), None)
+                tokens.append(sample.idx_Bl)
+                f_hats.append(f_hat)
+        outs.append(([t.tolist() for t in tokens], torch.rand(3, device=device).tolist()))
+    assert outs[0] == outs[1] == outs[2]
+    assert run.counters.replays > 0 and run.counters.capture_failures == 0
