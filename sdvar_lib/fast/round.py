@@ -208,22 +208,19 @@ class DeviceRound:
                g: int) -> tuple[int, bool]:
         """One drafting round; returns ``r`` and whether a bonus stage was drawn. Books caches and passes."""
         draft, target, slots, rng = self.draft, self.target, self.slots, state.rng
-        drafting = draft.stage_program(c, d, g, state.sampling, slots)
-        stages = range(c, c + g)
-        # The eager round's draws, in its order: the draft's (inside its program), then the policy's per stage. The
-        # draft's program starts before the host queues the policy's draws and looks the other programs up.
-        draft.run_drawing(drafting, rng)
-        for si in stages:
+        # The eager round's draws, in its order: the draft's (inside its stage program), then the policy's per stage.
+        # The draft's program starts before the host queues the policy's draws and looks the other programs up.
+        draft._run_stages(c, d, g, state.sampling, slots, rng)
+        for si in range(c, c + g):
             for draw in form.draws:
                 draw.fill_(self._draw_view(draw, si), rng)
-        programs = (drafting, self._verify_program(c, g, state.sampling), self._accept_program(c, g, form, context))
-        for program in programs[1:]:
-            program.run()
-        draft._count(programs[0])
-        target._count(programs[1])
-        draft.record_stage_passes(c, d, g, programs[0].graphed)
+        verify = self._verify_program(c, g, state.sampling)
+        accept = self._accept_program(c, g, form, context)
+        verify.run()
+        accept.run()
+        target._count(verify)
         last_verified = min(c + g, self.num_stages - 1)
-        target.pass_log.append(_pass_record(target, c, last_verified - c + 1, programs[1].graphed))
+        target.pass_log.append(_pass_record(target, c, last_verified - c + 1, verify.graphed))
         r = int(self.leading.item())  # the round's one read
         bonus = r == g and c + g < self.num_stages
         if bonus:

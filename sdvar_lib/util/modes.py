@@ -73,7 +73,7 @@ class _Walk:
     def in_training(self) -> list[nn.Module]:
         """The modules whose training flag is set."""
         found = list(compress(self.modules, map(_training, self.attributes)))
-        return found + [m for m in self.others if m.training] if self.others else found
+        return found + [m for m in self.others if m.training]
 
 
 _walks: weakref.WeakKeyDictionary[nn.Module, _Walk] = weakref.WeakKeyDictionary()
