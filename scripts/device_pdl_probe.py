@@ -3,7 +3,7 @@
 
     python3 scripts/device_pdl_probe.py --out $OUT        # on a CUDA GPU with Triton (Hopper or newer for PDL)
 
-An experiment, not part of the library: chains of 16 synthetic d16 blocks (C = 1024; per block the qkv,
+An experiment, not part of the library: chains of 16 synthetic blocks (C = 1024 as d16, 1920 as d30; per block the qkv,
 projection, fc1 + GELU and fc2 products and three LayerNorm-like Triton kernels, no attention) captured in
 one CUDA graph and replayed; microseconds per block, median of 30 replays, at ``rows`` = 2 and 8 (the
 CFG-doubled rows of stages 0 and 1 at batch 1). Four ways of running the same chain:
@@ -15,7 +15,13 @@ CFG-doubled rows of stages 0 and 1 at batch 1). Four ways of running the same ch
 - ``gemv``: the products by a Triton matrix-vector kernel (each program loads a tile of weight rows,
   then the activations), plain launches;
 - ``gemv_pdl``: that kernel loads its weight tile *before* ``gdc_wait`` (the weights do not depend on
-  the previous kernel, so their load overlaps it) and every kernel is launched with PDL.
+  the previous kernel, so their load overlaps it) and every kernel is launched with PDL;
+- ``skinny`` / ``skinny_pdl``: a few-row product with ``tl.dot`` tiles (:func:`skinny_linear`, its first weight
+  chunk loaded before the wait) with plain launches / with PDL everywhere; ``--sweep`` times it with PDL at
+  several tile sizes against cuBLAS instead (``pdl_sweep.json``).
+
+The matrix-vector kernel runs at the d16 width and 2 or 8 rows only (it is slow beyond); the rest at d16 and
+d30 widths and 2-64 rows.
 
 Every variant's output is compared with the ``cublas`` chain's (relative max error, bf16 rounding).
 Writes ``pdl_probe.json`` in ``--out`` (atomically). Without CUDA it says so and exits with status 2.
@@ -35,8 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdvar_lib.util.atomic import atomic_write_text  # noqa: E402
 
-C, BLOCKS, REPLAYS = 1024, 16, 30
-VARIANTS = ("cublas", "cublas_pdl", "gemv", "gemv_pdl")
+BLOCKS, REPLAYS = 16, 30
+WIDTHS = (1024, 1920)  # d16, d30
+ROWS = (2, 8, 18, 32, 64)  # CFG-doubled token rows of stages 0-3 at batch 1, and the skinny products' limit
+VARIANTS = ("cublas", "cublas_pdl", "gemv", "gemv_pdl", "skinny", "skinny_pdl")
+SWEEP_ROWS = (2, 8, 32, 64)
+SWEEP_TILES = ((16, 128, 4, 4), (32, 128, 4, 4), (64, 128, 4, 4), (32, 64, 4, 4), (32, 256, 3, 4), (64, 64, 6, 4),
+               (16, 256, 3, 4), (32, 128, 4, 8))
+"""``--sweep``: (block_n, block_k, stages, warps) of the few-row product, each with PDL, against cuBLAS."""
 
 
 def _kernels():
@@ -76,17 +88,64 @@ def _kernels():
                     acc = acc * tl.sigmoid(2.0 * u)  # the tanh GELU: 0.5 (1 + tanh u) = sigmoid(2u)
                 tl.store(Y + m * N + n, acc.to(Y.dtype.element_ty), mask=n < N)
 
-    return triton, norm_kernel, gemv_kernel
+    # K and the row stride stay specialised (multiples of 16: whole-vector loads along K); left unspecialised,
+    # every load was split into single elements and the chain took 2-10x cuBLAS's time (H200, 12-02)
+    @triton.jit(do_not_specialize=["M", "N"])
+    def skinny_kernel(X, W, BIAS, Y, M, N, K, stride_x, GELU: tl.constexpr, USE_GDC: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, STAGES: tl.constexpr,
+                      EVEN_K: tl.constexpr):
+        n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        kk = tl.arange(0, BLOCK_K)
+        n_ok, m_ok = n < N, m < M
+        w = tl.load(W + n[:, None] * K + kk[None, :], mask=n_ok[:, None] & ((kk < K)[None, :] | EVEN_K), other=0.0)
+        b = tl.load(BIAS + n, mask=n_ok, other=0.0).to(tl.float32)  # weights and bias in flight before the wait
+        if USE_GDC:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        x = tl.load(X + m[:, None] * stride_x + kk[None, :], mask=m_ok[:, None] & ((kk < K)[None, :] | EVEN_K),
+                    other=0.0)
+        acc = tl.dot(x, tl.trans(w), out_dtype=tl.float32)
+        for k0 in tl.range(BLOCK_K, K, BLOCK_K, num_stages=STAGES):
+            k = k0 + kk
+            w = tl.load(W + n[:, None] * K + k[None, :], mask=n_ok[:, None] & ((k < K)[None, :] | EVEN_K), other=0.0)
+            x = tl.load(X + m[:, None] * stride_x + k[None, :], mask=m_ok[:, None] & ((k < K)[None, :] | EVEN_K),
+                        other=0.0)
+            acc = tl.dot(x, tl.trans(w), acc, out_dtype=tl.float32)
+        acc += b[None, :]
+        if GELU:
+            u = 0.7978845608028654 * (acc + 0.044715 * acc * acc * acc)
+            acc = acc * tl.sigmoid(2.0 * u)
+        tl.store(Y + m[:, None] * N + n[None, :], acc.to(Y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+    return triton, norm_kernel, gemv_kernel, skinny_kernel
+
+
+def skinny_linear(skinny_kernel, x, weight, bias, gelu=False, pdl=False, tiles=(32, 256, 3, 4)):
+    """``x @ weight.T + bias`` (tanh GELU with ``gelu``) by the few-row ``tl.dot`` kernel; ``tiles`` = (block_n,
+    block_k, stages, warps); one tile of max(16, next power of two of the rows) rows."""
+    import triton
+
+    M, K = x.shape
+    N = weight.shape[0]
+    bn, bk, stages, warps = tiles
+    bm = max(16, triton.next_power_of_2(M))
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    skinny_kernel[(triton.cdiv(N, bn), triton.cdiv(M, bm))](
+        x, weight, bias, y, M, N, K, x.stride(0), GELU=gelu, USE_GDC=pdl, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        STAGES=stages, EVEN_K=K % bk == 0, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
+    return y
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="folder for pdl_probe.json")
+    parser.add_argument("--sweep", action="store_true", help="sweep the few-row product's tiles instead (pdl_sweep.json)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("device_pdl_probe: needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
-    triton, norm_kernel, gemv_kernel = _kernels()
+    triton, norm_kernel, gemv_kernel, skinny_kernel = _kernels()
     import triton.language as tl
 
     has_pdl = hasattr(tl.extra.cuda, "gdc_wait") and torch.cuda.get_device_capability()[0] >= 9
@@ -96,9 +155,10 @@ def main(argv=None) -> int:
     def rand(*shape, scale):
         return (torch.randn(*shape, device=dev, generator=gen) * scale).to(torch.bfloat16)
 
-    weights = [{name: (rand(n, k, scale=k ** -0.5), rand(n, scale=0.02))
-                for name, n, k in (("qkv", 3 * C, C), ("proj", C, C), ("fc1", 4 * C, C), ("fc2", C, 4 * C))}
-               for _ in range(BLOCKS)]
+    def weights_of(C):
+        return [{name: (rand(n, k, scale=k ** -0.5), rand(n, scale=0.02))
+                 for name, n, k in (("qkv", 3 * C, C), ("proj", C, C), ("fc1", 4 * C, C), ("fc2", C, 4 * C))}
+                for _ in range(BLOCKS)]
 
     def norm(x, y, pdl):
         rows, width = x.shape
@@ -117,13 +177,17 @@ def main(argv=None) -> int:
                                                 num_warps=8 if k > 1024 else 4, **({"launch_pdl": True} if pdl else {}))
         return y
 
-    def chain_of(rows: int, variant: str):
+    def chain_of(C: int, weights, rows: int, variant: str, tiles=None):
         x0 = torch.randn(rows, C, device=dev, generator=torch.Generator(device=dev).manual_seed(rows)).to(torch.bfloat16)
         bufs = {name: torch.empty(rows, width, device=dev, dtype=torch.bfloat16)
                 for name, width in (("h", C), ("qkv", 3 * C), ("a", C), ("o", C), ("f", 4 * C), ("x", C))}
-        pdl_norm, pdl_gemv = variant in ("cublas_pdl", "gemv_pdl"), variant == "gemv_pdl"
+        pdl_norm = variant in ("cublas_pdl", "gemv_pdl", "skinny_pdl")
+        pdl_gemv = variant == "gemv_pdl"
 
         def product(x, wb, out, gelu=False):
+            if variant.startswith("skinny"):
+                return skinny_linear(skinny_kernel, x, wb[0], wb[1], gelu=gelu, pdl=variant == "skinny_pdl",
+                                     **({"tiles": tiles} if tiles else {}))
             if variant.startswith("gemv"):
                 return gemv(x, wb, bufs[out], gelu, pdl_gemv)
             return torch._addmm_activation(wb[1], x, wb[0].t(), use_gelu=True) if gelu else F.linear(x, *wb)
@@ -161,18 +225,43 @@ def main(argv=None) -> int:
 
     result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "triton": triton.__version__,
               "pdl": has_pdl, "rows": []}
-    for rows in (2, 8):
-        reference = None
-        for variant in VARIANTS:
-            if variant.endswith("_pdl") and not has_pdl:
-                continue
-            us, out = replay_us(chain_of(rows, variant))
-            if reference is None:
-                reference = out
-            error = float((out - reference).abs().max() / reference.abs().max())
-            row = {"rows": rows, "variant": variant, "us_per_block": round(us, 2), "rel_err_vs_cublas": error}
-            result["rows"].append(row)
-            print(row, flush=True)
+    if args.sweep:
+        result["sweep"] = []
+        for C in WIDTHS:
+            weights = weights_of(C)
+            for rows in SWEEP_ROWS:
+                base, reference = replay_us(chain_of(C, weights, rows, "cublas"))
+                for tiles in SWEEP_TILES:
+                    us, out = replay_us(chain_of(C, weights, rows, "skinny_pdl" if has_pdl else "skinny", tiles))
+                    row = {"width": C, "rows": rows, "tiles": list(tiles), "us_per_block": round(us, 2),
+                           "cublas_us_per_block": round(base, 2),
+                           "rel_err_vs_cublas": float((out - reference).abs().max() / reference.abs().max())}
+                    result["sweep"].append(row)
+                    print(row, flush=True)
+            del weights
+            torch.cuda.empty_cache()
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out / "pdl_sweep.json", json.dumps(result, indent=1) + "\n")
+        return 0
+    for C in WIDTHS:
+        weights = weights_of(C)
+        for rows in ROWS:
+            reference = None
+            for variant in VARIANTS:
+                if (variant.endswith("_pdl") and not has_pdl) or (variant.startswith("gemv") and (C, rows) not in (
+                        (1024, 2), (1024, 8))):
+                    continue
+                us, out = replay_us(chain_of(C, weights, rows, variant))
+                if reference is None:
+                    reference = out
+                error = float((out - reference).abs().max() / reference.abs().max())
+                row = {"width": C, "rows": rows, "variant": variant, "us_per_block": round(us, 2),
+                       "rel_err_vs_cublas": error}
+                result["rows"].append(row)
+                print(row, flush=True)
+            del reference
+        del weights
+        torch.cuda.empty_cache()
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "pdl_probe.json", json.dumps(result, indent=1) + "\n")
     return 0

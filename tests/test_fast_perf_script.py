@@ -41,8 +41,8 @@ def test_pdl_probe_refuses_without_cuda_in_one_line(tmp_path):
 _PROBE_KERNELS = """
 import sys, torch, torch.nn.functional as F
 sys.path.insert(0, "scripts")
-from device_pdl_probe import _kernels
-triton, norm_kernel, gemv_kernel = _kernels()
+from device_pdl_probe import _kernels, skinny_linear
+triton, norm_kernel, gemv_kernel, skinny_kernel = _kernels()
 torch.manual_seed(0)
 for rows, k, n, gelu in ((2, 64, 48, False), (3, 32, 80, True)):
     x, w, b = torch.randn(rows, k), torch.randn(n, k), torch.randn(n)
@@ -50,6 +50,11 @@ for rows, k, n, gelu in ((2, 64, 48, False), (3, 32, 80, True)):
     gemv_kernel[(triton.cdiv(n, 16),)](x, w, b, y, rows, n, K=k, GELU=gelu, USE_GDC=False, BLOCK_M=4, BLOCK_N=16)
     want = F.gelu(F.linear(x, w, b), approximate="tanh") if gelu else F.linear(x, w, b)
     assert (y - want).abs().max() < 1e-4, (rows, k, n, gelu)
+for rows, k, n, gelu, tiles in ((2, 64, 48, False, (16, 32, 2, 4)), (18, 96, 40, True, (32, 64, 2, 4))):
+    x, w, b = torch.randn(rows, k), torch.randn(n, k), torch.randn(n)
+    y = skinny_linear(skinny_kernel, x, w, b, gelu=gelu, tiles=tiles)
+    want = F.gelu(F.linear(x, w, b), approximate="tanh") if gelu else F.linear(x, w, b)
+    assert (y - want).abs().max() < 1e-3, (rows, k, n, gelu, tiles)
 x = torch.randn(3, 96)
 y = torch.empty(3, 40)
 norm_kernel[(1,)](x, y, 3, 40, x.stride(0), USE_GDC=False, BLOCK_M=4, BLOCK_N=64)
@@ -59,8 +64,9 @@ print("ok")
 
 
 def test_pdl_probe_kernels_compute_what_they_stand_for():
-    """The probe's Triton kernels (in Triton's CPU interpreter, without PDL): the matrix-vector kernel is the linear
-    layer (with the tanh GELU), the norm kernel a LayerNorm of a strided slice."""
+    """The probe's Triton kernels (in Triton's CPU interpreter, without PDL): the matrix-vector and the few-row
+    ``tl.dot`` kernels are the linear layer (with the tanh GELU; a K that is not a multiple of the K tile and rows and
+    columns past the tiles' ends included), the norm kernel a LayerNorm of a strided slice."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", _PROBE_KERNELS], cwd=ROOT, env=env, capture_output=True, text=True,
