@@ -16,7 +16,9 @@ Part 1:
      the draft/target single-stage pass ratio (separate pass graphs, as before) and the ratio of the
      stage programs that decode every stage (passes, draws and f_hat in one graph each);
   2. ``oneoff``: the first two calls of exact_g2, the target and exact_adaptive (its pricing) at batch 2 in a fresh
-     process with an empty Triton cache (cold), then in a second process with the cache the first filled (warm);
+     process with an empty Triton cache (cold: kernels compiled ahead in threads, the default), in another with an
+     empty cache and ``compile_workers=0`` (each kernel compiled at its first launch, as before), then in a process
+     with the cache the first filled (warm);
   3. ``profiles``: kernel breakdowns of the d16 and d30 single-stage passes at batch 1 (stages 0 and 9),
      the host's time by operator in one exact_g4 all-accepted call at batch 1, and that call and one of the
      target alone on the GPU's clock (``call_timeline``: GPU busy time, time before its first and after its
@@ -250,12 +252,16 @@ def _rows_markdown(cells: list[dict], ratios, programs) -> str:
 def oneoff_section(res: Results, setting: Setting, args) -> None:
     runs = {}
     res.data["sections"]["oneoff"] = runs
-    with tempfile.TemporaryDirectory(prefix="sdvar_triton_cache_") as cache:
-        for label in ("cold", "warm"):
+    with (tempfile.TemporaryDirectory(prefix="sdvar_triton_cache_") as cache,
+          tempfile.TemporaryDirectory(prefix="sdvar_triton_cache_") as lazy_cache):
+        for label, folder, workers in (("cold", cache, None), ("cold, compiled at first launch", lazy_cache, 0),
+                                       ("warm", cache, None)):
             with tempfile.TemporaryDirectory() as tmp:
                 report = Path(tmp) / "oneoff.json"
-                env = {**os.environ, "TRITON_CACHE_DIR": cache, "PYTHONUNBUFFERED": "1"}
+                env = {**os.environ, "TRITON_CACHE_DIR": folder, "PYTHONUNBUFFERED": "1"}
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--oneoff-child", str(report), "--out", tmp]
+                if workers is not None:
+                    cmd += ["--compile-workers", str(workers)]
                 if setting.smoke:
                     cmd.append("--smoke")
                 t0 = time.perf_counter()
@@ -264,21 +270,25 @@ def oneoff_section(res: Results, setting: Setting, args) -> None:
                 if done.returncode != 0 or not report.exists():
                     raise RuntimeError(f"the {label} child failed ({done.returncode}): {done.stderr[-2000:]}")
                 runs[label] = json.loads(report.read_text()) | {"process_wall_s": round(wall, 2),
-                                                                 "compiled_kernels": compiled_kernels(cache)}
+                                                                 "compiled_kernels": compiled_kernels(folder)}
             res.save()
     lines = ["First calls in a fresh process (seconds; TRITON_CACHE_DIR a new folder: cold = empty, warm = "
-             "filled by the cold process); `preparation` = first call - second call:", "",
-             "| process | import s | build s | call | first s | second s | preparation s | one-off s (compiles + "
-             "captures) | captures | process wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "filled by the first cold process; compile threads: the kernels built ahead, several at a time, 0 = each "
+             "compiled at its first launch); `preparation` = first call - second call:", "",
+             "| process | compile threads | block kernels built ahead | import s | build s | call | first s | second s | "
+             "preparation s | one-off s (compiles + captures) | captures | process wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in runs.items():
         for c in r["calls"]:
-            lines.append(f"| {label} | {r['import_s']:.1f} | {r['build_s']:.1f} | {c['method']} B={c['batch']} | "
+            lines.append(f"| {label} | {r.get('compile_threads', '-')} | {r.get('precompiled', '-')} | "
+                         f"{r['import_s']:.1f} | {r['build_s']:.1f} | {c['method']} B={c['batch']} | "
                          f"{c['first_s']:.2f} | {c['second_s']:.3f} | {c['first_s'] - c['second_s']:.2f} | "
                          f"{c['one_off_s']:.2f} | {c['captures']} | {r['process_wall_s']:.1f} |")
-    cold = runs["cold"]["compiled_kernels"]
-    lines += ["", f"Triton specialisations in the cache after the cold process: {sum(cold.values())} of {len(cold)} kernels"
-              + (": " + ", ".join(f"`{name}` {n}" for name, n in cold.items()) if cold else
-                 " (none: the interpreter or a CPU compiles nothing)")]
+    for label in ("cold", "cold, compiled at first launch"):
+        found = runs[label]["compiled_kernels"]
+        lines += ["", f"Triton specialisations in the cache after the {label} process: {sum(found.values())} of "
+                  f"{len(found)} kernels" + (": " + ", ".join(f"`{name}` {n}" for name, n in found.items()) if found
+                                             else " (none: the interpreter or a CPU compiles nothing)")]
     res.markdown["oneoff"] = "\n".join(lines)
 
 
@@ -288,10 +298,13 @@ def oneoff_child(args) -> int:
     setting = Setting(args.smoke)
     t0 = time.perf_counter()
     pair = setting.pair()
-    sd = make_fast_sdvar(pair.draft, pair.target, FastConfig(use_cuda_graphs=not args.smoke))
+    sd = make_fast_sdvar(pair.draft, pair.target, FastConfig(use_cuda_graphs=not args.smoke,
+                                                             compile_workers=args.compile_workers))
     build_s = time.perf_counter() - t0
     calls = time_first_calls(sd, ("exact_g2", "target", "exact_adaptive"), 2, setting.sampling)
     report = dict(import_s=IMPORTED - PROCESS_START, build_s=build_s, calls=[asdict(c) for c in calls],
+                  compile_threads=sd.run_factory.config.compile_threads,
+                  precompiled=sum(r.counters.precompiled for r in sd.run_factory.runs()),
                   triton_cache=os.environ.get("TRITON_CACHE_DIR"), torch=torch.__version__)
     Path(args.oneoff_child).write_text(json.dumps(report, indent=1))
     return 0
@@ -467,6 +480,7 @@ def main(argv=None) -> int:
     p.add_argument("--sections", default=None,
                    help="comma-separated sections of the part to run (default: all; the others are recorded as skipped)")
     p.add_argument("--oneoff-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--compile-workers", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if args.oneoff_child:

@@ -7,7 +7,7 @@
 #   SECTIONS=decisions PART=2 OUT=$OUT bash scripts/device_perf_v3.sh  # only the sections named (comma-separated)
 #   BATCHES=1,8 ...                                     # only these batch sizes (default 1,8,32)
 #
-# Part 1 (about 6 minutes): the GPU tests of the fast path and its device rounds (at most 150 s), then SDVAR exact
+# Part 1 (about 6 minutes): the GPU tests of the fast path and its device rounds (at most 240 s), then SDVAR exact
 # g2/g4 with every proposal accepted against the target alone at batch 1/8/32, the draft/target ratios, the
 # first calls of a fresh process with a cold and a warm Triton cache, kernel and host profiles, call timelines.
 # Part 2 (about 6-8 minutes): the measured acceptance profile of the bundled pair, the decision rules per scenario
@@ -41,7 +41,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 
 status=0
 if [ "$PART" = "1" ]; then
-    timeout 150 $PY -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_gpu_fast_round.py \
+    timeout 240 $PY -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_gpu_fast_round.py \
         tests/test_gpu_fast.py tests/test_fast.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -8 || status=1
 fi
 left=$(( LIMIT_S - ($(date +%s) - start) - 40 ))

@@ -198,3 +198,96 @@ def test_triton_chunked_pass_equals_sequential_and_torch(tiny_pair):
         outs[name + "_chunk"] = run.forward(torch.cat(xs, dim=1)).clone()
     assert _rel(outs["tri_chunk"], outs["tri_seq"]) < 1e-5
     assert _rel(outs["tri_seq"], outs["ref_seq"]) < 1e-5
+
+
+# ---- warm-ups (sdvar_lib.fast.kernels.precompile): they launch what a pass launches ------------------------------
+def _launch_key(kernel, grid, args, kwargs) -> tuple:
+    """What Triton compiles a launch by: the kernel, its tensors' dtypes and 16-byte alignment, its specialised ints'
+    divisibility by 16 (and whether they are 1), and every keyword (constexprs and options); unspecialised sizes are
+    left out, and so are ``BLOCK_M`` and ``num_warps``: in the interpreter they follow the row count (see
+    ``rows_per_program``), on a GPU at the official widths they are one value per kernel (``tests/test_gpu_fast.py``
+    checks that a call compiles nothing after the warm-ups)."""
+    import inspect
+
+    from sdvar_lib.fast.kernels.block import SIZES_ADD_LN, SIZES_QK_NORM
+    from sdvar_lib.fast.kernels.sampling import SIZES_SAMPLE
+
+    names = list(inspect.signature(kernel.fn).parameters)
+    loose = set(SIZES_ADD_LN) | set(SIZES_QK_NORM) | set(SIZES_SAMPLE)
+    parts = []
+    for name, a in zip(names, args):
+        if isinstance(a, torch.Tensor):
+            parts.append((name, a.dtype, a.data_ptr() % 16 == 0))
+        elif isinstance(a, bool) or not isinstance(a, int):
+            parts.append((name, type(a).__name__))
+        else:
+            parts.append((name, "int") if name in loose else (name, a == 1, a % 16 == 0))
+    options = tuple(sorted((k, v) for k, v in kwargs.items() if k not in ("BLOCK_M", "num_warps")))
+    return (kernel.fn.__name__, tuple(parts), options)
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Every kernel launch made through ``precompile.launch`` by the block and sampling kernels, as keys."""
+    from sdvar_lib.fast.kernels import block, precompile
+    from sdvar_lib.fast.kernels import sampling as sampling_kernels
+
+    seen: list[tuple] = []
+
+    def recording(kernel, grid, *args, **kwargs):
+        seen.append(_launch_key(kernel, grid, args, kwargs))
+        precompile.launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(block, "launch", recording)
+    monkeypatch.setattr(sampling_kernels, "launch", recording)
+    return seen
+
+
+@pytest.mark.parametrize("dtype,half_head", [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)])
+def test_block_warmups_launch_exactly_what_a_pass_and_its_check_launch(tiny_pair, launches, monkeypatch, dtype,
+                                                                       half_head):
+    """The block kernels' warm-ups make the same launches (by Triton's compile key) as the fused pass of a stage
+    and a chunk and the block check - none missing (it would compile on first use), none extra (wasted)."""
+    import copy
+
+    from sdvar_lib.fast import fused
+    from sdvar_lib.fast.fused import TritonBlockOps, block_warmups
+
+    _, _, target = tiny_pair
+    model = copy.deepcopy(target).to(dtype)
+    # the half head's mixed-dtype product has no CPU kernel: a float32 stand-in with the same output
+    monkeypatch.setattr(fused, "half_head_matmul",
+                        lambda h, w, b, out: torch.addmm(b, h.float(), w.float().t(), out=out))
+    run = FastRun(model, B, FastConfig(use_cuda_graphs=False, kernels="triton", sampler="torch"))
+    run._fused.half_head = half_head
+    run._fused.ops = TritonBlockOps()
+    run.begin(torch.tensor([1, 4]))
+    gen = torch.Generator().manual_seed(0)
+    for s in range(2):
+        run.forward(torch.randn(2 * B, chunk_span(model, s, 1)[1], model.C, generator=gen).to(dtype))
+    run.forward(torch.randn(2 * B, chunk_span(model, 2, 2)[1], model.C, generator=gen).to(dtype))
+    assert check_block_ops(TritonBlockOps(), model.C, model.num_heads, dtype, torch.device("cpu")) is None
+    used = set(launches)
+    launches.clear()
+    for warmup in block_warmups(TritonBlockOps(), model, dtype, torch.device("cpu"), half_head):
+        warmup()
+    assert set(launches) == used
+
+
+def test_sampler_warmups_launch_exactly_what_sampling_and_verifying_launch(tiny_pair, launches):
+    """The fused sampler's warm-ups for a sampling make the launches of a sampled call and an SDVAR call's verify."""
+    from sdvar_lib.fast.sampling import FusedSampler
+
+    _, draft, target = tiny_pair
+    sampling = SamplingConfig(top_k=5, top_p=0.9)
+    fast = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=False, kernels="torch",
+                                                                      sampler="fused")))
+    baseline(fast, 1, [4], g_seed=9, sampling=sampling)
+    fast.generate_parallel(2, [3, 5], g_seed=2, gamma=2, sampling=sampling)
+    used = set(launches)
+    # the draw with the token slots of a stage at an odd row (int64 tokens 8-byte aligned: another compile key)
+    assert sorted(dict(key[2])["DRAW"] for key in used) == [False, True, True]
+    launches.clear()
+    for warmup in FusedSampler(target).warmups(sampling):
+        warmup()
+    assert set(launches) == used

@@ -258,3 +258,55 @@ def test_gpu_graphed_stage_programs_without_a_seed_take_the_global_stream(cuda_d
         outs.append(([t.tolist() for t in tokens], torch.rand(3, device=device).tolist()))
     assert outs[0] == outs[1] == outs[2]
     assert run.counters.replays > 0 and run.counters.capture_failures == 0
+
+
+_COLD_CALLS = """
+import json, sys, torch, triton
+from sdvar_lib import SamplingConfig
+from sdvar_lib.bench.methods import build_pair_bf16
+from sdvar_lib.fast.config import FastConfig
+from sdvar_lib.fast.factory import make_fast_sdvar
+from sdvar_lib.sdvar.handoff import baseline
+
+compiles = []
+
+def hook(*, key, repr, fn, compile, is_manual_warmup, already_compiled):
+    compiles.append({"kernel": fn.name, "ahead": bool(is_manual_warmup)})
+    return None
+
+triton.knobs.runtime.jit_cache_hook = hook
+pair = build_pair_bf16(16, 30, torch.device("cuda"))
+sd = make_fast_sdvar(pair.draft, pair.target, FastConfig(compile_workers=int(sys.argv[1])))
+sampling = SamplingConfig(cfg=1.5, top_k=900, top_p=0.96)
+for batch in (1, 2):
+    sd.generate_parallel(batch, list(range(batch)), g_seed=batch, gamma=2, sampling=sampling)
+    baseline(sd, batch, list(range(batch)), g_seed=batch, sampling=sampling)
+torch.cuda.synchronize()
+print(json.dumps(compiles))
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_gpu_cold_process_compiles_every_kernel_ahead(cuda_device_module, tmp_path, workers):
+    """In a fresh process with an empty Triton cache (d16 -> d30 at official widths, bf16; SDVAR exact g2 and the target
+    alone at batch 1 and 2, top-k/top-p sampling): with compile threads every block and sampling kernel specialisation
+    is built ahead by the warm-ups (:mod:`sdvar_lib.fast.kernels.precompile`), none when a pass first launches it; with
+    ``compile_workers=0`` every one is compiled at its first launch, as before."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "triton"), "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", _COLD_CALLS, str(workers)], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    compiles = json.loads(done.stdout.strip().splitlines()[-1])
+    ours = [c for c in compiles if c["kernel"] in ("_add_ln_modulate_kernel", "_qk_norm_cache_kernel", "_sample_kernel")]
+    assert {c["kernel"] for c in ours} == {"_add_ln_modulate_kernel", "_qk_norm_cache_kernel", "_sample_kernel"}
+    if workers:
+        assert all(c["ahead"] for c in ours), f"compiled at a launch: {[c for c in ours if not c['ahead']]}"
+    else:
+        assert not any(c["ahead"] for c in ours)

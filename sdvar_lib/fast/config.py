@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from sdvar_lib.fast.fused import HEADS
@@ -9,7 +10,11 @@ from sdvar_lib.fast.kernels import BACKENDS
 from sdvar_lib.fast.sampling import SAMPLERS
 from sdvar_lib.util.checks import check_bool, check_choice, check_int
 
-__all__ = ["FastConfig", "PassRecord", "FastRunCounters", "FUSED_SAMPLER_MAX_ROWS"]
+__all__ = ["FastConfig", "PassRecord", "FastRunCounters", "FUSED_SAMPLER_MAX_ROWS", "MAX_COMPILE_WORKERS"]
+
+MAX_COMPILE_WORKERS = 4
+"""Most threads ``FastConfig(compile_workers=None)`` compiles with: compiles share Python's lock in part (on one H200
+machine's 16 cores, 12-02: 8 specialisations in 2.4 s one after another, 1.0 s in 2 or 4 threads)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,10 @@ class FastConfig:
     SDVAR's whole calls (``generate_parallel``) run their rounds as device programs with one host read
     per round (:mod:`sdvar_lib.fast.round`) where the policy has a device form; ``False`` runs the
     eager round (:meth:`SDVAR.run_round <sdvar_lib.sdvar.decoder.SDVAR.run_round>`) on the fast runs.
+    ``compile_workers``: threads that compile a run's Triton kernels at once when it is built (and the
+    sampler's, when a top-k/top-p combination is first met; :mod:`sdvar_lib.fast.kernels.precompile`) -
+    ``None``: as many as the CPU has, at most :data:`MAX_COMPILE_WORKERS`; ``0``: each kernel compiles when a
+    pass first launches it.
     """
 
     use_cuda_graphs: bool | None = None
@@ -47,6 +56,7 @@ class FastConfig:
     head: str = "auto"
     whole_stage: bool = True
     device_rounds: bool = True
+    compile_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.use_cuda_graphs is not None and not isinstance(self.use_cuda_graphs, bool):
@@ -59,6 +69,16 @@ class FastConfig:
         check_choice(self.head, "head", HEADS)
         check_bool(self.whole_stage, "whole_stage")
         check_bool(self.device_rounds, "device_rounds")
+        if self.compile_workers is not None:
+            check_int(self.compile_workers, "compile_workers", 0)
+
+    @property
+    def compile_threads(self) -> int:
+        """The threads :attr:`compile_workers` stands for (``None``: the CPU's count, at most
+        :data:`MAX_COMPILE_WORKERS`)."""
+        if self.compile_workers is not None:
+            return self.compile_workers
+        return max(1, min(MAX_COMPILE_WORKERS, os.cpu_count() or 1))
 
     @classmethod
     def first_version(cls, **kwargs) -> FastConfig:
@@ -85,7 +105,10 @@ class FastRunCounters:
     capture_failures: int = 0
     capture_time_s: float = 0.0
     setup_time_s: float = 0.0
-    """Checking (and so compiling) the Triton block kernels when the run was built."""
+    """Compiling and checking the Triton block kernels when the run was built."""
+    precompiled: int = 0
+    """Triton specialisations built ahead, several at a time, when the run was built
+    (:mod:`sdvar_lib.fast.kernels.precompile`)."""
 
 
 FUSED_SAMPLER_MAX_ROWS = 2048

@@ -27,6 +27,7 @@ the cached prefix).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +37,8 @@ from sdvar_lib.models.var import MAX_SCALE_MUL, VAR
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BlockOps", "TorchBlockOps", "TritonBlockOps", "block_ops", "check_block_ops", "HEADS", "half_head_matmul",
-           "check_half_head", "FusedPass"]
+__all__ = ["BlockOps", "TorchBlockOps", "TritonBlockOps", "block_ops", "check_block_ops", "block_warmups", "HEADS",
+           "half_head_matmul", "check_half_head", "FusedPass"]
 
 
 class BlockOps:
@@ -156,6 +157,36 @@ def check_block_ops(ops: BlockOps, C: int, H: int, dtype: torch.dtype, device: t
     except Exception as exc:  # a kernel that cannot compile or run on this GPU
         return f"{ops.name} kernels failed: {type(exc).__name__}: {exc}"
     return None
+
+
+def block_warmups(ops: BlockOps, model: VAR, dtype: torch.dtype, device: torch.device,
+                  half_head: bool) -> list[Callable[[], object]]:
+    """The launches :meth:`FusedPass.step` and :func:`check_block_ops` make of ``ops``' kernels for ``model``, on
+    tensors of two rows and one token: the warm-ups of :mod:`sdvar_lib.fast.kernels.precompile` (rule 2).
+
+    Same kernels, dtypes, flags and sizes (so the same divisibility) as the pass: its first block's AdaLN, the
+    residual + AdaLN of every block, the head's (float32 modulations, its ``h`` dtype), the q/k norm (with or
+    without the model's L2 norm), and the check's float32 AdaLN and normed q/k.
+    """
+    C, H = model.C, model.num_heads
+    D, eps = C // H, model.blocks[0].ln_wo_grad.eps
+
+    def zeros(*shape: int, dt: torch.dtype = dtype) -> torch.Tensor:
+        return torch.zeros(shape, dtype=dt, device=device)
+
+    x, ada, qkv, cache = zeros(2, 1, C), zeros(2, 6, C), zeros(2, 1, 3 * C), zeros(2, H, 2, D)
+    head_ss = zeros(2, 2, C, dt=torch.float32)
+    factor = torch.ones(2, H, 1, dtype=torch.float32, device=device)
+    head_h = dtype if half_head else torch.float32
+    l2 = model.blocks[0].attn.attn_l2_norm
+    return [
+        lambda: ops.add_ln_modulate(x, ada[:, 2], ada[:, 4], eps),
+        lambda: ops.add_ln_modulate(x, ada[:, 3], ada[:, 5], eps, o=x, gate=ada[:, 0]),
+        lambda: ops.add_ln_modulate(x, head_ss[:, 0], head_ss[:, 1], eps, o=x, gate=ada[:, 1], h_dtype=head_h),
+        lambda: ops.add_ln_modulate(x, ada[:, 3], ada[:, 5], eps, h_dtype=torch.float32),
+        lambda: ops.qk_norm_into_cache(qkv, cache, cache, 0, factor),
+        lambda: ops.qk_norm_into_cache(qkv, cache, cache, 0, factor if l2 else None),
+    ]
 
 
 HEADS = ("auto", "float32", "half")

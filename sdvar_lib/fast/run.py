@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 
 from sdvar_lib.fast.config import FUSED_SAMPLER_MAX_ROWS, FastConfig, FastRunCounters, PassRecord
-from sdvar_lib.fast.fused import FusedPass, block_ops, check_block_ops, check_half_head
+from sdvar_lib.fast.fused import FusedPass, block_ops, block_warmups, check_block_ops, check_half_head
 from sdvar_lib.fast.graphs import CapturedGraph, capture_graph
 from sdvar_lib.fast.kernels import resolve_backend
 from sdvar_lib.fast.sampling import FusedSampler, resolve_sampler
@@ -247,14 +247,16 @@ class FastRun(ModelRun):
         self._masks: dict[tuple[int, int], torch.Tensor | None] = {}
         self._prologue_program: _Program | None = None
         t0 = time.perf_counter()
-        self.kernels = self._resolve_kernels(config.kernels) if self.fused else "torch"
         self.head = self._resolve_head(config.head) if self.fused else "float32"
+        if self.fused:
+            self._compile_ahead(config)
+        self.kernels = self._resolve_kernels(config.kernels) if self.fused else "torch"
         self.counters.setup_time_s += time.perf_counter() - t0
         self._fused = None
         if self.fused:
             self._fused = FusedPass(model, rows, dtype, device, block_ops(self.kernels), half_head=self.head == "half")
         self.sampler = resolve_sampler(config.sampler, device)
-        self._sampler = FusedSampler(model) if self.sampler == "fused" else None
+        self._sampler = FusedSampler(model, config.compile_threads) if self.sampler == "fused" else None
 
     __hash__ = object.__hash__
     __eq__ = object.__eq__
@@ -280,6 +282,22 @@ class FastRun(ModelRun):
             raise RuntimeError(f"head='half' failed its check: {problem}")
         log.warning("the head product stays float32: %s", problem)
         return "float32"
+
+    def _compile_ahead(self, config: FastConfig) -> None:
+        """On a GPU where the block kernels will be Triton's, compile every specialisation the pass and its check
+        launch, ``config.compile_threads`` at a time (:mod:`sdvar_lib.fast.kernels.precompile`)."""
+        device = self.model.device
+        if device.type != "cuda" or not config.compile_threads:
+            return
+        try:
+            if resolve_backend(config.kernels, device, "kernels") != "triton":
+                return
+        except ValueError:  # kernels="triton" where it cannot run: _resolve_kernels says so
+            return
+        from sdvar_lib.fast.kernels.precompile import compile_ahead
+
+        warmups = block_warmups(block_ops("triton"), self.model, self.dtype, device, self.head == "half")
+        self.counters.precompiled += compile_ahead(warmups, config.compile_threads).built
 
     def _resolve_kernels(self, choice: str) -> str:
         """The block kernels' backend; Triton on CUDA only after its check against PyTorch passes."""

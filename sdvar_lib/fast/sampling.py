@@ -17,6 +17,10 @@ precision (the GPU tests count agreement on real passes).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
+
 from sdvar_lib.fast.kernels import resolve_backend
 from sdvar_lib.models.sampling import SamplingConfig, StageSample, cfg_strength
 from sdvar_lib.models.var import VAR
@@ -35,19 +39,53 @@ def resolve_sampler(choice: str, device) -> str:
 
 
 class FusedSampler:
-    """Stage sampling of one model through the fused kernel (see the module docstring)."""
+    """Stage sampling of one model through the fused kernel (see the module docstring).
 
-    def __init__(self, model: VAR) -> None:
+    The kernel is compiled per top-k/top-p on/off combination, with and without its draw: the first use of a
+    combination compiles both at once (:meth:`prepare`, ``compile_workers`` threads; 0 compiles each on first use).
+    """
+
+    def __init__(self, model: VAR, compile_workers: int = 0) -> None:
+        from sdvar_lib.fast.kernels import precompile
         from sdvar_lib.fast.kernels import sampling as kernel
 
         self.model = model
+        self.compile_workers = compile_workers
         self._kernel = kernel
+        self._precompile = precompile
+        self._prepared: set[tuple[bool, bool]] = set()
 
     def supports(self, sampling: SamplingConfig) -> bool:
         return not sampling.more_smooth
 
+    def warmups(self, sampling: SamplingConfig) -> list[Callable[[], object]]:
+        """The kernel's launches for ``sampling``'s filters, with the draw (token slots 16- and 8-byte aligned) and
+        without, on one token's tensors (the warm-ups of :mod:`sdvar_lib.fast.kernels.precompile`)."""
+        model = self.model
+        codebook = model.vae.quantize.embedding.weight.detach()
+        V, device = model.V, codebook.device
+        logits = torch.zeros(2, 1, V, dtype=torch.float32, device=device)
+        noise, probs = torch.ones(1, V, device=device), torch.zeros(1, V, device=device)
+        idx = torch.zeros(2, dtype=torch.long, device=device)
+        h = torch.zeros(1, codebook.shape[1], dtype=codebook.dtype, device=device)
+        k, p, t = sampling.top_k, sampling.top_p, 0.5
+        # a stage's token slots start at an odd row at odd batch sizes: 8-byte aligned, which Triton compiles apart
+        return [lambda: self._kernel.sample_stage_into(logits, 1, t, k, p, codebook, noise, idx[:1], probs, h),
+                lambda: self._kernel.sample_stage_into(logits, 1, t, k, p, codebook, noise, idx[1:], probs, h),
+                lambda: self._kernel.stage_probs_into(logits, 0, 1, t, k, p, probs)]
+
+    def prepare(self, sampling: SamplingConfig) -> None:
+        """Compile the kernel's two forms for ``sampling``'s filters at once, the first time they are met."""
+        flags = (sampling.top_k > 0, sampling.top_p > 0)
+        if flags not in self._prepared:
+            self._prepared.add(flags)
+            if (self.compile_workers and self.model.device.type == "cuda"
+                    and not torch.cuda.is_current_stream_capturing()):  # warm-ups allocate: not inside a capture
+                self._precompile.compile_ahead(self.warmups(sampling), self.compile_workers)
+
     def __call__(self, logits_2BlV, si: int, sampling: SamplingConfig, rng) -> StageSample:
         """Stage ``si``'s sample from the last ``pn**2`` positions of a pass's CFG-doubled float32 logits."""
+        self.prepare(sampling)
         model = self.model
         pn = model.patch_nums[si]
         codebook = model.vae.quantize.embedding.weight
@@ -61,6 +99,7 @@ class FusedSampler:
 
     def sample_into(self, logits_2BlV, si: int, sampling: SamplingConfig, noise, idx, probs, h) -> None:
         """The kernel on given buffers (``noise`` drawn beforehand): what a whole-stage CUDA graph holds."""
+        self.prepare(sampling)
         model = self.model
         self._kernel.sample_stage_into(
             logits_2BlV, model.patch_nums[si] ** 2, cfg_strength(sampling.cfg, si, model.num_stages), sampling.top_k,
@@ -70,6 +109,7 @@ class FusedSampler:
     def probs_into(self, logits_2BlV, si: int, sampling: SamplingConfig, offset: int, probs) -> None:
         """Only stage ``si``'s distribution ``p`` (``(B*l, V)``) from the ``l`` positions at ``offset`` of a chunk's
         logits (a verify chunk): the kernel without its draw."""
+        self.prepare(sampling)
         model = self.model
         self._kernel.stage_probs_into(logits_2BlV, offset, model.patch_nums[si] ** 2,
                                       cfg_strength(sampling.cfg, si, model.num_stages), sampling.top_k, sampling.top_p,

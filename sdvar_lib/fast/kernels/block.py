@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sdvar_lib.fast.kernels.precompile import launch
+
 __all__ = ["add_ln_modulate", "qk_norm_into_cache"]
 
 # Sizes that change from chunk to chunk (rows, tokens, cache position) are plain runtime arguments: left to Triton,
@@ -101,7 +103,8 @@ def add_ln_modulate(
     block = triton.next_power_of_2(C)
     M = rows * l
     block_m = rows_per_program(M, block, x.device)
-    _add_ln_modulate_kernel[(triton.cdiv(M, block_m),)](
+    launch(
+        _add_ln_modulate_kernel, (triton.cdiv(M, block_m),),
         x, o, gate, scale, shift, x_out, h, M, l, C, stride, gate.stride(0), eps, HAS_RES=has_res, BLOCK_M=block_m,
         BLOCK_C=block, num_warps=_warps(block_m * block),
     )
@@ -164,7 +167,8 @@ def qk_norm_into_cache(
     sb, sh, st, _ = k_cache.stride()
     M = rows * l
     block_m = rows_per_program(M, block_h * block_d, qkv.device)
-    _qk_norm_cache_kernel[(triton.cdiv(M, block_m),)](
+    launch(
+        _qk_norm_cache_kernel, (triton.cdiv(M, block_m),),
         qkv, q, k_cache, v_cache, factor, M, l, position, H, D, sb, sh, st, eps,
         NORM=norm, BLOCK_M=block_m, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=_warps(block_m * block_h * block_d),
     )

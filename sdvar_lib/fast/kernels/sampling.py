@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from sdvar_lib.fast.kernels.block import rows_per_program
+from sdvar_lib.fast.kernels.precompile import launch
 
 __all__ = ["sample_stage", "sample_stage_into", "stage_probs_into"]
 
@@ -96,7 +97,8 @@ def _launch(logits_2BLV, offset, l, cfg_t, top_k, top_p, codebook_VC, noise, idx
     block_v = triton.next_power_of_2(V)
     block_m = rows_per_program(B * l, block_v, logits_2BLV.device) if logits_2BLV.device.type == "cpu" else 1
     Cv = codebook_VC.shape[1]
-    _sample_kernel[(triton.cdiv(B * l, block_m),)](
+    launch(
+        _sample_kernel, (triton.cdiv(B * l, block_m),),
         logits_2BLV, noise, idx, probs, h, codebook_VC,
         B, l, chunk_l, offset, V, Cv, 1 + cfg_t, cfg_t, top_k, top_p,
         HAS_TOP_K=top_k > 0, HAS_TOP_P=top_p > 0, DRAW=draw, BLOCK_M=block_m, BLOCK_V=block_v,
