@@ -90,3 +90,32 @@ def test_fast_config_compile_workers():
     for bad in (-1, 2.0, True):
         with pytest.raises((ValueError, TypeError), match="compile_workers"):
             FastConfig(compile_workers=bad)
+
+
+def test_every_whole_call_asks_the_run_factory_to_prepare_first(tiny_pair):
+    """SDVAR's whole calls (rounds, the target alone, hand-offs) hand the run factory the models, batch and sampling
+    before their first pass (``prepare_call``: the fast path compiles what the call will meet, all at once)."""
+    from sdvar_lib import SDVAR, SamplingConfig
+    from sdvar_lib.fast.factory import FastRunFactory
+    from sdvar_lib.sdvar.handoff import baseline, code_handoff
+
+    asked = []
+
+    class Recording(FastRunFactory):
+        def prepare_call(self, models, batch_size, sampling):
+            asked.append(([id(m) for m in models], batch_size, sampling))
+            super().prepare_call(models, batch_size, sampling)
+
+        def __call__(self, model, label_B):
+            assert asked, "a run was asked for before prepare_call"
+            return super().__call__(model, label_B)
+
+    _, draft, target = tiny_pair
+    sd = SDVAR(draft, target, run_factory=Recording(FastConfig(use_cuda_graphs=False)))
+    sampling = SamplingConfig(top_k=3)
+    sd.generate_parallel(2, [1, 2], g_seed=0, gamma=2, sampling=sampling)
+    baseline(sd, 1, [3], g_seed=0, sampling=sampling)
+    code_handoff(sd, 1, [3], g_seed=0, sampling=sampling, entry_num=2)
+    assert [(models, b) for models, b, _ in asked] == [([id(draft), id(target)], 2), ([id(target)], 1),
+                                                      ([id(target), id(draft)], 1)]
+    assert all(s is sampling for _, _, s in asked)

@@ -266,6 +266,7 @@ from sdvar_lib import SamplingConfig
 from sdvar_lib.bench.methods import build_pair_bf16
 from sdvar_lib.fast.config import FastConfig
 from sdvar_lib.fast.factory import make_fast_sdvar
+from sdvar_lib.fast.kernels import precompile
 from sdvar_lib.sdvar.handoff import baseline
 
 compiles = []
@@ -275,6 +276,15 @@ def hook(*, key, repr, fn, compile, is_manual_warmup, already_compiled):
     return None
 
 triton.knobs.runtime.jit_cache_hook = hook
+phases = []
+ahead = precompile.compile_ahead
+
+def recording(warmups, workers):
+    report = ahead(warmups, workers)
+    phases.append(report.built)
+    return report
+
+precompile.compile_ahead = recording
 pair = build_pair_bf16(16, 30, torch.device("cuda"))
 sd = make_fast_sdvar(pair.draft, pair.target, FastConfig(compile_workers=int(sys.argv[1])))
 sampling = SamplingConfig(cfg=1.5, top_k=900, top_p=0.96)
@@ -282,7 +292,7 @@ for batch in (1, 2):
     sd.generate_parallel(batch, list(range(batch)), g_seed=batch, gamma=2, sampling=sampling)
     baseline(sd, batch, list(range(batch)), g_seed=batch, sampling=sampling)
 torch.cuda.synchronize()
-print(json.dumps(compiles))
+print(json.dumps({"compiles": compiles, "phases": phases}))
 """
 
 
@@ -290,8 +300,9 @@ print(json.dumps(compiles))
 def test_gpu_cold_process_compiles_every_kernel_ahead(cuda_device_module, tmp_path, workers):
     """In a fresh process with an empty Triton cache (d16 -> d30 at official widths, bf16; SDVAR exact g2 and the target
     alone at batch 1 and 2, top-k/top-p sampling): with compile threads every block and sampling kernel specialisation
-    is built ahead by the warm-ups (:mod:`sdvar_lib.fast.kernels.precompile`), none when a pass first launches it; with
-    ``compile_workers=0`` every one is compiled at its first launch, as before."""
+    is built ahead by the warm-ups (:mod:`sdvar_lib.fast.kernels.precompile`), all in the first call's one
+    ``prepare_call``, none when a pass first launches it; with ``compile_workers=0`` every one is compiled at its
+    first launch, as before."""
     import json
     import os
     import subprocess
@@ -303,10 +314,13 @@ def test_gpu_cold_process_compiles_every_kernel_ahead(cuda_device_module, tmp_pa
     done = subprocess.run([sys.executable, "-c", _COLD_CALLS, str(workers)], cwd=root, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    compiles = json.loads(done.stdout.strip().splitlines()[-1])
-    ours = [c for c in compiles if c["kernel"] in ("_add_ln_modulate_kernel", "_qk_norm_cache_kernel", "_sample_kernel")]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    ours = [c for c in found["compiles"]
+            if c["kernel"] in ("_add_ln_modulate_kernel", "_qk_norm_cache_kernel", "_sample_kernel")]
     assert {c["kernel"] for c in ours} == {"_add_ln_modulate_kernel", "_qk_norm_cache_kernel", "_sample_kernel"}
     if workers:
         assert all(c["ahead"] for c in ours), f"compiled at a launch: {[c for c in ours if not c['ahead']]}"
+        # all in one go: the first call's prepare_call built them; the runs' and sampler's own warm-ups found them
+        assert [n for n in found["phases"] if n] == [len(ours)], found["phases"]
     else:
-        assert not any(c["ahead"] for c in ours)
+        assert not any(c["ahead"] for c in ours) and found["phases"] == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import torch
@@ -13,6 +13,7 @@ import torch
 from sdvar_lib.fast.config import FastConfig
 from sdvar_lib.fast.round import DeviceRound
 from sdvar_lib.fast.run import FastRun
+from sdvar_lib.fast.sampling import FusedSampler, resolve_sampler
 from sdvar_lib.models.sampling import SamplingConfig
 from sdvar_lib.models.var import VAR
 from sdvar_lib.sdvar.acceptance import AcceptancePolicy
@@ -58,6 +59,8 @@ class FastRunFactory:
         self._prices: dict[tuple, tuple[DeviceRound, ProgramCost | None]] = {}
         self._pricing_s = 0.0
         self._priced_rules: dict[tuple, AdaptiveGamma] = {}
+        self._prepared_sampling: set[tuple[bool, bool, bool]] = set()
+        self._prepare_s = 0.0
 
     def __call__(self, model: VAR, label_B: torch.Tensor) -> FastRun:
         if not isinstance(model, VAR):
@@ -94,6 +97,34 @@ class FastRunFactory:
         self._runs.setdefault((id(model), batch_size), []).append(run)
         log.debug("new fast run: %r", run)
         return run
+
+    def prepare_call(self, models: Sequence[VAR], batch_size: int, sampling: SamplingConfig) -> None:
+        """Before a call's first pass (:meth:`SDVAR.start_call <sdvar_lib.sdvar.decoder.SDVAR.start_call>` asks):
+        compile, in one go and several at a time, the Triton kernels the call will meet for the first time - the
+        block kernels of ``models`` without a run at ``batch_size`` yet, the sampler's for ``sampling``'s filters
+        (:mod:`sdvar_lib.fast.kernels.precompile`) - so that a first call waits for its slowest compile rather than
+        for them all, one after another. Later calls find nothing new and return at once."""
+        threads = self.config.compile_threads
+        if not threads:
+            return
+        flags = (sampling.top_k > 0, sampling.top_p > 0, sampling.more_smooth)
+        new = [m for m in dict.fromkeys(models) if m.device.type == "cuda" and not self._runs_for(m, batch_size)]
+        if not new and flags in self._prepared_sampling:
+            return
+        t0 = time.perf_counter()
+        warmups = [w for m in new for w in FastRun.kernel_warmups(m, self.config)]
+        cuda_models = [m for m in models if m.device.type == "cuda"]
+        if flags not in self._prepared_sampling and cuda_models and not sampling.more_smooth:
+            if resolve_sampler(self.config.sampler, cuda_models[0].device) == "fused":
+                warmups += FusedSampler(cuda_models[0]).warmups(sampling)
+        self._prepared_sampling.add(flags)
+        if warmups:
+            from sdvar_lib.fast.kernels.precompile import compile_ahead
+
+            report = compile_ahead(warmups, threads)
+            self._prepare_s += time.perf_counter() - t0
+            log.debug("prepared a call at batch %d: %d Triton specialisations built in %.2f s", batch_size,
+                      report.built, report.seconds)
 
     def run_for(self, model: VAR, batch_size: int) -> FastRun:
         """The first run of ``(model, batch_size)``, created if needed (for precapture and diagnostics)."""
@@ -193,9 +224,10 @@ class FastRunFactory:
 
     @property
     def one_off_s(self) -> float:
-        """Seconds every run built so far spent on one-off work (kernel checks and compiles, graph captures), and the
-        timing of programs for adaptive rules (:meth:`price_rule`)."""
-        return self._released_one_off_s + self._pricing_s + one_off_seconds(self.runs())
+        """Seconds every run built so far spent on one-off work (kernel checks and compiles, graph captures), the
+        kernels compiled ahead for calls (:meth:`prepare_call`) and the timing of programs for adaptive rules
+        (:meth:`price_rule`)."""
+        return self._released_one_off_s + self._pricing_s + self._prepare_s + one_off_seconds(self.runs())
 
     def release(self, model: VAR | None = None) -> None:
         """Drop the runs (caches, buffers, graphs) of ``model``, or of every model."""

@@ -137,20 +137,22 @@ def check_block_ops(ops: BlockOps, C: int, H: int, dtype: torch.dtype, device: t
         return torch.randn(shape, generator=gen, device=device).to(dtype)
 
     x, o, mods = rand(rows, l, C), rand(rows, l, C), rand(rows, 6, C)
+    head_ss = torch.randn(rows, 2, C, generator=gen, device=device)  # the head's float32 modulations
     qkv, factor = rand(rows, l, 3 * C), torch.rand(2, H, 1, generator=gen, device=device) + 0.5
     factor[1] = 1
     w, b = rand(2 * C, C), rand(2 * C)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     try:
         pairs = []
-        for impl in (ops, ref):
-            out = [*impl.add_ln_modulate(x, mods[:, 2], mods[:, 4], 1e-6, o=o, gate=mods[:, 0]),
-                   impl.add_ln_modulate(x, mods[:, 3], mods[:, 5], 1e-6, h_dtype=torch.float32)[1]]
+        for impl in (ops, ref):  # the forms the pass launches: first block, residual + AdaLN, (half) head
+            out = [impl.add_ln_modulate(x, mods[:, 2], mods[:, 4], 1e-6)[1],
+                   *impl.add_ln_modulate(x, mods[:, 3], mods[:, 5], 1e-6, o=o, gate=mods[:, 0]),
+                   impl.add_ln_modulate(x, head_ss[:, 0], head_ss[:, 1], 1e-6, o=o, gate=mods[:, 1])[1]]
             caches = [torch.zeros(rows, H, l + 2, D, dtype=dtype, device=device) for _ in range(2)]
             out.append(impl.qk_norm_into_cache(qkv, caches[0], caches[1], 1, factor))
             out += [*caches, impl.fc1_gelu(x, w, b)]
             pairs.append(out)
-        for name, got, want in zip(("residual", "modulated", "head", "q", "k", "v", "gelu"), *pairs):
+        for name, got, want in zip(("first", "residual", "modulated", "head", "q", "k", "v", "gelu"), *pairs):
             err = float((got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-30))
             if not err <= tol:
                 return f"{ops.name} {name} differs from PyTorch by {err:.2e} (relative)"
@@ -166,7 +168,7 @@ def block_warmups(ops: BlockOps, model: VAR, dtype: torch.dtype, device: torch.d
 
     Same kernels, dtypes, flags and sizes (so the same divisibility) as the pass: its first block's AdaLN, the
     residual + AdaLN of every block, the head's (float32 modulations, its ``h`` dtype), the q/k norm (with or
-    without the model's L2 norm), and the check's float32 AdaLN and normed q/k.
+    without the model's L2 norm), and the check's forms of the head (half) and q/k (normed) where they differ.
     """
     C, H = model.C, model.num_heads
     D, eps = C // H, model.blocks[0].ln_wo_grad.eps
@@ -183,7 +185,7 @@ def block_warmups(ops: BlockOps, model: VAR, dtype: torch.dtype, device: torch.d
         lambda: ops.add_ln_modulate(x, ada[:, 2], ada[:, 4], eps),
         lambda: ops.add_ln_modulate(x, ada[:, 3], ada[:, 5], eps, o=x, gate=ada[:, 0]),
         lambda: ops.add_ln_modulate(x, head_ss[:, 0], head_ss[:, 1], eps, o=x, gate=ada[:, 1], h_dtype=head_h),
-        lambda: ops.add_ln_modulate(x, ada[:, 3], ada[:, 5], eps, h_dtype=torch.float32),
+        lambda: ops.add_ln_modulate(x, head_ss[:, 0], head_ss[:, 1], eps, o=x, gate=ada[:, 1]),
         lambda: ops.qk_norm_into_cache(qkv, cache, cache, 0, factor),
         lambda: ops.qk_norm_into_cache(qkv, cache, cache, 0, factor if l2 else None),
     ]

@@ -78,7 +78,7 @@ from sdvar_lib.util.checks import check_int
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StaticKVCache", "StageSlots", "FastRun", "chunk_span"]
+__all__ = ["StaticKVCache", "StageSlots", "FastRun", "chunk_span", "resolve_head"]
 
 
 @dataclass
@@ -178,6 +178,24 @@ def _fingerprint(model: VAR) -> tuple:
     return tuple((p.data_ptr(), p.dtype, p.device) for p in probes)
 
 
+def resolve_head(model: VAR, choice: str) -> str:
+    """The fused pass's head product for ``model``: ``"half"`` or ``"float32"`` (``FastConfig(head=...)``); half needs a
+    half-precision model and a mixed-dtype matmul that checks out on its device."""
+    dtype = model.pos_1LC.dtype
+    if choice == "float32" or (choice == "auto" and (model.device.type != "cuda"
+                                                     or dtype not in (torch.bfloat16, torch.float16))):
+        return "float32"
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"head='half' needs a bf16 or fp16 model, this one is {dtype}")
+    problem = check_half_head(dtype, model.device)
+    if problem is None:
+        return "half"
+    if choice == "half":
+        raise RuntimeError(f"head='half' failed its check: {problem}")
+    log.warning("the head product stays float32: %s", problem)
+    return "float32"
+
+
 # ---- programs: one per chunk key ----------------------------------------------------------------
 class _EagerProgram:
     graphed = False
@@ -247,7 +265,7 @@ class FastRun(ModelRun):
         self._masks: dict[tuple[int, int], torch.Tensor | None] = {}
         self._prologue_program: _Program | None = None
         t0 = time.perf_counter()
-        self.head = self._resolve_head(config.head) if self.fused else "float32"
+        self.head = resolve_head(model, config.head) if self.fused else "float32"
         if self.fused:
             self._compile_ahead(config)
         self.kernels = self._resolve_kernels(config.kernels) if self.fused else "torch"
@@ -268,36 +286,29 @@ class FastRun(ModelRun):
             f"programs={len(self._programs)}, cache length={self.cache.length})"
         )
 
-    def _resolve_head(self, choice: str) -> str:
-        """``"half"`` or ``"float32"``; half needs a half-precision model and a mixed-dtype matmul that checks out."""
-        if choice == "float32" or (choice == "auto" and (self.model.device.type != "cuda"
-                                                         or self.dtype not in (torch.bfloat16, torch.float16))):
-            return "float32"
-        if self.dtype not in (torch.bfloat16, torch.float16):
-            raise ValueError(f"head='half' needs a bf16 or fp16 model, this one is {self.dtype}")
-        problem = check_half_head(self.dtype, self.model.device)
-        if problem is None:
-            return "half"
-        if choice == "half":
-            raise RuntimeError(f"head='half' failed its check: {problem}")
-        log.warning("the head product stays float32: %s", problem)
-        return "float32"
-
-    def _compile_ahead(self, config: FastConfig) -> None:
-        """On a GPU where the block kernels will be Triton's, compile every specialisation the pass and its check
-        launch, ``config.compile_threads`` at a time (:mod:`sdvar_lib.fast.kernels.precompile`)."""
-        device = self.model.device
-        if device.type != "cuda" or not config.compile_threads:
-            return
+    @staticmethod
+    def kernel_warmups(model: VAR, config: FastConfig) -> list[Callable[[], object]]:
+        """The warm-ups of the Triton block kernels a run of ``model`` with ``config`` will launch (none where they
+        will not be Triton's compiled kernels; :func:`sdvar_lib.fast.fused.block_warmups`)."""
+        device = model.device
+        if device.type != "cuda" or not config.fused or not FusedPass.supports(model):
+            return []
         try:
             if resolve_backend(config.kernels, device, "kernels") != "triton":
-                return
+                return []
         except ValueError:  # kernels="triton" where it cannot run: _resolve_kernels says so
-            return
-        from sdvar_lib.fast.kernels.precompile import compile_ahead
+            return []
+        half = resolve_head(model, config.head) == "half"
+        return block_warmups(block_ops("triton"), model, model.pos_1LC.dtype, device, half)
 
-        warmups = block_warmups(block_ops("triton"), self.model, self.dtype, device, self.head == "half")
-        self.counters.precompiled += compile_ahead(warmups, config.compile_threads).built
+    def _compile_ahead(self, config: FastConfig) -> None:
+        """Compile every block kernel specialisation the pass and its check launch, ``config.compile_threads`` at a
+        time (:mod:`sdvar_lib.fast.kernels.precompile`); nothing where they are compiled already."""
+        warmups = self.kernel_warmups(self.model, config) if config.compile_threads else []
+        if warmups:
+            from sdvar_lib.fast.kernels.precompile import compile_ahead
+
+            self.counters.precompiled += compile_ahead(warmups, config.compile_threads).built
 
     def _resolve_kernels(self, choice: str) -> str:
         """The block kernels' backend; Triton on CUDA only after its check against PyTorch passes."""

@@ -119,6 +119,9 @@ class SDVAR:
         check_batch_size(B)
         self.check_fits(models, B)
         labels, rng = prepare_call(self.target_model, B, label_B, g_seed, sampling)
+        prepare = getattr(self.run_factory, "prepare_call", None)
+        if prepare is not None:  # e.g. the fast path compiles the kernels the call will meet first, all at once
+            prepare(models, B, sampling)
         return sampling, labels, rng
 
     def check_fits(self, models: Sequence[VAR], B: int) -> None:
