@@ -206,7 +206,9 @@ def test_device_script_v3_smoke_run_writes_every_section(tmp_path):
         assert all(f"## {s}" in text for s in sections)
     part1 = json.loads((tmp_path / "v3_part1.json").read_text())["sections"]
     assert {c["gamma"] for c in part1["rows"]["cells"]} == {2, 4} and part1["rows"]["pass_ratios"]
-    assert set(part1["oneoff"]) == {"cold", "warm"}
+    assert set(part1["oneoff"]) == {"cold", "cold, compiled at first launch", "warm"}
+    assert part1["oneoff"]["cold, compiled at first launch"]["compile_threads"] == 0
+    assert part1["oneoff"]["cold"]["compile_threads"] >= 1
     assert [c["method"] for c in part1["oneoff"]["warm"]["calls"]] == ["exact_g2", "target", "exact_adaptive"]
     assert part1["oneoff"]["cold"]["compiled_kernels"] == {}  # the interpreter compiles nothing
     assert [t["call"] for t in part1["profiles"]["timelines"]] == ["target alone", "exact_g4, all accepted"]

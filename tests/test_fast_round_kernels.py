@@ -36,7 +36,7 @@ def test_probs_only_mode_gives_the_draw_modes_distribution_at_any_offset(top_k, 
     for si, l in enumerate(sizes):
         cfg_t = cfg_strength(1.5, si + 1, 5)
         got = torch.full((B * l, V), float("nan"))
-        stage_probs_into(logits, offset, l, cfg_t, top_k, top_p, got)
+        stage_probs_into(logits, offset, l, cfg_t, top_k, top_p, got, codebook)
         want = stage_probs(guided_logits(logits[:, offset:offset + l], si + 1, 5, 1.5),
                            SamplingConfig(cfg=1.5, top_k=top_k, top_p=top_p)).reshape(B * l, V)
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-7), (si, float((got - want).abs().max()))
@@ -47,7 +47,7 @@ def test_probs_only_mode_gives_the_draw_modes_distribution_at_any_offset(top_k, 
             assert torch.equal(got, probs)
         offset += l
     with pytest.raises(ValueError, match="covering the stage"):
-        stage_probs_into(logits, chunk - 3, 4, 0.5, 0, 0.0, torch.empty(B * 4, V))
+        stage_probs_into(logits, chunk - 3, 4, 0.5, 0, 0.0, torch.empty(B * 4, V), codebook)
 
 
 def test_device_rounds_on_the_fused_sampler_equal_the_eager_rounds(tiny_pair):

@@ -41,8 +41,9 @@ def resolve_sampler(choice: str, device) -> str:
 class FusedSampler:
     """Stage sampling of one model through the fused kernel (see the module docstring).
 
-    The kernel is compiled per top-k/top-p on/off combination, with and without its draw: the first use of a
-    combination compiles both at once (:meth:`prepare`, ``compile_workers`` threads; 0 compiles each on first use).
+    The kernel is compiled once per top-k/top-p on/off combination (drawing or not is decided at run time): the first
+    use of a combination compiles it (:meth:`prepare`, in a thread while the caller waits; ``compile_workers=0``:
+    at its first launch).
     """
 
     def __init__(self, model: VAR, compile_workers: int = 0) -> None:
@@ -59,20 +60,18 @@ class FusedSampler:
         return not sampling.more_smooth
 
     def warmups(self, sampling: SamplingConfig) -> list[Callable[[], object]]:
-        """The kernel's launches for ``sampling``'s filters, with the draw (token slots 16- and 8-byte aligned) and
-        without, on one token's tensors (the warm-ups of :mod:`sdvar_lib.fast.kernels.precompile`)."""
+        """The kernel's launch for ``sampling``'s filters on one token's tensors (the warm-ups of
+        :mod:`sdvar_lib.fast.kernels.precompile`): one compiled version serves every launch with these filters."""
         model = self.model
         codebook = model.vae.quantize.embedding.weight.detach()
         V, device = model.V, codebook.device
         logits = torch.zeros(2, 1, V, dtype=torch.float32, device=device)
         noise, probs = torch.ones(1, V, device=device), torch.zeros(1, V, device=device)
-        idx = torch.zeros(2, dtype=torch.long, device=device)
+        idx = torch.zeros(1, dtype=torch.long, device=device)
         h = torch.zeros(1, codebook.shape[1], dtype=codebook.dtype, device=device)
         k, p, t = sampling.top_k, sampling.top_p, 0.5
-        # a stage's token slots start at an odd row at odd batch sizes: 8-byte aligned, which Triton compiles apart
-        return [lambda: self._kernel.sample_stage_into(logits, 1, t, k, p, codebook, noise, idx[:1], probs, h),
-                lambda: self._kernel.sample_stage_into(logits, 1, t, k, p, codebook, noise, idx[1:], probs, h),
-                lambda: self._kernel.stage_probs_into(logits, 0, 1, t, k, p, probs)]
+        # one compiled version draws and computes p alone, whatever the alignment of the token slots
+        return [lambda: self._kernel.sample_stage_into(logits, 1, t, k, p, codebook, noise, idx, probs, h)]
 
     def prepare(self, sampling: SamplingConfig) -> None:
         """Compile the kernel's two forms for ``sampling``'s filters at once, the first time they are met."""
@@ -113,4 +112,4 @@ class FusedSampler:
         model = self.model
         self._kernel.stage_probs_into(logits_2BlV, offset, model.patch_nums[si] ** 2,
                                       cfg_strength(sampling.cfg, si, model.num_stages), sampling.top_k, sampling.top_p,
-                                      probs)
+                                      probs, model.vae.quantize.embedding.weight.detach())

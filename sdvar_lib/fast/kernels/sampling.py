@@ -19,6 +19,8 @@ It is the fused equivalent of the one stage step's distribution,
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import triton
 import triton.language as tl
@@ -28,16 +30,28 @@ from sdvar_lib.fast.kernels.precompile import launch
 
 __all__ = ["sample_stage", "sample_stage_into", "stage_probs_into"]
 
-SIZES_SAMPLE = ["B", "l", "chunk_l", "offset", "top_k"]
-"""Runtime sizes the sampler kernel is not specialised on (10 versions in a cold d16 -> d30 process otherwise; see
-``sdvar_lib.fast.kernels.block``)."""
+SIZES_SAMPLE = ["B", "l", "chunk_l", "offset", "top_k", "draw"]
+"""Runtime arguments the sampler kernel is not specialised on: the sizes (10 versions in a cold d16 -> d30 process
+otherwise; see ``sdvar_lib.fast.kernels.block``) and whether it draws (a branch at run time instead of a version of
+its own: with its sort of the whole vocabulary this kernel takes 4.5-5 s to compile, the block kernels 0.2 s; H200
+machine, 12-02)."""
+UNALIGNED_SAMPLE = ["IDX"]
+"""Pointers not specialised on 16-byte alignment: a stage's int64 token slots start at an odd row at odd batch sizes
+(8-byte aligned), which would compile a version of its own."""
 
 
-@triton.jit(do_not_specialize=SIZES_SAMPLE)
+def _jit_options() -> dict:
+    options = {"do_not_specialize": SIZES_SAMPLE}
+    if "do_not_specialize_on_alignment" in inspect.signature(triton.jit).parameters:  # Triton 3.2 and newer
+        options["do_not_specialize_on_alignment"] = UNALIGNED_SAMPLE
+    return options
+
+
+@triton.jit(**_jit_options())
 def _sample_kernel(
     LOGITS, NOISE, IDX, PROBS, H, CODEBOOK,
-    B, l, chunk_l, offset, V, Cv, cfg_cond, cfg_uncond, top_k, top_p,
-    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, DRAW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+    B, l, chunk_l, offset, V, Cv, cfg_cond, cfg_uncond, top_k, top_p, draw,
+    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
     BLOCK_CV: tl.constexpr,
 ):
     n = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # token rows of the stage, b * l + j
@@ -68,7 +82,7 @@ def _sample_kernel(
     p = e / tl.where(row_ok, tl.sum(e, axis=1), 1.0)[:, None]
     row_offs = (n * V)[:, None] + cols[None, :]
     tl.store(PROBS + row_offs, p, mask=valid)
-    if DRAW:
+    if draw:
         noise = tl.load(NOISE + row_offs, mask=valid, other=1.0)
         ratio = tl.where(valid, tl.math.div_rn(p, noise), -1.0)
         idx = tl.argmax(ratio, axis=1)
@@ -100,8 +114,8 @@ def _launch(logits_2BLV, offset, l, cfg_t, top_k, top_p, codebook_VC, noise, idx
     launch(
         _sample_kernel, (triton.cdiv(B * l, block_m),),
         logits_2BLV, noise, idx, probs, h, codebook_VC,
-        B, l, chunk_l, offset, V, Cv, 1 + cfg_t, cfg_t, top_k, top_p,
-        HAS_TOP_K=top_k > 0, HAS_TOP_P=top_p > 0, DRAW=draw, BLOCK_M=block_m, BLOCK_V=block_v,
+        B, l, chunk_l, offset, V, Cv, 1 + cfg_t, cfg_t, top_k, top_p, int(draw),
+        HAS_TOP_K=top_k > 0, HAS_TOP_P=top_p > 0, BLOCK_M=block_m, BLOCK_V=block_v,
         BLOCK_CV=triton.next_power_of_2(Cv), num_warps=8 if block_v >= 2048 else 4, enable_fp_fusion=False,
     )
 
@@ -120,14 +134,16 @@ def sample_stage_into(logits_2BLV: torch.Tensor, l: int, cfg_t: float, top_k: in
 
 
 def stage_probs_into(logits_2BLV: torch.Tensor, offset: int, l: int, cfg_t: float, top_k: int, top_p: float,
-                     probs: torch.Tensor) -> None:
+                     probs: torch.Tensor, codebook_VC: torch.Tensor) -> None:
     """Only the sampling distribution ``(B*l, V)`` of the ``l`` positions at ``offset`` of a chunk (no draw): what a
-    verify chunk needs of each of its stages (``p``). No allocation: a CUDA graph can hold it."""
+    verify chunk needs of each of its stages (``p``). One small allocation: a CUDA graph can hold it."""
     rows, _, V = logits_2BLV.shape
     _check_logits(logits_2BLV, offset, l)
     _check_buffers(("probs", probs, (rows // 2 * l, V)))
-    # without a draw, the noise, token, codebook and embedding pointers are never read: ``probs`` stands in
-    _launch(logits_2BLV, offset, l, cfg_t, top_k, top_p, probs, probs, probs, probs, probs, draw=False)
+    # without a draw the noise, token and embedding pointers are never read; they stand in with the dtypes (and the
+    # codebook its width) of a draw, so that both launches share one compiled version
+    idx = torch.empty(1, dtype=torch.int64, device=probs.device)
+    _launch(logits_2BLV, offset, l, cfg_t, top_k, top_p, codebook_VC, probs, idx, probs, codebook_VC, draw=False)
 
 
 def sample_stage(logits_2BLV: torch.Tensor, l: int, cfg_t: float, top_k: int, top_p: float, codebook_VC: torch.Tensor,
