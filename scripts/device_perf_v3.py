@@ -275,7 +275,7 @@ def oneoff_section(res: Results, setting: Setting, args) -> None:
     lines = ["First calls in a fresh process (seconds; TRITON_CACHE_DIR a new folder: cold = empty, warm = "
              "filled by the first cold process; compile threads: the kernels built ahead, several at a time, 0 = each "
              "compiled at its first launch); `preparation` = first call - second call:", "",
-             "| process | compile threads | block kernels built ahead | import s | build s | call | first s | second s | "
+             "| process | compile threads | kernels built ahead | import s | build s | call | first s | second s | "
              "preparation s | one-off s (compiles + captures) | captures | process wall s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in runs.items():
@@ -304,7 +304,7 @@ def oneoff_child(args) -> int:
     calls = time_first_calls(sd, ("exact_g2", "target", "exact_adaptive"), 2, setting.sampling)
     report = dict(import_s=IMPORTED - PROCESS_START, build_s=build_s, calls=[asdict(c) for c in calls],
                   compile_threads=sd.run_factory.config.compile_threads,
-                  precompiled=sum(r.counters.precompiled for r in sd.run_factory.runs()),
+                  precompiled=sd.run_factory.precompiled + sum(r.counters.precompiled for r in sd.run_factory.runs()),
                   triton_cache=os.environ.get("TRITON_CACHE_DIR"), torch=torch.__version__)
     Path(args.oneoff_child).write_text(json.dumps(report, indent=1))
     return 0

@@ -61,6 +61,9 @@ class FastRunFactory:
         self._priced_rules: dict[tuple, AdaptiveGamma] = {}
         self._prepared_sampling: set[tuple[bool, bool, bool]] = set()
         self._prepare_s = 0.0
+        self.precompiled = 0
+        """Triton specialisations :meth:`prepare_call` built ahead so far (compiled, or loaded from Triton's disk
+        cache)."""
 
     def __call__(self, model: VAR, label_B: torch.Tensor) -> FastRun:
         if not isinstance(model, VAR):
@@ -90,9 +93,9 @@ class FastRunFactory:
     def _new_run(self, model: VAR, batch_size: int) -> FastRun:
         if not any(b == batch_size and runs for (_, b), runs in self._runs.items()):
             progress_log.info(
-                "fast path, first call at batch %d: compiling kernels and capturing one CUDA graph per pass shape as each "
-                "is first used (about 30 s on a fresh machine, a few seconds once Triton's on-disk kernel cache in %s "
-                "holds the kernels); later calls replay them", batch_size, _triton_cache_dir())
+                "fast path, first call at batch %d: compiling kernels (several at a time) and capturing one CUDA graph per "
+                "pass shape as each is first used (about 10 s on a fresh machine, about 3 s once Triton's on-disk kernel "
+                "cache in %s holds the kernels); later calls replay them", batch_size, _triton_cache_dir())
         run = FastRun(model, batch_size, self.config)
         self._runs.setdefault((id(model), batch_size), []).append(run)
         log.debug("new fast run: %r", run)
@@ -122,6 +125,7 @@ class FastRunFactory:
             from sdvar_lib.fast.kernels.precompile import compile_ahead
 
             report = compile_ahead(warmups, threads)
+            self.precompiled += report.built
             self._prepare_s += time.perf_counter() - t0
             log.debug("prepared a call at batch %d: %d Triton specialisations built in %.2f s", batch_size,
                       report.built, report.seconds)
