@@ -41,9 +41,10 @@ class FastConfig:
     SDVAR's whole calls (``generate_parallel``) run their rounds as device programs with one host read
     per round (:mod:`sdvar_lib.fast.round`) where the policy has a device form; ``False`` runs the
     eager round (:meth:`SDVAR.run_round <sdvar_lib.sdvar.decoder.SDVAR.run_round>`) on the fast runs.
-    ``compile_workers``: threads that compile a run's Triton kernels at once when it is built (and the
-    sampler's, when a top-k/top-p combination is first met; :mod:`sdvar_lib.fast.kernels.precompile`) -
-    ``None``: as many as the CPU has, at most :data:`MAX_COMPILE_WORKERS`; ``0``: each kernel compiles when a
+    ``compile_workers``: threads that compile the Triton kernels a call will meet for the first time, all at
+    once before its first pass (``FastRunFactory.prepare_call``; a run built on its own compiles its block
+    kernels so, the sampler a top-k/top-p combination when first met; :mod:`sdvar_lib.fast.kernels.precompile`)
+    - ``None``: as many as the CPU has, at most :data:`MAX_COMPILE_WORKERS`; ``0``: each kernel compiles when a
     pass first launches it.
     """
 
