@@ -72,3 +72,52 @@ def test_pdl_probe_kernels_compute_what_they_stand_for():
     done = subprocess.run([sys.executable, "-c", _PROBE_KERNELS], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+_SAMPLER_PROBE = """
+import sys, torch
+sys.path.insert(0, "scripts")
+from device_sampler_probe import _kernels, search_sample_into
+from sdvar_lib.fast.kernels.sampling import sample_stage_into
+triton, kernel = _kernels()
+gen = torch.Generator().manual_seed(0)
+V, Cv, B, l = 64, 8, 2, 5
+for top_k, top_p in ((0, 0.0), (7, 0.0), (0, 0.8), (7, 0.9), (1, 0.5), (64, 0.99)):
+    for trial in range(4):
+        logits = torch.randn(2 * B, l + 1, V, generator=gen) * 3
+        if trial == 3:  # ties: the k-th value and the top-p boundary on repeated values
+            logits = (logits * 2).round() / 2
+        codebook = torch.randn(V, Cv, generator=gen)
+        noise = torch.empty(B * l, V).exponential_(generator=gen)
+        outs = []
+        for fn in (sample_stage_into, lambda *a: search_sample_into(kernel, *a)):
+            idx, probs, h = torch.empty(B * l, dtype=torch.long), torch.empty(B * l, V), torch.empty(B * l, Cv)
+            fn(logits, l, 0.7, top_k, top_p, codebook, noise, idx, probs, h)
+            outs.append((idx, probs, h))
+        (i0, p0, h0), (i1, p1, h1) = outs
+        assert torch.equal(i0, i1), (top_k, top_p, trial)
+        assert torch.equal(p0 > 0, p1 > 0), (top_k, top_p, trial)  # the same tokens survive the filters
+        assert torch.allclose(p0, p1, atol=1e-6), (top_k, top_p, trial)
+        assert torch.equal(h0, h1)
+print("ok")
+"""
+
+
+def test_sampler_probe_kernel_draws_what_the_library_kernel_draws():
+    """The sort-free probe sampler (Triton's CPU interpreter): same surviving tokens, distribution and draws as the
+    library's sorting kernel, with and without ties at the cut-offs, for top-k, top-p, both and neither."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", _SAMPLER_PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+@pytest.mark.no_cuda
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_sampler_probe_refuses_without_cuda_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "device_sampler_probe.py"), "--out",
+                           str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in done.stderr
+    assert not (tmp_path / "o").exists()
