@@ -77,9 +77,9 @@ def test_compile_ahead_does_nothing_with_no_workers_nested_or_without_async_comp
     assert compile_ahead([lambda: launch(k, (1,), 3)], 2).workers == 0 and k.launched == []
 
 
-@pytest.mark.parametrize("workers", [-1, 1.5, True, "2"])
-def test_compile_ahead_rejects_bad_worker_counts(workers):
-    with pytest.raises(ValueError, match="workers must be an int >= 0"):
+@pytest.mark.parametrize("workers,error", [(-1, ValueError), (1.5, TypeError), (True, TypeError), ("2", TypeError)])
+def test_compile_ahead_rejects_bad_worker_counts(workers, error):
+    with pytest.raises(error, match="workers must be an int >= 0"):
         compile_ahead([], workers)
 
 

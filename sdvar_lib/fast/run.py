@@ -287,9 +287,10 @@ class FastRun(ModelRun):
         )
 
     @staticmethod
-    def kernel_warmups(model: VAR, config: FastConfig) -> list[Callable[[], object]]:
+    def kernel_warmups(model: VAR, config: FastConfig, head: str | None = None) -> list[Callable[[], object]]:
         """The warm-ups of the Triton block kernels a run of ``model`` with ``config`` will launch (none where they
-        will not be Triton's compiled kernels; :func:`sdvar_lib.fast.fused.block_warmups`)."""
+        will not be Triton's compiled kernels; :func:`sdvar_lib.fast.fused.block_warmups`). ``head``: the run's
+        resolved head product, where known (else :func:`resolve_head` checks it)."""
         device = model.device
         if device.type != "cuda" or not config.fused or not FusedPass.supports(model):
             return []
@@ -298,13 +299,13 @@ class FastRun(ModelRun):
                 return []
         except ValueError:  # kernels="triton" where it cannot run: _resolve_kernels says so
             return []
-        half = resolve_head(model, config.head) == "half"
+        half = (head or resolve_head(model, config.head)) == "half"
         return block_warmups(block_ops("triton"), model, model.pos_1LC.dtype, device, half)
 
     def _compile_ahead(self, config: FastConfig) -> None:
         """Compile every block kernel specialisation the pass and its check launch, ``config.compile_threads`` at a
         time (:mod:`sdvar_lib.fast.kernels.precompile`); nothing where they are compiled already."""
-        warmups = self.kernel_warmups(self.model, config) if config.compile_threads else []
+        warmups = self.kernel_warmups(self.model, config, self.head) if config.compile_threads else []
         if warmups:
             from sdvar_lib.fast.kernels.precompile import compile_ahead
 

@@ -74,7 +74,7 @@ class FusedSampler:
         return [lambda: self._kernel.sample_stage_into(logits, 1, t, k, p, codebook, noise, idx, probs, h)]
 
     def prepare(self, sampling: SamplingConfig) -> None:
-        """Compile the kernel's two forms for ``sampling``'s filters at once, the first time they are met."""
+        """Compile the kernel for ``sampling``'s filters (in a thread, waited for), the first time they are met."""
         flags = (sampling.top_k > 0, sampling.top_p > 0)
         if flags not in self._prepared:
             self._prepared.add(flags)

@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from sdvar_lib.util.checks import check_int
+
 log = logging.getLogger(__name__)
 
 __all__ = ["launch", "PrecompileReport", "compile_ahead", "async_compile_available"]
@@ -81,8 +83,7 @@ def compile_ahead(warmups: Sequence[Callable[[], object]], workers: int) -> Prec
     library's) nothing is done: kernels compile on first use. Specialisations this process already has are not
     built again.
     """
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        raise ValueError(f"workers must be an int >= 0, got {workers!r}")
+    check_int(workers, "workers", 0)
     mode_cls = _async_compile_mode()
     if workers == 0 or not warmups or mode_cls is None or _MODE.get() is not None:
         return PrecompileReport(warmups=0, built=0, workers=0, seconds=0.0)
