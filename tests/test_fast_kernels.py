@@ -157,6 +157,57 @@ def test_sampling_kernel_draws_what_multinomial_draws(top_k, top_p):
     assert torch.equal(h, codebook[want_idx])
 
 
+def _kept_with_whole_tie_groups(guided_BlV: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Which tokens survive the filters when a tie at a cut-off keeps every tied token (float64 masses).
+
+    Top-k is the reference's (values below the k-th largest dropped); top-p keeps a value when the mass of the values
+    at or below it exceeds ``1 - top_p`` (and always the largest): the reference's rule where no two values tie at its
+    boundary (it cuts its ascending sort at a position, so it may keep only some of a tied group).
+    """
+    x = guided_BlV.double()
+    if top_k:
+        x = x.masked_fill(x < x.topk(top_k, dim=-1).values[..., -1:], float("-inf"))
+    if top_p:
+        p = x.softmax(dim=-1)
+        mass_at_or_below = ((x.unsqueeze(-2) <= x.unsqueeze(-1)) * p.unsqueeze(-2)).sum(-1)
+        keep = (mass_at_or_below > 1 - top_p) | (x == x.amax(dim=-1, keepdim=True))
+        x = x.masked_fill(~keep, float("-inf"))
+    return x > float("-inf")
+
+
+@pytest.mark.parametrize("top_k,top_p", [(7, 0.0), (1, 0.0), (0, 0.8), (0, 0.5), (7, 0.9), (64, 0.99), (3, 0.3),
+                                         (0, 1e-9), (9, 1e-9)])
+def test_sampling_kernel_cut_offs_on_tied_values(top_k, top_p):
+    """The kernel's cut-offs (found by bisection, not a sort) on logits with many ties, at both filters' boundaries.
+
+    The logits are rounded to halves, and in three trials of four both CFG halves are equal (the guided values tie
+    where the logits do), so the k-th value and the top-p boundary fall on tied values: the surviving tokens are
+    those of the tie-keeping rule above, top-k alone is the reference's exactly, and the distribution and draws
+    follow from the surviving tokens. A top-p of 1e-9 (``1 - top_p`` is 1 in float32) keeps only the largest values.
+    The rule at the top-p boundary itself (``mass <= 1 - top_p`` dropped, the reference's) cannot be told apart from
+    ``<`` by any float32 row: the mass of a tied group's values equals ``1 - top_p`` only by rounding accident.
+    """
+    from sdvar_lib.fast.kernels.sampling import sample_stage
+
+    gen = torch.Generator().manual_seed(5)
+    V, Cv, l, t = 64, 6, 5, 0.7
+    for trial in range(4):
+        logits = (torch.randn(2 * B, l + 1, V, generator=gen) * 4).round() / 2
+        if trial < 3:
+            logits[B:] = logits[:B]
+        codebook = torch.randn(V, Cv, generator=gen)
+        idx, probs, h = sample_stage(logits, l, t, top_k, top_p, codebook, torch.Generator().manual_seed(trial))
+        guided = logits[:B, -l:] * (1 + t) - logits[B:, -l:] * t
+        kept = _kept_with_whole_tie_groups(guided, top_k, top_p)
+        assert torch.equal(probs > 0, kept), (trial, (probs > 0).sum(-1), kept.sum(-1))
+        want_p = guided.masked_fill(~kept, float("-inf")).softmax(dim=-1)
+        assert torch.allclose(probs, want_p, atol=1e-6)
+        if not top_p:
+            assert torch.allclose(probs, stage_probs(guided, SamplingConfig(cfg=1.5, top_k=top_k)), atol=1e-6)
+        assert torch.equal(idx, sample_from_probs(want_p, torch.Generator().manual_seed(trial)))
+        assert torch.equal(h, codebook[idx])
+
+
 def test_triton_block_kernels_in_the_fast_path_equal_eager(tiny_pair):
     """The fast path on the interpreted block kernels: greedy tokens of the target alone and of SDVAR equal the eager ones."""
     _, draft, target = tiny_pair

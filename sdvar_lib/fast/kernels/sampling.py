@@ -1,11 +1,10 @@
 """Triton kernel of a stage's sampling: CFG, top-k, top-p, softmax, the draw and the codebook lookup.
 
 One program per token (several in Triton's CPU interpreter): it reads the token's conditional and
-unconditional logits, applies the guidance, filters (top-k by the k-th largest value, top-p over the values sorted in registers),
-writes the sampling distribution, draws and gathers the token's codebook vector into the stage's
-embedded map. The draw is the one ``torch.multinomial`` makes for one sample per row —
-``argmax(p / e)`` with ``e ~ Exp(1)`` drawn beforehand by PyTorch from the call's generator
-(:func:`sample_stage`) — so the random stream is the reference's. The guidance is computed with
+unconditional logits, applies the guidance, filters (top-k and top-p, see below), writes the sampling distribution,
+draws and gathers the token's codebook vector into the stage's embedded map. The draw is the one
+``torch.multinomial`` makes for one sample per row — ``argmax(p / e)`` with ``e ~ Exp(1)`` drawn beforehand by
+PyTorch from the call's generator (:func:`sample_stage`) — so the random stream is the reference's. The guidance is computed with
 the reference's float32 operations (no fused multiply-add), so it is bit-exact; softmax and the
 top-p sum may round differently in the last bit, which can change a draw only where two
 candidates tie to that precision. :func:`stage_probs_into` runs the same kernel without the draw
@@ -15,6 +14,15 @@ It is the fused equivalent of the one stage step's distribution,
 :func:`~sdvar_lib.models.sampling.guided_logits` then :func:`~sdvar_lib.models.sampling.stage_probs`
 (the draft's ``q`` and the target's ``p``), followed by the draw and the codebook lookup;
 ``tests/test_fast_kernels.py`` checks it against them.
+
+The filters find their cut-off values without sorting the vocabulary: bit by bit over an order-preserving integer
+image of the values (:func:`_ordered_keys`), 32 counting rounds for the k-th largest value and 32 summing rounds for
+the top-p boundary (the smallest value whose mass of values at or below it exceeds ``1 - top_p``). A tie at a cut-off
+keeps every tied token, as the reference's top-k does; the reference's top-p may keep only some of tokens that tie
+exactly at its boundary (it cuts its ascending sort at a position). Against the sort in registers it replaced, on one
+H200 machine (12-02, ``scripts/device_sampler_probe.py``): the first launch 0.46 s instead of 5.4 s (the compile, on
+the cold start's critical path), 0.08 / 0.20 / 0.63 ms instead of 0.14 / 1.10 / 3.90 ms at 1 / 2048 / 8192 token
+rows, the same tokens.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ __all__ = ["sample_stage", "sample_stage_into", "stage_probs_into"]
 SIZES_SAMPLE = ["B", "l", "chunk_l", "offset", "top_k", "draw"]
 """Runtime arguments the sampler kernel is not specialised on: the sizes (10 versions in a cold d16 -> d30 process
 otherwise; see ``sdvar_lib.fast.kernels.block``) and whether it draws (a branch at run time instead of a version of
-its own: with its sort of the whole vocabulary this kernel takes 4.5-5 s to compile, the block kernels 0.2 s; H200
+its own: each version took 4.5-5 s to compile while the kernel sorted the vocabulary, about 0.5 s since; H200
 machine, 12-02)."""
 UNALIGNED_SAMPLE = ["IDX"]
 """Pointers not specialised on 16-byte alignment: a stage's int64 token slots start at an odd row at odd batch sizes
@@ -45,6 +53,39 @@ def _jit_options() -> dict:
     if "do_not_specialize_on_alignment" in inspect.signature(triton.jit).parameters:  # Triton 3.2 and newer
         options["do_not_specialize_on_alignment"] = UNALIGNED_SAMPLE
     return options
+
+
+@triton.jit
+def _ordered_keys(x, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr):
+    """An order-preserving unsigned image of float32 values: ``a < b`` exactly when ``key(a) < key(b)`` (-0.0 just
+    below +0.0; -inf lowest). Negative values have every bit flipped, the others only the sign bit."""
+    bits = x.to(tl.uint32, bitcast=True)
+    sign = tl.full((BLOCK_M, BLOCK_V), 0x80000000, tl.uint32)
+    return tl.where((bits & sign) != 0, bits ^ tl.full((BLOCK_M, BLOCK_V), 0xFFFFFFFF, tl.uint32), bits | sign)
+
+
+@triton.jit
+def _kth_largest_key(keys, k, BLOCK_M: tl.constexpr):
+    """Per row, the largest key ``t`` with at least ``k`` keys ``>= t``: the k-th largest key. Found bit by bit from
+    the top (32 counting rounds) instead of sorting the row."""
+    t = tl.zeros((BLOCK_M,), dtype=tl.uint32)
+    for i in range(32):
+        cand = t | (tl.full((BLOCK_M,), 1, tl.uint32) << (31 - i))
+        count = tl.sum((keys >= cand[:, None]).to(tl.int32), axis=1)
+        t = tl.where(count >= k, cand, t)
+    return t
+
+
+@triton.jit
+def _mass_floor_key(keys, p, limit, BLOCK_M: tl.constexpr):
+    """Per row, the largest key ``t`` whose mass ``sum(p[keys <= t])`` is at most ``limit``, bit by bit (32 summing
+    rounds): every value above it is kept by top-p, every value at or below it dropped."""
+    t = tl.zeros((BLOCK_M,), dtype=tl.uint32)
+    for i in range(32):
+        cand = t | (tl.full((BLOCK_M,), 1, tl.uint32) << (31 - i))
+        mass = tl.sum(tl.where(keys <= cand[:, None], p, 0.0), axis=1)
+        t = tl.where(mass <= limit, cand, t)
+    return t
 
 
 @triton.jit(**_jit_options())
@@ -65,19 +106,18 @@ def _sample_kernel(
     x = cond * cfg_cond - uncond * cfg_uncond
     x = tl.where(valid, x, float("-inf"))
     if HAS_TOP_K or HAS_TOP_P:
-        ranks = tl.arange(0, BLOCK_V)[None, :]
-        s = tl.sort(x, dim=1, descending=True)
-        if HAS_TOP_K:
-            kth = tl.max(tl.where(ranks == top_k - 1, s, float("-inf")), axis=1)[:, None]
+        keys = _ordered_keys(x, BLOCK_M, BLOCK_V)
+        if HAS_TOP_K:  # the k-th largest value, ties kept (the reference drops only values below it)
+            kth_key = _kth_largest_key(keys, top_k, BLOCK_M)[:, None]
+            kth = tl.min(tl.where(keys >= kth_key, x, float("inf")), axis=1)[:, None]
             x = tl.where(x < kth, float("-inf"), x)
-            s = tl.where(s < kth, float("-inf"), s)
-        if HAS_TOP_P:
-            e_sorted = tl.exp(s - tl.where(row_ok, tl.max(s, axis=1), 0.0)[:, None])
-            p_sorted = e_sorted / tl.where(row_ok, tl.sum(e_sorted, axis=1), 1.0)[:, None]
-            mass_up_to_here = tl.cumsum(p_sorted, axis=1, reverse=True)  # the reference's ascending cumsum
-            keep = (mass_up_to_here > 1.0 - top_p) | (ranks == 0)
-            lowest_kept = tl.min(tl.where(keep, s, float("inf")), axis=1)[:, None]
-            x = tl.where(x < lowest_kept, float("-inf"), x)
+        if HAS_TOP_P:  # the smallest value whose mass of values at or below it exceeds 1 - top_p; the largest is kept
+            xmax = tl.max(x, axis=1)
+            e_p = tl.exp(x - tl.where(row_ok, xmax, 0.0)[:, None])
+            p_top = e_p / tl.where(row_ok, tl.sum(e_p, axis=1), 1.0)[:, None]
+            dropped = _mass_floor_key(keys, p_top, 1.0 - top_p, BLOCK_M)
+            lowest_kept = tl.minimum(tl.min(tl.where(keys > dropped[:, None], x, float("inf")), axis=1), xmax)
+            x = tl.where(x < lowest_kept[:, None], float("-inf"), x)
     e = tl.exp(x - tl.where(row_ok, tl.max(x, axis=1), 0.0)[:, None])  # rows past the end: all -inf, no NaN
     p = e / tl.where(row_ok, tl.sum(e, axis=1), 1.0)[:, None]
     row_offs = (n * V)[:, None] + cols[None, :]
