@@ -59,7 +59,7 @@ def _fast_q_reported_flattened(mp):
 
 def _fast_draft_filter_keeps_two(mp):
     teeth._top_p_keeps_two(mp)
-    mp.setattr(FastRun, "_use_fused_sampler", lambda self, si, sampling: False)  # the fused kernel has its own filter
+    mp.setattr(FastRun, "_use_fused_sampler", lambda self, sampling: False)  # the fused kernel has its own filter
 
 
 def _fast_cache_stores_perturbed_values(mp):

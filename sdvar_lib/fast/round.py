@@ -30,9 +30,9 @@ stage the policy's draws (:attr:`DevicePolicy.draws <sdvar_lib.fast.acceptance.D
 host while the draft's program runs); the bonus stage's noise only once ``r`` says there is one, as the
 eager round does (inside the bonus program). So on the CPU (PyTorch's sampler, float32) a
 device round gives the eager round's tokens, statistics and ``f_hat`` bit for bit, for every policy
-and seed. On a GPU the draft draws and ``p`` come from the fused sampler kernel where the run uses it
-(:data:`~sdvar_lib.fast.config.FUSED_SAMPLER_MAX_ROWS`): the same random numbers, a softmax that may
-round differently in the last bit, so a token can differ from the eager round's only at such a tie.
+and seed. On a GPU the draft draws and ``p`` come from the fused sampler kernel where the run uses it:
+the same random numbers, a softmax that may round differently in the last bit, so a token can differ
+from the eager round's only at such a tie.
 
 Every program only reads what the round's earlier programs or the host wrote and writes the same
 values when it runs twice (a program captured during a call is warmed up once on real data).
@@ -401,7 +401,7 @@ class DeviceRound:
     def _verify_program(self, c: int, g: int, sampling: SamplingConfig) -> _Program:
         target, S = self.target, self.num_stages
         stages = list(range(c, min(c + g, S - 1) + 1))
-        kernels = tuple(target._use_fused_sampler(s, sampling) for s in stages)
+        kernels = (target._use_fused_sampler(sampling),) * len(stages)
         key = (c, g, sampling.cfg, sampling.top_k, sampling.top_p, kernels)
         program = self._verify.get(key)
         if program is None:

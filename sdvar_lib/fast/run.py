@@ -65,7 +65,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sdvar_lib.fast.config import FUSED_SAMPLER_MAX_ROWS, FastConfig, FastRunCounters, PassRecord
+from sdvar_lib.fast.config import FastConfig, FastRunCounters, PassRecord
 from sdvar_lib.fast.fused import FusedPass, block_ops, block_warmups, check_block_ops, check_half_head
 from sdvar_lib.fast.graphs import CapturedGraph, capture_graph
 from sdvar_lib.fast.kernels import resolve_backend
@@ -362,15 +362,12 @@ class FastRun(ModelRun):
     def sample_stage(self, logits_2BlV: torch.Tensor, si: int, sampling: SamplingConfig,
                      rng: torch.Generator | None) -> StageSample:
         """Stage ``si``'s sample from a pass's logits: the fused sampler where it applies, else the reference's kernels."""
-        if self._use_fused_sampler(si, sampling):
+        if self._use_fused_sampler(sampling):
             return self._sampler(logits_2BlV, si, sampling, rng)
         return super().sample_stage(logits_2BlV, si, sampling, rng)
 
-    def _use_fused_sampler(self, si: int, sampling: SamplingConfig) -> bool:
-        if self._sampler is None or not self._sampler.supports(sampling):
-            return False
-        rows = self.batch_size * self.model.patch_nums[si] ** 2
-        return self.config.sampler == "fused" or rows <= FUSED_SAMPLER_MAX_ROWS
+    def _use_fused_sampler(self, sampling: SamplingConfig) -> bool:
+        return self._sampler is not None and self._sampler.supports(sampling)
 
     @torch.no_grad()
     def decode_stage(self, si: int, f_hats: Sequence[torch.Tensor], sampling: SamplingConfig,
@@ -381,7 +378,7 @@ class FastRun(ModelRun):
         ``torch.multinomial`` would draw, from the same random stream: :meth:`run_drawing`) and copies the
         results out — instead of launching some forty kernels. The draw is ``argmax(p / noise)``, which is
         what ``torch.multinomial`` computes for one sample per row; ``p`` comes from the fused sampler
-        kernel or from :func:`~sdvar_lib.models.sampling.stage_probs` (:data:`FUSED_SAMPLER_MAX_ROWS`).
+        kernel where the run has it, else from :func:`~sdvar_lib.models.sampling.stage_probs`.
         A cache that holds fewer stages than ``si`` reads the missing inputs in the same program (the
         catch-up chunk). ``more_smooth``, an explicit ``attn_mask`` and the first (generic) fast path
         take the step-by-step way of :meth:`ModelRun.decode_stage`.
@@ -467,7 +464,7 @@ class FastRun(ModelRun):
         if not (0 <= d <= c and 1 <= g <= S - c):
             raise ValueError(f"a stage program decodes 1 .. {S - c} stages from stage {c} on a cache of <= {c} stages; "
                              f"got d={d}, g={g}")
-        kernels = tuple(self._use_fused_sampler(s, sampling) for s in range(c, c + g))
+        kernels = (self._use_fused_sampler(sampling),) * g
         key = (c, d, g, sampling.cfg, sampling.top_k, sampling.top_p, kernels, id(slots))
         program = self._stage_programs.get(key)
         if program is None:
