@@ -194,7 +194,7 @@ def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace, a: _Args, argv
     fast = uses_fast_path(sd)
     if fast:
         print(f"preparing the fast path for {len(a.methods)} methods at batch 1 and {len(labels)}: compiling kernels and "
-              "capturing CUDA graphs once (about 10 s on a fresh machine, a few seconds with Triton's kernel cache); "
+              "capturing CUDA graphs once (5-10 s on a fresh machine, a few seconds with Triton's kernel cache); "
               "no reported time includes it", flush=True)
     preparation_s = prepare_methods(sd, a.methods, labels, a.seed, a.sampling)
     if fast:

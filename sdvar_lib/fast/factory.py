@@ -96,7 +96,7 @@ class FastRunFactory:
         if not any(b == batch_size and runs for (_, b), runs in self._runs.items()):
             progress_log.info(
                 "fast path, first call at batch %d: compiling kernels (several at a time) and capturing one CUDA graph per "
-                "pass shape as each is first used (about 10 s on a fresh machine, about 3 s once Triton's on-disk kernel "
+                "pass shape as each is first used (5-10 s on a fresh machine, about 3 s once Triton's on-disk kernel "
                 "cache in %s holds the kernels); later calls replay them", batch_size, _triton_cache_dir())
         run = FastRun(model, batch_size, self.config)
         self._runs.setdefault((id(model), batch_size), []).append(run)

@@ -1,8 +1,8 @@
 """What takes time once, said on screen: the ``sdvar_lib.progress`` logger and :func:`show_progress`.
 
 Some work happens once per process and shape and then never again: compiling the fast path's Triton
-kernels and capturing its CUDA graphs on the first call at a batch size (about 10 s on a fresh
-machine with an H200, a few seconds when Triton's on-disk kernel cache already holds the kernels). The library
+kernels and capturing its CUDA graphs on the first call at a batch size (about 5 s on a fresh
+machine with an H200 and 16 cores, a few seconds when Triton's on-disk kernel cache already holds the kernels). The library
 says so through one logger, :data:`PROGRESS_LOGGER` (``"sdvar_lib.progress"``), at ``INFO``: when it
 starts such work and, after the call, how long it took. Library code only logs; a notebook or a
 command that wants the messages on screen calls :func:`show_progress` once.
