@@ -115,3 +115,31 @@ def test_sampler_probe_refuses_without_cuda_in_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.no_cuda
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_sdpa_probe_refuses_without_cuda_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "device_sdpa_probe.py"), "--out", str(tmp_path / "o"),
+                           "--calls"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_sdpa_probe_inputs_are_the_fused_pass_shapes():
+    """The probe's attention inputs: a stage's queries (as qk_norm_into_cache returns them, transposed) against the
+    cache's prefix, and a verify chunk's block-causal mask as the KV cache builds it."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import device_sdpa_probe as probe
+
+    from sdvar_lib.models.kv_cache import KVCache, stage_ids_for
+
+    q, k, v, mask = probe._inputs(4, 16, 9, 9, torch.device("cpu"), torch.float32)
+    assert q.shape == (4, 16, 256, 64) and k.shape == v.shape == (4, 16, 680, 64) and mask is None
+    assert q.stride()[1] == 64  # heads interleaved per token, as the fused pass's q
+    q, k, v, mask = probe._inputs(4, 16, 5, 9, torch.device("cpu"), torch.float32)
+    cache = KVCache(1, 4, 16, 64, stage_ids_for(probe.PATCH_NUMS))
+    cache.write(0, torch.zeros(4, 16, 55, 64), torch.zeros(4, 16, 55, 64))  # stages 0-4 held
+    cache.advance(55)
+    assert q.shape[2] == 680 - 55 and torch.equal(mask, cache.chunk_mask(680 - 55))
