@@ -401,19 +401,19 @@ class DeviceRound:
     def _verify_program(self, c: int, g: int, sampling: SamplingConfig) -> _Program:
         target, S = self.target, self.num_stages
         stages = list(range(c, min(c + g, S - 1) + 1))
-        kernels = (target._use_fused_sampler(sampling),) * len(stages)
-        key = (c, g, sampling.cfg, sampling.top_k, sampling.top_p, kernels)
+        use_kernel = target._use_fused_sampler(sampling)
+        key = (c, g, sampling.cfg, sampling.top_k, sampling.top_p, use_kernel)
         program = self._verify.get(key)
         if program is None:
             position, l = chunk_span(target.model, c, len(stages))
             target._ensure_capacity(l)
             self._check_target_buffers()
             target._mask(position, l)  # built outside any graph: a constant the graph reads
-            program = target._build(self._verify_fn(stages, sampling, kernels), f"verify chunk {c}..{stages[-1]}", position)
+            program = target._build(self._verify_fn(stages, sampling, use_kernel), f"verify chunk {c}..{stages[-1]}", position)
             self._verify[key] = program
         return program
 
-    def _verify_fn(self, stages: list[int], sampling: SamplingConfig, kernels: tuple[bool, ...]):
+    def _verify_fn(self, stages: list[int], sampling: SamplingConfig, use_kernel: bool):
         target, slots, model = self.target, self.slots, self.target.model
         position, l = chunk_span(model, stages[0], len(stages))
         f_hats, S, V = slots.f_hats(), model.num_stages, model.V
@@ -426,7 +426,7 @@ class DeviceRound:
             target._x_view(l).copy_(target.chunk_input(stages, f_hats))
             target._step(position, l)
             logits = target._out_view(l)
-            for (si, off, ls, p), use_kernel in zip(parts, kernels):
+            for si, off, ls, p in parts:
                 if use_kernel:  # the fused kernel's distribution, without its draw
                     target._sampler.probs_into(logits, si, sampling, off, p)
                 else:  # what SDVAR.verify computes: split, guidance, stage_probs

@@ -464,15 +464,15 @@ class FastRun(ModelRun):
         if not (0 <= d <= c and 1 <= g <= S - c):
             raise ValueError(f"a stage program decodes 1 .. {S - c} stages from stage {c} on a cache of <= {c} stages; "
                              f"got d={d}, g={g}")
-        kernels = (self._use_fused_sampler(sampling),) * g
-        key = (c, d, g, sampling.cfg, sampling.top_k, sampling.top_p, kernels, id(slots))
+        use_kernel = self._use_fused_sampler(sampling)
+        key = (c, d, g, sampling.cfg, sampling.top_k, sampling.top_p, use_kernel, id(slots))
         program = self._stage_programs.get(key)
         if program is None:
             self._ensure_capacity(max(chunk_span(self.model, d, c - d + 1)[1], *(self.model.patch_nums[s] ** 2
                                                                                   for s in range(c, c + g))))
             self._mask(*chunk_span(self.model, d, c - d + 1))  # built outside any graph: a constant the graph reads
             what = f"stage {c}" if g == 1 and d == c else f"stages {c}..{c + g - 1} (cache at stage {d})"
-            program = self._build(self._stages_fn(c, d, g, sampling, kernels, slots), what, chunk_span(self.model, d, 1)[0],
+            program = self._build(self._stages_fn(c, d, g, sampling, use_kernel, slots), what, chunk_span(self.model, d, 1)[0],
                                   draws=True)
             self._stage_programs[key] = program
         return program
@@ -517,7 +517,7 @@ class FastRun(ModelRun):
             torch.argmax(probs / noise, dim=-1, out=idx)
             h.copy_(F.embedding(idx, model.vae.quantize.embedding.weight))
 
-    def _stages_fn(self, c: int, d: int, g: int, sampling: SamplingConfig, kernels: tuple[bool, ...],
+    def _stages_fn(self, c: int, d: int, g: int, sampling: SamplingConfig, use_kernel: bool,
                    slots: StageSlots) -> Callable[[], None]:
         """The work of a stage program on the static buffers (what it runs, captured or not)."""
         model, B = self.model, self.batch_size
@@ -533,7 +533,7 @@ class FastRun(ModelRun):
         def stages() -> None:
             for stage_noise in noise:  # the draws the stage steps make one by one, in their order
                 stage_noise.exponential_(generator=rng)
-            for (si, read, position, l), use_kernel in zip(steps, kernels):
+            for si, read, position, l in steps:
                 self._x_view(l).copy_(self.chunk_input(read, f_hats))
                 self._step(position, l)
                 self.sample_into(self._out_view(l), si, sampling, use_kernel, slots)
