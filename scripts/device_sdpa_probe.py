@@ -31,8 +31,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sdvar_lib.fast.graphs import capture_graph  # noqa: E402
 from sdvar_lib.models.kv_cache import block_causal_chunk_mask, stage_ids_for  # noqa: E402
 from sdvar_lib.util.atomic import atomic_write_text  # noqa: E402
+from sdvar_lib.util.timing import median_event_ms  # noqa: E402
 
 PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 MODELS = {"d16": 16, "d30": 30}  # heads of 64 channels
@@ -63,26 +65,9 @@ def _inputs(rows: int, heads: int, first: int, last: int, device, dtype):
 
 
 def _time_graphed(fn) -> float:
-    """Median ms of one launch, ``REPEATS`` launches captured in one CUDA graph, ``REPLAYS`` replays."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(REPEATS):
-            fn()
-    samples = []
-    for _ in range(REPLAYS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end) / REPEATS)
-    return sorted(samples)[REPLAYS // 2]
+    """Median ms of one launch: ``REPEATS`` launches captured in one CUDA graph, ``REPLAYS`` timed replays."""
+    captured = capture_graph(lambda: [fn() for _ in range(REPEATS)], torch.device("cuda"), warmup=2)
+    return median_event_ms(captured.graph.replay, REPLAYS, warmup=0) / REPEATS
 
 
 def main(argv=None) -> int:
