@@ -8,8 +8,8 @@ While the fused kernel sorted the vocabulary in registers, ``sampler="auto"`` dr
 draw ``argmax(p / noise)``, the codebook lookup). Its cut-offs are now found by bisection
 (:mod:`sdvar_lib.fast.kernels.sampling`), and the limit is gone (4-6x faster at every size, one H200, 12-02).
 This probe times both ways on the same stage buffers at the stage sizes of batch 1, 8 and 32 (median of CUDA-event
-timings, each way launched alone), the fused kernel's first launch in a fresh Triton cache (its compile), and counts the tokens on
-which the two ways differ (only where two candidates tie to float32 rounding). Writes ``sampler_probe.json`` in
+timings, each way launched alone), the fused kernel's first launch in a fresh Triton cache (its compile), and counts
+the tokens on which the two ways differ (only where two candidates tie to float32 rounding). Writes ``sampler_probe.json`` in
 ``--out`` (atomically). Without CUDA it says so and exits with status 2.
 """
 
@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdvar_lib.models.sampling import SamplingConfig, cfg_strength, guided_logits, stage_probs  # noqa: E402
 from sdvar_lib.util.atomic import atomic_write_text  # noqa: E402
+from sdvar_lib.util.timing import median_event_ms  # noqa: E402
 
 V, CV, REPLAYS = 4096, 32, 20
 STAGES = ((1, 1), (1, 256), (8, 169), (8, 256), (32, 169), (32, 256))
@@ -58,18 +59,6 @@ def _buffers(B: int, l: int, device, seed: int):
     codebook = torch.randn(V, CV, generator=gen, device=device)
     noise = torch.empty(B * l, V, device=device).exponential_(generator=gen)
     return logits, codebook, noise
-
-
-def _median_ms(way, *args) -> float:
-    samples = []
-    for _ in range(REPLAYS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        way(*args)
-        end.record()
-        torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end))
-    return sorted(samples)[REPLAYS // 2]
 
 
 def main(argv=None) -> int:
@@ -101,8 +90,8 @@ def main(argv=None) -> int:
         for name, way in (("torch", torch_way), ("fused", fused_way)):
             outs = (torch.empty(B * l, dtype=torch.long, device=dev), torch.empty(B * l, V, device=dev),
                     torch.empty(B * l, CV, device=dev))
-            way(logits, l, SI, sampling, codebook, noise, *outs)
-            times[name] = _median_ms(way, logits, l, SI, sampling, codebook, noise, *outs)
+            args_ = (logits, l, SI, sampling, codebook, noise, *outs)
+            times[name] = median_event_ms(lambda way=way, args_=args_: way(*args_), REPLAYS, warmup=1)
             got[name] = outs
         row = {"batch": B, "tokens_per_image": l, "token_rows": B * l, "ms": {k: round(v, 4) for k, v in times.items()},
                "fused_speedup": round(times["torch"] / times["fused"], 2),

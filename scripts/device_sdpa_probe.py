@@ -43,24 +43,15 @@ SINGLE_STAGES = tuple(range(len(PATCH_NUMS)))
 CHUNKS = ((0, 4), (5, 9))  # the verify chunks of a gamma-4 call with every proposal accepted
 
 
-def stage_bounds() -> list[tuple[int, int]]:
-    """(begin, end) token positions of every stage in the sequence."""
-    out, begin = [], 0
-    for pn in PATCH_NUMS:
-        out.append((begin, begin + pn * pn))
-        begin += pn * pn
-    return out
-
-
 def _inputs(rows: int, heads: int, first: int, last: int, device, dtype):
-    bounds = stage_bounds()
-    q_begin, end = bounds[first][0], bounds[last][1]
-    l, length = end - q_begin, bounds[-1][1]
+    ids = stage_ids_for(PATCH_NUMS, device)
+    q_begin, end, length = int((ids < first).sum()), int((ids <= last).sum()), ids.numel()
+    l = end - q_begin
     gen = torch.Generator(device=device).manual_seed(rows * 1000 + first)
     q = torch.randn(rows, l, heads, HEAD_DIM, generator=gen, device=device, dtype=dtype).transpose(1, 2)
     k = torch.randn(rows, heads, length, HEAD_DIM, generator=gen, device=device, dtype=dtype)[:, :, :end]
     v = torch.randn(rows, heads, length, HEAD_DIM, generator=gen, device=device, dtype=dtype)[:, :, :end]
-    mask = block_causal_chunk_mask(stage_ids_for(PATCH_NUMS, device), q_begin, l) if first != last else None
+    mask = block_causal_chunk_mask(ids, q_begin, l) if first != last else None
     return q, k, v, mask
 
 
@@ -87,6 +78,7 @@ def main(argv=None) -> int:
     dev, dtype = torch.device("cuda"), torch.bfloat16
     result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": []}
     cases = [(s, s) for s in SINGLE_STAGES] + list(CHUNKS)
+    contexts = calls_setup() if args.calls else None
     for batch in [int(b) for b in args.batches.split(",")]:
         for name, heads in MODELS.items():
             total = {}
@@ -117,59 +109,53 @@ def main(argv=None) -> int:
             result.setdefault("per_layer_sums", []).append(summary)
             print(summary, flush=True)
         if args.calls:
-            result.setdefault("calls", []).append(time_calls(batch, args.repeats))
+            result.setdefault("calls", []).append(time_calls(contexts, batch, args.repeats))
             print(result["calls"][-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "sdpa_probe.json", json.dumps(result, indent=1) + "\n")
     return 0
 
 
-_CALLS: dict = {}
-
-
-def time_calls(batch: int, repeats: int) -> dict:
-    """Target-alone calls at ``batch`` with PyTorch's attention choice and with cuDNN's kernel excluded, interleaved."""
-    import contextlib
-    import statistics
-
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from sdvar_lib import SDVAR, SamplingConfig
-    from sdvar_lib.bench.methods import build_pair_bf16
+def calls_setup():
+    """The pair and two fast-path contexts (each with its own runs and graphs) for :func:`time_calls`."""
+    from sdvar_lib.bench.methods import PairContext, build_pair_bf16
     from sdvar_lib.fast.config import FastConfig
     from sdvar_lib.fast.factory import FastRunFactory
     from sdvar_lib.fast.graphs import GraphedDecode
+
+    pair = build_pair_bf16(16, 30, torch.device("cuda"))
+    decoder = GraphedDecode(pair.vae, fast=True)
+    contexts = {name: PairContext.for_pair(name, pair, FastRunFactory(FastConfig()))
+                for name in ("pytorch_choice", "no_cudnn")}
+    for ctx in contexts.values():
+        ctx.decoder = decoder
+    return contexts
+
+
+def time_calls(contexts, batch: int, repeats: int) -> dict:
+    """Target-alone calls at ``batch`` with PyTorch's attention choice and with cuDNN's kernel excluded, interleaved
+    (:func:`sdvar_lib.bench.sweep.time_paired`: graphed decode, bf16 autocast; its warm-up calls capture the graphs)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from sdvar_lib import SamplingConfig
+    from sdvar_lib.bench.sweep import time_paired
     from sdvar_lib.sdvar.registry import get_method
-    from sdvar_lib.util.timing import cuda_event_ms
 
-    if not _CALLS:  # one pair and two factories for every batch
-        pair = build_pair_bf16(16, 30, torch.device("cuda"))
-        factories = {name: FastRunFactory(FastConfig()) for name in ("pytorch_choice", "no_cudnn")}
-        _CALLS.update(decoder=GraphedDecode(pair.vae, fast=True), factories=factories,
-                      sds={name: SDVAR(pair.draft, pair.target, run_factory=f) for name, f in factories.items()})
-    decoder, sds = _CALLS["decoder"], _CALLS["sds"]
     sampling, method = SamplingConfig(cfg=1.5, top_k=900, top_p=0.96), get_method("target")
+    chosen, no_cudnn = contexts["pytorch_choice"], contexts["no_cudnn"]
 
-    def call(name: str, seed: int):
-        with contextlib.ExitStack() as stack:
-            if name == "no_cudnn":
-                stack.enter_context(sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]))
-            stack.enter_context(decoder.installed())
-            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
-            return method.run(sds[name], batch, None, seed, sampling)
+    def without_cudnn(seed: int):
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+            return method.run(no_cudnn.sd, batch, None, seed, sampling)
 
-    for name in sds:  # the first call captures the graphs, the second is a warm-up
-        call(name, 0)
-        call(name, 1)
-    times: dict[str, list[float]] = {name: [] for name in sds}
-    for i in range(repeats):
-        for name in (sds if i % 2 == 0 else reversed(list(sds))):
-            times[name].append(cuda_event_ms(lambda name=name, i=i: call(name, 100 + i))[1])
-    for factory in _CALLS["factories"].values():
-        factory.release()
+    timing = time_paired(chosen, without_cudnn, lambda seed: method.run(chosen.sd, batch, None, seed, sampling),
+                         repeats, warmup=2)
+    for ctx in contexts.values():
+        ctx.factory.release()
     torch.cuda.empty_cache()
-    medians = {name: round(statistics.median(t), 3) for name, t in times.items()}
-    return {"batch": batch, "ms": medians, "no_cudnn_speedup": round(medians["pytorch_choice"] / medians["no_cudnn"], 3)}
+    return {"batch": batch, "ms": {"pytorch_choice": round(timing.target_median, 3),
+                                   "no_cudnn": round(timing.method_median, 3)},
+            "no_cudnn_speedup": round(timing.speedup, 3)}
 
 
 if __name__ == "__main__":
