@@ -127,6 +127,16 @@ def test_sdpa_probe_refuses_without_cuda_in_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.no_cuda
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_decode_probe_refuses_without_cuda_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "device_decode_probe.py"), "--out", str(tmp_path / "o"),
+                           "--sweep"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_sdpa_probe_inputs_are_the_fused_pass_shapes():
     """The probe's attention inputs: a stage's queries (as qk_norm_into_cache returns them, transposed) against the
     cache's prefix, and a verify chunk's block-causal mask as the KV cache builds it."""

@@ -9,6 +9,10 @@ channels-last so that cuDNN runs its NHWC tensor-core convolutions without layou
   the bias of the convolution before it; a ResNet block ends with one pass for its residual and its
   last convolution's bias; nearest upsampling is a Triton kernel too
   (:mod:`sdvar_lib.fast.kernels.groupnorm`); PyTorch's kernels where Triton does not run;
+- no convolution before a ResNet block adds its bias in a pass of its own (PyTorch's bias add after
+  cuDNN is a slow strided pass over channels-last maps): the block's first GroupNorm adds it on the
+  fly, and its residual pass adds it too, folded into one bias vector with the block's own (through
+  the 1x1 shortcut convolution where there is one: ``nin(x + b) = nin(x) + W b``);
 - the mid-level self-attention is PyTorch's SDPA over the channels-last ``qkv`` without copies.
 
 It runs eagerly anywhere (the CPU tests compare it with the float32 decode);
@@ -76,6 +80,27 @@ class FastDecoder:
         """Copy the VQVAE's decoder weights again (after they were changed or loaded)."""
         parts = nn.ModuleDict({"post_quant_conv": self.vae.post_quant_conv, "decoder": self.vae.decoder})
         self._parts = copy.deepcopy(parts).to(dtype=self.dtype).to(memory_format=torch.channels_last).eval()
+        dec = self.decoder
+        entries = {id(dec.mid.block_1): dec.conv_in}
+        entries.update({id(dec.up[i - 1].block[0]): dec.up[i].upsample.conv for i in range(1, dec.num_resolutions)})
+        self._residual_bias = {id(block): self._fold_residual_bias(block, entries.get(id(block)))
+                               for block in dec.modules() if isinstance(block, ResnetBlock)}
+
+    def _fold_residual_bias(self, block: ResnetBlock, entry: nn.Conv2d | None) -> torch.Tensor:
+        """The one bias vector a block's residual pass adds: ``conv2``'s, the shortcut convolution's, and the
+        bias of the convolution ``entry`` that made the block's input when it runs without it."""
+        bias = block.conv2.bias.float()
+        entry_bias = None if entry is None else entry.bias.float()
+        nin = block.nin_shortcut
+        if isinstance(nin, nn.Conv2d):
+            if nin.kernel_size != (1, 1) or nin.padding != (0, 0):
+                raise ValueError(f"FastDecoder folds biases through 1x1 shortcut convolutions only, got {nin}")
+            bias = bias + nin.bias.float()
+            if entry_bias is not None:
+                entry_bias = nin.weight.float()[:, :, 0, 0] @ entry_bias
+        if entry_bias is not None:
+            bias = bias + entry_bias
+        return bias.to(self.dtype)
 
     @property
     def decoder(self) -> Decoder:
@@ -93,15 +118,28 @@ class FastDecoder:
     def _conv_no_bias(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
-    def _resnet(self, block: ResnetBlock, x: torch.Tensor) -> torch.Tensor:
+    def _resnet(self, block: ResnetBlock, x: torch.Tensor, x_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """A ResNet block on ``x + x_bias`` (``x_bias``: the bias of the convolution that made ``x``, run without it)."""
         if self._k is None or block.norm1.num_groups != 32 or block.norm2.num_groups != 32:
+            if x_bias is not None:
+                x = x + x_bias.view(1, -1, 1, 1)
             h = block.conv1(self._norm(block.norm1, x, silu=True))
             h = block.conv2(self._norm(block.norm2, h, silu=True))
             return block.nin_shortcut(x) + h
-        # the convolutions' biases ride along: conv1's in the next GroupNorm, conv2's in the residual add
-        h = self._conv_no_bias(block.conv1, self._norm(block.norm1, x, silu=True))
+        # the convolutions' biases ride along: x's and conv1's in the GroupNorms after them, x's (through the
+        # shortcut), the shortcut's and conv2's in the residual add (one folded vector)
+        h = self._conv_no_bias(block.conv1, self._norm(block.norm1, x, silu=True, pre_bias=x_bias))
         h = self._conv_no_bias(block.conv2, self._norm(block.norm2, h, silu=True, pre_bias=block.conv1.bias))
-        return self._k.add_bias_residual_nhwc(block.nin_shortcut(x), h, block.conv2.bias)
+        nin = block.nin_shortcut
+        shortcut = self._conv_no_bias(nin, x) if isinstance(nin, nn.Conv2d) else x
+        return self._k.add_bias_residual_nhwc(shortcut, h, self._residual_bias[id(block)])
+
+    def _entry_conv(self, conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A convolution whose output starts a ResNet block: ``(output, its bias)`` without the bias on the
+        kernels (the block adds it), ``(output, None)`` with it otherwise."""
+        if self._k is None:
+            return conv(x), None
+        return self._conv_no_bias(conv, x), conv.bias
 
     def _upsample(self, x: torch.Tensor) -> torch.Tensor:
         if self._k is not None:
@@ -122,15 +160,16 @@ class FastDecoder:
         dec = self.decoder
         with torch.autocast(f_hat_BChw.device.type, enabled=False):
             z = f_hat_BChw.to(self.dtype).contiguous(memory_format=torch.channels_last)
-            h = dec.conv_in(self._parts["post_quant_conv"](z))
-            h = self._resnet(dec.mid.block_2, self._attention(dec.mid.attn_1, self._resnet(dec.mid.block_1, h)))
+            h, h_bias = self._entry_conv(dec.conv_in, self._parts["post_quant_conv"](z))
+            h = self._resnet(dec.mid.block_2, self._attention(dec.mid.attn_1, self._resnet(dec.mid.block_1, h, h_bias)))
+            h_bias = None
             for i_level in reversed(range(dec.num_resolutions)):
                 level = dec.up[i_level]
                 for i_block in range(dec.num_res_blocks + 1):
-                    h = self._resnet(level.block[i_block], h)
+                    h = self._resnet(level.block[i_block], h, h_bias if i_block == 0 else None)
                     if len(level.attn) > 0:
                         h = self._attention(level.attn[i_block], h)
                 if i_level != 0:
-                    h = level.upsample.conv(self._upsample(h))
+                    h, h_bias = self._entry_conv(level.upsample.conv, self._upsample(h))
             h = dec.conv_out(self._norm(dec.norm_out, h, silu=True))
             return h.clamp(-1, 1).to(torch.float32, memory_format=torch.contiguous_format)

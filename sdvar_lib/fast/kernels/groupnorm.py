@@ -15,17 +15,68 @@ channels-last maps is slow. Here, on channels-last ``(B, C, H, W)`` maps read in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["group_norm_nhwc", "add_bias_residual_nhwc", "upsample2x_nhwc"]
+__all__ = ["Tiling", "DEFAULT_TILING", "group_norm_nhwc", "add_bias_residual_nhwc", "upsample2x_nhwc"]
 
 
-def _tile_rows(rows: int, width: int, device: torch.device) -> int:
-    """Pixels per program: about 4096 values on a GPU; in the CPU interpreter as many as fit 2**16 values."""
-    budget = 1 << 16 if device.type == "cpu" else 4096
-    return max(1, min(triton.next_power_of_2(rows), budget // width))
+@dataclass(frozen=True)
+class Tiling:
+    """How the kernels here cut a channels-last map into programs (on the CPU, Triton's interpreter).
+
+    A program's tile is ``pixels x next_power_of_2(C)`` values: at most ``values`` of them, halved while the
+    grid has fewer than ``min_programs`` programs (small maps at batch 1 still fill the GPU); ``warps`` per
+    program. The GroupNorm statistics pass loops over its pixels with such tiles in about ``stat_programs``
+    programs. Measured, not guessed: ``python scripts/device_decode_probe.py --sweep`` times the whole
+    decode under other tilings (``DEFAULT_TILING`` below is its choice on an H200).
+    """
+
+    values: int = 4096
+    min_programs: int = 1
+    warps: int = 8
+    stat_programs: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("values", "min_programs", "warps", "stat_programs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Tiling.{name} must be a positive int, got {value!r}")
+        if self.values & (self.values - 1) or self.warps & (self.warps - 1):
+            raise ValueError(f"Tiling.values and Tiling.warps must be powers of two, got {self.values}, {self.warps}")
+
+
+DEFAULT_TILING = Tiling()
+"""The tiling every GPU call here uses unless given one (module attribute: looked up at each call)."""
+
+INTERPRETER_TILING = Tiling(values=1 << 16)
+"""The CPU interpreter's default: its time is per program, so as few programs as fit 2**16 values."""
+
+
+def _tiling(tiling: Tiling | None, device: torch.device) -> Tiling:
+    if tiling is not None:
+        if not isinstance(tiling, Tiling):
+            raise TypeError(f"tiling must be a groupnorm.Tiling or None, got {type(tiling).__name__}")
+        return tiling
+    return INTERPRETER_TILING if device.type == "cpu" else DEFAULT_TILING
+
+
+def _tile_rows(rows: int, width: int, tiling: Tiling, programs_per_tile_row: int = 0) -> int:
+    """Pixels per program for ``rows`` pixels of ``width`` (padded) channels: at most ``tiling.values`` values,
+    halved while ``programs_per_tile_row * cdiv(rows, pixels)`` programs are fewer than ``tiling.min_programs``
+    (``programs_per_tile_row=0``: not halved, the caller splits the work itself)."""
+    pixels = max(1, min(triton.next_power_of_2(rows), tiling.values // width))
+    while programs_per_tile_row and pixels > 1 and programs_per_tile_row * triton.cdiv(rows, pixels) < tiling.min_programs:
+        pixels //= 2
+    return pixels
+
+
+def _warps(pixels: int, width: int, tiling: Tiling) -> int:
+    """Warps of a program with a ``pixels x width`` tile: one per 512 values, at least 4, at most ``tiling.warps``."""
+    return min(tiling.warps, max(4, pixels * width // 512))
 
 
 @triton.jit
@@ -39,8 +90,8 @@ def _gn_partial_kernel(
     cmask = cols < C
     if HAS_PRE:
         pre = tl.load(PRE + cols, mask=cmask, other=0.0).to(tl.float32)
-    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    acc2 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    chan = tl.zeros([BLOCK_C], dtype=tl.float32)
+    chan2 = tl.zeros([BLOCK_C], dtype=tl.float32)
     start = s * pixels_per_split
     end = tl.minimum(start + pixels_per_split, HW)
     for p0 in range(start, end, BLOCK_P):
@@ -49,10 +100,9 @@ def _gn_partial_kernel(
         x = tl.load(X + (b * HW + pix[:, None]).to(tl.int64) * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if HAS_PRE:
             x = tl.where(mask, x + pre[None, :], 0.0)
-        acc += x  # elementwise: one reduction at the end, not one per tile
-        acc2 += x * x
-    chan = tl.sum(acc, axis=0)
-    chan2 = tl.sum(acc2, axis=0)
+        # per-channel sums of every tile: two vectors of registers, so the tile can be large
+        chan += tl.sum(x, axis=0)
+        chan2 += tl.sum(x * x, axis=0)
     groups = tl.arange(0, G)
     member = ((cols[:, None] // Cg) == groups[None, :]) & cmask[:, None]
     tl.store(PSUM + (b * SPLIT + s) * G + groups, tl.sum(tl.where(member, chan[:, None], 0.0), axis=0))
@@ -94,8 +144,8 @@ def _gn_apply_kernel(
     w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
     bias = tl.load(BIAS + cols, mask=cmask, other=0.0).to(tl.float32)
     y = (x - mean[None, :]) * (rstd * w)[None, :] + bias[None, :]
-    if SILU:
-        y = y / (1.0 + tl.exp(-y))
+    if SILU:  # the fast division: this pass is bound by its instructions, not its bytes, with the IEEE one
+        y = tl.fdiv(y, 1.0 + tl.exp(-y), ieee_rounding=False)
     tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -106,18 +156,23 @@ def _check_nhwc(x: torch.Tensor, what: str) -> None:
 
 def group_norm_nhwc(
     x: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float, silu: bool = False,
-    pre_bias: torch.Tensor | None = None,
+    pre_bias: torch.Tensor | None = None, tiling: Tiling | None = None,
 ) -> torch.Tensor:
-    """``GroupNorm(num_groups)(x + pre_bias)`` (then SiLU) of a channels-last ``(B, C, H, W)`` map; channels-last output."""
+    """``GroupNorm(num_groups)(x + pre_bias)`` (then SiLU) of a channels-last ``(B, C, H, W)`` map; channels-last output.
+
+    ``tiling`` (default :data:`DEFAULT_TILING` on a GPU, :data:`INTERPRETER_TILING` on the CPU) only changes
+    how the work is cut, not the result beyond float32 summation order.
+    """
     _check_nhwc(x, "group_norm_nhwc")
     B, C, H, W = x.shape
     if num_groups != 32 or C % num_groups != 0:
         raise ValueError(f"group_norm_nhwc supports 32 groups of equal size, got {num_groups} groups of {C} channels")
     HW, Cg = H * W, C // num_groups
     block_c = triton.next_power_of_2(C)
-    block_p = _tile_rows(HW, block_c, x.device)
-    # enough programs to fill the GPU (about 4 per multiprocessor) whatever the batch
-    split = max(1, min(triton.cdiv(HW, block_p), triton.cdiv(512, B)))
+    tiling = _tiling(tiling, x.device)
+    block_p = _tile_rows(HW, block_c, tiling)
+    # enough programs to fill the GPU whatever the batch
+    split = max(1, min(triton.cdiv(HW, block_p), triton.cdiv(tiling.stat_programs, B)))
     pixels_per_split = triton.cdiv(triton.cdiv(HW, split), block_p) * block_p
     split = triton.cdiv(HW, pixels_per_split)
     psum = torch.empty((B, split, num_groups), dtype=torch.float32, device=x.device)
@@ -126,15 +181,15 @@ def group_norm_nhwc(
     rstd = torch.empty_like(mean)
     has_pre = pre_bias is not None
     pre = pre_bias if has_pre else weight
-    warps = 8 if block_p * block_c >= 4096 else 4
     _gn_partial_kernel[(B, split)](x, pre, psum, psq, HW, C, Cg, pixels_per_split, split, HAS_PRE=has_pre, G=num_groups,
-                                   BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)
+                                   BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_warps(block_p, block_c, tiling))
     _gn_stats_kernel[(B,)](psum, psq, mean, rstd, split, float(HW * Cg), eps, G=num_groups,
                            BLOCK_S=triton.next_power_of_2(split))
     y = torch.empty_like(x, memory_format=torch.channels_last)
+    block_p = _tile_rows(HW, block_c, tiling, programs_per_tile_row=B)
     _gn_apply_kernel[(B, triton.cdiv(HW, block_p))](x, pre, y, weight, bias, mean, rstd, HW, C, Cg, HAS_PRE=has_pre,
                                                    G=num_groups, SILU=silu, BLOCK_P=block_p, BLOCK_C=block_c,
-                                                   num_warps=warps)
+                                                   num_warps=_warps(block_p, block_c, tiling))
     return y
 
 
@@ -151,7 +206,8 @@ def _add_bias_residual_kernel(A, H, BIAS, Y, P, C, BLOCK_P: tl.constexpr, BLOCK_
     tl.store(Y + offs, (a + (h + bias[None, :])).to(Y.dtype.element_ty), mask=mask)
 
 
-def add_bias_residual_nhwc(shortcut: torch.Tensor, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def add_bias_residual_nhwc(shortcut: torch.Tensor, h: torch.Tensor, bias: torch.Tensor,
+                           tiling: Tiling | None = None) -> torch.Tensor:
     """``shortcut + (h + bias)`` for channels-last maps of one shape (``bias`` per channel); channels-last output."""
     _check_nhwc(shortcut, "add_bias_residual_nhwc")
     _check_nhwc(h, "add_bias_residual_nhwc")
@@ -160,10 +216,11 @@ def add_bias_residual_nhwc(shortcut: torch.Tensor, h: torch.Tensor, bias: torch.
     B, C, H, W = h.shape
     P = B * H * W
     block_c = triton.next_power_of_2(C)
-    block_p = _tile_rows(P, block_c, h.device)
+    tiling = _tiling(tiling, h.device)
+    block_p = _tile_rows(P, block_c, tiling, programs_per_tile_row=1)
     y = torch.empty_like(h, memory_format=torch.channels_last)
     _add_bias_residual_kernel[(triton.cdiv(P, block_p),)](shortcut, h, bias, y, P, C, BLOCK_P=block_p, BLOCK_C=block_c,
-                                                         num_warps=8 if block_p * block_c >= 4096 else 4)
+                                                         num_warps=_warps(block_p, block_c, tiling))
     return y
 
 
@@ -183,14 +240,15 @@ def _upsample2x_kernel(X, Y, H, W, C, P_out, BLOCK_P: tl.constexpr, BLOCK_C: tl.
     tl.store(Y + pix[:, None].to(tl.int64) * C + cols[None, :], v, mask=mask)
 
 
-def upsample2x_nhwc(x: torch.Tensor) -> torch.Tensor:
+def upsample2x_nhwc(x: torch.Tensor, tiling: Tiling | None = None) -> torch.Tensor:
     """Nearest-neighbour upsampling by two of a channels-last ``(B, C, H, W)`` map; channels-last output."""
     _check_nhwc(x, "upsample2x_nhwc")
     B, C, H, W = x.shape
     y = torch.empty((B, C, 2 * H, 2 * W), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     P_out = B * 4 * H * W
     block_c = triton.next_power_of_2(C)
-    block_p = _tile_rows(P_out, block_c, x.device)
+    tiling = _tiling(tiling, x.device)
+    block_p = _tile_rows(P_out, block_c, tiling, programs_per_tile_row=1)
     _upsample2x_kernel[(triton.cdiv(P_out, block_p),)](x, y, H, W, C, P_out, BLOCK_P=block_p, BLOCK_C=block_c,
-                                                       num_warps=8 if block_p * block_c >= 4096 else 4)
+                                                       num_warps=_warps(block_p, block_c, tiling))
     return y
