@@ -9,7 +9,8 @@ ceilings (:func:`sdvar_lib.bench.bounds.decode_cost`), how far its images are fr
 (relative L2), and the kernels of one eager run grouped by name (:func:`sdvar_lib.bench.profile.profile_decode`).
 With ``--sweep``, first the graphed fast decode under a grid of GroupNorm/residual tilings
 (:class:`sdvar_lib.fast.kernels.groupnorm.Tiling`; the library's default timed first and last, to see drift), each
-checked against the default's images; the rest of the probe then runs with the tiling fastest at the largest batch.
+checked against the first row's images; the rest of the probe then runs with the best tiling (the one whose slowest
+batch size, against the default's time there, is fastest).
 Writes ``decode_probe.json`` in ``--out`` (atomically). Without CUDA it says so and exits with status 2.
 """
 
@@ -92,6 +93,7 @@ def sweep_tilings(vae: VQVAE, batches: list[int], before=None) -> dict:
     """Graphed fast-decode time of every tiling of :data:`SWEEP` (the default first and last) at every batch size.
 
     ``before``: another version of the kernel module, timed (with its own tiling) before the default and at the end.
+    The best tiling is the one whose slowest batch size, against the default's mean time there, is fastest.
     """
     from sdvar_lib.fast.kernels import groupnorm
     from sdvar_lib.fast.kernels.groupnorm import Tiling
@@ -119,9 +121,12 @@ def sweep_tilings(vae: VQVAE, batches: list[int], before=None) -> dict:
             print(row, flush=True)
     finally:
         groupnorm.DEFAULT_TILING = default
-    largest = max(batches)
-    best = min((r for r in rows if r["tiling"] != "before"), key=lambda r: r["ms"][largest])
-    return {"grid": SWEEP, "rows": rows, "best_at_largest_batch": best}
+    defaults = [r for r in rows if r["tiling"] == asdict(default)]
+    base = {B: sum(r["ms"][B] for r in defaults) / len(defaults) for B in batches}
+    for r in rows:
+        r["worst_vs_default"] = round(max(r["ms"][B] / base[B] for B in batches), 4)
+    best = min((r for r in rows if r["tiling"] != "before"), key=lambda r: r["worst_vs_default"])
+    return {"grid": SWEEP, "rows": rows, "best": best}
 
 
 def main(argv=None) -> int:
@@ -151,8 +156,8 @@ def main(argv=None) -> int:
         if args.before is not None:
             before = tuple(_load_module(f"{name}_before", args.before / f"{name}.py") for name in ("decode", "groupnorm"))
         result["sweep"] = sweep_tilings(vae, args.batches, before)
-        groupnorm.DEFAULT_TILING = Tiling(**result["sweep"]["best_at_largest_batch"]["tiling"])
-        result["profiled_tiling"] = result["sweep"]["best_at_largest_batch"]["tiling"]
+        groupnorm.DEFAULT_TILING = Tiling(**result["sweep"]["best"]["tiling"])
+        result["profiled_tiling"] = result["sweep"]["best"]["tiling"]
     for B in args.batches:
         row = probe_batch(vae, B, ceilings)
         result["batches"].append(row)
