@@ -49,8 +49,13 @@ class Tiling:
             raise ValueError(f"Tiling.values and Tiling.warps must be powers of two, got {self.values}, {self.warps}")
 
 
-DEFAULT_TILING = Tiling()
-"""The tiling every GPU call here uses unless given one (module attribute: looked up at each call)."""
+DEFAULT_TILING = Tiling(values=8192, min_programs=1, warps=8, stat_programs=512)
+"""The tiling every GPU call here uses unless given one (module attribute: looked up at each call).
+
+Chosen by ``scripts/device_decode_probe.py --sweep`` (one H200, 2026-12-03): the graphed official decode took
+2.47 / 9.94 / 35.84 ms at batch 1 / 8 / 32 with it, 2.60-2.76 / 10.69 / 37.50-38.04 ms with 4096 values per tile
+(the earlier fixed size), 2.50 / 10.33 / 37.54 ms with 16384; larger tiles, 16 warps or more statistics programs
+were slower at every batch size in a wider sweep the same day."""
 
 INTERPRETER_TILING = Tiling(values=1 << 16)
 """The CPU interpreter's default: its time is per program, so as few programs as fit 2**16 values."""
@@ -90,8 +95,8 @@ def _gn_partial_kernel(
     cmask = cols < C
     if HAS_PRE:
         pre = tl.load(PRE + cols, mask=cmask, other=0.0).to(tl.float32)
-    chan = tl.zeros([BLOCK_C], dtype=tl.float32)
-    chan2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     start = s * pixels_per_split
     end = tl.minimum(start + pixels_per_split, HW)
     for p0 in range(start, end, BLOCK_P):
@@ -100,9 +105,10 @@ def _gn_partial_kernel(
         x = tl.load(X + (b * HW + pix[:, None]).to(tl.int64) * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if HAS_PRE:
             x = tl.where(mask, x + pre[None, :], 0.0)
-        # per-channel sums of every tile: two vectors of registers, so the tile can be large
-        chan += tl.sum(x, axis=0)
-        chan2 += tl.sum(x * x, axis=0)
+        acc += x  # elementwise: one reduction at the end, not one per tile (per-tile sums were 2x slower, H200)
+        acc2 += x * x
+    chan = tl.sum(acc, axis=0)
+    chan2 = tl.sum(acc2, axis=0)
     groups = tl.arange(0, G)
     member = ((cols[:, None] // Cg) == groups[None, :]) & cmask[:, None]
     tl.store(PSUM + (b * SPLIT + s) * G + groups, tl.sum(tl.where(member, chan[:, None], 0.0), axis=0))
