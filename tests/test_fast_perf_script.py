@@ -109,29 +109,11 @@ def test_sampler_probe_times_two_ways_of_the_same_stage():
 
 @pytest.mark.no_cuda
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_sampler_probe_refuses_without_cuda_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "device_sampler_probe.py"), "--out",
-                           str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in done.stderr
-    assert not (tmp_path / "o").exists()
-
-
-@pytest.mark.no_cuda
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_sdpa_probe_refuses_without_cuda_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "device_sdpa_probe.py"), "--out", str(tmp_path / "o"),
-                           "--calls"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in done.stderr
-    assert not (tmp_path / "o").exists()
-
-
-@pytest.mark.no_cuda
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_decode_probe_refuses_without_cuda_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "device_decode_probe.py"), "--out", str(tmp_path / "o"),
-                           "--sweep"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("script, extra", [("device_sampler_probe.py", []), ("device_sdpa_probe.py", ["--calls"]),
+                                           ("device_decode_probe.py", ["--sweep"])])
+def test_probe_refuses_without_cuda_in_one_line(tmp_path, script, extra):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--out", str(tmp_path / "o"), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in done.stderr
     assert not (tmp_path / "o").exists()
