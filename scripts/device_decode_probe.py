@@ -121,12 +121,19 @@ def sweep_tilings(vae: VQVAE, batches: list[int], before=None) -> dict:
             print(row, flush=True)
     finally:
         groupnorm.DEFAULT_TILING = default
-    defaults = [r for r in rows if r["tiling"] == asdict(default)]
+    return {"grid": SWEEP, "rows": rows, "best": choose_tiling(rows, asdict(default), batches)}
+
+
+def choose_tiling(rows: list[dict], default: dict, batches: list[int]) -> dict:
+    """The row (not ``before``) whose slowest batch size, against the mean time of the ``default`` rows there, is
+    fastest; every row gets that ratio as ``worst_vs_default``."""
+    defaults = [r for r in rows if r["tiling"] == default]
+    if not defaults:
+        raise ValueError("choose_tiling needs at least one row of the default tiling")
     base = {B: sum(r["ms"][B] for r in defaults) / len(defaults) for B in batches}
     for r in rows:
         r["worst_vs_default"] = round(max(r["ms"][B] / base[B] for B in batches), 4)
-    best = min((r for r in rows if r["tiling"] != "before"), key=lambda r: r["worst_vs_default"])
-    return {"grid": SWEEP, "rows": rows, "best": best}
+    return min((r for r in rows if r["tiling"] != "before"), key=lambda r: r["worst_vs_default"])
 
 
 def main(argv=None) -> int:

@@ -119,6 +119,23 @@ def test_probe_refuses_without_cuda_in_one_line(tmp_path, script, extra):
     assert not (tmp_path / "o").exists()
 
 
+def test_decode_probe_chooses_the_tiling_whose_slowest_batch_is_fastest():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from device_decode_probe import choose_tiling
+
+    default, a, b = {"values": 4096}, {"values": 8192}, {"values": 16384}
+    rows = [{"tiling": "before", "ms": {1: 1.0, 32: 10.0}},  # fastest, but not a tiling of this code
+            {"tiling": default, "ms": {1: 2.0, 32: 40.0}},
+            {"tiling": a, "ms": {1: 2.2, 32: 30.0}},  # much faster at 32, 10 % slower at 1
+            {"tiling": b, "ms": {1: 1.9, 32: 39.0}},  # a little faster at both
+            {"tiling": default, "ms": {1: 2.0, 32: 40.0}}]
+    assert choose_tiling(rows, default, [1, 32])["tiling"] == b
+    assert rows[2]["worst_vs_default"] == 1.1
+    assert choose_tiling(rows[1:4], default, [32])["tiling"] == a
+    with pytest.raises(ValueError, match="default"):
+        choose_tiling(rows[2:4], default, [1])
+
+
 def test_sdpa_probe_inputs_are_the_fused_pass_shapes():
     """The probe's attention inputs: a stage's queries (as qk_norm_into_cache returns them, transposed) against the
     cache's prefix, and a verify chunk's block-causal mask as the KV cache builds it."""
