@@ -37,7 +37,7 @@ from sdvar_lib.util.atomic import atomic_write_text  # noqa: E402
 from sdvar_lib.util.timing import median_event_ms  # noqa: E402
 
 REPLAYS = 20
-SWEEP = {"values": (4096, 8192, 16384), "min_programs": (1, 528), "warps": (8,), "stat_programs": (512,)}
+SWEEP = {"values": (4096, 8192, 16384, 32768), "warps": (8, 16), "stat_programs": (256, 512, 1024)}
 
 
 def _graphed_decode_ms(vae: VQVAE, f_hat: torch.Tensor, before=None) -> tuple[float, torch.Tensor]:

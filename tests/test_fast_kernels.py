@@ -118,7 +118,7 @@ def test_group_norm_kernels_under_small_tilings():
     x = (torch.randn(2, 160, 7, 5, generator=gen) * 2 + 1).contiguous(memory_format=cl)
     w, b, pre = (torch.randn(160, generator=gen) for _ in range(3))
     want = torch.nn.functional.silu(torch.nn.functional.group_norm(x + pre.view(1, -1, 1, 1), 32, w, b, 1e-6))
-    for tiling in (Tiling(values=256, stat_programs=3), Tiling(values=1024, min_programs=40, stat_programs=8),
+    for tiling in (Tiling(values=256, stat_programs=3), Tiling(values=1024, stat_programs=8),
                    Tiling(values=2048, warps=16, stat_programs=1)):
         got = group_norm_nhwc(x, 32, w, b, 1e-6, silu=True, pre_bias=pre, tiling=tiling)
         assert _rel(got, want) < 1e-5, tiling
@@ -129,14 +129,12 @@ def test_group_norm_kernels_under_small_tilings():
         group_norm_nhwc(x, 32, w, b, 1e-6, tiling={"values": 256})
 
 
-def test_tile_rows_fills_the_grid_only_when_asked():
-    from sdvar_lib.fast.kernels.groupnorm import Tiling, _tile_rows
+def test_tile_rows_follow_the_tiling():
+    from sdvar_lib.fast.kernels.groupnorm import DEFAULT_TILING, Tiling, _tile_rows
 
-    tiling = Tiling(values=8192, min_programs=528)
-    assert _tile_rows(65536, 256, tiling) == 32  # the statistics pass splits its work itself: never halved
-    assert _tile_rows(65536, 256, tiling, programs_per_tile_row=32) == 32  # 32 x 2048 programs: enough
-    assert _tile_rows(256, 1024, tiling, programs_per_tile_row=1) == 1  # a 16x16 map at batch 1: one pixel each
-    assert _tile_rows(4096, 256, tiling, programs_per_tile_row=1) == 4  # halved until 1024 programs >= 528
+    assert DEFAULT_TILING == Tiling()
+    assert _tile_rows(65536, 256, Tiling()) == 32  # 8192 values: 32 pixels of 160 channels (padded to 256)
+    assert _tile_rows(256, 1024, Tiling(values=512)) == 1  # never less than one pixel
     assert _tile_rows(3, 64, Tiling(values=4096)) == 4  # never more than the map's rows (next power of two)
     with pytest.raises(ValueError, match="powers of two"):
         Tiling(values=3000)

@@ -28,20 +28,17 @@ __all__ = ["Tiling", "DEFAULT_TILING", "group_norm_nhwc", "add_bias_residual_nhw
 class Tiling:
     """How the kernels here cut a channels-last map into programs (on the CPU, Triton's interpreter).
 
-    A program's tile is ``pixels x next_power_of_2(C)`` values: at most ``values`` of them, halved while the
-    grid has fewer than ``min_programs`` programs (small maps at batch 1 still fill the GPU); ``warps`` per
-    program. The GroupNorm statistics pass loops over its pixels with such tiles in about ``stat_programs``
-    programs. Measured, not guessed: ``python scripts/device_decode_probe.py --sweep`` times the whole
-    decode under other tilings (``DEFAULT_TILING`` below is its choice on an H200).
+    A program's tile is ``pixels x next_power_of_2(C)`` values, at most ``values`` of them, with at most
+    ``warps`` warps; the GroupNorm statistics pass loops over its pixels with such tiles in about
+    ``stat_programs`` programs. The defaults are measured, not guessed (:data:`DEFAULT_TILING`).
     """
 
-    values: int = 4096
-    min_programs: int = 1
+    values: int = 8192
     warps: int = 8
     stat_programs: int = 512
 
     def __post_init__(self) -> None:
-        for name in ("values", "min_programs", "warps", "stat_programs"):
+        for name in ("values", "warps", "stat_programs"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Tiling.{name} must be a positive int, got {value!r}")
@@ -49,13 +46,14 @@ class Tiling:
             raise ValueError(f"Tiling.values and Tiling.warps must be powers of two, got {self.values}, {self.warps}")
 
 
-DEFAULT_TILING = Tiling(values=8192, min_programs=1, warps=8, stat_programs=512)
-"""The tiling every GPU call here uses unless given one (module attribute: looked up at each call).
+DEFAULT_TILING = Tiling()
+"""The tiling every GPU call here uses unless given one (module attribute, looked up at each call, so that
+``scripts/device_decode_probe.py --sweep`` can time others).
 
-Chosen by ``scripts/device_decode_probe.py --sweep`` (one H200, 2026-12-03): the graphed official decode took
-2.47 / 9.94 / 35.84 ms at batch 1 / 8 / 32 with it, 2.60-2.76 / 10.69 / 37.50-38.04 ms with 4096 values per tile
-(the earlier fixed size), 2.50 / 10.33 / 37.54 ms with 16384; larger tiles, 16 warps or more statistics programs
-were slower at every batch size in a wider sweep the same day."""
+Chosen by that sweep (one H200, 2026-12-03): the graphed official decode took 2.47 / 9.94 / 35.84 ms at batch
+1 / 8 / 32 with it, 2.60-2.76 / 10.69 / 37.50-38.04 ms with 4096 values per tile (the earlier fixed size),
+2.50 / 10.33 / 37.54 ms with 16384; larger tiles, 16 warps, more or fewer statistics programs, or tiles halved
+until the grid had 528 programs were no faster at any batch size."""
 
 INTERPRETER_TILING = Tiling(values=1 << 16)
 """The CPU interpreter's default: its time is per program, so as few programs as fit 2**16 values."""
@@ -69,14 +67,9 @@ def _tiling(tiling: Tiling | None, device: torch.device) -> Tiling:
     return INTERPRETER_TILING if device.type == "cpu" else DEFAULT_TILING
 
 
-def _tile_rows(rows: int, width: int, tiling: Tiling, programs_per_tile_row: int = 0) -> int:
-    """Pixels per program for ``rows`` pixels of ``width`` (padded) channels: at most ``tiling.values`` values,
-    halved while ``programs_per_tile_row * cdiv(rows, pixels)`` programs are fewer than ``tiling.min_programs``
-    (``programs_per_tile_row=0``: not halved, the caller splits the work itself)."""
-    pixels = max(1, min(triton.next_power_of_2(rows), tiling.values // width))
-    while programs_per_tile_row and pixels > 1 and programs_per_tile_row * triton.cdiv(rows, pixels) < tiling.min_programs:
-        pixels //= 2
-    return pixels
+def _tile_rows(rows: int, width: int, tiling: Tiling) -> int:
+    """Pixels per program for ``rows`` pixels of ``width`` (padded) channels: at most ``tiling.values`` values."""
+    return max(1, min(triton.next_power_of_2(rows), tiling.values // width))
 
 
 def _warps(pixels: int, width: int, tiling: Tiling) -> int:
@@ -192,7 +185,6 @@ def group_norm_nhwc(
     _gn_stats_kernel[(B,)](psum, psq, mean, rstd, split, float(HW * Cg), eps, G=num_groups,
                            BLOCK_S=triton.next_power_of_2(split))
     y = torch.empty_like(x, memory_format=torch.channels_last)
-    block_p = _tile_rows(HW, block_c, tiling, programs_per_tile_row=B)
     _gn_apply_kernel[(B, triton.cdiv(HW, block_p))](x, pre, y, weight, bias, mean, rstd, HW, C, Cg, HAS_PRE=has_pre,
                                                    G=num_groups, SILU=silu, BLOCK_P=block_p, BLOCK_C=block_c,
                                                    num_warps=_warps(block_p, block_c, tiling))
@@ -223,7 +215,7 @@ def add_bias_residual_nhwc(shortcut: torch.Tensor, h: torch.Tensor, bias: torch.
     P = B * H * W
     block_c = triton.next_power_of_2(C)
     tiling = _tiling(tiling, h.device)
-    block_p = _tile_rows(P, block_c, tiling, programs_per_tile_row=1)
+    block_p = _tile_rows(P, block_c, tiling)
     y = torch.empty_like(h, memory_format=torch.channels_last)
     _add_bias_residual_kernel[(triton.cdiv(P, block_p),)](shortcut, h, bias, y, P, C, BLOCK_P=block_p, BLOCK_C=block_c,
                                                          num_warps=_warps(block_p, block_c, tiling))
@@ -254,7 +246,7 @@ def upsample2x_nhwc(x: torch.Tensor, tiling: Tiling | None = None) -> torch.Tens
     P_out = B * 4 * H * W
     block_c = triton.next_power_of_2(C)
     tiling = _tiling(tiling, x.device)
-    block_p = _tile_rows(P_out, block_c, tiling, programs_per_tile_row=1)
+    block_p = _tile_rows(P_out, block_c, tiling)
     _upsample2x_kernel[(triton.cdiv(P_out, block_p),)](x, y, H, W, C, P_out, BLOCK_P=block_p, BLOCK_C=block_c,
                                                        num_warps=_warps(block_p, block_c, tiling))
     return y
