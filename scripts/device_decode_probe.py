@@ -7,6 +7,11 @@ For the official VQVAE (random weights) at each batch size: the fast decode repl
 (:class:`sdvar_lib.fast.graphs.GraphedDecode`, median of CUDA-event timings), its whole bound at the GPU's measured
 ceilings (:func:`sdvar_lib.bench.bounds.decode_cost`), how far its images are from the float32 reference decode
 (relative L2), and the kernels of one eager run grouped by name (:func:`sdvar_lib.bench.profile.profile_decode`).
+With ``--sweep``, ``--before DIR`` also times an earlier version in the same process (a paired A/B of a decode
+change); make DIR on the CPU machine, where git is, and send it along with the run (the device's ``carry``)::
+
+    mkdir before && for f in fast/decode.py fast/kernels/groupnorm.py; do git show REV:sdvar_lib/$f > before/${f##*/}; done
+
 With ``--sweep``, first the graphed fast decode under a grid of GroupNorm/residual tilings
 (:class:`sdvar_lib.fast.kernels.groupnorm.Tiling`; the library's default timed first and last, to see drift), each
 checked against the first row's images; the rest of the probe then runs with the best tiling (the one whose slowest
