@@ -138,8 +138,10 @@ def test_tile_rows_follow_the_tiling():
     assert _tile_rows(3, 64, Tiling(values=4096)) == 4  # never more than the map's rows (next power of two)
     with pytest.raises(ValueError, match="powers of two"):
         Tiling(values=3000)
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match=r"Tiling.stat_programs must be an int >= 1"):
         Tiling(stat_programs=0)
+    with pytest.raises(TypeError, match=r"Tiling.warps must be an int >= 1"):
+        Tiling(warps=8.0)
 
 
 def test_residual_and_upsample_kernels():

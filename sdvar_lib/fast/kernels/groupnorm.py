@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sdvar_lib.util.checks import check_int
+
 __all__ = ["Tiling", "DEFAULT_TILING", "group_norm_nhwc", "add_bias_residual_nhwc", "upsample2x_nhwc"]
 
 
@@ -39,9 +41,7 @@ class Tiling:
 
     def __post_init__(self) -> None:
         for name in ("values", "warps", "stat_programs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Tiling.{name} must be a positive int, got {value!r}")
+            check_int(getattr(self, name), f"Tiling.{name}", 1)
         if self.values & (self.values - 1) or self.warps & (self.warps - 1):
             raise ValueError(f"Tiling.values and Tiling.warps must be powers of two, got {self.values}, {self.warps}")
 
@@ -180,14 +180,15 @@ def group_norm_nhwc(
     rstd = torch.empty_like(mean)
     has_pre = pre_bias is not None
     pre = pre_bias if has_pre else weight
+    warps = _warps(block_p, block_c, tiling)
     _gn_partial_kernel[(B, split)](x, pre, psum, psq, HW, C, Cg, pixels_per_split, split, HAS_PRE=has_pre, G=num_groups,
-                                   BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_warps(block_p, block_c, tiling))
+                                   BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)
     _gn_stats_kernel[(B,)](psum, psq, mean, rstd, split, float(HW * Cg), eps, G=num_groups,
                            BLOCK_S=triton.next_power_of_2(split))
     y = torch.empty_like(x, memory_format=torch.channels_last)
     _gn_apply_kernel[(B, triton.cdiv(HW, block_p))](x, pre, y, weight, bias, mean, rstd, HW, C, Cg, HAS_PRE=has_pre,
                                                    G=num_groups, SILU=silu, BLOCK_P=block_p, BLOCK_C=block_c,
-                                                   num_warps=_warps(block_p, block_c, tiling))
+                                                   num_warps=warps)
     return y
 
 
