@@ -386,3 +386,53 @@ def test_sampler_warmups_launch_exactly_what_sampling_and_verifying_launch(tiny_
     for warmup in FusedSampler(target).warmups(sampling):
         warmup()
     assert set(launches) == used
+
+
+@pytest.mark.parametrize("pn,out,layout", [(1, 16, "last"), (2, 16, "last"), (3, 16, "last"), (5, 16, "last"),
+                                           (13, 16, "last"), (3, 8, "first"), (5, 12, "first"), (4, 7, "last")])
+def test_bicubic_kernel_equals_interpolate(pn, out, layout):
+    """The f_hat update's bicubic upsampling (``fast.kernels.bicubic``) gives ``F.interpolate``'s values (within the
+    interpreter's unfused float32 rounding; bit for bit is checked on a GPU) and its output layout, for the
+    channels-last token maps the stage steps make and for contiguous maps; bf16 maps stay bf16."""
+    import torch.nn.functional as F
+
+    from sdvar_lib.fast.kernels.bicubic import upsample_bicubic
+
+    gen = torch.Generator().manual_seed(pn * 100 + out)
+    B, C = 3, 32
+    if layout == "last":
+        x = torch.randn(B, pn * pn, C, generator=gen).transpose(1, 2).reshape(B, C, pn, pn)
+    else:
+        x = torch.randn(B, C, pn, pn, generator=gen)
+    got, want = upsample_bicubic(x, (out, out)), F.interpolate(x, size=(out, out), mode="bicubic")
+    assert got.stride() == want.stride() and got.dtype == want.dtype
+    assert torch.allclose(got, want, rtol=2e-6, atol=2e-6)
+    x16 = x.to(torch.bfloat16)
+    got16 = upsample_bicubic(x16, (out, out))
+    assert got16.dtype == torch.bfloat16
+    assert torch.allclose(got16.float(), F.interpolate(x16.float(), size=(out, out), mode="bicubic"), rtol=2**-7, atol=1e-3)
+
+
+def test_check_upsample_wants_bits_and_layout(tiny_pair):
+    """``check_upsample`` passes PyTorch's own upsampling and fails one ulp off, another layout or a raising kernel;
+    on the CPU ``resolve_upsample`` keeps PyTorch's (its CPU kernel does other float32 arithmetic than its CUDA one)."""
+    from sdvar_lib.fast.upsample import check_upsample, resolve_upsample
+    from sdvar_lib.models.quant import bicubic
+
+    _, _, target = tiny_pair
+    assert check_upsample(bicubic, target) is None
+
+    def ulp_off(h, size):
+        y = bicubic(h, size)
+        return torch.nextafter(y, torch.full_like(y, float("inf")))
+
+    def other_layout(h, size):
+        return bicubic(h, size).contiguous()
+
+    def broken(h, size):
+        raise RuntimeError("no kernel image")
+
+    assert "values differ" in check_upsample(ulp_off, target)
+    assert "strides" in check_upsample(other_layout, target)
+    assert "no kernel image" in check_upsample(broken, target)
+    assert resolve_upsample("triton", target) is bicubic and resolve_upsample("torch", target) is bicubic

@@ -110,7 +110,8 @@ def test_sampler_probe_times_two_ways_of_the_same_stage():
 @pytest.mark.no_cuda
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 @pytest.mark.parametrize("script, extra", [("device_sampler_probe.py", []), ("device_sdpa_probe.py", ["--calls"]),
-                                           ("device_decode_probe.py", ["--sweep"])])
+                                           ("device_decode_probe.py", ["--sweep"]), ("device_bicubic_probe.py", []),
+                                           ("device_pass_profile.py", ["--calls", "32"])])
 def test_probe_refuses_without_cuda_in_one_line(tmp_path, script, extra):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--out", str(tmp_path / "o"), *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -152,3 +153,20 @@ def test_sdpa_probe_inputs_are_the_fused_pass_shapes():
     cache.write(0, torch.zeros(4, 16, 55, 64), torch.zeros(4, 16, 55, 64))  # stages 0-4 held
     cache.advance(55)
     assert q.shape[2] == 680 - 55 and torch.equal(mask, cache.chunk_mask(680 - 55))
+
+
+def test_pass_profile_classes_kernels_by_name():
+    """The pass profile's classes: attention first (cuDNN's attention kernels are "fprop" kernels too), the
+    decode's convolutions apart from the products, our Triton kernels by name, the rest as "other"."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from device_pass_profile import kernel_class
+
+    names = {"cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16": "attention",
+             "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits": "attention",
+             "nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN": "gemm",
+             "void cublasLt::splitKreduce_kernel<32, 16, int, float": "gemm",
+             "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_execute_kernel__5x_cudnn": "conv",
+             "_add_ln_modulate_kernel": "add_ln", "_qk_norm_cache_kernel": "qk_norm", "_gn_apply_kernel": "decode_gn",
+             "_sample_kernel": "sampler", "Memset (Device)": "copy",
+             "void at::native::(anonymous namespace)::upsample_bicubic2d_out_frame": "other"}
+    assert {n: kernel_class(n) for n in names} == names

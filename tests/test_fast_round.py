@@ -300,3 +300,31 @@ def test_device_rounds_draw_the_target_law(micro, gamma, B, calls):  # noqa: F81
     assert outcome.verdict.lossless, outcome.describe()
     assert min(outcome.stage_acceptance[:2]) >= (0.5 if B == 1 else 0.25), outcome.describe()
     assert outcome.bonus_per_call >= (0.5 if B == 1 else 0.1), outcome.describe()
+
+
+def test_every_fast_f_hat_update_upsamples_with_the_runs_kernel(tiny_pair, monkeypatch):
+    """The stage programs, the acceptance program and the bonus stage all upsample a token map with the run's
+    resolved kernel (``FastRun.upsample``: Triton's on a GPU where bit-exact), none with PyTorch's behind its back."""
+    import sys
+    from collections import Counter
+
+    import sdvar_lib.fast.run as fast_run
+    from sdvar_lib.models.quant import bicubic
+
+    _, draft, target = tiny_pair
+    callers: Counter = Counter()
+
+    def counting(h, size):  # the very values of PyTorch's, counted by the program function that asked
+        callers[sys._getframe(3).f_code.co_name] += 1  # counting <- stage_contribution <- f_hat_after <- caller
+        return bicubic(h, size)
+
+    plain = SDVAR(draft, target, run_factory=FastRunFactory(NO_GRAPHS))
+    monkeypatch.setattr(fast_run, "resolve_upsample", lambda kernels, model: counting)
+    counted = SDVAR(draft, target, run_factory=FastRunFactory(NO_GRAPHS))
+    S = target.num_stages
+    for policy in (ExactPolicy(), ScenarioPolicy.all_accepted(S)):
+        got, want = (sd.generate_parallel(2, [1, 5], 3, SamplingConfig(top_k=4), gamma=2, policy=policy)
+                     for sd in (counted, plain))
+        assert _same_call(got, want)
+    assert {"stages", "accept", "bonus"} <= set(callers), callers
+    assert all(r.upsample is counting for r in counted.run_factory.runs())

@@ -182,6 +182,20 @@ def test_gpu_whole_stage_graphs_equal_the_step_by_step_stage(d16, sampler):
     assert run.counters.replays > 0 and run.counters.capture_failures == 0
 
 
+def test_gpu_bicubic_kernel_is_interpolate_bit_for_bit(d16):
+    """At official sizes (Cvae 32, every upsampled stage from 1x1 to 13x13, to 16x16) and batch 1 and 32, the f_hat
+    update's Triton upsampling equals ``F.interpolate``'s CUDA kernel bit for bit, layout included; so a fast run of an
+    official model takes it (``FastRun.upsample``), and its stage programs' f_hat stays the reference's."""
+    from sdvar_lib.fast.kernels.bicubic import upsample_bicubic
+    from sdvar_lib.fast.upsample import check_upsample
+
+    _, model = d16
+    for batch in (1, 32):
+        assert check_upsample(upsample_bicubic, model, batch=batch) is None
+    assert FastRun(model, 1, FastConfig(use_cuda_graphs=False)).upsample is upsample_bicubic
+    assert FastRun(model, 1, FastConfig(use_cuda_graphs=False, kernels="torch")).upsample is not upsample_bicubic
+
+
 def _compiled_versions(kernel) -> int:
     """Compiled versions of a Triton kernel in this process (``device_caches`` in Triton 3.x, ``cache`` before)."""
     caches = getattr(kernel, "device_caches", None)
@@ -315,9 +329,9 @@ def test_gpu_cold_process_compiles_every_kernel_ahead(cuda_device_module, tmp_pa
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    ours = [c for c in found["compiles"]
-            if c["kernel"] in ("_add_ln_modulate_kernel", "_qk_norm_cache_kernel", "_sample_kernel")]
-    assert {c["kernel"] for c in ours} == {"_add_ln_modulate_kernel", "_qk_norm_cache_kernel", "_sample_kernel"}
+    kernels = {"_add_ln_modulate_kernel", "_qk_norm_cache_kernel", "_sample_kernel", "_bicubic_kernel"}
+    ours = [c for c in found["compiles"] if c["kernel"] in kernels]
+    assert {c["kernel"] for c in ours} == kernels
     if workers:
         assert all(c["ahead"] for c in ours), f"compiled at a launch: {[c for c in ours if not c['ahead']]}"
         # all in one go: the first call's prepare_call built them; the runs' and sampler's own warm-ups found them

@@ -105,7 +105,7 @@ def _verify_stage_by_stage(mp):
 def _bilinear_f_hat(mp):
     """f_hat contributions upsampled bilinearly (the harness's f_hat reference must not share the quantizer's)."""
 
-    def stage_contribution(self, si, h_BChw):
+    def stage_contribution(self, si, h_BChw, upsample=None):  # whatever upsampling the caller asks for
         HW = self.v_patch_nums[-1]
         if si != self.num_stages - 1:
             h_BChw = F.interpolate(h_BChw, size=(HW, HW), mode="bilinear")

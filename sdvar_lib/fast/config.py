@@ -29,7 +29,9 @@ class FastConfig:
     kernels per block); ``False`` runs :meth:`sdvar_lib.models.var.VAR.forward_cached` itself.
     ``kernels``: the fused pass's block steps — ``"triton"`` (Triton kernels, 8 kernels per block),
     ``"torch"`` (PyTorch kernels, 18 per block) or ``"auto"`` (Triton on a GPU where it runs and
-    passes a check against PyTorch at the run's start, else PyTorch). ``sampler``: a stage's
+    passes a check against PyTorch at the run's start, else PyTorch); with Triton's block kernels on a GPU the
+    ``f_hat`` update's bicubic upsampling is a Triton kernel too, where it matches PyTorch's bit for bit
+    (:mod:`sdvar_lib.fast.upsample`). ``sampler``: a stage's
     sampling — ``"fused"`` (one Triton kernel after PyTorch's noise draw, same random stream:
     :mod:`sdvar_lib.fast.sampling`), ``"torch"`` or ``"auto"`` (fused where Triton runs on a GPU, at every stage
     size: 4-6x faster than PyTorch's kernels from 1 to 8192 token rows, one H200, 12-02).

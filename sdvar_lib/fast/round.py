@@ -448,7 +448,7 @@ class DeviceRound:
 
     def _accept_fn(self, c: int, g: int, form: DevicePolicy, context: torch.Tensor | None):
         slots, model, B = self.slots, self.target.model, self.batch_size
-        quant, V = model.vae.quantize, model.V
+        quant, V, upsample = model.vae.quantize, model.V, self.target.upsample
         f_hats = slots.f_hats()
         stages = []
         for si in range(c, c + g):
@@ -475,7 +475,7 @@ class DeviceRound:
                 st["tokens"].copy_(torch.where(r > i, st["x"], st["tokens"]))  # proposals before r, stage r's verdict
                 self.accepted_tokens[si] = torch.where(r >= i, st["accepted"].sum(), 0)
                 base = f_hats[si - 1] if si > 0 else None
-                corrected.append(quant.f_hat_after(si, base, quant.idx_to_h(si, st["tokens"])))
+                corrected.append(quant.f_hat_after(si, base, quant.idx_to_h(si, st["tokens"]), upsample))
             j = r.clamp(max=g - 1).view(1)
             chosen = torch.stack(corrected).index_select(0, j)
             kept = slots.f_hat[c:c + g].index_select(0, j)
@@ -492,13 +492,14 @@ class DeviceRound:
 
     def _bonus_fn(self, si: int):
         slots, quant, B = self.slots, self.target.model.vae.quantize, self.batch_size
-        rows, f_hats = slots.rows(si), slots.f_hats()
+        rows, f_hats, upsample = slots.rows(si), slots.f_hats(), self.target.upsample
         p, noise, tokens, rng = self.p[rows], slots.noise[rows], self.tokens[rows], self.target.noise_rng
 
         def bonus() -> None:  # run with target.run_drawing
             noise.exponential_(generator=rng)
             torch.argmax(p / noise, dim=-1, out=tokens)  # the draw torch.multinomial(p, 1) makes with this noise
-            f_hats[si].copy_(quant.f_hat_after(si, f_hats[si - 1], quant.idx_to_h(si, tokens.view(B, -1))))
+            f_hats[si].copy_(quant.f_hat_after(si, f_hats[si - 1], quant.idx_to_h(si, tokens.view(B, -1)),
+                                                 upsample))
 
         return bonus
 

@@ -25,7 +25,8 @@ between calls, one per ``(model, batch size)``:
   ``d < c``), then one pass per stage, each with its draw (the fused sampler kernel,
   :mod:`sdvar_lib.fast.sampling`, or the reference's :func:`~sdvar_lib.models.sampling.stage_probs`),
   its codebook lookup and its ``f_hat`` update
-  (:meth:`~sdvar_lib.models.quant.MultiScaleQuantizer.f_hat_after`), on static per-stage buffers
+  (:meth:`~sdvar_lib.models.quant.MultiScaleQuantizer.f_hat_after`, its bicubic upsampling a Triton kernel
+  where that matches PyTorch's bit for bit: :mod:`sdvar_lib.fast.upsample`), on static per-stage buffers
   (:class:`StageSlots`). :meth:`FastRun.decode_stage` (one stage, the stage step of
   :meth:`sdvar_lib.models.run.ModelRun.decode_stage`) and :meth:`FastRun.decode_stages` (every stage of
   the target alone, of a hand-off's part: one program per call and model) run them. A stage program
@@ -70,7 +71,9 @@ from sdvar_lib.fast.fused import FusedPass, block_ops, block_warmups, check_bloc
 from sdvar_lib.fast.graphs import CapturedGraph, capture_graph
 from sdvar_lib.fast.kernels import resolve_backend
 from sdvar_lib.fast.sampling import FusedSampler, resolve_sampler
+from sdvar_lib.fast.upsample import resolve_upsample
 from sdvar_lib.models.kv_cache import KVCache
+from sdvar_lib.models.quant import Upsample
 from sdvar_lib.models.run import ModelRun, StagesDecoded
 from sdvar_lib.models.sampling import SamplingConfig, StageSample, cfg_labels, guided_logits, stage_probs
 from sdvar_lib.models.var import VAR
@@ -269,6 +272,8 @@ class FastRun(ModelRun):
         if self.fused:
             self._compile_ahead(config)
         self.kernels = self._resolve_kernels(config.kernels) if self.fused else "torch"
+        self.upsample: Upsample = resolve_upsample(self.kernels, model)
+        """The ``f_hat`` updates' upsampling of a token map (:mod:`sdvar_lib.fast.upsample`: Triton's where bit-exact)."""
         self.counters.setup_time_s += time.perf_counter() - t0
         self._fused = None
         if self.fused:
@@ -300,7 +305,10 @@ class FastRun(ModelRun):
         except ValueError:  # kernels="triton" where it cannot run: _resolve_kernels says so
             return []
         half = (head or resolve_head(model, config.head)) == "half"
-        return block_warmups(block_ops("triton"), model, model.pos_1LC.dtype, device, half)
+        from sdvar_lib.fast.kernels.bicubic import bicubic_warmup
+
+        return (block_warmups(block_ops("triton"), model, model.pos_1LC.dtype, device, half)
+                + [bicubic_warmup(model.Cvae, model.patch_nums[-1], device)])
 
     def _compile_ahead(self, config: FastConfig) -> None:
         """Compile every block kernel specialisation the pass and its check launch, ``config.compile_threads`` at a
@@ -539,7 +547,7 @@ class FastRun(ModelRun):
                 self.sample_into(self._out_view(l), si, sampling, use_kernel, slots)
                 pn = model.patch_nums[si]
                 h_BChw = slots.h[slots.rows(si)].view(B, pn * pn, Cv).transpose(1, 2).reshape(B, Cv, pn, pn)
-                f_hats[si].copy_(quant.f_hat_after(si, f_hats[si - 1] if si > 0 else None, h_BChw))
+                f_hats[si].copy_(quant.f_hat_after(si, f_hats[si - 1] if si > 0 else None, h_BChw, self.upsample))
             self.cache.set_length(steps[0][2])
 
         return stages

@@ -7,13 +7,21 @@ the shared residual conv ``phi`` and subtracted from the residual / added to ``f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Phi", "MultiScaleQuantizer", "phi_index"]
+__all__ = ["Phi", "MultiScaleQuantizer", "phi_index", "Upsample", "bicubic"]
+
+Upsample = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
+"""``(h_BChw, (H, W)) -> h`` at ``(H, W)``: how a stage's token map is brought to the last scale."""
+
+
+def bicubic(h_BChw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The reference's upsampling of a token map: ``F.interpolate(mode="bicubic")``."""
+    return F.interpolate(h_BChw, size=size, mode="bicubic")
 
 
 class Phi(nn.Conv2d):
@@ -142,22 +150,28 @@ class MultiScaleQuantizer(nn.Module):
             f_rest_BChw = F.interpolate(f_rest_BChw, size=(pn, pn), mode="area")
         return f_rest_BChw.permute(0, 2, 3, 1).reshape(-1, C)
 
-    def stage_contribution(self, si: int, h_BChw: torch.Tensor) -> torch.Tensor:
-        """``phi(upsample(h))``: what stage ``si``'s embedded token map adds to ``f_hat``."""
+    def stage_contribution(self, si: int, h_BChw: torch.Tensor, upsample: Upsample = bicubic) -> torch.Tensor:
+        """``phi(upsample(h))``: what stage ``si``'s embedded token map adds to ``f_hat``.
+
+        ``upsample``: :func:`bicubic`, or a function that computes the same values (the fast path's kernel,
+        used where it was checked to match bit for bit: :func:`sdvar_lib.fast.upsample.resolve_upsample`).
+        """
         HW = self.v_patch_nums[-1]
         if si != self.num_stages - 1:
-            h_BChw = F.interpolate(h_BChw, size=(HW, HW), mode="bicubic")
+            h_BChw = upsample(h_BChw, (HW, HW))
         # A token map made by transposing (B, l, C) is channels-last; keep f_hat in the default
         # layout whatever the input was, so decoding takes the same kernels on every path.
         return self.phi(si)(h_BChw).contiguous()
 
-    def f_hat_after(self, si: int, f_hat_BChw: torch.Tensor | None, h_BChw: torch.Tensor) -> torch.Tensor:
+    def f_hat_after(self, si: int, f_hat_BChw: torch.Tensor | None, h_BChw: torch.Tensor,
+                    upsample: Upsample = bicubic) -> torch.Tensor:
         """``f_hat`` after stage ``si``: ``f_hat`` before it (``None`` before stage 0) plus the stage's contribution.
 
         The one ``f_hat`` update of every decoder (the reference sampler, SDVAR's rounds, the hand-offs
-        and the fast path's whole-stage programs); ``h_BChw`` is the stage's embedded token map.
+        and the fast path's whole-stage programs); ``h_BChw`` is the stage's embedded token map,
+        ``upsample`` as in :meth:`stage_contribution`.
         """
-        contrib = self.stage_contribution(si, h_BChw)
+        contrib = self.stage_contribution(si, h_BChw, upsample)
         return contrib if f_hat_BChw is None else f_hat_BChw + contrib
 
     # ---- training -----------------------------------------------------------------------------

@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""Issue 21: where every single-stage pass spends its time, by kernel class, against its bound.
+
+    python3 scripts/device_pass_profile.py --out $OUT [--cells 30:32,30:1,16:1] [--calls 32,1]   # on a CUDA GPU
+
+For each cell ``depth:batch`` (random bf16 weights) and every stage: the CUDA-graph replay of the stage's pass
+against its bound (:func:`sdvar_lib.bench.profile.profile_pass`), and the kernels of one eager run of it grouped
+into classes (matrix products, attention, the fused AdaLN / q-k norm kernels, the rest), each class with its share
+of the eager kernel time and, for the products, the rate they reach (the pass's product FLOPs over their time).
+With ``--calls``, whole target-alone calls of the bench (d16 -> d30 pair, graphed decode, top-k 900, top-p 0.96, cfg
+1.5) at those batch sizes: the median call time, then one call under ``torch.profiler`` with every GPU kernel (those
+inside CUDA graphs too) grouped the same way plus the decode's classes, and the GPU's busy and idle time: what a call
+spends beyond its passes (``--ab-upsample``: timed with the f_hat update's Triton and PyTorch upsampling, A/B).
+Writes ``pass_profile.json`` and ``pass_profile.md`` in ``--out`` (atomically). Without CUDA it exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sdvar_lib.bench.bounds import VarSpec  # noqa: E402
+from sdvar_lib.bench.profile import profile_pass  # noqa: E402
+from sdvar_lib.bench.timing import measure_ceilings  # noqa: E402
+from sdvar_lib.fast.run import chunk_span  # noqa: E402
+from sdvar_lib.models.presets import build_vae, build_var  # noqa: E402
+from sdvar_lib.util.atomic import atomic_write_text  # noqa: E402
+
+CLASSES = (  # first match wins; names as torch.profiler reports them
+    ("attention", ("fmha", "flash", "attention", "sdpa")),
+    ("add_ln", ("_add_ln_modulate",)),
+    ("qk_norm", ("_qk_norm",)),
+    ("decode_gn", ("_gn_", "_add_bias_residual", "_upsample2x")),
+    ("sampler", ("_sample_kernel",)),
+    ("conv", ("conv", "implicit", "fprop", "wgrad", "dgrad")),
+    ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "sm90", "ampere", "splitk", "cublas")),
+    ("copy", ("memcpy", "memset", "copy")),
+)
+
+
+def kernel_class(name: str) -> str:
+    low = name.lower()
+    for cls, keys in CLASSES:
+        if any(k in low for k in keys):
+            return cls
+    return "other"
+
+
+def _cells(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in filter(None, text.split(",")):
+        depth, _, batch = part.partition(":")
+        out.append((int(depth), int(batch)))
+    return out
+
+
+def gemm_flops(spec: VarSpec, rows: int, length: int) -> float:
+    C, hid = spec.width, spec.mlp_hidden
+    return float(spec.depth * rows * length * 2 * (4 * C * C + 2 * C * hid) + rows * length * 2 * C * spec.vocab)
+
+
+def _ab_upsample(ctx, row, B: int, run, lines: list[str], data: dict) -> None:
+    """Target-alone calls with the f_hat update's Triton upsampling (A) and PyTorch's (B), in blocks A B A B A of 7
+    calls each, fresh runs and graphs for each block; the medians of all A and all B calls, and the outputs compared."""
+    import sdvar_lib.fast.run as fast_run
+    from sdvar_lib.bench.methods import prepare_runs
+    from sdvar_lib.bench.timing import cuda_event_ms
+    from sdvar_lib.models.quant import bicubic
+
+    resolve = fast_run.resolve_upsample
+    times: dict[str, list[float]] = {"triton": [], "torch": []}
+    images = {}
+    kinds = []
+    for name in ("triton", "torch", "triton", "torch", "triton"):
+        fast_run.resolve_upsample = resolve if name == "triton" else (lambda kernels, model: bicubic)
+        ctx.factory.release()
+        prepare_runs(ctx, row, B, capture_chunks=False)
+        for _ in range(2):
+            out = run()
+        images.setdefault(name, torch.cat([out.f_hat_BChw.flatten(), out.images_B3HW.flatten()]).clone())
+        kinds.append(sorted({r.upsample.__name__ for r in ctx.factory.runs()}))
+        times[name] += [cuda_event_ms(run)[1] for _ in range(7)]
+    fast_run.resolve_upsample = resolve
+    ctx.factory.release()
+    prepare_runs(ctx, row, B, capture_chunks=False)
+    run()
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    same = bool(torch.equal(images["triton"], images["torch"]))
+    data.setdefault("ab_upsample", []).append(dict(batch=B, medians_ms=med, times_ms=times, same_images=same,
+                                                   upsample=kinds))
+    lines += [f"A/B upsampling, target alone, batch {B}: Triton {med['triton']:.2f} ms, PyTorch {med['torch']:.2f} ms "
+              f"(x{med['torch'] / med['triton']:.3f}); same f_hat and images: {same}; runs used {kinds}", ""]
+    print(lines[-2], flush=True)
+
+
+def profile_calls(batches: list[int], out: Path, lines: list[str], data: dict, ab_upsample: bool = False) -> None:
+    from sdvar_lib.bench.components import call_timeline
+    from sdvar_lib.bench.config import BenchConfig
+    from sdvar_lib.bench.methods import PairContext, bench_row, build_pair_bf16, in_call_context, method_call, prepare_runs
+    from sdvar_lib.bench.timing import cuda_event_ms
+    from sdvar_lib.fast.config import FastConfig
+    from sdvar_lib.fast.factory import FastRunFactory
+    from sdvar_lib.fast.graphs import GraphedDecode
+
+    device = torch.device("cuda")
+    pair = build_pair_bf16(16, 30, device)
+    ctx = PairContext.for_pair("d16->d30", pair, FastRunFactory(FastConfig()))
+    ctx.decoder = GraphedDecode(pair.vae, fast=True)
+    sampling = BenchConfig(top_k=900, top_p=0.96, out="unused").sampling
+    row = bench_row("target")
+    data["calls"] = []
+    for B in batches:
+        prepare_runs(ctx, row, B, capture_chunks=False)
+        call = method_call(ctx, row, None, B, sampling)
+        run = lambda call=call: in_call_context(ctx, True, lambda: call(3))  # noqa: E731
+        for _ in range(3):
+            run()
+        if ab_upsample:
+            _ab_upsample(ctx, row, B, run, lines, data)
+        times = sorted(cuda_event_ms(run)[1] for _ in range(7))
+        timeline = call_timeline(run)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            run()
+            torch.cuda.synchronize()
+        classes: dict[str, float] = {}
+        names: dict[str, list] = {}
+        for ev in prof.events():
+            if ev.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            cls = kernel_class(ev.name)
+            us = ev.time_range.elapsed_us()
+            classes[cls] = classes.get(cls, 0.0) + us / 1e3
+            entry = names.setdefault(ev.name[:60], [cls, 0.0, 0])
+            entry[1] += us / 1e3
+            entry[2] += 1
+        top = sorted(names.items(), key=lambda x: -x[1][1])
+        data["calls"].append(dict(batch=B, median_ms=times[len(times) // 2], times_ms=times,
+                                  timeline=asdict(timeline), classes=classes,
+                                  kernels=[dict(name=n, cls=c, ms=ms, count=k) for n, (c, ms, k) in top[:60]]))
+        lines += [f"## target-alone call, batch {B}", "",
+                  f"median {times[len(times) // 2]:.2f} ms (7 calls: {', '.join(f'{t:.2f}' for t in times)}); one call "
+                  f"under the profiler: wall {timeline.wall_ms:.2f} ms, GPU busy {timeline.gpu_busy_ms:.2f} ms, lead "
+                  f"{timeline.lead_ms:.2f} ms, idle between {timeline.idle_ms:.2f} ms, largest gaps "
+                  + ", ".join(f"{g:.2f} at {s:.2f}" for s, g in timeline.gaps), "",
+                  "kernels by class (ms): " + ", ".join(f"{c} {ms:.2f}" for c, ms in sorted(classes.items(),
+                                                                                          key=lambda x: -x[1])),
+                  "", "| kernel | class | ms | count |", "|---|---|---|---|"]
+        lines += [f"| `{n}` | {c} | {ms:.3f} | {k} |" for n, (c, ms, k) in top[:25]]
+        lines.append("")
+        atomic_write_text(out / "pass_profile.json", json.dumps(data, indent=1))
+        atomic_write_text(out / "pass_profile.md", "\n".join(lines) + "\n")
+        print("\n".join(lines[-32:]), flush=True)
+
+
+@torch.no_grad()
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--cells", type=_cells, default=_cells("30:32,30:1,16:1"))
+    p.add_argument("--calls", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+                   help="batch sizes of whole target-alone calls to profile (after the cells)")
+    p.add_argument("--ab-upsample", action="store_true",
+                   help="with --calls: time the calls with the Triton and with PyTorch's f_hat upsampling (A/B)")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("device_pass_profile: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    device = torch.device("cuda")
+    ceilings = measure_ceilings(device)
+    vae = build_vae(device)
+    data = {"ceilings": asdict(ceilings), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cells": []}
+    lines = [f"{data['gpu']}, torch {torch.__version__}; ceilings {ceilings.hbm_bytes_per_s / 1e12:.2f} TB/s, "
+             f"{ceilings.bf16_flops_per_s / 1e12:.0f} TFLOP/s", ""]
+    models = {}
+    for depth, batch in args.cells:
+        if depth not in models:
+            models.clear()
+            torch.cuda.empty_cache()
+            models[depth] = build_var(vae, depth, device).to(torch.bfloat16).eval()
+        model = models[depth]
+        spec = VarSpec.from_model(model)
+        lines += [f"## d{depth} batch {batch}", "",
+                  "| stage | tokens | replay ms | bound ms | x bound | kernels | eager sum ms | gemm ms (TFLOP/s) | "
+                  "attention ms | add_ln ms | qk_norm ms | other ms | top other |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        totals: dict[str, float] = {}
+        replay_total = bound_total = 0.0
+        for stage in range(model.num_stages):
+            prof = profile_pass(model, batch, stage, ceilings, top=10_000)
+            torch.cuda.empty_cache()
+            classes: dict[str, float] = {}
+            other: dict[str, float] = {}
+            for k in prof.top:
+                cls = kernel_class(k.name)
+                classes[cls] = classes.get(cls, 0.0) + k.total_us / 1e3
+                if cls == "other":
+                    other[k.name] = other.get(k.name, 0.0) + k.total_us / 1e3
+            for cls, ms in classes.items():
+                totals[cls] = totals.get(cls, 0.0) + ms
+            replay_total += prof.replay_ms
+            bound_total += prof.bound_ms
+            _, length = chunk_span(model, stage, 1)
+            rate = gemm_flops(spec, 2 * batch, length) / (classes.get("gemm", 0.0) / 1e3 or float("inf")) / 1e12
+            top_other = ", ".join(f"`{n[:36]}` {ms:.3f}" for n, ms in sorted(other.items(), key=lambda x: -x[1])[:3])
+            lines.append(f"| {stage} | {length} | {prof.replay_ms:.3f} | {prof.bound_ms:.3f} | "
+                         f"{prof.replay_ms / prof.bound_ms:.2f} | {prof.kernels} | {prof.kernel_sum_ms:.3f} | "
+                         f"{classes.get('gemm', 0):.3f} ({rate:.0f}) | {classes.get('attention', 0):.3f} | "
+                         f"{classes.get('add_ln', 0):.3f} | {classes.get('qk_norm', 0):.3f} | "
+                         f"{classes.get('other', 0):.3f} | {top_other} |")
+            data["cells"].append(dict(depth=depth, batch=batch, stage=stage, tokens=length, replay_ms=prof.replay_ms,
+                                      bound_ms=prof.bound_ms, kernels=prof.kernels, kernel_sum_ms=prof.kernel_sum_ms,
+                                      classes=classes, top=[asdict(k) for k in prof.top[:40]]))
+            atomic_write_text(Path(args.out) / "pass_profile.json", json.dumps(data, indent=1))
+        lines += ["", f"d{depth} batch {batch}, all stages: replay {replay_total:.2f} ms, bound {bound_total:.2f} ms "
+                  f"({replay_total / bound_total:.2f}x); eager kernels by class: "
+                  + ", ".join(f"{c} {ms:.2f} ms" for c, ms in sorted(totals.items(), key=lambda x: -x[1])), ""]
+        atomic_write_text(Path(args.out) / "pass_profile.md", "\n".join(lines) + "\n")
+        print("\n".join(lines[-(model.num_stages + 6):]), flush=True)
+    models.clear()
+    torch.cuda.empty_cache()
+    if args.calls:
+        profile_calls(args.calls, Path(args.out), lines, data, args.ab_upsample)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
