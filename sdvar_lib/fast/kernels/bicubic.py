@@ -117,9 +117,9 @@ def _bicubic_kernel(
 @lru_cache(maxsize=256)
 def _output_strides(shape: tuple[int, ...], stride: tuple[int, ...], size: tuple[int, int]) -> tuple[int, ...]:
     """The strides ``F.interpolate(mode="bicubic")`` gives its output for an input of this layout: asked of PyTorch's
-    CPU kernel on an uninitialised CPU tensor of that layout (the memory format rule is the one of every device; a meta
-    tensor would be free to compute, but its first use imports PyTorch's Python meta registrations: 2.7 s)."""
-    probe = torch.empty_strided(shape, stride)
+    CPU kernel on a zero CPU tensor of that layout (the memory format rule is the one of every device; a meta tensor
+    would be free to compute, but its first use imports PyTorch's Python meta registrations: 2.7 s)."""
+    probe = torch.empty_strided(shape, stride).zero_()  # zeros: no NaN or subnormal garbage to slow the CPU kernel
     return F.interpolate(probe, size=size, mode="bicubic").stride()
 
 
