@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Issue 21: where every single-stage pass spends its time, by kernel class, against its bound.
 
-    python3 scripts/device_pass_profile.py --out $OUT [--cells 30:32,30:1,16:1] [--calls 32,1]   # on a CUDA GPU
+    python3 scripts/device_pass_profile.py --out $OUT [--cells 30:32,30:1,16:1] [--calls 32,1 [--rows target,exact_g4]]
 
 For each cell ``depth:batch`` (random bf16 weights) and every stage: the CUDA-graph replay of the stage's pass
 against its bound (:func:`sdvar_lib.bench.profile.profile_pass`), and the kernels of one eager run of it grouped
 into classes (matrix products, attention, the fused AdaLN / q-k norm kernels, the rest), each class with its share
 of the eager kernel time and, for the products, the rate they reach (the pass's product FLOPs over their time).
-With ``--calls``, whole target-alone calls of the bench (d16 -> d30 pair, graphed decode, top-k 900, top-p 0.96, cfg
-1.5) at those batch sizes: the median call time, then one call under ``torch.profiler`` with every GPU kernel (those
+With ``--calls``, whole calls of the bench's ``--rows`` at those batch sizes (default the target alone; SDVAR rows with
+every proposal accepted; d16 -> d30 pair, graphed decode, top-k 900, top-p 0.96, cfg 1.5): the median call time, then one call under ``torch.profiler`` with every GPU kernel (those
 inside CUDA graphs too) grouped the same way plus the decode's classes, and the GPU's busy and idle time: what a call
 spends beyond its passes (``--ab-upsample``: timed with the f_hat update's Triton and PyTorch upsampling, A/B).
 Writes ``pass_profile.json`` and ``pass_profile.md`` in ``--out`` (atomically). Without CUDA it exits with status 2.
@@ -100,10 +100,20 @@ def _ab_upsample(ctx, row, B: int, run, lines: list[str], data: dict) -> None:
     print(lines[-2], flush=True)
 
 
-def profile_calls(batches: list[int], out: Path, lines: list[str], data: dict, ab_upsample: bool = False) -> None:
+def profile_calls(batches: list[int], out: Path, lines: list[str], data: dict, ab_upsample: bool = False,
+                  rows: tuple[str, ...] = ("target",)) -> None:
     from sdvar_lib.bench.components import call_timeline
     from sdvar_lib.bench.config import BenchConfig
-    from sdvar_lib.bench.methods import PairContext, bench_row, build_pair_bf16, in_call_context, method_call, prepare_runs
+    from sdvar_lib.bench.methods import (
+        PairContext,
+        bench_row,
+        build_pair_bf16,
+        in_call_context,
+        method_call,
+        prepare_rounds,
+        prepare_runs,
+    )
+    from sdvar_lib.bench.scenarios import Scenario, ScenarioPolicy
     from sdvar_lib.bench.timing import cuda_event_ms
     from sdvar_lib.fast.config import FastConfig
     from sdvar_lib.fast.factory import FastRunFactory
@@ -114,15 +124,19 @@ def profile_calls(batches: list[int], out: Path, lines: list[str], data: dict, a
     ctx = PairContext.for_pair("d16->d30", pair, FastRunFactory(FastConfig()))
     ctx.decoder = GraphedDecode(pair.vae, fast=True)
     sampling = BenchConfig(top_k=900, top_p=0.96, out="unused").sampling
-    row = bench_row("target")
     data["calls"] = []
-    for B in batches:
+    every_accepted = Scenario("all", ScenarioPolicy.all_accepted(pair.target.num_stages))
+    for B, name in ((B, name) for B in batches for name in rows):
+        row = bench_row(name)
+        scenario = None if name == "target" else every_accepted
         prepare_runs(ctx, row, B, capture_chunks=False)
-        call = method_call(ctx, row, None, B, sampling)
+        if scenario is not None:
+            prepare_rounds(ctx, row.for_call(scenario), B, sampling)
+        call = method_call(ctx, row, scenario, B, sampling)
         run = lambda call=call: in_call_context(ctx, True, lambda: call(3))  # noqa: E731
         for _ in range(3):
             run()
-        if ab_upsample:
+        if ab_upsample and name == "target":
             _ab_upsample(ctx, row, B, run, lines, data)
         times = sorted(cuda_event_ms(run)[1] for _ in range(7))
         timeline = call_timeline(run)
@@ -142,10 +156,10 @@ def profile_calls(batches: list[int], out: Path, lines: list[str], data: dict, a
             entry[1] += us / 1e3
             entry[2] += 1
         top = sorted(names.items(), key=lambda x: -x[1][1])
-        data["calls"].append(dict(batch=B, median_ms=times[len(times) // 2], times_ms=times,
+        data["calls"].append(dict(row=name, batch=B, median_ms=times[len(times) // 2], times_ms=times,
                                   timeline=asdict(timeline), classes=classes,
                                   kernels=[dict(name=n, cls=c, ms=ms, count=k) for n, (c, ms, k) in top[:60]]))
-        lines += [f"## target-alone call, batch {B}", "",
+        lines += [f"## {name} call{'' if scenario is None else ', every proposal accepted'}, batch {B}", "",
                   f"median {times[len(times) // 2]:.2f} ms (7 calls: {', '.join(f'{t:.2f}' for t in times)}); one call "
                   f"under the profiler: wall {timeline.wall_ms:.2f} ms, GPU busy {timeline.gpu_busy_ms:.2f} ms, lead "
                   f"{timeline.lead_ms:.2f} ms, idle between {timeline.idle_ms:.2f} ms, largest gaps "
@@ -167,6 +181,9 @@ def main(argv=None) -> int:
     p.add_argument("--cells", type=_cells, default=_cells("30:32,30:1,16:1"))
     p.add_argument("--calls", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
                    help="batch sizes of whole target-alone calls to profile (after the cells)")
+    p.add_argument("--rows", type=lambda t: tuple(x for x in t.split(",") if x), default=("target",),
+                   help="with --calls: the bench rows to profile (default target; SDVAR rows with every proposal "
+                        "accepted, e.g. target,exact_g4)")
     p.add_argument("--ab-upsample", action="store_true",
                    help="with --calls: time the calls with the Triton and with PyTorch's f_hat upsampling (A/B)")
     args = p.parse_args(argv)
@@ -227,7 +244,7 @@ def main(argv=None) -> int:
     models.clear()
     torch.cuda.empty_cache()
     if args.calls:
-        profile_calls(args.calls, Path(args.out), lines, data, args.ab_upsample)
+        profile_calls(args.calls, Path(args.out), lines, data, args.ab_upsample, args.rows)
     return 0
 
 
