@@ -8,9 +8,11 @@ against its bound (:func:`sdvar_lib.bench.profile.profile_pass`), and the kernel
 into classes (matrix products, attention, the fused AdaLN / q-k norm kernels, the rest), each class with its share
 of the eager kernel time and, for the products, the rate they reach (the pass's product FLOPs over their time).
 With ``--calls``, whole calls of the bench's ``--rows`` at those batch sizes (default the target alone; SDVAR rows with
-every proposal accepted; d16 -> d30 pair, graphed decode, top-k 900, top-p 0.96, cfg 1.5): the median call time, then one call under ``torch.profiler`` with every GPU kernel (those
-inside CUDA graphs too) grouped the same way plus the decode's classes, and the GPU's busy and idle time: what a call
-spends beyond its passes (``--ab-upsample``: timed with the f_hat update's Triton and PyTorch upsampling, A/B).
+every proposal accepted; d16 -> d30 pair, graphed decode, top-k 900, top-p 0.96, cfg 1.5): the median call time, then
+one call under ``torch.profiler`` with every GPU kernel (those inside CUDA graphs too) grouped the same way plus the
+decode's classes, and the GPU's busy and idle time: what a call spends beyond its passes. ``--ab-upsample``: the target
+timed with the f_hat update's Triton and PyTorch upsampling, A/B; ``--ab-tunable``: with cuBLAS's default GEMM
+algorithms and with PyTorch's TunableOp, A/B.
 Writes ``pass_profile.json`` and ``pass_profile.md`` in ``--out`` (atomically). Without CUDA it exits with status 2.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -100,8 +103,47 @@ def _ab_upsample(ctx, row, B: int, run, lines: list[str], data: dict) -> None:
     print(lines[-2], flush=True)
 
 
+def _ab_tunable(ctx, row, B: int, run, lines: list[str], data: dict) -> None:
+    """Target-alone calls with cuBLAS's default algorithms (A) and with PyTorch's TunableOp (B: every GEMM shape tuned
+    once, during the runs' eager warm-ups, then kept), in blocks A B A of 7 calls, fresh runs and graphs per block."""
+    from sdvar_lib.bench.methods import prepare_runs
+    from sdvar_lib.bench.timing import cuda_event_ms
+
+    tunable = torch.cuda.tunable
+    times: dict[str, list[float]] = {"default": [], "tunable": []}
+    failures, tuned = 0, 0
+    for name in ("default", "tunable", "default"):
+        tunable.enable(name == "tunable")
+        if name == "tunable":
+            # the tuned algorithms stay with this process: its results file (if PyTorch writes one) goes to a temporary folder
+            tunable.set_filename(str(Path(tempfile.mkdtemp(prefix="tunableop_")) / "results.csv"))
+            if hasattr(tunable, "write_file_on_exit"):
+                tunable.write_file_on_exit(False)
+            tunable.set_max_tuning_duration(30)
+            tunable.tuning_enable(True)
+        ctx.factory.release()
+        prepare_runs(ctx, row, B, capture_chunks=False)
+        for _ in range(2):
+            run()
+        if name == "tunable":
+            tunable.tuning_enable(False)
+            tuned = len(tunable.get_results())
+        failures += sum(r.counters.capture_failures for r in ctx.factory.runs())
+        times[name] += [cuda_event_ms(run)[1] for _ in range(7)]
+    tunable.enable(False)
+    ctx.factory.release()
+    prepare_runs(ctx, row, B, capture_chunks=False)
+    run()
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    data.setdefault("ab_tunable", []).append(dict(batch=B, medians_ms=med, times_ms=times, tuned=tuned,
+                                                  capture_failures=failures))
+    lines += [f"A/B TunableOp, target alone, batch {B}: default {med['default']:.2f} ms, tuned {med['tunable']:.2f} ms "
+              f"(x{med['default'] / med['tunable']:.3f}); {tuned} tuned GEMMs; capture failures {failures}", ""]
+    print(lines[-2], flush=True)
+
+
 def profile_calls(batches: list[int], out: Path, lines: list[str], data: dict, ab_upsample: bool = False,
-                  rows: tuple[str, ...] = ("target",)) -> None:
+                  rows: tuple[str, ...] = ("target",), ab_tunable: bool = False) -> None:
     from sdvar_lib.bench.components import call_timeline
     from sdvar_lib.bench.config import BenchConfig
     from sdvar_lib.bench.methods import (
@@ -138,6 +180,8 @@ def profile_calls(batches: list[int], out: Path, lines: list[str], data: dict, a
             run()
         if ab_upsample and name == "target":
             _ab_upsample(ctx, row, B, run, lines, data)
+        if ab_tunable and name == "target":
+            _ab_tunable(ctx, row, B, run, lines, data)
         times = sorted(cuda_event_ms(run)[1] for _ in range(7))
         timeline = call_timeline(run)
         torch.cuda.synchronize()
@@ -184,6 +228,8 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=lambda t: tuple(x for x in t.split(",") if x), default=("target",),
                    help="with --calls: the bench rows to profile (default target; SDVAR rows with every proposal "
                         "accepted, e.g. target,exact_g4)")
+    p.add_argument("--ab-tunable", action="store_true",
+                   help="with --calls: time the target with cuBLAS's default GEMM algorithms and with TunableOp's (A/B)")
     p.add_argument("--ab-upsample", action="store_true",
                    help="with --calls: time the calls with the Triton and with PyTorch's f_hat upsampling (A/B)")
     args = p.parse_args(argv)
@@ -244,7 +290,7 @@ def main(argv=None) -> int:
     models.clear()
     torch.cuda.empty_cache()
     if args.calls:
-        profile_calls(args.calls, Path(args.out), lines, data, args.ab_upsample, args.rows)
+        profile_calls(args.calls, Path(args.out), lines, data, args.ab_upsample, args.rows, args.ab_tunable)
     return 0
 
 
