@@ -450,3 +450,34 @@ def test_a_call_without_a_seed_draws_from_the_global_stream():
     assert _default_generator(torch.device("cpu")) is torch.default_generator
     with pytest.raises(ValueError, match="g_seed"):
         _default_generator(torch.device("meta"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_first_stage_pass_launches_no_attention_and_gives_its_logits(tiny_pair, monkeypatch, dtype):
+    """The first stage's fused pass (one token at position 0) skips the attention, whose one softmax weight is exactly
+    1: its logits and cache are bit for bit those of the same pass through the attention (forced by an explicit
+    all-true mask); the next stage's pass attends as before."""
+    import torch.nn.functional as F
+
+    _, _, target = tiny_pair
+    model = copy.deepcopy(target).to(dtype)
+    run = FastRun(model, 2, FastConfig(use_cuda_graphs=False))
+    real, calls = F.scaled_dot_product_attention, []
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 1, model.C, generator=gen).to(dtype)
+    outs, caches, counts = [], [], []
+    with torch.no_grad():  # as every pass runs (FastRun.forward)
+        for mask in (None, torch.ones(1, 1, dtype=torch.bool)):
+            run.begin(torch.tensor([3, 7]))
+            out = torch.empty(4, 1, model.V)
+            run._fused.step(x, run.cache, 0, mask, out)
+            outs.append(out)
+            caches.append((run.cache.k_NBHLc[:, :, :, :1].clone(), run.cache.v_NBHLc[:, :, :, :1].clone()))
+            counts.append(len(calls))
+        run.cache.set_length(1)
+        run._fused.step(torch.randn(4, 4, model.C, generator=gen).to(dtype), run.cache, 1, None,
+                        torch.empty(4, 4, model.V))
+    assert counts == [0, model.depth]
+    assert torch.equal(outs[0], outs[1]) and all(torch.equal(a, b) for a, b in zip(*caches))
+    assert len(calls) == 2 * model.depth

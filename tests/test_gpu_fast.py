@@ -182,6 +182,27 @@ def test_gpu_whole_stage_graphs_equal_the_step_by_step_stage(d16, sampler):
     assert run.counters.replays > 0 and run.counters.capture_failures == 0
 
 
+@pytest.mark.parametrize("dtype", HALF)
+def test_gpu_first_stage_pass_without_attention_is_bit_exact(d16, dtype):
+    """On the GPU too, the first stage's fused pass without attention (one key: weight exactly 1) gives the logits and
+    cache of the same pass through the attention kernel (forced by an explicit all-true mask), bit for bit."""
+    vae, model32 = d16
+    model = build_var(vae, 16, model32.device)
+    model.load_state_dict(model32.state_dict())
+    model = model.to(dtype).eval()
+    run = FastRun(model, 2, FastConfig(use_cuda_graphs=False))
+    x = torch.randn(4, 1, model.C, generator=torch.Generator(device=model.device).manual_seed(0),
+                    device=model.device).to(dtype)
+    outs = []
+    with torch.no_grad():
+        for mask in (None, torch.ones(1, 1, dtype=torch.bool, device=model.device)):
+            run.begin(torch.tensor([3, 7], device=model.device))
+            out = torch.empty(4, 1, model.V, device=model.device)
+            run._fused.step(x, run.cache, 0, mask, out)
+            outs.append((out, run.cache.v_NBHLc[:, :, :, :1].clone()))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
 def test_gpu_bicubic_kernel_is_interpolate_bit_for_bit(d16):
     """At official sizes (Cvae 32, every upsampled stage from 1x1 to 13x13, to 16x16) and batch 1 and 32, the f_hat
     update's Triton upsampling equals ``F.interpolate``'s CUDA kernel bit for bit, layout included; so a fast run of an

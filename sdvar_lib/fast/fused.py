@@ -12,7 +12,11 @@ pass with them. A block is its four matrix products, one attention and three fus
 3. after the MLP: the residual ``x += f * gamma2`` and the *next* block's AdaLN (after the last
    block, the head's);
 
-and the MLP's GELU in the first MLP product's epilogue. The head reads the AdaLN output in float32
+and the MLP's GELU in the first MLP product's epilogue. The first stage's pass (one token at position 0, attending to
+itself only) launches no attention: a softmax over one score is exactly 1, so the attention's output is the token's
+``v`` bit for bit, copied from the ``qkv`` product (a copy of a few µs instead of an attention kernel of 6-7 µs per
+layer, in a d16 pass 16 of them, in a d30 one 30; contiguous like attention's output, so that the projection runs the
+same kernel and gives the same bits). The head reads the AdaLN output in float32
 and multiplies by float32 copies of its weights, or (``half_head``, the default for bf16/fp16
 models on a GPU) by its half-precision weights as they are with float32 accumulation and output —
 cuBLAS's float32 product runs on CUDA cores, about ten times slower than the tensor cores.
@@ -271,6 +275,7 @@ class FusedPass:
         model, rows, ops = self.model, self.rows, self.ops
         l, C, depth = x.shape[1], model.C, model.depth
         end = position + l
+        alone = end == 1 and mask is None  # the first token attends to itself only (the first stage's pass)
         ada = self.ada_N2B6C  # per block (rows, 6, C): gamma1, gamma2, 1 + scale1, 1 + scale2, shift1, shift2
         eps0 = model.blocks[0].ln_wo_grad.eps
         x, h = ops.add_ln_modulate(x, ada[0, :, 2], ada[0, :, 4], eps0)
@@ -279,11 +284,14 @@ class FusedPass:
             qkv = F.linear(h, attn.mat_qkv.weight, self.qkv_bias_N3C[i])
             factor = self.qk_factor_N2H1[i] if attn.attn_l2_norm else None
             q = ops.qk_norm_into_cache(qkv, cache.k_NBHLc[i], cache.v_NBHLc[i], position, factor)
-            o = F.scaled_dot_product_attention(
-                q.transpose(1, 2), cache.k_NBHLc[i, :, :, :end], cache.v_NBHLc[i, :, :, :end], attn_mask=mask,
-                scale=attn.scale,
-            )
-            o = F.linear(o.transpose(1, 2).reshape(rows, l, C), attn.proj.weight, attn.proj.bias)
+            if alone:  # one query, one key: its softmax weight is exactly 1, so attention returns v bit for bit
+                o = qkv[:, :, 2 * C :].contiguous()  # laid out as attention's output: the same projection kernel
+            else:
+                o = F.scaled_dot_product_attention(
+                    q.transpose(1, 2), cache.k_NBHLc[i, :, :, :end], cache.v_NBHLc[i, :, :, :end], attn_mask=mask,
+                    scale=attn.scale,
+                ).transpose(1, 2).reshape(rows, l, C)
+            o = F.linear(o, attn.proj.weight, attn.proj.bias)
             x, h = ops.add_ln_modulate(x, ada[i, :, 3], ada[i, :, 5], eps, o=o, gate=ada[i, :, 0])
             f = F.linear(ops.fc1_gelu(h, ffn.fc1.weight, ffn.fc1.bias), ffn.fc2.weight, ffn.fc2.bias)
             if i + 1 < depth:
