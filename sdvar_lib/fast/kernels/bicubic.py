@@ -12,9 +12,8 @@ Same values means bit for bit on a GPU: the kernel does PyTorch's arithmetic in 
 ``A = -0.75``, four row interpolations over clamped columns, then one over the rows, all in float32), and the output
 has the memory format ``F.interpolate`` gives it (which decides the layout, and so the kernels, of the convolution
 after it). Whether the compiled kernel matches bit for bit is checked where it is used
-(:func:`sdvar_lib.fast.upsample.resolve_upsample`), not assumed. In Triton's CPU interpreter the products are rounded
-one by one (no fused multiply-adds), as PyTorch's CPU kernel need not do: the CPU tests compare within float32
-rounding.
+(:func:`sdvar_lib.fast.upsample.resolve_upsample`), not assumed. Triton's CPU interpreter (numpy) and PyTorch's CPU
+kernel round differently from the GPU and from each other: the CPU tests compare within float32 rounding.
 """
 
 from __future__ import annotations
