@@ -69,12 +69,30 @@ def gemm_flops(spec: VarSpec, rows: int, length: int) -> float:
     return float(spec.depth * rows * length * 2 * (4 * C * C + 2 * C * hid) + rows * length * 2 * C * spec.vocab)
 
 
+def _fresh_block(ctx, row, B: int, run, warmups: int = 2, timed: int = 7, after_warmups=None):
+    """Fresh runs and graphs for ``row`` at batch ``B``, ``warmups`` untimed calls, ``after_warmups()`` if given, then
+    ``timed`` calls timed: ``(the last untimed call's output, the timed calls' ms)``."""
+    from sdvar_lib.bench.methods import prepare_runs
+    from sdvar_lib.bench.timing import cuda_event_ms
+
+    ctx.factory.release()
+    prepare_runs(ctx, row, B, capture_chunks=False)
+    out = None
+    for _ in range(warmups):
+        out = run()
+    if after_warmups is not None:
+        after_warmups()
+    return out, [cuda_event_ms(run)[1] for _ in range(timed)]
+
+
+def _medians(times: dict[str, list[float]]) -> dict[str, float]:
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
 def _ab_upsample(ctx, row, B: int, run, lines: list[str], data: dict) -> None:
     """Target-alone calls with the f_hat update's Triton upsampling (A) and PyTorch's (B), in blocks A B A B A of 7
     calls each, fresh runs and graphs for each block; the medians of all A and all B calls, and the outputs compared."""
     import sdvar_lib.fast.run as fast_run
-    from sdvar_lib.bench.methods import prepare_runs
-    from sdvar_lib.bench.timing import cuda_event_ms
     from sdvar_lib.models.quant import bicubic
 
     resolve = fast_run.resolve_upsample
@@ -83,18 +101,13 @@ def _ab_upsample(ctx, row, B: int, run, lines: list[str], data: dict) -> None:
     kinds = []
     for name in ("triton", "torch", "triton", "torch", "triton"):
         fast_run.resolve_upsample = resolve if name == "triton" else (lambda kernels, model: bicubic)
-        ctx.factory.release()
-        prepare_runs(ctx, row, B, capture_chunks=False)
-        for _ in range(2):
-            out = run()
+        out, block = _fresh_block(ctx, row, B, run)
         images.setdefault(name, torch.cat([out.f_hat_BChw.flatten(), out.images_B3HW.flatten()]).clone())
         kinds.append(sorted({r.upsample.__name__ for r in ctx.factory.runs()}))
-        times[name] += [cuda_event_ms(run)[1] for _ in range(7)]
+        times[name] += block
     fast_run.resolve_upsample = resolve
-    ctx.factory.release()
-    prepare_runs(ctx, row, B, capture_chunks=False)
-    run()
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    _fresh_block(ctx, row, B, run, warmups=1, timed=0)
+    med = _medians(times)
     same = bool(torch.equal(images["triton"], images["torch"]))
     data.setdefault("ab_upsample", []).append(dict(batch=B, medians_ms=med, times_ms=times, same_images=same,
                                                    upsample=kinds))
@@ -106,12 +119,14 @@ def _ab_upsample(ctx, row, B: int, run, lines: list[str], data: dict) -> None:
 def _ab_tunable(ctx, row, B: int, run, lines: list[str], data: dict) -> None:
     """Target-alone calls with cuBLAS's default algorithms (A) and with PyTorch's TunableOp (B: every GEMM shape tuned
     once, during the runs' eager warm-ups, then kept), in blocks A B A of 7 calls, fresh runs and graphs per block."""
-    from sdvar_lib.bench.methods import prepare_runs
-    from sdvar_lib.bench.timing import cuda_event_ms
-
     tunable = torch.cuda.tunable
     times: dict[str, list[float]] = {"default": [], "tunable": []}
-    failures, tuned = 0, 0
+    failures, tuned = 0, []
+
+    def stop_tuning() -> None:
+        tunable.tuning_enable(False)
+        tuned.append(len(tunable.get_results()))
+
     for name in ("default", "tunable", "default"):
         tunable.enable(name == "tunable")
         if name == "tunable":
@@ -121,24 +136,16 @@ def _ab_tunable(ctx, row, B: int, run, lines: list[str], data: dict) -> None:
                 tunable.write_file_on_exit(False)
             tunable.set_max_tuning_duration(30)
             tunable.tuning_enable(True)
-        ctx.factory.release()
-        prepare_runs(ctx, row, B, capture_chunks=False)
-        for _ in range(2):
-            run()
-        if name == "tunable":
-            tunable.tuning_enable(False)
-            tuned = len(tunable.get_results())
+        _, block = _fresh_block(ctx, row, B, run, after_warmups=stop_tuning if name == "tunable" else None)
         failures += sum(r.counters.capture_failures for r in ctx.factory.runs())
-        times[name] += [cuda_event_ms(run)[1] for _ in range(7)]
+        times[name] += block
     tunable.enable(False)
-    ctx.factory.release()
-    prepare_runs(ctx, row, B, capture_chunks=False)
-    run()
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    data.setdefault("ab_tunable", []).append(dict(batch=B, medians_ms=med, times_ms=times, tuned=tuned,
+    _fresh_block(ctx, row, B, run, warmups=1, timed=0)
+    med = _medians(times)
+    data.setdefault("ab_tunable", []).append(dict(batch=B, medians_ms=med, times_ms=times, tuned=tuned[0],
                                                   capture_failures=failures))
     lines += [f"A/B TunableOp, target alone, batch {B}: default {med['default']:.2f} ms, tuned {med['tunable']:.2f} ms "
-              f"(x{med['default'] / med['tunable']:.3f}); {tuned} tuned GEMMs; capture failures {failures}", ""]
+              f"(x{med['default'] / med['tunable']:.3f}); {tuned[0]} tuned GEMMs; capture failures {failures}", ""]
     print(lines[-2], flush=True)
 
 
