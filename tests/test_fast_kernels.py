@@ -452,3 +452,20 @@ def test_bicubic_output_layout_costs_no_heavy_import():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False", "(8192,", "1,", "512,", "32)", "False"], done.stdout
+
+
+def test_triton_upsample_is_checked_once_per_device_and_sizes(tiny_pair, caplog):
+    """Every run of a model asks for the same verdict (GPU, software and sizes decide it): the check runs once per
+    process and its warning is logged once (on the CPU it fails: PyTorch's CPU kernel rounds otherwise)."""
+    import logging
+
+    from sdvar_lib.fast import upsample
+    from sdvar_lib.models.quant import bicubic
+
+    _, _, target = tiny_pair
+    upsample._triton_upsample.cache_clear()
+    key = (torch.device("cpu"), target.Cvae, tuple(target.patch_nums))
+    with caplog.at_level(logging.WARNING, logger="sdvar_lib.fast.upsample"):
+        assert all(upsample._triton_upsample(*key) is bicubic for _ in range(3))
+    assert sum("not bit-exact" in r.getMessage() for r in caplog.records) == 1
+    upsample._triton_upsample.cache_clear()

@@ -16,6 +16,7 @@ PyTorch's CUDA bicubic kernel is slow at the sizes VAR meets (0.9 ms per stage a
 from __future__ import annotations
 
 import logging
+from functools import cache
 
 import torch
 
@@ -31,10 +32,14 @@ def check_upsample(upsample: Upsample, model: VAR, batch: int = 2) -> str | None
     """``None`` when ``upsample`` equals :func:`bicubic` bit for bit (values, dtype, strides) for random float32
     token maps of every stage of ``model`` that is upsampled, laid out as the stage steps lay them out; else the
     first difference (or the error a kernel raised)."""
-    device, Cv, out = model.device, model.Cvae, model.patch_nums[-1]
+    return _check(upsample, model.device, model.Cvae, tuple(model.patch_nums), batch)
+
+
+def _check(upsample: Upsample, device: torch.device, Cv: int, patch_nums: tuple[int, ...], batch: int) -> str | None:
+    out = patch_nums[-1]
     gen = torch.Generator(device=device).manual_seed(0)
     try:
-        for pn in model.patch_nums[:-1]:
+        for pn in patch_nums[:-1]:
             # (B, l, Cv) -> (B, Cv, pn, pn): the channels-last view idx_to_h and the stage programs make
             h = torch.randn(batch, pn * pn, Cv, generator=gen, device=device).transpose(1, 2).reshape(batch, Cv, pn, pn)
             got, want = upsample(h, (out, out)), bicubic(h, (out, out))
@@ -50,16 +55,24 @@ def check_upsample(upsample: Upsample, model: VAR, batch: int = 2) -> str | None
     return None
 
 
-def resolve_upsample(kernels: str, model: VAR) -> Upsample:
-    """The upsampling a run's ``f_hat`` updates use: the Triton kernel where ``kernels == "triton"``, the model is
-    on a GPU and :func:`check_upsample` passes; PyTorch's :func:`bicubic` otherwise."""
-    if kernels != "triton" or model.device.type != "cuda":
-        return bicubic
+@cache
+def _triton_upsample(device: torch.device, Cv: int, patch_nums: tuple[int, ...]) -> Upsample:
+    """The Triton kernel if it checks out bit for bit for these sizes on ``device``, else :func:`bicubic` (asked once
+    per process: the verdict depends only on the GPU, the software and the sizes, and every run of a model shares it)."""
     from sdvar_lib.fast.kernels.bicubic import upsample_bicubic
 
-    problem = check_upsample(upsample_bicubic, model)
+    problem = _check(upsample_bicubic, device, Cv, patch_nums, batch=2)
     if problem is not None:
         log.warning("the f_hat update keeps PyTorch's bicubic upsampling: the Triton kernel is not bit-exact here (%s)",
                     problem)
         return bicubic
     return upsample_bicubic
+
+
+def resolve_upsample(kernels: str, model: VAR) -> Upsample:
+    """The upsampling a run's ``f_hat`` updates use: the Triton kernel where ``kernels == "triton"``, the model is
+    on a GPU and :func:`check_upsample` passes (checked once per device and model sizes); PyTorch's :func:`bicubic`
+    otherwise."""
+    if kernels != "triton" or model.device.type != "cuda":
+        return bicubic
+    return _triton_upsample(model.device, model.Cvae, tuple(model.patch_nums))
