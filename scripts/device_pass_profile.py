@@ -12,7 +12,9 @@ every proposal accepted; d16 -> d30 pair, graphed decode, top-k 900, top-p 0.96,
 one call under ``torch.profiler`` with every GPU kernel (those inside CUDA graphs too) grouped the same way plus the
 decode's classes, and the GPU's busy and idle time: what a call spends beyond its passes. ``--ab-upsample``: the target
 timed with the f_hat update's Triton and PyTorch upsampling, A/B; ``--ab-tunable``: with cuBLAS's default GEMM
-algorithms and with PyTorch's TunableOp, A/B.
+algorithms and with PyTorch's TunableOp, A/B; ``--ab-chunk-attention``: the SDVAR rows with the verify chunks'
+masked and per-stage attention (``FastConfig.chunk_attention``), A/B. ``--chunks 30:1,30:32``: the verify chunks'
+passes (:data:`CHUNKS`) of those cells timed with both, and their logits compared.
 Writes ``pass_profile.json`` and ``pass_profile.md`` in ``--out`` (atomically). Without CUDA it exits with status 2.
 """
 
@@ -149,8 +151,88 @@ def _ab_tunable(ctx, row, B: int, run, lines: list[str], data: dict) -> None:
     print(lines[-2], flush=True)
 
 
+CHUNKS = ((0, 5), (5, 5), (0, 3), (3, 3), (6, 3), (7, 3), (8, 2))
+"""``(start stage, stages)`` of the verify chunks that ``--chunks`` times: gamma 4's two, gamma 2's (with the bonus
+stage), and the last two stages."""
+
+
+def time_chunk_attention(model, batch: int, lines: list[str], data: dict, repeats: int = 20) -> None:
+    """Every chunk of :data:`CHUNKS` as a CUDA-graph replay of its pass, with ``chunk_attention`` ``"masked"`` and
+    ``"per_stage"`` (two runs, one at a time), and the two passes' logits on the same random input and cache."""
+    from sdvar_lib.bench.timing import median_event_ms
+    from sdvar_lib.fast.config import FastConfig, PassRecord
+    from sdvar_lib.fast.fused import chunk_stage_ends, per_stage_pays
+    from sdvar_lib.fast.run import FastRun
+
+    labels = torch.zeros(batch, dtype=torch.long, device=model.device)
+    times: dict[str, dict] = {}
+    for mode in ("masked", "per_stage"):
+        run = FastRun(model, batch, FastConfig(chunk_attention=mode))
+        run.begin(labels)
+        run.precapture(CHUNKS)
+        times[mode] = {}
+        for c, n in CHUNKS:
+            rec = PassRecord(*chunk_span(model, c, n), graphed=True)
+            times[mode][(c, n)] = median_event_ms(lambda rec=rec, run=run: run.replay_passes([rec]), repeats)
+        del run
+        torch.cuda.empty_cache()
+    run = FastRun(model, batch, FastConfig(use_cuda_graphs=False, chunk_attention="masked"))
+    run.begin(labels)
+    gen = torch.Generator(device=model.device).manual_seed(0)
+    rows_heads = 2 * batch * model.num_heads
+    for c, n in CHUNKS:
+        position, l = chunk_span(model, c, n)
+        ends = chunk_stage_ends(run._stage_of_position, position, l)
+        x = torch.randn(2 * batch, l, model.C, generator=gen, device=model.device).to(model.pos_1LC.dtype)
+        prefix = torch.randn(run.cache.k_NBHLc[:, :, :, :position].shape, generator=gen, device=model.device)
+        logits = []
+        for mask, stage_ends in ((run._chunk_attention(position, l).mask, None), (None, ends)):
+            run.cache.k_NBHLc[:, :, :, :position].copy_(prefix)
+            run.cache.v_NBHLc[:, :, :, :position].copy_(prefix.flip(-1))
+            out = torch.empty(2 * batch, l, model.V, device=model.device)
+            run._fused.step(x, run.cache, position, mask, out, stage_ends)
+            logits.append(out)
+        diff = (logits[0] - logits[1]).abs().max().item()
+        masked, per_stage = times["masked"][(c, n)], times["per_stage"][(c, n)]
+        saved = l * (position + l) - sum((e - b) * (position + e) for b, e in zip((0, *ends[:-1]), ends))
+        row = dict(depth=model.depth, batch=batch, chunk=[c, n], tokens=l, masked_ms=masked, per_stage_ms=per_stage,
+                   saved_scores=rows_heads * saved, auto_per_stage=per_stage_pays(rows_heads, position, ends),
+                   max_logit_diff=diff)
+        data.setdefault("chunk_attention", []).append(row)
+        lines.append(f"| d{model.depth} | {batch} | {c}..{c + n - 1} | {l} | {masked:.3f} | {per_stage:.3f} | "
+                     f"{masked / per_stage:.3f} | {rows_heads * saved / 2**20:.1f} | {row['auto_per_stage']} | {diff:.2e} |")
+        print(lines[-1], flush=True)
+    del run
+    torch.cuda.empty_cache()
+
+
+def _ab_chunk_attention(ctx, row, name: str, B: int, run, lines: list[str], data: dict) -> None:
+    """SDVAR calls with the verify chunks' masked attention (A) and per-stage attention (B), in blocks A B A B A of 7
+    calls each, fresh runs and graphs per block; the medians of all A and all B calls, and the outputs compared."""
+    from dataclasses import replace
+
+    config = ctx.factory.config
+    times: dict[str, list[float]] = {"masked": [], "per_stage": []}
+    images = {}
+    for mode in ("masked", "per_stage", "masked", "per_stage", "masked"):
+        ctx.factory.config = replace(config, chunk_attention=mode)
+        out, block = _fresh_block(ctx, row, B, run)
+        images.setdefault(mode, out.images_B3HW.float().clone())
+        times[mode] += block
+    ctx.factory.config = config
+    _fresh_block(ctx, row, B, run, warmups=1, timed=0)
+    med = _medians(times)
+    diff = (images["masked"] - images["per_stage"]).abs().max().item()
+    data.setdefault("ab_chunk_attention", []).append(dict(row=name, batch=B, medians_ms=med, times_ms=times,
+                                                          max_image_diff=diff))
+    lines += [f"A/B chunk attention, {name}, batch {B}: masked {med['masked']:.2f} ms, per stage "
+              f"{med['per_stage']:.2f} ms (x{med['masked'] / med['per_stage']:.3f}); largest image difference {diff:.2e}",
+              ""]
+    print(lines[-2], flush=True)
+
+
 def profile_calls(batches: list[int], out: Path, lines: list[str], data: dict, ab_upsample: bool = False,
-                  rows: tuple[str, ...] = ("target",), ab_tunable: bool = False) -> None:
+                  rows: tuple[str, ...] = ("target",), ab_tunable: bool = False, ab_chunk: bool = False) -> None:
     from sdvar_lib.bench.components import call_timeline
     from sdvar_lib.bench.config import BenchConfig
     from sdvar_lib.bench.methods import (
@@ -189,6 +271,8 @@ def profile_calls(batches: list[int], out: Path, lines: list[str], data: dict, a
             _ab_upsample(ctx, row, B, run, lines, data)
         if ab_tunable and name == "target":
             _ab_tunable(ctx, row, B, run, lines, data)
+        if ab_chunk and name != "target":
+            _ab_chunk_attention(ctx, row, name, B, run, lines, data)
         times = sorted(cuda_event_ms(run)[1] for _ in range(7))
         timeline = call_timeline(run)
         torch.cuda.synchronize()
@@ -239,6 +323,10 @@ def main(argv=None) -> int:
                    help="with --calls: time the target with cuBLAS's default GEMM algorithms and with TunableOp's (A/B)")
     p.add_argument("--ab-upsample", action="store_true",
                    help="with --calls: time the calls with the Triton and with PyTorch's f_hat upsampling (A/B)")
+    p.add_argument("--ab-chunk-attention", action="store_true",
+                   help="with --calls: time the SDVAR rows with masked and with per-stage verify attention (A/B)")
+    p.add_argument("--chunks", type=_cells, default=[],
+                   help="cells depth:batch whose verify chunks' passes are timed with masked and per-stage attention")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("device_pass_profile: needs a CUDA GPU", file=sys.stderr)
@@ -294,10 +382,24 @@ def main(argv=None) -> int:
                   + ", ".join(f"{c} {ms:.2f} ms" for c, ms in sorted(totals.items(), key=lambda x: -x[1])), ""]
         atomic_write_text(Path(args.out) / "pass_profile.md", "\n".join(lines) + "\n")
         print("\n".join(lines[-(model.num_stages + 6):]), flush=True)
+    if args.chunks:
+        lines += ["## chunk passes, masked and per-stage attention (graph replays, ms)", "",
+                  "| model | batch | stages | tokens | masked | per stage | masked / per stage | scores saved (2^20) | "
+                  "auto takes per stage | largest logit difference |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for depth, batch in args.chunks:
+        if depth not in models:
+            models.clear()
+            torch.cuda.empty_cache()
+            models[depth] = build_var(vae, depth, device).to(torch.bfloat16).eval()
+        time_chunk_attention(models[depth], batch, lines, data)
+        atomic_write_text(Path(args.out) / "pass_profile.json", json.dumps(data, indent=1))
+        atomic_write_text(Path(args.out) / "pass_profile.md", "\n".join(lines) + "\n")
+    lines.append("")
     models.clear()
     torch.cuda.empty_cache()
     if args.calls:
-        profile_calls(args.calls, Path(args.out), lines, data, args.ab_upsample, args.rows, args.ab_tunable)
+        profile_calls(args.calls, Path(args.out), lines, data, args.ab_upsample, args.rows, args.ab_tunable,
+                      args.ab_chunk_attention)
     return 0
 
 

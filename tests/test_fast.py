@@ -317,6 +317,8 @@ def test_kernel_and_sampler_choices(pair):
         FastConfig(kernels="cuda")
     with pytest.raises(ValueError, match="sampler"):
         FastConfig(sampler="gumbel")
+    with pytest.raises(ValueError, match="chunk_attention"):
+        FastConfig(chunk_attention="flash")
     from sdvar_lib.fast.kernels import resolve_backend
 
     assert resolve_backend("auto", "cpu") == "torch" and resolve_backend("torch", "meta") == "torch"
@@ -481,3 +483,96 @@ def test_first_stage_pass_launches_no_attention_and_gives_its_logits(tiny_pair, 
     assert counts == [0, model.depth]
     assert torch.equal(outs[0], outs[1]) and all(torch.equal(a, b) for a, b in zip(*caches))
     assert len(calls) == 2 * model.depth
+
+
+def _official_stage_ids() -> list[int]:
+    from sdvar_lib.models.presets import OFFICIAL_PATCH_NUMS
+
+    return [si for si, pn in enumerate(OFFICIAL_PATCH_NUMS) for _ in range(pn * pn)]
+
+
+def test_chunk_stage_ends():
+    from sdvar_lib.fast.fused import chunk_stage_ends
+
+    ids = _official_stage_ids()
+    assert chunk_stage_ends(ids, 55, 625) == (36, 100, 200, 369, 625)  # gamma 4's second verify chunk, stages 5-9
+    assert chunk_stage_ends(ids, 0, 55) == (1, 5, 14, 30, 55)
+    assert chunk_stage_ends(ids, 424, 256) == (256,)  # a single stage
+    assert chunk_stage_ends(ids, 430, 250) == (250,)  # a chunk that starts inside a stage
+    assert chunk_stage_ends(ids, 20, 20) == (10, 20)  # ... and ends inside one
+    for position, length in ((0, 0), (-1, 3), (600, 81)):
+        with pytest.raises(ValueError, match="does not fit"):
+            chunk_stage_ends(ids, position, length)
+
+
+def test_per_stage_attention_is_taken_where_it_was_measured_faster():
+    """``chunk_attention="auto"``: per-stage attention where graph replays on one H200 found it faster than the masked
+    one (d30 and d16 verify chunks of stages 5-9, 7-9 and 8-9 from batch 8, stages 6-8 at d30 batch 8), the masked
+    one where it was as fast or faster (everything at batch 1, the chunks of the small stages at any batch)."""
+    from sdvar_lib.fast.fused import chunk_stage_ends, per_stage_pays
+
+    ids = _official_stage_ids()
+    begins = [ids.index(s) for s in range(10)] + [680]
+
+    def pays(heads: int, batch: int, c: int, n: int) -> bool:
+        position = begins[c]
+        return per_stage_pays(2 * batch * heads, position, chunk_stage_ends(ids, position, begins[c + n] - position))
+
+    for heads, batch in ((30, 8), (30, 32), (16, 8), (16, 32)):
+        assert all(pays(heads, batch, c, n) for c, n in ((5, 5), (7, 3), (8, 2)))
+        assert not any(pays(heads, batch, c, n) for c, n in ((0, 5), (0, 3), (3, 3)))
+    assert pays(30, 8, 6, 3) and not pays(16, 8, 6, 3)
+    for heads in (30, 16):
+        assert not any(pays(heads, 1, c, n) for c, n in ((0, 5), (5, 5), (0, 3), (3, 3), (6, 3), (7, 3), (8, 2)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_stage_chunk_attention_gives_the_masked_logits(tiny_pair, monkeypatch, dtype):
+    """A chunk of several stages attending once per stage (no mask, each stage's queries against the cache up to its
+    end) gives the masked pass's logits and cache: one attention per stage and layer, none with a mask."""
+    import torch.nn.functional as F
+
+    _, _, target = tiny_pair
+    model = copy.deepcopy(target).to(dtype)
+    runs = {mode: FastRun(model, 2, FastConfig(use_cuda_graphs=False, chunk_attention=mode))
+            for mode in ("masked", "per_stage")}
+    real, calls = F.scaled_dot_product_attention, []
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        calls.append((q.shape[2], k.shape[2], attn_mask is not None))
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    gen = torch.Generator().manual_seed(3)
+    position, l = chunk_span(model, 1, 3)  # stages 1, 2, 3 after stage 0
+    x0 = torch.randn(4, 1, model.C, generator=gen).to(dtype)
+    x = torch.randn(4, l, model.C, generator=gen).to(dtype)
+    outs, seen = {}, {}
+    with torch.no_grad():
+        for mode, run in runs.items():
+            run.begin(torch.tensor([3, 7]))
+            run.forward(x0)
+            calls.clear()
+            outs[mode] = (run.forward(x).clone(), run.cache.k_NBHLc[:, :, :, :position + l].clone(),
+                          run.cache.v_NBHLc[:, :, :, :position + l].clone())
+            seen[mode] = sorted(set(calls)), len(calls)
+    assert seen["masked"] == ([(l, position + l, True)], model.depth)
+    ends = [position + sum(pn * pn for pn in model.patch_nums[1:s + 1]) for s in (1, 2, 3)]
+    assert seen["per_stage"] == (sorted({(e - b, e, False) for b, e in zip([position, *ends[:-1]], ends)}),
+                                 3 * model.depth)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for a, b in zip(outs["per_stage"], outs["masked"]):
+        assert torch.allclose(a.float(), b.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name,call", DECODERS[-3:], ids=[n for n, _ in DECODERS[-3:]])
+def test_per_stage_chunk_attention_equals_eager(pair, name, call):
+    """SDVAR's rounds with every verify chunk attending once per stage give the eager path's tokens and images."""
+    eager = SDVAR(*pair)
+    fast = SDVAR(*pair, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=False, chunk_attention="per_stage")))
+    for labels, k in (([1, 7], 1), ([4, 4], 0)):
+        ref, got = call(eager, labels, k, 5), call(fast, labels, k, 5)
+        assert _tokens(got) == _tokens(ref), f"{name}: per-stage fast tokens differ from eager for labels {labels}"
+        assert torch.allclose(got.images_B3HW, ref.images_B3HW, atol=1e-5)
+    chunks = [a for r in fast.run_factory.runs() for a in r._attentions.values() if a.mask is not None or a.stage_ends]
+    assert chunks and all(a.mask is None and len(a.stage_ends) > 1 for a in chunks)

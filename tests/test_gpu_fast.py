@@ -77,12 +77,13 @@ def test_gpu_triton_pass_matches_torch_and_float32(d16, dtype):
     assert _rel(chunked, got) < 2e-2  # one block-causal pass over five stages = five single-stage passes
 
 
-def test_gpu_fused_graphed_greedy_sdvar_equals_greedy_target(cuda_device_module):
+@pytest.mark.parametrize("chunk_attention", ["masked", "per_stage"])
+def test_gpu_fused_graphed_greedy_sdvar_equals_greedy_target(cuda_device_module, chunk_attention):
     vae, target = build_tiny(seed=0, device=cuda_device_module)
     _, draft = build_tiny(seed=1, depth=1, vae=vae, device=cuda_device_module)
     draft, target = draft.to(torch.bfloat16), target.to(torch.bfloat16)
     sd = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=True, kernels="triton",
-                                                                    sampler="fused")))
+                                                                    sampler="fused", chunk_attention=chunk_attention)))
     for labels in ([1, 7], [4, 4], [0, 9]):
         want = baseline(sd, 2, labels, g_seed=3, sampling=SamplingConfig(top_k=1))
         for gamma in (1, 2, 3):
@@ -201,6 +202,36 @@ def test_gpu_first_stage_pass_without_attention_is_bit_exact(d16, dtype):
             run._fused.step(x, run.cache, 0, mask, out)
             outs.append((out, run.cache.v_NBHLc[:, :, :, :1].clone()))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_gpu_per_stage_chunk_attention_matches_the_masked_one(d16, dtype):
+    """At the official d16 width, a verify chunk's pass with one unmasked attention per stage gives the masked pass's
+    logits (within half-precision rounding: other kernels, the same scores) and the single-stage passes' too, at the
+    chunks of gamma 4 and gamma 2, batch 2 and 8, graphed."""
+    vae, model32 = d16
+    model = build_var(vae, 16, model32.device)
+    model.load_state_dict(model32.state_dict())
+    model = model.to(dtype).eval()
+    gen = torch.Generator(device=model.device).manual_seed(2)
+    for B, (c, n) in ((2, (0, 5)), (2, (5, 5)), (8, (7, 3))):
+        label_B = torch.arange(B, device=model.device) * 97
+        xs = [torch.randn(2 * B, chunk_span(model, s, 1)[1], model.C, generator=gen, device=model.device).to(dtype) * 0.5
+              for s in range(c + n)]
+        got = {}
+        for mode in ("masked", "per_stage"):
+            run = FastRun(model, B, FastConfig(chunk_attention=mode))
+            run.begin(label_B)
+            for x in xs[:c]:  # the prefix, stage by stage
+                run.forward(x)
+            got[mode] = run.forward(torch.cat(xs[c:], dim=1)).clone()
+            attention = run._chunk_attention(*chunk_span(model, c, n))
+            assert (attention.mask is None) == (mode == "per_stage") and run.counters.capture_failures == 0
+        single = FastRun(model, B, FastConfig())
+        single.begin(label_B)
+        alone = torch.cat([single.forward(x).clone() for x in xs], dim=1)[:, -got["masked"].shape[1]:]
+        assert bool(torch.isfinite(got["per_stage"]).all())
+        assert _rel(got["per_stage"], got["masked"]) < 1e-2 and _rel(got["per_stage"], alone) < 2e-2
 
 
 def test_gpu_bicubic_kernel_is_interpolate_bit_for_bit(d16):

@@ -40,13 +40,14 @@ def _to(models, device):
     return target.to(device), draft.to(device)
 
 
-GPU_SCENARIOS = [(1, 1, 200), (2, 1, 200), (2, 4, 100)]
+GPU_SCENARIOS = [(1, 1, 200, "auto"), (2, 1, 200, "auto"), (2, 4, 100, "auto"), (2, 4, 100, "per_stage")]
 
 
-@pytest.mark.parametrize(("gamma", "B", "calls"), GPU_SCENARIOS, ids=[f"gamma{g}-B{b}" for g, b, _ in GPU_SCENARIOS])
-def test_gpu_device_rounds_draw_the_target_law(cuda, micro, gamma, B, calls):  # noqa: F811
+@pytest.mark.parametrize(("gamma", "B", "calls", "chunk_attention"), GPU_SCENARIOS,
+                         ids=[f"gamma{g}-B{b}-{a}" for g, b, _, a in GPU_SCENARIOS])
+def test_gpu_device_rounds_draw_the_target_law(cuda, micro, gamma, B, calls, chunk_attention):  # noqa: F811
     target, close = _to(micro[:2], cuda)
-    factory = FastRunFactory()
+    factory = FastRunFactory(FastConfig(chunk_attention=chunk_attention))
     outcome = run_calls(SDVAR(close, target, run_factory=factory), gamma, B, calls)
     rounds = list(factory._rounds.values())
     assert rounds and all(r._accept for r in rounds), "device rounds must have run"

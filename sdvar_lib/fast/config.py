@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from sdvar_lib.fast.fused import HEADS
+from sdvar_lib.fast.fused import CHUNK_ATTENTIONS, HEADS
 from sdvar_lib.fast.kernels import BACKENDS
 from sdvar_lib.fast.sampling import SAMPLERS
 from sdvar_lib.util.checks import check_bool, check_choice, check_int
@@ -48,7 +48,11 @@ class FastConfig:
     once before its first pass (``FastRunFactory.prepare_call``; a run built on its own compiles its block
     kernels so, the sampler a top-k/top-p combination when first met; :mod:`sdvar_lib.fast.kernels.precompile`)
     - ``None``: as many as the CPU has, at most :data:`MAX_COMPILE_WORKERS`; ``0``: each kernel compiles when a
-    pass first launches it.
+    pass first launches it. ``chunk_attention``: how the fused pass of a chunk of several stages (SDVAR's verify
+    chunk, a catch-up chunk) attends - ``"masked"`` (one attention with the block-causal mask, which also computes
+    the scores the mask then drops), ``"per_stage"`` (one unmasked attention per stage, its queries against the cache
+    up to its end: only the scores that count, one more launch per stage and a copy of the outputs) or ``"auto"``
+    (per stage where that was measured faster: :func:`~sdvar_lib.fast.fused.per_stage_pays`).
     """
 
     use_cuda_graphs: bool | None = None
@@ -61,6 +65,7 @@ class FastConfig:
     whole_stage: bool = True
     device_rounds: bool = True
     compile_workers: int | None = None
+    chunk_attention: str = "auto"
 
     def __post_init__(self) -> None:
         if self.use_cuda_graphs is not None and not isinstance(self.use_cuda_graphs, bool):
@@ -73,6 +78,7 @@ class FastConfig:
         check_choice(self.head, "head", HEADS)
         check_bool(self.whole_stage, "whole_stage")
         check_bool(self.device_rounds, "device_rounds")
+        check_choice(self.chunk_attention, "chunk_attention", CHUNK_ATTENTIONS)
         if self.compile_workers is not None:
             check_int(self.compile_workers, "compile_workers", 0)
 

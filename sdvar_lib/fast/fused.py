@@ -24,14 +24,19 @@ cuBLAS's float32 product runs on CUDA cores, about ten times slower than the ten
 The steps come in two implementations of :class:`BlockOps`: :class:`TritonBlockOps` (one Triton
 kernel per step, cuBLASLt's GELU epilogue; 8 kernels per block) and :class:`TorchBlockOps` (PyTorch
 kernels; 18 per block; the CPU path and the fallback). Attention is PyTorch's SDPA: its flash kernel
-for a single stage, its fused masked kernel for a chunk of several stages (block-causal mask over
-the cached prefix).
+for a single stage; for a chunk of several stages (SDVAR's verify chunk) either its fused masked kernel
+(block-causal mask over the cached prefix) or one unmasked attention per stage, each stage's queries
+against the cache up to its end (:class:`ChunkAttention`, ``FastConfig.chunk_attention``). Both give the
+same values - a masked key's softmax weight is exactly 0 - and on one H200 the same bits; the masked
+kernel also computes the scores it drops (625 x 680 for gamma 4's chunk of stages 5-9 where 284k of the
+425k count), the per-stage one adds a launch per stage and a copy: :func:`per_stage_pays` picks.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +47,8 @@ from sdvar_lib.models.var import MAX_SCALE_MUL, VAR
 log = logging.getLogger(__name__)
 
 __all__ = ["BlockOps", "TorchBlockOps", "TritonBlockOps", "block_ops", "check_block_ops", "block_warmups", "HEADS",
-           "half_head_matmul", "check_half_head", "FusedPass"]
+           "half_head_matmul", "check_half_head", "FusedPass", "chunk_stage_ends",
+           "CHUNK_ATTENTIONS", "ChunkAttention", "per_stage_pays", "PER_STAGE_MIN_SAVED"]
 
 
 class BlockOps:
@@ -196,6 +202,9 @@ def block_warmups(ops: BlockOps, model: VAR, dtype: torch.dtype, device: torch.d
 
 
 HEADS = ("auto", "float32", "half")
+CHUNK_ATTENTIONS = ("auto", "masked", "per_stage")
+"""How a chunk of several stages attends (``FastConfig.chunk_attention``): one attention with the block-causal mask,
+one unmasked attention per stage, or the one measured faster for the chunk's size (:func:`per_stage_pays`)."""
 
 
 def half_head_matmul(h: torch.Tensor, weight: torch.Tensor, bias32: torch.Tensor, out: torch.Tensor) -> None:
@@ -226,6 +235,67 @@ def block_ops(backend: str) -> BlockOps:
     if backend == "torch":
         return TorchBlockOps()
     raise ValueError(f"block ops backend must be 'triton' or 'torch', got {backend!r}")
+
+
+@dataclass(frozen=True)
+class ChunkAttention:
+    """How a pass's queries attend to the cache: ``mask`` (additive, block-causal) for one masked attention over a
+    chunk of several stages, ``stage_ends`` for one unmasked attention per stage, neither for a single stage."""
+
+    mask: torch.Tensor | None = None
+    stage_ends: tuple[int, ...] | None = None
+
+
+PER_STAGE_MIN_SAVED = 9 << 19
+"""Scores (query-key pairs times rows times heads, per layer) that a chunk's per-stage attention must save over the
+masked one for each launch it adds before ``chunk_attention="auto"`` takes it (:func:`per_stage_pays`): 4.5 x 2^20,
+from graph replays of d16 and d30 verify chunks at batch 1-32 (one H200, 12-03, ``scripts/device_pass_profile.py
+--chunks``): below about 4 x 2^20 per added launch the masked pass was as fast or faster (the launches and the copy
+cost more than the dropped scores), above about 5 x 2^20 the per-stage pass was faster, by up to 1.11x."""
+
+
+def per_stage_pays(rows_heads: int, position: int, stage_ends: tuple[int, ...]) -> bool:
+    """Whether one attention per stage beats one masked attention for a chunk at ``position`` whose stages end at
+    ``stage_ends``, with ``rows_heads`` (CFG-doubled rows times heads) attention problems per layer: the scores the
+    mask drops must make up for the launches added (one per stage but the first) and the copy of the outputs, at
+    least :data:`PER_STAGE_MIN_SAVED` per added launch."""
+    l = stage_ends[-1]
+    masked = l * (position + l)
+    per_stage, begin = 0, 0
+    for end in stage_ends:
+        per_stage += (end - begin) * (position + end)
+        begin = end
+    return rows_heads * (masked - per_stage) >= PER_STAGE_MIN_SAVED * (len(stage_ends) - 1)
+
+
+def chunk_stage_ends(stage_of_position: Sequence[int], position: int, length: int) -> tuple[int, ...]:
+    """Where each stage of the chunk ``position .. position + length - 1`` ends, counted from the chunk's start.
+
+    ``stage_of_position[p]``: the stage of cache position ``p`` (non-decreasing). A block-causal mask lets a query
+    see every key of its own and earlier stages that the chunk has written, so a stage's queries see the cache up
+    to ``position + end``.
+    """
+    if length < 1 or position < 0 or position + length > len(stage_of_position):
+        raise ValueError(f"chunk of {length} tokens at {position} does not fit {len(stage_of_position)} positions")
+    ends = [p - position for p in range(position + 1, position + length)
+            if stage_of_position[p] != stage_of_position[p - 1]]
+    return (*ends, length)
+
+
+def _attention_per_stage(q_BlHc: torch.Tensor, k_BHLc: torch.Tensor, v_BHLc: torch.Tensor, position: int,
+                         stage_ends: tuple[int, ...], scale: float) -> torch.Tensor:
+    """A chunk's block-causal attention as one unmasked attention per stage: ``(rows, l, H, c)``.
+
+    The same result as the masked attention (a masked key's weight is exactly 0) without the work on the masked
+    keys: a verify chunk of stages 5-9 computes 625 x 680 scores masked and 284k of those 425k per stage.
+    """
+    q_BHlc, parts, begin = q_BlHc.transpose(1, 2), [], 0
+    for end in stage_ends:
+        kv_end = position + end
+        parts.append(F.scaled_dot_product_attention(
+            q_BHlc[:, :, begin:end], k_BHLc[:, :, :kv_end], v_BHLc[:, :, :kv_end], scale=scale).transpose(1, 2))
+        begin = end
+    return torch.cat(parts, dim=1)
 
 
 class FusedPass:
@@ -270,8 +340,14 @@ class FusedPass:
             scale_mul = torch.stack([b.attn.scale_mul_1H11.reshape(-1) for b in model.blocks]).float()
             self.qk_factor_N2H1[:, 0, :, 0].copy_(scale_mul.clamp_max(MAX_SCALE_MUL).exp())
 
-    def step(self, x: torch.Tensor, cache: KVCache, position: int, mask: torch.Tensor | None, out_2BlV: torch.Tensor) -> None:
-        """One pass over the chunk ``x`` ``(rows, l, C)`` at ``position``; float32 logits into ``out_2BlV``."""
+    def step(self, x: torch.Tensor, cache: KVCache, position: int, mask: torch.Tensor | None, out_2BlV: torch.Tensor,
+             stage_ends: tuple[int, ...] | None = None) -> None:
+        """One pass over the chunk ``x`` ``(rows, l, C)`` at ``position``; float32 logits into ``out_2BlV``.
+
+        A chunk of several stages attends with the additive block-causal ``mask``, or, given ``stage_ends`` (each
+        stage's end within the chunk, the last one ``l``), with one unmasked attention per stage, its queries
+        against the cache up to its end (:func:`chunk_stage_ends`).
+        """
         model, rows, ops = self.model, self.rows, self.ops
         l, C, depth = x.shape[1], model.C, model.depth
         end = position + l
@@ -286,6 +362,9 @@ class FusedPass:
             q = ops.qk_norm_into_cache(qkv, cache.k_NBHLc[i], cache.v_NBHLc[i], position, factor)
             if alone:  # one query, one key: its softmax weight is exactly 1, so attention returns v bit for bit
                 o = qkv[:, :, 2 * C :].contiguous()  # laid out as attention's output: the same projection kernel
+            elif stage_ends is not None:
+                o = _attention_per_stage(q, cache.k_NBHLc[i], cache.v_NBHLc[i], position, stage_ends,
+                                         attn.scale).reshape(rows, l, C)
             else:
                 o = F.scaled_dot_product_attention(
                     q.transpose(1, 2), cache.k_NBHLc[i, :, :, :end], cache.v_NBHLc[i, :, :, :end], attn_mask=mask,

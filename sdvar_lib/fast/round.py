@@ -408,7 +408,7 @@ class DeviceRound:
             position, l = chunk_span(target.model, c, len(stages))
             target._ensure_capacity(l)
             self._check_target_buffers()
-            target._mask(position, l)  # built outside any graph: a constant the graph reads
+            target._chunk_attention(position, l)  # built outside any graph: a constant the graph reads
             program = target._build(self._verify_fn(stages, sampling, use_kernel), f"verify chunk {c}..{stages[-1]}", position)
             self._verify[key] = program
         return program

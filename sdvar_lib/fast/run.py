@@ -67,7 +67,16 @@ import torch
 import torch.nn.functional as F
 
 from sdvar_lib.fast.config import FastConfig, FastRunCounters, PassRecord
-from sdvar_lib.fast.fused import FusedPass, block_ops, block_warmups, check_block_ops, check_half_head
+from sdvar_lib.fast.fused import (
+    ChunkAttention,
+    FusedPass,
+    block_ops,
+    block_warmups,
+    check_block_ops,
+    check_half_head,
+    chunk_stage_ends,
+    per_stage_pays,
+)
 from sdvar_lib.fast.graphs import CapturedGraph, capture_graph
 from sdvar_lib.fast.kernels import resolve_backend
 from sdvar_lib.fast.sampling import FusedSampler, resolve_sampler
@@ -265,7 +274,7 @@ class FastRun(ModelRun):
         self._ensure_capacity(max(pn * pn for pn in model.patch_nums))
         self.fused = config.fused and FusedPass.supports(model)
         self._stage_of_position = [int(s) for s in model.lvl_1L[0].tolist()]
-        self._masks: dict[tuple[int, int], torch.Tensor | None] = {}
+        self._attentions: dict[tuple[int, int], ChunkAttention] = {}
         self._prologue_program: _Program | None = None
         t0 = time.perf_counter()
         self.head = resolve_head(model, config.head) if self.fused else "float32"
@@ -478,7 +487,7 @@ class FastRun(ModelRun):
         if program is None:
             self._ensure_capacity(max(chunk_span(self.model, d, c - d + 1)[1], *(self.model.patch_nums[s] ** 2
                                                                                   for s in range(c, c + g))))
-            self._mask(*chunk_span(self.model, d, c - d + 1))  # built outside any graph: a constant the graph reads
+            self._chunk_attention(*chunk_span(self.model, d, c - d + 1))  # built outside any graph: a constant it reads
             what = f"stage {c}" if g == 1 and d == c else f"stages {c}..{c + g - 1} (cache at stage {d})"
             program = self._build(self._stages_fn(c, d, g, sampling, use_kernel, slots), what, chunk_span(self.model, d, 1)[0],
                                   draws=True)
@@ -639,7 +648,9 @@ class FastRun(ModelRun):
         """The pass a program runs: static input and per-call constants in, float32 logits to the static output."""
         with _autocast_off(self._x_flat.device.type):
             if self._fused is not None:
-                self._fused.step(self._x_view(l), self.cache, position, self._mask(position, l), self._out_view(l))
+                attention = self._chunk_attention(position, l)
+                self._fused.step(self._x_view(l), self.cache, position, attention.mask, self._out_view(l),
+                                 attention.stage_ends)
             else:
                 self.cache.set_length(position)
                 logits = self.model.forward_cached(self._x_view(l), self.cond_2BD, self.cache)
@@ -671,23 +682,31 @@ class FastRun(ModelRun):
             self._prologue_program = program
         self._prologue_program.run()
 
-    def _mask(self, position: int, l: int) -> torch.Tensor | None:
-        """Additive block-causal mask ``(l, position + l)`` of a chunk (``None`` for a single stage), built once.
+    def _chunk_attention(self, position: int, l: int) -> ChunkAttention:
+        """How the chunk ``(position, l)`` attends (:class:`ChunkAttention`; nothing for a single stage), built once.
 
-        Its rows are padded to a multiple of 16 elements so attention kernels take it without a copy.
+        With ``FastConfig.chunk_attention`` ``"masked"`` (or ``"auto"`` where :func:`per_stage_pays` says no) an
+        additive block-causal mask ``(l, position + l)``, its rows padded to a multiple of 16 elements so attention
+        kernels take it without a copy; else the stages' ends within the chunk, one unmasked attention each.
         """
         key = (position, l)
-        if key not in self._masks:
+        if key not in self._attentions:
             end = position + l
-            mask = None
+            attention = ChunkAttention()
             if self._stage_of_position[position] != self._stage_of_position[end - 1]:
-                ids = self.cache.stage_ids_L
-                allowed = ids[:end].unsqueeze(0) <= ids[position:end].unsqueeze(1)
-                padded = torch.full((l, (end + 15) // 16 * 16), -torch.inf, dtype=self.dtype, device=ids.device)
-                padded[:, :end].masked_fill_(allowed, 0.0)
-                mask = padded[:, :end]
-            self._masks[key] = mask
-        return self._masks[key]
+                stage_ends = chunk_stage_ends(self._stage_of_position, position, l)
+                choice = self.config.chunk_attention
+                if choice == "per_stage" or (choice == "auto" and per_stage_pays(
+                        2 * self.batch_size * self.model.num_heads, position, stage_ends)):
+                    attention = ChunkAttention(stage_ends=stage_ends)
+                else:
+                    ids = self.cache.stage_ids_L
+                    allowed = ids[:end].unsqueeze(0) <= ids[position:end].unsqueeze(1)
+                    padded = torch.full((l, (end + 15) // 16 * 16), -torch.inf, dtype=self.dtype, device=ids.device)
+                    padded[:, :end].masked_fill_(allowed, 0.0)
+                    attention = ChunkAttention(mask=padded[:, :end])
+            self._attentions[key] = attention
+        return self._attentions[key]
 
     def _count(self, program: _Program) -> None:
         if program.graphed:
@@ -702,7 +721,7 @@ class FastRun(ModelRun):
             return program
         self._ensure_capacity(l)
         if self.fused:
-            self._mask(position, l)  # built outside any graph: a constant the graph reads
+            self._chunk_attention(position, l)  # built outside any graph: a constant the graph reads
 
         def step() -> None:
             self._step(position, l)
