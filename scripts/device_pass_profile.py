@@ -14,7 +14,8 @@ decode's classes, and the GPU's busy and idle time: what a call spends beyond it
 timed with the f_hat update's Triton and PyTorch upsampling, A/B; ``--ab-tunable``: with cuBLAS's default GEMM
 algorithms and with PyTorch's TunableOp, A/B; ``--ab-chunk-attention``: the SDVAR rows with the verify chunks'
 masked and per-stage attention (``FastConfig.chunk_attention``), A/B. ``--chunks 30:1,30:32``: the verify chunks'
-passes (:data:`CHUNKS`) of those cells timed with both, and their logits compared.
+passes (:data:`CHUNKS`) of those cells timed with both, and their logits compared. ``--sources 1``: which lines of the
+library launch a call's PyTorch kernels (one eager call per row under the profiler, with stacks).
 Writes ``pass_profile.json`` and ``pass_profile.md`` in ``--out`` (atomically). Without CUDA it exits with status 2.
 """
 
@@ -231,6 +232,75 @@ def _ab_chunk_attention(ctx, row, name: str, B: int, run, lines: list[str], data
     print(lines[-2], flush=True)
 
 
+def _library_source(ev) -> str:
+    """The innermost Python frame of the library around a profiled op (``sdvar_lib/...py(line): function``; the
+    profiler records Python calls as the op's parent events when ``with_stack``), else ``-``."""
+    parent = ev.cpu_parent
+    while parent is not None:
+        if "sdvar_lib" in parent.name:
+            return parent.name[parent.name.index("sdvar_lib"):]
+        parent = parent.cpu_parent
+    return "-"
+
+
+def kernel_sources(batches: list[int], rows: tuple[str, ...], out: Path, lines: list[str], data: dict,
+                   device: torch.device | None = None, pair=None, sampling=None, top: int = 30) -> None:
+    """Which lines of the library launch a call's PyTorch kernels: one call of each row at each batch size with the
+    fast path's kernels run eagerly (``use_cuda_graphs=False``: the kernels a graph replays, each launched from
+    Python), under ``torch.profiler`` with stacks; every PyTorch op that launched kernels counted against its innermost
+    ``sdvar_lib`` frame (launches and GPU time; on a CPU, ops and CPU time). Triton kernels, launched outside PyTorch's
+    ops, are left out (the kernel tables of ``--calls`` count them)."""
+    from sdvar_lib.bench.config import BenchConfig
+    from sdvar_lib.bench.methods import PairContext, bench_row, build_pair_bf16, in_call_context, method_call
+    from sdvar_lib.bench.scenarios import Scenario, ScenarioPolicy
+    from sdvar_lib.fast.config import FastConfig
+    from sdvar_lib.fast.factory import FastRunFactory
+
+    device = device or torch.device("cuda")
+    cuda = device.type == "cuda"
+    pair = pair or build_pair_bf16(16, 30, device)
+    ctx = PairContext.for_pair("d16->d30", pair, FastRunFactory(FastConfig(use_cuda_graphs=False)))
+    sampling = sampling or BenchConfig(top_k=900, top_p=0.96, out="unused").sampling
+    every_accepted = Scenario("all", ScenarioPolicy.all_accepted(pair.target.num_stages))
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    data["sources"] = []
+    for B, name in ((B, name) for B in batches for name in rows):
+        row = bench_row(name)
+        call = method_call(ctx, row, None if name == "target" else every_accepted, B, sampling)
+        run = lambda call=call: in_call_context(ctx, False, lambda: call(3))  # noqa: E731
+        for _ in range(2):
+            run()
+        if cuda:
+            torch.cuda.synchronize()
+        with torch.profiler.profile(activities=activities, with_stack=True) as prof:
+            run()
+            if cuda:
+                torch.cuda.synchronize()
+        by_source: dict[tuple[str, str], list] = {}
+        for ev in prof.events():
+            if ev.device_type != torch.autograd.DeviceType.CPU or not ev.name.startswith("aten::"):
+                continue
+            launches = len(ev.kernels) if cuda else int(not any(c.name.startswith("aten::") for c in ev.cpu_children))
+            if not launches:
+                continue  # on a GPU: an op that launched nothing itself; on a CPU: an op made of other ops
+            entry = by_source.setdefault((_library_source(ev), ev.name), [0, 0.0])
+            entry[0] += launches
+            entry[1] += (sum(k.duration for k in ev.kernels) if cuda else ev.self_cpu_time_total) / 1e3
+        ranked = sorted(by_source.items(), key=lambda kv: -kv[1][0])
+        total = sum(n for n, _ in by_source.values())
+        data["sources"].append(dict(row=name, batch=B, launches=total, sources=[
+            dict(source=src, op=op, launches=n, ms=ms) for (src, op), (n, ms) in ranked[:100]]))
+        what = "kernel launches" if cuda else "ops (CPU)"
+        lines += [f"## {name} call, batch {B}: {total} {what} by the PyTorch ops of the library that made them", "",
+                  "| source | op | launches | ms |", "|---|---|---|---|"]
+        lines += [f"| `{src}` | `{op}` | {n} | {ms:.3f} |" for (src, op), (n, ms) in ranked[:top]]
+        lines.append("")
+        atomic_write_text(out / "pass_profile.json", json.dumps(data, indent=1))
+        atomic_write_text(out / "pass_profile.md", "\n".join(lines) + "\n")
+        print("\n".join(lines[-(min(top, len(ranked)) + 5):]), flush=True)
+    ctx.factory.release()
+
+
 def profile_calls(batches: list[int], out: Path, lines: list[str], data: dict, ab_upsample: bool = False,
                   rows: tuple[str, ...] = ("target",), ab_tunable: bool = False, ab_chunk: bool = False) -> None:
     from sdvar_lib.bench.components import call_timeline
@@ -327,6 +397,9 @@ def main(argv=None) -> int:
                    help="with --calls: time the SDVAR rows with masked and with per-stage verify attention (A/B)")
     p.add_argument("--chunks", type=_cells, default=[],
                    help="cells depth:batch whose verify chunks' passes are timed with masked and per-stage attention")
+    p.add_argument("--sources", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+                   help="batch sizes at which one eager call of each --rows row is profiled with stacks: which "
+                        "library lines launch its PyTorch kernels")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("device_pass_profile: needs a CUDA GPU", file=sys.stderr)
@@ -400,6 +473,8 @@ def main(argv=None) -> int:
     if args.calls:
         profile_calls(args.calls, Path(args.out), lines, data, args.ab_upsample, args.rows, args.ab_tunable,
                       args.ab_chunk_attention)
+    if args.sources:
+        kernel_sources(args.sources, args.rows, Path(args.out), lines, data)
     return 0
 
 

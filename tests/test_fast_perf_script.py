@@ -6,6 +6,7 @@ Its benchmark commands are parsed into :class:`~sdvar_lib.bench.BenchConfig` by
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -170,3 +171,28 @@ def test_pass_profile_classes_kernels_by_name():
              "_sample_kernel": "sampler", "Memset (Device)": "copy",
              "void at::native::(anonymous namespace)::upsample_bicubic2d_out_frame": "other"}
     assert {n: kernel_class(n) for n in names} == names
+
+
+def test_pass_profile_names_the_library_lines_that_launch_ops(tmp_path):
+    """``--sources`` (dry run on the CPU with the tiny pair): every op of a call is counted against the library
+    function it ran in - the fused pass's ``step``, the sampler - and the table is written."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import device_pass_profile as probe
+
+    from sdvar_lib import SamplingConfig
+    from sdvar_lib.models.presets import ModelPair, build_tiny
+
+    vae, target = build_tiny(seed=0)
+    _, draft = build_tiny(seed=1, depth=1, vae=vae)
+    pair = ModelPair(vae=vae, draft=draft, target=target, description="tiny")
+    lines, data = [], {}
+    with torch.no_grad():
+        probe.kernel_sources([2], ("target", "exact_g2"), tmp_path, lines, data, device=torch.device("cpu"), pair=pair,
+                             sampling=SamplingConfig(top_k=20, top_p=0.9))
+    assert [(s["row"], s["batch"]) for s in data["sources"]] == [("target", 2), ("exact_g2", 2)]
+    for entry in data["sources"]:
+        sources = {s["source"].split(": ")[-1] for s in entry["sources"]}
+        assert {"step", "add_ln_modulate"} <= sources
+        assert entry["launches"] == sum(s["launches"] for s in entry["sources"]) or len(entry["sources"]) == 100
+    written = json.loads((tmp_path / "pass_profile.json").read_text())
+    assert written["sources"] == data["sources"] and "fused.py" in (tmp_path / "pass_profile.md").read_text()
