@@ -194,7 +194,7 @@ class SDVAR:
 
         The models must be in eval mode (the whole-call decoders switch them for the call).
         """
-        gamma_rule, policy_obj = self._check_round_arguments(B, gamma, sampling, policy, verbose, policy_kwargs)
+        gamma_rule, policy_obj, _ = self._check_round_arguments(B, gamma, sampling, policy, verbose, policy_kwargs)
         training = [name for name, m in zip(("draft", "target", "VQVAE"), (self.draft_model, self.target_model, self.vae))
                     if m.training]
         if training:
@@ -204,11 +204,13 @@ class SDVAR:
         sampling, labels, rng = self.start_call(B, label_B, g_seed, sampling, (self.draft_model, self.target_model))
         return self._state(B, labels, sampling, rng, gamma_rule, policy_obj, verbose)
 
-    def _check_round_arguments(self, B, gamma, sampling, policy, verbose, policy_kwargs) -> tuple[GammaRule, AcceptancePolicy]:
+    def _check_round_arguments(self, B, gamma, sampling, policy, verbose,
+                               policy_kwargs) -> tuple[GammaRule, AcceptancePolicy, bool]:
+        """The gamma rule (checked for this pair), the policy and whether the rule's plan never drafts."""
         check_batch_size(B)
         check_bool(verbose, "verbose")
         gamma_rule = make_gamma_rule(gamma)
-        self._never_drafts(gamma_rule)  # checks it for this pair (kept for the next call)
+        never = self._never_drafts(gamma_rule)
         policy_obj = make_policy(policy, **policy_kwargs)
         if isinstance(sampling, SamplingConfig) and sampling.more_smooth and policy_obj.token_level:
             raise ValueError(
@@ -217,7 +219,7 @@ class SDVAR:
                 "embedding of the sampled tokens, so there is no token whose probability p(x)/q(x) could be "
                 "verified. Use more_smooth=False, or the hand-off decoders (test3, code_handoff), which support it."
             )
-        return gamma_rule, policy_obj
+        return gamma_rule, policy_obj, never
 
     def _state(self, B, labels, sampling, rng, gamma_rule, policy, verbose) -> SDVARInferenceState:
         context = policy.prepare(self.vae.quantize.embedding.weight.detach())
@@ -571,8 +573,7 @@ class SDVAR:
         :class:`~sdvar_lib.sdvar.gamma.RunCost`, the default: ``FastRunFactory.price_rule``).
         """
         t0, one_off0 = time.perf_counter(), self.one_off_seconds()
-        gamma_rule, policy_obj = self._check_round_arguments(B, gamma, sampling, policy, verbose, policy_kwargs)
-        never = self._never_drafts(gamma_rule)
+        gamma_rule, policy_obj, never = self._check_round_arguments(B, gamma, sampling, policy, verbose, policy_kwargs)
         models = (self.target_model,) if never else (self.draft_model, self.target_model)
         sampling, labels, rng = self.start_call(B, label_B, g_seed, sampling, models)
         priced = self._priced(gamma_rule, B, sampling, policy_obj)
