@@ -67,6 +67,10 @@ def _cells(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
 def gemm_flops(spec: VarSpec, rows: int, length: int) -> float:
     C, hid = spec.width, spec.mlp_hidden
     return float(spec.depth * rows * length * 2 * (4 * C * C + 2 * C * hid) + rows * length * 2 * C * spec.vocab)
@@ -162,7 +166,7 @@ def time_chunk_attention(model, batch: int, lines: list[str], data: dict, repeat
     ``"per_stage"`` (two runs, one at a time), and the two passes' logits on the same random input and cache."""
     from sdvar_lib.bench.timing import median_event_ms
     from sdvar_lib.fast.config import FastConfig, PassRecord
-    from sdvar_lib.fast.fused import chunk_stage_ends, per_stage_pays
+    from sdvar_lib.fast.fused import chunk_stage_ends, dropped_scores, per_stage_pays
     from sdvar_lib.fast.run import FastRun
 
     labels = torch.zeros(batch, dtype=torch.long, device=model.device)
@@ -195,7 +199,7 @@ def time_chunk_attention(model, batch: int, lines: list[str], data: dict, repeat
             logits.append(out)
         diff = (logits[0] - logits[1]).abs().max().item()
         masked, per_stage = times["masked"][(c, n)], times["per_stage"][(c, n)]
-        saved = l * (position + l) - sum((e - b) * (position + e) for b, e in zip((0, *ends[:-1]), ends))
+        saved = dropped_scores(position, ends)
         row = dict(depth=model.depth, batch=batch, chunk=[c, n], tokens=l, masked_ms=masked, per_stage_ms=per_stage,
                    saved_scores=rows_heads * saved, auto_per_stage=per_stage_pays(rows_heads, position, ends),
                    max_logit_diff=diff)
@@ -384,7 +388,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--cells", type=_cells, default=_cells("30:32,30:1,16:1"))
-    p.add_argument("--calls", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+    p.add_argument("--calls", type=_ints, default=[],
                    help="batch sizes of whole target-alone calls to profile (after the cells)")
     p.add_argument("--rows", type=lambda t: tuple(x for x in t.split(",") if x), default=("target",),
                    help="with --calls: the bench rows to profile (default target; SDVAR rows with every proposal "
@@ -397,7 +401,7 @@ def main(argv=None) -> int:
                    help="with --calls: time the SDVAR rows with masked and with per-stage verify attention (A/B)")
     p.add_argument("--chunks", type=_cells, default=[],
                    help="cells depth:batch whose verify chunks' passes are timed with masked and per-stage attention")
-    p.add_argument("--sources", type=lambda t: [int(x) for x in t.split(",") if x], default=[],
+    p.add_argument("--sources", type=_ints, default=[],
                    help="batch sizes at which one eager call of each --rows row is profiled with stacks: which "
                         "library lines launch its PyTorch kernels")
     args = p.parse_args(argv)

@@ -509,9 +509,11 @@ def test_per_stage_attention_is_taken_where_it_was_measured_faster():
     """``chunk_attention="auto"``: per-stage attention where graph replays on one H200 found it faster than the masked
     one (d30 and d16 verify chunks of stages 5-9, 7-9 and 8-9 from batch 8, stages 6-8 at d30 batch 8), the masked
     one where it was as fast or faster (everything at batch 1, the chunks of the small stages at any batch)."""
-    from sdvar_lib.fast.fused import chunk_stage_ends, per_stage_pays
+    from sdvar_lib.fast.fused import chunk_stage_ends, dropped_scores, per_stage_pays
 
     ids = _official_stage_ids()
+    assert dropped_scores(55, (36, 100, 200, 369, 625)) == 625 * 680 - 284432  # gamma 4's chunk of stages 5-9
+    assert dropped_scores(424, (256,)) == 0
     begins = [ids.index(s) for s in range(10)] + [680]
 
     def pays(heads: int, batch: int, c: int, n: int) -> bool:

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["BlockOps", "TorchBlockOps", "TritonBlockOps", "block_ops", "check_block_ops", "block_warmups", "HEADS",
            "half_head_matmul", "check_half_head", "FusedPass", "chunk_stage_ends",
-           "CHUNK_ATTENTIONS", "ChunkAttention", "per_stage_pays", "PER_STAGE_MIN_SAVED"]
+           "CHUNK_ATTENTIONS", "ChunkAttention", "dropped_scores", "per_stage_pays", "PER_STAGE_MIN_SAVED"]
 
 
 class BlockOps:
@@ -254,18 +254,23 @@ from graph replays of d16 and d30 verify chunks at batch 1-32 (one H200, 12-03, 
 cost more than the dropped scores), above about 5 x 2^20 the per-stage pass was faster, by up to 1.11x."""
 
 
+def dropped_scores(position: int, stage_ends: tuple[int, ...]) -> int:
+    """Query-key pairs that a chunk's masked attention computes and its mask drops (per row and head): the chunk's
+    rectangle ``l x (position + l)`` less each stage's queries times the keys up to its end."""
+    l = stage_ends[-1]
+    kept, begin = 0, 0
+    for end in stage_ends:
+        kept += (end - begin) * (position + end)
+        begin = end
+    return l * (position + l) - kept
+
+
 def per_stage_pays(rows_heads: int, position: int, stage_ends: tuple[int, ...]) -> bool:
     """Whether one attention per stage beats one masked attention for a chunk at ``position`` whose stages end at
     ``stage_ends``, with ``rows_heads`` (CFG-doubled rows times heads) attention problems per layer: the scores the
     mask drops must make up for the launches added (one per stage but the first) and the copy of the outputs, at
     least :data:`PER_STAGE_MIN_SAVED` per added launch."""
-    l = stage_ends[-1]
-    masked = l * (position + l)
-    per_stage, begin = 0, 0
-    for end in stage_ends:
-        per_stage += (end - begin) * (position + end)
-        begin = end
-    return rows_heads * (masked - per_stage) >= PER_STAGE_MIN_SAVED * (len(stage_ends) - 1)
+    return rows_heads * dropped_scores(position, stage_ends) >= PER_STAGE_MIN_SAVED * (len(stage_ends) - 1)
 
 
 def chunk_stage_ends(stage_of_position: Sequence[int], position: int, length: int) -> tuple[int, ...]:
