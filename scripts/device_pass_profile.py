@@ -211,29 +211,80 @@ def time_chunk_attention(model, batch: int, lines: list[str], data: dict, repeat
     torch.cuda.empty_cache()
 
 
-def _ab_chunk_attention(ctx, row, name: str, B: int, run, lines: list[str], data: dict) -> None:
-    """SDVAR calls with the verify chunks' masked attention (A) and per-stage attention (B), in blocks A B A B A of 7
+def _ab_option(ctx, row, name: str, B: int, run, option: str, modes: tuple[str, str], lines: list[str],
+               data: dict) -> None:
+    """Calls with ``FastConfig``'s ``option`` set to ``modes[0]`` (A) and ``modes[1]`` (B), in blocks A B A B A of 7
     calls each, fresh runs and graphs per block; the medians of all A and all B calls, and the outputs compared."""
     from dataclasses import replace
 
     config = ctx.factory.config
-    times: dict[str, list[float]] = {"masked": [], "per_stage": []}
+    a, b = modes
+    times: dict[str, list[float]] = {a: [], b: []}
     images = {}
-    for mode in ("masked", "per_stage", "masked", "per_stage", "masked"):
-        ctx.factory.config = replace(config, chunk_attention=mode)
+    for mode in (a, b, a, b, a):
+        ctx.factory.config = replace(config, **{option: mode})
         out, block = _fresh_block(ctx, row, B, run)
         images.setdefault(mode, out.images_B3HW.float().clone())
         times[mode] += block
     ctx.factory.config = config
     _fresh_block(ctx, row, B, run, warmups=1, timed=0)
     med = _medians(times)
-    diff = (images["masked"] - images["per_stage"]).abs().max().item()
-    data.setdefault("ab_chunk_attention", []).append(dict(row=name, batch=B, medians_ms=med, times_ms=times,
-                                                          max_image_diff=diff))
-    lines += [f"A/B chunk attention, {name}, batch {B}: masked {med['masked']:.2f} ms, per stage "
-              f"{med['per_stage']:.2f} ms (x{med['masked'] / med['per_stage']:.3f}); largest image difference {diff:.2e}",
-              ""]
+    diff = (images[a] - images[b]).abs().max().item()
+    data.setdefault(f"ab_{option}", []).append(dict(row=name, batch=B, medians_ms=med, times_ms=times,
+                                                    max_image_diff=diff))
+    lines += [f"A/B {option}, {name}, batch {B}: {a} {med[a]:.2f} ms, {b} {med[b]:.2f} ms (x{med[a] / med[b]:.3f}); "
+              f"largest image difference {diff:.2e}", ""]
     print(lines[-2], flush=True)
+
+
+def time_stage_attention(model, batch: int, lines: list[str], data: dict, repeats: int = 20) -> None:
+    """Every single stage's pass (1-9) as a CUDA-graph replay with ``stage_attention`` ``"sdpa"`` and ``"fused"``
+    (two runs, one at a time), and the two passes' logits on the same random input and cache."""
+    from sdvar_lib.bench.timing import median_event_ms
+    from sdvar_lib.fast.config import FastConfig, PassRecord
+    from sdvar_lib.fast.fused import fused_stage_pays
+    from sdvar_lib.fast.run import FastRun
+
+    labels = torch.zeros(batch, dtype=torch.long, device=model.device)
+    stages = [(s, 1) for s in range(1, model.num_stages)]
+    times: dict[str, dict] = {}
+    for mode in ("sdpa", "fused"):
+        run = FastRun(model, batch, FastConfig(stage_attention=mode))
+        run.begin(labels)
+        run.precapture(stages)
+        times[mode] = {}
+        for s, n in stages:
+            rec = PassRecord(*chunk_span(model, s, n), graphed=True)
+            times[mode][s] = median_event_ms(lambda rec=rec, run=run: run.replay_passes([rec]), repeats)
+        del run
+        torch.cuda.empty_cache()
+    run = FastRun(model, batch, FastConfig(use_cuda_graphs=False))
+    run.begin(labels)
+    gen = torch.Generator(device=model.device).manual_seed(0)
+    rows_heads = 2 * batch * model.num_heads
+    for s, n in stages:
+        position, l = chunk_span(model, s, n)
+        x = torch.randn(2 * batch, l, model.C, generator=gen, device=model.device).to(model.pos_1LC.dtype)
+        prefix = torch.randn(run.cache.k_NBHLc[:, :, :, :position].shape, generator=gen, device=model.device)
+        logits = []
+        for fused in (False, True):
+            run.cache.k_NBHLc[:, :, :, :position].copy_(prefix)
+            run.cache.v_NBHLc[:, :, :, :position].copy_(prefix.flip(-1))
+            out = torch.empty(2 * batch, l, model.V, device=model.device)
+            run._fused.step(x, run.cache, position, None, out, None, fused)
+            logits.append(out)
+        diff = (logits[0] - logits[1]).abs().max().item()
+        agree = (logits[0].argmax(-1) == logits[1].argmax(-1)).float().mean().item()
+        sdpa, fused_ms = times["sdpa"][s], times["fused"][s]
+        scores = rows_heads * l * (position + l)
+        row = dict(depth=model.depth, batch=batch, stage=s, tokens=l, sdpa_ms=sdpa, fused_ms=fused_ms, scores=scores,
+                   auto_fused=fused_stage_pays(rows_heads, position, l), max_logit_diff=diff, argmax_agree=agree)
+        data.setdefault("stage_attention", []).append(row)
+        lines.append(f"| d{model.depth} | {batch} | {s} | {l} | {sdpa:.3f} | {fused_ms:.3f} | {sdpa / fused_ms:.3f} | "
+                     f"{scores / 2**20:.2f} | {row['auto_fused']} | {diff:.2e} | {agree:.4f} |")
+        print(lines[-1], flush=True)
+    del run
+    torch.cuda.empty_cache()
 
 
 def _library_source(ev) -> str:
@@ -306,7 +357,8 @@ def kernel_sources(batches: list[int], rows: tuple[str, ...], out: Path, lines: 
 
 
 def profile_calls(batches: list[int], out: Path, lines: list[str], data: dict, ab_upsample: bool = False,
-                  rows: tuple[str, ...] = ("target",), ab_tunable: bool = False, ab_chunk: bool = False) -> None:
+                  rows: tuple[str, ...] = ("target",), ab_tunable: bool = False, ab_chunk: bool = False,
+                  ab_stage: bool = False) -> None:
     from sdvar_lib.bench.components import call_timeline
     from sdvar_lib.bench.config import BenchConfig
     from sdvar_lib.bench.methods import (
@@ -346,7 +398,9 @@ def profile_calls(batches: list[int], out: Path, lines: list[str], data: dict, a
         if ab_tunable and name == "target":
             _ab_tunable(ctx, row, B, run, lines, data)
         if ab_chunk and name != "target":
-            _ab_chunk_attention(ctx, row, name, B, run, lines, data)
+            _ab_option(ctx, row, name, B, run, "chunk_attention", ("masked", "per_stage"), lines, data)
+        if ab_stage:
+            _ab_option(ctx, row, name, B, run, "stage_attention", ("sdpa", "fused"), lines, data)
         times = sorted(cuda_event_ms(run)[1] for _ in range(7))
         timeline = call_timeline(run)
         torch.cuda.synchronize()
@@ -399,6 +453,10 @@ def main(argv=None) -> int:
                    help="with --calls: time the calls with the Triton and with PyTorch's f_hat upsampling (A/B)")
     p.add_argument("--ab-chunk-attention", action="store_true",
                    help="with --calls: time the SDVAR rows with masked and with per-stage verify attention (A/B)")
+    p.add_argument("--ab-stage-attention", action="store_true",
+                   help="with --calls: time the rows with the single stages' SDPA and fused attention (A/B)")
+    p.add_argument("--stages", type=_cells, default=[],
+                   help="cells depth:batch whose single-stage passes are timed with SDPA and fused attention")
     p.add_argument("--chunks", type=_cells, default=[],
                    help="cells depth:batch whose verify chunks' passes are timed with masked and per-stage attention")
     p.add_argument("--sources", type=_ints, default=[],
@@ -471,12 +529,24 @@ def main(argv=None) -> int:
         time_chunk_attention(models[depth], batch, lines, data)
         atomic_write_text(Path(args.out) / "pass_profile.json", json.dumps(data, indent=1))
         atomic_write_text(Path(args.out) / "pass_profile.md", "\n".join(lines) + "\n")
+    if args.stages:
+        lines += ["## single-stage passes, SDPA and fused attention (graph replays, ms)", "",
+                  "| model | batch | stage | tokens | sdpa | fused | sdpa / fused | scores (2^20) | auto takes fused | "
+                  "largest logit difference | argmax agreement |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for depth, batch in args.stages:
+        if depth not in models:
+            models.clear()
+            torch.cuda.empty_cache()
+            models[depth] = build_var(vae, depth, device).to(torch.bfloat16).eval()
+        time_stage_attention(models[depth], batch, lines, data)
+        atomic_write_text(Path(args.out) / "pass_profile.json", json.dumps(data, indent=1))
+        atomic_write_text(Path(args.out) / "pass_profile.md", "\n".join(lines) + "\n")
     lines.append("")
     models.clear()
     torch.cuda.empty_cache()
     if args.calls:
         profile_calls(args.calls, Path(args.out), lines, data, args.ab_upsample, args.rows, args.ab_tunable,
-                      args.ab_chunk_attention)
+                      args.ab_chunk_attention, args.ab_stage_attention)
     if args.sources:
         kernel_sources(args.sources, args.rows, Path(args.out), lines, data)
     return 0

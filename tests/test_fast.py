@@ -528,6 +528,25 @@ def test_per_stage_attention_is_taken_where_it_was_measured_faster():
         assert not any(pays(heads, 1, c, n) for c, n in ((0, 5), (5, 5), (0, 3), (3, 3), (6, 3), (7, 3), (8, 2)))
 
 
+def test_fused_stage_attention_is_taken_where_it_was_measured_faster():
+    """``stage_attention="auto"``: the fused kernel for the single stages where graph replays on one H200 found it
+    faster than the q/k norm kernel + SDPA (every stage of batch 1 but d16's last, stages 1-6 of batch 8 and 1-4 of
+    batch 32), SDPA where it was slower (stages 7-9 at batch 8 and 32)."""
+    from sdvar_lib.fast.fused import fused_stage_pays
+
+    ids = _official_stage_ids()
+    begins = [ids.index(s) for s in range(10)] + [680]
+
+    def pays(heads: int, batch: int, stage: int) -> bool:
+        return fused_stage_pays(2 * batch * heads, begins[stage], begins[stage + 1] - begins[stage])
+
+    for heads in (30, 16):
+        assert all(pays(heads, 1, s) for s in range(1, 9))
+        assert all(pays(heads, 8, s) for s in range(1, 7)) and not any(pays(heads, 8, s) for s in (7, 8, 9))
+        assert all(pays(heads, 32, s) for s in range(1, 5)) and not any(pays(heads, 32, s) for s in (7, 8, 9))
+    assert pays(30, 1, 9) is False  # x0.997 measured: as fast, left to cuDNN
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_per_stage_chunk_attention_gives_the_masked_logits(tiny_pair, monkeypatch, dtype):
     """A chunk of several stages attending once per stage (no mask, each stage's queries against the cache up to its

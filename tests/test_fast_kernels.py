@@ -80,6 +80,70 @@ def test_qk_norm_into_cache_kernel(triton_ops, norm):
         assert bool((a[:, :, position : position + l] != 7.0).all()) and bool((a[:, :, :position] == 7.0).all())
 
 
+def _attention_reference(qkv, k_cache, v_cache, position, factor, scale):
+    """A single stage's attention in float64 from the kernel's inputs: q/k L2 norm, q times its head's factor, every
+    query against the cached prefix and the stage's own keys; also the stage's normalised keys and values."""
+    rows, l, _ = qkv.shape
+    _, H, _, D = k_cache.shape
+    q, k, v = qkv.double().view(rows, l, 3, H, D).unbind(2)
+    if factor is not None:
+        q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12) * factor.double().view(1, 1, H, 1)
+        k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    keys = torch.cat([k_cache[:, :, :position].double(), k.transpose(1, 2)], dim=2)
+    values = torch.cat([v_cache[:, :, :position].double(), v.transpose(1, 2)], dim=2)
+    w = torch.softmax(q.transpose(1, 2) @ keys.transpose(-1, -2) * scale, dim=-1)
+    return (w @ values).transpose(1, 2).reshape(rows, l, H * D), k.transpose(1, 2), v.transpose(1, 2)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1.5e-2)])
+@pytest.mark.parametrize("rows,l,H,D,position,norm", [
+    (2, 4, 3, 16, 5, True),     # a small stage after a short prefix, query block of 16
+    (2, 20, 2, 32, 70, False),  # no L2 norm, a prefix of two key blocks (64 keys each), query block of 32
+    (1, 70, 2, 16, 3, True),    # two query blocks: only the first writes the cache; the stage's keys in two blocks
+    (2, 1, 2, 64, 0, True),     # one query, no prefix
+])
+def test_stage_attention_kernel(triton_ops, dtype, tol, rows, l, H, D, position, norm):
+    """The fused single-stage attention (``kernels.attention``) equals a float64 reference of q/k norm + softmax
+    attention over the prefix and the stage, writes the stage's k and v into the cache exactly as the q/k norm kernel
+    does (the same bits) and leaves every other cache position as it was."""
+    gen = torch.Generator().manual_seed(rows * 100 + l)
+    qkv = torch.randn(rows, l, 3 * H * D, generator=gen).to(dtype)
+    length = position + l + 3
+    k0, v0 = (torch.randn(rows, H, length, D, generator=gen).to(dtype) for _ in range(2))
+    factor = torch.stack([torch.rand(H, 1, generator=gen) + 0.5, torch.ones(H, 1)]) if norm else None
+    k_cache, v_cache = k0.clone(), v0.clone()
+    got = triton_ops.stage_attention(qkv, k_cache, v_cache, position, factor, 0.3)
+    want, k_new, v_new = _attention_reference(qkv, k0, v0, position, None if factor is None else factor[0, :, 0], 0.3)
+    assert got.shape == (rows, l, H * D) and got.dtype == dtype
+    assert _rel(got, want) <= tol
+    k_qk, v_qk = k0.clone(), v0.clone()
+    triton_ops.qk_norm_into_cache(qkv, k_qk, v_qk, position, factor)
+    assert torch.equal(k_cache, k_qk) and torch.equal(v_cache, v_qk)
+    assert _rel(k_cache[:, :, position : position + l], k_new) <= tol
+    for cache, before in ((k_cache, k0), (v_cache, v0)):
+        assert torch.equal(cache[:, :, :position], before[:, :, :position])
+        assert torch.equal(cache[:, :, position + l :], before[:, :, position + l :])
+    # the PyTorch form (q/k norm, then SDPA) is the same computation
+    k_ref, v_ref = k0.clone(), v0.clone()
+    assert _rel(TorchBlockOps().stage_attention(qkv, k_ref, v_ref, position, factor, 0.3), want) <= tol
+
+
+def test_stage_attention_refuses_what_it_cannot_take(triton_ops):
+    from sdvar_lib.fast.kernels.attention import stage_attention
+
+    qkv, cache = torch.zeros(2, 4, 3 * 2 * 16), torch.zeros(2, 2, 6, 16)
+    with pytest.raises(ValueError, match="does not fit"):
+        stage_attention(qkv, cache, cache.clone(), 3, None, 1.0)
+    with pytest.raises(ValueError, match="16-128 channels"):
+        stage_attention(torch.zeros(2, 4, 3 * 2 * 24), torch.zeros(2, 2, 6, 24), torch.zeros(2, 2, 6, 24), 0, None, 1.0)
+    with pytest.raises(ValueError, match="contiguous qkv"):
+        stage_attention(torch.zeros(2, 4, 3 * 2 * 16 + 1), cache, cache.clone(), 0, None, 1.0)
+    # heads it does not take fall back to the two-launch form in the block ops
+    qkv24, k24, v24 = torch.randn(2, 4, 3 * 2 * 24), torch.randn(2, 2, 6, 24), torch.randn(2, 2, 6, 24)
+    want = TorchBlockOps().stage_attention(qkv24, k24.clone(), v24.clone(), 1, None, 1.0)
+    assert _rel(triton_ops.stage_attention(qkv24, k24, v24, 1, None, 1.0), want) < 1e-6
+
+
 def test_block_ops_check_passes_and_catches_a_wrong_kernel(triton_ops):
     assert check_block_ops(triton_ops, 64, 2, torch.float32, torch.device("cpu")) is None
 
@@ -89,6 +153,14 @@ def test_block_ops_check_passes_and_catches_a_wrong_kernel(triton_ops):
 
     problem = check_block_ops(Wrong(), 64, 2, torch.float32, torch.device("cpu"))
     assert problem is not None and "gelu" in problem
+
+    class NoPrefix(type(triton_ops)):  # a stage attention that ignores the cached prefix
+        def stage_attention(self, qkv, k_cache, v_cache, position, qk_factor_2H1, scale):
+            return super().stage_attention(qkv, k_cache[:, :, position:], v_cache[:, :, position:], 0, qk_factor_2H1,
+                                           scale)
+
+    problem = check_block_ops(NoPrefix(), 64, 2, torch.float32, torch.device("cpu"))
+    assert problem is not None and "stage attention" in problem
 
 
 def test_group_norm_kernel():
@@ -243,6 +315,47 @@ def test_sampling_kernel_cut_offs_on_tied_values(top_k, top_p):
         assert torch.equal(h, codebook[idx])
 
 
+def test_stage_attention_choice_and_its_pass(tiny_pair, monkeypatch):
+    """``FastConfig.stage_attention``: ``"fused"`` sends every single stage after the first through the one kernel,
+    ``"sdpa"`` none (and PyTorch's block ops never); ``"auto"`` follows :func:`fused_stage_pays`; a chunk of several
+    stages never. Both give the same logits (float32) and the same greedy tokens of the target and of SDVAR."""
+    from sdvar_lib.fast import fused as fused_module
+    from sdvar_lib.fast.kernels import attention
+
+    _, draft, target = tiny_pair
+    launched = []
+    real = attention.stage_attention
+    monkeypatch.setattr(attention, "stage_attention", lambda *a, **k: launched.append(a[0].shape[1]) or real(*a, **k))
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(2 * B, chunk_span(target, s, 1)[1], target.C, generator=gen) for s in range(target.num_stages)]
+    logits = {}
+    for mode, kernels in (("fused", "triton"), ("sdpa", "triton"), ("fused", "torch")):
+        run = FastRun(target, B, FastConfig(use_cuda_graphs=False, kernels=kernels, stage_attention=mode))
+        run.begin(torch.tensor([1, 4]))
+        launched.clear()
+        logits[mode, kernels] = torch.cat([run.forward(x).clone() for x in xs], dim=1)
+        fused = mode == "fused" and kernels == "triton"
+        assert launched == ([x.shape[1] for x in xs[1:] for _ in range(target.depth)] if fused else [])
+        assert [run._chunk_attention(*chunk_span(target, s, 1)).fused for s in range(target.num_stages)] == (
+            [fused] * target.num_stages)
+        assert not run._chunk_attention(*chunk_span(target, 1, 2)).fused
+    assert _rel(logits["fused", "triton"], logits["sdpa", "triton"]) < 1e-5
+    assert _rel(logits["fused", "torch"], logits["sdpa", "triton"]) < 1e-5
+    for verdict in (True, False):
+        monkeypatch.setattr(fused_module, "fused_stage_pays", lambda rows_heads, position, l, v=verdict: v)
+        monkeypatch.setattr("sdvar_lib.fast.run.fused_stage_pays", fused_module.fused_stage_pays)
+        run = FastRun(target, B, FastConfig(use_cuda_graphs=False, kernels="triton"))
+        assert run._chunk_attention(*chunk_span(target, 2, 1)).fused == verdict
+    calls = (lambda sd: baseline(sd, 1, [7], g_seed=5, sampling=SamplingConfig(top_k=1)),
+             lambda sd: sd.generate_parallel(1, [3], g_seed=5, gamma=2, sampling=SamplingConfig(top_k=1)))
+    tokens = {}
+    for mode in ("fused", "sdpa"):
+        sd = SDVAR(draft, target, run_factory=FastRunFactory(FastConfig(use_cuda_graphs=False, kernels="triton",
+                                                                        sampler="torch", stage_attention=mode)))
+        tokens[mode] = [[t.tolist() for t in call(sd).tokens_per_stage] for call in calls]
+    assert tokens["fused"] == tokens["sdpa"]
+
+
 def test_triton_block_kernels_in_the_fast_path_equal_eager(tiny_pair):
     """The fast path on the interpreted block kernels: greedy tokens of the target alone and of SDVAR equal the eager ones."""
     _, draft, target = tiny_pair
@@ -295,11 +408,12 @@ def _launch_key(kernel, grid, args, kwargs) -> tuple:
     checks that a call compiles nothing after the warm-ups)."""
     import inspect
 
+    from sdvar_lib.fast.kernels.attention import SIZES as SIZES_ATTENTION
     from sdvar_lib.fast.kernels.block import SIZES_ADD_LN, SIZES_QK_NORM
     from sdvar_lib.fast.kernels.sampling import SIZES_SAMPLE, UNALIGNED_SAMPLE
 
     names = list(inspect.signature(kernel.fn).parameters)
-    loose = set(SIZES_ADD_LN) | set(SIZES_QK_NORM) | set(SIZES_SAMPLE)
+    loose = set(SIZES_ADD_LN) | set(SIZES_QK_NORM) | set(SIZES_SAMPLE) | set(SIZES_ATTENTION)
     parts = []
     for name, a in zip(names, args):
         if isinstance(a, torch.Tensor):
@@ -308,14 +422,16 @@ def _launch_key(kernel, grid, args, kwargs) -> tuple:
             parts.append((name, type(a).__name__))
         else:
             parts.append((name, "int") if name in loose else (name, a == 1, a % 16 == 0))
-    options = tuple(sorted((k, v) for k, v in kwargs.items() if k not in ("BLOCK_M", "num_warps")))
+    # the stage attention's query block follows the stage's length on every device: a compiled version each
+    kept = ("BLOCK_M",) if kernel.fn.__name__ == "_stage_attention_kernel" else ()
+    options = tuple(sorted((k, v) for k, v in kwargs.items() if k not in ("BLOCK_M", "num_warps") or k in kept))
     return (kernel.fn.__name__, tuple(parts), options)
 
 
 @pytest.fixture
 def launches(monkeypatch):
     """Every kernel launch made through ``precompile.launch`` by the block and sampling kernels, as keys."""
-    from sdvar_lib.fast.kernels import block, precompile
+    from sdvar_lib.fast.kernels import attention, block, precompile
     from sdvar_lib.fast.kernels import sampling as sampling_kernels
 
     seen: list[tuple] = []
@@ -325,6 +441,7 @@ def launches(monkeypatch):
         precompile.launch(kernel, grid, *args, **kwargs)
 
     monkeypatch.setattr(block, "launch", recording)
+    monkeypatch.setattr(attention, "launch", recording)
     monkeypatch.setattr(sampling_kernels, "launch", recording)
     return seen
 
@@ -354,6 +471,7 @@ def test_block_warmups_launch_exactly_what_a_pass_and_its_check_launch(tiny_pair
     run.forward(torch.randn(2 * B, chunk_span(model, 2, 2)[1], model.C, generator=gen).to(dtype))
     assert check_block_ops(TritonBlockOps(), model.C, model.num_heads, dtype, torch.device("cpu")) is None
     used = set(launches)
+    assert any(key[0] == "_stage_attention_kernel" for key in used)  # stage 1 attended through the fused kernel
     launches.clear()
     for warmup in block_warmups(TritonBlockOps(), model, dtype, torch.device("cpu"), half_head):
         warmup()

@@ -234,6 +234,35 @@ def test_gpu_per_stage_chunk_attention_matches_the_masked_one(d16, dtype):
         assert _rel(got["per_stage"], got["masked"]) < 1e-2 and _rel(got["per_stage"], alone) < 2e-2
 
 
+@pytest.mark.parametrize("dtype", HALF)
+def test_gpu_fused_stage_attention_matches_sdpa(d16, dtype):
+    """At the official d16 width, graphed, batch 1 and 8: every single stage's pass with the fused stage attention
+    (one Triton kernel: q/k norm, cache write, attention) gives the logits of the pass through the q/k norm kernel and
+    PyTorch's SDPA within half-precision rounding, the same greedy tokens almost everywhere, and the same first layer's
+    KV cache bit for bit (the same normalised keys; later layers' inputs differ by the attention's rounding)."""
+    vae, model32 = d16
+    model = build_var(vae, 16, model32.device)
+    model.load_state_dict(model32.state_dict())
+    model = model.to(dtype).eval()
+    gen = torch.Generator(device=model.device).manual_seed(4)
+    for B in (1, 8):
+        label_B = torch.arange(B, device=model.device) * 97
+        xs = [torch.randn(2 * B, chunk_span(model, s, 1)[1], model.C, generator=gen, device=model.device).to(dtype) * 0.5
+              for s in range(model.num_stages)]
+        got, caches = {}, {}
+        for mode in ("sdpa", "fused"):
+            run = FastRun(model, B, FastConfig(stage_attention=mode))
+            run.begin(label_B)
+            got[mode] = torch.cat([run.forward(x).clone() for x in xs], dim=1)
+            caches[mode] = (run.cache.k_NBHLc[0].clone(), run.cache.v_NBHLc[0].clone())
+            assert run._chunk_attention(*chunk_span(model, 3, 1)).fused == (mode == "fused")
+            assert run.counters.capture_failures == 0 and run.counters.replays > 0
+        assert bool(torch.isfinite(got["fused"]).all())
+        assert _rel(got["fused"], got["sdpa"]) < 1e-2
+        assert (got["fused"].argmax(-1) == got["sdpa"].argmax(-1)).float().mean() > 0.99
+        assert all(torch.equal(a, b) for a, b in zip(caches["fused"], caches["sdpa"]))
+
+
 def test_gpu_bicubic_kernel_is_interpolate_bit_for_bit(d16):
     """At official sizes (Cvae 32, every upsampled stage from 1x1 to 13x13, to 16x16) and batch 1 and 32, the f_hat
     update's Triton upsampling equals ``F.interpolate``'s CUDA kernel bit for bit, layout included; so a fast run of an

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from sdvar_lib.fast.fused import CHUNK_ATTENTIONS, HEADS
+from sdvar_lib.fast.fused import CHUNK_ATTENTIONS, HEADS, STAGE_ATTENTIONS
 from sdvar_lib.fast.kernels import BACKENDS
 from sdvar_lib.fast.sampling import SAMPLERS
 from sdvar_lib.util.checks import check_bool, check_choice, check_int
@@ -27,7 +27,7 @@ class FastConfig:
     chunk whose capture fails runs eagerly (with a warning) instead of raising. ``fused``: the
     pass of :class:`~sdvar_lib.fast.fused.FusedPass` (AdaLN modulations computed once per call, fewer and fused
     kernels per block); ``False`` runs :meth:`sdvar_lib.models.var.VAR.forward_cached` itself.
-    ``kernels``: the fused pass's block steps — ``"triton"`` (Triton kernels, 8 kernels per block),
+    ``kernels``: the fused pass's block steps — ``"triton"`` (Triton kernels, 7-8 kernels per block),
     ``"torch"`` (PyTorch kernels, 18 per block) or ``"auto"`` (Triton on a GPU where it runs and
     passes a check against PyTorch at the run's start, else PyTorch); with Triton's block kernels on a GPU the
     ``f_hat`` update's bicubic upsampling is a Triton kernel too, where it matches PyTorch's bit for bit
@@ -52,7 +52,11 @@ class FastConfig:
     chunk, a catch-up chunk) attends - ``"masked"`` (one attention with the block-causal mask, which also computes
     the scores the mask then drops), ``"per_stage"`` (one unmasked attention per stage, its queries against the cache
     up to its end: only the scores that count, one more launch per stage and a copy of the outputs) or ``"auto"``
-    (per stage where that was measured faster: :func:`~sdvar_lib.fast.fused.per_stage_pays`).
+    (per stage where that was measured faster: :func:`~sdvar_lib.fast.fused.per_stage_pays`). ``stage_attention``:
+    how the fused pass of a single stage attends - ``"sdpa"`` (the q/k norm kernel, then PyTorch's SDPA: two launches
+    and cuDNN's memset), ``"fused"`` (one Triton kernel: q/k norm, the KV cache write and the attention,
+    :mod:`sdvar_lib.fast.kernels.attention`; with Triton's block kernels only, else as ``"sdpa"``) or ``"auto"``
+    (fused where that was measured faster: :func:`~sdvar_lib.fast.fused.fused_stage_pays`).
     """
 
     use_cuda_graphs: bool | None = None
@@ -66,6 +70,7 @@ class FastConfig:
     device_rounds: bool = True
     compile_workers: int | None = None
     chunk_attention: str = "auto"
+    stage_attention: str = "auto"
 
     def __post_init__(self) -> None:
         if self.use_cuda_graphs is not None and not isinstance(self.use_cuda_graphs, bool):
@@ -79,6 +84,7 @@ class FastConfig:
         check_bool(self.whole_stage, "whole_stage")
         check_bool(self.device_rounds, "device_rounds")
         check_choice(self.chunk_attention, "chunk_attention", CHUNK_ATTENTIONS)
+        check_choice(self.stage_attention, "stage_attention", STAGE_ATTENTIONS)
         if self.compile_workers is not None:
             check_int(self.compile_workers, "compile_workers", 0)
 

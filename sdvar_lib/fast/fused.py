@@ -22,11 +22,14 @@ models on a GPU) by its half-precision weights as they are with float32 accumula
 cuBLAS's float32 product runs on CUDA cores, about ten times slower than the tensor cores.
 
 The steps come in two implementations of :class:`BlockOps`: :class:`TritonBlockOps` (one Triton
-kernel per step, cuBLASLt's GELU epilogue; 8 kernels per block) and :class:`TorchBlockOps` (PyTorch
-kernels; 18 per block; the CPU path and the fallback). Attention is PyTorch's SDPA: its flash kernel
-for a single stage; for a chunk of several stages (SDVAR's verify chunk) either its fused masked kernel
-(block-causal mask over the cached prefix) or one unmasked attention per stage, each stage's queries
-against the cache up to its end (:class:`ChunkAttention`, ``FastConfig.chunk_attention``). Both give the
+kernel per step, cuBLASLt's GELU epilogue; 8 kernels per block, 7 with the fused stage attention) and
+:class:`TorchBlockOps` (PyTorch kernels; 18 per block; the CPU path and the fallback). A single stage attends
+either through step 1 and PyTorch's SDPA (cuDNN's kernel, which clears a buffer first) or, with Triton's kernels where
+:func:`fused_stage_pays` (``FastConfig.stage_attention``), through one kernel that does step 1 and the attention
+(:meth:`BlockOps.stage_attention`, :mod:`sdvar_lib.fast.kernels.attention`): 5-10 % less time per pass at batch 1,
+slower at the large last stages of batch 8 and 32. For a chunk of several stages (SDVAR's verify chunk) either
+cuDNN's masked kernel (block-causal mask over the cached prefix) or one unmasked attention per stage, each stage's
+queries against the cache up to its end (:class:`ChunkAttention`, ``FastConfig.chunk_attention``). Both give the
 same values - a masked key's softmax weight is exactly 0 - and on one H200 the same bits; the masked
 kernel also computes the scores it drops (625 x 680 for gamma 4's chunk of stages 5-9 where 284k of the
 425k count), the per-stage one adds a launch per stage and a copy: :func:`per_stage_pays` picks.
@@ -48,7 +51,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["BlockOps", "TorchBlockOps", "TritonBlockOps", "block_ops", "check_block_ops", "block_warmups", "HEADS",
            "half_head_matmul", "check_half_head", "FusedPass", "chunk_stage_ends",
-           "CHUNK_ATTENTIONS", "ChunkAttention", "dropped_scores", "per_stage_pays", "PER_STAGE_MIN_SAVED"]
+           "CHUNK_ATTENTIONS", "ChunkAttention", "dropped_scores", "per_stage_pays", "PER_STAGE_MIN_SAVED",
+           "STAGE_ATTENTIONS", "fused_stage_pays", "FUSED_STAGE_MAX_SCORES"]
 
 
 class BlockOps:
@@ -73,6 +77,19 @@ class BlockOps:
     def fc1_gelu(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``gelu_tanh(h @ weight.T + bias)``."""
         raise NotImplementedError
+
+    def stage_attention(
+        self, qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: int,
+        qk_factor_2H1: torch.Tensor | None, scale: float,
+    ) -> torch.Tensor:
+        """A single stage's attention output ``(rows, l, C)`` from its ``qkv`` ``(rows, l, 3C)``: q/k norm, k and v into
+        one layer's caches at ``position``, every query against the cache up to ``position + l``. Here
+        :meth:`qk_norm_into_cache` and PyTorch's SDPA (two launches); :class:`TritonBlockOps` has one kernel."""
+        rows, l, _ = qkv.shape
+        q = self.qk_norm_into_cache(qkv, k_cache, v_cache, position, qk_factor_2H1)
+        end = position + l
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end],
+                                              scale=scale).transpose(1, 2).reshape(rows, l, -1)
 
 
 class TorchBlockOps(BlockOps):
@@ -115,9 +132,10 @@ class TritonBlockOps(BlockOps):
     name = "triton"
 
     def __init__(self) -> None:
-        from sdvar_lib.fast.kernels import block
+        from sdvar_lib.fast.kernels import attention, block
 
         self._k = block
+        self._attention = attention
 
     def add_ln_modulate(self, x, scale, shift, eps, o=None, gate=None, h_dtype=None):
         return self._k.add_ln_modulate(x, scale, shift, eps, o=o, gate=gate, h_dtype=h_dtype)
@@ -132,6 +150,20 @@ class TritonBlockOps(BlockOps):
         rows, l, C = h.shape
         # cuBLASLt applies the tanh GELU to the float32 accumulator (PyTorch falls back to addmm + tanh gelu)
         return torch._addmm_activation(bias, h.view(rows * l, C), weight.t(), use_gelu=True).view(rows, l, -1)
+
+    def stage_attention_supported(self, head_dim: int) -> bool:
+        """Whether :meth:`stage_attention` is one kernel for heads of ``head_dim`` channels."""
+        return self._attention.stage_attention_supported(head_dim)
+
+    def query_block(self, l: int) -> int:
+        """Queries per program of the stage attention kernel for a stage of ``l`` tokens (a compiled version each)."""
+        return self._attention.query_block(l)
+
+    def stage_attention(self, qkv, k_cache, v_cache, position, qk_factor_2H1, scale):
+        if not self.stage_attention_supported(k_cache.shape[3]):
+            return super().stage_attention(qkv, k_cache, v_cache, position, qk_factor_2H1, scale)
+        factor = None if qk_factor_2H1 is None else qk_factor_2H1[0, :, 0]
+        return self._attention.stage_attention(qkv, k_cache, v_cache, position, factor, scale)
 
 
 def check_block_ops(ops: BlockOps, C: int, H: int, dtype: torch.dtype, device: torch.device) -> str | None:
@@ -151,6 +183,7 @@ def check_block_ops(ops: BlockOps, C: int, H: int, dtype: torch.dtype, device: t
     qkv, factor = rand(rows, l, 3 * C), torch.rand(2, H, 1, generator=gen, device=device) + 0.5
     factor[1] = 1
     w, b = rand(2 * C, C), rand(2 * C)
+    prefix = rand(2, rows, H, l + 2, D)  # a cached prefix for the stage attention to attend to
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     try:
         pairs = []
@@ -161,8 +194,12 @@ def check_block_ops(ops: BlockOps, C: int, H: int, dtype: torch.dtype, device: t
             caches = [torch.zeros(rows, H, l + 2, D, dtype=dtype, device=device) for _ in range(2)]
             out.append(impl.qk_norm_into_cache(qkv, caches[0], caches[1], 1, factor))
             out += [*caches, impl.fc1_gelu(x, w, b)]
+            caches = list(prefix.clone())
+            out += [impl.stage_attention(qkv, caches[0], caches[1], 2, factor, D**-0.5), *caches]
             pairs.append(out)
-        for name, got, want in zip(("first", "residual", "modulated", "head", "q", "k", "v", "gelu"), *pairs):
+        names = ("first", "residual", "modulated", "head", "q", "k", "v", "gelu", "stage attention",
+                 "attention's k", "attention's v")
+        for name, got, want in zip(names, *pairs):
             err = float((got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-30))
             if not err <= tol:
                 return f"{ops.name} {name} differs from PyTorch by {err:.2e} (relative)"
@@ -172,13 +209,15 @@ def check_block_ops(ops: BlockOps, C: int, H: int, dtype: torch.dtype, device: t
 
 
 def block_warmups(ops: BlockOps, model: VAR, dtype: torch.dtype, device: torch.device,
-                  half_head: bool) -> list[Callable[[], object]]:
+                  half_head: bool, stage_attention: bool = True) -> list[Callable[[], object]]:
     """The launches :meth:`FusedPass.step` and :func:`check_block_ops` make of ``ops``' kernels for ``model``, on
     tensors of two rows and one token: the warm-ups of :mod:`sdvar_lib.fast.kernels.precompile` (rule 2).
 
     Same kernels, dtypes, flags and sizes (so the same divisibility) as the pass: its first block's AdaLN, the
     residual + AdaLN of every block, the head's (float32 modulations, its ``h`` dtype), the q/k norm (with or
-    without the model's L2 norm), and the check's forms of the head (half) and q/k (normed) where they differ.
+    without the model's L2 norm), and the check's forms of the head (half) and q/k (normed) where they differ;
+    with ``stage_attention`` the single-stage attention (:meth:`BlockOps.stage_attention`) at every query block its
+    stages after the first use.
     """
     C, H = model.C, model.num_heads
     D, eps = C // H, model.blocks[0].ln_wo_grad.eps
@@ -191,7 +230,14 @@ def block_warmups(ops: BlockOps, model: VAR, dtype: torch.dtype, device: torch.d
     factor = torch.ones(2, H, 1, dtype=torch.float32, device=device)
     head_h = dtype if half_head else torch.float32
     l2 = model.blocks[0].attn.attn_l2_norm
-    return [
+    attention = []
+    if stage_attention and isinstance(ops, TritonBlockOps) and ops.stage_attention_supported(D):
+        # one stage per query block, with the pass's q/k norm; then the check's form (3 tokens, normed)
+        forms = [*{ops.query_block(pn * pn): (pn * pn, factor if l2 else None) for pn in model.patch_nums[1:]}.values(),
+                 (3, factor)]
+        attention = [lambda l=l, f=f: ops.stage_attention(zeros(2, l, 3 * C), zeros(2, H, l, D), zeros(2, H, l, D), 0,
+                                                          f, 1.0) for l, f in forms]
+    return attention + [
         lambda: ops.add_ln_modulate(x, ada[:, 2], ada[:, 4], eps),
         lambda: ops.add_ln_modulate(x, ada[:, 3], ada[:, 5], eps, o=x, gate=ada[:, 0]),
         lambda: ops.add_ln_modulate(x, head_ss[:, 0], head_ss[:, 1], eps, o=x, gate=ada[:, 1], h_dtype=head_h),
@@ -202,6 +248,10 @@ def block_warmups(ops: BlockOps, model: VAR, dtype: torch.dtype, device: torch.d
 
 
 HEADS = ("auto", "float32", "half")
+STAGE_ATTENTIONS = ("auto", "sdpa", "fused")
+"""How the fused pass of a single stage attends (``FastConfig.stage_attention``): the q/k norm kernel and PyTorch's
+SDPA, one Triton kernel for both (:meth:`BlockOps.stage_attention`), or the one measured faster
+(:func:`fused_stage_pays`)."""
 CHUNK_ATTENTIONS = ("auto", "masked", "per_stage")
 """How a chunk of several stages attends (``FastConfig.chunk_attention``): one attention with the block-causal mask,
 one unmasked attention per stage, or the one measured faster for the chunk's size (:func:`per_stage_pays`)."""
@@ -240,10 +290,13 @@ def block_ops(backend: str) -> BlockOps:
 @dataclass(frozen=True)
 class ChunkAttention:
     """How a pass's queries attend to the cache: ``mask`` (additive, block-causal) for one masked attention over a
-    chunk of several stages, ``stage_ends`` for one unmasked attention per stage, neither for a single stage."""
+    chunk of several stages, ``stage_ends`` for one unmasked attention per stage, neither for a single stage - then
+    ``fused``: through :meth:`BlockOps.stage_attention` (one Triton kernel with the q/k norm and the cache write)
+    instead of the q/k norm kernel and PyTorch's SDPA."""
 
     mask: torch.Tensor | None = None
     stage_ends: tuple[int, ...] | None = None
+    fused: bool = False
 
 
 PER_STAGE_MIN_SAVED = 9 << 19
@@ -271,6 +324,23 @@ def per_stage_pays(rows_heads: int, position: int, stage_ends: tuple[int, ...]) 
     mask drops must make up for the launches added (one per stage but the first) and the copy of the outputs, at
     least :data:`PER_STAGE_MIN_SAVED` per added launch."""
     return rows_heads * dropped_scores(position, stage_ends) >= PER_STAGE_MIN_SAVED * (len(stage_ends) - 1)
+
+
+FUSED_STAGE_MAX_SCORES = 5 << 20
+"""Most scores (queries times keys times rows times heads, per layer) of a single stage that
+``stage_attention="auto"`` sends through the fused kernel (:func:`fused_stage_pays`): 5 x 2^20, from graph replays of
+every single-stage pass (1-9) of d16 and d30 at batch 1, 8 and 32 (one H200, 12-03, ``scripts/device_pass_profile.py
+--stages``): every pass up to 4.5 x 2^20 scores was faster fused (x1.006-1.16: two launches and cuDNN's memset
+less), every pass from 6.2 x 2^20 on with more than one row pair slower (x0.91-0.98 at the last stages of batch 8 and
+32, where cuDNN's attention is the better matrix kernel); the four passes above the cut that were faster fused (d16
+and d30 stage 6 and d30 stage 5 at batch 32, d16 stage 9 at batch 1) would gain under 0.6 ms per model and call."""
+
+
+def fused_stage_pays(rows_heads: int, position: int, l: int) -> bool:
+    """Whether a single stage of ``l`` queries at ``position`` attends faster through the one fused kernel than
+    through the q/k norm kernel and PyTorch's SDPA, with ``rows_heads`` (CFG-doubled rows times heads) attention
+    problems per layer: its scores ``rows_heads * l * (position + l)`` at most :data:`FUSED_STAGE_MAX_SCORES`."""
+    return rows_heads * l * (position + l) <= FUSED_STAGE_MAX_SCORES
 
 
 def chunk_stage_ends(stage_of_position: Sequence[int], position: int, length: int) -> tuple[int, ...]:
@@ -346,12 +416,13 @@ class FusedPass:
             self.qk_factor_N2H1[:, 0, :, 0].copy_(scale_mul.clamp_max(MAX_SCALE_MUL).exp())
 
     def step(self, x: torch.Tensor, cache: KVCache, position: int, mask: torch.Tensor | None, out_2BlV: torch.Tensor,
-             stage_ends: tuple[int, ...] | None = None) -> None:
+             stage_ends: tuple[int, ...] | None = None, fused_stage: bool = False) -> None:
         """One pass over the chunk ``x`` ``(rows, l, C)`` at ``position``; float32 logits into ``out_2BlV``.
 
         A chunk of several stages attends with the additive block-causal ``mask``, or, given ``stage_ends`` (each
         stage's end within the chunk, the last one ``l``), with one unmasked attention per stage, its queries
-        against the cache up to its end (:func:`chunk_stage_ends`).
+        against the cache up to its end (:func:`chunk_stage_ends`). A single stage (neither) attends through
+        :meth:`BlockOps.stage_attention` with ``fused_stage``, else through the q/k norm kernel and PyTorch's SDPA.
         """
         model, rows, ops = self.model, self.rows, self.ops
         l, C, depth = x.shape[1], model.C, model.depth
@@ -364,17 +435,21 @@ class FusedPass:
             attn, ffn, eps = block.attn, block.ffn, block.ln_wo_grad.eps
             qkv = F.linear(h, attn.mat_qkv.weight, self.qkv_bias_N3C[i])
             factor = self.qk_factor_N2H1[i] if attn.attn_l2_norm else None
-            q = ops.qk_norm_into_cache(qkv, cache.k_NBHLc[i], cache.v_NBHLc[i], position, factor)
+            k_cache, v_cache = cache.k_NBHLc[i], cache.v_NBHLc[i]
             if alone:  # one query, one key: its softmax weight is exactly 1, so attention returns v bit for bit
+                ops.qk_norm_into_cache(qkv, k_cache, v_cache, position, factor)
                 o = qkv[:, :, 2 * C :].contiguous()  # laid out as attention's output: the same projection kernel
-            elif stage_ends is not None:
-                o = _attention_per_stage(q, cache.k_NBHLc[i], cache.v_NBHLc[i], position, stage_ends,
-                                         attn.scale).reshape(rows, l, C)
+            elif fused_stage:
+                o = ops.stage_attention(qkv, k_cache, v_cache, position, factor, attn.scale)
             else:
-                o = F.scaled_dot_product_attention(
-                    q.transpose(1, 2), cache.k_NBHLc[i, :, :, :end], cache.v_NBHLc[i, :, :, :end], attn_mask=mask,
-                    scale=attn.scale,
-                ).transpose(1, 2).reshape(rows, l, C)
+                q = ops.qk_norm_into_cache(qkv, k_cache, v_cache, position, factor)
+                if stage_ends is not None:
+                    o = _attention_per_stage(q, k_cache, v_cache, position, stage_ends, attn.scale)
+                else:
+                    o = F.scaled_dot_product_attention(
+                        q.transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask, scale=attn.scale,
+                    ).transpose(1, 2)
+                o = o.reshape(rows, l, C)
             o = F.linear(o, attn.proj.weight, attn.proj.bias)
             x, h = ops.add_ln_modulate(x, ada[i, :, 3], ada[i, :, 5], eps, o=o, gate=ada[i, :, 0])
             f = F.linear(ops.fc1_gelu(h, ffn.fc1.weight, ffn.fc1.bias), ffn.fc2.weight, ffn.fc2.bias)

@@ -75,6 +75,7 @@ from sdvar_lib.fast.fused import (
     check_block_ops,
     check_half_head,
     chunk_stage_ends,
+    fused_stage_pays,
     per_stage_pays,
 )
 from sdvar_lib.fast.graphs import CapturedGraph, capture_graph
@@ -316,7 +317,8 @@ class FastRun(ModelRun):
         half = (head or resolve_head(model, config.head)) == "half"
         from sdvar_lib.fast.kernels.bicubic import bicubic_warmup
 
-        return (block_warmups(block_ops("triton"), model, model.pos_1LC.dtype, device, half)
+        return (block_warmups(block_ops("triton"), model, model.pos_1LC.dtype, device, half,
+                              stage_attention=config.stage_attention != "sdpa")
                 + [bicubic_warmup(model.Cvae, model.patch_nums[-1], device)])
 
     def _compile_ahead(self, config: FastConfig) -> None:
@@ -650,7 +652,7 @@ class FastRun(ModelRun):
             if self._fused is not None:
                 attention = self._chunk_attention(position, l)
                 self._fused.step(self._x_view(l), self.cache, position, attention.mask, self._out_view(l),
-                                 attention.stage_ends)
+                                 attention.stage_ends, attention.fused)
             else:
                 self.cache.set_length(position)
                 logits = self.model.forward_cached(self._x_view(l), self.cond_2BD, self.cache)
@@ -683,16 +685,20 @@ class FastRun(ModelRun):
         self._prologue_program.run()
 
     def _chunk_attention(self, position: int, l: int) -> ChunkAttention:
-        """How the chunk ``(position, l)`` attends (:class:`ChunkAttention`; nothing for a single stage), built once.
+        """How the chunk ``(position, l)`` attends (:class:`ChunkAttention`), built once.
 
-        With ``FastConfig.chunk_attention`` ``"masked"`` (or ``"auto"`` where :func:`per_stage_pays` says no) an
-        additive block-causal mask ``(l, position + l)``, its rows padded to a multiple of 16 elements so attention
-        kernels take it without a copy; else the stages' ends within the chunk, one unmasked attention each.
+        A single stage: through the fused stage attention or the q/k norm kernel and SDPA
+        (``FastConfig.stage_attention``, :func:`fused_stage_pays`; fused only with Triton's block kernels). A chunk of
+        several stages: with ``FastConfig.chunk_attention`` ``"masked"`` (or ``"auto"`` where :func:`per_stage_pays`
+        says no) an additive block-causal mask ``(l, position + l)``, its rows padded to a multiple of 16 elements so
+        attention kernels take it without a copy; else the stages' ends within the chunk, one unmasked attention each.
         """
         key = (position, l)
         if key not in self._attentions:
             end = position + l
-            attention = ChunkAttention()
+            choice = self.config.stage_attention
+            attention = ChunkAttention(fused=self.kernels == "triton" and (choice == "fused" or (
+                choice == "auto" and fused_stage_pays(2 * self.batch_size * self.model.num_heads, position, l))))
             if self._stage_of_position[position] != self._stage_of_position[end - 1]:
                 stage_ends = chunk_stage_ends(self._stage_of_position, position, l)
                 choice = self.config.chunk_attention

@@ -2,6 +2,8 @@
 
 - :mod:`~sdvar_lib.fast.kernels.block`: the elementwise and reduction work of a transformer block
   (residual + AdaLN-modulated LayerNorm, q/k L2 norm written straight into the KV cache);
+- :mod:`~sdvar_lib.fast.kernels.attention`: a single stage's attention in one launch (q/k norm, the KV cache write
+  and the attention);
 - :mod:`~sdvar_lib.fast.kernels.groupnorm`: GroupNorm (+ SiLU) over channels-last feature maps (VQVAE decode);
 - :mod:`~sdvar_lib.fast.kernels.sampling`: CFG, top-k/top-p, the draw and the codebook lookup of a stage.
 
