@@ -13,8 +13,11 @@ one call under ``torch.profiler`` with every GPU kernel (those inside CUDA graph
 decode's classes, and the GPU's busy and idle time: what a call spends beyond its passes. ``--ab-upsample``: the target
 timed with the f_hat update's Triton and PyTorch upsampling, A/B; ``--ab-tunable``: with cuBLAS's default GEMM
 algorithms and with PyTorch's TunableOp, A/B; ``--ab-chunk-attention``: the SDVAR rows with the verify chunks'
-masked and per-stage attention (``FastConfig.chunk_attention``), A/B. ``--chunks 30:1,30:32``: the verify chunks'
-passes (:data:`CHUNKS`) of those cells timed with both, and their logits compared. ``--sources 1``: which lines of the
+masked and per-stage attention (``FastConfig.chunk_attention``), A/B; ``--ab-stage-attention``: every row with the
+single stages' q/k norm kernel + SDPA and the fused stage attention (``FastConfig.stage_attention``), A/B.
+``--chunks 30:1,30:32``: the verify chunks' passes (:data:`CHUNKS`) of those cells timed with both, and their logits
+compared; ``--stages 30:1,16:8``: every single stage's pass (1-9) of those cells timed with SDPA and with the fused
+stage attention, their logits compared. ``--sources 1``: which lines of the
 library launch a call's PyTorch kernels (one eager call per row under the profiler, with stacks).
 Writes ``pass_profile.json`` and ``pass_profile.md`` in ``--out`` (atomically). Without CUDA it exits with status 2.
 """
