@@ -291,8 +291,12 @@ def time_stage_attention(model, batch: int, lines: list[str], data: dict, repeat
 
 
 def _library_source(ev) -> str:
-    """The innermost Python frame of the library around a profiled op (``sdvar_lib/...py(line): function``; the
-    profiler records Python calls as the op's parent events when ``with_stack``), else ``-``."""
+    """The innermost Python frame of the library around a profiled op (``sdvar_lib/...py(line): function``), else
+    ``-``. With ``with_stack`` the profiler gives an op its Python stack (innermost frame first; on one H200 with
+    torch 2.11 only so) and, at least on the CPU, records the Python calls as the op's parent events too."""
+    for frame in getattr(ev, "stack", None) or ():
+        if "sdvar_lib" in frame:
+            return frame[frame.index("sdvar_lib"):]
     parent = ev.cpu_parent
     while parent is not None:
         if "sdvar_lib" in parent.name:
