@@ -32,6 +32,11 @@ from sdvar_lib.fast.kernels.precompile import launch
 __all__ = ["stage_attention", "stage_attention_supported", "query_block"]
 
 SIZES = ["l", "pos"]  # change from stage to stage: unspecialised, one compiled version per model and query block
+NUM_STAGES = 1
+"""No software pipelining of the key loops. Pipelined (Triton's default, Triton 3.6 on one H200, 12-03) a d16 pass at
+batch 2 gave other logits at stage 9 from one graph replay to the next (a race in the compiled kernel: a sampled token
+differed; with 64-query blocks, the Hopper matrix instructions); unpipelined, every replay of 10 stages x 4 runs
+gave the same bits."""
 LOG2E = 1.4426950408889634  # 1 / ln 2: exp(x) = exp2(x * LOG2E)
 
 
@@ -151,6 +156,7 @@ def stage_attention(
         _stage_attention_kernel, (rows * H, triton.cdiv(l, block_m)),
         qkv, k_cache, v_cache, out, q_factor if norm else qkv, l, position, H, sb, sh, st, scale * LOG2E, eps,
         NORM=norm, PRECISION=precision, UPCAST=qkv.device.type == "cpu", BLOCK_M=block_m, BLOCK_N=64, D=D, num_warps=4,
+        num_stages=NUM_STAGES,
     )
     return out
 
