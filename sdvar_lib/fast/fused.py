@@ -333,7 +333,9 @@ every single-stage pass (1-9) of d16 and d30 at batch 1, 8 and 32 (one H200, 12-
 --stages``): every pass up to 4.5 x 2^20 scores was faster fused (x1.006-1.16: two launches and cuDNN's memset
 less), every pass from 6.2 x 2^20 on with more than one row pair slower (x0.91-0.98 at the last stages of batch 8 and
 32, where cuDNN's attention is the better matrix kernel); the four passes above the cut that were faster fused (d16
-and d30 stage 6 and d30 stage 5 at batch 32, d16 stage 9 at batch 1) would gain under 0.6 ms per model and call."""
+and d30 stage 6 and d30 stage 5 at batch 32, d16 stage 9 at batch 1) would gain under 0.6 ms per model and call.
+Measured with the kernel pipelined; unpipelined (as it ships) the d30 passes at batch 1 and 8 kept every choice (batch
+1 stage 8 x1.001, stage 9 x0.970 left to cuDNN)."""
 
 
 def fused_stage_pays(rows_heads: int, position: int, l: int) -> bool:
