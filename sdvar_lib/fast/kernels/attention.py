@@ -40,6 +40,21 @@ gave the same bits."""
 LOG2E = 1.4426950408889634  # 1 / ln 2: exp(x) = exp2(x * LOG2E)
 
 
+@triton.jit
+def _online_softmax_step(q, kT, v, n_ok, m_i, l_i, acc, scale_log2, PRECISION: tl.constexpr, P_DTYPE: tl.constexpr):
+    """One block of keys ``kT`` ``(D, BLOCK_N)`` and values ``v`` (``n_ok``: which are real) into the running maximum
+    ``m_i``, sum ``l_i`` and accumulator ``acc`` of the queries ``q`` (base-2 scores; the weights rounded to ``P_DTYPE``,
+    the values' dtype on the GPU, before their product with ``v``)."""
+    s = tl.dot(q, kT, input_precision=PRECISION) * scale_log2
+    s = tl.where(n_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(P_DTYPE).to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
 @triton.jit(do_not_specialize=SIZES)
 def _stage_attention_kernel(
     QKV, KC, VC, O, F,
@@ -76,14 +91,8 @@ def _stage_attention_kernel(
         if UPCAST:
             kT = kT.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, kT, input_precision=PRECISION) * scale_log2
-        s = tl.where(n_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(VC.dtype.element_ty).to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(q, kT, v, n_ok, m_i, l_i, acc, scale_log2, PRECISION,
+                                             VC.dtype.element_ty)
     for start in range(0, l, BLOCK_N):  # the stage's own keys, from qkv
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < l
@@ -100,14 +109,8 @@ def _stage_attention_kernel(
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-        s = tl.where(n_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(VC.dtype.element_ty).to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(q, tl.trans(k), v, n_ok, m_i, l_i, acc, scale_log2, PRECISION,
+                                             VC.dtype.element_ty)
     out = acc / l_i[:, None]
     tl.store(O + (r * l + offs_m)[:, None] * C + h * D + offs_d[None, :], out.to(O.dtype.element_ty),
              mask=m_ok[:, None])
