@@ -164,26 +164,37 @@ CHUNKS = ((0, 5), (5, 5), (0, 3), (3, 3), (6, 3), (7, 3), (8, 2))
 stage), and the last two stages."""
 
 
-def time_chunk_attention(model, batch: int, lines: list[str], data: dict, repeats: int = 20) -> None:
-    """Every chunk of :data:`CHUNKS` as a CUDA-graph replay of its pass, with ``chunk_attention`` ``"masked"`` and
-    ``"per_stage"`` (two runs, one at a time), and the two passes' logits on the same random input and cache."""
+def _replay_times(model, batch: int, option: str, modes: tuple[str, ...], chunks, repeats: int) -> dict[str, dict]:
+    """``{mode: {(start stage, stages): ms}}``: each chunk's pass as a CUDA-graph replay (median of ``repeats``) in a
+    run with ``FastConfig``'s ``option`` set to each mode (one run at a time)."""
     from sdvar_lib.bench.timing import median_event_ms
     from sdvar_lib.fast.config import FastConfig, PassRecord
-    from sdvar_lib.fast.fused import chunk_stage_ends, dropped_scores, per_stage_pays
     from sdvar_lib.fast.run import FastRun
 
     labels = torch.zeros(batch, dtype=torch.long, device=model.device)
     times: dict[str, dict] = {}
-    for mode in ("masked", "per_stage"):
-        run = FastRun(model, batch, FastConfig(chunk_attention=mode))
+    for mode in modes:
+        run = FastRun(model, batch, FastConfig(**{option: mode}))
         run.begin(labels)
-        run.precapture(CHUNKS)
+        run.precapture(chunks)
         times[mode] = {}
-        for c, n in CHUNKS:
+        for c, n in chunks:
             rec = PassRecord(*chunk_span(model, c, n), graphed=True)
             times[mode][(c, n)] = median_event_ms(lambda rec=rec, run=run: run.replay_passes([rec]), repeats)
         del run
         torch.cuda.empty_cache()
+    return times
+
+
+def time_chunk_attention(model, batch: int, lines: list[str], data: dict, repeats: int = 20) -> None:
+    """Every chunk of :data:`CHUNKS` as a CUDA-graph replay of its pass, with ``chunk_attention`` ``"masked"`` and
+    ``"per_stage"`` (two runs, one at a time), and the two passes' logits on the same random input and cache."""
+    from sdvar_lib.fast.config import FastConfig
+    from sdvar_lib.fast.fused import chunk_stage_ends, dropped_scores, per_stage_pays
+    from sdvar_lib.fast.run import FastRun
+
+    labels = torch.zeros(batch, dtype=torch.long, device=model.device)
+    times = _replay_times(model, batch, "chunk_attention", ("masked", "per_stage"), CHUNKS, repeats)
     run = FastRun(model, batch, FastConfig(use_cuda_graphs=False, chunk_attention="masked"))
     run.begin(labels)
     gen = torch.Generator(device=model.device).manual_seed(0)
@@ -243,24 +254,13 @@ def _ab_option(ctx, row, name: str, B: int, run, option: str, modes: tuple[str, 
 def time_stage_attention(model, batch: int, lines: list[str], data: dict, repeats: int = 20) -> None:
     """Every single stage's pass (1-9) as a CUDA-graph replay with ``stage_attention`` ``"sdpa"`` and ``"fused"``
     (two runs, one at a time), and the two passes' logits on the same random input and cache."""
-    from sdvar_lib.bench.timing import median_event_ms
-    from sdvar_lib.fast.config import FastConfig, PassRecord
+    from sdvar_lib.fast.config import FastConfig
     from sdvar_lib.fast.fused import fused_stage_pays
     from sdvar_lib.fast.run import FastRun
 
     labels = torch.zeros(batch, dtype=torch.long, device=model.device)
     stages = [(s, 1) for s in range(1, model.num_stages)]
-    times: dict[str, dict] = {}
-    for mode in ("sdpa", "fused"):
-        run = FastRun(model, batch, FastConfig(stage_attention=mode))
-        run.begin(labels)
-        run.precapture(stages)
-        times[mode] = {}
-        for s, n in stages:
-            rec = PassRecord(*chunk_span(model, s, n), graphed=True)
-            times[mode][s] = median_event_ms(lambda rec=rec, run=run: run.replay_passes([rec]), repeats)
-        del run
-        torch.cuda.empty_cache()
+    times = _replay_times(model, batch, "stage_attention", ("sdpa", "fused"), stages, repeats)
     run = FastRun(model, batch, FastConfig(use_cuda_graphs=False))
     run.begin(labels)
     gen = torch.Generator(device=model.device).manual_seed(0)
@@ -278,7 +278,7 @@ def time_stage_attention(model, batch: int, lines: list[str], data: dict, repeat
             logits.append(out)
         diff = (logits[0] - logits[1]).abs().max().item()
         agree = (logits[0].argmax(-1) == logits[1].argmax(-1)).float().mean().item()
-        sdpa, fused_ms = times["sdpa"][s], times["fused"][s]
+        sdpa, fused_ms = times["sdpa"][(s, n)], times["fused"][(s, n)]
         scores = rows_heads * l * (position + l)
         row = dict(depth=model.depth, batch=batch, stage=s, tokens=l, sdpa_ms=sdpa, fused_ms=fused_ms, scores=scores,
                    auto_fused=fused_stage_pays(rows_heads, position, l), max_logit_diff=diff, argmax_agree=agree)
@@ -524,30 +524,23 @@ def main(argv=None) -> int:
                   + ", ".join(f"{c} {ms:.2f} ms" for c, ms in sorted(totals.items(), key=lambda x: -x[1])), ""]
         atomic_write_text(Path(args.out) / "pass_profile.md", "\n".join(lines) + "\n")
         print("\n".join(lines[-(model.num_stages + 6):]), flush=True)
-    if args.chunks:
-        lines += ["## chunk passes, masked and per-stage attention (graph replays, ms)", "",
-                  "| model | batch | stages | tokens | masked | per stage | masked / per stage | scores saved (2^20) | "
-                  "auto takes per stage | largest logit difference |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for depth, batch in args.chunks:
-        if depth not in models:
-            models.clear()
-            torch.cuda.empty_cache()
-            models[depth] = build_var(vae, depth, device).to(torch.bfloat16).eval()
-        time_chunk_attention(models[depth], batch, lines, data)
-        atomic_write_text(Path(args.out) / "pass_profile.json", json.dumps(data, indent=1))
-        atomic_write_text(Path(args.out) / "pass_profile.md", "\n".join(lines) + "\n")
-    if args.stages:
-        lines += ["## single-stage passes, SDPA and fused attention (graph replays, ms)", "",
-                  "| model | batch | stage | tokens | sdpa | fused | sdpa / fused | scores (2^20) | auto takes fused | "
-                  "largest logit difference | argmax agreement |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for depth, batch in args.stages:
-        if depth not in models:
-            models.clear()
-            torch.cuda.empty_cache()
-            models[depth] = build_var(vae, depth, device).to(torch.bfloat16).eval()
-        time_stage_attention(models[depth], batch, lines, data)
-        atomic_write_text(Path(args.out) / "pass_profile.json", json.dumps(data, indent=1))
-        atomic_write_text(Path(args.out) / "pass_profile.md", "\n".join(lines) + "\n")
+    chunk_header = ["## chunk passes, masked and per-stage attention (graph replays, ms)", "",
+                    "| model | batch | stages | tokens | masked | per stage | masked / per stage | scores saved (2^20) | "
+                    "auto takes per stage | largest logit difference |", "|---|---|---|---|---|---|---|---|---|---|"]
+    stage_header = ["## single-stage passes, SDPA and fused attention (graph replays, ms)", "",
+                    "| model | batch | stage | tokens | sdpa | fused | sdpa / fused | scores (2^20) | auto takes fused | "
+                    "largest logit difference | argmax agreement |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for cells, timer, header in ((args.chunks, time_chunk_attention, chunk_header),
+                                 (args.stages, time_stage_attention, stage_header)):
+        lines += header if cells else []
+        for depth, batch in cells:
+            if depth not in models:
+                models.clear()
+                torch.cuda.empty_cache()
+                models[depth] = build_var(vae, depth, device).to(torch.bfloat16).eval()
+            timer(models[depth], batch, lines, data)
+            atomic_write_text(Path(args.out) / "pass_profile.json", json.dumps(data, indent=1))
+            atomic_write_text(Path(args.out) / "pass_profile.md", "\n".join(lines) + "\n")
     lines.append("")
     models.clear()
     torch.cuda.empty_cache()
