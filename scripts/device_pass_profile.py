@@ -186,6 +186,22 @@ def _replay_times(model, batch: int, option: str, modes: tuple[str, ...], chunks
     return times
 
 
+def _pass_logits(run, position: int, l: int, gen: torch.Generator, forms) -> list[torch.Tensor]:
+    """The fused pass of a chunk ``(position, l)`` of ``run`` (eager), once per form ``(mask, stage_ends, fused_stage)``
+    of :meth:`FusedPass.step`, on one random input and one random cached prefix (drawn from ``gen``): their logits."""
+    model, rows = run.model, 2 * run.batch_size
+    x = torch.randn(rows, l, model.C, generator=gen, device=model.device).to(model.pos_1LC.dtype)
+    prefix = torch.randn(run.cache.k_NBHLc[:, :, :, :position].shape, generator=gen, device=model.device)
+    logits = []
+    for mask, stage_ends, fused in forms:
+        run.cache.k_NBHLc[:, :, :, :position].copy_(prefix)
+        run.cache.v_NBHLc[:, :, :, :position].copy_(prefix.flip(-1))
+        out = torch.empty(rows, l, model.V, device=model.device)
+        run._fused.step(x, run.cache, position, mask, out, stage_ends, fused)
+        logits.append(out)
+    return logits
+
+
 def time_chunk_attention(model, batch: int, lines: list[str], data: dict, repeats: int = 20) -> None:
     """Every chunk of :data:`CHUNKS` as a CUDA-graph replay of its pass, with ``chunk_attention`` ``"masked"`` and
     ``"per_stage"`` (two runs, one at a time), and the two passes' logits on the same random input and cache."""
@@ -202,15 +218,8 @@ def time_chunk_attention(model, batch: int, lines: list[str], data: dict, repeat
     for c, n in CHUNKS:
         position, l = chunk_span(model, c, n)
         ends = chunk_stage_ends(run._stage_of_position, position, l)
-        x = torch.randn(2 * batch, l, model.C, generator=gen, device=model.device).to(model.pos_1LC.dtype)
-        prefix = torch.randn(run.cache.k_NBHLc[:, :, :, :position].shape, generator=gen, device=model.device)
-        logits = []
-        for mask, stage_ends in ((run._chunk_attention(position, l).mask, None), (None, ends)):
-            run.cache.k_NBHLc[:, :, :, :position].copy_(prefix)
-            run.cache.v_NBHLc[:, :, :, :position].copy_(prefix.flip(-1))
-            out = torch.empty(2 * batch, l, model.V, device=model.device)
-            run._fused.step(x, run.cache, position, mask, out, stage_ends)
-            logits.append(out)
+        logits = _pass_logits(run, position, l, gen, [(run._chunk_attention(position, l).mask, None, False),
+                                                        (None, ends, False)])
         diff = (logits[0] - logits[1]).abs().max().item()
         masked, per_stage = times["masked"][(c, n)], times["per_stage"][(c, n)]
         saved = dropped_scores(position, ends)
@@ -267,15 +276,7 @@ def time_stage_attention(model, batch: int, lines: list[str], data: dict, repeat
     rows_heads = 2 * batch * model.num_heads
     for s, n in stages:
         position, l = chunk_span(model, s, n)
-        x = torch.randn(2 * batch, l, model.C, generator=gen, device=model.device).to(model.pos_1LC.dtype)
-        prefix = torch.randn(run.cache.k_NBHLc[:, :, :, :position].shape, generator=gen, device=model.device)
-        logits = []
-        for fused in (False, True):
-            run.cache.k_NBHLc[:, :, :, :position].copy_(prefix)
-            run.cache.v_NBHLc[:, :, :, :position].copy_(prefix.flip(-1))
-            out = torch.empty(2 * batch, l, model.V, device=model.device)
-            run._fused.step(x, run.cache, position, None, out, None, fused)
-            logits.append(out)
+        logits = _pass_logits(run, position, l, gen, [(None, None, False), (None, None, True)])
         diff = (logits[0] - logits[1]).abs().max().item()
         agree = (logits[0].argmax(-1) == logits[1].argmax(-1)).float().mean().item()
         sdpa, fused_ms = times["sdpa"][(s, n)], times["fused"][(s, n)]

@@ -85,11 +85,8 @@ class BlockOps:
         """A single stage's attention output ``(rows, l, C)`` from its ``qkv`` ``(rows, l, 3C)``: q/k norm, k and v into
         one layer's caches at ``position``, every query against the cache up to ``position + l``. Here
         :meth:`qk_norm_into_cache` and PyTorch's SDPA (two launches); :class:`TritonBlockOps` has one kernel."""
-        rows, l, _ = qkv.shape
         q = self.qk_norm_into_cache(qkv, k_cache, v_cache, position, qk_factor_2H1)
-        end = position + l
-        return F.scaled_dot_product_attention(q.transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end],
-                                              scale=scale).transpose(1, 2).reshape(rows, l, -1)
+        return _cached_attention(q, k_cache, v_cache, position + qkv.shape[1], scale)
 
 
 class TorchBlockOps(BlockOps):
@@ -359,6 +356,15 @@ def chunk_stage_ends(stage_of_position: Sequence[int], position: int, length: in
     return (*ends, length)
 
 
+def _cached_attention(q_BlHc: torch.Tensor, k_BHLc: torch.Tensor, v_BHLc: torch.Tensor, end: int, scale: float,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """PyTorch's SDPA of the queries ``(rows, l, H, c)`` against the cache up to ``end`` (with an additive ``mask``, if
+    given), laid out as the projection reads it: ``(rows, l, H * c)``, contiguous."""
+    rows, l, H, c = q_BlHc.shape
+    return F.scaled_dot_product_attention(q_BlHc.transpose(1, 2), k_BHLc[:, :, :end], v_BHLc[:, :, :end],
+                                          attn_mask=mask, scale=scale).transpose(1, 2).reshape(rows, l, H * c)
+
+
 def _attention_per_stage(q_BlHc: torch.Tensor, k_BHLc: torch.Tensor, v_BHLc: torch.Tensor, position: int,
                          stage_ends: tuple[int, ...], scale: float) -> torch.Tensor:
     """A chunk's block-causal attention as one unmasked attention per stage: ``(rows, l, H, c)``.
@@ -446,12 +452,9 @@ class FusedPass:
             else:
                 q = ops.qk_norm_into_cache(qkv, k_cache, v_cache, position, factor)
                 if stage_ends is not None:
-                    o = _attention_per_stage(q, k_cache, v_cache, position, stage_ends, attn.scale)
+                    o = _attention_per_stage(q, k_cache, v_cache, position, stage_ends, attn.scale).reshape(rows, l, C)
                 else:
-                    o = F.scaled_dot_product_attention(
-                        q.transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask, scale=attn.scale,
-                    ).transpose(1, 2)
-                o = o.reshape(rows, l, C)
+                    o = _cached_attention(q, k_cache, v_cache, end, attn.scale, mask)
             o = F.linear(o, attn.proj.weight, attn.proj.bias)
             x, h = ops.add_ln_modulate(x, ada[i, :, 3], ada[i, :, 5], eps, o=o, gate=ada[i, :, 0])
             f = F.linear(ops.fc1_gelu(h, ffn.fc1.weight, ffn.fc1.bias), ffn.fc2.weight, ffn.fc2.bias)

@@ -696,14 +696,15 @@ class FastRun(ModelRun):
         key = (position, l)
         if key not in self._attentions:
             end = position + l
-            choice = self.config.stage_attention
-            attention = ChunkAttention(fused=self.kernels == "triton" and (choice == "fused" or (
-                choice == "auto" and fused_stage_pays(2 * self.batch_size * self.model.num_heads, position, l))))
-            if self._stage_of_position[position] != self._stage_of_position[end - 1]:
+            rows_heads = 2 * self.batch_size * self.model.num_heads
+            if self._stage_of_position[position] == self._stage_of_position[end - 1]:
+                choice = self.config.stage_attention
+                attention = ChunkAttention(fused=self.kernels == "triton" and (
+                    choice == "fused" or (choice == "auto" and fused_stage_pays(rows_heads, position, l))))
+            else:
                 stage_ends = chunk_stage_ends(self._stage_of_position, position, l)
                 choice = self.config.chunk_attention
-                if choice == "per_stage" or (choice == "auto" and per_stage_pays(
-                        2 * self.batch_size * self.model.num_heads, position, stage_ends)):
+                if choice == "per_stage" or (choice == "auto" and per_stage_pays(rows_heads, position, stage_ends)):
                     attention = ChunkAttention(stage_ends=stage_ends)
                 else:
                     ids = self.cache.stage_ids_L
