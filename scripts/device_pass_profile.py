@@ -18,7 +18,9 @@ single stages' q/k norm kernel + SDPA and the fused stage attention (``FastConfi
 ``--chunks 30:1,30:32``: the verify chunks' passes (:data:`CHUNKS`) of those cells timed with both, and their logits
 compared; ``--stages 30:1,16:8``: every single stage's pass (1-9) of those cells timed with SDPA and with the fused
 stage attention, their logits compared. ``--sources 1``: which lines of the
-library launch a call's PyTorch kernels (one eager call per row under the profiler, with stacks).
+library launch a call's PyTorch kernels (one eager call per row under the profiler, with stacks). ``--floor 2,32``: the
+time of a dependent one-element kernel in a CUDA graph (what every launch costs at least), and each block product of d16
+and d30 at those rows alone in a graph against its bytes at the HBM ceiling.
 Writes ``pass_profile.json`` and ``pass_profile.md`` in ``--out`` (atomically). Without CUDA it exits with status 2.
 """
 
@@ -445,6 +447,56 @@ def profile_calls(batches: list[int], out: Path, lines: list[str], data: dict, a
         print("\n".join(lines[-32:]), flush=True)
 
 
+def _graph_ms(fn, launches: int, repeats: int = 20) -> float:
+    """Median ms of one replay of a CUDA graph that calls ``fn`` ``launches`` times in a row, over ``launches``."""
+    from sdvar_lib.bench.timing import median_event_ms
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(launches):
+            fn()
+    return float(median_event_ms(graph.replay, repeats)) / launches
+
+
+def launch_floor(depths: list[int], rows: list[int], ceilings, lines: list[str], data: dict,
+                 launches: int = 64) -> None:
+    """What a kernel costs at least inside a CUDA graph on this GPU, and what the blocks' products reach at few rows.
+
+    ``chain``: ``launches`` dependent one-element additions in one graph (each waits for the one before, as a pass's
+    kernels do): the time per kernel that no fusion inside a kernel removes. Products: each linear layer of a block
+    of every ``depths`` model (bf16, bias, ``rows`` rows: 2 is a batch-1 stage-0 pass with guidance), ``launches``
+    times in a graph, against its bytes (weights, bias, input and output) at the HBM ceiling."""
+    device = torch.device("cuda")
+    one = torch.zeros(1, device=device)
+    chain_us = _graph_ms(lambda: one.add_(1.0), launches) * 1e3
+    lines += ["## launch floor and few-row products (CUDA-graph replays)", "",
+              f"dependent one-element kernels in a graph: {chain_us:.2f} us each ({launches} in a row)", "",
+              "| model | layer | rows | in x out | us per product | bytes at the HBM ceiling (us) | x ceiling |",
+              "|---|---|---|---|---|---|---|"]
+    floor = dict(chain_us=chain_us, launches=launches, products=[])
+    for depth in depths:
+        C, hid = VarSpec.official(depth).width, VarSpec.official(depth).mlp_hidden
+        for name, k, n in (("qkv", C, 3 * C), ("proj", C, C), ("fc1", C, hid), ("fc2", hid, C)):
+            weight = torch.randn(n, k, device=device, dtype=torch.bfloat16)
+            bias = torch.randn(n, device=device, dtype=torch.bfloat16)
+            for r in rows:
+                x = torch.randn(r, k, device=device, dtype=torch.bfloat16)
+                out = torch.empty(r, n, device=device, dtype=torch.bfloat16)
+                us = _graph_ms(lambda b=bias, x=x, w=weight, o=out: torch.addmm(b, x, w.t(), out=o), launches) * 1e3
+                ideal = 2 * (k * n + n + r * k + r * n) / ceilings.hbm_bytes_per_s * 1e6
+                lines.append(f"| d{depth} | {name} | {r} | {k} x {n} | {us:.2f} | {ideal:.2f} | {us / ideal:.2f} |")
+                floor["products"].append(dict(depth=depth, layer=name, rows=r, k=k, n=n, us=us, ideal_us=ideal))
+    data["launch_floor"] = floor
+    lines.append("")
+    print("\n".join(lines[-(3 + len(floor["products"]) + 2):]), flush=True)
+
+
 @torch.no_grad()
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -470,6 +522,9 @@ def main(argv=None) -> int:
     p.add_argument("--sources", type=_ints, default=[],
                    help="batch sizes at which one eager call of each --rows row is profiled with stacks: which "
                         "library lines launch its PyTorch kernels")
+    p.add_argument("--floor", type=_ints, default=[],
+                   help="rows (e.g. 2,32,512) at which each block product of d16 and d30 is timed alone in a graph, "
+                        "after the time of a dependent one-element kernel in a graph (the launch floor)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("device_pass_profile: needs a CUDA GPU", file=sys.stderr)
@@ -480,6 +535,10 @@ def main(argv=None) -> int:
     data = {"ceilings": asdict(ceilings), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cells": []}
     lines = [f"{data['gpu']}, torch {torch.__version__}; ceilings {ceilings.hbm_bytes_per_s / 1e12:.2f} TB/s, "
              f"{ceilings.bf16_flops_per_s / 1e12:.0f} TFLOP/s", ""]
+    if args.floor:
+        launch_floor([16, 30], args.floor, ceilings, lines, data)
+        atomic_write_text(Path(args.out) / "pass_profile.json", json.dumps(data, indent=1))
+        atomic_write_text(Path(args.out) / "pass_profile.md", "\n".join(lines) + "\n")
     models = {}
     for depth, batch in args.cells:
         if depth not in models:

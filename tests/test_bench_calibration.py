@@ -259,6 +259,52 @@ def test_calibration_end_to_end_on_the_tiny_pair(tiny_pair):
     assert isinstance(cals[0], AdaptiveCalibration)
 
 
+def test_calibration_times_no_call_that_prepares_its_programs(tiny_pair, monkeypatch):
+    """A call's first run builds its programs (compiles, captures: 250 ms beside 23.5 ms warm for the target alone at
+    batch 1 on an H200); every call the calibration times - the target-alone calls, the scenario's SDVAR calls of each
+    calibration rule, the paired check of a plan - follows an untimed run of the same call. Here a call function's first
+    run reads 1000 ms on the stand-in timer, the rest 1 ms."""
+    import sdvar_lib.bench.calibration as calibration
+
+    vae, draft, target = tiny_pair
+    S, B = target.num_stages, 2
+    factory = FastRunFactory(NO_GRAPHS)
+    ctx = PairContext(
+        name="tiny", pair=ModelPair(vae=vae, draft=draft, target=target, description="tiny"),
+        sd=SDVAR(draft, target, run_factory=factory), factory=factory, specs={},
+    )
+    first_runs = []
+    real = calibration.method_call
+
+    def method_call(*args, **kwargs):
+        call, runs = real(*args, **kwargs), []
+
+        def counted(seed):
+            if not runs:
+                first_runs.append(seed)
+            runs.append(seed)
+            return call(seed)
+
+        return counted
+
+    def timer(fn):
+        before = len(first_runs)
+        out = fn()
+        return out, (1000.0 if len(first_runs) > before else 1.0)
+
+    monkeypatch.setattr(calibration, "method_call", method_call)
+    config = BenchConfig(calibration_calls=3, calibration_replays=1, top_k=0, top_p=0.0)
+    batch_cal = calibrate_batch(ctx, B, config, decode_ms=0.0, replay_timer=median_host_ms, call_timer=timer)
+    assert [c.total_ms for c in batch_cal.target_calls] == [1.0] * 3
+    scenario = Scenario("all", ScenarioPolicy.all_accepted(S))
+    cal, rule = calibrate_scenario(ctx, B, scenario, config, batch_cal, call_timer=timer)
+    assert cal.sdvar_call_ms == [1.0] * 3
+    assert all(ms == 1.0 for ms in cal.check_rule_ms or []) and all(ms == 1.0 for ms in cal.check_target_ms or [])
+    checked = calibration._check_rule(ctx, B, scenario, config, AdaptiveGamma(prior_acceptance=1.0), timer)
+    assert checked == ([1.0] * 4, [1.0] * 4)
+    assert len(first_runs) >= 1 + len(calibration.CALIBRATION_RULES) + 2  # every call function ran once untimed
+
+
 def test_plan_never_drafts():
     S = 10
     target, draft = _uniform_tables(S, 3.0, 1.3)

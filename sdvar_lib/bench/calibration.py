@@ -7,7 +7,8 @@ Per scenario (:func:`calibrate_scenario`) a few SDVAR calls give the per-round o
 (:func:`estimate_overheads`) and the stage acceptance; the rule is an
 :class:`~sdvar_lib.sdvar.gamma.AdaptiveGamma` with these costs (:func:`calibrated_costs`) and priors,
 kept only if it beats the target alone on a few paired calls (else it declines every stage: the
-target's own program).
+target's own program). Every timed call follows an untimed one of the same kind (``_warmed``): a first call's
+compiles and captures are not overhead.
 Timers are arguments, so the CPU tests run all of it with host timers on the tiny pair.
 
 The pass tables also give every batch of the benchmark its draft/target single-stage pass ratio
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -315,7 +316,7 @@ def calibrate_batch(ctx: PairContext, B: int, config: BenchConfig, decode_ms: fl
     begin_target = float(replay_timer(lambda: target_run.begin(labels), reps, 1))
     begin_draft = float(replay_timer(lambda: draft_run.begin(labels), reps, 1))
     tables = (target_ms, draft_ms)
-    call = method_call(ctx, bench_row("target"), None, B, config.sampling)
+    call = _warmed(ctx, method_call(ctx, bench_row("target"), None, B, config.sampling), 20_000)
     samples = []
     for i in range(config.calibration_calls):
         _, ms = call_timer(lambda i=i: in_call_context(ctx, True, lambda: call(20_000 + i)))
@@ -350,9 +351,11 @@ def calibrate_scenario(ctx: PairContext, B: int, scenario: Scenario, config: Ben
     S = ctx.pair.target.num_stages
     tables = (batch_cal.target_pass_ms, batch_cal.draft_pass_ms)
     fixed = batch_cal.decode_ms + batch_cal.begin_target_ms + batch_cal.begin_draft_ms
+    calls = [_warmed(ctx, method_call(ctx, row, scenario, B, config.sampling, rule=rule), 30_000)
+             for rule in CALIBRATION_RULES[:config.calibration_calls]]
     stats, samples = [], []
     for i in range(config.calibration_calls):
-        call = method_call(ctx, row, scenario, B, config.sampling, rule=CALIBRATION_RULES[i % len(CALIBRATION_RULES)])
+        call = calls[i % len(calls)]
         out, ms = call_timer(lambda call=call, i=i: in_call_context(ctx, True, lambda: call(30_000 + i)))
         stats.append(out.stats)
         rounds = sum(1 for g in out.stats.gamma_per_round if g > 0)
@@ -400,12 +403,21 @@ def declining(rule: AdaptiveGamma, num_stages: int) -> AdaptiveGamma:
     return never
 
 
+def _warmed(ctx: PairContext, call: Callable[[int], object], seed: int) -> Callable[[int], object]:
+    """``call`` after one untimed run of it (seed ``seed - 1``): a call's first run builds what its shapes need (kernel
+    compiles, CUDA-graph captures, a fresh plan's programs), hundreds of ms that a timed call must not hold. On an H200
+    at batch 1 a cold target-alone call took 250 ms beside 23.5 ms warm; timed, it set the step overhead to 11.5 ms,
+    which priced every round out: the calibrated rule declined to draft even where every proposal is accepted."""
+    in_call_context(ctx, True, lambda: call(seed - 1))
+    return call
+
+
 def _check_rule(ctx: PairContext, B: int, scenario: Scenario, config: BenchConfig, rule: AdaptiveGamma,
                 call_timer: CallTimer) -> tuple[list[float], list[float]]:
     """``config.calibration_calls + 1`` calls of the calibrated row with ``rule`` and as many of the target alone,
     interleaved (the order alternates): their times (ms)."""
-    rule_call = method_call(ctx, BENCH_ONLY_ROWS[CALIBRATED], scenario, B, config.sampling, rule=rule)
-    target_call = method_call(ctx, bench_row("target"), None, B, config.sampling)
+    rule_call = _warmed(ctx, method_call(ctx, BENCH_ONLY_ROWS[CALIBRATED], scenario, B, config.sampling, rule=rule), 60_000)
+    target_call = _warmed(ctx, method_call(ctx, bench_row("target"), None, B, config.sampling), 60_000)
     rule_ms, target_ms = [], []
     for i in range(config.calibration_calls + 1):
         for which in (("rule", "target") if i % 2 == 0 else ("target", "rule")):
