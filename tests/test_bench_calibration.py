@@ -57,6 +57,14 @@ from sdvar_lib.sdvar.stats import SDVARStats
 NO_GRAPHS = FastConfig(use_cuda_graphs=False)
 
 
+def _tiny_context(tiny_pair) -> PairContext:
+    """The bench's context of the tiny pair on eager fast runs (no CUDA graphs)."""
+    vae, draft, target = tiny_pair
+    factory = FastRunFactory(NO_GRAPHS)
+    return PairContext(name="tiny", pair=ModelPair(vae=vae, draft=draft, target=target, description="tiny"),
+                       sd=SDVAR(draft, target, run_factory=factory), factory=factory, specs={})
+
+
 # ---- chunks and pass tables ---------------------------------------------------------------------
 def test_chunk_of_pass_inverts_chunk_span(tiny_pair):
     _, _, target = tiny_pair
@@ -190,11 +198,10 @@ def test_calibrated_row_captures_every_chunk_it_may_price():
 def test_pass_ratio_times_both_models_single_stage_passes(tiny_pair):
     from sdvar_lib.bench import measure_pass_ratio
 
-    vae, draft, target = tiny_pair
+    _, draft, target = tiny_pair
     S = target.num_stages
-    factory = FastRunFactory(NO_GRAPHS)
-    ctx = PairContext(name="tiny", pair=ModelPair(vae=vae, draft=draft, target=target, description="tiny"),
-                      sd=SDVAR(draft, target, run_factory=factory), factory=factory, specs={})
+    ctx = _tiny_context(tiny_pair)
+    factory = ctx.factory
     replayed: list[tuple[str, int, int]] = []
     for model, name in ((draft, "draft"), (target, "target")):
         run = factory.run_for(model, 2)  # the runs measure_pass_ratio will use, recording what they replay
@@ -219,13 +226,9 @@ def test_pass_ratio_times_both_models_single_stage_passes(tiny_pair):
 
 
 def test_calibration_end_to_end_on_the_tiny_pair(tiny_pair):
-    vae, draft, target = tiny_pair
+    target = tiny_pair[2]
     S, B = target.num_stages, 2
-    factory = FastRunFactory(NO_GRAPHS)
-    ctx = PairContext(
-        name="tiny", pair=ModelPair(vae=vae, draft=draft, target=target, description="tiny"),
-        sd=SDVAR(draft, target, run_factory=factory), factory=factory, specs={},
-    )
+    ctx = _tiny_context(tiny_pair)
     config = BenchConfig(calibration_calls=2, calibration_replays=1, top_k=0, top_p=0.0)
     batch_cal = calibrate_batch(ctx, B, config, decode_ms=0.5, replay_timer=median_host_ms,
                                 call_timer=host_call_ms)
@@ -266,13 +269,9 @@ def test_calibration_times_no_call_that_prepares_its_programs(tiny_pair, monkeyp
     run reads 1000 ms on the stand-in timer, the rest 1 ms."""
     import sdvar_lib.bench.calibration as calibration
 
-    vae, draft, target = tiny_pair
+    target = tiny_pair[2]
     S, B = target.num_stages, 2
-    factory = FastRunFactory(NO_GRAPHS)
-    ctx = PairContext(
-        name="tiny", pair=ModelPair(vae=vae, draft=draft, target=target, description="tiny"),
-        sd=SDVAR(draft, target, run_factory=factory), factory=factory, specs={},
-    )
+    ctx = _tiny_context(tiny_pair)
     first_runs = []
     real = calibration.method_call
 
@@ -316,11 +315,10 @@ def test_plan_never_drafts():
 
 
 def test_calibrated_row_needs_its_rule_and_runs_the_target_alone_when_it_never_drafts(tiny_pair):
-    vae, draft, target = tiny_pair
+    target = tiny_pair[2]
     S = target.num_stages
-    factory = FastRunFactory(NO_GRAPHS)
-    ctx = PairContext(name="tiny", pair=ModelPair(vae, draft, target, "tiny"),
-                      sd=SDVAR(draft, target, run_factory=factory), factory=factory, specs={})
+    ctx = _tiny_context(tiny_pair)
+    factory = ctx.factory
     scenario = Scenario("exact")
     sampling = BenchConfig(top_k=0, top_p=0.0).sampling
     row = BENCH_ONLY_ROWS[CALIBRATED]
