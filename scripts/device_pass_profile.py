@@ -450,18 +450,14 @@ def profile_calls(batches: list[int], out: Path, lines: list[str], data: dict, a
 def _graph_ms(fn, launches: int, repeats: int = 20) -> float:
     """Median ms of one replay of a CUDA graph that calls ``fn`` ``launches`` times in a row, over ``launches``."""
     from sdvar_lib.bench.timing import median_event_ms
+    from sdvar_lib.fast.graphs import capture_graph
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    def chain() -> None:
         for _ in range(launches):
             fn()
-    return float(median_event_ms(graph.replay, repeats)) / launches
+
+    graph = capture_graph(chain, torch.device("cuda"))
+    return float(median_event_ms(graph.run, repeats)) / launches
 
 
 def launch_floor(depths: list[int], rows: list[int], ceilings, lines: list[str], data: dict,
